@@ -1,0 +1,96 @@
+"""The `melp-fast` command.
+
+    melp-fast demo                 generate the embedded corpus, zero-shot the untrained tiny model, train it,
+                                   zero-shot it again, print both side by side (README command one)
+    melp-fast train ...            the training script in this process (same flags as melp_fast/train.py)
+    melp-fast zero-shot --model DIR --store DIR [--prompts FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _demo(args) -> int:
+    from . import train as train_mod
+    from .config import get_preset
+    from .data import synthetic
+    from .data.store import build_synthetic_store
+    from .evaluate import comparison_table, save_json, zero_shot
+    from .export import load_model, untrained_model
+
+    t0 = time.perf_counter()
+    cfg = get_preset("tiny")
+    out = Path(args.out)
+    steps = args.steps or cfg.train.steps
+    test = build_synthetic_store(out.parent / "data" / f"synthetic-test-{args.n_test}-seed{cfg.data.seed}", "test",
+                                 args.n_test, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
+    before = zero_shot(untrained_model(cfg, cfg.train.seed), test, synthetic.PROMPTS)
+    train_argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
+    if args.ds_config:
+        train_argv += ["--ds_config", args.ds_config]
+    result = train_mod.main(train_argv)
+    after = zero_shot(load_model(result["export"]), test, synthetic.PROMPTS)
+    results = {"untrained": before, "trained": after}
+    table = comparison_table(results, synthetic.CLASS_NAMES)
+    save_json({**results, "steps": steps, "n_test": args.n_test, "minutes": (time.perf_counter() - t0) / 60},
+              out / "zero_shot.json")
+    (out / "zero_shot.md").write_text(table + "\n")
+    print(f"\nZero-shot AUROC on {args.n_test} held-out synthetic ECGs (tiny preset, {steps} steps):\n")
+    print(table)
+    print(f"\nwritten: {out / 'zero_shot.json'}, model: {result['export']}  ({(time.perf_counter() - t0) / 60:.1f} min)")
+    return 0
+
+
+def _zero_shot(args) -> int:
+    from .data.store import Store
+    from .evaluate import comparison_table, save_json, zero_shot
+    from .export import load_model
+
+    store = Store(args.store)
+    if args.prompts:
+        prompts = json.loads(Path(args.prompts).read_text())
+    else:
+        from .data import synthetic
+
+        prompts = synthetic.PROMPTS
+    res = zero_shot(load_model(args.model), store, prompts)
+    print(comparison_table({"model": res}))
+    if args.out:
+        save_json(res, args.out)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="melp-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="train the tiny preset on the embedded corpus and compare zero-shot AUROC")
+    d.add_argument("--out", default="runs/tiny")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the tiny preset's)")
+    d.add_argument("--n-test", type=int, default=600)
+    d.add_argument("--loss-impl", choices=["reference", "fused"], default="fused")
+    d.add_argument("--ds_config", default=None)
+    sub.add_parser("train", help="run melp_fast/train.py in this process (pass its flags after `train`)", add_help=False)
+    z = sub.add_parser("zero-shot", help="zero-shot AUROC of an exported model on a store")
+    z.add_argument("--model", required=True)
+    z.add_argument("--store", required=True)
+    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: the synthetic prompts)")
+    z.add_argument("--out", default=None)
+    if argv and argv[0] == "train":
+        from . import train as train_mod
+
+        train_mod.main(argv[1:])
+        return 0
+    args = p.parse_args(argv)
+    return {"demo": _demo, "zero-shot": _zero_shot}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The three MELP losses and the one switch between reference and fused implementations.
+
+total = global_weight * global + caption_weight * caption + local_weight * local   (1.0 / 2.0 / 0.2)
+- global (rhythm level): CLIP InfoNCE with OpenCLIP's local_loss=True, gather_with_grad=True semantics across
+  ranks (melp_kernels.infonce);
+- local (beat level): attention-weighted beat-sentence loss on this rank's batch (melp_kernels.local_loss);
+- caption (token level): next-token cross-entropy, targets of -100 ignored.
+impl = "reference": literal PyTorch formulas (materialised logits, per-sample loop);
+impl = "fused": the Triton kernels on CUDA, their chunked / batched PyTorch fallbacks elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from melp_kernels.infonce import infonce_loss
+from melp_kernels.local_loss import local_alignment_loss
+
+from .config import LossConfig
+
+IMPLS = ("reference", "fused")
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens (labels == -100 are ignored); 0 when there is none."""
+    valid = labels != -100
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid].float(), labels[valid])
+
+
+class MELPLoss(nn.Module):
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        if cfg.impl not in IMPLS:
+            raise ValueError(f"loss impl must be one of {IMPLS}, not {cfg.impl!r}")
+        self.cfg = cfg
+
+    def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        impl_global = "reference" if c.impl == "reference" else "auto"
+        impl_local = "reference" if c.impl == "reference" else "auto"
+        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl_global)
+        loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
+                                   t1=c.t1, t2=c.t2, t3=c.t3, impl=impl_local)
+        cap = caption_loss(out["caption_logits"], batch["caption_labels"])
+        total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
+        return {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}

@@ -1,0 +1,30 @@
+"""Token level: the captioning decoder (CoCa's multimodal text decoder)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import DecoderLayer
+
+
+class CaptionDecoder(nn.Module):
+    """Causal self-attention over the text encoder's token states + cross-attention to the pooled ECG tokens.
+
+    The output projection is initialised (normal, std 0.02): the reference creates it with torch.empty and
+    never initialises it.
+    """
+
+    def __init__(self, dim: int, heads: int, layers: int, vocab_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, 4 * dim, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def forward(self, text_states, ecg_context, attention_mask=None):
+        x = text_states
+        keep = attention_mask.bool() if attention_mask is not None else None
+        for layer in self.layers:
+            x = layer(x, ecg_context, key_padding_mask=keep)
+        return self.head(self.norm(x))

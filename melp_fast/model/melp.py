@@ -1,0 +1,66 @@
+"""The whole MELP model: ECG encoder, beat/rhythm pooling, text encoder, captioning decoder, logit scale."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import AttentionalPooler
+from .decoder import CaptionDecoder
+from .ecg_encoder import ECGEncoder
+from .pooling import BeatPooler
+from .text import ReportTokenizer, TextEncoder
+
+
+class MELP(nn.Module):
+    def __init__(self, cfg: ModelConfig, text_backbone=None, tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+        self.ecg = ECGEncoder(cfg)
+        self.beat_pool = BeatPooler(cfg)
+        self.text = TextEncoder(cfg, backbone=text_backbone, tokenizer=tokenizer)
+        h = self.text.hidden
+        self.caption_pool = AttentionalPooler(h, cfg.width, cfg.caption_queries, cfg.caption_pool_heads)
+        self.decoder = CaptionDecoder(h, cfg.decoder_heads, cfg.decoder_layers, self.text.vocab_size, cfg.dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+
+    @property
+    def tokenizer(self) -> ReportTokenizer:
+        return ReportTokenizer(self.text.tokenizer, self.cfg.max_text_len)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to [1, 100] (also clamped in place after every optimiser step)."""
+        return self.logit_scale.float().clamp(0.0, self.cfg.logit_scale_max).exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self):
+        self.logit_scale.data.clamp_(0.0, self.cfg.logit_scale_max)
+
+    def encode_ecg(self, ecg, beat_spans=None, beat_mask=None) -> dict:
+        tokens = self.ecg(ecg)
+        out = self.beat_pool(tokens, beat_spans, beat_mask)
+        out["tokens"] = tokens
+        return out
+
+    def encode_text(self, input_ids, attention_mask, sent_ids, eos_pos, **_) -> dict:
+        return self.text(input_ids, attention_mask, sent_ids, eos_pos)
+
+    def forward(self, batch: dict) -> dict:
+        e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
+        t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
+        logits = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"])
+        return {
+            "rhythm": e["rhythm"], "beats": e["beats"], "beat_mask": e["beat_mask"],
+            "text": t["text"], "sents": t["sents"], "sent_mask": t["sent_mask"],
+            "caption_logits": logits, "logit_scale": self.scale(),
+        }
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings [N, embed_dim] of free-text prompts (zero-shot classification)."""
+        device = self.logit_scale.device
+        batch = {k: v.to(device) for k, v in self.tokenizer(prompts).items()}
+        return self.encode_text(**batch)["text"]

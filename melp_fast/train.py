@@ -1,0 +1,220 @@
+"""MELP pretraining with DeepSpeed.
+
+    deepspeed melp_fast/train.py --ds_config configs/cpu_fp32.json --preset tiny
+    deepspeed --num_gpus 2 melp_fast/train.py --ds_config configs/cpu_bf16.json --preset tiny --set train.steps=50
+    python -m melp_fast.train --preset tiny            (one process, no launcher)
+
+Reads top to bottom: config -> distributed init -> data -> model, optimiser, schedule -> DeepSpeed engine ->
+loop (forward, three losses, backward, step, clamp the logit scale, log) -> checkpoint and export.
+The exported model (out_dir/model: config.json + model.safetensors + text_encoder/) loads with
+melp_fast.load_model(path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by the deepspeed launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from melp_fast.config import Config, apply_overrides, get_preset
+from melp_fast.data.dataset import Collate, ECGTextDataset
+from melp_fast.data.store import Store, build_synthetic_store
+from melp_fast.losses import MELPLoss
+from melp_fast.model.melp import MELP
+from melp_fast.export import export_model
+
+DEFAULT_DS_CONFIG = {
+    "train_micro_batch_size_per_gpu": 32,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "zero_optimization": {"stage": 0},
+    "zero_force_ds_cpu_optimizer": False,
+    "steps_per_print": 1_000_000,
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ds_config", default=None, help="DeepSpeed JSON config (default: ZeRO-0, fp32)")
+    p.add_argument("--preset", default="tiny", help="config preset: tiny | paper")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--data", default=None, help="a preprocessed store (default: the embedded synthetic corpus)")
+    p.add_argument("--out", default=None, help="output directory (default: the preset's train.out_dir)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process")
+    p.add_argument("--loss-impl", choices=["reference", "fused"], default=None)
+    p.add_argument("--text-encoder", default=None, help="minilm | Hugging Face name or path | random:<size>")
+    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def make_config(args) -> Config:
+    cfg = apply_overrides(get_preset(args.preset), args.overrides)
+    if args.data is not None:
+        cfg.data.source = args.data
+    if args.out is not None:
+        cfg.train.out_dir = args.out
+    if args.steps is not None:
+        cfg.train.steps = args.steps
+    if args.batch_size is not None:
+        cfg.train.batch_size = args.batch_size
+    if args.loss_impl is not None:
+        cfg.loss.impl = args.loss_impl
+    if args.text_encoder is not None:
+        cfg.model.text_encoder = args.text_encoder
+    return cfg
+
+
+def init_distributed():
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); one process works too."""
+    import deepspeed
+
+    if "WORLD_SIZE" not in os.environ:  # plain `python`: a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_ds_config(path, cfg: Config, world: int) -> dict:
+    ds = dict(DEFAULT_DS_CONFIG)
+    if path:
+        with open(path) as f:
+            ds.update(json.load(f))
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+    ds["train_batch_size"] = cfg.train.batch_size * ds.get("gradient_accumulation_steps", 1) * world
+    ds.setdefault("zero_force_ds_cpu_optimizer", False)
+    return ds
+
+
+def train_store(cfg: Config, rank: int) -> Store:
+    if cfg.data.source != "synthetic":
+        return Store(cfg.data.source)
+    path = Path(cfg.train.out_dir).parent / "data" / f"synthetic-train-{cfg.data.n_train}-seed{cfg.data.seed}"
+    if rank == 0:
+        build_synthetic_store(path, "train", cfg.data.n_train, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
+    dist.barrier()
+    return Store(path)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """No weight decay on biases, norms, the logit scale and learned queries."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "queries" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        t = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def main(argv=None) -> dict:
+    import deepspeed
+
+    args = parse_args(argv)
+    cfg = make_config(args)
+    rank, world = init_distributed()
+    out_dir = Path(cfg.train.out_dir)
+    torch.manual_seed(cfg.train.seed)
+
+    # data
+    store = train_store(cfg, rank)
+    dataset = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed)
+    model = MELP(cfg.model)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+                        collate_fn=Collate(model.tokenizer), num_workers=cfg.data.num_workers,
+                        persistent_workers=cfg.data.num_workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} records cannot fill one batch of {cfg.train.batch_size} on {world} processes")
+
+    # model, optimiser, schedule, engine
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio))
+    ds_config = load_ds_config(args.ds_config, cfg, world)
+    engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                          config=ds_config)
+    criterion = MELPLoss(cfg.loss)
+    device = engine.device
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(cfg.to_json())
+
+    # loop
+    from tqdm import tqdm
+
+    history, skipped, step, epoch = [], 0, 0, 0
+    bar = tqdm(total=cfg.train.steps, desc="train", disable=rank != 0 or args.quiet, mininterval=1.0)
+    t0 = time.perf_counter()
+    while step < cfg.train.steps:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            out = engine(batch)
+            losses = criterion(out, batch)
+            finite = torch.tensor([float(torch.isfinite(losses["loss"]))])
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:  # every rank skips together
+                skipped += 1
+                engine.zero_grad()
+                continue
+            engine.backward(losses["loss"])
+            engine.step()
+            engine.module.clamp_logit_scale()
+            step += 1
+            rec = {k: float(v) for k, v in losses.items()}
+            rec.update(step=step, lr=schedule.get_last_lr()[0], logit_scale=float(out["logit_scale"]),
+                       samples_per_s=step * cfg.train.batch_size * world / (time.perf_counter() - t0))
+            history.append(rec)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", glob=f"{rec['global']:.3f}", local=f"{rec['local']:.3f}",
+                                cap=f"{rec['caption']:.3f}", scale=f"{rec['logit_scale']:.1f}",
+                                sps=f"{rec['samples_per_s']:.1f}")
+            bar.update(1)
+            if cfg.train.save_every and step % cfg.train.save_every == 0:
+                engine.save_checkpoint(str(out_dir / "checkpoints"), tag=f"step{step}")
+            if step >= cfg.train.steps:
+                break
+        epoch += 1
+    bar.close()
+
+    engine.save_checkpoint(str(out_dir / "checkpoints"), tag=f"step{step}")
+    export_dir = export_model(engine, cfg, out_dir / "model", rank)
+    if rank == 0:
+        with open(out_dir / "history.jsonl", "w") as f:
+            for rec in history:
+                f.write(json.dumps(rec) + "\n")
+    dist.barrier()
+    return {"export": str(export_dir), "history": history, "skipped": skipped, "config": cfg}
+
+
+if __name__ == "__main__":
+    main()
