@@ -1,0 +1,305 @@
+"""Parity tests of the MELP local (beat-sentence) loss: reference loop, batched PyTorch and fused Triton.
+
+On a CPU-only machine "fused" runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1);
+the same tests run the compiled kernel when CUDA is present, plus bf16 and larger shapes on CUDA only.
+Ground truth is the literal loop computed in float64.
+"""
+import math
+import os
+
+import pytest
+import torch
+
+from melp_kernels import local_loss as ll
+from melp_kernels.local_loss import local_alignment_loss, local_attention, local_similarity
+
+HAS_CUDA = torch.cuda.is_available()
+FUSED_RUNS = HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1"
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+IMPLS = ["reference", "batched", "fused"]
+cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+
+
+def _fused_device(device):
+    """Device on which "fused" really runs the Triton kernel (CPU only under the interpreter)."""
+    if device == "cpu" and not FUSED_RUNS:
+        pytest.skip("fused on CPU needs TRITON_INTERPRET=1")
+    return device
+
+
+def make(B, K, S, D, seed=0, p_drop=0.3, scale=1.0, device="cpu", dtype=torch.float32, empty=True):
+    """Random beats / sentences with random masks; every sample keeps >= 1 beat and sentence unless `empty`
+    is a set of indices whose ECG (beats) or report (sentences) is emptied."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(B, K, D, generator=g) * scale
+    s = torch.randn(B, S, D, generator=g) * scale
+    bm = torch.rand(B, K, generator=g) > p_drop
+    sm = torch.rand(B, S, generator=g) > p_drop
+    bm[torch.arange(B), torch.randint(0, K, (B,), generator=g)] = True
+    sm[torch.arange(B), torch.randint(0, S, (B,), generator=g)] = True
+    return e.to(device, dtype), bm.to(device), s.to(device, dtype), sm.to(device)
+
+
+def run(impl, e, bm, s, sm, **kw):
+    e = e.detach().clone().requires_grad_(True)
+    s = s.detach().clone().requires_grad_(True)
+    loss = local_alignment_loss(e, bm, s, sm, impl=impl, **kw)
+    loss.backward()
+    return loss.detach(), e.grad, s.grad
+
+
+def truth(e, bm, s, sm, **kw):
+    """float64 literal loop on the CPU."""
+    return run("reference", e.double().cpu(), bm.cpu(), s.double().cpu(), sm.cpu(), **kw)
+
+
+def rel(x, ref):
+    x, ref = x.double().cpu(), ref.double().cpu()
+    return ((x - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+
+
+def assert_close(got, want, tol_loss=1e-5, tol_grad=1e-4):
+    (l, ge, gs), (lr, ger, gsr) = got, want
+    assert torch.isfinite(l) and torch.isfinite(ge).all() and torch.isfinite(gs).all()
+    assert rel(l, lr) <= tol_loss, (l.item(), lr.item())
+    assert rel(ge, ger) <= tol_grad, rel(ge, ger)
+    assert rel(gs, gsr) <= tol_grad, rel(gs, gsr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hand-worked case
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hand_worked(impl):
+    # B=2, K=1, S=1, D=2: one beat and one sentence, so A1 = A2 = 1, c_i = e_j and
+    # S[j, i] = t3 * log exp(t2 * cos(e_j, s_i)) = t3 * t2 * cos(e_j, s_i) = 50 cos.
+    # e_0 = (1, 0), e_1 = (0, 1); s_0 = (1, 0), s_1 = (1, 1):
+    #   S = [[50 * 1, 50 / sqrt 2], [50 * 0, 50 / sqrt 2]] = [[50, 35.355], [0, 35.355]]
+    # rows (ECG -> report, targets 0, 1): log(1 + e^(35.355 - 50)), log(1 + e^(0 - 35.355))
+    # cols (report -> ECG, targets 0, 1): log(1 + e^(0 - 50)),      log(1 + e^0) = log 2
+    # loss = 0.5 * (mean rows + mean cols) ~= 0.25 * (log 2 + 4.4e-7) ~= 0.17329
+    e = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    s = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]])
+    m = torch.ones(2, 1, dtype=torch.bool)
+    c = 50 / math.sqrt(2)
+    sim_want = torch.tensor([[50.0, c], [0.0, c]])
+    rows = math.log1p(math.exp(c - 50)) + math.log1p(math.exp(-c))
+    cols = math.log1p(math.exp(-50)) + math.log(2)
+    want = 0.5 * (rows / 2 + cols / 2)
+    if impl == "fused":
+        _fused_device("cpu")
+    sim = local_similarity(e, m, s, m, impl=impl)
+    torch.testing.assert_close(sim, sim_want, rtol=1e-6, atol=1e-5)
+    loss = local_alignment_loss(e, m, s, m, impl=impl)
+    assert abs(loss.item() - want) <= 1e-6
+    assert abs(want - 0.25 * math.log(2)) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parity against the float64 loop
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("seed,scale", [(0, 1.0), (1, 0.3), (2, 3.0)])
+def test_parity_random(device, impl, seed, scale):
+    if impl == "fused":
+        _fused_device(device)
+    e, bm, s, sm = make(6, 5, 4, 24, seed=seed, scale=scale, device=device)
+    got = run(impl, e, bm, s, sm)
+    assert_close(got, truth(e, bm, s, sm))
+    # and against the float32 loop
+    assert_close(got, run("reference", e, bm, s, sm))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("t", [(4.0, 5.0, 10.0), (1.0, 1.0, 1.0), (10.0, 20.0, 0.5)])
+def test_temperatures(impl, t):
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(4, 4, 3, 9, seed=3)
+    kw = dict(t1=t[0], t2=t[1], t3=t[2])
+    assert_close(run(impl, e, bm, s, sm, **kw), truth(e, bm, s, sm, **kw))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [1, 3, 5])
+@pytest.mark.parametrize("K,S,D", [(1, 1, 3), (3, 2, 17), (7, 5, 33), (1, 5, 17), (7, 1, 3)])
+def test_odd_shapes(device, B, K, S, D):
+    e, bm, s, sm = make(B, K, S, D, seed=B * 100 + K * 10 + S, device=device)
+    want = truth(e, bm, s, sm)
+    assert_close(run("batched", e, bm, s, sm), want)
+    if device != "cpu" or FUSED_RUNS:
+        assert_close(run("fused", e, bm, s, sm), want)
+
+
+@pytest.mark.parametrize("scale", [1e-5, 30.0])
+def test_extreme_scales(scale):
+    # 1e-5: ||s|| ||c|| < 1e-8, so the cosine eps is active (its gradient path is cut); 30: saturated softmaxes
+    e, bm, s, sm = make(4, 5, 3, 8, seed=7, scale=scale)
+    want = truth(e, bm, s, sm)
+    for impl in ["reference", "batched"] + (["fused"] if FUSED_RUNS else []):
+        assert_close(run(impl, e, bm, s, sm), want)
+
+
+def test_fused_chunks_and_splits():
+    """D split over several programs (block_do < D) and the pair loop split in partial sums (n_split > 1)."""
+    _fused_device("cpu")
+    e, bm, s, sm = make(5, 3, 4, 40, seed=11)
+    bm_eff, sm_eff, _, _ = ll._effective_masks(bm, sm)
+    e, s = ll._prepare(e, bm, s, sm)[0::2]
+    w = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for fn in (lambda a, b: ll._batched_sim(a, b, bm_eff, sm_eff, 4.0, 5.0, 10.0),
+               lambda a, b: ll._fused_sim(a, b, bm_eff, sm_eff, 4.0, 5.0, 10.0, block_do=16, n_split=2),
+               lambda a, b: ll._fused_sim(a, b, bm_eff, sm_eff, 4.0, 5.0, 10.0, block_do=64, n_split=3)):
+        a, b = e.clone().requires_grad_(), s.clone().requires_grad_()
+        sim = fn(a, b)
+        (sim * w).sum().backward()
+        grads.append((sim.detach(), a.grad, b.grad))
+    for got in grads[1:]:
+        assert rel(got[0], grads[0][0]) <= 1e-6
+        assert rel(got[1], grads[0][1]) <= 1e-5
+        assert rel(got[2], grads[0][2]) <= 1e-5
+
+
+def test_gradcheck_batched_float64():
+    e, bm, s, sm = make(3, 3, 2, 4, seed=5, dtype=torch.float64)
+    bm[1] = torch.tensor([True, False, True])
+    sm[2] = torch.tensor([False, True])
+    e.requires_grad_(True)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: local_alignment_loss(a, bm, b, sm, t1=2.0, t2=3.0, t3=2.0, impl="batched"), (e, s))
+    assert torch.autograd.gradcheck(
+        lambda a, b: local_similarity(a, bm, b, sm, t1=2.0, t2=3.0, t3=2.0, impl="batched"), (e, s))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masks
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_rows_drop_out(impl):
+    """A report with no sentence and an ECG with no beat leave the loss and gradients of the others unchanged."""
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(6, 4, 3, 10, seed=21)
+    sm[1] = False  # report 1 has no sentence
+    bm[4] = False  # ECG 4 has no beat
+    keep = torch.tensor([0, 2, 3, 5])
+    full = run(impl, e, bm, s, sm)
+    sub = run(impl, e[keep], bm[keep], s[keep], sm[keep])
+    assert rel(full[0], sub[0]) <= 1e-6
+    assert rel(full[1][keep], sub[1]) <= 1e-6 and rel(full[2][keep], sub[2]) <= 1e-6
+    drop = torch.tensor([1, 4])
+    assert (full[1][drop] == 0).all() and (full[2][drop] == 0).all()
+    assert_close(full, truth(e, bm, s, sm))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_valid_sample(impl):
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(3, 2, 2, 5, seed=2)
+    bm[0] = False
+    sm[1:] = False
+    e[0] = float("nan")  # garbage in masked slots must not reach the zero
+    loss, ge, gs = run(impl, e, bm, s, sm)
+    assert loss.item() == 0.0
+    assert (ge == 0).all() and (gs == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("garbage", [float("nan"), 1e4, float("inf")])
+def test_masked_garbage_does_not_leak(impl, garbage):
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(4, 5, 4, 7, seed=9, p_drop=0.4)
+    clean = run(impl, e, bm, s, sm)
+    e2 = torch.where(bm[..., None], e, torch.full_like(e, garbage))
+    s2 = torch.where(sm[..., None], s, torch.full_like(s, garbage))
+    dirty = run(impl, e2, bm, s2, sm)
+    assert torch.equal(clean[0], dirty[0])
+    assert torch.equal(clean[1], dirty[1]) and torch.equal(clean[2], dirty[2])
+    assert (dirty[1][~bm] == 0).all() and (dirty[2][~sm] == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_similarity_matrix(impl):
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(4, 3, 3, 6, seed=4)
+    bm[2] = False
+    sm[0] = False
+    sim = local_similarity(e, bm, s, sm, impl=impl)
+    ref = local_similarity(e.double(), bm, s.double(), sm, impl="reference")
+    undefined = (~bm.any(1))[:, None] | (~sm.any(1))[None, :]
+    assert torch.isnan(sim[undefined]).all() and torch.isnan(ref[undefined]).all()
+    torch.testing.assert_close(sim[~undefined].double(), ref[~undefined], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_map():
+    e, bm, s, sm = make(2, 6, 4, 8, seed=6, p_drop=0.4)
+    A2 = local_attention(e[0], bm[0], s[1], sm[1])
+    assert A2.shape == (6, 4)
+    assert (A2[~bm[0]] == 0).all() and (A2[:, ~sm[1]] == 0).all()
+    torch.testing.assert_close(A2[:, sm[1]].sum(0), torch.ones(int(sm[1].sum())))
+    # A2 is the attention behind S[0, 1]: rebuilding the context from it reproduces the similarity
+    c = A2.T @ e[0]
+    cos = torch.nn.functional.cosine_similarity(s[1], c, dim=-1, eps=1e-8)[sm[1]]
+    want = 10.0 * torch.logsumexp(5.0 * cos, 0)
+    torch.testing.assert_close(local_similarity(e, bm, s, sm)[0, 1], want, rtol=1e-5, atol=1e-5)
+    assert (local_attention(e[0], torch.zeros(6, dtype=torch.bool), s[1], sm[1]) == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatch and errors
+# ----------------------------------------------------------------------------------------------------------------
+def test_bad_inputs():
+    e, bm, s, sm = make(2, 3, 2, 4)
+    with pytest.raises(ValueError, match="reference.*batched.*fused.*auto"):
+        local_alignment_loss(e, bm, s, sm, impl="loop")
+    with pytest.raises(ValueError, match="batch"):
+        local_alignment_loss(e, bm, s[:1], sm[:1])
+    with pytest.raises(ValueError, match="width"):
+        local_alignment_loss(e, bm, s[..., :3], sm)
+    with pytest.raises(ValueError, match="beat_mask"):
+        local_alignment_loss(e, bm[:, :2], s, sm)
+    with pytest.raises(ValueError, match="sent_mask"):
+        local_alignment_loss(e, bm, s, sm[:, :1])
+    with pytest.raises(ValueError, match=r"\[B, K, D\]"):
+        local_alignment_loss(e[0], bm, s, sm)
+
+
+def test_fused_on_cpu_without_interpreter_falls_back(monkeypatch):
+    e, bm, s, sm = make(3, 3, 2, 5)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+    def boom(*a, **k):
+        raise AssertionError("kernel must not run on a CPU tensor outside the interpreter")
+
+    monkeypatch.setattr(ll, "_fused_sim", boom)
+    want = local_alignment_loss(e, bm, s, sm, impl="batched")
+    assert torch.equal(local_alignment_loss(e, bm, s, sm, impl="fused"), want)
+    assert torch.equal(local_alignment_loss(e, bm, s, sm, impl="auto"), want)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA only: bf16 and training-size shapes
+# ----------------------------------------------------------------------------------------------------------------
+@cuda_only
+@pytest.mark.parametrize("B,K,S,D", [(64, 16, 12, 256), (37, 9, 7, 130)])
+def test_cuda_fp32_large(B, K, S, D):
+    e, bm, s, sm = make(B, K, S, D, seed=B, device="cuda")
+    want = run("batched", e.double(), bm, s.double(), sm)  # float64 batched == float64 loop (tests above)
+    assert_close(run("fused", e, bm, s, sm), want)
+    assert_close(run("batched", e, bm, s, sm), want)
+
+
+@cuda_only
+@pytest.mark.parametrize("B,K,S,D", [(64, 16, 12, 256), (5, 7, 5, 33), (3, 1, 1, 3)])
+def test_cuda_bf16(B, K, S, D):
+    e, bm, s, sm = make(B, K, S, D, seed=B + 1, device="cuda", dtype=torch.bfloat16)
+    want = run("batched", e.double(), bm, s.double(), sm)  # float64 of the same bf16 values
+    got = run("fused", e, bm, s, sm)
+    assert got[1].dtype == torch.bfloat16
+    assert_close(got, want, tol_loss=2e-2, tol_grad=2e-2)
