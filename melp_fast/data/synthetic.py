@@ -1,0 +1,576 @@
+"""The embedded default corpus: deterministic synthetic 12-lead ECGs with machine-style reports.
+
+Each record is a 10 s, 500 Hz, 12-lead ECG in millivolts (PTB-XL lead order) paired with a lower-case report in
+the style of an ECG cart's statements ("sinus bradycardia. left bundle branch block. abnormal ecg.").
+
+How a signal is made
+--------------------
+The heart is a 3-D cardiac dipole (a vectorcardiogram in Frank X = left, Y = foot, Z = back coordinates). The P
+wave, the QRS complex and the ST-T segment of each beat type are sums of Gaussian bumps in 3-D (in the manner of
+McSharry's ECGSYN), built once per record as short templates around the R peak and added at every beat time. The
+dipole is projected onto I, II and V1..V6 with Dower's inverse transform; III, aVR, aVL and aVF are derived
+from I and II exactly (as an ECG cart does), so Einthoven's and Goldberger's relations hold to rounding.
+
+Rhythm (exactly one): SR 60-100 bpm, SB 40-59, STACH 101-150 (all with respiratory sinus arrhythmia and small
+jitter), AF (irregularly irregular RR, no P waves, 4-9 Hz fibrillatory baseline). Add-ons, independent with
+some exclusivity: IAVB (PR 220-320 ms; never with AF), LBBB / RBBB (never both), PVC (1-4 early wide beats,
+no P, compensatory pause, discordant T), STE (anterior, inferior or lateral ST elevation with reciprocal
+depression; never with LBBB), LVOLT (QRS amplitude below 0.5 mV in every limb lead and 1 mV in every precordial
+lead). Per record: axis, amplitudes, durations, Gaussian noise, baseline wander, sometimes mains hum.
+
+Everything is drawn from ``np.random.default_rng([seed, index])``: a record depends on (index, seed) only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "FS",
+    "N_SAMPLES",
+    "LEADS",
+    "CLASSES",
+    "CLASS_NAMES",
+    "PROMPTS",
+    "SyntheticRecord",
+    "generate_record",
+    "split_indices",
+    "generate_split",
+]
+
+FS = 500
+N_SAMPLES = 5000
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CLASSES: tuple[str, ...] = ("SR", "SB", "STACH", "AF", "IAVB", "LBBB", "RBBB", "PVC", "STE", "LVOLT")
+
+CLASS_NAMES: dict[str, str] = {
+    "SR": "sinus rhythm",
+    "SB": "sinus bradycardia",
+    "STACH": "sinus tachycardia",
+    "AF": "atrial fibrillation",
+    "IAVB": "first degree av block",
+    "LBBB": "left bundle branch block",
+    "RBBB": "right bundle branch block",
+    "PVC": "premature ventricular complexes",
+    "STE": "st elevation",
+    "LVOLT": "low qrs voltages",
+}
+
+PROMPTS: dict[str, str] = {
+    "SR": "normal sinus rhythm, sinus rhythm with a normal heart rate",
+    "SB": "sinus bradycardia, slow sinus rhythm with a low heart rate",
+    "STACH": "sinus tachycardia, fast sinus rhythm with a high heart rate",
+    "AF": "atrial fibrillation, irregularly irregular rhythm without p waves",
+    "IAVB": "first degree av block, 1st degree atrioventricular block with a prolonged pr interval",
+    "LBBB": "left bundle branch block, complete left bundle branch block with a wide qrs",
+    "RBBB": "right bundle branch block, complete right bundle branch block with rsr' in v1",
+    "PVC": "premature ventricular complexes, ventricular premature beats, pvcs",
+    "STE": "st elevation, acute injury, consider acute myocardial infarction",
+    "LVOLT": "low qrs voltages, low voltage qrs complexes",
+}
+
+_SPLIT_OFFSETS = {"train": 0, "val": 20_000_000, "test": 10_000_000}
+_SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val"}
+_SPLIT_SPAN = 10_000_000
+
+# Dower's inverse transform (rows I, II, V1..V6; columns Frank X, Y, Z), Edenbrandt & Pahlm 1988.
+_DOWER = np.array(
+    [
+        [0.632, -0.235, 0.059],
+        [0.235, 1.066, -0.132],
+        [-0.515, 0.157, -0.917],
+        [0.044, 0.164, -1.387],
+        [0.882, 0.098, -1.277],
+        [1.213, 0.127, -0.601],
+        [1.125, 0.127, -0.086],
+        [0.831, 0.076, 0.230],
+    ]
+)
+# 12 leads from the 8 independent ones (I, II, V1..V6).
+_DERIVE = np.zeros((12, 8))
+_DERIVE[0, 0] = 1.0
+_DERIVE[1, 1] = 1.0
+_DERIVE[2][[0, 1]] = (-1.0, 1.0)  # III = II - I
+_DERIVE[3][[0, 1]] = (-0.5, -0.5)  # aVR = -(I + II) / 2
+_DERIVE[4][[0, 1]] = (1.0, -0.5)  # aVL = I - II / 2
+_DERIVE[5][[0, 1]] = (-0.5, 1.0)  # aVF = II - I / 2
+_DERIVE[6:, 2:] = np.eye(6)
+_LEAD12 = _DERIVE @ _DOWER  # [12, 3]: dipole -> 12 leads
+_LIMB = slice(0, 6)
+_PREC = slice(6, 12)
+
+_PRE = int(0.20 * FS)  # template samples before the R peak
+_POST = int(0.75 * FS)  # template samples after it
+_T = (np.arange(-_PRE, _POST) / FS).astype(np.float64)  # template time axis, s
+_P_HALF = int(0.09 * FS)
+_TP = np.arange(-_P_HALF, _P_HALF + 1) / FS
+_PAD = int(1.0 * FS)
+_DURATION = N_SAMPLES / FS
+
+
+@dataclass
+class SyntheticRecord:
+    signal: np.ndarray  # float32 [12, 5000], mV
+    report: str
+    labels: np.ndarray  # float32 [len(CLASSES)] multi-hot
+    r_peaks: np.ndarray  # int64, sample index of every QRS (PVCs included)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _unit(*v: float) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64)
+    return a / np.linalg.norm(a)
+
+
+def _bumps(t: np.ndarray, centres, sigmas, vecs) -> np.ndarray:
+    """Sum of 3-D Gaussian bumps: vecs [n, 3] -> [3, len(t)]."""
+    c = np.asarray(centres, dtype=np.float64)[:, None]
+    s = np.asarray(sigmas, dtype=np.float64)[:, None]
+    g = np.exp(-0.5 * ((t[None, :] - c) / s) ** 2)
+    return np.asarray(vecs, dtype=np.float64).T @ g
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _t_profile(t: np.ndarray, t_peak: float, width: float) -> np.ndarray:
+    """Asymmetric T wave (slow up-stroke, faster down-stroke), peak 1."""
+    g = 0.75 * np.exp(-0.5 * ((t - (t_peak - 0.6 * width)) / (1.1 * width)) ** 2)
+    g += 0.6 * np.exp(-0.5 * ((t - (t_peak + 0.15 * width)) / (0.75 * width)) ** 2)
+    return g / g.max()
+
+
+def _st_profile(t: np.ndarray, t_j: float, t_end: float) -> np.ndarray:
+    """A plateau from the J point that fades out with the T wave (an injury current), peak ~1."""
+    return _sigmoid((t - t_j) / 0.004) * _sigmoid((t_end - t) / 0.025)
+
+
+def _rot_small(rng: np.random.Generator, v: np.ndarray, deg: float) -> np.ndarray:
+    w = v + np.deg2rad(deg) * rng.normal(size=3) * np.linalg.norm(v)
+    return w / np.linalg.norm(w) * np.linalg.norm(v)
+
+
+def _leads(v: np.ndarray) -> np.ndarray:
+    return _LEAD12 @ v
+
+
+# ----------------------------------------------------------------------------------------------------------
+# labels
+
+
+def _draw_labels(rng: np.random.Generator) -> dict:
+    rhythm = CLASSES[rng.choice(4, p=[0.35, 0.20, 0.20, 0.25])]
+    bb = rng.choice(3, p=[0.70, 0.15, 0.15])
+    lab = {
+        "rhythm": rhythm,
+        "IAVB": rhythm != "AF" and rng.random() < 0.21,
+        "LBBB": bb == 1,
+        "RBBB": bb == 2,
+        "PVC": rng.random() < 0.16,
+        "STE": bb != 1 and rng.random() < 0.18,
+        "LVOLT": rng.random() < 0.15,
+    }
+    return lab
+
+
+# ----------------------------------------------------------------------------------------------------------
+# beat times
+
+
+def _sinus_times(rng: np.random.Generator, hr: float) -> np.ndarray:
+    base = 60.0 / hr
+    n = int((_DURATION + 2.5) / base) + 3
+    k = np.arange(n)
+    f_resp = rng.uniform(0.15, 0.35)
+    a_rsa = rng.uniform(0.01, 0.04) * (base / 0.8) ** 0.5
+    rr = base * (1.0 + a_rsa * np.sin(2 * np.pi * f_resp * k * base + rng.uniform(0, 2 * np.pi))
+                 + rng.normal(0.0, 0.008, n))
+    t = -1.0 - rng.uniform(0.0, base) + np.cumsum(rr)
+    return t[t < _DURATION + 1.0]
+
+
+def _af_times(rng: np.random.Generator, hr: float) -> np.ndarray:
+    base = 60.0 / hr
+    cv = rng.uniform(0.16, 0.30)
+    n = int((_DURATION + 2.5) / (0.6 * base)) + 3
+    rr = base * rng.lognormal(-0.5 * cv * cv, cv, n)
+    rr = np.maximum(rr, 0.28 + 0.05 * rng.random(n))
+    t = -1.0 - rng.uniform(0.0, base) + np.cumsum(rr)
+    return t[t < _DURATION + 1.0]
+
+
+def _insert_pvcs(rng: np.random.Generator, times: np.ndarray):
+    """Replace 1-4 beats by early ectopic ones; the next normal beat keeps its time (compensatory pause)."""
+    n_pvc = int(rng.choice([1, 1, 2, 2, 3, 4]))
+    # the beats before and after stay inside the window, so the prematurity and the pause can be seen
+    prev = np.concatenate([[-np.inf], times[:-1]])
+    nxt = np.concatenate([times[1:], [np.inf]])
+    ok = np.nonzero((prev > 0.05) & (nxt < _DURATION - 0.05))[0]
+    rng.shuffle(ok)
+    chosen: list[int] = []
+    for k in ok:
+        if all(abs(int(k) - c) > 1 for c in chosen):
+            chosen.append(int(k))
+        if len(chosen) == n_pvc:
+            break
+    is_pvc = np.zeros(len(times), dtype=bool)
+    times = times.copy()
+    for k in chosen:
+        rr = times[k] - times[k - 1]
+        times[k] = times[k - 1] + max(rng.uniform(0.5, 0.68) * rr, 0.3)
+        is_pvc[k] = True
+    return times, is_pvc
+
+
+# ----------------------------------------------------------------------------------------------------------
+# beat templates
+
+
+def _normal_qrs(rng, theta, amp, d):
+    """Septal q, main R along the axis, terminal basal S: centres, sigmas, vectors."""
+    z_r = rng.uniform(0.05, 0.45)
+    main = amp * _unit(np.cos(theta), np.sin(theta), z_r)
+    sept = rng.uniform(0.10, 0.22) * _unit(-0.5, rng.uniform(-0.2, 0.4), -0.85)
+    term = rng.uniform(0.25, 0.6) * amp / 1.5 * _unit(-0.45, rng.uniform(-0.5, 0.0), 0.85)
+    c = [-0.33 * d, 0.0, 0.28 * d]
+    s = [0.085 * d, 0.12 * d, 0.10 * d]
+    return c, s, [sept, main, term]
+
+
+def _build_templates(rng, lab, rr_mean):
+    """3-D templates of the sinus (or AF) beat, the P wave and the PVC; plus facts for the report."""
+    facts: dict = {}
+    theta = np.deg2rad(rng.uniform(-25.0, 60.0) if rng.random() < 0.9 else rng.uniform(-50.0, 100.0))
+    amp = rng.uniform(1.1, 2.1)
+    qtc = rng.uniform(0.38, 0.44)
+
+    if lab["LBBB"]:
+        d = rng.uniform(0.13, 0.17)
+        th = theta * 0.5 - np.deg2rad(10)
+        a1 = amp * rng.uniform(0.9, 1.3)
+        m1 = a1 * _unit(np.cos(th), np.sin(th), rng.uniform(0.5, 0.8))
+        m2 = a1 * rng.uniform(0.8, 1.05) * _unit(np.cos(th) + 0.1, np.sin(th) - 0.1, rng.uniform(0.7, 1.0))
+        init = rng.uniform(0.1, 0.25) * _unit(0.7, 0.2, -0.5)
+        sig = 0.14 * d
+        sep = rng.uniform(1.9, 2.3) * sig  # just over 2 sigma: a shallow notch on a broad R
+        centres = [-0.40 * d, -0.5 * sep, 0.5 * sep]
+        sigmas = [0.07 * d, sig, sig]
+        vecs = [init, m1, m2]
+    elif lab["RBBB"]:
+        d = rng.uniform(0.12, 0.16)
+        c, s, v = _normal_qrs(rng, theta, amp, 0.09)
+        centres = [c[0] - 0.01, c[1] - 0.015, c[2] - 0.015]
+        sigmas = s
+        rprime = rng.uniform(0.5, 1.0) * _unit(-0.6, rng.uniform(-0.2, 0.3), -0.8)
+        centres.append(0.5 * d - 0.028)
+        sigmas.append(0.11 * d)
+        vecs = v + [rprime]
+    else:
+        d = rng.uniform(0.08, 0.105)
+        centres, sigmas, vecs = _normal_qrs(rng, theta, amp, d)
+    vecs = np.asarray(vecs)
+    t_on, t_j = -0.5 * d, 0.5 * d
+    qt = qtc * np.sqrt(np.clip(rr_mean, 0.35, 1.6)) + (d - 0.09) * 0.8
+    t_end = t_on + qt
+    t_peak = t_end - rng.uniform(0.07, 0.09)
+    t_width = rng.uniform(0.035, 0.05)
+
+    qrs = _bumps(_T, centres, sigmas, vecs)
+    # QRS-only window for the voltage criteria
+    qrs_win = (_T >= t_on - 0.02) & (_T <= t_j + 0.02)
+
+    # LVOLT: scale the QRS so every limb lead is < 0.5 mV and every precordial < 1 mV peak to peak.
+    lq = _leads(qrs[:, qrs_win])
+    p2p = lq.max(1) - lq.min(1)
+    limb, prec = p2p[_LIMB].max(), p2p[_PREC].max()
+    if lab["LVOLT"]:
+        scale = min(0.42 / limb, 0.88 / prec) * rng.uniform(0.55, 0.95)
+        t_scale = rng.uniform(0.5, 0.8)
+    else:
+        scale = max(1.0, 0.75 / limb, 1.4 / prec)
+        t_scale = 1.0
+    qrs *= scale
+    vecs = vecs * scale
+
+    mean_qrs = vecs.sum(0)
+    if lab["LBBB"] or lab["RBBB"]:
+        if lab["LBBB"]:
+            tv = -rng.uniform(0.25, 0.45) * _unit(*mean_qrs)
+            st = -rng.uniform(0.08, 0.16) * _unit(*mean_qrs)
+        else:
+            tv = rng.uniform(0.15, 0.3) * _unit(0.7, 0.4, 0.6)  # discordant to the terminal R'
+            st = -0.05 * _unit(*vecs[-1])
+    else:
+        th_t = theta + np.deg2rad(rng.normal(0, 15))
+        tv = rng.uniform(0.22, 0.45) * _unit(np.cos(th_t), np.sin(th_t), rng.uniform(-0.55, -0.1))
+        st = np.zeros(3)
+    tv = tv * t_scale
+    beat = qrs + np.outer(tv, _t_profile(_T, t_peak, t_width)) + np.outer(st, _st_profile(_T, t_j, t_peak))
+
+    if lab["STE"]:
+        territory = rng.choice(["anterior", "inferior", "lateral"], p=[0.45, 0.4, 0.15])
+        if territory == "anterior":
+            v = _unit(0.25, -0.35, -1.0)
+        elif territory == "inferior":
+            v = _unit(-0.15, 1.0, rng.uniform(0.1, 0.4))
+        else:
+            v = _unit(1.0, -0.45, -0.1)
+        v = _rot_small(rng, v, 8.0)
+        target = rng.uniform(0.15, 0.4)
+        beat += np.outer(v * target / _leads(v).max(), _st_profile(_T, t_j, t_peak + 0.03))
+        facts["territory"] = territory
+
+    # P wave (sinus only): right then left atrium.
+    p_dur = rng.uniform(0.08, 0.11)
+    a_p = rng.uniform(0.10, 0.22) * (0.7 if lab["LVOLT"] else 1.0)
+    p_vecs = [a_p * _unit(0.15, 0.85, -0.45), a_p * 0.9 * _unit(0.65, 0.45, 0.5)]
+    p_wave = _bumps(_TP, [-0.15 * p_dur, 0.15 * p_dur], [p_dur / 6.5, p_dur / 6.5], p_vecs)
+    pr = rng.uniform(0.22, 0.32) if lab["IAVB"] else rng.uniform(0.12, 0.19)
+    p_offset = t_on - pr + 0.5 * p_dur  # P centre relative to the R peak
+
+    # PVC: two broad bumps from an ectopic focus, discordant ST-T, no P.
+    pvc = None
+    if lab["PVC"]:
+        dp = rng.uniform(0.14, 0.19)
+        if rng.random() < 0.5:  # right-ventricular focus: LBBB-like, inferior or superior
+            u1 = _unit(rng.uniform(0.3, 1.0), rng.uniform(-0.8, 1.0), rng.uniform(0.4, 1.0))
+        else:  # left-ventricular focus: RBBB-like, anterior
+            u1 = _unit(rng.uniform(-1.0, 0.2), rng.uniform(-0.8, 1.0), rng.uniform(-1.0, -0.4))
+        u2 = _rot_small(rng, u1, 35.0)
+        ap = rng.uniform(1.3, 2.2) * (scale if lab["LVOLT"] else 1.0)
+        pvc_vecs = np.array([ap * u1, 0.75 * ap * u2])
+        pvc = _bumps(_T, [-0.2 * dp, 0.18 * dp], [0.15 * dp, 0.15 * dp], pvc_vecs)
+        mean_p = _unit(*pvc_vecs.sum(0))
+        pvc += np.outer(-rng.uniform(0.35, 0.6) * mean_p, _t_profile(_T, 0.5 * dp + 0.2, 0.06))
+        pvc += np.outer(-rng.uniform(0.05, 0.12) * mean_p, _st_profile(_T, 0.5 * dp, 0.5 * dp + 0.2))
+
+    # frontal axis from the net QRS area in I and aVF (as a cart measures it)
+    area = _leads(qrs[:, qrs_win].sum(1))
+    facts["axis"] = float(np.degrees(np.arctan2(area[5], area[0])))
+    facts["pr_ms"] = int(round(pr * 1000))
+    facts["qrs_ms"] = int(round(d * 1000))
+    return beat, p_wave, p_offset, pvc, facts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# noise
+
+
+def _af_waves(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    """Fibrillatory waves in 3-D: two wandering 4-9 Hz oscillations, strongest in V1 and II."""
+    out = np.zeros((3, t.size))
+    knots = np.linspace(t[0], t[-1], 24)
+    target = rng.uniform(0.04, 0.09)  # peak amplitude in the lead that shows it best (V1 or II)
+    for c in range(2):
+        f0 = rng.uniform(4.5, 8.5)
+        f = f0 + np.interp(t, knots, rng.normal(0.0, 0.5, knots.size))
+        phase = 2 * np.pi * np.cumsum(f) / FS + rng.uniform(0, 2 * np.pi)
+        a = 1.0 + 0.35 * np.interp(t, knots, rng.uniform(-1, 1, knots.size))
+        v = _unit(-0.3, 0.6, -0.75) + 0.2 * rng.normal(size=3)
+        v *= (target if c == 0 else 0.4 * target) / np.abs(_leads(v)).max()
+        out += np.outer(v, a * np.sin(phase))
+    return out
+
+
+def _noise(rng: np.random.Generator) -> np.ndarray:
+    """Noise on the 8 independent leads (I, II, V1..V6): white noise, baseline wander, sometimes mains hum."""
+    t = np.arange(N_SAMPLES) / FS
+    out = rng.normal(0.0, rng.uniform(0.01, 0.04), (8, N_SAMPLES))
+    n_w = 3
+    freqs = rng.uniform(0.05, 0.5, n_w)
+    waves = np.sin(2 * np.pi * freqs[:, None] * t[None, :] + rng.uniform(0, 2 * np.pi, (n_w, 1)))
+    total = rng.uniform(0.0, 0.3)
+    mix = rng.uniform(-1.0, 1.0, (8, n_w))
+    mix *= total / np.maximum(np.abs(mix).sum(1, keepdims=True), 1e-6)
+    out += mix @ waves
+    if rng.random() < 0.2:
+        f = 50.0 if rng.random() < 0.5 else 60.0
+        hum = np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+        out += np.outer(rng.uniform(0.003, 0.02) * rng.uniform(0.3, 1.0, 8), hum)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reports
+
+
+def _pick(rng: np.random.Generator, options, weights=None) -> str:
+    if weights is None:
+        return options[int(rng.integers(len(options)))]
+    w = np.asarray(weights, dtype=np.float64)
+    return options[int(rng.choice(len(options), p=w / w.sum()))]
+
+
+def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: dict) -> str:
+    rhythm = lab["rhythm"]
+    if rhythm == "SR":
+        rs = _pick(rng, ["sinus rhythm", "normal sinus rhythm", "sinus rhythm with normal rate"], [5, 4, 1])
+    elif rhythm == "SB":
+        opts = ["sinus bradycardia"]
+        if hr < 50:
+            opts.append("marked sinus bradycardia")
+        rs = _pick(rng, opts)
+    elif rhythm == "STACH":
+        rs = "sinus tachycardia"
+    else:
+        opts = ["atrial fibrillation", "atrial fibrillation"]
+        if hr > 110:
+            opts += ["atrial fibrillation with rapid ventricular response"] * 2
+        elif hr < 100:
+            opts.append("atrial fibrillation with controlled ventricular response")
+        rs = _pick(rng, opts)
+
+    findings: list[str] = []
+    if lab["IAVB"]:
+        s = _pick(rng, ["first degree av block", "1st degree a-v block", "prolonged pr interval",
+                        "first degree atrioventricular block"])
+        if rng.random() < 0.25:
+            rs = f"{rs} with {s}"
+        else:
+            findings.append(s if rng.random() < 0.8 else f"{s}, pr {facts['pr_ms']} ms")
+    if lab["PVC"]:
+        if n_pvc <= 1:
+            s = _pick(rng, ["ventricular premature complex", "premature ventricular complex", "single pvc",
+                            "isolated premature ventricular complex"])
+        else:
+            s = _pick(rng, ["premature ventricular complexes", "ventricular premature complexes",
+                            "occasional pvcs", "multiple premature ventricular complexes"])
+        if rng.random() < 0.2:
+            rs = f"{rs} with {s}"
+        else:
+            findings.append(s)
+    if lab["LBBB"]:
+        findings.append(_pick(rng, ["left bundle branch block", "complete left bundle branch block",
+                                    "left bundle branch block, qrs widened"], [5, 4, 1]))
+    if lab["RBBB"]:
+        findings.append(_pick(rng, ["right bundle branch block", "complete right bundle branch block",
+                                    "right bundle branch block with rsr' in v1"], [5, 4, 1]))
+    if lab["STE"]:
+        terr = facts["territory"]
+        leads = {"anterior": "v1-v4", "inferior": "ii, iii, avf", "lateral": "i, avl, v5, v6"}[terr]
+        findings.append(_pick(rng, [f"{terr} st elevation", f"{terr} st elevation, consider acute infarct",
+                                    f"st elevation in {leads}, consider {terr} injury",
+                                    f"{terr} injury pattern with st elevation",
+                                    f"st elevation, consider {terr} acute myocardial infarction"]))
+    if lab["LVOLT"]:
+        findings.append(_pick(rng, ["low qrs voltages", "low voltage qrs", "generalized low qrs voltages",
+                                    "low qrs voltages in limb and precordial leads"], [4, 4, 1, 1]))
+    axis = facts["axis"]
+    if axis < -30 and not lab["LBBB"] and rng.random() < 0.7:
+        findings.append("left axis deviation")
+    elif axis > 100 and rng.random() < 0.7:
+        findings.append("right axis deviation")
+    order = rng.permutation(len(findings))
+    findings = [findings[i] for i in order]
+
+    if rng.random() < 0.25:
+        rate = _pick(rng, ["rate {} bpm", "ventricular rate {} bpm", "heart rate {}"]).format(int(round(hr)))
+        findings.insert(0 if rng.random() < 0.5 else len(findings), rate)
+    if rng.random() < 0.88:
+        sentences = [rs] + findings
+    else:
+        pos = int(rng.integers(len(findings) + 1))
+        sentences = findings[:pos] + [rs] + findings[pos:]
+
+    major = rhythm == "AF" or lab["LBBB"] or lab["RBBB"] or lab["STE"] or lab["PVC"]
+    minor = [rhythm in ("SB", "STACH"), lab["IAVB"], lab["LVOLT"]]
+    axis_dev = "axis deviation" in " ".join(sentences)
+    if major:
+        summary = "abnormal ecg"
+    elif any(minor) or axis_dev:
+        summary = "otherwise normal ecg" if sum(minor) + axis_dev == 1 and rng.random() < 0.4 else "borderline ecg"
+    else:
+        summary = "normal ecg"
+    # a summary most of the time, and always when the report would be under 4 words (such reports are dropped)
+    if rng.random() < 0.75 or sum(len(x.split()) for x in sentences) < 4:
+        sentences.append(summary)
+    if rng.random() < 0.15:
+        sentences.append("unconfirmed report")
+    return ". ".join(sentences) + "."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+
+def generate_record(index: int, seed: int = 0) -> SyntheticRecord:
+    """One record, a pure function of (index, seed)."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    lab = _draw_labels(rng)
+    rhythm = lab["rhythm"]
+    if rhythm == "SR":
+        hr = rng.uniform(61.0, 99.0)
+    elif rhythm == "SB":
+        hr = rng.uniform(41.0, 58.0)
+    elif rhythm == "STACH":
+        hr = rng.uniform(102.0, 120.0 if lab["IAVB"] else 148.0)
+    else:
+        hr = rng.uniform(70.0, 150.0)
+    times = _af_times(rng, hr) if rhythm == "AF" else _sinus_times(rng, hr)
+    rr_mean = 60.0 / hr
+    is_pvc = np.zeros(len(times), dtype=bool)
+    if lab["PVC"]:
+        times, is_pvc = _insert_pvcs(rng, times)
+        lab["PVC"] = bool(is_pvc.any())
+
+    beat, p_wave, p_offset, pvc, facts = _build_templates(rng, lab, rr_mean)
+
+    dipole = np.zeros((3, N_SAMPLES + 2 * _PAD))
+    pos = np.rint(times * FS).astype(np.int64)
+    amp_mod = 1.0 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * times + rng.uniform(0, 6.3))
+    amp_mod *= 1.0 + rng.normal(0.0, 0.01, len(times))
+    p_shift = int(round(p_offset * FS))
+    n_t, n_p = _T.size, _TP.size
+    for k in range(len(times)):
+        a = pos[k] + _PAD - _PRE
+        if a < 0 or a + n_t > dipole.shape[1]:
+            continue
+        if is_pvc[k]:
+            dipole[:, a:a + n_t] += pvc
+        else:
+            dipole[:, a:a + n_t] += amp_mod[k] * beat
+            if rhythm != "AF":
+                b = pos[k] + _PAD + p_shift - _P_HALF
+                if b >= 0:
+                    dipole[:, b:b + n_p] += p_wave
+    dipole = dipole[:, _PAD:_PAD + N_SAMPLES]
+    if rhythm == "AF":
+        dipole += _af_waves(rng, np.arange(N_SAMPLES) / FS)
+
+    eight = _DOWER @ dipole + _noise(rng)
+    signal = (_DERIVE @ eight).astype(np.float32)
+
+    inside = (pos >= 0) & (pos < N_SAMPLES)
+    r_peaks = pos[inside].astype(np.int64)
+    n_pvc = int(is_pvc[inside].sum())
+    rr = np.diff(r_peaks)
+    hr_meas = 60.0 * FS / rr.mean() if rr.size else hr
+
+    labels = np.zeros(len(CLASSES), dtype=np.float32)
+    labels[CLASSES.index(rhythm)] = 1.0
+    for key in ("IAVB", "LBBB", "RBBB", "PVC", "STE", "LVOLT"):
+        if lab[key]:
+            labels[CLASSES.index(key)] = 1.0
+    report = _report(rng, lab, hr_meas, n_pvc, facts)
+    return SyntheticRecord(signal=signal, report=report, labels=labels, r_peaks=r_peaks)
+
+
+def split_indices(split: str, n: int) -> range:
+    """Record indices of a split: "train" from 0, "test" from 10,000,000, "val" from 20,000,000 (disjoint)."""
+    key = _SPLIT_ALIASES.get(split, split)
+    if key not in _SPLIT_OFFSETS:
+        raise ValueError(f"unknown synthetic split {split!r}; expected one of 'train', 'val', 'test'")
+    if not 0 <= int(n) <= _SPLIT_SPAN:
+        raise ValueError(f"synthetic split {split!r}: n must be in [0, {_SPLIT_SPAN}], got {n}")
+    start = _SPLIT_OFFSETS[key]
+    return range(start, start + int(n))
+
+
+def generate_split(split: str, n: int, seed: int = 0) -> list[SyntheticRecord]:
+    return [generate_record(i, seed) for i in split_indices(split, n)]
