@@ -283,6 +283,25 @@ def test_fused_on_cpu_without_interpreter_falls_back(monkeypatch):
     assert torch.equal(local_alignment_loss(e, bm, s, sm, impl="auto"), want)
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA present: the kernels are compiled and run by the tests above")
+def test_kernels_compile_for_h100_without_gpu():
+    """No GPU here: at least build the fp32 and bf16 kernels for sm_90 (PTX through Triton's bundled ptxas)."""
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("triton ships no ptxas here")
+    code = ("import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+            "from melp_kernels import local_loss as ll\n"
+            "print(sorted(k for k, v in ll._compile_check(K=7, S=5, D=33).items() if v.asm['cubin']))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=170)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bwd_E_bf16" in out.stdout and "fwd_fp32" in out.stdout and "bwd_S_fp32" in out.stdout
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CUDA only: bf16 and training-size shapes
 # ----------------------------------------------------------------------------------------------------------------
