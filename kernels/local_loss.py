@@ -170,10 +170,11 @@ def _reference_loss(beats, beat_mask, sents, sent_mask, t1, t2, t3):
     n = len(idx)
     if n == 0:
         return _zero_loss(beats, sents, beats.dtype)
+    ecgs = [beats[j][beat_mask[j]] for j in idx]
+    reports = [sents[i][sent_mask[i]] for i in idx]
     sim = []
-    for j in idx:
-        e = beats[j][beat_mask[j]]
-        sim.append(torch.stack([_pair_reference(e, sents[i][sent_mask[i]], t1, t2, t3)[1] for i in idx]))
+    for e in ecgs:
+        sim.append(torch.stack([_pair_reference(e, s, t1, t2, t3)[1] for s in reports]))
     sim = torch.stack(sim)  # [n, n], rows ECGs, columns reports
     labels = torch.arange(n, device=beats.device)
     return 0.5 * (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels))
