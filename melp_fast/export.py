@@ -40,7 +40,7 @@ def export_model(engine_or_model, cfg: Config, path, rank: int = 0) -> Path:
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in state.items()}
+    tensors = {k: v.detach().float().cpu().clone() for k, v in state.items()}  # clone: tied weights share storage
     save_file(tensors, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(cfg.to_json())
     module.text.backbone.config.save_pretrained(tmp / "text_encoder")

@@ -24,7 +24,9 @@ IMPLS = ("reference", "fused")
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens (labels == -100 are ignored); 0 when there is none."""
+    """Mean cross-entropy over the target tokens (labels == -100 are ignored); 0 when there is none.
+
+    logits [..., V] and labels [...] (the model passes only the positions that have a target)."""
     valid = labels != -100
     if not bool(valid.any()):
         return logits.sum() * 0.0
@@ -45,6 +47,6 @@ class MELPLoss(nn.Module):
         g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl_global)
         loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
                                    t1=c.t1, t2=c.t2, t3=c.t3, impl=impl_local)
-        cap = caption_loss(out["caption_logits"], batch["caption_labels"])
+        cap = caption_loss(out["caption_logits"], out["caption_targets"])
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
         return {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}

@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
             engine.step()
             engine.module.clamp_logit_scale()
             step += 1
-            rec = {k: float(v) for k, v in losses.items()}
+            rec = {k: float(v.detach()) for k, v in losses.items()}
             rec.update(step=step, lr=schedule.get_last_lr()[0], logit_scale=float(out["logit_scale"]),
                        samples_per_s=step * cfg.train.batch_size * world / (time.perf_counter() - t0))
             history.append(rec)

@@ -21,15 +21,12 @@ def clean_report(parts) -> str:
     for p in parts:
         if p is None or (isinstance(p, float) and p != p):
             continue
-        p = str(p).strip()
+        p = str(p).replace("EKG", "ECG").replace("***", "").replace("=-", "").replace("=", "")
+        p = _SPACES.sub(" ", _WS.sub(" ", p)).strip().rstrip(".").strip().lower()
         if p:
-            kept.append(p.rstrip("."))
+            kept.append(p)
     text = ". ".join(kept)
-    text = text.replace("EKG", "ECG").replace("***", "").replace("=-", "").replace("=", "")
-    text = _SPACES.sub(" ", _WS.sub(" ", text)).strip().lower()
-    if text and not text.endswith("."):
-        text += "."
-    return text
+    return text + "." if text else ""
 
 
 def split_sentences(report: str) -> list[str]:

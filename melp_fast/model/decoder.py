@@ -22,9 +22,11 @@ class CaptionDecoder(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         nn.init.normal_(self.head.weight, std=0.02)
 
-    def forward(self, text_states, ecg_context, attention_mask=None):
+    def forward(self, text_states, ecg_context, attention_mask=None, project: bool = True):
+        """Vocabulary logits [B, L, V] (or the normalised hidden states [B, L, D] with project=False)."""
         x = text_states
         keep = attention_mask.bool() if attention_mask is not None else None
         for layer in self.layers:
             x = layer(x, ecg_context, key_padding_mask=keep)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        return self.head(x) if project else x

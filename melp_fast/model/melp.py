@@ -25,7 +25,10 @@ class MELP(nn.Module):
         h = self.text.hidden
         self.caption_pool = AttentionalPooler(h, cfg.width, cfg.caption_queries, cfg.caption_pool_heads)
         self.decoder = CaptionDecoder(h, cfg.decoder_heads, cfg.decoder_layers, self.text.vocab_size, cfg.dropout)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        if cfg.tie_caption_head:
+            self.decoder.head.weight = self.text.backbone.get_input_embeddings().weight
+        # shape [1], not 0-dim: DeepSpeed broadcasts parameters as byte views, which 0-dim tensors refuse
+        self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.logit_scale_init)))
 
     @property
     def tokenizer(self) -> ReportTokenizer:
@@ -33,7 +36,7 @@ class MELP(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to [1, 100] (also clamped in place after every optimiser step)."""
-        return self.logit_scale.float().clamp(0.0, self.cfg.logit_scale_max).exp()
+        return self.logit_scale.float().clamp(0.0, self.cfg.logit_scale_max).exp().squeeze(0)
 
     @torch.no_grad()
     def clamp_logit_scale(self):
@@ -51,11 +54,15 @@ class MELP(nn.Module):
     def forward(self, batch: dict) -> dict:
         e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
-        logits = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"])
+        hidden = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
+        # vocabulary logits only where there is a target: padding and the end token never need them
+        targets = batch["caption_labels"]
+        keep = targets != -100
         return {
             "rhythm": e["rhythm"], "beats": e["beats"], "beat_mask": e["beat_mask"],
             "text": t["text"], "sents": t["sents"], "sent_mask": t["sent_mask"],
-            "caption_logits": logits, "logit_scale": self.scale(),
+            "caption_logits": self.decoder.head(hidden[keep]), "caption_targets": targets[keep],
+            "logit_scale": self.scale(),
         }
 
     @torch.no_grad()

@@ -46,6 +46,9 @@ def load_tokenizer(name: str):
 def load_backbone(name: str, weights: bool = True):
     """A BERT-like model configured as a causal (decoder) encoder without its pooler."""
     from transformers import AutoConfig, AutoModel, BertConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the unused pooler weights are expected; no load report
 
     if name.startswith("random:"):
         size = name.split(":", 1)[1]

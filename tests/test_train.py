@@ -1,0 +1,62 @@
+"""Training end to end on CPU through DeepSpeed: one process in this interpreter, two through the launcher."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from melp_fast import load_model
+from melp_fast.data.dataset import Collate, ECGTextDataset
+from melp_fast.data.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "8",
+         "--set", "data.n_train=32", "--set", "model.width=64", "--set", "model.ffn=128",
+         "--set", "model.conv_channels=32", "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=1",
+         "--quiet"]
+
+
+def run_train(args):
+    code = "import sys; from melp_fast.train import main; main(sys.argv[1:])"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_one_process_trains_exports_and_reloads(tmp_path):
+    out = tmp_path / "run"
+    r = run_train([*SMALL, "--out", str(out), "--steps", "4", "--ds_config", str(ROOT / "configs/cpu_fp32.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor([h["loss"], h["global"], h["local"], h["caption"]])).all() for h in history)
+    assert all(1.0 <= h["logit_scale"] <= 100.0 for h in history)
+    assert (out / "checkpoints" / "step4").is_dir()
+    # the exported model reloads offline and encodes the training data
+    model = load_model(out / "model")
+    store = Store(tmp_path / "data" / "synthetic-train-32-seed0")
+    batch = Collate(model.tokenizer)([ECGTextDataset(store)[i] for i in range(4)])
+    with torch.no_grad():
+        z = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])["rhythm"]
+        t = model.encode_prompts(["atrial fibrillation", "sinus rhythm"])
+    assert z.shape == (4, 256) and t.shape == (2, 256)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(4))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not on PATH")
+def test_two_processes_with_the_deepspeed_launcher_bf16(tmp_path):
+    out = tmp_path / "run"
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", "29611", str(ROOT / "melp_fast/train.py"),
+           "--ds_config", str(ROOT / "configs/cpu_bf16.json"), *SMALL, "--out", str(out), "--steps", "3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and all(h["loss"] == h["loss"] for h in history)
+    assert load_model(out / "model").logit_scale.dtype == torch.float32
