@@ -322,8 +322,12 @@ def _build_templates(rng, lab, rr_mean):
         else:
             v = _unit(1.0, -0.45, -0.1)
         v = _rot_small(rng, v, 8.0)
-        target = rng.uniform(0.15, 0.4)
-        beat += np.outer(v * target / _leads(v).max(), _st_profile(_T, t_j, t_peak + 0.03))
+        target = rng.uniform(0.15, 0.4)  # ST elevation in the most elevated lead, mV
+        v = v * target / _leads(v).max()
+        # injury current: a sharp J-point take-off into a convex ST plateau that runs into a tall, peaked
+        # (hyperacute) T wave in the same leads; the reciprocal leads mirror it
+        hyper = np.exp(-0.5 * ((_T - (t_peak - 0.01)) / rng.uniform(0.02, 0.028)) ** 2)
+        beat += np.outer(v, _st_profile(_T, t_j, t_peak + 0.03) + rng.uniform(1.2, 2.0) * hyper)
         facts["territory"] = territory
 
     # P wave (sinus only): right then left atrium.
@@ -381,7 +385,8 @@ def _af_waves(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
 def _noise(rng: np.random.Generator) -> np.ndarray:
     """Noise on the 8 independent leads (I, II, V1..V6): white noise, baseline wander, sometimes mains hum."""
     t = np.arange(N_SAMPLES) / FS
-    out = rng.normal(0.0, rng.uniform(0.01, 0.04), (8, N_SAMPLES))
+    out = rng.standard_normal((8, N_SAMPLES), dtype=np.float32).astype(np.float64)
+    out *= rng.uniform(0.01, 0.04)
     n_w = 3
     freqs = rng.uniform(0.05, 0.5, n_w)
     waves = np.sin(2 * np.pi * freqs[:, None] * t[None, :] + rng.uniform(0, 2 * np.pi, (n_w, 1)))
