@@ -387,6 +387,12 @@ def _launch_cfg(B, K, S, D, block_do=None, n_split=None, device=None):
     return BK, BS, BD, BDO, n_dc, int(n_split)
 
 
+def _device_guard(device):
+    import contextlib
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 class _LocalSimFused(torch.autograd.Function):
     """S [B, B] from E, S (input dtype) and the fp32 side inputs G = E E^T [B, K, K], ||s|| [B, S].
 
@@ -401,9 +407,10 @@ class _LocalSimFused(torch.autograd.Function):
         f32dot = interp or E.dtype == torch.float32
         ieee = E.dtype == torch.float32
         out = torch.empty((B, B), dtype=torch.float32, device=E.device)
-        _local_fwd_kernel[(B, B)](
-            E, Sn, G, NS, BM, SM, out, B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1),
-            float(t1), float(t2), float(t3), BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee, num_warps=4)
+        with _device_guard(E.device):
+            _local_fwd_kernel[(B, B)](
+                E, Sn, G, NS, BM, SM, out, B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1),
+                float(t1), float(t2), float(t3), BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee, num_warps=4)
         ctx.save_for_backward(E, Sn, G, NS, BM, SM)
         ctx.cfg = (float(t1), float(t2), float(t3), BK, BS, BD, BDO, n_dc, n_split, f32dot, ieee)
         return out
@@ -424,8 +431,9 @@ class _LocalSimFused(torch.autograd.Function):
         # 8 warps: at 4 the sm_90 build of this kernel hits 255 registers and spills (checked with cuobjdump)
         meta = dict(BK=BK, BS=BS, BD=BD, BDO=BDO, F32DOT=f32dot, IEEE=ieee, num_warps=8)
         grid = (B, n_dc, n_split)
-        _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gE, gG, *common, FOR_E=True, **meta)
-        _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gS, gN, *common, FOR_E=False, **meta)
+        with _device_guard(dev):
+            _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gE, gG, *common, FOR_E=True, **meta)
+            _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gS, gN, *common, FOR_E=False, **meta)
         gE, gG, gS, gN = gE.sum(0), gG.sum(0), gS.sum(0), gN.sum(0)
         return gE.to(E.dtype), gS.to(Sn.dtype), gG, gN, None, None, None, None, None, None, None
 
@@ -467,7 +475,7 @@ def _fused_sim(beats, sents, bm, sm, t1, t2, t3, block_do=None, n_split=None):
     E = beats.contiguous()
     Sn = sents.contiguous()
     Ef = E.float()
-    G = torch.bmm(Ef, Ef.transpose(1, 2)).contiguous()
+    G = torch.bmm(Ef, Ef.transpose(1, 2)).float().contiguous()
     NS = torch.linalg.vector_norm(Sn.float(), dim=-1).contiguous()
     BM = bm.to(torch.int8).contiguous()
     SM = sm.to(torch.int8).contiguous()
@@ -481,13 +489,18 @@ def _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw):
     """S [B, B] for sanitised inputs: finite everywhere; pairs with an empty ECG or report hold dummy values."""
     bm, sm, has_beat, has_sent = _effective_masks(beat_mask, sent_mask)
     cd = _comp_dtype(beats.dtype)
+    with torch.autocast(device_type=beats.device.type, enabled=False):  # fp32 accumulation under autocast too
+        return _sim_dispatch(beats, sents, bm, sm, t1, t2, t3, impl, cd, **kw), has_beat, has_sent
+
+
+def _sim_dispatch(beats, sents, bm, sm, t1, t2, t3, impl, cd, **kw):
     if impl == "fused":
         sim = _fused_sim(beats, sents, bm, sm, t1, t2, t3, **kw)
         if sim.dtype != cd:
             sim = sim.to(cd)
     else:
         sim = _batched_sim(beats.to(cd), sents.to(cd), bm, sm, t1, t2, t3)
-    return sim, has_beat, has_sent
+    return sim
 
 
 def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference"):
@@ -504,7 +517,8 @@ def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=
     if B == 0 or K == 0 or S == 0:
         return _zero_loss(beats, sents, cd)
     if impl == "reference":
-        return _reference_loss(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
+        with torch.autocast(device_type=beats.device.type, enabled=False):
+            return _reference_loss(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
     sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
     return _masked_clip_loss(sim, has_beat & has_sent)
 
@@ -520,7 +534,8 @@ def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0
     if B == 0 or K == 0 or S == 0:
         return torch.full((B, B), float("nan"), dtype=cd, device=beats.device)
     if impl == "reference":
-        return _reference_sim(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
+        with torch.autocast(device_type=beats.device.type, enabled=False):
+            return _reference_sim(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
     sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
     defined = has_beat[:, None] & has_sent[None, :]
     return torch.where(defined, sim, torch.full((), float("nan"), dtype=sim.dtype, device=sim.device))

@@ -254,6 +254,22 @@ def test_attention_map():
 # ----------------------------------------------------------------------------------------------------------------
 # dispatch and errors
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_keeps_fp32(impl):
+    """Inside a bf16 autocast region (mixed-precision training) the loss still accumulates in fp32."""
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(3, 4, 3, 16, seed=8)
+    want = run(impl, e, bm, s, sm)
+    e2, s2 = e.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = local_alignment_loss(e2, bm, s2, sm, impl=impl)
+    loss.backward()  # outside the region, as autocast asks
+    got = (loss.detach(), e2.grad, s2.grad)
+    assert got[0].dtype == torch.float32
+    assert_close(got, want, tol_loss=1e-6, tol_grad=1e-5)
+
+
 def test_bad_inputs():
     e, bm, s, sm = make(2, 3, 2, 4)
     with pytest.raises(ValueError, match="reference.*batched.*fused.*auto"):
