@@ -2,8 +2,11 @@
 
     melp-fast demo                 generate the embedded corpus, zero-shot the untrained tiny model, train it,
                                    zero-shot it again, print both side by side (README command one)
-    melp-fast train ...            the training script in this process (same flags as melp_fast/train.py)
     melp-fast zero-shot --model DIR --store DIR [--prompts FILE.json]
+    melp-fast train ...            the training script in this process (same flags as melp_fast/train.py)
+    melp-fast preprocess ...       build a store from a dataset (melp_fast/preprocess.py)
+    melp-fast pretrain-text ...    stage one: continued MLM pretraining of the text encoder (melp_fast/text_pretrain.py)
+Subcommands that own their flags live in their modules as main(argv); `melp-fast SUBCOMMAND --help` shows them.
 """
 
 from __future__ import annotations
@@ -66,6 +69,14 @@ def _zero_shot(args) -> int:
     return 0
 
 
+# subcommand -> module whose main(argv) takes the remaining arguments
+MODULE_COMMANDS = {
+    "train": ("melp_fast.train", "the training script in this process (same flags as melp_fast/train.py)"),
+    "preprocess": ("melp_fast.preprocess", "build a preprocessed store from a dataset"),
+    "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
+}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -77,17 +88,18 @@ def main(argv=None) -> int:
     d.add_argument("--n-test", type=int, default=600)
     d.add_argument("--loss-impl", choices=["reference", "fused"], default="fused")
     d.add_argument("--ds_config", default=None)
-    sub.add_parser("train", help="run melp_fast/train.py in this process (pass its flags after `train`)", add_help=False)
+    for name, (_, helptext) in MODULE_COMMANDS.items():
+        sub.add_parser(name, help=helptext, add_help=False)
     z = sub.add_parser("zero-shot", help="zero-shot AUROC of an exported model on a store")
     z.add_argument("--model", required=True)
     z.add_argument("--store", required=True)
     z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: the synthetic prompts)")
     z.add_argument("--out", default=None)
-    if argv and argv[0] == "train":
-        from . import train as train_mod
+    if argv and argv[0] in MODULE_COMMANDS:
+        import importlib
 
-        train_mod.main(argv[1:])
-        return 0
+        result = importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main(argv[1:])
+        return result if isinstance(result, int) else 0
     args = p.parse_args(argv)
     return {"demo": _demo, "zero-shot": _zero_shot}[args.cmd](args)
 
