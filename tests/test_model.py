@@ -119,3 +119,26 @@ def test_loss_impls_agree_on_model_outputs():
         assert abs(la[k].item() - lb[k].item()) <= 1e-4 * abs(la[k].item()) + 1e-6, k
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-6)
+
+
+def test_paper_preset_matches_the_reference_small_configuration():
+    from melp_fast.config import get_preset
+
+    cfg = get_preset("paper")
+    m = cfg.model
+    assert (m.conv_channels, m.conv_layers, m.width, m.layers, m.heads, m.ffn) == (256, 4, 768, 8, 12, 3072)
+    assert (m.caption_queries, m.decoder_layers, m.decoder_heads, m.embed_dim) == (128, 6, 8, 256)
+    assert (cfg.loss.global_weight, cfg.loss.caption_weight, cfg.loss.local_weight) == (1.0, 2.0, 0.2)
+    assert (cfg.loss.t1, cfg.loss.t2, cfg.loss.t3) == (4.0, 5.0, 10.0)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.betas, cfg.train.batch_size) == (2e-4, 0.2, (0.9, 0.95), 64)
+    cfg.model.text_encoder = "random:tiny"
+    cfg.model.text_freeze_layers = 1
+    model = MELP(cfg.model).eval()
+    batch = make_batch(model, ["sinus rhythm. normal ecg.", "atrial fibrillation."], [3, 2])
+    with torch.no_grad():
+        out = model(batch)
+    assert out["rhythm"].shape == (2, 256) and out["beats"].shape == (2, 3, 256)
+    assert out["caption_logits"].shape[-1] == model.text.vocab_size
+    # the conv stack has 12*256*2 + 3 * 256*256*2 weights (no bias) and GroupNorm's 2*256
+    conv = sum(p.numel() for p in model.ecg.features.parameters())
+    assert conv == 12 * 256 * 2 + 3 * 256 * 256 * 2 + 2 * 256
