@@ -216,12 +216,16 @@ INTERP_MAX_BLOCK_D = 64
 CUDA_MAX_BLOCK_D = 256
 
 
+CUDA_CHUNK_BLOCK_D = 128  # D chunk when D > CUDA_MAX_BLOCK_D (fits fp32 tiles in H100 shared memory)
+
+
 def _block_d(D: int, interpreted: bool):
+    """(BLOCK_D, SINGLE_D): one padded D block when it is small enough, else a loop over D chunks."""
     cap = INTERP_MAX_BLOCK_D if interpreted else CUDA_MAX_BLOCK_D
     bd = max(16, triton.next_power_of_2(D))
     if bd <= cap:
         return bd, True
-    return cap, False
+    return (INTERP_MAX_BLOCK_D if interpreted else CUDA_CHUNK_BLOCK_D), False
 
 
 def _kernel_flags(x: torch.Tensor, interpreted: bool):
