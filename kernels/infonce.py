@@ -399,8 +399,9 @@ def _reference(e, t, e_all, t_all, s, offset):
     if e_all is None:
         e_all, t_all = e, t
     sf = s.float().reshape(())
-    logits_e = sf * (e.float() @ t_all.float().T)
-    logits_t = sf * (t.float() @ e_all.float().T)
+    # (s E) T^T as OpenCLIP writes it: scaling the [b, D] side keeps a single [b, N] tensor per direction
+    logits_e = (sf * e.float()) @ t_all.float().T
+    logits_t = (sf * t.float()) @ e_all.float().T
     labels = torch.arange(e.shape[0], device=e.device) + offset
     return 0.5 * (F.cross_entropy(logits_e, labels) + F.cross_entropy(logits_t, labels))
 

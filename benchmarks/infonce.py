@@ -1,0 +1,316 @@
+"""Benchmark of the global InfoNCE loss: fwd+bwd time and peak extra memory of fused, chunked, reference and
+OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), one process, in one run, as a markdown table.
+
+    python benchmarks/infonce.py                       # CUDA if present: B = 1k..64k, D = 256, bf16
+    python benchmarks/infonce.py --device cpu          # CPU: B = 1k..8k, fp32, + the B = 32768 memory check
+    python benchmarks/infonce.py --device cpu --out benchmarks/results/infonce_cpu.md
+
+CUDA: in process; time = median of CUDA-event timings after a warm-up call (which runs the autotuner); memory =
+torch.cuda.max_memory_allocated() during fwd+bwd minus what was allocated before (inputs excluded).
+CPU: every (impl, B) runs in a fresh subprocess; time = median wall time of fwd+bwd; memory = peak RSS
+(ru_maxrss) during fwd+bwd minus the RSS just before it (inputs excluded). On CPU "fused" is not timed: without
+the Triton interpreter it is the chunked path, and the interpreter is a correctness tool, not a fast path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MIB = 1 << 20
+
+
+def _open_clip_loss_module():
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
+    if not os.path.exists(path):
+        return None
+    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod
+
+
+def _loss_fn(impl, chunk_size):
+    if impl == "open_clip":
+        mod = _open_clip_loss_module()
+        if mod is None:
+            raise RuntimeError("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+        crit = mod.ClipLoss(local_loss=True, gather_with_grad=True)
+        return lambda e, t, s: crit(e, t, s)
+    from melp_kernels.infonce import infonce_loss
+
+    return lambda e, t, s: infonce_loss(e, t, s, impl, chunk_size=chunk_size)
+
+
+def _inputs(B, D, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).to(device=device, dtype=dtype)
+    t = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).to(device=device, dtype=dtype)
+    e.requires_grad_(True)
+    t.requires_grad_(True)
+    s = torch.tensor(1 / 0.07, device=device, requires_grad=True)
+    return e, t, s
+
+
+def _step(fn, e, t, s):
+    e.grad = t.grad = s.grad = None
+    loss = fn(e, t, s)
+    loss.backward()
+    return loss
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def measure_cpu(impl, B, D, dtype, reps, chunk_size):
+    """Runs in a fresh process (see --_worker): one measurement, returned as a dict."""
+    torch.manual_seed(0)
+    fn = _loss_fn(impl, chunk_size)
+    _step(fn, *_inputs(8, D, dtype, "cpu"))  # lazy initialisation (threads, autograd) on a tiny batch
+    e, t, s = _inputs(B, D, dtype, "cpu")
+    # the memory sample is the first full-size call, so nothing of a previous call is still resident
+    base = _rss_bytes()
+    t0 = time.perf_counter()
+    loss = _step(fn, e, t, s)
+    first = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    times = [first] if reps <= 1 else []
+    for _ in range(reps - 1 if reps > 1 else 0):
+        t0 = time.perf_counter()
+        _step(fn, e, t, s)
+        times.append(time.perf_counter() - t0)
+    return {"impl": impl, "B": B, "D": D, "dtype": str(dtype).replace("torch.", ""), "device": "cpu",
+            "ms": 1e3 * statistics.median(times), "peak_extra_mib": max(0, peak - base) / MIB,
+            "loss": float(loss.detach()), "reps": reps}
+
+
+def measure_cuda(impl, B, D, dtype, reps, chunk_size):
+    fn = _loss_fn(impl, chunk_size)
+    e, t, s = _inputs(B, D, dtype, "cuda")
+    _step(fn, e, t, s)  # warm-up: compiles and autotunes
+    torch.cuda.synchronize()
+    e.grad = t.grad = s.grad = None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = _step(fn, e, t, s)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        _step(fn, e, t, s)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return {"impl": impl, "B": B, "D": D, "dtype": str(dtype).replace("torch.", ""), "device": "cuda",
+            "ms": statistics.median(times), "peak_extra_mib": peak / MIB, "loss": float(loss.detach()),
+            "reps": reps}
+
+
+def _run_cpu_subprocess(impl, B, D, dtype_name, reps, chunk_size, mem_cap_bytes=None, timeout=1800):
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", impl, str(B), str(D), dtype_name, str(reps),
+           str(chunk_size), str(mem_cap_bytes or 0)]
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # fused on CPU = chunked; never time the interpreter
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "B": B, "D": D, "dtype": dtype_name, "device": "cpu", "error": "timeout"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["failed"])[-1][:160]
+        return {"impl": impl, "B": B, "D": D, "dtype": dtype_name, "device": "cpu", "error": err}
+    return json.loads(lines[-1])
+
+
+def _worker_main(argv):
+    impl, B, D, dtype_name, reps, chunk, cap = argv
+    cap = int(cap)
+    if cap:  # an address-space cap, so an oversized reference fails to allocate instead of meeting the OOM killer
+        import gc
+
+        gc.collect()
+        with open("/proc/self/statm") as f:
+            vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (vm + cap, vm + cap))
+    try:
+        r = measure_cpu(impl, int(B), int(D), DTYPES[dtype_name], int(reps), int(chunk))
+    except (RuntimeError, MemoryError) as ex:
+        r = {"impl": impl, "B": int(B), "D": int(D), "dtype": dtype_name, "device": "cpu",
+             "error": f"{type(ex).__name__}: {str(ex).splitlines()[0][:120]}", "mem_cap_mib": cap / MIB}
+    print(json.dumps(r), flush=True)
+
+
+def machine_description(device):
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    parts = [f"{platform.system()} {platform.machine()}", f"CPU {cpu}", f"{os.cpu_count()} logical cores"
+             f" ({len(os.sched_getaffinity(0))} usable)" if hasattr(os, "sched_getaffinity") else "",
+             f"RAM {mem:.0f} GiB" if mem else "", f"torch {torch.__version__}", f"torch threads {torch.get_num_threads()}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except Exception:
+        pass
+    if device == "cuda":
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    return ", ".join(p for p in parts if p)
+
+
+def _fmt_table(rows):
+    by = {(r["impl"], r["B"], r["D"], r["dtype"]): r for r in rows}
+    out = ["| impl | B | D | dtype | fwd+bwd ms | peak extra MiB | time vs open_clip | memory vs open_clip |",
+           "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['error']} | | | |")
+            continue
+        oc = by.get(("open_clip", r["B"], r["D"], r["dtype"]))
+        tr = mr = ""
+        if oc and "error" not in oc and r["impl"] != "open_clip":
+            tr = f"{oc['ms'] / r['ms']:.2f}x faster" if r["ms"] <= oc["ms"] else f"{r['ms'] / oc['ms']:.2f}x slower"
+            mr = f"{oc['peak_extra_mib'] / max(r['peak_extra_mib'], 1e-9):.1f}x less" \
+                if r["peak_extra_mib"] <= oc["peak_extra_mib"] else \
+                f"{r['peak_extra_mib'] / max(oc['peak_extra_mib'], 1e-9):.1f}x more"
+        out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['ms']:.1f} | "
+                   f"{r['peak_extra_mib']:.0f} | {tr} | {mr} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--_worker":
+        return _worker_main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="default: 1024..65536 on CUDA, 1024..8192 on CPU")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--impls", nargs="+", default=None,
+                    help="default: fused chunked reference open_clip (CUDA); chunked reference open_clip (CPU)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed repetitions (default 10 CUDA, 3 CPU; on CPU the first full-size call is the memory "
+                         "sample and is timed only when reps = 1)")
+    ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--memory-check", type=int, default=None, metavar="B",
+                    help="CPU: also run chunked and reference once at this B (default 32768 on CPU; 0 = skip)")
+    ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
+    args = ap.parse_args(argv)
+
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error("--device cuda but CUDA is not available")
+    sizes = args.batch_sizes or ([1 << k for k in range(10, 17)] if cuda else [1024, 2048, 4096, 8192])
+    dtype_name = args.dtype or ("bf16" if cuda else "fp32")
+    impls = args.impls or (["fused", "chunked", "reference", "open_clip"] if cuda else
+                           ["chunked", "reference", "open_clip"])
+    reps = args.reps or (10 if cuda else 3)
+    mem_b = args.memory_check if args.memory_check is not None else (0 if cuda else 32768)
+
+    rows = []
+    for B in sizes:
+        for impl in impls:
+            if cuda:
+                try:
+                    r = measure_cuda(impl, B, args.dim, DTYPES[dtype_name], reps, args.chunk_size)
+                except torch.OutOfMemoryError:
+                    r = {"impl": impl, "B": B, "D": args.dim, "dtype": dtype_name, "device": "cuda", "error": "OOM"}
+                torch.cuda.empty_cache()
+            else:
+                r = _run_cpu_subprocess(impl, B, args.dim, dtype_name, reps, args.chunk_size)
+            rows.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+
+    mem_rows = []
+    if mem_b and not cuda:
+        avail = _mem_available() or 0
+        cap = int(0.8 * avail)  # never push the machine into the OOM killer
+        for impl in ("chunked", "reference"):
+            r = _run_cpu_subprocess(impl, mem_b, args.dim, dtype_name, 1, args.chunk_size, mem_cap_bytes=cap)
+            mem_rows.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "python benchmarks/infonce.py " + " ".join(argv)
+    md = [f"# Global InfoNCE loss: fwd+bwd time and peak extra memory ({args.device})", "",
+          f"- Date: {when}", f"- Machine: {machine_description(args.device)}", f"- Command: `{cmd.strip()}`",
+          f"- D = {args.dim}, dtype {dtype_name}, chunk_size {args.chunk_size}, median of {reps} fwd+bwd "
+          f"({'CUDA events, after a warm-up/autotune call' if cuda else 'wall time, each (impl, B) in a fresh process'}); "
+          f"peak extra memory = {'max_memory_allocated - allocated before' if cuda else 'ru_maxrss - RSS before'}, "
+          "inputs excluded.", ""]
+    if not cuda:
+        md += ["On CPU `fused` is not timed: without the Triton interpreter it runs the chunked path.", ""]
+    md += [_fmt_table(rows), ""]
+    if mem_rows:
+        md += [f"## Memory check: B = {mem_b}, D = {args.dim}, {dtype_name}, one fwd+bwd each in a fresh process",
+               "", _fmt_table(mem_rows), ""]
+        ok = {r["impl"]: r for r in mem_rows}
+        c, ref = ok.get("chunked", {}), ok.get("reference", {})
+        if "peak_extra_mib" in c:
+            md.append(f"- chunked: {c['peak_extra_mib']:.0f} MiB extra peak "
+                      f"({'<' if c['peak_extra_mib'] < 1024 else '>='} 1 GiB)")
+        if "peak_extra_mib" in ref:
+            md.append(f"- reference: {ref['peak_extra_mib']:.0f} MiB extra peak "
+                      f"({'>' if ref['peak_extra_mib'] > 4096 else '<='} 4 GiB)")
+        elif ref:
+            md.append(f"- reference: failed under an address-space cap of {cap / MIB:.0f} MiB ({ref.get('error')})")
+        md.append("")
+    text = "\n".join(md)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump({"date": when, "machine": machine_description(args.device), "command": cmd.strip(),
+                       "rows": rows, "memory_check": mem_rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
