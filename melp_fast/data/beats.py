@@ -70,9 +70,12 @@ _REFRACTORY_S = 0.20
 _TWAVE_S = 0.36
 _MWI_S = 0.12
 _SLOPE_S = 0.016
+_WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
 _FLAT_S = 0.10
 _REFINE_S = 0.08
 _BASE_S = 0.15
+_FLIP_RATIO = 2.0  # a beat whose opposite-polarity deflection is 2x larger takes that one
+_EDGE_MIN_SCORE = 0.5  # an edge beat needs half the record's median QRS deviation (else its R is outside)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,7 +136,23 @@ _FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _lead_slope(xl, k, flat_len, s, d, valid):
+def _add_lagdiff(s, lag, gain, out):
+    """out[n] += gain * (s[n + lag] - s[n - lag]), indices clamped to the record."""
+    nd = s.shape[0]
+    for n in range(min(lag, nd)):
+        out[n] += gain * (s[min(n + lag, nd - 1)] - s[0])
+    for n in range(max(nd - lag, lag), nd):
+        out[n] += gain * (s[nd - 1] - s[n - lag])
+    if nd > 2 * lag:
+        o = out[lag : nd - lag]
+        sp = s[2 * lag :]
+        sm = s[: nd - 2 * lag]
+        for i in range(nd - 2 * lag):
+            o[i] += gain * (sp[i] - sm[i])
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _lead_slope(xl, k, h, flat_len, s, d, valid):
     """Band-passed slope of one decimated lead into d, with valid (1.0/0.0); d is 0.0 where missing.
 
     s is scratch. Missing = non-finite input in the filter span, or a run of >= flat_len exactly-zero slopes."""
@@ -147,15 +166,12 @@ def _lead_slope(xl, k, flat_len, s, d, valid):
     so = s[1 : nd - 1]
     for i in range(nd - 2):
         so[i] = 0.25 * (xa[i] + 2.0 * xb[i] + xc[i])
-    for n in range(min(k, nd)):
-        d[n] = s[min(n + k, nd - 1)] - s[0]
-    for n in range(max(nd - k, k), nd):
-        d[n] = s[nd - 1] - s[n - k]
-    dd = d[k : nd - k]
-    sp = s[2 * k :]
-    sm = s[: nd - 2 * k]
-    for i in range(nd - 2 * k):
-        dd[i] = sp[i] - sm[i]
+    # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
+    for n in range(nd):
+        d[n] = 0.0
+    _add_lagdiff(s, k, 1.0, d)
+    if h > k:
+        _add_lagdiff(s, h, -k / h, d)
     tot = 0.0
     for n in range(nd):
         tot += d[n]
@@ -434,52 +450,37 @@ def _envelope(d, valid, scales, weights, fd):
     return E, m
 
 
-@njit(cache=True, nogil=True, fastmath=True)  # the lead is finite (checked by the caller)
-def _beat_dev_finite(xl, c, wr, wb):
-    """Signed largest deviation of xl within c +- wr from its mean over c +- wb."""
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _detrend(xl, hw, out):
+    """out = xl minus its centred moving average over +-hw (window shrunk symmetrically at the edges; NaN-aware: non-finite
+    samples are left out of the average and stay non-finite in out)."""
     nd = xl.shape[0]
-    a = max(0, c - wb)
-    b = min(nd, c + wb + 1)
-    seg = xl[a:b]
-    base = 0.0
-    for i in range(b - a):
-        base += seg[i]
-    base /= b - a
-    a = max(0, c - wr)
-    b = min(nd, c + wr + 1)
-    seg = xl[a:b]
-    hi = seg[0]
-    lo = seg[0]
-    for i in range(b - a):
-        v = seg[i]
-        hi = v if v > hi else hi
-        lo = v if v < lo else lo
-    hi -= base
-    lo -= base
-    return hi if hi >= -lo else lo
+    ps = np.empty(nd + 1, np.float64)
+    pc = np.empty(nd + 1, np.float64)
+    ps[0] = 0.0
+    pc[0] = 0.0
+    for n in range(nd):
+        v = xl[n]
+        ok = abs(v) < np.inf
+        ps[n + 1] = ps[n] + (v if ok else 0.0)
+        pc[n + 1] = pc[n] + (1.0 if ok else 0.0)
+    for n in range(nd):
+        hh = min(hw, n, nd - 1 - n)  # symmetric window, shrunk at the edges: removes a linear trend exactly
+        lo = n - hh
+        hi = n + hh + 1
+        cn = pc[hi] - pc[lo]
+        out[n] = xl[n] - (ps[hi] - ps[lo]) / cn if cn > 0.0 else np.nan
 
 
 @njit(cache=True, nogil=True)
-def _beat_dev_nan(xl, c, wr, wb):
-    """As _beat_dev_finite, skipping non-finite samples; NaN when there is none."""
-    nd = xl.shape[0]
-    base = 0.0
-    bn = 0
-    for n in range(max(0, c - wb), min(nd, c + wb + 1)):
-        v = xl[n]
-        if np.isfinite(v):
-            base += v
-            bn += 1
-    if bn == 0:
-        return np.nan
-    base /= bn
+def _signed_extremum(hp, c, wr):
+    """The value of largest magnitude of hp within c +- wr (finite samples only); NaN when there is none."""
+    nd = hp.shape[0]
     best = np.nan
     for n in range(max(0, c - wr), min(nd, c + wr + 1)):
-        v = xl[n]
-        if np.isfinite(v):
-            dv = v - base
-            if not (abs(dv) <= abs(best)):
-                best = dv
+        v = hp[n]
+        if np.isfinite(v) and not (abs(v) <= abs(best)):
+            best = v
     return best
 
 
@@ -501,13 +502,14 @@ def _detect_core(x, fs):
     valid = np.empty((L, nd), np.float64)
     s = np.empty(nd, np.float64)
     flat_len = max(3, int(round(_FLAT_S * fd)))
+    hw = max(k + 1, int(round(_WANDER_S * fd)))
     wlen = max(2, int(round(fd)))
     scales = np.zeros(L, np.float64)
     weights = np.zeros(L, np.float64)
     nlead = 0
     finite = np.zeros(L, np.bool_)
     for l in range(L):
-        finite[l] = _lead_slope(xd[l], k, flat_len, s, d[l], valid[l])
+        finite[l] = _lead_slope(xd[l], k, hw, flat_len, s, d[l], valid[l])
         sc, q = _lead_scale(d[l], valid[l], wlen)
         if sc > 0.0 and q >= _MIN_QUALITY:
             scales[l] = sc
@@ -523,22 +525,20 @@ def _detect_core(x, fs):
     # ---- refinement on the original signal ----
     wr = max(1, int(round(_REFINE_S * fd)))
     wb = max(1, int(round(_BASE_S * fd)))
-    # per lead: signed QRS deviation at each beat (decimated signal, local mean baseline)
+    # per lead: signed QRS deviation at each beat from the local baseline (decimated signal minus its +-150 ms
+    # moving average), its median size ranks the leads and its median sign is the lead's polarity
     amp = np.zeros(L, np.float64)
     sgn = np.ones(L, np.float64)
     dev = np.empty(nb, np.float64)
     adev = np.empty(nb, np.float64)
+    hp = np.empty(nd, np.float64)
     for l in range(L):
         if scales[l] == 0.0:
             continue
-        xl = xd[l]
+        _detrend(xd[l], wb, hp)
         nv = 0
         for b in range(nb):
-            c = dets[b]
-            if finite[l]:
-                best = _beat_dev_finite(xl, c, wr, wb)
-            else:
-                best = _beat_dev_nan(xl, c, wr, wb)
+            best = _signed_extremum(hp, dets[b], wr)
             if best == best:
                 dev[nv] = best
                 adev[nv] = abs(best)
@@ -548,14 +548,16 @@ def _detect_core(x, fs):
             sgn[l] = 1.0 if np.median(dev[:nv]) >= 0.0 else -1.0
     order = np.argsort(-amp)
     W = max(1, int(round(_REFINE_S * fs)))
+    H = max(1, int(round(_BASE_S * fs)))
     peaks = np.empty(nb, np.int64)
     score = np.empty(nb, np.float64)
+    seg = np.empty(2 * (W + H) + 1, np.float64)
     for b in range(nb):
         c = dets[b] * D + D // 2
         a = max(0, c - W)
         e = min(S, c + W + 1)
         chosen = -1
-        for oi in range(L):
+        for oi in range(L):  # best-ranked lead that is finite over the window
             l = order[oi]
             if amp[l] <= 0.0:
                 break
@@ -567,7 +569,7 @@ def _detect_core(x, fs):
             if ok:
                 chosen = l
                 break
-        if chosen < 0:
+        if chosen < 0:  # else the best-ranked lead with any finite sample there
             for oi in range(L):
                 l = order[oi]
                 if amp[l] <= 0.0:
@@ -582,26 +584,48 @@ def _detect_core(x, fs):
             peaks[b] = min(c, S - 1)
             score[b] = 0.0
             continue
+        # baseline-removed window: x minus its centred +-150 ms moving average (NaN-aware)
+        a2 = max(0, a - H)
+        e2 = min(S, e + H)
+        xs = x[chosen, a2:e2]
+        n2 = e2 - a2
+        ps = seg[: n2 + 1]
+        pc = np.empty(n2 + 1, np.float64)
+        ps[0] = 0.0
+        pc[0] = 0.0
+        for i in range(n2):
+            v = xs[i]
+            ok = np.isfinite(v)
+            ps[i + 1] = ps[i] + (v if ok else 0.0)
+            pc[i + 1] = pc[i] + (1.0 if ok else 0.0)
         sg = sgn[chosen]
-        bi = -1
+        bi = -1  # extremum in the lead's polarity
         bv = -np.inf
+        oi_ = -1  # and in the opposite one
+        ov = -np.inf
         for t in range(a, e):
             v = x[chosen, t]
             if np.isfinite(v):
-                sv = sg * v
+                i = t - a2
+                hh = min(H, i, n2 - 1 - i)  # symmetric window, shrunk at the edges
+                lo = i - hh
+                hi = i + hh + 1
+                cn = pc[hi] - pc[lo]
+                sv = sg * (v - (ps[hi] - ps[lo]) / cn)
                 if sv > bv:
                     bv = sv
                     bi = t
+                if -sv > ov:
+                    ov = -sv
+                    oi_ = t
+        if ov > _FLIP_RATIO * bv and ov > 0.0:
+            # a beat of opposite morphology (e.g. a ventricular ectopic beat): its dominant deflection
+            bv = ov
+            bi = oi_
         peaks[b] = bi
-        # score: deviation from the window's mean, in units of the lead's median QRS amplitude
-        mu = 0.0
-        mn = 0
-        for t in range(a, e):
-            v = x[chosen, t]
-            if np.isfinite(v):
-                mu += v
-                mn += 1
-        score[b] = (bv - sg * mu / mn) / amp[chosen]
+        score[b] = bv / amp[chosen]  # in units of the lead's median QRS deviation
+        if (c - W < 0 or c + W >= S) and score[b] < _EDGE_MIN_SCORE:
+            peaks[b] = -1  # a beat cut by the record edge whose R peak is not inside the record
     # sort and merge detections closer than the refractory period
     idx = np.argsort(peaks, kind="mergesort")
     refr = max(1, int(round(_REFRACTORY_S * fs)))
@@ -611,6 +635,8 @@ def _detect_core(x, fs):
     for j in range(nb):
         p = peaks[idx[j]]
         sc = score[idx[j]]
+        if p < 0:
+            continue
         if no > 0 and p - out[no - 1] < refr:
             if sc > osc[no - 1]:
                 out[no - 1] = p

@@ -1,0 +1,388 @@
+"""Tests of melp_fast.data.beats: accuracy on real recordings, robustness (units, polarity, NaN, flat, noise, wander,
+sampling rates, short records) and the span / batch API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from melp_fast.data.beats import beat_spans, detect_r_peaks, segment_batch, token_spans
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MIT = DATA / "mitbih" / "100"
+DCM = DATA / "dicom" / "waveform_ecg.dcm"
+BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
+
+needs_mit = pytest.mark.skipif(not (MIT.parent / "100.dat").exists(), reason="shared/data/mitbih not present")
+needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not present")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------
+def match(ref, det, tol):
+    """Greedy one-to-one matching within tol samples. Returns (tp, fn, fp, signed errors det - ref)."""
+    ref = np.sort(np.asarray(ref))
+    det = np.sort(np.asarray(det))
+    used = np.zeros(len(det), bool)
+    errs = []
+    j = 0
+    for r in ref:
+        while j < len(det) and det[j] < r - tol:
+            j += 1
+        best, bd = -1, tol + 1
+        for k in range(j, len(det)):
+            if det[k] > r + tol:
+                break
+            if not used[k] and abs(det[k] - r) < bd:
+                best, bd = k, abs(det[k] - r)
+        if best >= 0:
+            used[best] = True
+            errs.append(det[best] - r)
+    tp = len(errs)
+    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs)
+
+
+@pytest.fixture(scope="module")
+def mit():
+    wfdb = pytest.importorskip("wfdb")
+    if not (MIT.parent / "100.dat").exists():
+        pytest.skip("shared/data/mitbih not present")
+    rec = wfdb.rdrecord(str(MIT))
+    ann = wfdb.rdann(str(MIT), "atr")
+    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
+    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
+
+
+@pytest.fixture(scope="module")
+def dcm():
+    pydicom = pytest.importorskip("pydicom")
+    if not DCM.exists():
+        pytest.skip("shared/data/dicom not present")
+    ds = pydicom.dcmread(str(DCM))
+    x = np.ascontiguousarray(ds.waveform_array(0).T)  # (12, 10000) microvolts, 1000 Hz
+    # R-point fiducials of the rhythm strip (annotation groups >= 100; group 2 is the median beat), 1-based
+    ref = np.array(
+        [
+            a.ReferencedSamplePositions - 1
+            for a in ds.WaveformAnnotationSequence
+            if "ConceptNameCodeSequence" in a
+            and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
+            and int(a.AnnotationGroupNumber) >= 100
+        ],
+        np.int64,
+    )
+    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+
+
+def window(mit, start_s, dur_s):
+    """A window of record 100 (both leads, mV) and its reference beats, re-based to the window."""
+    x, fs, ref = mit
+    a, b = int(start_s * fs), int((start_s + dur_s) * fs)
+    r = ref[(ref >= a) & (ref < b)] - a
+    return np.ascontiguousarray(x[:, a:b]), fs, r
+
+
+def inner(ref, n, fs, margin_s=0.1):
+    """Reference beats at least margin_s from both record edges (beats cut by the edge are not required)."""
+    m = int(margin_s * fs)
+    return ref[(ref >= m) & (ref < n - m)]
+
+
+def assert_accurate(peaks, ref, n, fs, max_err_ms=20.0, margin_s=0.1):
+    """Every inner reference beat found within 150 ms and within max_err_ms; no detection that matches nothing."""
+    tol = int(round(0.15 * fs))
+    tp, fn, fp, err = match(inner(ref, n, fs, margin_s), peaks, tol)
+    # detections near the edges may match edge beats that were not required
+    _, _, fp_all, _ = match(ref, peaks, tol)
+    assert fn == 0, f"missed {fn} beats"
+    assert fp_all == 0, f"{fp_all} extra detections"
+    assert np.all(np.abs(err) * 1000.0 / fs <= max_err_ms), np.abs(err).max() * 1000.0 / fs
+
+
+def check_output(p, n):
+    assert p.dtype == np.int64 and p.ndim == 1
+    assert np.all(np.diff(p) > 0), "sorted and unique"
+    assert p.size == 0 or (p[0] >= 0 and p[-1] < n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# accuracy on real recordings (the issue's acceptance criteria)
+# ---------------------------------------------------------------------------------------------------------------
+@needs_mit
+def test_mitbih_100_whole_record_both_leads(mit):
+    x, fs, ref = mit
+    p = detect_r_peaks(x, fs)
+    check_output(p, x.shape[1])
+    tp, fn, fp, err = match(ref, p, int(round(0.15 * fs)))
+    se, ppv = tp / (tp + fn), tp / (tp + fp)
+    assert se >= 0.997 and ppv >= 0.997, (se, ppv)
+    err_ms = np.abs(err) * 1000.0 / fs
+    assert np.mean(err_ms <= 20.0) >= 0.95
+    assert np.median(err_ms) <= 3.0  # on the R peak itself (MIT-BIH marks are within a sample of the maximum)
+
+
+@needs_dcm
+def test_dicom_12_lead_all_reference_r_points(dcm):
+    x, fs, ref = dcm
+    assert ref.size == 10
+    p = detect_r_peaks(x, fs)
+    check_output(p, x.shape[1])
+    tp, fn, fp, err = match(ref, p, int(round(0.15 * fs)))
+    assert (tp, fn, fp) == (10, 0, 0)
+    assert np.all(np.abs(err) * 1000.0 / fs <= 20.0), err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# units, polarity, sampling rate
+# ---------------------------------------------------------------------------------------------------------------
+@needs_mit
+def test_any_unit_and_scale_gives_the_same_peaks(mit):
+    """mV, microvolts (float32, int16), a random gain and offset: the same peaks (the detector is invariant to a
+    record-wide gain and to per-lead offsets). Per-lead gains (e.g. min-max scaling of each lead to [0, 1]) may
+    change which lead places the R point (leads are ranked by QRS amplitude), so there the R points are checked
+    against the reference instead."""
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    n = x.shape[1]
+    base = detect_r_peaks(x, fs)
+    assert_accurate(base, ref, n, fs)
+    uv = x * 1000.0
+    rand = x * 10.0 ** rng.uniform(-3, 4) + rng.uniform(-1e3, 1e3, size=(2, 1))
+    for y in (uv, rand, uv.astype(np.float32), np.round(uv).astype(np.int16)):
+        p = detect_r_peaks(y, fs)
+        check_output(p, n)
+        assert p.shape == base.shape
+        assert np.abs(p - base).max() <= 1
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    minmax = (x - lo) / (hi - lo)
+    per_lead = x * 10.0 ** rng.uniform(-3, 4, size=(2, 1)) + rng.uniform(-1e3, 1e3, size=(2, 1))
+    for y in (minmax, per_lead, (minmax - lo.min()) / np.ptp(minmax)):
+        assert_accurate(detect_r_peaks(y, fs), ref, n, fs)
+
+
+@needs_dcm
+def test_dicom_units(dcm):
+    rng = np.random.default_rng()
+    x, fs, ref = dcm
+    base = detect_r_peaks(x, fs)
+    for y in (x / 1000.0, (x - x.min()) / np.ptp(x), x * rng.uniform(1e-4, 1e4) + rng.normal(size=(12, 1))):
+        p = detect_r_peaks(y, fs)
+        assert p.shape == base.shape and np.abs(p - base).max() <= 1
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    assert_accurate(detect_r_peaks((x - lo) / (hi - lo), fs), ref, x.shape[1], fs, margin_s=0.0)
+
+
+@needs_mit
+def test_inverted_polarity(mit):
+    """A whole inverted record gives the same R points; one inverted lead among others changes nothing either."""
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    base = detect_r_peaks(x, fs)
+    p = detect_r_peaks(-x, fs)
+    assert p.shape == base.shape and np.abs(p - base).max() <= 1
+    y = x.copy()
+    y[1] *= -1.0
+    assert_accurate(detect_r_peaks(y, fs), ref, x.shape[1], fs)
+    # single inverted lead alone: the R point is the (negative) extremum, still the same beat
+    assert_accurate(detect_r_peaks(-x[0], fs), ref, x.shape[1], fs)
+
+
+@needs_mit
+@pytest.mark.parametrize("fs_new", [250, 360, 500, 1000])
+def test_sampling_rates(mit, fs_new):
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    g = np.gcd(int(fs_new), int(fs))
+    y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
+    r = np.round(ref * fs_new / fs).astype(np.int64)
+    assert_accurate(detect_r_peaks(y, float(fs_new)), r, y.shape[1], float(fs_new))
+
+
+@needs_dcm
+@pytest.mark.parametrize("fs_new", [250, 500])
+def test_dicom_resampled(dcm, fs_new):
+    from scipy.signal import resample_poly
+
+    x, fs, ref = dcm
+    y = resample_poly(x, int(fs_new), int(fs), axis=1)
+    r = np.round(ref * fs_new / fs).astype(np.int64)
+    assert_accurate(detect_r_peaks(y, float(fs_new)), r, y.shape[1], float(fs_new))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# missing data, flat leads, degenerate records
+# ---------------------------------------------------------------------------------------------------------------
+@needs_mit
+def test_nan_runs_are_missing_no_peak_invented(mit):
+    """NaN runs in every lead: no detection inside a run; every beat >= 100 ms from a run is still found."""
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    n = x.shape[1]
+    y = x.copy()
+    runs = []
+    for a_s in (rng.uniform(2, 6), rng.uniform(11, 15)):
+        a, b = int(a_s * fs), int((a_s + rng.uniform(0.5, 3.0)) * fs)
+        y[:, a:b] = np.nan
+        runs.append((a, b))
+    p = detect_r_peaks(y, fs)
+    check_output(p, n)
+    m = int(0.1 * fs)
+    for a, b in runs:
+        assert not np.any((p >= a) & (p < b)), "peak inside a NaN run"
+    keep = np.ones(ref.size, bool)
+    for a, b in runs:
+        keep &= (ref < a - m) | (ref >= b + m)
+    tp, fn, fp, err = match(ref[keep], p, int(0.15 * fs))
+    assert fn == 0 and np.all(np.abs(err) * 1000 / fs <= 20)
+    assert p.size - tp <= 2 * len(runs)  # at most a beat cut by each run edge
+
+
+@needs_mit
+def test_nan_in_one_lead_other_lead_carries(mit):
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    y = x.copy()
+    a = int(rng.uniform(2, 10) * fs)
+    y[0, a : a + int(5 * fs)] = np.nan  # lead MLII missing for 5 s: V5 carries detection and refinement
+    y[1, :: int(rng.integers(50, 200))] = np.nan  # and scattered NaN samples in V5
+    p = detect_r_peaks(y, fs)
+    tp, fn, fp, err = match(inner(ref, y.shape[1], fs), p, int(0.15 * fs))
+    assert fn <= 2 and p.size - tp <= 2
+
+
+@needs_mit
+def test_flat_and_zero_leads_are_ignored(mit):
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    n = x.shape[1]
+    y = np.concatenate([x, np.zeros((1, n)), np.full((1, n), rng.normal()), np.full((1, n), np.nan)])
+    y = y[rng.permutation(len(y))]
+    assert_accurate(detect_r_peaks(y, fs), ref, n, fs)
+    # a lead that is flat, zero-filled or all-NaN on its own has no beat
+    for lead in (np.zeros(n), np.full(n, rng.normal()), np.full(n, np.nan)):
+        assert detect_r_peaks(lead, fs).size == 0
+
+
+def test_degenerate_records_return_empty():
+    rng = np.random.default_rng()
+    for y in (np.zeros((12, 5000)), np.full((12, 5000), np.nan), np.zeros((12, 0)), np.zeros((0, 5000)),
+              np.full((3, 5000), np.inf), np.zeros(10)):
+        p = detect_r_peaks(y, 500.0)
+        assert p.dtype == np.int64 and p.size == 0
+    # pure white noise on every lead: no lead passes the quality test -> nothing detected
+    assert detect_r_peaks(rng.normal(size=(12, 5000)) * rng.uniform(1e-3, 1e3), 500.0).size == 0
+
+
+@needs_mit
+def test_short_record(mit):
+    """Shorter than 2 s: works the same way (statistics from the one short window) and returns the beats in it."""
+    rng = np.random.default_rng()
+    for dur in (1.5, 1.0):
+        x, fs, ref = window(mit, rng.uniform(0, 1700), dur)
+        p = detect_r_peaks(x, fs)
+        check_output(p, x.shape[1])
+        assert_accurate(p, ref, x.shape[1], fs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# noise and baseline wander
+# ---------------------------------------------------------------------------------------------------------------
+@needs_mit
+def test_strong_baseline_wander(mit):
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    t = np.arange(x.shape[1]) / fs
+    amp = np.ptp(x, axis=1, keepdims=True)  # wander 2x the record's peak-to-peak, plus a ramp and breathing
+    w = amp * (2.0 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3)) + 1.0 * t / t[-1])
+    w += 0.5 * amp * np.sin(2 * np.pi * rng.uniform(0.2, 0.4) * t)
+    assert_accurate(detect_r_peaks(x + w, fs), ref, x.shape[1], fs)
+
+
+@needs_mit
+def test_added_noise(mit):
+    """White noise at 10% of the QRS amplitude, and mains hum: still every beat, on the R peak (<= 20 ms)."""
+    rng = np.random.default_rng()
+    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    qrs = np.ptp(x, axis=1, keepdims=True)
+    t = np.arange(x.shape[1]) / fs
+    y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)
+    p = detect_r_peaks(y, fs)
+    tp, fn, fp, err = match(inner(ref, x.shape[1], fs), p, int(0.15 * fs))
+    assert fn == 0 and p.size - tp <= 1
+    assert np.mean(np.abs(err) * 1000 / fs <= 20) >= 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batch and spans
+# ---------------------------------------------------------------------------------------------------------------
+@needs_mit
+def test_segment_batch_matches_single_calls(mit):
+    rng = np.random.default_rng()
+    x, fs, _ = mit
+    starts = rng.integers(0, x.shape[1] - 3600, size=12)
+    recs = np.stack([x[:, s : s + 3600] for s in starts])
+    recs[3] = 0.0  # an all-zero record in the batch
+    recs[5] = -recs[5] * 1000.0
+    peaks, counts = segment_batch(recs, fs, max_beats=32)
+    assert peaks.shape == (12, 32) and peaks.dtype == np.int64 and counts.dtype == np.int64
+    for i in range(len(recs)):
+        p = detect_r_peaks(recs[i], fs)
+        assert counts[i] == min(p.size, 32)
+        np.testing.assert_array_equal(peaks[i, : counts[i]], p[:32])
+        assert np.all(peaks[i, counts[i] :] == -1)
+    assert counts[3] == 0
+    small, c2 = segment_batch(recs, fs, max_beats=4)
+    assert np.all(c2 == np.minimum(counts, 4)) and np.array_equal(small, peaks[:, :4])
+
+
+def test_beat_spans_tile_and_contain_peaks():
+    rng = np.random.default_rng()
+    n = 5000
+    for _ in range(20):
+        r = np.sort(rng.choice(n, size=rng.integers(2, 30), replace=False))
+        sp = beat_spans(r, n)
+        assert sp.dtype == np.int64 and sp.shape == (r.size, 2)
+        assert np.all(sp[:, 0] <= r) and np.all(r < sp[:, 1])  # each span holds its R peak
+        assert np.all(sp[1:, 0] == sp[:-1, 1])  # contiguous, no overlap
+        assert sp[0, 0] >= 0 and sp[-1, 1] <= n
+        assert sp[0, 0] == max(0, r[0] - (r[1] - r[0]) // 2)
+        assert sp[-1, 1] == min(n, r[-1] + (r[-1] - r[-2]) // 2 + 1)
+    assert beat_spans(np.array([], np.int64), n).shape == (0, 2)
+    np.testing.assert_array_equal(beat_spans([1234], n), [[0, n]])
+    np.testing.assert_array_equal(beat_spans([300, 100, 300, -5, 9999], 1000), beat_spans([100, 300], 1000))
+
+
+def test_token_spans_non_empty_inside_and_aligned():
+    rng = np.random.default_rng()
+    n, stride, nt = 5000, 16, 312
+    for _ in range(20):
+        r = np.sort(rng.choice(n, size=rng.integers(2, 40), replace=False))
+        sp = beat_spans(r, n)
+        tk = token_spans(sp, stride, nt)
+        assert tk.dtype == np.int64 and tk.shape == sp.shape
+        assert np.all(tk[:, 1] > tk[:, 0]) and tk.min() >= 0 and tk[:, 1].max() <= nt
+        # a token belongs to the beat that holds its centre sample, when that beat is wider than a token
+        for (s, e), (a, b) in zip(sp, tk):
+            if e - s >= stride and s < stride * nt - stride:
+                assert s <= stride * a + stride // 2 < e or a == 0
+                assert b == nt or stride * b + stride // 2 >= e
+    # contiguous sample spans -> contiguous tokens; a beat in the last 8 samples gets the last token
+    tk = token_spans(np.array([[0, 100], [100, 4995], [4995, 5000]]))
+    np.testing.assert_array_equal(tk, [[0, 6], [6, 312], [311, 312]])
+
+
+@needs_dcm
+def test_real_record_token_spans(dcm):
+    x, fs, ref = dcm
+    from scipy.signal import resample_poly
+
+    y = resample_poly(x, 1, 2, axis=1)  # 500 Hz, 5000 samples -> 312 tokens
+    p = detect_r_peaks(y, 500.0)
+    tk = token_spans(beat_spans(p, y.shape[1]))
+    assert tk.shape == (10, 2) and np.all(tk[:, 1] > tk[:, 0]) and tk[:, 1].max() <= 312
+    assert np.all((p // 16 >= tk[:, 0]) & (p // 16 < tk[:, 1]))  # the token of each R peak is in its beat
