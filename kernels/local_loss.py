@@ -369,6 +369,12 @@ if HAS_TRITON:
             tl.store(GAUX_part + nbase + offs_s, acc_aux, mask=sin & first)
 
 
+_FWD_WARPS = 4
+# 8 warps in the backward: at 4 its sm_90 build hits 255 registers and spills (checked with cuobjdump).
+# A variant stepping 2-4 pairs at once as [P, K, S] tiles spilled hundreds of bytes at sm_90, so one pair a step.
+_BWD_WARPS = 8
+
+
 def _next_pow2(n):
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -410,7 +416,8 @@ class _LocalSimFused(torch.autograd.Function):
         with _device_guard(E.device):
             _local_fwd_kernel[(B, B)](
                 E, Sn, G, NS, BM, SM, out, B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1),
-                float(t1), float(t2), float(t3), BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee, num_warps=4)
+                float(t1), float(t2), float(t3), BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee,
+                num_warps=_FWD_WARPS)
         ctx.save_for_backward(E, Sn, G, NS, BM, SM)
         ctx.cfg = (float(t1), float(t2), float(t3), BK, BS, BD, BDO, n_dc, n_split, f32dot, ieee)
         return out
@@ -428,8 +435,7 @@ class _LocalSimFused(torch.autograd.Function):
         gS = torch.empty((n_split, B, S, D), dtype=torch.float32, device=dev)
         gN = torch.empty((n_split, B, S), dtype=torch.float32, device=dev)
         common = (B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1), t1, t2, t3, n_split)
-        # 8 warps: at 4 the sm_90 build of this kernel hits 255 registers and spills (checked with cuobjdump)
-        meta = dict(BK=BK, BS=BS, BD=BD, BDO=BDO, F32DOT=f32dot, IEEE=ieee, num_warps=8)
+        meta = dict(BK=BK, BS=BS, BD=BD, BDO=BDO, F32DOT=f32dot, IEEE=ieee, num_warps=_BWD_WARPS)
         grid = (B, n_dc, n_split)
         with _device_guard(dev):
             _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gE, gG, *common, FOR_E=True, **meta)
@@ -438,7 +444,7 @@ class _LocalSimFused(torch.autograd.Function):
         return gE.to(E.dtype), gS.to(Sn.dtype), gG, gN, None, None, None, None, None, None, None
 
 
-def _compile_check(arch=90, dtypes=("fp32", "bf16"), K=16, S=16, D=256):
+def _compile_check(arch=90, dtypes=("fp32", "bf16"), K=16, S=16, D=256, fwd_warps=None, bwd_warps=None):
     """Compile the three kernels ahead of time for a CUDA target (no GPU needed: Triton's bundled ptxas).
 
     Returns {name: cubin resource line}. Must run with TRITON_INTERPRET unset (a fresh process)."""
@@ -456,14 +462,14 @@ def _compile_check(arch=90, dtypes=("fp32", "bf16"), K=16, S=16, D=256):
         cx = dict(BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee)
         sig = dict(ptrs, OUT="*fp32", **scal, **{k: "constexpr" for k in cx})
         k = triton.compile(ASTSource(_local_fwd_kernel, sig, constexprs=cx), target=target,
-                           options={"num_warps": 4})
+                           options={"num_warps": fwd_warps or _FWD_WARPS})
         out[f"fwd_{dt}"] = k
         for fe in (True, False):
             cxb = dict(cx, FOR_E=fe, BDO=BDO)
             sig = dict(ptrs, GOUT="*fp32", GX_part="*fp32", GAUX_part="*fp32", **scal, n_split="i32",
                        **{k: "constexpr" for k in cxb})
             k = triton.compile(ASTSource(_local_bwd_kernel, sig, constexprs=cxb), target=target,
-                               options={"num_warps": 8})
+                               options={"num_warps": bwd_warps or _BWD_WARPS})
             out[f"bwd_{'E' if fe else 'S'}_{dt}"] = k
     return out
 
