@@ -22,6 +22,15 @@ over the valid rows, so it equals the loss of the batch without those samples an
 are unchanged; invalid samples get zero gradient. With no valid sample the loss is a zero that still carries a
 graph (all gradients zero).
 
+Fused design: torch computes G = E E^T [B, K, K] and ||s_ik|| [B, S] (fp32, differentiable); one Triton program per
+pair (j, i) builds a = E_j S_i^T by D-chunks (tl.dot) and does the K x S algebra in registers, writing S[j, i]
+only. The backward recomputes per pair: a pass with one program per (ECG j, D-chunk, split) sums over reports
+i the a-path gradient ga_ji S_i and dL/dG_j; a pass per (report i, D-chunk, split) sums ga_ji^T E_j and
+dL/d||s_i||. Partial sums per split are added by torch (deterministic, no atomics); autograd carries dL/dG and
+dL/d||s|| through the bmm and the norm. Nothing of size B x B x K x S or B x B x S x D is stored. fp32 inputs
+use IEEE fp32 dots; bf16 / fp16 inputs use tensor-core dots with fp32 accumulation for a (backward D-wide dots
+in tf32 on fp32-converted operands); the small K x K Gram dots are IEEE fp32 always. Under TRITON_INTERPRET=1 every dot operand is cast to fp32 (triton issue 11584).
+
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
 """
@@ -266,7 +275,7 @@ if HAS_TRITON:
         num = tl.sum(A2 * a, axis=0)  # s_k . c_k
         g = tl.load(G + j * K * K + offs_k[:, None] * K + offs_k[None, :],
                     mask=kin[:, None] & kin[None, :], other=0.0)
-        GA = _mm(g, A2, IEEE)  # G_j A2, [BK, BS]
+        GA = _mm(g, A2, True)  # G_j A2, [BK, BS]; K x K x S, always IEEE fp32 (||c||^2 is sensitive)
         nc2 = tl.sum(A2 * GA, axis=0)  # ||c_k||^2
         nc = tl.sqrt(tl.maximum(nc2, 1e-30))
         ns = tl.load(NS + i * S + offs_s, mask=sin, other=0.0)
@@ -343,7 +352,7 @@ if HAS_TRITON:
                 s_out = tl.load(Sn + i * s_sb + offs_s[:, None] * s_sk + offs_do[None, :],
                                 mask=sin[:, None] & dout[None, :], other=0.0).to(tl.float32)
                 acc += _mm(ga, s_out, IEEE)
-                acc_aux += _mm(A2 * gnc2[None, :], tl.trans(A2), IEEE)
+                acc_aux += _mm(A2 * gnc2[None, :], tl.trans(A2), True)
             else:
                 e_out = tl.load(E + j * s_eb + offs_k[:, None] * s_ek + offs_do[None, :],
                                 mask=kin[:, None] & dout[None, :], other=0.0).to(tl.float32)
