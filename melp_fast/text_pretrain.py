@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=200, help="vocabulary growth: at most this many (0: none)")
     p.add_argument("--heldout", type=float, default=0.1, help="fraction of reports held out for the intrinsic check")
     p.add_argument("--max-heldout", type=int, default=1000, help="at most this many held-out reports")
+    p.add_argument("--probe-steps", type=int, default=0,
+                   help="a baseline for the intrinsic check: fit the MLM head alone (encoder frozen) on the starting "
+                        "model for N steps (useful when the checkpoint has no MLM head, as MiniLM); 0: no baseline")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -174,6 +177,57 @@ def make_collator(tokenizer, mlm_probability: float = 0.15):
     return DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=True, mlm_probability=mlm_probability)
 
 
+class MaskedLMLoss(torch.nn.Module):
+    """The masked-LM loss with vocabulary logits at the masked positions only (a fraction of the tokens, and the
+    vocabulary projection dominates a small encoder's cost); models without a separate head (`cls` or `lm_head`)
+    fall back to their own full-logit loss."""
+
+    def __init__(self, mlm):
+        super().__init__()
+        self.mlm = mlm
+        self.head_name = next((n for n in ("cls", "lm_head") if isinstance(getattr(mlm, n, None), torch.nn.Module)), None)
+
+    def forward(self, input_ids, attention_mask, labels, **extra):
+        import torch.nn.functional as F
+
+        if self.head_name is None:
+            return self.mlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra).loss
+        base = getattr(self.mlm, self.mlm.base_model_prefix)
+        states = base(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
+        sel = labels != -100
+        logits = getattr(self.mlm, self.head_name)(states[sel]).float()
+        return F.cross_entropy(logits, labels[sel], reduction="sum") / sel.sum().clamp(min=1)
+
+
+def fit_head(model, examples: list[dict], collate, steps: int, batch_size: int, lr: float = 1e-3, seed: int = 0):
+    """A copy of `model` whose MLM head (not the tied word embeddings) is trained for `steps` steps with the
+    encoder frozen: the starting encoder's best showing under the intrinsic check, without any adaptation."""
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    loss_fn = MaskedLMLoss(probe)
+    if loss_fn.head_name is None:
+        raise ValueError("--probe-steps needs a model with a separate MLM head (cls or lm_head)")
+    base = getattr(probe, probe.base_model_prefix)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    params = [p for p in getattr(probe, loss_fn.head_name).parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(len(examples), (batch_size,), generator=g).tolist()
+            batch = collate([examples[i] for i in idx])
+            loss = loss_fn(**batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for p in base.parameters():
+        p.requires_grad_(True)
+    return probe.eval()
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
@@ -208,11 +262,15 @@ def intrinsic(model, tokenizer, reports: list[str], *, max_len: int = 128, batch
             "masked_tokens": count, "reports": len(reports), "vocab": len(tokenizer)}
 
 
+ROW_NAMES = {"start": "start (as loaded)", "start+vocab": "start + new words",
+             "head_fitted": "start + new words, MLM head fitted (encoder frozen)", "after": "after pretraining"}
+
+
 def intrinsic_table(rows: dict) -> str:
     lines = ["| model | masked-token accuracy | perplexity | masked tokens | vocabulary |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['perplexity']:.2f} | {r['masked_tokens']} | {r['vocab']} |")
+        lines.append(f"| {ROW_NAMES.get(name, name)} | {r['accuracy']:.4f} | {r['perplexity']:.2f} | {r['masked_tokens']} | {r['vocab']} |")
     return "\n".join(lines)
 
 
@@ -258,21 +316,21 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 
 
 def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    ckpt_dir = out / "checkpoints"
+    if args.resume and not (ckpt_dir / "latest").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file)")
+    if not args.resume and (ckpt_dir / "latest").is_file():
+        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume, or choose another --out")
     import deepspeed
     from tqdm import tqdm
 
     from melp_fast.train import init_distributed, load_ds_config, param_groups, warmup_cosine
 
-    args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rank, world = init_distributed()
-    out = Path(args.out)
-    ckpt_dir = out / "checkpoints"
     say = print if rank == 0 else (lambda *a, **k: None)
-    if args.resume and not (ckpt_dir / "latest").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file)")
-    if not args.resume and (ckpt_dir / "latest").is_file():
-        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume, or choose another --out")
 
     # reports
     reports, stats = read_reports(args.reports, args.n_synthetic, args.seed)
@@ -291,7 +349,7 @@ def main(argv=None) -> dict:
     intrinsic_file, words_file = out / "intrinsic.json", out / "new_words.json"
     results: dict = {}
     if args.resume and intrinsic_file.is_file():
-        results = {k: v for k, v in json.loads(intrinsic_file.read_text()).items() if k in ("start", "start+vocab")}
+        results = {k: v for k, v in json.loads(intrinsic_file.read_text()).items() if k != "after"}
     if rank == 0 and heldout and "start" not in results:
         results["start"] = intrinsic(model, tokenizer, heldout, max_len=args.max_len, seed=args.seed + 1234,
                                      mlm_probability=args.mlm_probability)
@@ -308,6 +366,15 @@ def main(argv=None) -> dict:
                                                seed=args.seed + 1234, mlm_probability=args.mlm_probability)
     else:
         say("vocabulary: no word qualifies (frequency >= %d, >= %d pieces)" % (args.min_count, args.min_pieces))
+    examples = encode(train_reports, tokenizer, args.max_len)
+    collate = make_collator(tokenizer, args.mlm_probability)
+    if rank == 0 and heldout and args.probe_steps > 0 and "head_fitted" not in results:
+        t = time.perf_counter()
+        probe = fit_head(model, examples, collate, args.probe_steps, args.batch_size, seed=args.seed + 99)
+        results["head_fitted"] = {**intrinsic(probe, tokenizer, heldout, max_len=args.max_len, seed=args.seed + 1234,
+                                              mlm_probability=args.mlm_probability), "probe_steps": args.probe_steps}
+        del probe
+        say(f"baseline: the MLM head alone fitted for {args.probe_steps} steps ({time.perf_counter() - t:.0f} s)")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         words_file.write_text(json.dumps([{"word": w, "id": i, "pieces": p} for w, i, p in added], indent=1))
@@ -315,17 +382,16 @@ def main(argv=None) -> dict:
         (out / "pretrain_args.json").write_text(json.dumps({**vars(args), "reports_stats": stats}, indent=1))
 
     # data, optimiser, schedule, engine
-    examples = encode(train_reports, tokenizer, args.max_len)
     if len(examples) // world < args.batch_size:
         raise ValueError(f"{len(examples)} training reports cannot fill one batch of {args.batch_size} "
                          f"on {world} processes")
-    collate = make_collator(tokenizer, args.mlm_probability)
     model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
+    wrapper = MaskedLMLoss(model)
+    optimizer = torch.optim.AdamW(param_groups(wrapper, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, round(0.06 * args.steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, args.steps))
     ds_config = load_ds_config(args.ds_config, SimpleNamespace(train=SimpleNamespace(batch_size=args.batch_size)), world)
-    engine, optimizer, _, schedule = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+    engine, optimizer, _, schedule = deepspeed.initialize(model=wrapper, optimizer=optimizer, lr_scheduler=schedule,
                                                           config=ds_config)
     device = engine.device
     step = 0
@@ -356,7 +422,7 @@ def main(argv=None) -> dict:
             torch.manual_seed(_step_seed(args.seed, step, rank))  # masking and dropout: a function of the step
             batch = collate([examples[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch).loss
+            loss = engine(**batch)
             finite = torch.tensor([float(torch.isfinite(loss.detach()).item())])
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:  # every rank skips together
@@ -392,8 +458,9 @@ def main(argv=None) -> dict:
     if rank == 0:
         from transformers import AutoModelForMaskedLM
 
-        final = AutoModelForMaskedLM.from_config(engine.module.config)
-        missing, unexpected = final.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=False)
+        final = AutoModelForMaskedLM.from_config(model.config)
+        state = {k[len("mlm."):]: v.float().cpu() for k, v in state.items() if k.startswith("mlm.")}
+        missing, unexpected = final.load_state_dict(state, strict=False)
         missing = [k for k in missing if "decoder" not in k]  # the tied output layer
         if missing or unexpected:
             raise RuntimeError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
