@@ -1,65 +1,195 @@
-"""Dataset and batching over a store: ECG, beat spans in encoder-token units with a mask, tokenised report."""
+"""Dataset and batching over a store: ECG, beat spans in encoder-token units with a mask, tokenised report.
+
+Fast path: ``ECGTextDataset.__getitems__`` (which torch's DataLoader calls with the whole batch of indices)
+reads a batch with one fancy-indexed read per shard (``Store.read``), converts float16 -> float32 and applies the
+lead mask in torch, and returns an already stacked batch; ``Collate`` then only tokenises the reports (with a
+per-report cache, so repeated reports are tokenised once). ``dataset[i]`` still gives one item, and ``Collate``
+accepts a list of items too, so both ways give identical batches.
+
+Lead masking (training augmentation, MELP_SPEC.md): each lead of each record zeroed independently with
+probability ``lead_mask_p``, decided by a counter-based hash of (seed, epoch, record index, lead): reproducible
+and independent of batching, workers and order.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from . import beats as beatlib
 from .store import Store
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+        return x ^ (x >> np.uint64(31))
+
+
+def lead_mask(indices, n_leads: int, p: float, seed: int, epoch: int) -> np.ndarray:
+    """bool [b, n_leads]: True where the lead is zeroed (probability p each, deterministic in its arguments)."""
+    idx = np.asarray(indices, dtype=np.uint64).reshape(-1, 1)
+    key = _splitmix64(_splitmix64(np.uint64(seed & 0xFFFFFFFF) << np.uint64(32) | np.uint64(epoch & 0xFFFFFFFF)) ^ idx)
+    u = _splitmix64(key ^ np.arange(1, n_leads + 1, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
+    return (u >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < p
 
 
 class ECGTextDataset(Dataset):
-    """Items of a store. With lead_mask_p > 0 (training) each lead is zeroed independently with that
-    probability, drawn from a generator seeded by (seed, epoch, index) so runs are reproducible."""
+    """Items of a store (or of ``indices`` into it). With lead_mask_p > 0 (training) each lead is zeroed
+    independently with that probability (see ``lead_mask``); ``set_epoch`` changes the draw."""
 
     def __init__(self, store: Store | str, lead_mask_p: float = 0.0, seed: int = 0, stride: int = 16,
-                 n_tokens: int | None = None):
+                 n_tokens: int | None = None, indices=None, task: str | None = None):
         self.store = store if isinstance(store, Store) else Store(store)
         self.lead_mask_p, self.seed, self.epoch = lead_mask_p, seed, 0
         self.stride = stride
         self.n_tokens = n_tokens if n_tokens is not None else self.store.meta["n_samples"] // stride
         self.max_beats = self.store.meta["max_beats"]
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        labels = self.store.task_labels(task) if task else self.store.labels
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.float32))
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store) if self.indices is None else len(self.indices)
+
+    def _global(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return idx if self.indices is None else self.indices[idx]
+
+    def batch(self, idx) -> dict:
+        """A stacked batch of dataset positions ``idx``: ecg float32 [b, leads, samples], beat_spans int64
+        [b, max_beats, 2] in token units, beat_mask [b, max_beats], labels, index (store index), reports."""
+        g = self._global(idx)
+        sig, spans, nb = self.store.read(g)
+        ecg = torch.from_numpy(sig).float()
+        if self.lead_mask_p > 0:
+            keep = ~lead_mask(g, ecg.shape[1], self.lead_mask_p, self.seed, self.epoch)
+            ecg.mul_(torch.from_numpy(keep.astype(np.float32))[:, :, None])
+        b, K = len(g), self.max_beats
+        mask = np.arange(K)[None, :] < nb[:, None]
+        tok = np.zeros((b, K, 2), dtype=np.int64)
+        if mask.any():
+            tok[mask] = _token_spans(spans[mask].astype(np.int64), self.stride, self.n_tokens)
+        out = {"ecg": ecg, "beat_spans": torch.from_numpy(tok), "beat_mask": torch.from_numpy(mask),
+               "index": torch.from_numpy(g.copy()), "reports": self.store.reports_of(g)}
+        if self.labels is not None:
+            out["labels"] = self.labels[torch.from_numpy(g)]
+        return out
+
+    def __getitems__(self, idx) -> dict:
+        return self.batch(idx)
 
     def __getitem__(self, i: int) -> dict:
-        ecg = np.array(self.store.signals[i], dtype=np.float32)
-        if self.lead_mask_p > 0:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            ecg[rng.random(ecg.shape[0]) < self.lead_mask_p] = 0.0
-        n = int(self.store.n_beats[i])
-        spans = np.zeros((self.max_beats, 2), dtype=np.int64)
-        if n:
-            spans[:n] = beatlib.token_spans(np.asarray(self.store.beats[i, :n], dtype=np.int64), self.stride, self.n_tokens)
-        mask = np.zeros(self.max_beats, dtype=bool)
-        mask[:n] = True
-        item = {"ecg": torch.from_numpy(ecg), "beat_spans": torch.from_numpy(spans), "beat_mask": torch.from_numpy(mask),
-                "report": self.store.reports[i], "index": i}
-        if self.store.labels is not None:
-            item["labels"] = torch.from_numpy(self.store.labels[i])
+        b = self.batch([int(i)])
+        item = {"ecg": b["ecg"][0], "beat_spans": b["beat_spans"][0], "beat_mask": b["beat_mask"][0],
+                "report": b["reports"][0], "index": int(b["index"][0])}
+        if "labels" in b:
+            item["labels"] = b["labels"][0]
         return item
 
 
+def _token_spans(spans: np.ndarray, stride: int, n_tokens: int) -> np.ndarray:
+    from . import beats as beatlib
+
+    return beatlib.token_spans(spans, stride, n_tokens)
+
+
 class Collate:
-    """Stacks items and tokenises the reports (picklable, so it runs inside DataLoader workers)."""
+    """Stacks items (or takes a batch from ``ECGTextDataset.__getitems__``) and tokenises the reports
+    (picklable, so it runs inside DataLoader workers). Tokenised rows are cached per report text when the
+    tokenizer's rows are independent of the batch (melp_fast's ReportTokenizer), up to ``cache_size`` reports."""
 
-    def __init__(self, tokenizer):
+    _PAD = {"attention_mask": 0, "sent_ids": -1, "caption_labels": -100}
+
+    def __init__(self, tokenizer, cache_size: int = 200_000):
         self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: dict[str, dict] = {}
+        self._cacheable = cache_size > 0 and hasattr(tokenizer, "pad") and hasattr(tokenizer, "max_len")
 
-    def __call__(self, items: list[dict]) -> dict:
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("ecg", "beat_spans", "beat_mask")}
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_cache"] = {}
+        return d
+
+    def __call__(self, items) -> dict:
+        if isinstance(items, dict):
+            batch = dict(items)
+        else:
+            batch = {k: torch.stack([it[k] for it in items]) for k in ("ecg", "beat_spans", "beat_mask")}
+            if "labels" in items[0]:
+                batch["labels"] = torch.stack([it["labels"] for it in items])
+            batch["index"] = torch.tensor([it["index"] for it in items])
+            batch["reports"] = [it["report"] for it in items]
         # trim beat slots to the longest in the batch (at least one slot)
         k = max(int(batch["beat_mask"].sum(1).max()), 1)
         batch["beat_spans"], batch["beat_mask"] = batch["beat_spans"][:, :k], batch["beat_mask"][:, :k]
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([it["labels"] for it in items])
-        batch["index"] = torch.tensor([it["index"] for it in items])
-        batch["reports"] = [it["report"] for it in items]
-        batch.update(self.tokenizer(batch["reports"]))
+        batch.update(self.tokenize(batch["reports"]))
         return batch
+
+    def tokenize(self, reports: list[str]) -> dict:
+        if not self._cacheable:
+            return self.tokenizer(reports)
+        new = list(dict.fromkeys(r for r in reports if r not in self._cache))
+        if new:
+            out = self.tokenizer(new)
+            keys = set(out)
+            if keys != {"input_ids", "attention_mask", "sent_ids", "eos_pos", "caption_labels"}:
+                self._cacheable = False
+                return self.tokenizer(reports)
+            if len(self._cache) + len(new) > self.cache_size:
+                self._cache.clear()
+            lens = out["attention_mask"].sum(1)
+            for r, rep in enumerate(new):
+                L = int(lens[r])
+                self._cache[rep] = {k: out[k][r, :L].clone() for k in ("input_ids", "attention_mask", "sent_ids",
+                                                                       "caption_labels")}
+                self._cache[rep]["eos_pos"] = int(out["eos_pos"][r])
+        rows = [self._cache[r] for r in reports]
+        n = max(len(row["input_ids"]) for row in rows)
+        b = len(rows)
+        pad = {"input_ids": self.tokenizer.pad, **self._PAD}
+        res = {}
+        for key, val in pad.items():
+            t = torch.full((b, n), val, dtype=torch.long)
+            for i, row in enumerate(rows):
+                t[i, : len(row[key])] = row[key]
+            res[key] = t
+        res["eos_pos"] = torch.tensor([row["eos_pos"] for row in rows], dtype=torch.long)
+        return res
+
+
+class ShardChunkSampler(Sampler):
+    """Indices in chunks of ``chunk`` consecutive store records (chunk order and order inside each chunk shuffled
+    per epoch, seeded), for stores larger than the page cache: a batch then reads a few contiguous runs instead of
+    scattered records. Distributed: chunks are dealt to ranks round-robin. Records of one chunk are neighbours in
+    the listing (e.g. the same MIMIC subject), so keep ``chunk`` well below the batch size or shuffle the listing."""
+
+    def __init__(self, n: int, chunk: int = 16, seed: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.chunk, self.seed, self.rank, self.world, self.epoch = n, chunk, seed, rank, world, 0
+        self.n_chunks = -(-n // chunk)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def _mine(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n_chunks)
+        return order[self.rank::self.world], rng
+
+    def __iter__(self):
+        chunks, rng = self._mine()
+        for c in chunks:
+            idx = np.arange(c * self.chunk, min(self.n, (c + 1) * self.chunk))
+            yield from rng.permutation(idx).tolist()
+
+    def __len__(self):
+        chunks, _ = self._mine()
+        return int(sum(min(self.n, (c + 1) * self.chunk) - c * self.chunk for c in chunks))

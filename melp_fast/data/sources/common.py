@@ -1,0 +1,282 @@
+"""What every source shares: safe paths, WFDB / CinC .mat reading, lead mapping, resampling, 10 s windows.
+
+The rules (MELP_SPEC.md, "Data"):
+- leads are mapped BY NAME (case-insensitive, common aliases) into the canonical PTB-XL order
+  I, II, III, aVR, aVL, aVF, V1..V6; MIMIC-IV-ECG's aVF/aVL swap is undone by the names in its headers. A lead
+  that is absent is zero-filled and listed in ``meta["missing_leads"]``;
+- resampled to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``, exact rational ratio);
+- the first 10 s kept (5000 samples); a shorter record is zero-padded at the end (``meta["padded"]``);
+- non-finite samples (NaN / Inf): ``nan_policy="drop"`` (default, as the spec) skips the record;
+  ``nan_policy="repair"`` interpolates each lead linearly over its missing samples (edges held at the nearest
+  finite value; a lead with no finite sample becomes zeros and is listed as missing). Either way it is counted;
+- an all-zero (or constant, i.e. flat in every lead) record is always skipped.
+Every skip raises :class:`SkipRecord` with a short reason, which the store builder writes to quarantine.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+FS = 500
+N_SAMPLES = 5000
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+_ALIASES = {
+    "MLI": "I", "LEADI": "I", "LEAD I": "I", "D1": "I", "DI": "I",
+    "MLII": "II", "LEADII": "II", "D2": "II", "DII": "II",
+    "MLIII": "III", "LEADIII": "III", "D3": "III", "DIII": "III",
+    "AVR": "aVR", "AVL": "aVL", "AVF": "aVF",
+}
+
+
+class SkipRecord(Exception):
+    """A record that is skipped (and quarantined) with a short reason."""
+
+
+class UnsafePath(SkipRecord):
+    """A path taken from a dataset file that would leave --root."""
+
+
+@dataclass
+class Item:
+    """One record to read: what a source's listing knows before touching the signal file."""
+    record_id: str
+    path: str  # as written in the dataset's files (relative to root), or relative path found by a walk
+    report: str = ""
+    codes: list = field(default_factory=list)  # label names (SCP codes, SNOMED CT codes, ...)
+    subject: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def canonical_lead(name: str) -> str | None:
+    """'aVF', 'AVF', 'Lead aVF', 'Lead I (Einthoven)', 'MLII', 'v5' -> the canonical name (None if unknown)."""
+    s = re.sub(r"\(.*?\)", "", str(name)).strip()
+    s = re.sub(r"^lead[\s_-]*", "", s, flags=re.I).strip()
+    u = s.upper().replace(" ", "")
+    if u in _ALIASES:
+        return _ALIASES[u]
+    for lead in LEADS:
+        if u == lead.upper():
+            return lead
+    return None
+
+
+def safe_path(root, rel) -> Path:
+    """``rel`` (from a dataset CSV) resolved inside ``root``; raises UnsafePath for an absolute path, a '..'
+    component, or a path (or symbolic link) that resolves outside ``root``. Nothing is read."""
+    root = Path(root).resolve()
+    rel_s = str(rel)
+    if not rel_s or rel_s.startswith(("/", "\\")) or os.path.isabs(rel_s) or re.match(r"^[A-Za-z]:", rel_s):
+        raise UnsafePath(f"absolute path refused: {rel_s!r}")
+    if ".." in re.split(r"[\\/]", rel_s):
+        raise UnsafePath(f"path with '..' refused: {rel_s!r}")
+    p = (root / rel_s).resolve()
+    if p != root and root not in p.parents:
+        raise UnsafePath(f"path leaves the root (link?): {rel_s!r} -> {p}")
+    return p
+
+
+def safe_file(root, rel, suffix: str) -> Path:
+    """safe_path of ``rel + suffix`` (both the record stem and the actual file are checked)."""
+    safe_path(root, rel)
+    return safe_path(root, str(rel) + suffix)
+
+
+# ------------------------------------------------------------------------------------------------- reading
+_BYTES = {"16": 2.0, "212": 1.5, "80": 1.0, "24": 3.0, "32": 4.0, "8": 1.0, "61": 2.0, "160": 2.0, "310": 4 / 3,
+          "311": 4 / 3}
+
+
+def _check_dat_sizes(hea_path: Path, header) -> None:
+    """The header's sample count must match what its data files hold (catches truncated .dat files and
+    headers that lie about the length)."""
+    files: dict[str, list] = {}
+    for fn, fmt, off in zip(header.file_name, header.fmt, header.byte_offset or [0] * len(header.fmt)):
+        files.setdefault(fn, []).append((str(fmt), off or 0))
+    for fn, chans in files.items():
+        f = hea_path.parent / fn
+        if not f.is_file():
+            raise SkipRecord(f"data file {fn} is missing")
+        fmt = chans[0][0]
+        if fmt not in _BYTES or any(c[0] != fmt for c in chans):
+            continue
+        want = int(np.ceil(header.sig_len * len(chans) * _BYTES[fmt])) + chans[0][1]
+        have = f.stat().st_size
+        if have < want:
+            raise SkipRecord(f"{fn} holds {have} bytes but the header's {header.sig_len} samples x {len(chans)} "
+                             f"signals need {want} (truncated data file or a header that lies about its length)")
+        if have > want + 2:
+            raise SkipRecord(f"{fn} holds {have} bytes, more than the {want} the header's {header.sig_len} samples "
+                             f"need (a header that lies about its length)")
+
+
+def read_header(hea: Path):
+    import wfdb
+
+    if not hea.is_file():
+        raise SkipRecord(f"header {hea.name} is missing")
+    try:
+        return wfdb.rdheader(str(hea.with_suffix("")))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad record
+        raise SkipRecord(f"unreadable header {hea.name}: {type(e).__name__}: {e}") from None
+
+
+def read_wfdb(record_path, seconds: float | None = 11.0) -> tuple[np.ndarray, float, list[str], list[str]]:
+    """(physical signal [leads, samples] float64, fs, lead names, header comments) of one WFDB record
+    (``record_path`` without extension), at most its first ``seconds`` (None: all). Data in a CinC-style MATLAB file (``NAME.mat`` named by the header,
+    variable ``val``, digital units) is read with scipy; anything else through wfdb."""
+    import wfdb
+
+    rec = Path(record_path)
+    hea = rec.with_name(rec.name + ".hea")
+    header = read_header(hea)
+    if header.n_sig == 0 or not header.sig_len:
+        raise SkipRecord("header lists no signal or no sample")
+    names = list(header.sig_name or [])
+    comments = list(header.comments or [])
+    fs = float(header.fs)
+    if fs <= 0:
+        raise SkipRecord(f"bad sampling rate {header.fs}")
+    if all(str(fn).lower().endswith(".mat") for fn in header.file_name):
+        sig = _read_cinc_mat(hea, header)
+    else:
+        _check_dat_sizes(hea, header)
+        try:
+            sampto = header.sig_len if seconds is None else min(header.sig_len, int(np.ceil(fs * seconds)))
+            r = wfdb.rdrecord(str(rec), physical=True, sampto=sampto)
+        except Exception as e:  # noqa: BLE001
+            raise SkipRecord(f"unreadable WFDB record: {type(e).__name__}: {e}") from None
+        sig = np.asarray(r.p_signal, dtype=np.float64).T
+    return sig, fs, names, comments
+
+
+def _read_cinc_mat(hea: Path, header) -> np.ndarray:
+    from scipy.io import loadmat
+
+    fn = header.file_name[0]
+    f = hea.parent / fn
+    if not f.is_file():
+        raise SkipRecord(f"data file {fn} is missing")
+    try:
+        val = loadmat(str(f))["val"]
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"unreadable MATLAB file {fn}: {type(e).__name__}: {e}") from None
+    val = np.asarray(val, dtype=np.float64)
+    if val.ndim != 2 or val.shape[0] != header.n_sig:
+        raise SkipRecord(f"{fn}: 'val' has shape {val.shape}, header says {header.n_sig} signals")
+    if val.shape[1] != header.sig_len:
+        raise SkipRecord(f"{fn} holds {val.shape[1]} samples but the header says {header.sig_len} "
+                         f"(truncated file or a header that lies about its length)")
+    gain = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64)[:, None]
+    base = np.array(header.baseline if header.baseline else [0] * header.n_sig, dtype=np.float64)[:, None]
+    return (val - base) / gain
+
+
+def parse_comments(comments) -> dict[str, str]:
+    """CinC-style header comments ('#Dx: 164889003,59118001', '#Age: 60') -> {'Dx': ..., 'Age': ...}."""
+    out = {}
+    for c in comments:
+        if ":" in c:
+            k, v = c.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- canonical
+def resample(x: np.ndarray, fs: float, target: float = FS) -> np.ndarray:
+    if abs(fs - target) < 1e-9:
+        return x
+    from scipy.signal import resample_poly
+
+    frac = Fraction(target / fs).limit_denominator(1000)
+    return resample_poly(x, frac.numerator, frac.denominator, axis=-1)
+
+
+def _repair_nonfinite(x: np.ndarray, missing: list) -> int:
+    bad_total = 0
+    t = np.arange(x.shape[1])
+    for li in range(x.shape[0]):
+        bad = ~np.isfinite(x[li])
+        nb = int(bad.sum())
+        if not nb:
+            continue
+        bad_total += nb
+        if nb == x.shape[1]:
+            x[li] = 0.0
+            missing.append(LEADS[li])
+        else:
+            x[li, bad] = np.interp(t[bad], t[~bad], x[li, ~bad])
+    return bad_total
+
+
+def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop", n_samples: int = N_SAMPLES,
+                 target_fs: float = FS) -> tuple[np.ndarray, dict]:
+    """Physical signal [leads, samples] at ``fs`` with lead ``names`` -> float32 [12, n_samples] at target_fs in the
+    canonical order, and what was done (``missing_leads``, ``padded``, ``repaired_samples``, ``orig_fs`` ...)."""
+    sig = np.asarray(sig, dtype=np.float64)
+    if sig.ndim != 2 or sig.shape[0] != len(names):
+        raise SkipRecord(f"signal shape {sig.shape} does not match {len(names)} lead names")
+    out = np.zeros((len(LEADS), sig.shape[1]), dtype=np.float64)
+    found, unknown = [], []
+    for row, name in zip(sig, names):
+        lead = canonical_lead(name)
+        if lead is None:
+            unknown.append(str(name))
+            continue
+        if lead in found:
+            continue  # first occurrence wins
+        out[LEADS.index(lead)] = row
+        found.append(lead)
+    if not found:
+        raise SkipRecord(f"no known lead among {list(names)}")
+    missing = [lead for lead in LEADS if lead not in found]
+    meta = {"orig_fs": fs, "orig_samples": int(sig.shape[1]), "leads_found": found, "unknown_leads": unknown}
+    bad = ~np.isfinite(out)
+    meta["repaired_samples"] = 0
+    if bad.any():
+        if nan_policy != "repair":
+            raise SkipRecord(f"{int(bad.sum())} NaN/Inf samples")
+        meta["repaired_samples"] = _repair_nonfinite(out, missing)
+    if not np.any(out):
+        raise SkipRecord("all samples are zero")
+    if np.all(np.ptp(out, axis=1) == 0):
+        raise SkipRecord("flat record (every lead constant)")
+    x = resample(out, fs, target_fs)
+    if x.shape[1] >= n_samples:
+        x = x[:, :n_samples]
+        meta["padded"] = 0
+    else:
+        meta["padded"] = int(n_samples - x.shape[1])
+        x = np.pad(x, ((0, 0), (0, n_samples - x.shape[1])))
+    meta["missing_leads"] = sorted(set(missing), key=LEADS.index)
+    return np.ascontiguousarray(x, dtype=np.float32), meta
+
+
+def decode_text(raw: bytes) -> str:
+    """Bytes of a dataset text file as str: UTF-8, else Latin-1 (never fails on a stray non-UTF-8 byte)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def read_csv(path, **kw):
+    """pandas.read_csv that survives non-UTF-8 bytes (falls back to Latin-1) and names the file on errors."""
+    import io
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    text = decode_text(path.read_bytes())
+    try:
+        return pd.read_csv(io.StringIO(text), **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot parse {path}: {type(e).__name__}: {e}") from None

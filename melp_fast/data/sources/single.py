@@ -1,0 +1,96 @@
+"""One record from a WFDB header (.hea, with .dat or CinC .mat data) or a DICOM waveform file (.dcm).
+
+``read_record(path)`` -> (signal float32 [12, 5000] at 500 Hz, meta). By default the signal is model-ready
+(per-lead 4 Hz high-pass, then min-max to [0, 1], as in the store); ``raw=True`` gives the canonical physical
+signal (mV) instead. ``meta`` holds the record id, source fs, leads found / missing, the report text found in the
+file (DICOM free-text annotations, or a CinC header's comments) and the beat spans detected on the raw signal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..reports import clean_report
+from .common import FS, N_SAMPLES, SkipRecord, parse_comments, read_wfdb, to_canonical
+
+_UNIT_TO_MV = {"uV": 1e-3, "UV": 1e-3, "mV": 1.0, "MV": 1.0, "V": 1e3}
+
+
+def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
+    """(physical signal [leads, samples] in mV, fs, lead names, report text) of the first rhythm waveform of a
+    DICOM ECG (12-lead, general or ambulatory ECG waveform storage)."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"unreadable DICOM file {path.name}: {type(e).__name__}: {e}") from None
+    seq = ds.get("WaveformSequence")
+    if not seq:
+        raise SkipRecord(f"{path.name} holds no waveform")
+    idx = 0
+    for i, w in enumerate(seq):  # prefer the rhythm strip over the median beat
+        if str(w.get("MultiplexGroupLabel", "")).upper().startswith("RHYTHM"):
+            idx = i
+            break
+    w = seq[idx]
+    try:
+        arr = np.asarray(ds.waveform_array(idx), dtype=np.float64).T  # [channels, samples], sensitivity applied
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"{path.name}: cannot decode waveform: {type(e).__name__}: {e}") from None
+    names, scale = [], []
+    for c in w.ChannelDefinitionSequence:
+        src = c.get("ChannelSourceSequence")
+        names.append(str(src[0].get("CodeMeaning", "")) if src else "")
+        unit = "uV"
+        us = c.get("ChannelSensitivityUnitsSequence")
+        if us:
+            unit = str(us[0].get("CodeValue", "uV"))
+        scale.append(_UNIT_TO_MV.get(unit, 1e-3))
+    arr = arr * np.asarray(scale)[:, None]
+    texts = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", []) if "UnformattedTextValue" in a]
+    return arr, float(w.SamplingFrequency), names, clean_report(texts)
+
+
+def read_any(path, nan_policy: str = "drop") -> tuple[np.ndarray, dict]:
+    """Canonical raw signal (float32 [12, 5000] at 500 Hz, physical units) and meta of a .hea / .dcm file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        sig, fs, names, report = read_dicom(path)
+        meta = {"format": "dicom"}
+    elif suffix in (".hea", ".dat", ".mat", ""):
+        stem = path.with_suffix("") if suffix else path
+        sig, fs, names, comments = read_wfdb(stem)
+        info = parse_comments(comments)
+        report = clean_report(info.get("Report", info.get("report", "")))
+        meta = {"format": "wfdb", "comments": comments}
+        if "Dx" in info:
+            meta["codes"] = [c.strip() for c in info["Dx"].split(",") if c.strip()]
+    else:
+        raise ValueError(f"{path}: unknown record type (expected a WFDB .hea or a DICOM .dcm file)")
+    x, m = to_canonical(sig, fs, names, nan_policy=nan_policy)
+    meta.update(m)
+    meta.update(record_id=path.stem, path=str(path), report=report, lead_names=list(names))
+    return x, meta
+
+
+def read_record(path, *, raw: bool = False, highpass_hz: float = 4.0, nan_policy: str = "repair",
+                max_beats: int = 32) -> tuple[np.ndarray, dict]:
+    """One record -> (signal float32 [12, 5000] at 500 Hz, meta); raises ValueError naming the file if it cannot
+    be used. Beat spans (samples, half-open) are detected on the raw 500 Hz signal: ``meta["beat_spans"]``."""
+    from .. import beats as beatlib
+    from ..signal import preprocess
+
+    try:
+        x, meta = read_any(path, nan_policy=nan_policy)
+    except SkipRecord as e:
+        raise ValueError(f"{path}: {e}") from None
+    spans = beatlib.beat_spans(beatlib.detect_r_peaks(x, FS), N_SAMPLES)[:max_beats]
+    meta["beat_spans"] = spans.tolist()
+    if not raw:
+        x = preprocess(x, FS, highpass_hz)
+    return x, meta
