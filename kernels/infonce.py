@@ -278,28 +278,34 @@ def _tri_grad(x, y, partner, s, lse_row, lse_col, pos_coef, compute_ds):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PyTorch blocks ("chunked"): the same two primitives, by blocks of rows
+# PyTorch blocks ("chunked"): row blocks of chunk_size, every [chunk, N] block used for all it can give
 # ----------------------------------------------------------------------------------------------------------------
-def _torch_lse(x, y, partner, s, with_pos, chunk):
+def _torch_lse(x, y, s, chunk, with_cols):
+    """Row LSE of s X Y^T by row blocks; with_cols: also the column LSE (= row LSE of s Y X^T), merged online."""
     yf = y.float()
-    sf = s.float()
-    out = torch.empty(x.shape[0], device=x.device, dtype=torch.float32)
+    sf = s.float().reshape(())
+    rows = torch.empty(x.shape[0], device=x.device, dtype=torch.float32)
+    cols = torch.full((y.shape[0],), float("-inf"), device=x.device, dtype=torch.float32) if with_cols else None
     for i in range(0, x.shape[0], chunk):
-        z = x[i:i + chunk].float() @ yf.T
-        z.mul_(sf)
-        out[i:i + chunk] = torch.logsumexp(z, dim=1)
-        del z
-    pos = (x.float() * partner.float()).sum(1) if with_pos else None
-    return out, pos
+        a = (x[i:i + chunk].float() @ yf.T).mul_(sf)  # [c, N] scaled logits
+        rows[i:i + chunk] = torch.logsumexp(a, dim=1)
+        if with_cols:
+            cols = torch.logaddexp(cols, torch.logsumexp(a, dim=0))
+        del a
+    return rows, cols
 
 
-def _torch_grad(x, y, partner, s, lse_row, lse_col, pos_coef, compute_ds, chunk):
-    yf = y.float()
-    sf = s.float()
-    dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-    ds = torch.empty(x.shape[0], device=x.device, dtype=torch.float32) if compute_ds else None
+def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chunk):
+    """With P = exp(s X Y^T - lse_row[:, None]) [+ exp(s X Y^T - lse_col[None, :])], by row blocks:
+    dx = P Y, dy = P^T X, ds = sum(P * X Y^T); one recomputed [c, N] block serves all three."""
+    xf, yf = x.float(), y.float()
+    sf = s.float().reshape(())
+    dx = torch.empty(x.shape, device=x.device, dtype=torch.float32) if need_dx else None
+    dy = torch.zeros(y.shape, device=x.device, dtype=torch.float32) if need_dy else None
+    ds = torch.zeros((), device=x.device, dtype=torch.float32)
     for i in range(0, x.shape[0], chunk):
-        z = x[i:i + chunk].float() @ yf.T  # raw dots [c, N]
+        xc = xf[i:i + chunk]
+        z = xc @ yf.T  # raw dots [c, N]
         a = z * sf
         p = None
         if lse_row is not None:
@@ -308,14 +314,15 @@ def _torch_grad(x, y, partner, s, lse_row, lse_col, pos_coef, compute_ds, chunk)
             q = a.sub_(lse_col[None, :]).exp_()
             p = q if p is None else p.add_(q)
         del a
-        if compute_ds:
-            ds[i:i + chunk] = torch.einsum("ij,ij->i", p, z)  # no [c, N] temporary
+        if need_ds:
+            ds += torch.dot(p.reshape(-1), z.reshape(-1))  # no [c, N] temporary
         del z
-        dx[i:i + chunk] = p @ yf
+        if need_dx:
+            dx[i:i + chunk] = p @ yf
+        if need_dy:
+            dy.addmm_(p.T, xc)
         del p
-    if partner is not None and pos_coef != 0:
-        dx.sub_(partner.float(), alpha=pos_coef)
-    return dx, ds
+    return dx, dy, ds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,18 +330,30 @@ def _torch_grad(x, y, partner, s, lse_row, lse_col, pos_coef, compute_ds, chunk)
 # ----------------------------------------------------------------------------------------------------------------
 class _InfoNCE(torch.autograd.Function):
     """Inputs: e, t [b, D]; e_all, t_all [N, D] or None (single process: the square case); s (1 element);
-    backend "triton" | "torch". Saves only the inputs and the LSE / positive vectors (O(b + N))."""
+    backend "triton" | "torch". Saves only the inputs and the LSE / positive vectors (O(b + N)).
+
+    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots:
+      dE = c s (P1 T_all - T)        dT_all = c s P1^T E        (term 1; T = T_all[o:o+b])
+      dT = c s (P2 E_all - E)        dE_all = c s P2^T T        (term 2)
+      ds = c (sum P1 * Z1 + sum P2 * Z2 - 2 sum_i E_i . T_i)
+    The identity parts of dT_all and dE_all (-E and -T at the rank's own rows) are added to dE and dT instead
+    (-2T, -2E): the all_gather backward sums the rank's slice into the local gradient, so the total is the same.
+    Square case (E_all = E, T_all = T): dE = c s ((P1 + P2^T) T - 2T), dT = c s ((P1 + P2^T)^T E - 2E).
+    """
 
     @staticmethod
     def forward(ctx, e, t, e_all, t_all, s, backend, chunk):
         square = e_all is None
-        ya, yb = (t, e) if square else (t_all, e_all)
         if backend == "triton":
-            lse1, pos = _tri_lse(e, ya, t, s, True)
-            lse2, _ = _tri_lse(t, yb, None, s, False)
+            lse1, pos = _tri_lse(e, t if square else t_all, t, s, True)
+            lse2, _ = _tri_lse(t, e if square else e_all, None, s, False)
         else:
-            lse1, pos = _torch_lse(e, ya, t, s, True, chunk)
-            lse2, _ = _torch_lse(t, yb, None, s, False, chunk)
+            pos = (e.float() * t.float()).sum(1)
+            if square:  # one pass: rows of s E T^T and its columns (= rows of s T E^T)
+                lse1, lse2 = _torch_lse(e, t, s, chunk, True)
+            else:
+                lse1, _ = _torch_lse(e, t_all, s, chunk, False)
+                lse2, _ = _torch_lse(t, e_all, s, chunk, False)
         sf = s.float().reshape(())
         loss = 0.5 * (lse1.mean() + lse2.mean()) - sf * pos.mean()
         ctx.save_for_backward(e, t, e_all, t_all, s, lse1, lse2, pos)
@@ -349,47 +368,70 @@ class _InfoNCE(torch.autograd.Function):
         sf = s.float().reshape(())
         c = g.float() * (0.5 / b)  # d loss / d(sum of the 2b CE terms)
         cs = c * sf
+        need_ds = need[4]
         if ctx.backend == "triton":
-            grad = _tri_grad
+            dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square)
         else:
-            def grad(*a):
-                return _torch_grad(*a, ctx.chunk)
-        de = dt = de_all = dt_all = ds = None
-        ds_sum = torch.zeros((), device=e.device, dtype=torch.float32)
-        if ctx.square:
-            # dE_i = c s [sum_j (P1_ij + P2_ji) T_j - 2 T_i] with P1 = softmax_rows(s E T^T), P2 = softmax_rows(s T E^T)
-            need_ds = need[4]
-            if need[0] or need_ds:
-                dx, dsp = grad(e, t, t, s, lse1, lse2, 2.0, need_ds)
-                de = (dx * cs).to(e.dtype) if need[0] else None
-                if need_ds:
-                    ds_sum = dsp.sum()
-            if need[1]:
-                dx, _ = grad(t, e, e, s, lse2, lse1, 2.0, False)
-                dt = (dx * cs).to(t.dtype)
-        else:
-            # term 1 rows (E vs T_all, P1) and its columns (T_all), term 2 rows (T vs E_all, P2) and columns (E_all);
-            # both identity terms (-2 partner) go to the local rows: the all_gather backward sums them in anyway.
-            need_ds = need[4]
-            if need[0] or need_ds:
-                dx, dsp = grad(e, t_all, t, s, lse1, None, 2.0, need_ds)
-                de = (dx * cs).to(e.dtype) if need[0] else None
-                if need_ds:
-                    ds_sum = ds_sum + dsp.sum()
-            if need[1] or need_ds:
-                dx, dsp = grad(t, e_all, e, s, lse2, None, 2.0, need_ds)
-                dt = (dx * cs).to(t.dtype) if need[1] else None
-                if need_ds:
-                    ds_sum = ds_sum + dsp.sum()
-            if need[2]:
-                dx, _ = grad(e_all, t, None, s, None, lse2, 0.0, False)
-                de_all = (dx * cs).to(e_all.dtype)
-            if need[3]:
-                dx, _ = grad(t_all, e, None, s, None, lse1, 0.0, False)
-                dt_all = (dx * cs).to(t_all.dtype)
-        if need[4]:
-            ds = (c * (ds_sum - 2.0 * pos.sum())).to(s.dtype).reshape(s.shape)
-        return de, dt, de_all, dt_all, ds, None, None
+            dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square,
+                                                             ctx.chunk)
+
+        def fin(d, like):
+            return None if d is None else (d * cs).to(like.dtype)
+
+        ds = (c * (ds_sum - 2.0 * pos.sum())).to(s.dtype).reshape(s.shape) if need_ds else None
+        return (fin(dE, e), fin(dT, t), fin(dE_all, e_all), fin(dT_all, t_all), ds, None, None)
+
+
+def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk):
+    """Unscaled gradients (to be multiplied by c s) and sum P * Z, by row blocks."""
+    need_ds = need[4]
+    ef, tf = e.float(), t.float()
+    if square:
+        dE, dT, ds = _torch_block_grads(e, t, s, lse1, lse2, need[0], need[1], need_ds, chunk)
+        if dE is not None:
+            dE.sub_(tf, alpha=2.0)
+        if dT is not None:
+            dT.sub_(ef, alpha=2.0)
+        return dE, dT, None, None, ds
+    dE, dT_all, ds1 = _torch_block_grads(e, t_all, s, lse1, None, need[0], need[3], need_ds, chunk)
+    dT, dE_all, ds2 = _torch_block_grads(t, e_all, s, lse2, None, need[1], need[2], need_ds, chunk)
+    if dE is not None:
+        dE.sub_(tf, alpha=2.0)
+    if dT is not None:
+        dT.sub_(ef, alpha=2.0)
+    return dE, dT, dE_all, dT_all, ds1 + ds2
+
+
+def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square):
+    """The same with the Triton gradient kernel (one output matrix per launch, rows recomputed per launch)."""
+    need_ds = need[4]
+    dE = dT = dE_all = dT_all = None
+    ds = torch.zeros((), device=e.device, dtype=torch.float32)
+    if square:
+        # dE_i = sum_j (P1_ij + P2_ji) T_j - 2 T_i; dT likewise with the roles swapped
+        if need[0] or need_ds:
+            dx, dsp = _tri_grad(e, t, t, s, lse1, lse2, 2.0, need_ds)
+            dE = dx if need[0] else None
+            if need_ds:
+                ds = dsp.sum()
+        if need[1]:
+            dT, _ = _tri_grad(t, e, e, s, lse2, lse1, 2.0, False)
+        return dE, dT, None, None, ds
+    if need[0] or need_ds:
+        dx, dsp = _tri_grad(e, t_all, t, s, lse1, None, 2.0, need_ds)
+        dE = dx if need[0] else None
+        if need_ds:
+            ds = ds + dsp.sum()
+    if need[1] or need_ds:
+        dx, dsp = _tri_grad(t, e_all, e, s, lse2, None, 2.0, need_ds)
+        dT = dx if need[1] else None
+        if need_ds:
+            ds = ds + dsp.sum()
+    if need[2]:
+        dE_all, _ = _tri_grad(e_all, t, None, s, None, lse2, 0.0, False)
+    if need[3]:
+        dT_all, _ = _tri_grad(t_all, e, None, s, None, lse1, 0.0, False)
+    return dE, dT, dE_all, dT_all, ds
 
 
 # ----------------------------------------------------------------------------------------------------------------
