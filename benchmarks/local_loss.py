@@ -162,6 +162,13 @@ def cpu_peak_mb(impl, shape, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def _load():
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
 def machine(device):
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -216,6 +223,8 @@ def main(argv=None):
         + ("peak memory: max_memory_allocated above the inputs" if on_cuda else
            "peak memory: peak RSS above the RSS before the fwd+bwd, one fresh process per implementation"),
         "- inputs: 60-100 % of beat and sentence slots valid per sample; t1, t2, t3 = 4, 5, 10",
+        f"- 1-minute load average at start: {_load()} (other jobs on the machine inflate times; ratios are "
+        "taken within one run)",
         "",
         "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | peak MB | memory vs naive | loss |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -232,16 +241,20 @@ def main(argv=None):
             else:
                 mb = cpu_peak_mb(impl, shape, dtype)
             res[(impl, dtype)] = (ms, mb, loss)
-            ref_ms = res[("reference", torch.float32)][0]
-            naive_mb = res.get(("naive", torch.float32), (None, float("nan")))[1]
+            print(f"  {shape} {impl} {dtype}: {ms:.1f} ms, {mb:.1f} MB", file=sys.stderr, flush=True)
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+        ref_ms = res[("reference", torch.float32)][0]
+        naive_mb = res[("naive", torch.float32)][1]
+        for (impl, dtype), (ms, mb, loss) in res.items():
             mem_ratio = f"{mb / naive_mb:.3f}" if naive_mb > 0 else "n/a"  # nan > 0 is False too
             row = (f"| {', '.join(map(str, shape))} | {impl} | {str(dtype).replace('torch.', '')} | {ms:.1f} | "
                    f"{ref_ms / ms:.1f}x | {mb:.1f} | {mem_ratio} | {loss:.5f} |")
             lines.append(row)
             print(row, flush=True)
-            gc.collect()
-            if on_cuda:
-                torch.cuda.empty_cache()
+    lines += ["", f"1-minute load average at end: {_load()}"]
+    print(lines[-1])
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

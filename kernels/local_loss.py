@@ -41,6 +41,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 try:  # triton is optional: without it "fused" falls back to "batched"
     import triton
@@ -432,6 +433,7 @@ class _LocalSimFused(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gout):
         E, Sn, G, NS, BM, SM = ctx.saved_tensors
         t1, t2, t3, BK, BS, BD, BDO, n_dc, n_split, f32dot, ieee = ctx.cfg
