@@ -448,7 +448,7 @@ def main(argv=None) -> dict:
             if step >= args.steps:
                 break
     bar.close()
-    if not (ckpt_dir / f"step{step}").is_dir():
+    if step > start_step:  # the same decision on every rank (saving is collective)
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step, "vocab": len(tokenizer)})
         if rank == 0:
             _prune_checkpoints(ckpt_dir, args.keep_checkpoints)
