@@ -72,9 +72,11 @@ _MWI_S = 0.12
 _SLOPE_S = 0.016
 _WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
 _FLAT_S = 0.10
+_SHORT_GAP_S = 0.024  # NaN runs up to this long (after decimation) are interpolated, longer ones are missing
 _REFINE_S = 0.08
 _BASE_S = 0.15
 _FLIP_RATIO = 2.0  # a beat whose opposite-polarity deflection is 2x larger takes that one
+_EDGE_S = 0.01  # an R point this close to the record edge is not told apart from a cut QRS: not reported
 _EDGE_MIN_SCORE = 0.5  # an edge beat needs half the record's median QRS deviation (else its R is outside)
 
 
@@ -133,6 +135,30 @@ def _decimate(x, D, nd):
 
 
 _FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-inf assumptions
+
+
+@njit(cache=True, nogil=True)
+def _fill_short_gaps(xl, maxgap):
+    """Linearly interpolate runs of <= maxgap non-finite samples between finite neighbours, in place (isolated
+    dropped samples cannot hide a beat; longer runs stay missing). Returns True when xl is then all finite."""
+    nd = xl.shape[0]
+    allfinite = True
+    n = 0
+    while n < nd:
+        if abs(xl[n]) < np.inf:
+            n += 1
+            continue
+        a = n
+        while n < nd and not (abs(xl[n]) < np.inf):
+            n += 1
+        if a > 0 and n < nd and n - a <= maxgap:
+            v0 = xl[a - 1]
+            v1 = xl[n]
+            for j in range(a, n):
+                xl[j] = v0 + (v1 - v0) * (j - a + 1) / (n - a + 1)
+        else:
+            allfinite = False
+    return allfinite
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -450,38 +476,71 @@ def _envelope(d, valid, scales, weights, fd):
     return E, m
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
-def _detrend(xl, hw, out):
-    """out = xl minus its centred moving average over +-hw (window shrunk symmetrically at the edges; NaN-aware: non-finite
-    samples are left out of the average and stay non-finite in out)."""
-    nd = xl.shape[0]
-    ps = np.empty(nd + 1, np.float64)
-    pc = np.empty(nd + 1, np.float64)
-    ps[0] = 0.0
-    pc[0] = 0.0
-    for n in range(nd):
-        v = xl[n]
-        ok = abs(v) < np.inf
-        ps[n + 1] = ps[n] + (v if ok else 0.0)
-        pc[n + 1] = pc[n] + (1.0 if ok else 0.0)
-    for n in range(nd):
-        hh = min(hw, n, nd - 1 - n)  # symmetric window, shrunk at the edges: removes a linear trend exactly
-        lo = n - hh
-        hi = n + hh + 1
-        cn = pc[hi] - pc[lo]
-        out[n] = xl[n] - (ps[hi] - ps[lo]) / cn if cn > 0.0 else np.nan
-
-
 @njit(cache=True, nogil=True)
-def _signed_extremum(hp, c, wr):
-    """The value of largest magnitude of hp within c +- wr (finite samples only); NaN when there is none."""
-    nd = hp.shape[0]
-    best = np.nan
-    for n in range(max(0, c - wr), min(nd, c + wr + 1)):
-        v = hp[n]
-        if np.isfinite(v) and not (abs(v) <= abs(best)):
-            best = v
-    return best
+def _extrema(xl, c, w, h):
+    """Baseline-removed extrema of xl within [c - w, c + w] (clipped to the record).
+
+    The baseline is the line through the means of the two flanks [c - h, c - w) and (c + w, c + h] (non-finite
+    samples left out; one flank only -> a constant; none -> the window mean), so a linear trend (baseline wander)
+    is removed exactly. Returns (i_max, v_max, i_min, v_min) of xl - baseline; i = -1 when no sample is finite."""
+    nd = xl.shape[0]
+    a = max(0, c - w)
+    e = min(nd, c + w + 1)
+    sl = 0.0
+    nl = 0
+    tl = 0.0
+    for n in range(max(0, c - h), a):
+        v = xl[n]
+        if abs(v) < np.inf:
+            sl += v
+            tl += n
+            nl += 1
+    sr = 0.0
+    nr = 0
+    tr = 0.0
+    for n in range(e, min(nd, c + h + 1)):
+        v = xl[n]
+        if abs(v) < np.inf:
+            sr += v
+            tr += n
+            nr += 1
+    slope = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        mr = sr / nr
+        t0 = tl / nl
+        slope = (mr - ml) / (tr / nr - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+        t0 = 0.0
+    elif nr > 0:
+        b0 = sr / nr
+        t0 = 0.0
+    else:
+        b0 = 0.0
+        t0 = 0.0
+        cnt = 0
+        for n in range(a, e):
+            v = xl[n]
+            if abs(v) < np.inf:
+                b0 += v
+                cnt += 1
+        if cnt > 0:
+            b0 /= cnt
+    imax = -1
+    imin = -1
+    vmax = -np.inf
+    vmin = np.inf
+    for n in range(a, e):
+        v = xl[n] - (b0 + slope * (n - t0))
+        if v > vmax:  # NaN compares False
+            vmax = v
+            imax = n
+        if v < vmin:
+            vmin = v
+            imin = n
+    return imax, vmax, imin, vmin
 
 
 @njit(cache=True, nogil=True)
@@ -508,8 +567,15 @@ def _detect_core(x, fs):
     weights = np.zeros(L, np.float64)
     nlead = 0
     finite = np.zeros(L, np.bool_)
+    gap = max(1, int(round(_SHORT_GAP_S * fd)))
     for l in range(L):
-        finite[l] = _lead_slope(xd[l], k, hw, flat_len, s, d[l], valid[l])
+        xl = xd[l]
+        tot = 0.0
+        for n in range(nd):
+            tot += xl[n]
+        if not (abs(tot) < np.inf):
+            _fill_short_gaps(xl, gap)
+        finite[l] = _lead_slope(xl, k, hw, flat_len, s, d[l], valid[l])
         sc, q = _lead_scale(d[l], valid[l], wlen)
         if sc > 0.0 and q >= _MIN_QUALITY:
             scales[l] = sc
@@ -525,21 +591,21 @@ def _detect_core(x, fs):
     # ---- refinement on the original signal ----
     wr = max(1, int(round(_REFINE_S * fd)))
     wb = max(1, int(round(_BASE_S * fd)))
-    # per lead: signed QRS deviation at each beat from the local baseline (decimated signal minus its +-150 ms
-    # moving average), its median size ranks the leads and its median sign is the lead's polarity
+    # per lead: signed QRS deviation at each beat from the local (linear) baseline on the decimated signal; its
+    # median size ranks the leads and its median sign is the lead's polarity
     amp = np.zeros(L, np.float64)
     sgn = np.ones(L, np.float64)
     dev = np.empty(nb, np.float64)
     adev = np.empty(nb, np.float64)
-    hp = np.empty(nd, np.float64)
     for l in range(L):
         if scales[l] == 0.0:
             continue
-        _detrend(xd[l], wb, hp)
+        xl = xd[l]
         nv = 0
         for b in range(nb):
-            best = _signed_extremum(hp, dets[b], wr)
-            if best == best:
+            imax, vmax, imin, vmin = _extrema(xl, dets[b], wr, wb)
+            if imax >= 0:
+                best = vmax if vmax >= -vmin else vmin
                 dev[nv] = best
                 adev[nv] = abs(best)
                 nv += 1
@@ -549,9 +615,9 @@ def _detect_core(x, fs):
     order = np.argsort(-amp)
     W = max(1, int(round(_REFINE_S * fs)))
     H = max(1, int(round(_BASE_S * fs)))
+    edge = max(1, int(round(_EDGE_S * fs)))
     peaks = np.empty(nb, np.int64)
     score = np.empty(nb, np.float64)
-    seg = np.empty(2 * (W + H) + 1, np.float64)
     for b in range(nb):
         c = dets[b] * D + D // 2
         a = max(0, c - W)
@@ -584,47 +650,20 @@ def _detect_core(x, fs):
             peaks[b] = min(c, S - 1)
             score[b] = 0.0
             continue
-        # baseline-removed window: x minus its centred +-150 ms moving average (NaN-aware)
-        a2 = max(0, a - H)
-        e2 = min(S, e + H)
-        xs = x[chosen, a2:e2]
-        n2 = e2 - a2
-        ps = seg[: n2 + 1]
-        pc = np.empty(n2 + 1, np.float64)
-        ps[0] = 0.0
-        pc[0] = 0.0
-        for i in range(n2):
-            v = xs[i]
-            ok = np.isfinite(v)
-            ps[i + 1] = ps[i] + (v if ok else 0.0)
-            pc[i + 1] = pc[i] + (1.0 if ok else 0.0)
+        # baseline-removed extremum in the lead's polarity (or the opposite one when that is 2x larger)
+        imax, vmax, imin, vmin = _extrema(x[chosen], c, W, H)
         sg = sgn[chosen]
-        bi = -1  # extremum in the lead's polarity
-        bv = -np.inf
-        oi_ = -1  # and in the opposite one
-        ov = -np.inf
-        for t in range(a, e):
-            v = x[chosen, t]
-            if np.isfinite(v):
-                i = t - a2
-                hh = min(H, i, n2 - 1 - i)  # symmetric window, shrunk at the edges
-                lo = i - hh
-                hi = i + hh + 1
-                cn = pc[hi] - pc[lo]
-                sv = sg * (v - (ps[hi] - ps[lo]) / cn)
-                if sv > bv:
-                    bv = sv
-                    bi = t
-                if -sv > ov:
-                    ov = -sv
-                    oi_ = t
+        if sg > 0.0:
+            bi, bv, oi_, ov = imax, vmax, imin, -vmin
+        else:
+            bi, bv, oi_, ov = imin, -vmin, imax, vmax
         if ov > _FLIP_RATIO * bv and ov > 0.0:
             # a beat of opposite morphology (e.g. a ventricular ectopic beat): its dominant deflection
             bv = ov
             bi = oi_
         peaks[b] = bi
         score[b] = bv / amp[chosen]  # in units of the lead's median QRS deviation
-        if (c - W < 0 or c + W >= S) and score[b] < _EDGE_MIN_SCORE:
+        if (c - W < 0 or c + W >= S) and (score[b] < _EDGE_MIN_SCORE or bi < edge or bi >= S - edge):
             peaks[b] = -1  # a beat cut by the record edge whose R peak is not inside the record
     # sort and merge detections closer than the refractory period
     idx = np.argsort(peaks, kind="mergesort")

@@ -1,0 +1,350 @@
+"""Benchmark of melp_fast.data.beats (issue 7): speed and accuracy, side by side with NeuroKit2 and wfdb.
+
+    python benchmarks/segmentation.py [--records 2000] [--nk-records 200] [--xqrs-records 20] [--out FILE]
+
+Speed: records/s on 10 s, 12-lead, 500 Hz records made from the real recordings in ../shared/data (windows of
+MIT-BIH record 100 resampled to 500 Hz, its two leads mixed with random signed weights into 12 leads plus small
+noise, and the 12-lead DICOM record resampled to 500 Hz with small noise). Ours uses all 12 leads: a Python loop of
+``detect_r_peaks`` (one thread) and ``segment_batch`` with ``numba.set_num_threads(1)`` and with all cores.
+NeuroKit2 (``ecg_clean`` then ``ecg_peaks``, default method) and wfdb (``xqrs_detect``) run on one lead (II / MLII)
+of a subset, in the same process and run. Times by ``time.perf_counter``, warm-up excluded; the median of repeated
+passes is reported (the best in brackets). The Numba compile cost is reported apart: cold (an empty cache, in a
+subprocess) and this process's first call (a disk-cache load when the cache is warm).
+
+Accuracy: sensitivity Se and positive predictivity +P (a detection matches a reference beat within 150 ms,
+one-to-one) and the |timing error| of matched detections (median and 95th percentile, ms) on MIT-BIH record 100
+(whole record; ours on both leads, the peers on MLII) and on the 12-lead DICOM record (10 R-point fiducials; ours on
+12 leads, the peers on lead II), plus the same on the benchmark's 10 s records (reference: the resampled
+annotations; peers on their subset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
+FS = 500.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def match(ref, det, tol):
+    """Greedy one-to-one matching within tol samples -> (tp, fn, fp, signed errors det - ref in samples)."""
+    ref = np.sort(np.asarray(ref))
+    det = np.sort(np.asarray(det))
+    used = np.zeros(len(det), bool)
+    errs = []
+    j = 0
+    for r in ref:
+        while j < len(det) and det[j] < r - tol:
+            j += 1
+        best, bd = -1, tol + 1
+        for k in range(j, len(det)):
+            if det[k] > r + tol:
+                break
+            if not used[k] and abs(det[k] - r) < bd:
+                best, bd = k, abs(det[k] - r)
+        if best >= 0:
+            used[best] = True
+            errs.append(det[best] - r)
+    tp = len(errs)
+    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs, float)
+
+
+class Score:
+    def __init__(self):
+        self.tp = self.fn = self.fp = 0
+        self.err_ms: list[np.ndarray] = []
+
+    def add(self, ref, det, fs):
+        tp, fn, fp, e = match(ref, det, int(round(0.15 * fs)))
+        self.tp += tp
+        self.fn += fn
+        self.fp += fp
+        self.err_ms.append(np.abs(e) * 1000.0 / fs)
+
+    def row(self):
+        e = np.concatenate(self.err_ms) if self.err_ms else np.zeros(0)
+        se = 100.0 * self.tp / max(1, self.tp + self.fn)
+        ppv = 100.0 * self.tp / max(1, self.tp + self.fp)
+        med = f"{np.median(e):.1f}" if e.size else "-"
+        p95 = f"{np.percentile(e, 95):.1f}" if e.size else "-"
+        return f"{se:.2f}", f"{ppv:.2f}", med, p95, f"{self.tp}/{self.tp + self.fn} ref, {self.fp} extra"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_mit():
+    import wfdb
+
+    rec = wfdb.rdrecord(str(DATA / "mitbih" / "100"))
+    ann = wfdb.rdann(str(DATA / "mitbih" / "100"), "atr")
+    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
+    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
+
+
+def load_dicom():
+    import pydicom
+
+    ds = pydicom.dcmread(str(DATA / "dicom" / "waveform_ecg.dcm"))
+    x = np.ascontiguousarray(ds.waveform_array(0).T)  # microvolts
+    ref = np.array(
+        [
+            a.ReferencedSamplePositions - 1  # 1-based -> 0-based
+            for a in ds.WaveformAnnotationSequence
+            if "ConceptNameCodeSequence" in a
+            and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
+            and int(a.AnnotationGroupNumber) >= 100  # rhythm beats; group 2 is the median beat
+        ],
+        np.int64,
+    )
+    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+
+
+def make_records(n, mit, dcm, seed=0):
+    """n records [n, 12, 5000] at 500 Hz (mV) and their reference beats; lead index 1 plays lead II."""
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(seed)
+    x, fs, ref = mit
+    y = resample_poly(x, 25, 18, axis=1)  # 360 -> 500 Hz
+    r500 = np.round(ref * FS / fs).astype(np.int64)
+    xd, fsd, refd = dcm
+    d500 = resample_poly(xd / 1000.0, 1, 2, axis=1)[:, :5000]
+    rd500 = np.round(refd * FS / fsd).astype(np.int64)
+    recs = np.empty((n, 12, 5000), np.float64)
+    refs = []
+    for i in range(n):
+        if i % 10 == 9:  # one in ten: the real 12-lead record
+            recs[i] = d500 + rng.normal(0, 0.01, size=(12, 5000))
+            refs.append(rd500)
+            continue
+        s = int(rng.integers(0, y.shape[1] - 5000))
+        w = rng.normal(size=(12, 2))
+        w[1] = (1.0, 0.0)  # lead "II" = MLII as recorded
+        recs[i] = w @ y[:, s : s + 5000] + rng.normal(0, 0.02, size=(12, 5000))
+        rr = r500[(r500 >= s) & (r500 < s + 5000)] - s
+        refs.append(rr)
+    return recs, refs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def nk_peaks(sig, fs):
+    import neurokit2 as nk
+
+    clean = nk.ecg_clean(sig, sampling_rate=fs)
+    _, info = nk.ecg_peaks(clean, sampling_rate=fs)
+    return np.asarray(info["ECG_R_Peaks"], np.int64)
+
+
+def xqrs_peaks(sig, fs):
+    from wfdb import processing
+
+    return np.asarray(processing.xqrs_detect(sig=sig, fs=fs, verbose=False), np.int64)
+
+
+def rate(fn, n_records, repeats):
+    """(median, best) records/s of fn() over repeats; fn processes n_records."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times = np.asarray(times)
+    return n_records / np.median(times), n_records / times.min()
+
+
+COLD = r"""
+import time, numpy as np
+t = time.perf_counter()
+from melp_fast.data.beats import detect_r_peaks, segment_batch
+x = np.random.default_rng(0).normal(size=(12, 5000))
+detect_r_peaks(x, 500.0)
+t1 = time.perf_counter()
+segment_batch(x[None], 500.0)
+t2 = time.perf_counter()
+print(t1 - t, t2 - t1)
+"""
+
+
+def cold_compile():
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", COLD], env=env, capture_output=True, text=True, check=True)
+        a, b = map(float, out.stdout.split())
+        return a, b
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=2000)
+    ap.add_argument("--nk-records", type=int, default=200)
+    ap.add_argument("--xqrs-records", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "segmentation_cpu.md"))
+    args = ap.parse_args()
+
+    import numba
+
+    cold_det, cold_batch = cold_compile()
+    t0 = time.perf_counter()
+    from melp_fast.data.beats import detect_r_peaks, segment_batch
+
+    mit, dcm = load_mit(), load_dicom()
+    recs, refs = make_records(args.records, mit, dcm)
+    t = time.perf_counter()
+    detect_r_peaks(recs[0], FS)
+    first_det = time.perf_counter() - t
+    t = time.perf_counter()
+    segment_batch(recs[:2], FS)
+    first_batch = time.perf_counter() - t
+    del t0
+
+    n_all = numba.config.NUMBA_NUM_THREADS
+    N = len(recs)
+
+    # ---------------- speed ----------------
+    def ours_loop():
+        for i in range(N):
+            detect_r_peaks(recs[i], FS)
+
+    numba.set_num_threads(1)
+    ours_loop()
+    loop1 = rate(ours_loop, N, args.repeats)
+    segment_batch(recs[:8], FS)
+    batch1 = rate(lambda: segment_batch(recs, FS), N, args.repeats)
+    numba.set_num_threads(n_all)
+    segment_batch(recs[:8], FS)
+    batchn = rate(lambda: segment_batch(recs, FS), N, args.repeats)
+
+    lead_ii = np.ascontiguousarray(recs[:, 1, :])
+    nn, nx = min(args.nk_records, N), min(args.xqrs_records, N)
+    nk_peaks(lead_ii[0], FS)
+    nk_rate = rate(lambda: [nk_peaks(lead_ii[i], FS) for i in range(nn)], nn, 2)
+    xqrs_peaks(lead_ii[0], FS)
+    xq_rate = rate(lambda: [xqrs_peaks(lead_ii[i], FS) for i in range(nx)], nx, 1)
+
+    # ---------------- accuracy ----------------
+    x, fs, ref = mit
+    xd, fsd, refd = dcm
+    acc = {}
+    s = Score()
+    s.add(ref, detect_r_peaks(x, fs), fs)
+    acc[("ours (12 leads / both)", "MIT-BIH 100, whole")] = s.row()
+    s = Score()
+    s.add(ref, nk_peaks(x[0], fs), fs)
+    acc[("NeuroKit2 (lead II)", "MIT-BIH 100, whole")] = s.row()
+    s = Score()
+    s.add(ref, xqrs_peaks(x[0], fs), fs)
+    acc[("wfdb xqrs (lead II)", "MIT-BIH 100, whole")] = s.row()
+    s = Score()
+    s.add(refd, detect_r_peaks(xd, fsd), fsd)
+    acc[("ours (12 leads / both)", "DICOM 12-lead, 1000 Hz")] = s.row()
+    s = Score()
+    s.add(refd, nk_peaks(xd[1] / 1000.0, fsd), fsd)
+    acc[("NeuroKit2 (lead II)", "DICOM 12-lead, 1000 Hz")] = s.row()
+    s = Score()
+    s.add(refd, xqrs_peaks(xd[1] / 1000.0, fsd), fsd)
+    acc[("wfdb xqrs (lead II)", "DICOM 12-lead, 1000 Hz")] = s.row()
+    peaks, counts = segment_batch(recs, FS, max_beats=64)
+    s_o, s_on, s_n, s_x = Score(), Score(), Score(), Score()
+    for i in range(N):
+        p = peaks[i, : counts[i]]
+        s_o.add(refs[i], p, FS)
+        if i < nn:
+            s_on.add(refs[i], p, FS)
+            s_n.add(refs[i], nk_peaks(lead_ii[i], FS), FS)
+        if i < nx:
+            s_x.add(refs[i], xqrs_peaks(lead_ii[i], FS), FS)
+    acc[("ours (12 leads / both)", f"bench records, all {N}")] = s_o.row()
+    acc[("ours (12 leads / both)", f"bench records, first {nn}")] = s_on.row()
+    acc[("NeuroKit2 (lead II)", f"bench records, first {nn}")] = s_n.row()
+    acc[("wfdb xqrs (lead II)", f"bench records, first {nx}")] = s_x.row()
+
+    # ---------------- report ----------------
+    try:
+        load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        load = "?"
+    import neurokit2
+    import wfdb
+
+    lines = []
+    lines.append("# Beat segmentation benchmark (CPU)")
+    lines.append("")
+    lines.append(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    lines.append(
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical cores (Numba threads: {n_all}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+    lines.append(
+        f"- versions: numpy {np.__version__}, numba {numba.__version__}, neurokit2 {neurokit2.__version__}, "
+        f"wfdb {wfdb.__version__}"
+    )
+    lines.append(f"- load average (1/5/15 min) at the end of the run: {load} (the cores are shared)")
+    lines.append(f"- command: `python benchmarks/segmentation.py {' '.join(sys.argv[1:])}`".rstrip())
+    lines.append("")
+    lines.append("## Speed: 10 s, 12-lead, 500 Hz records (records/s, median of passes, best in brackets)")
+    lines.append("")
+    lines.append("| detector | leads used | threads | records | records/s | vs NeuroKit2 |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    ref_rate = nk_rate[0]
+    rows = [
+        ("ours `detect_r_peaks`, Python loop", "12", "1", N, loop1),
+        ("ours `segment_batch`", "12", "1", N, batch1),
+        ("ours `segment_batch`", "12", f"{n_all} (all)", N, batchn),
+        ("NeuroKit2 `ecg_clean` + `ecg_peaks`", "1 (II)", "1", nn, nk_rate),
+        ("wfdb `xqrs_detect`", "1 (II)", "1", nx, xq_rate),
+    ]
+    for name, leads, th, n, (med, best) in rows:
+        lines.append(f"| {name} | {leads} | {th} | {n} | {med:,.0f} ({best:,.0f}) | {med / ref_rate:.1f}x |")
+    lines.append("")
+    lines.append(
+        f"Numba compile cost (not in the rates): cold, empty cache: `detect_r_peaks` {cold_det:.1f} s, "
+        f"`segment_batch` {cold_batch:.1f} s more; this run's first calls (disk cache): {first_det:.2f} s and "
+        f"{first_batch:.2f} s."
+    )
+    lines.append("")
+    lines.append("## Accuracy (150 ms matching; |error| of matched detections)")
+    lines.append("")
+    lines.append("| detector | recording | Se % | +P % | median ms | p95 ms | counts |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for rec_name in ["MIT-BIH 100, whole", "DICOM 12-lead, 1000 Hz"] + sorted(
+        {k[1] for k in acc if k[1].startswith("bench")}, reverse=True
+    ):
+        for det in ("ours (12 leads / both)", "NeuroKit2 (lead II)", "wfdb xqrs (lead II)"):
+            if (det, rec_name) in acc:
+                se, ppv, med, p95, cnt = acc[(det, rec_name)]
+                lines.append(f"| {det} | {rec_name} | {se} | {ppv} | {med} | {p95} | {cnt} |")
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
