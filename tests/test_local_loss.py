@@ -311,6 +311,14 @@ def test_bf16_inputs_cpu(impl):
     assert_close(got, run("batched", e.double(), bm, s.double(), sm), tol_loss=2e-2, tol_grad=2e-2)
 
 
+def test_fused_float64_inputs_compute_in_fp32():
+    _fused_device("cpu")
+    e, bm, s, sm = make(3, 4, 3, 9, seed=12, dtype=torch.float64)
+    got = run("fused", e, bm, s, sm)
+    assert got[0].dtype == torch.float64 and got[1].dtype == torch.float64
+    assert_close(got, truth(e, bm, s, sm))
+
+
 def test_benchmark_script_runs(tmp_path):
     import subprocess
     import sys
