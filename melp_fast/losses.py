@@ -27,10 +27,9 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the target tokens (labels == -100 are ignored); 0 when there is none.
 
     logits [..., V] and labels [...] (the model passes only the positions that have a target)."""
-    valid = labels != -100
-    if not bool(valid.any()):
+    if not bool((labels != -100).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[valid].float(), labels[valid])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
 
 class MELPLoss(nn.Module):
