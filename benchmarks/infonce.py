@@ -2,7 +2,7 @@
 OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), one process, in one run, as a markdown table.
 
     python benchmarks/infonce.py                       # CUDA if present: B = 1k..64k, D = 256, bf16
-    python benchmarks/infonce.py --device cpu          # CPU: B = 1k..8k, fp32, + the B = 32768 memory check
+    python benchmarks/infonce.py --device cpu          # CPU: B = 1k..8k, fp32, + memory check at 16k and 32k
     python benchmarks/infonce.py --device cpu --out benchmarks/results/infonce_cpu.md
 
 CUDA: in process; time = median of CUDA-event timings after a warm-up call (which runs the autotuner); memory =
@@ -237,8 +237,8 @@ def main(argv=None):
                     help="timed repetitions (default 10 CUDA, 3 CPU; on CPU the first full-size call is the memory "
                          "sample and is timed only when reps = 1)")
     ap.add_argument("--chunk-size", type=int, default=1024)
-    ap.add_argument("--memory-check", type=int, default=None, metavar="B",
-                    help="CPU: also run chunked and reference once at this B (default 32768 on CPU; 0 = skip)")
+    ap.add_argument("--memory-check", type=int, nargs="+", default=None, metavar="B",
+                    help="CPU: also run chunked and reference once at these B (default 16384 32768 on CPU; 0 = skip)")
     ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     args = ap.parse_args(argv)
 
@@ -250,7 +250,8 @@ def main(argv=None):
     impls = args.impls or (["fused", "chunked", "reference", "open_clip"] if cuda else
                            ["chunked", "reference", "open_clip"])
     reps = args.reps or (10 if cuda else 3)
-    mem_b = args.memory_check if args.memory_check is not None else (0 if cuda else 32768)
+    mem_bs = [b for b in (args.memory_check if args.memory_check is not None else ([] if cuda else [16384, 32768]))
+              if b > 0]
 
     rows = []
     for B in sizes:
@@ -267,10 +268,11 @@ def main(argv=None):
             print(json.dumps(r), file=sys.stderr, flush=True)
 
     mem_rows = []
-    if mem_b and not cuda:
-        avail = _mem_available() or 0
-        cap = int(0.8 * avail)  # never push the machine into the OOM killer
+    caps = {}
+    for mem_b in ([] if cuda else mem_bs):
         for impl in ("chunked", "reference"):
+            avail = _mem_available() or 0
+            caps[(impl, mem_b)] = cap = int(0.8 * avail)  # never push the machine into the OOM killer
             r = _run_cpu_subprocess(impl, mem_b, args.dim, dtype_name, 1, args.chunk_size, mem_cap_bytes=cap)
             mem_rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
@@ -287,18 +289,17 @@ def main(argv=None):
         md += ["On CPU `fused` is not timed: without the Triton interpreter it runs the chunked path.", ""]
     md += [_fmt_table(rows), ""]
     if mem_rows:
-        md += [f"## Memory check: B = {mem_b}, D = {args.dim}, {dtype_name}, one fwd+bwd each in a fresh process",
-               "", _fmt_table(mem_rows), ""]
-        ok = {r["impl"]: r for r in mem_rows}
-        c, ref = ok.get("chunked", {}), ok.get("reference", {})
-        if "peak_extra_mib" in c:
-            md.append(f"- chunked: {c['peak_extra_mib']:.0f} MiB extra peak "
-                      f"({'<' if c['peak_extra_mib'] < 1024 else '>='} 1 GiB)")
-        if "peak_extra_mib" in ref:
-            md.append(f"- reference: {ref['peak_extra_mib']:.0f} MiB extra peak "
-                      f"({'>' if ref['peak_extra_mib'] > 4096 else '<='} 4 GiB)")
-        elif ref:
-            md.append(f"- reference: failed under an address-space cap of {cap / MIB:.0f} MiB ({ref.get('error')})")
+        md += [f"## Memory check: B = {', '.join(map(str, mem_bs))}, D = {args.dim}, {dtype_name}, one fwd+bwd each "
+               "in a fresh process under an address-space cap of 80% of MemAvailable", "", _fmt_table(mem_rows), ""]
+        for r in mem_rows:
+            cap = caps[(r["impl"], r["B"])]
+            if "peak_extra_mib" in r:
+                md.append(f"- {r['impl']}, B = {r['B']}: {r['peak_extra_mib']:.0f} MiB extra peak "
+                          f"({'<' if r['peak_extra_mib'] < 1024 else '>='} 1 GiB, "
+                          f"{'>' if r['peak_extra_mib'] > 4096 else '<='} 4 GiB)")
+            else:
+                md.append(f"- {r['impl']}, B = {r['B']}: could not run within the cap of {cap / MIB:.0f} MiB, "
+                          f"i.e. it needs more than that ({r.get('error')})")
         md.append("")
     text = "\n".join(md)
     print(text)
@@ -308,7 +309,8 @@ def main(argv=None):
             f.write(text)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
             json.dump({"date": when, "machine": machine_description(args.device), "command": cmd.strip(),
-                       "rows": rows, "memory_check": mem_rows}, f, indent=1)
+                       "rows": rows, "memory_check": mem_rows,
+                       "memory_caps_mib": {f"{k[0]}@{k[1]}": v / MIB for k, v in caps.items()}}, f, indent=1)
     return 0
 
 
