@@ -165,16 +165,23 @@ def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = S
                                              if k not in todo),
                desc=f"preprocess {source}", unit="rec", disable=not progress, mininterval=1.0)
     if workers <= 1 or len(jobs) <= 1:
-        _init_worker(None)
-        for n_done, job in enumerate(jobs):
-            job["kill"] = kill_after >= 0 and n_done == kill_after
-            st = _process_shard(job)
-            bar.update(st["items"])
+        import numba
+
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            for n_done, job in enumerate(jobs):
+                job["kill"] = kill_after >= 0 and n_done == kill_after
+                st = _process_shard(job)
+                bar.update(st["items"])
+        finally:
+            numba.set_num_threads(threads)
     else:
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # spawn, not fork: a parent that already ran Numba's OpenMP threads cannot fork safely
+        ctx = mp.get_context("spawn")
         q = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
                                  initargs=(q,)) as ex:

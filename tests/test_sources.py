@@ -386,3 +386,15 @@ def test_ptbxl_csv_json_safe(tmp_path):
     root = make_ptbxl_tree(tmp_path)
     items = get_source("ptbxl").list_items(root)
     json.dumps([dataclasses.asdict(i) for i in items])
+
+
+@pytest.mark.parametrize("fmt", ["16", "212", "80", "24", "32"])
+def test_native_wfdb_reader_matches_wfdb(tmp_path, fmt):
+    from melp_fast.data.sources.common import _read_wfdb_lib, read_wfdb
+
+    x = mitbih(100.0, 2.0)[[0, 1, 0]] * [[1.0], [1.0], [-0.5]]
+    x[1, 10:13] = np.nan  # invalid samples
+    write_wfdb(tmp_path, f"r{fmt}", x, 360, ["MLII", "V5", "aVR"], comments=["Dx: 1"], fmt=fmt)
+    a, b = read_wfdb(tmp_path / f"r{fmt}", None), _read_wfdb_lib(tmp_path / f"r{fmt}", None)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1:] == b[1:] and np.isnan(a[0]).sum() == 3

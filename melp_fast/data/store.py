@@ -298,12 +298,13 @@ class ShardWriter:
             s = beatlib.beat_spans(peaks[i, : counts[i]], self.n_samples)[: self.max_beats]
             spans[i, : len(s)] = s
             nb[i] = len(s)
-        y = highpass(x.astype(np.float64), FS, self.highpass_hz)
-        lo = y.min(axis=(1, 2), keepdims=True)
-        hi = y.max(axis=(1, 2), keepdims=True)
-        rng = hi - lo
-        y = np.where(rng > 0, (y - lo) / np.where(rng > 0, rng, 1), 0).astype(np.float32)
-        self._sig.write(np.ascontiguousarray(y.astype(np.float16)).tobytes())
+        for a in range(0, m, 16):  # small blocks stay in cache
+            blk = x[a:a + 16]
+            y = highpass(blk.reshape(-1, blk.shape[-1]).astype(np.float64), FS, self.highpass_hz).reshape(blk.shape)
+            lo = y.min(axis=(1, 2), keepdims=True)
+            rng = y.max(axis=(1, 2), keepdims=True) - lo
+            y = np.where(rng > 0, (y - lo) / np.where(rng > 0, rng, 1), 0)
+            self._sig.write(np.ascontiguousarray(y.astype(np.float16)).tobytes())
         self.spans.append(spans)
         self.counts.append(nb)
         for r in rows:

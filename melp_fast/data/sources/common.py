@@ -89,8 +89,77 @@ def safe_file(root, rel, suffix: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- reading
-_BYTES = {"16": 2.0, "212": 1.5, "80": 1.0, "24": 3.0, "32": 4.0, "8": 1.0, "61": 2.0, "160": 2.0, "310": 4 / 3,
+# bytes per sample of the WFDB formats read natively (single data file, channels interleaved by frame)
+_BYTES = {"16": 2.0, "212": 1.5, "80": 1.0, "24": 3.0, "32": 4.0, "61": 2.0, "8": 1.0, "160": 2.0, "310": 4 / 3,
           "311": 4 / 3}
+_NATIVE = {"16", "212", "80", "24", "32", "61"}
+_INVALID = {"16": -32768, "61": -32768, "212": -2048, "80": -128, "24": -(1 << 23), "32": -(1 << 31)}
+_SIG_RE = re.compile(r"^(?P<file>\S+)\s+(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<off>\d+))?"
+                     r"(?:\s+(?P<gain>[-+]?[\d.eE+-]+)?(?:\((?P<base>[-+]?\d+)\))?(?:/(?P<units>\S+))?"
+                     r"(?:\s+(?P<adcres>\d+)(?:\s+(?P<adczero>[-+]?\d+)(?:\s+(?P<init>[-+]?\d+)"
+                     r"(?:\s+(?P<cksum>[-+]?\d+)(?:\s+(?P<bsize>\d+)(?:\s+(?P<desc>.*))?)?)?)?)?)?)?\s*$")
+
+
+@dataclass
+class Header:
+    name: str
+    n_sig: int
+    fs: float
+    sig_len: int
+    file_name: list
+    fmt: list
+    byte_offset: list
+    adc_gain: list
+    baseline: list
+    sig_name: list
+    comments: list
+    spf: list
+
+
+def parse_header(text: str, where: str = "header") -> Header:
+    """A single-segment WFDB header (record line, one line per signal, '#' comments)."""
+    lines, comments = [], []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            comments.append(line[1:].strip())
+        else:
+            lines.append(line.split("#", 1)[0].strip())
+    if not lines:
+        raise SkipRecord(f"{where}: empty header")
+    rec = lines[0].split()
+    if len(rec) < 2:
+        raise SkipRecord(f"{where}: bad record line {lines[0]!r}")
+    if "/" in rec[0]:
+        raise NotImplementedError("multi-segment record")
+    try:
+        n_sig = int(rec[1])
+        fs = float(rec[2].split("/")[0].split("(")[0]) if len(rec) > 2 else 250.0
+        sig_len = int(rec[3]) if len(rec) > 3 else 0
+    except ValueError:
+        raise SkipRecord(f"{where}: bad record line {lines[0]!r}") from None
+    if len(lines) - 1 < n_sig:
+        raise SkipRecord(f"{where}: header lists {len(lines) - 1} signal lines, record line says {n_sig}")
+    h = Header(rec[0], n_sig, fs, sig_len, [], [], [], [], [], [], comments, [])
+    for line in lines[1:1 + n_sig]:
+        m = _SIG_RE.match(line)
+        if not m:
+            raise SkipRecord(f"{where}: bad signal line {line!r}")
+        g = m.groupdict()
+        adczero = int(g["adczero"]) if g["adczero"] else 0
+        gain = float(g["gain"]) if g["gain"] else 0.0
+        h.file_name.append(g["file"])
+        h.fmt.append(g["fmt"])
+        h.spf.append(int(g["spf"]) if g["spf"] else 1)
+        h.byte_offset.append(int(g["off"]) if g["off"] else 0)
+        h.adc_gain.append(gain if gain else 200.0)
+        h.baseline.append(int(g["base"]) if g["base"] is not None else adczero)
+        h.sig_name.append((g["desc"] or "").strip())
+        if g["skew"]:
+            raise NotImplementedError("skewed signals")
+    return h
 
 
 def _check_dat_sizes(hea_path: Path, header) -> None:
@@ -116,44 +185,85 @@ def _check_dat_sizes(hea_path: Path, header) -> None:
                              f"need (a header that lies about its length)")
 
 
-def read_header(hea: Path):
-    import wfdb
-
+def read_header(hea: Path) -> Header:
     if not hea.is_file():
         raise SkipRecord(f"header {hea.name} is missing")
-    try:
-        return wfdb.rdheader(str(hea.with_suffix("")))
-    except Exception as e:  # noqa: BLE001 - any parse failure is a bad record
-        raise SkipRecord(f"unreadable header {hea.name}: {type(e).__name__}: {e}") from None
+    text = hea.read_bytes().decode("ascii", errors="ignore")
+    return parse_header(text, hea.name)
+
+
+def _decode(raw: bytes, fmt: str, n: int) -> tuple[np.ndarray, int]:
+    """First n samples of a data file's bytes as int64, and the invalid-sample code."""
+    if fmt == "16":
+        d = np.frombuffer(raw, dtype="<i2", count=n)
+    elif fmt == "61":
+        d = np.frombuffer(raw, dtype=">i2", count=n)
+    elif fmt == "32":
+        d = np.frombuffer(raw, dtype="<i4", count=n)
+    elif fmt == "80":
+        d = np.frombuffer(raw, dtype=np.uint8, count=n).astype(np.int64) - 128
+    elif fmt == "24":
+        b = np.frombuffer(raw, dtype=np.uint8, count=3 * n).reshape(-1, 3).astype(np.int64)
+        d = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        d = np.where(d >= 1 << 23, d - (1 << 24), d)
+    elif fmt == "212":
+        npair = (n + 1) // 2
+        b = np.frombuffer(raw, dtype=np.uint8, count=3 * npair).reshape(-1, 3).astype(np.int64)
+        d = np.empty(2 * npair, dtype=np.int64)
+        d[0::2] = b[:, 0] | ((b[:, 1] & 0x0F) << 8)
+        d[1::2] = b[:, 2] | ((b[:, 1] & 0xF0) << 4)
+        d = np.where(d >= 2048, d - 4096, d)[:n]
+    else:  # pragma: no cover
+        raise NotImplementedError(fmt)
+    return np.asarray(d, dtype=np.int64), _INVALID[fmt]
 
 
 def read_wfdb(record_path, seconds: float | None = 11.0) -> tuple[np.ndarray, float, list[str], list[str]]:
     """(physical signal [leads, samples] float64, fs, lead names, header comments) of one WFDB record
-    (``record_path`` without extension), at most its first ``seconds`` (None: all). Data in a CinC-style MATLAB file (``NAME.mat`` named by the header,
-    variable ``val``, digital units) is read with scipy; anything else through wfdb."""
-    import wfdb
-
+    (``record_path`` without extension), at most its first ``seconds`` (None: all). Invalid samples are NaN.
+    Single-file records in formats 16, 212, 80, 24, 32, 61 are read natively; data in a CinC-style MATLAB file
+    (``NAME.mat``, variable ``val``, digital units) with scipy; anything else through wfdb."""
     rec = Path(record_path)
     hea = rec.with_name(rec.name + ".hea")
-    header = read_header(hea)
+    try:
+        header = read_header(hea)
+    except NotImplementedError:
+        return _read_wfdb_lib(rec, seconds)
     if header.n_sig == 0 or not header.sig_len:
         raise SkipRecord("header lists no signal or no sample")
-    names = list(header.sig_name or [])
-    comments = list(header.comments or [])
     fs = float(header.fs)
     if fs <= 0:
         raise SkipRecord(f"bad sampling rate {header.fs}")
     if all(str(fn).lower().endswith(".mat") for fn in header.file_name):
-        sig = _read_cinc_mat(hea, header)
-    else:
-        _check_dat_sizes(hea, header)
-        try:
-            sampto = header.sig_len if seconds is None else min(header.sig_len, int(np.ceil(fs * seconds)))
-            r = wfdb.rdrecord(str(rec), physical=True, sampto=sampto)
-        except Exception as e:  # noqa: BLE001
-            raise SkipRecord(f"unreadable WFDB record: {type(e).__name__}: {e}") from None
-        sig = np.asarray(r.p_signal, dtype=np.float64).T
-    return sig, fs, names, comments
+        return _read_cinc_mat(hea, header), fs, list(header.sig_name), list(header.comments)
+    _check_dat_sizes(hea, header)
+    if (len(set(header.file_name)) != 1 or len(set(header.fmt)) != 1 or header.fmt[0] not in _NATIVE
+            or any(s != 1 for s in header.spf) or len(set(header.byte_offset)) != 1):
+        return _read_wfdb_lib(rec, seconds)
+    n_sig, fmt = header.n_sig, header.fmt[0]
+    n_t = header.sig_len if seconds is None else min(header.sig_len, int(np.ceil(fs * seconds)))
+    nbytes = int(np.ceil(n_t * n_sig * _BYTES[fmt])) + 3
+    with open(hea.parent / header.file_name[0], "rb") as f:
+        f.seek(header.byte_offset[0])
+        raw = f.read(nbytes)
+    d, invalid = _decode(raw, fmt, n_t * n_sig)
+    d = d.reshape(n_t, n_sig).T
+    sig = (d - np.asarray(header.baseline, dtype=np.float64)[:, None]) / np.asarray(header.adc_gain)[:, None]
+    sig[d == invalid] = np.nan
+    return sig, fs, list(header.sig_name), list(header.comments)
+
+
+def _read_wfdb_lib(rec: Path, seconds):
+    import wfdb
+
+    try:
+        h = wfdb.rdheader(str(rec))
+        sampto = h.sig_len if seconds is None else min(h.sig_len, int(np.ceil(float(h.fs) * seconds)))
+        r = wfdb.rdrecord(str(rec), physical=True, sampto=sampto)
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"unreadable WFDB record: {type(e).__name__}: {e}") from None
+    return (np.asarray(r.p_signal, dtype=np.float64).T, float(r.fs), list(r.sig_name or []),
+            list(r.comments or []))
 
 
 def _read_cinc_mat(hea: Path, header) -> np.ndarray:

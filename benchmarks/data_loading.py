@@ -1,0 +1,172 @@
+"""Data pipeline throughput: preprocessing records/s per process, and DataLoader samples/s from a store.
+
+    python benchmarks/data_loading.py [--records 512] [--batch-size 64] [--seconds 8] [--out FILE.md]
+
+1. A MIMIC-IV-ECG-layout tree of --records 12-lead, 500 Hz, 10 s WFDB records is written (the real 12-lead DICOM
+   ECG of shared/data, shifted, scaled and with a little noise per record; machine-style reports from the
+   synthetic corpus), then ``melp_fast.preprocess.build_store`` runs on it with 1 and 2 worker processes:
+   records/s overall and per process (read + resample + beats + high-pass + min-max + write).
+2. The DataLoader over that store, random order (shuffle), batch --batch-size, lead masking p = 0.5 and report
+   tokenisation by Collate (the MiniLM tokenizer of the default text encoder, max_len 128), in several ways:
+   per-item reads (``dataset[i]``, the classic path) vs batched reads (``__getitems__``), tokenisation cache on /
+   off, 0 or 2 worker processes. samples/s after one warm-up pass.
+Pages of the store are in the page cache (the store is small); torch and numba use one thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+
+MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def make_tree(root: Path, n: int):
+    import wfdb
+
+    from melp_fast.data import synthetic
+    from melp_fast.data.sources.common import LEADS, canonical_lead, resample
+    from melp_fast.data.sources.single import read_dicom
+
+    sig, fs, names, _ = read_dicom(DATA / "dicom" / "waveform_ecg.dcm")
+    order = [[canonical_lead(x) for x in names].index(lead) for lead in MIMIC_ORDER]
+    base = resample(sig[order], fs, 500)[:, :5000]
+    rng = np.random.default_rng(0)
+    rows, mm = [], []
+    for k in range(n):
+        study = f"{40000000 + k}"
+        subject = f"{10000000 + k // 4}"
+        rel = f"files/p{subject[:4]}/p{subject}/s{study}/{study}"
+        x = np.roll(base, int(rng.integers(0, 5000)), axis=1) * rng.uniform(0.5, 1.5)
+        x = x + rng.normal(0, 0.01, x.shape)
+        d = root / Path(rel).parent
+        d.mkdir(parents=True, exist_ok=True)
+        wfdb.wrsamp(study, fs=500, units=["mV"] * 12, sig_name=MIMIC_ORDER, p_signal=x.T, fmt=["16"] * 12,
+                    adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(d))
+        rows.append(f"{subject},{study},{study},2180-01-01 00:00:00,{rel}")
+        rep = synthetic.generate_record(k, 1).report.rstrip(".").split(". ")
+        rep = rep + [""] * (18 - len(rep))
+        mm.append(",".join([subject, study, "1", "2180-01-01 00:00:00", *[f'"{r}"' if r else "" for r in rep]]))
+    (root / "record_list.csv").write_text("subject_id,study_id,file_name,ecg_time,path\n" + "\n".join(rows) + "\n")
+    head = ["subject_id", "study_id", "cart_id", "ecg_time", *[f"report_{i}" for i in range(18)]]
+    (root / "machine_measurements.csv").write_text(",".join(head) + "\n" + "\n".join(mm) + "\n")
+    del LEADS
+
+
+def bench_preprocess(root: Path, tmp: Path, n: int) -> list[dict]:
+    from melp_fast.preprocess import build_store
+
+    res = []
+    # warm-up (numba cache load, imports) on a few records
+    build_store(tmp / "warm", "mimic-iv-ecg", root, workers=1, limit=8, progress=False)
+    for workers in (1, 2):
+        out = tmp / f"store-w{workers}"
+        t = time.perf_counter()
+        build_store(out, "mimic-iv-ecg", root, workers=workers, shard_size=max(8, n // (4 * workers)),
+                    progress=False)
+        dt = time.perf_counter() - t
+        res.append({"workers": workers, "records": n, "seconds": dt, "rps": n / dt, "rps_per_process": n / dt / workers})
+    return res
+
+
+def bench_loader(store_path: Path, batch_size: int, seconds: float) -> list[dict]:
+    from torch.utils.data import DataLoader
+
+    from melp_fast.data.dataset import Collate, ECGTextDataset
+    from melp_fast.data.store import Store
+    from melp_fast.model.text import ReportTokenizer, load_tokenizer
+
+    tok = ReportTokenizer(load_tokenizer("minilm"), max_len=128)
+    store = Store(store_path)
+    res = []
+
+    class PerItem(ECGTextDataset):  # the classic path: one read and one item dict per sample
+        __getitems__ = None
+
+    configs = [("per-item reads, no token cache", PerItem, 0, 0),
+               ("batched reads, no token cache", ECGTextDataset, 0, 0),
+               ("batched reads, token cache", ECGTextDataset, 200_000, 0),
+               ("batched reads, token cache, 2 workers", ECGTextDataset, 200_000, 2)]
+    for name, cls, cache, workers in configs:
+        ds = cls(store, lead_mask_p=0.5, seed=0)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                            collate_fn=Collate(tok, cache_size=cache), persistent_workers=workers > 0,
+                            prefetch_factor=4 if workers else None)
+        for _ in loader:  # warm-up epoch (fills the token cache, starts workers)
+            pass
+        n, t0, epoch = 0, time.perf_counter(), 1
+        while time.perf_counter() - t0 < seconds:
+            ds.set_epoch(epoch)
+            for b in loader:
+                n += b["ecg"].shape[0]
+            epoch += 1
+        dt = time.perf_counter() - t0
+        res.append({"config": name, "workers": workers, "samples": n, "seconds": dt, "sps": n / dt})
+        del loader
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--out", default=None, help="write the results as markdown here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="melp-bench-"))
+    try:
+        root = tmp / "mimic"
+        t = time.perf_counter()
+        make_tree(root, args.records)
+        print(f"tree of {args.records} records written in {time.perf_counter() - t:.1f} s", flush=True)
+        pre = bench_preprocess(root, tmp, args.records)
+        for r in pre:
+            print(f"preprocess workers={r['workers']}: {r['rps']:.1f} records/s ({r['rps_per_process']:.1f} per process)",
+                  flush=True)
+        load = bench_loader(tmp / "store-w1", args.batch_size, args.seconds)
+        for r in load:
+            print(f"loader {r['config']}: {r['sps']:.0f} samples/s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [f"# Data loading on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+             f"torch {torch.__version__})", "",
+             f"Command: `python benchmarks/data_loading.py --records {args.records} --batch-size {args.batch_size} "
+             f"--seconds {args.seconds:g}`", "",
+             "## Preprocessing (MIMIC-IV-ECG layout, 12-lead 500 Hz 10 s WFDB records)", "",
+             "| processes | records | seconds | records/s | records/s per process |", "|---:|---:|---:|---:|---:|"]
+    for r in pre:
+        lines.append(f"| {r['workers']} | {r['records']} | {r['seconds']:.1f} | {r['rps']:.1f} | {r['rps_per_process']:.1f} |")
+    lines += ["", f"## DataLoader from the store (batch {args.batch_size}, shuffled, lead mask p = 0.5, "
+                  "MiniLM report tokenisation)", "",
+              "| configuration | DataLoader workers | samples/s |", "|---|---:|---:|"]
+    for r in load:
+        lines.append(f"| {r['config']} | {r['workers']} | {r['sps']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
