@@ -369,11 +369,12 @@ class _InfoNCE(torch.autograd.Function):
         c = g.float() * (0.5 / b)  # d loss / d(sum of the 2b CE terms)
         cs = c * sf
         need_ds = need[4]
-        if ctx.backend == "triton":
-            dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square)
-        else:
-            dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square,
-                                                             ctx.chunk)
+        with torch.autocast(device_type=e.device.type, enabled=False):
+            if ctx.backend == "triton":
+                dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square)
+            else:
+                dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need,
+                                                                 ctx.square, ctx.chunk)
 
         def fin(d, like):
             return None if d is None else (d * cs).to(like.dtype)
@@ -528,9 +529,10 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
             e_all = torch.cat(all_gather(e, grp), dim=0)
             t_all = torch.cat(all_gather(t, grp), dim=0)
 
-    if impl == "reference":
-        return _reference(e, t, e_all, t_all, s, offset)
-    sc = s.reshape(1) if s.dim() != 1 else s
-    sc = sc if sc.is_contiguous() else sc.contiguous()
-    loss = _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size)
-    return loss
+    # fp32 math whatever autocast says (an autocast bf16 matmul would round the logits themselves)
+    with torch.autocast(device_type=e.device.type, enabled=False):
+        if impl == "reference":
+            return _reference(e, t, e_all, t_all, s, offset)
+        sc = s.reshape(1) if s.dim() != 1 else s
+        sc = sc if sc.is_contiguous() else sc.contiguous()
+        return _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size)

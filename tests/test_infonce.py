@@ -314,3 +314,16 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             dt = torch.cat([x[2] for x in rs]) / world
             ds = sum(x[3] for x in rs) / world  # the replicated scale: DDP averages its per-rank gradients
             _assert_close([loss, de, dt, ds], glob, 1e-5, 1e-4, scale)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked", "fused"])
+def test_autocast_does_not_lower_precision(impl):
+    # under a bf16 autocast the loss still computes its logits in fp32 from the given (fp32) embeddings
+    e, t = _inputs(24, 16, seed=8)
+    ref = _run(_impl("reference"), e, t, 100.0)
+
+    def fn(a, b, s):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return infonce_loss(a, b, s, impl, chunk_size=8)
+
+    _assert_close(_run(fn, e, t, 100.0), ref, 1e-5, 1e-4, 100.0)
