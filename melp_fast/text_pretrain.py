@@ -223,8 +223,6 @@ def fit_head(model, examples: list[dict], collate, steps: int, batch_size: int, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    for p in base.parameters():
-        p.requires_grad_(True)
     return probe.eval()
 
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from melp_fast.data.synthetic import generate_split
 from melp_fast.model.text import ReportTokenizer, load_backbone, load_tokenizer
 from melp_fast.model.vocab import count_words, grow_vocabulary, select_new_words
-from melp_fast.text_pretrain import (epoch_batches, intrinsic, load_mlm, main, read_reports, read_text_file,
-                                     save_encoder, split_heldout)
+from melp_fast.text_pretrain import (encode, epoch_batches, fit_head, intrinsic, load_mlm, main, make_collator,
+                                     read_reports, read_text_file, save_encoder, split_heldout)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (["atrial fibrillation with rapid ventricular response."] * 25 + ["sinus tachycardia, abnormal ecg."] * 21
@@ -114,6 +114,18 @@ def test_intrinsic_is_deterministic_and_leaves_the_rng_alone():
     assert torch.equal(state, torch.get_rng_state())
     assert a == intrinsic(model, tok, reports, batch_size=5)
     assert a["masked_tokens"] > 0 and 0 <= a["accuracy"] <= 1 and a["perplexity"] > 1
+
+
+def test_head_fitted_baseline_moves_only_the_head():
+    torch.manual_seed(0)
+    model, tok, _ = load_mlm("random:tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    examples = encode([r.report for r in generate_split("train", 16)], tok, 64)
+    probe = fit_head(model, examples, make_collator(tok), steps=2, batch_size=4)
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k]), k
+    changed = {k for k, v in probe.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("cls.") and "decoder.weight" not in k for k in changed), changed
 
 
 def run_pretrain(args):
