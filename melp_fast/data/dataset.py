@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
 from .store import Store
@@ -43,13 +44,14 @@ class ECGTextDataset(Dataset):
     independently with that probability (see ``lead_mask``); ``set_epoch`` changes the draw."""
 
     def __init__(self, store: Store | str, lead_mask_p: float = 0.0, seed: int = 0, stride: int = 16,
-                 n_tokens: int | None = None, indices=None, task: str | None = None):
+                 n_tokens: int | None = None, indices=None, task: str | None = None, ecg_dtype=torch.float32):
         self.store = store if isinstance(store, Store) else Store(store)
         self.lead_mask_p, self.seed, self.epoch = lead_mask_p, seed, 0
         self.stride = stride
         self.n_tokens = n_tokens if n_tokens is not None else self.store.meta["n_samples"] // stride
         self.max_beats = self.store.meta["max_beats"]
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.ecg_dtype = ecg_dtype  # torch.float16 / bfloat16 halve host memory traffic (cast on the device)
         labels = self.store.task_labels(task) if task else self.store.labels
         self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.float32))
 
@@ -67,11 +69,16 @@ class ECGTextDataset(Dataset):
         """A stacked batch of dataset positions ``idx``: ecg float32 [b, leads, samples], beat_spans int64
         [b, max_beats, 2] in token units, beat_mask [b, max_beats], labels, index (store index), reports."""
         g = self._global(idx)
-        sig, spans, nb = self.store.read(g)
-        ecg = torch.from_numpy(sig).float()
+        keep = None
         if self.lead_mask_p > 0:
-            keep = ~lead_mask(g, ecg.shape[1], self.lead_mask_p, self.seed, self.epoch)
-            ecg.mul_(torch.from_numpy(keep.astype(np.float32))[:, :, None])
+            keep = ~lead_mask(g, len(self.store.meta["leads"]), self.lead_mask_p, self.seed, self.epoch)
+        ecg = self.store.read_signals(g, keep, self.ecg_dtype)
+        k, local = self.store.locate(g)
+        spans = np.empty((len(g), self.max_beats, 2), dtype=np.int32)
+        for kk in np.unique(k):
+            sel = k == kk
+            spans[sel] = self.store.shard_beats(int(kk))[local[sel]]
+        nb = self.store.n_beats[g]
         b, K = len(g), self.max_beats
         mask = np.arange(K)[None, :] < nb[:, None]
         tok = np.zeros((b, K, 2), dtype=np.int64)
@@ -153,15 +160,9 @@ class Collate:
                                                                        "caption_labels")}
                 self._cache[rep]["eos_pos"] = int(out["eos_pos"][r])
         rows = [self._cache[r] for r in reports]
-        n = max(len(row["input_ids"]) for row in rows)
-        b = len(rows)
         pad = {"input_ids": self.tokenizer.pad, **self._PAD}
-        res = {}
-        for key, val in pad.items():
-            t = torch.full((b, n), val, dtype=torch.long)
-            for i, row in enumerate(rows):
-                t[i, : len(row[key])] = row[key]
-            res[key] = t
+        res = {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_value=val)
+               for key, val in pad.items()}
         res["eos_pos"] = torch.tensor([row["eos_pos"] for row in rows], dtype=torch.long)
         return res
 

@@ -141,6 +141,46 @@ class Store:
                 spans[dst] = self.shard_beats(kk)[loc]
         return sig, spans, self.n_beats[idx]
 
+    def read_signals(self, indices, keep=None, dtype=None):
+        """Signals of ``indices`` as a torch tensor [b, leads, samples] (float32 by default), with the leads where
+        ``keep`` (bool [b, leads]) is False set to zero and never read: one gather of the kept (record, lead) rows
+        per shard, converted to ``dtype`` on the way."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        b, L, T = idx.shape[0], len(self.meta["leads"]), self.meta["n_samples"]
+        out = torch.empty((b, L, T), dtype=dtype)
+        flat = out.view(b * L, T)
+        lead = np.arange(L, dtype=np.int64)
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool).reshape(b, L)
+            drop_rows = np.flatnonzero(~keep.ravel())
+            if drop_rows.size:
+                flat.index_fill_(0, torch.from_numpy(drop_rows), 0)
+        if b == 0:
+            return out
+        order = np.argsort(idx, kind="stable")
+        k, local = self.locate(idx[order])
+        bounds = np.flatnonzero(np.diff(k)) + 1
+        for grp in np.split(np.arange(b), bounds):
+            kk = int(k[grp[0]])
+            sig = self.shard_signals(kk)
+            sig2d = sig.reshape(sig.shape[0] * L, T)
+            src_rows = (local[grp][:, None] * L + lead).ravel()
+            dst_rows = (order[grp][:, None] * L + lead).ravel()
+            if keep is not None:
+                sel = keep[order[grp]].ravel()
+                src_rows, dst_rows = src_rows[sel], dst_rows[sel]
+            if src_rows.size == 0:
+                continue
+            rows = torch.from_numpy(sig2d[src_rows])
+            if src_rows.size == b * L and np.array_equal(dst_rows, np.arange(b * L)):
+                flat.copy_(rows)
+            else:
+                flat.index_copy_(0, torch.from_numpy(dst_rows), rows.to(dtype))
+        return out
+
     @property
     def signals(self):
         return _View(lambda idx: self.read(idx)[0], len(self))
