@@ -157,3 +157,31 @@ def test_collate_cache_and_dataloader(small_store):
     other = ShardChunkSampler(24, chunk=4, seed=1, rank=1, world=2)
     mine, theirs = list(sampler), list(other)
     assert sorted(mine + theirs) == list(range(24)) and len(mine) == len(sampler)
+
+
+def test_wfdb_dir_store_with_dicom_and_wfdb(tmp_path):
+    import shutil
+
+    from test_sources import MIT
+
+    root = tmp_path / "dir"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(DCM, root / "a" / "ecg.dcm")
+    for ext in (".hea", ".dat"):
+        shutil.copy(MIT.with_suffix(ext), root / "a" / f"100{ext}")
+    (root / "b").mkdir()
+    (root / "b" / "orphan.dat").write_bytes(b"\0" * 100)
+    out = tmp_path / "store"
+    r = run_preprocess(["--source", "wfdb-dir", "--root", str(root), "--out", str(out), "--workers", "2",
+                        "--shard-size", "1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = Store(out)
+    assert s.ids == ["100", "ecg"] and s.reports == ["", "ritmo sinusale. ecg normale."]
+    assert [q["reason"] for q in s.quarantine()] == ["header missing (.hea)"]
+    assert s.records[0]["info"]["orig_fs"] == 360 and s.n_beats.tolist()[1] == 10
+
+
+def test_decode_text_keeps_utf8_and_reads_stray_bytes_as_latin1():
+    from melp_fast.data.sources.common import decode_text
+
+    assert decode_text("caf\u00e9 \u2014 ".encode() + b"stray \xe9.") == "caf\u00e9 \u2014 stray \u00e9."

@@ -15,6 +15,7 @@ Every skip raises :class:`SkipRecord` with a short reason, which the store build
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -368,12 +369,17 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
     return np.ascontiguousarray(x, dtype=np.float32), meta
 
 
+def _latin1_fallback(err: UnicodeDecodeError):
+    return err.object[err.start:err.end].decode("latin-1"), err.end
+
+
+codecs.register_error("melp_latin1_fallback", _latin1_fallback)
+
+
 def decode_text(raw: bytes) -> str:
-    """Bytes of a dataset text file as str: UTF-8, else Latin-1 (never fails on a stray non-UTF-8 byte)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+    """Bytes of a dataset text file as str: UTF-8, each byte that is not valid UTF-8 read as Latin-1 (a stray
+    non-UTF-8 byte never fails the file nor garbles its valid UTF-8 text)."""
+    return raw.decode("utf-8", errors="melp_latin1_fallback")
 
 
 def read_csv(path, **kw):
