@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import time
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MIB = 1 << 20
 
 
@@ -107,7 +109,7 @@ def measure_cpu(impl, B, D, dtype, reps, chunk_size):
         t0 = time.perf_counter()
         _step(fn, e, t, s)
         times.append(time.perf_counter() - t0)
-    return {"impl": impl, "B": B, "D": D, "dtype": str(dtype).replace("torch.", ""), "device": "cpu",
+    return {"impl": impl, "B": B, "D": D, "dtype": _DTYPE_NAMES[dtype], "device": "cpu",
             "ms": 1e3 * statistics.median(times), "peak_extra_mib": max(0, peak - base) / MIB,
             "loss": float(loss.detach()), "reps": reps}
 
@@ -132,7 +134,7 @@ def measure_cuda(impl, B, D, dtype, reps, chunk_size):
         b.record()
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
-    return {"impl": impl, "B": B, "D": D, "dtype": str(dtype).replace("torch.", ""), "device": "cuda",
+    return {"impl": impl, "B": B, "D": D, "dtype": _DTYPE_NAMES[dtype], "device": "cuda",
             "ms": statistics.median(times), "peak_extra_mib": peak / MIB, "loss": float(loss.detach()),
             "reps": reps}
 
@@ -166,8 +168,9 @@ def _worker_main(argv):
     try:
         r = measure_cpu(impl, int(B), int(D), DTYPES[dtype_name], int(reps), int(chunk))
     except (RuntimeError, MemoryError) as ex:
+        msg = re.sub(r"\[enforce fail at [^\]]*\] err == 0\. ", "", str(ex).splitlines()[0])
         r = {"impl": impl, "B": int(B), "D": int(D), "dtype": dtype_name, "device": "cpu",
-             "error": f"{type(ex).__name__}: {str(ex).splitlines()[0][:120]}", "mem_cap_mib": cap / MIB}
+             "error": f"{type(ex).__name__}: {msg[:200]}", "mem_cap_mib": cap / MIB}
     print(json.dumps(r), flush=True)
 
 
@@ -189,7 +192,8 @@ def machine_description(device):
         pass
     parts = [f"{platform.system()} {platform.machine()}", f"CPU {cpu}", f"{os.cpu_count()} logical cores"
              f" ({len(os.sched_getaffinity(0))} usable)" if hasattr(os, "sched_getaffinity") else "",
-             f"RAM {mem:.0f} GiB" if mem else "", f"torch {torch.__version__}", f"torch threads {torch.get_num_threads()}"]
+             f"RAM {mem:.0f} GiB" if mem else "", f"torch {torch.__version__}", f"torch threads {torch.get_num_threads()}",
+             "load average %.1f / %.1f / %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""]
     try:
         import triton
 
@@ -253,6 +257,7 @@ def main(argv=None):
     mem_bs = [b for b in (args.memory_check if args.memory_check is not None else ([] if cuda else [16384, 32768]))
               if b > 0]
 
+    load0 = "%.1f / %.1f / %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     rows = []
     for B in sizes:
         for impl in impls:
@@ -278,9 +283,10 @@ def main(argv=None):
             print(json.dumps(r), file=sys.stderr, flush=True)
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_description(args.device) + (f" (load average at start {load0})" if load0 else "")
     cmd = "python benchmarks/infonce.py " + " ".join(argv)
     md = [f"# Global InfoNCE loss: fwd+bwd time and peak extra memory ({args.device})", "",
-          f"- Date: {when}", f"- Machine: {machine_description(args.device)}", f"- Command: `{cmd.strip()}`",
+          f"- Date: {when}", f"- Machine: {machine}", f"- Command: `{cmd.strip()}`",
           f"- D = {args.dim}, dtype {dtype_name}, chunk_size {args.chunk_size}, median of {reps} fwd+bwd "
           f"({'CUDA events, after a warm-up/autotune call' if cuda else 'wall time, each (impl, B) in a fresh process'}); "
           f"peak extra memory = {'max_memory_allocated - allocated before' if cuda else 'ru_maxrss - RSS before'}, "
@@ -300,6 +306,11 @@ def main(argv=None):
             else:
                 md.append(f"- {r['impl']}, B = {r['B']}: could not run within the cap of {cap / MIB:.0f} MiB, "
                           f"i.e. it needs more than that ({r.get('error')})")
+                done = [x for x in mem_rows if x["impl"] == r["impl"] and "peak_extra_mib" in x and x["B"] < r["B"]]
+                if done:  # the materialised logits grow as B^2
+                    x = max(done, key=lambda x: x["B"])
+                    md.append(f"  (B^2 scaling from B = {x['B']}: about "
+                              f"{x['peak_extra_mib'] * (r['B'] / x['B']) ** 2 / 1024:.1f} GiB expected)")
         md.append("")
     text = "\n".join(md)
     print(text)
@@ -308,7 +319,7 @@ def main(argv=None):
         with open(args.out, "w") as f:
             f.write(text)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"date": when, "machine": machine_description(args.device), "command": cmd.strip(),
+            json.dump({"date": when, "machine": machine, "command": cmd.strip(),
                        "rows": rows, "memory_check": mem_rows,
                        "memory_caps_mib": {f"{k[0]}@{k[1]}": v / MIB for k, v in caps.items()}}, f, indent=1)
     return 0

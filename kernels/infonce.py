@@ -196,8 +196,10 @@ if HAS_TRITON:
             cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st))
         return cfgs
 
-    _lse_tuned = triton.autotune(configs=_cuda_configs(), key=["M", "N", "D"])(_infonce_lse_kernel)
-    _grad_tuned = triton.autotune(configs=_cuda_configs(), key=["M", "N", "D"])(_infonce_grad_kernel)
+    # configs that do not fit (shared memory) are dropped by the autotuner; one set per shape and variant
+    _lse_tuned = triton.autotune(configs=_cuda_configs(), key=["M", "N", "D", "WITH_POS"])(_infonce_lse_kernel)
+    _grad_tuned = triton.autotune(configs=_cuda_configs(),
+                                  key=["M", "N", "D", "HAS_ROW", "HAS_COL", "COMPUTE_DS"])(_infonce_grad_kernel)
 
     try:
         from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
