@@ -66,6 +66,8 @@ TARGET_FS = 125.0  # rate the detector works at (Hz), after block-mean decimatio
 _CLIP = 4.0  # cap on a lead's normalised squared slope
 _MIN_QUALITY = 2.75  # scale / mean|slope| below this -> noise-like lead, dropped (white noise: 2.2)
 _FULL_QUALITY = 7.5  # leads at or above this get full weight (clean ECG leads: ~6-12)
+_THR_FRAC = 0.25  # threshold = NPK + f (SPK - NPK), f = 0.25 (Pan-Tompkins) while NPK/SPK <= 0.1, rising linearly
+_THR_FRAC_NOISY = 0.5  # to 0.5 at NPK/SPK >= 0.25 (a noisy record: steadier against noise peaks)
 _REFRACTORY_S = 0.20
 _TWAVE_S = 0.36
 _MWI_S = 0.12
@@ -292,6 +294,13 @@ def _median_window_stat(m, wlen, n_windows, use_max):
 
 
 @njit(cache=True, nogil=True)
+def _threshold(spk, npk):
+    r = npk / spk if spk > 0.0 else 0.0
+    f = _THR_FRAC + (_THR_FRAC_NOISY - _THR_FRAC) * min(1.0, max(0.0, (r - 0.1) / 0.15))
+    return npk + f * (spk - npk)
+
+
+@njit(cache=True, nogil=True)
 def _decide(m, fd):
     """Pan-Tompkins style adaptive-threshold decisions on the integrated envelope m. Returns decimated indices."""
     nd = m.shape[0]
@@ -329,7 +338,7 @@ def _decide(m, fd):
                 last_ci = ci
             ci += 1
             continue
-        thr = npk + 0.25 * (spk - npk)
+        thr = _threshold(spk, npk)
         # search-back for a missed beat in a long gap
         if nb > 0 and nrr > 0:
             rr_avg = 0.0
@@ -378,14 +387,14 @@ def _decide(m, fd):
     if nb == 0:
         return beats[:0]
     # tail and head: beats missed after the last / before the first detection
-    thr = npk + 0.25 * (spk - npk)
+    thr = _threshold(spk, npk)
     rr_avg = 0.0
     if nrr > 0:
         for j in range(min(nrr, 8)):
             rr_avg += rr[j]
         rr_avg /= min(nrr, 8)
     else:
-        rr_avg = fd  # 1 s when only one beat was found
+        rr_avg = 0.6 * fd  # one beat only (a short record): assume 100 bpm for the head/tail search
     out = np.empty(nc + 1, np.int64)
     no = 0
     gap_min = max(refr, int(0.6 * rr_avg))
