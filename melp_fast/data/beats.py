@@ -17,36 +17,50 @@ Algorithm (every heavy loop is ``@njit(cache=True)``; the compiled code is cache
 beside this file or in ``NUMBA_CACHE_DIR``)
 ---------------------------------------------------------------------------------------------------------
 1. Decimate every lead by block means to ``fd = fs / D`` with ``D = round(fs / 125)`` (~125 Hz): QRS detection
-   needs no more, and it cuts the work 2-8x. NaN / inf samples make their block missing.
-2. Per lead, a linear-phase FIR band-pass: 3-tap smoothing ``[1, 2, 1] / 4`` then a central difference over
-   +-16 ms (``s[n + k] - s[n - k]``); together they pass ~5-25 Hz (peak ~12-15 Hz at 125 Hz) and reject baseline
-   wander (gain ~ f) and most EMG. Being FIR, a missing sample only invalidates the few outputs that touch it:
-   NaN runs are *missing*, never bridged, and no peak is invented inside them. Runs of exactly-zero slope of
-   >= 100 ms (a flat, zero-filled or saturated stretch) are missing too.
+   needs no more, and it cuts the work 2-8x. NaN / inf samples make their block missing; runs of missing blocks of
+   <= 24 ms between finite ones (isolated dropped samples) are interpolated, longer runs stay missing.
+2. Per lead, a linear-phase FIR band-pass: 3-tap smoothing ``[1, 2, 1] / 4``, a central difference over +-16 ms
+   (``s[n + k] - s[n - k]``), minus the mean slope over +-100 ms (``(k / h) (s[n + h] - s[n - h])``). That passes
+   the QRS band (peak ~12-15 Hz) and removes baseline wander (3rd-order high-pass at low frequencies) and most of
+   the slow T-wave slope. Being FIR, a missing sample only invalidates the outputs that touch it: NaN runs are
+   *missing*, never bridged, and no peak is invented inside them. Runs of exactly-zero slope of >= 100 ms (a
+   flat, zero-filled or saturated stretch) are missing too.
 3. Per-lead robust normalisation, so units and amplitude scale do not matter: ``scale`` = median over 1 s windows
-   of the window maximum of ``|slope|``. A lead is dropped when it has no valid window, a zero scale (flat,
-   all-zero) or looks like noise (``scale / mean|slope| < 4``; an ECG lead scores ~10-40, white noise ~3-4).
-   Leads are combined by the mean, over the leads valid at each sample, of the normalised squared slope
-   (clipped at 4, so one lead's artefact cannot dominate), then a centred moving-window integral of 120 ms.
-4. Pan-Tompkins style decisions on the integral's local maxima: signal / noise peak levels updated online,
-   threshold ``NPK + 0.25 (SPK - NPK)``, refractory period 200 ms (within it only the larger peak is kept),
-   T-wave rejection (a peak < 360 ms after a beat with < half its height is noise), and search-back with half the
-   threshold when no beat came for 1.66 x the mean of the last 8 RR intervals (also for the record's head/tail).
-5. Refinement to the true R peak on the original signal: leads are ranked once per record by their median QRS
-   amplitude (largest deviation from a local 300 ms mean, within +-80 ms of each detection); each lead's polarity
-   is the sign of the median signed deviation. Each beat's R point is the signed extremum, in that polarity, of
-   the best-ranked lead that is finite over the +-80 ms window (next lead if not). So an inverted record gives the
-   same peaks as the original, and a lead whose QRS is negative (aVR) is handled. Detections that refine to
-   within 200 ms of each other are merged (the larger deviation wins).
+   of the window's peak-weighted RMS slope ``sqrt(sum d^4 / sum d^2)``. A lead is dropped when it has no
+   half-valid window, a zero scale (flat, all-zero) or looks like noise: quality ``scale / mean|slope|`` < 2.75
+   (white noise 2.2, clean ECG leads ~6-12); leads are weighted by quality up to 7.5. Leads are combined by the
+   weighted mean, over the leads valid at each sample, of the normalised squared slope (clipped at 4, so one
+   lead's artefact cannot dominate), then a centred moving-window integral of 120 ms.
+4. Pan-Tompkins style decisions on the integral's local maxima: signal / noise peak levels (SPK, NPK, started
+   from medians over the first 8 one-second windows) updated online, threshold ``NPK + f (SPK - NPK)`` with
+   ``f = 0.25`` (Pan-Tompkins) in clean records rising to 0.5 as NPK / SPK goes from 0.1 to 0.25 (noisy records),
+   refractory period 200 ms (within it only the larger peak is kept), T-wave rejection (a peak < 360 ms after a
+   beat with < half its height is noise), and search-back with half the threshold when no beat came for 1.66 x
+   the mean of the last 8 RR intervals; the same search covers the record's head and tail.
+5. Refinement to the true R peak on the original signal. Baseline: the line through the means of the two flanks
+   ``[c - 150 ms, c - 80 ms)`` and ``(c + 80 ms, c + 150 ms]`` of a detection ``c`` (a linear trend, i.e. wander,
+   is removed exactly). Leads are ranked once per record by their median QRS deviation from that baseline within
+   +-80 ms (on the decimated signal), and each lead's polarity is the sign of the median signed deviation. A
+   beat's R point is the extremum in that polarity, on the full-rate signal, of the best-ranked lead that is
+   finite over the +-80 ms window (next lead if not); when the opposite deflection is 2x larger (e.g. a
+   ventricular ectopic beat of inverted morphology), that one. So an inverted record gives the same peaks as the
+   original, a lead with a negative QRS (aVR) is handled, and the point is the R peak itself (MIT-BIH 100: median
+   |error| 1 sample). Detections that refine to within 200 ms of each other are merged (the larger deviation wins).
 
 Documented behaviour at the edges
 ---------------------------------
-* all-zero, constant, all-NaN, pure-noise or empty record -> empty array;
-* a flat / NaN-filled / inverted lead is dropped or handled; the other leads carry the detection;
-* NaN runs: no peak inside them; beats in the valid parts are found (a beat within ~20 ms of a run edge may be
-  lost, as its band-pass output touches the missing samples);
+* all-zero, constant, all-NaN, pure-noise (every lead fails the quality test) or empty record -> empty array;
+* a flat / zero / NaN-filled lead is dropped, an inverted lead is handled; the other leads carry the detection;
+* NaN runs (> 24 ms): no peak inside them; beats in the valid parts are found (a beat within ~20 ms of a run edge
+  may be lost, as its band-pass output touches the missing samples);
+* beats cut by the record edge: reported only when the R point is inside the record, >= 10 ms from its edge, and
+  reaches half the record's median QRS deviation (else the R peak is probably outside the record); under very
+  strong baseline wander a beat within ~150 ms of the edge may be lost or extra;
 * a record shorter than 2 s works the same way and returns the beats it finds (statistics then come from the one
-  short window); a record shorter than the 24 ms filter span returns an empty array.
+  short window; with a single beat the head/tail search assumes 100 bpm); a record shorter than the ~50 ms filter
+  span returns an empty array.
+* the R point is placed on the lead with the largest QRS in the record's own units; when each lead is scaled on
+  its own (e.g. min-max per lead) that choice may change and the point moves by a few ms to that lead's R peak.
 """
 
 from __future__ import annotations
