@@ -98,6 +98,15 @@ _INFO_KEYS = ("orig_fs", "orig_samples", "missing_leads", "unknown_leads", "padd
 _progress_queue = None
 
 
+def _numba_pool_started() -> bool:
+    try:
+        from numba.np.ufunc import parallel
+
+        return bool(getattr(parallel, "_is_initialized", True))
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def _init_worker(q):
     global _progress_queue
     _progress_queue = q
@@ -180,8 +189,8 @@ def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = S
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        # spawn, not fork: a parent that already ran Numba's OpenMP threads cannot fork safely
-        ctx = mp.get_context("spawn")
+        # fork (fast start) unless this process already started Numba's thread pool, which cannot be forked safely
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") and not _numba_pool_started() else "spawn")
         q = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
                                  initargs=(q,)) as ex:

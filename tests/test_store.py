@@ -153,6 +153,12 @@ def test_collate_cache_and_dataloader(small_store):
     loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True, collate_fn=col, drop_last=False)
     seen = torch.cat([bt["index"] for bt in loader])
     assert sorted(seen.tolist()) == list(range(24))
+    # a worker process gives the same batches (lead masks depend on (seed, epoch, index) only)
+    order = list(range(24))[::-1]
+    one = [bt["ecg"] for bt in torch.utils.data.DataLoader(ds, batch_size=6, sampler=order, collate_fn=col)]
+    two = [bt["ecg"] for bt in torch.utils.data.DataLoader(ds, batch_size=6, sampler=order, collate_fn=col,
+                                                            num_workers=1)]
+    assert all(torch.equal(x, y) for x, y in zip(one, two)) and len(one) == 4
     sampler = ShardChunkSampler(24, chunk=4, seed=1, rank=0, world=2)
     other = ShardChunkSampler(24, chunk=4, seed=1, rank=1, world=2)
     mine, theirs = list(sampler), list(other)

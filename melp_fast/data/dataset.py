@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.utils.data
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
@@ -72,7 +73,8 @@ class ECGTextDataset(Dataset):
         keep = None
         if self.lead_mask_p > 0:
             keep = ~lead_mask(g, len(self.store.meta["leads"]), self.lead_mask_p, self.seed, self.epoch)
-        ecg = self.store.read_signals(g, keep, self.ecg_dtype)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        ecg = self.store.read_signals(g, keep, self.ecg_dtype, shared=in_worker)
         k, local = self.store.locate(g)
         spans = np.empty((len(g), self.max_beats, 2), dtype=np.int32)
         for kk in np.unique(k):

@@ -141,16 +141,19 @@ class Store:
                 spans[dst] = self.shard_beats(kk)[loc]
         return sig, spans, self.n_beats[idx]
 
-    def read_signals(self, indices, keep=None, dtype=None):
+    def read_signals(self, indices, keep=None, dtype=None, shared: bool = False):
         """Signals of ``indices`` as a torch tensor [b, leads, samples] (float32 by default), with the leads where
         ``keep`` (bool [b, leads]) is False set to zero and never read: one gather of the kept (record, lead) rows
-        per shard, converted to ``dtype`` on the way."""
+        per shard, converted to ``dtype`` on the way. ``shared``: allocate it in shared memory (in a DataLoader
+        worker, so that handing it to the main process copies nothing)."""
         import torch
 
         dtype = torch.float32 if dtype is None else dtype
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         b, L, T = idx.shape[0], len(self.meta["leads"]), self.meta["n_samples"]
         out = torch.empty((b, L, T), dtype=dtype)
+        if shared:
+            out.share_memory_()
         flat = out.view(b * L, T)
         lead = np.arange(L, dtype=np.int64)
         if keep is not None:
