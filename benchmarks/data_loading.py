@@ -135,15 +135,22 @@ def bench_loader(store_path: Path, batch_size: int, seconds: float) -> list[dict
     class PerItem(ECGTextDataset):  # the classic path: one read and one item dict per sample
         __getitems__ = None
 
+    class FirstEpochCollate(Collate):  # every report new (a first epoch), statements reused via the sentence cache
+        def tokenize(self, reports):
+            self._cache.clear()
+            return super().tokenize(reports)
+
     configs = [("per-item reads, no token cache", PerItem, 0, 0, torch.float32),
                ("batched reads, no token cache", ECGTextDataset, 0, 0, torch.float32),
+               ("batched reads, every report new (sentence cache only)", ECGTextDataset, -1, 0, torch.float32),
                ("batched reads, token cache", ECGTextDataset, 200_000, 0, torch.float32),
                ("batched reads, token cache, float16 ECG", ECGTextDataset, 200_000, 0, torch.float16),
                ("batched reads, token cache, 2 workers", ECGTextDataset, 200_000, 2, torch.float32)]
     for name, cls, cache, workers, dtype in configs:
         ds = cls(store, lead_mask_p=0.5, seed=0, ecg_dtype=dtype)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                            collate_fn=Collate(tok, cache_size=cache), persistent_workers=workers > 0,
+                            collate_fn=FirstEpochCollate(tok) if cache < 0 else Collate(tok, cache_size=cache),
+                            persistent_workers=workers > 0,
                             prefetch_factor=4 if workers else None)
         it = iter(loader)
         for _ in it:  # warm-up epoch (fills the token cache, starts workers)

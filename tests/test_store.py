@@ -191,3 +191,18 @@ def test_decode_text_keeps_utf8_and_reads_stray_bytes_as_latin1():
     from melp_fast.data.sources.common import decode_text
 
     assert decode_text("caf\u00e9 \u2014 ".encode() + b"stray \xe9.") == "caf\u00e9 \u2014 stray \u00e9."
+
+
+def test_sentence_cache_tokenisation_is_identical_at_the_edges():
+    from melp_fast.model.text import ReportTokenizer, load_tokenizer
+
+    tok = ReportTokenizer(load_tokenizer("random:tiny"), max_len=16, max_sentences=3)
+    reports = ["", "sinus rhythm.", "sinus rhythm. left axis deviation. abnormal ecg. fourth sentence here.",
+               "a very long statement with many many words that overflows the token budget. sinus rhythm.",
+               "sinus rhythm. normal ecg."]
+    col = Collate(tok)
+    for batch in (reports, reports[::-1], reports[1:3] + ["new one. sinus rhythm."]):
+        got, ref = col.tokenize(batch), tok(batch)
+        assert set(got) == set(ref)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k])

@@ -19,6 +19,7 @@ import torch.utils.data
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
+from .reports import split_sentences
 from .store import Store
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -113,7 +114,9 @@ def _token_spans(spans: np.ndarray, stride: int, n_tokens: int) -> np.ndarray:
 class Collate:
     """Stacks items (or takes a batch from ``ECGTextDataset.__getitems__``) and tokenises the reports
     (picklable, so it runs inside DataLoader workers). Tokenised rows are cached per report text when the
-    tokenizer's rows are independent of the batch (melp_fast's ReportTokenizer), up to ``cache_size`` reports."""
+    tokenizer's rows are independent of the batch, up to ``cache_size`` reports; with melp_fast's ReportTokenizer
+    the rows of new reports are assembled from a per-sentence token cache (identical output, checked in tests).
+    ``cache_size=0``: the tokenizer is called on every batch."""
 
     _PAD = {"attention_mask": 0, "sent_ids": -1, "caption_labels": -100}
 
@@ -121,11 +124,12 @@ class Collate:
         self.tokenizer = tokenizer
         self.cache_size = cache_size
         self._cache: dict[str, dict] = {}
+        self._sent: dict[str, list] = {}
         self._cacheable = cache_size > 0 and hasattr(tokenizer, "pad") and hasattr(tokenizer, "max_len")
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_cache"] = {}
+        d["_cache"], d["_sent"] = {}, {}
         return d
 
     def __call__(self, items) -> dict:
@@ -143,18 +147,53 @@ class Collate:
         batch.update(self.tokenize(batch["reports"]))
         return batch
 
+    def _is_report_tokenizer(self) -> bool:
+        from ..model.text import ReportTokenizer
+
+        return type(self.tokenizer) is ReportTokenizer
+
+    def _assemble(self, new: list[str]):
+        """Rows of ReportTokenizer (same layout, token for token) from a per-sentence token cache: machine
+        reports reuse a small set of statements, so even a first epoch tokenises few new sentences."""
+        tk = self.tokenizer
+        split = [split_sentences(r)[: tk.max_sentences] for r in new]
+        unseen = list(dict.fromkeys(x for sents in split for x in sents if x not in self._sent))
+        if unseen:
+            if len(self._sent) + len(unseen) > self.cache_size:
+                self._sent.clear()
+            for x, ids in zip(unseen, tk.tok(unseen, add_special_tokens=False)["input_ids"]):
+                self._sent[x] = ids
+        budget = tk.max_len - 3
+        for rep, sents in zip(new, split):
+            ids, sid = [tk.cls], [-1]
+            for k, x in enumerate(sents):
+                p = self._sent[x][: budget - (len(ids) - 1)]
+                ids += p
+                sid += [k] * len(p)
+            ids += [tk.sep, tk.cls]
+            sid += [-1, -1]
+            L = len(ids)
+            t = torch.tensor(ids, dtype=torch.long)
+            lab = torch.full((L,), -100, dtype=torch.long)
+            lab[: L - 2] = t[1: L - 1]
+            self._cache[rep] = {"input_ids": t, "attention_mask": torch.ones(L, dtype=torch.long),
+                                "sent_ids": torch.tensor(sid, dtype=torch.long), "caption_labels": lab,
+                                "eos_pos": L - 1}
+
     def tokenize(self, reports: list[str]) -> dict:
         if not self._cacheable:
             return self.tokenizer(reports)
         new = list(dict.fromkeys(r for r in reports if r not in self._cache))
-        if new:
+        if new and len(self._cache) + len(new) > self.cache_size:
+            self._cache.clear()
+        if new and self._is_report_tokenizer():
+            self._assemble(new)
+        elif new:
             out = self.tokenizer(new)
             keys = set(out)
             if keys != {"input_ids", "attention_mask", "sent_ids", "eos_pos", "caption_labels"}:
                 self._cacheable = False
                 return self.tokenizer(reports)
-            if len(self._cache) + len(new) > self.cache_size:
-                self._cache.clear()
             lens = out["attention_mask"].sum(1)
             for r, rep in enumerate(new):
                 L = int(lens[r])
