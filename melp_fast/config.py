@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 42
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its step)
     out_dir: str = "runs/melp"
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
@@ -58,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--loss-impl", choices=["reference", "fused"], default=None)
     p.add_argument("--text-encoder", default=None, help="minilm | Hugging Face name or path | random:<size>")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -147,10 +150,13 @@ def main(argv=None) -> dict:
     store = train_store(cfg, rank)
     dataset = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed)
     model = MELP(cfg.model)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=Collate(model.tokenizer), num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0)
+                        persistent_workers=cfg.data.num_workers > 0,
+                        # its own generator: starting an epoch must not draw from the global RNG (dropout's),
+                        # or a resumed run would diverge from an uninterrupted one
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} records cannot fill one batch of {cfg.train.batch_size} on {world} processes")
 
@@ -167,53 +173,157 @@ def main(argv=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.to_json())
 
+    # resume: model, optimiser, schedule (DeepSpeed), data position and RNG states (ours)
+    ckpt_dir = out_dir / "checkpoints"
+    pos = {"step": 0, "epoch": 0, "sample": 0}
+    if args.resume:
+        pos = resume(engine, ckpt_dir, rank)
+    history = read_history(out_dir / "history.jsonl", pos["step"]) if rank == 0 else []
+    writer = tb_writer(out_dir, rank, args.quiet)
+
     # loop
     from tqdm import tqdm
 
-    history, skipped, step, epoch = [], 0, 0, 0
-    bar = tqdm(total=cfg.train.steps, desc="train", disable=rank != 0 or args.quiet, mininterval=1.0)
-    t0 = time.perf_counter()
+    step, epoch, consumed, skipped, bad_in_row = pos["step"], pos["epoch"], pos["sample"], 0, 0
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="train", disable=rank != 0 or args.quiet, mininterval=1.0)
+    t_last, n_last = time.perf_counter(), step
     while step < cfg.train.steps:
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=pos["sample"] if epoch == pos["epoch"] else 0)
         dataset.set_epoch(epoch)
+        consumed = sampler.start
         for batch in loader:
+            consumed += cfg.train.batch_size
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             out = engine(batch)
             losses = criterion(out, batch)
             finite = torch.tensor([float(torch.isfinite(losses["loss"]))])
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:  # every rank skips together
-                skipped += 1
+                skipped, bad_in_row = skipped + 1, bad_in_row + 1
                 engine.zero_grad()
+                if bad_in_row >= cfg.train.max_nonfinite:
+                    tag = save(engine, ckpt_dir, step, epoch, consumed, rank)
+                    raise RuntimeError(f"{bad_in_row} non-finite losses in a row at step {step}: stopping. The model "
+                                       f"before them is saved in {ckpt_dir / tag} (resume with --resume).")
                 continue
+            bad_in_row = 0
             engine.backward(losses["loss"])
             engine.step()
             engine.module.clamp_logit_scale()
             step += 1
             rec = {k: float(v.detach()) for k, v in losses.items()}
-            rec.update(step=step, lr=schedule.get_last_lr()[0], logit_scale=float(out["logit_scale"]),
-                       samples_per_s=step * cfg.train.batch_size * world / (time.perf_counter() - t0))
-            history.append(rec)
+            rec.update(step=step, lr=schedule.get_last_lr()[0], logit_scale=float(out["logit_scale"].detach()), skipped=skipped)
+            if rank == 0:
+                history.append(rec)
+                append_history(out_dir / "history.jsonl", rec)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                now = time.perf_counter()
+                rec["samples_per_s"] = (step - n_last) * cfg.train.batch_size * world / (now - t_last)
+                t_last, n_last = now, step
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", glob=f"{rec['global']:.3f}", local=f"{rec['local']:.3f}",
                                 cap=f"{rec['caption']:.3f}", scale=f"{rec['logit_scale']:.1f}",
                                 sps=f"{rec['samples_per_s']:.1f}")
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
             bar.update(1)
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
-                engine.save_checkpoint(str(out_dir / "checkpoints"), tag=f"step{step}")
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
+                save(engine, ckpt_dir, step, epoch, consumed, rank)
             if step >= cfg.train.steps:
                 break
-        epoch += 1
+        else:
+            epoch += 1
     bar.close()
+    if writer is not None:
+        writer.close()
 
-    engine.save_checkpoint(str(out_dir / "checkpoints"), tag=f"step{step}")
+    save(engine, ckpt_dir, step, epoch, consumed, rank)
     export_dir = export_model(engine, cfg, out_dir / "model", rank)
-    if rank == 0:
-        with open(out_dir / "history.jsonl", "w") as f:
-            for rec in history:
-                f.write(json.dumps(rec) + "\n")
     dist.barrier()
     return {"export": str(export_dir), "history": history, "skipped": skipped, "config": cfg}
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (the data position of a resumed run)."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+def save(engine, ckpt_dir: Path, step: int, epoch: int, consumed: int, rank: int) -> str:
+    """Checkpoint: DeepSpeed's (model, optimiser, schedule) plus our data position and every rank's RNG states.
+
+    The pointer `complete` is replaced atomically only after every file is written, so a kill at any moment
+    leaves it naming the previous complete checkpoint (DeepSpeed's own `latest` is written in place).
+    """
+    tag = f"step{step}"
+    folder = ckpt_dir / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"position": {"step": step, "epoch": epoch, "sample": consumed},
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+    tmp = folder / f"train_state_rank{rank}.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / f"train_state_rank{rank}.pt")
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag)
+    dist.barrier()
+    if rank == 0:
+        (ckpt_dir / "complete.tmp").write_text(tag)
+        os.replace(ckpt_dir / "complete.tmp", ckpt_dir / "complete")
+    return tag
+
+
+def resume(engine, ckpt_dir: Path, rank: int) -> dict:
+    """Load the last complete checkpoint; returns its data position."""
+    pointer = ckpt_dir / "complete"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"--resume: no complete checkpoint to resume from in {ckpt_dir}")
+    tag = pointer.read_text().strip()
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise FileNotFoundError(f"--resume: checkpoint {ckpt_dir / tag} could not be loaded")
+    state = torch.load(ckpt_dir / tag / f"train_state_rank{rank}.pt", weights_only=False)
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["position"]
+
+
+def read_history(path: Path, upto: int) -> list[dict]:
+    """History of a resumed run up to its checkpoint (later lines came from steps that are redone)."""
+    if upto == 0 or not path.is_file():
+        if path.is_file():
+            path.unlink()
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in kept if r["step"] <= upto]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def append_history(path: Path, rec: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def tb_writer(out_dir: Path, rank: int, quiet: bool):
+    if rank != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency, but logging is optional
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
 
 
 if __name__ == "__main__":
