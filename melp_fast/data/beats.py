@@ -153,6 +153,14 @@ def _decimate(x, D, nd):
 _FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-inf assumptions
 
 
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _sum(a):
+    tot = 0.0
+    for i in range(a.shape[0]):
+        tot += a[i]
+    return tot
+
+
 @njit(cache=True, nogil=True)
 def _fill_short_gaps(xl, maxgap):
     """Linearly interpolate runs of <= maxgap non-finite samples between finite neighbours, in place (isolated
@@ -194,10 +202,11 @@ def _add_lagdiff(s, lag, gain, out):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _lead_slope(xl, k, h, flat_len, s, d, valid):
+def _lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
     """Band-passed slope of one decimated lead into d, with valid (1.0/0.0); d is 0.0 where missing.
 
-    s is scratch. Missing = non-finite input in the filter span, or a run of >= flat_len exactly-zero slopes."""
+    s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
+    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite."""
     # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
     nd = xl.shape[0]
     s[0] = 0.25 * (3.0 * xl[0] + xl[min(1, nd - 1)])
@@ -209,28 +218,43 @@ def _lead_slope(xl, k, h, flat_len, s, d, valid):
     for i in range(nd - 2):
         so[i] = 0.25 * (xa[i] + 2.0 * xb[i] + xc[i])
     # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
-    for n in range(nd):
-        d[n] = 0.0
-    _add_lagdiff(s, k, 1.0, d)
-    if h > k:
-        _add_lagdiff(s, h, -k / h, d)
-    tot = 0.0
-    for n in range(nd):
-        tot += d[n]
-    finite = abs(tot) < np.inf
+    g = k / h
+    if nd > 2 * h:
+        dd = d[h : nd - h]
+        kp = s[h + k : nd - h + k]
+        km = s[h - k : nd - h - k]
+        hp = s[2 * h :]
+        hm = s[: nd - 2 * h]
+        for i in range(nd - 2 * h):
+            dd[i] = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+        lo = h
+        hi = nd - h
+    else:
+        lo = 0
+        hi = 0
+    for n in range(lo):  # edges, indices clamped
+        d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+    for n in range(hi, nd):
+        d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+    finite = finite_in
+    if not finite:
+        tot = 0.0
+        for n in range(nd):
+            tot += d[n]
+        finite = abs(tot) < np.inf
+    nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
         for n in range(nd):
             valid[n] = 1.0
+            nz += d[n] == 0.0
     else:
         for n in range(nd):
             v = d[n]
             ok = abs(v) < np.inf
             d[n] = v if ok else 0.0
             valid[n] = 1.0 if ok else 0.0
+            nz += ok and v == 0.0
     # runs of exactly-zero slope (flat, zero-filled or clipped stretches) are missing
-    nz = 0
-    for n in range(nd):
-        nz += d[n] == 0.0
     if nz >= flat_len:
         run = 0
         for n in range(nd + 1):
@@ -499,6 +523,57 @@ def _envelope(d, valid, scales, weights, fd):
     return E, m
 
 
+@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+def _extrema_finite(xl, c, w, h):
+    """_extrema for an all-finite lead (no NaN checks; sums over views vectorise)."""
+    nd = xl.shape[0]
+    a = max(0, c - w)
+    e = min(nd, c + w + 1)
+    l0 = max(0, c - h)
+    r1 = min(nd, c + h + 1)
+    nl = a - l0
+    nr = r1 - e
+    sl = 0.0
+    seg = xl[l0:a]
+    for i in range(nl):
+        sl += seg[i]
+    sr = 0.0
+    seg = xl[e:r1]
+    for i in range(nr):
+        sr += seg[i]
+    slope = 0.0
+    t0 = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        t0 = 0.5 * (l0 + a - 1)
+        slope = (sr / nr - ml) / (0.5 * (e + r1 - 1) - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+    elif nr > 0:
+        b0 = sr / nr
+    else:
+        b0 = 0.0
+        seg = xl[a:e]
+        for i in range(e - a):
+            b0 += seg[i]
+        b0 /= max(1, e - a)
+    imax = a
+    imin = a
+    vmax = -np.inf
+    vmin = np.inf
+    seg = xl[a:e]
+    for i in range(e - a):
+        v = seg[i] - (b0 + slope * (a + i - t0))
+        if v > vmax:
+            vmax = v
+            imax = a + i
+        if v < vmin:
+            vmin = v
+            imin = a + i
+    return imax, vmax, imin, vmin
+
+
 @njit(cache=True, nogil=True)
 def _extrema(xl, c, w, h):
     """Baseline-removed extrema of xl within [c - w, c + w] (clipped to the record).
@@ -593,12 +668,10 @@ def _detect_core(x, fs):
     gap = max(1, int(round(_SHORT_GAP_S * fd)))
     for l in range(L):
         xl = xd[l]
-        tot = 0.0
-        for n in range(nd):
-            tot += xl[n]
-        if not (abs(tot) < np.inf):
-            _fill_short_gaps(xl, gap)
-        finite[l] = _lead_slope(xl, k, hw, flat_len, s, d[l], valid[l])
+        fin = abs(_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
+        if not fin:
+            fin = _fill_short_gaps(xl, gap)
+        finite[l] = _lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
         sc, q = _lead_scale(d[l], valid[l], wlen)
         if sc > 0.0 and q >= _MIN_QUALITY:
             scales[l] = sc
@@ -625,8 +698,12 @@ def _detect_core(x, fs):
             continue
         xl = xd[l]
         nv = 0
+        fl = finite[l]
         for b in range(nb):
-            imax, vmax, imin, vmin = _extrema(xl, dets[b], wr, wb)
+            if fl:
+                imax, vmax, imin, vmin = _extrema_finite(xl, dets[b], wr, wb)
+            else:
+                imax, vmax, imin, vmin = _extrema(xl, dets[b], wr, wb)
             if imax >= 0:
                 best = vmax if vmax >= -vmin else vmin
                 dev[nv] = best
