@@ -507,7 +507,8 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
     embeddings are gathered with gradient, labels = arange(B_local) + rank * B_local; every rank must have the same
     B_local. Mean over ranks of the returned losses = the 1-process loss on the global batch; embedding gradients
     are W times the global-loss gradients, so averaging over ranks (DDP) gives the 1-process gradients.
-    chunk_size: rows per block for "chunked" (peak extra memory about 4 * chunk_size * B_global * 4 bytes).
+    chunk_size: rows per block for "chunked" (peak extra memory about 5 * chunk_size * B_global * 4 bytes;
+    605 MiB measured at B = 32768 with the default 1024).
     Returns a 0-dim fp32 tensor.
     """
     s = _check(ecg_emb, text_emb, logit_scale)

@@ -327,3 +327,21 @@ def test_autocast_does_not_lower_precision(impl):
             return infonce_loss(a, b, s, impl, chunk_size=8)
 
     _assert_close(_run(fn, e, t, 100.0), ref, 1e-5, 1e-4, 100.0)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "fused"])
+def test_strided_inputs_and_scale_shapes(impl):
+    # row-strided views go to the kernels as they are; a transposed (column-strided) view is made contiguous
+    g = torch.Generator().manual_seed(21)
+    big = torch.randn(19, 40, generator=g)
+    e = big[:, 3:20]  # stride (40, 1)
+    t = torch.randn(17, 19, generator=g).T  # stride (1, 19)
+    for scale_shape in [(), (1,)]:
+        for sv in (0.0, 30.0):
+            def fn(a, b, s, impl=impl):
+                return infonce_loss(a, b, s.reshape(scale_shape), impl, chunk_size=8)
+
+            ref = _run(lambda a, b, s: infonce_loss(a, b, s.reshape(scale_shape), "reference"), e, t, sv)
+            _assert_close(_run(fn, e, t, sv), ref, 1e-5, 1e-4, sv)
+    if OPEN_CLIP is not None:
+        _assert_close(_run(_impl(impl), e, t, 30.0), _run(_impl("open_clip"), e, t, 30.0), 1e-5, 1e-4, 30.0)
