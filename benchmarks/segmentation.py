@@ -270,9 +270,15 @@ def main():
     acc[("wfdb xqrs (lead II)", "DICOM 12-lead, 1000 Hz")] = s.row()
     peaks, counts = segment_batch(recs, FS, max_beats=64)
     s_o, s_on, s_n, s_x = Score(), Score(), Score(), Score()
+    miss_edge = miss_all = 0
     for i in range(N):
         p = peaks[i, : counts[i]]
         s_o.add(refs[i], p, FS)
+        tol = int(round(0.15 * FS))
+        for r in refs[i]:
+            if not np.any(np.abs(p - r) <= tol):
+                miss_all += 1
+                miss_edge += bool(r < 0.025 * FS or r >= recs.shape[2] - 0.025 * FS)
         if i < nn:
             s_on.add(refs[i], p, FS)
             s_n.add(refs[i], nk_peaks(lead_ii[i], FS), FS)
@@ -304,7 +310,8 @@ def main():
         f"wfdb {wfdb.__version__}"
     )
     lines.append(f"- load average (1/5/15 min) at the end of the run: {load} (the cores are shared)")
-    lines.append(f"- command: `python benchmarks/segmentation.py {' '.join(sys.argv[1:])}`".rstrip())
+    cmd = " ".join(["python benchmarks/segmentation.py"] + sys.argv[1:])
+    lines.append(f"- command: `{cmd}`")
     lines.append("")
     lines.append("## Speed: 10 s, 12-lead, 500 Hz records (records/s, median of passes, best in brackets)")
     lines.append("")
@@ -338,6 +345,15 @@ def main():
             if (det, rec_name) in acc:
                 se, ppv, med, p95, cnt = acc[(det, rec_name)]
                 lines.append(f"| {det} | {rec_name} | {se} | {ppv} | {med} | {p95} | {cnt} |")
+    lines.append("")
+    lines.append(
+        f"Notes: ours missed {miss_all} reference beats of the {N} bench records, {miss_edge} of them with the R peak "
+        "within 25 ms of the record edge (beats cut by the edge are reported only when their R point is >= 10 ms "
+        "inside and clearly formed; see `melp_fast/data/beats.py`). MIT-BIH marks sit up to a sample before the "
+        "signal maximum, hence ours' 2.8 ms (1 sample at 360 Hz) median there. Bench records: 9 in 10 are MIT-BIH 100 "
+        "windows (360 -> 500 Hz) mixed into 12 leads with random signed weights (+ 0.02 mV noise; lead II = MLII), "
+        "1 in 10 the DICOM record at 500 Hz (+ 0.01 mV noise)."
+    )
     lines.append("")
     text = "\n".join(lines)
     print(text)
