@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
             bad_in_row = 0
             engine.backward(losses["loss"])
             engine.step()
-            engine.module.clamp_logit_scale()
+            clamp_logit_scale(engine)
             step += 1
             rec = {k: float(v.detach()) for k, v in losses.items()}
             rec.update(step=step, lr=schedule.get_last_lr()[0], logit_scale=float(out["logit_scale"].detach()), skipped=skipped)
@@ -242,6 +242,18 @@ def main(argv=None) -> dict:
     export_dir = export_model(engine, cfg, out_dir / "model", rank)
     dist.barrier()
     return {"export": str(export_dir), "history": history, "skipped": skipped, "config": cfg}
+
+
+def clamp_logit_scale(engine):
+    """Clamp the logit scale to [0, ln 100] in place; under ZeRO-3 the parameter is gathered for it first."""
+    p = engine.module.logit_scale
+    if hasattr(p, "ds_id"):  # ZeRO-3 partitioned
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+            engine.module.clamp_logit_scale()
+    else:
+        engine.module.clamp_logit_scale()
 
 
 class ResumableSampler(DistributedSampler):
