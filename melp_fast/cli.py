@@ -6,6 +6,8 @@
     melp-fast train ...            the training script in this process (same flags as melp_fast/train.py)
     melp-fast preprocess ...       build a store from a dataset (melp_fast/preprocess.py)
     melp-fast pretrain-text ...    stage one: continued MLM pretraining of the text encoder (melp_fast/text_pretrain.py)
+    melp-fast evaluate ...         zero-shot and linear probing on downstream tasks (melp_fast/evaluate.py)
+    melp-fast generate ...         report generation for one ECG file (melp_fast/generate.py)
 Subcommands that own their flags live in their modules as main(argv); `melp-fast SUBCOMMAND --help` shows them.
 """
 
@@ -74,6 +76,8 @@ MODULE_COMMANDS = {
     "train": ("melp_fast.train", "the training script in this process (same flags as melp_fast/train.py)"),
     "preprocess": ("melp_fast.preprocess", "build a preprocessed store from a dataset"),
     "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
+    "evaluate": ("melp_fast.evaluate", "zero-shot and linear-probe AUROC on downstream tasks"),
+    "generate": ("melp_fast.generate", "a report for one ECG file from the captioning decoder, with pictures"),
 }
 
 
