@@ -1,7 +1,8 @@
 """PTB-XL 1.0.3: ``ptbxl_database.csv`` + ``scp_statements.csv`` + WFDB files under ``records500/``.
 
 Columns are read by name: ecg_id, patient_id, report, scp_codes (a Python dict literal, code -> likelihood),
-strat_fold, filename_hr (the 500 Hz record stem relative to --root; ``--ptbxl-rate 100`` takes filename_lr).
+strat_fold, filename_hr (the 500 Hz record stem relative to --root; ``list_items(root, "filename_lr")`` takes
+the 100 Hz records, resampled to 500 Hz like any other).
 Labels are the codes of scp_codes; the four tasks (super, sub, form, rhythm) come from scp_statements.csv
 (see data/tasks.py). The report (free text, often German) is cleaned; an empty one is kept (downstream data).
 """
