@@ -209,7 +209,6 @@ def main():
     import numba
 
     cold_det, cold_batch = cold_compile()
-    t0 = time.perf_counter()
     from melp_fast.data.beats import detect_r_peaks, segment_batch
 
     mit, dcm = load_mit(), load_dicom()
@@ -220,7 +219,6 @@ def main():
     t = time.perf_counter()
     segment_batch(recs[:2], FS)
     first_batch = time.perf_counter() - t
-    del t0
 
     n_all = numba.config.NUMBA_NUM_THREADS
     N = len(recs)
