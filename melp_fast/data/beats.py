@@ -826,8 +826,10 @@ def _as_float(a: np.ndarray) -> np.ndarray:
 def detect_r_peaks(signal, fs: float) -> np.ndarray:
     """R-peak sample indices of one record (int64, sorted, unique).
 
-    ``signal``: float ``(leads, samples)`` or ``(samples,)``, any unit and offset (the detector is invariant to a
-    positive or negative gain and to an offset per lead); NaN/inf are missing samples. ``fs``: sampling rate in Hz.
+    ``signal``: float ``(leads, samples)`` or ``(samples,)`` (other dtypes are converted to float64), any unit and
+    offset: the result is invariant to a record-wide gain of either sign and to per-lead offsets (a per-lead gain
+    may move the R point to another lead's R peak, a few ms away). NaN/inf are missing samples. ``fs``: sampling
+    rate in Hz.
     See the module docstring for the method and the behaviour on flat, NaN, noisy and short records.
     """
     x = _as_float(signal)
