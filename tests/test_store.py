@@ -45,6 +45,8 @@ def test_mimic_store_contents_and_quarantine(tmp_path):
     assert sorted(q) == sorted(set(f"400000{k:02d}" for k in range(1, 14)) - set(s.ids))
     assert "'..'" in q["40000009"]["reason"] and q["40000009"]["path"].startswith("files/../")
     assert s.labels is None and s.classes == []
+    reasons = s.meta["counts"]["reasons"]
+    assert reasons["N NaN/Inf samples"] == 1 and reasons["empty report"] == 1 and sum(reasons.values()) == 10
     assert s.reports[1] == "sinus rhythm with 1st degree a-v block. left axis deviation. abnormal ecg."
     # the stored signal: canonical order, 4 Hz high-pass, min-max to [0, 1], float16
     sig, spans, nb = s.read([0])

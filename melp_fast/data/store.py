@@ -306,6 +306,16 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _reason_key(reason: str) -> str:
+    """A skip reason without its record-specific parts, for the counts in meta.json."""
+    import re
+
+    key = reason.split(":")[0].split(" (")[0]
+    key = re.sub(r"\S+\.(dat|mat|hea|dcm)\b", "FILE", key)
+    key = re.sub(r"'[^']*'", "PATH", key)
+    return re.sub(r"\d+", "N", key)[:60].strip()
+
+
 class ShardWriter:
     """Writes one shard into ``<final>.partial`` in chunks, renamed to ``<final>`` by ``close()``."""
 
@@ -322,7 +332,7 @@ class ShardWriter:
     def skip(self, record_id: str, path: str, reason: str):
         self.stats["items"] += 1
         self.stats["skipped"] += 1
-        key = reason.split(":")[0].split(" (")[0][:60]
+        key = _reason_key(reason)
         self.stats["reasons"][key] = self.stats["reasons"].get(key, 0) + 1
         self.quarantine.append({"record_id": str(record_id), "path": str(path), "reason": reason})
 
