@@ -398,3 +398,21 @@ def test_native_wfdb_reader_matches_wfdb(tmp_path, fmt):
     a, b = read_wfdb(tmp_path / f"r{fmt}", None), _read_wfdb_lib(tmp_path / f"r{fmt}", None)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[1:] == b[1:] and np.isnan(a[0]).sum() == 3
+
+
+def test_parse_header_published_forms():
+    from melp_fast.data.sources.common import parse_header
+
+    ptb = parse_header("00001_hr 12 500 5000\n" + "".join(
+        f"00001_hr.dat 16 1000.0(0)/mV 16 0 -115 13047 0 {n}\n" for n in
+        ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]))
+    assert ptb.fs == 500 and ptb.sig_len == 5000 and ptb.adc_gain[0] == 1000.0 and ptb.baseline[0] == 0
+    assert [canonical_lead(n) for n in ptb.sig_name] == list(LEADS)
+    cinc = parse_header("JS00001 12 500 5000 05-May-2020 14:50:55\nJS00001.mat 16+24 1000/mV 16 0 -254 21756 0 I\n"
+                        + "JS00001.mat 16+24 1000/mV 16 0 264 -599 0 II\n" * 11 + "#Age: 85\n#Dx: 164889003,59118001\n")
+    assert cinc.byte_offset[0] == 24 and cinc.file_name[0] == "JS00001.mat" and cinc.comments[1].startswith("Dx")
+    mimic = parse_header("40689238 12 500 5000\n40689238.dat 16 200/mV 16 0 -62 -11370 0 aVF\n" * 1
+                         + "40689238.dat 16 200/mV 16 0 0 0 0 V1\n" * 11)
+    assert mimic.adc_gain[0] == 200 and mimic.sig_name[0] == "aVF"
+    with pytest.raises(SkipRecord, match="signal lines"):
+        parse_header("x 3 500 100\nx.dat 16 200/mV 16 0 0 0 0 I\n")
