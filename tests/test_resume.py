@@ -85,3 +85,43 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, straig
     resumed = losses(out)
     for step in range(3, 8):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+
+
+NAN_RUNNER = """
+import os, sys, torch
+import melp_fast.losses as L
+bad = {int(s) for s in os.environ["NAN_CALLS"].split(",")}
+orig = L.MELPLoss.forward
+calls = [0]
+def forward(self, out, batch):
+    calls[0] += 1
+    res = orig(self, out, batch)
+    if calls[0] in bad:
+        res["loss"] = res["loss"] * float("nan")
+    return res
+L.MELPLoss.forward = forward
+from melp_fast.train import main
+main(sys.argv[1:])
+"""
+
+
+def run_nan(out, calls, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", NAN_CALLS=calls)
+    return subprocess.run([sys.executable, "-c", NAN_RUNNER, *SMALL, "--out", str(out), *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path):
+    # calls 2 and 4 are non-finite: skipped and counted, 7 good steps still happen
+    out = tmp_path / "skip"
+    r = run_nan(out, "2,4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == list(range(1, 8))
+    assert hist[-1]["skipped"] == 2 and all(h["loss"] == h["loss"] for h in hist)
+    # from call 4 on every loss is non-finite: after 3 in a row the run stops, saying where its checkpoint is
+    out = tmp_path / "stop"
+    r = run_nan(out, ",".join(str(i) for i in range(4, 40)), "--set", "train.max_nonfinite=3")
+    assert r.returncode != 0
+    assert "3 non-finite losses in a row at step 3" in r.stderr and "--resume" in r.stderr
+    assert (out / "checkpoints" / "complete").read_text() == "step3"
