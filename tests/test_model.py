@@ -142,3 +142,43 @@ def test_paper_preset_matches_the_reference_small_configuration():
     # the conv stack has 12*256*2 + 3 * 256*256*2 weights (no bias) and GroupNorm's 2*256
     conv = sum(p.numel() for p in model.ecg.features.parameters())
     assert conv == 12 * 256 * 2 + 3 * 256 * 256 * 2 + 2 * 256
+
+
+def test_attention_backends():
+    from melp_fast.model import attention as A
+
+    with pytest.raises(ValueError, match="sdpa"):
+        A.set_backend("xformers")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 5, generator=g) > 0.3
+    mask[..., 0] = True
+    ref = torch.softmax((q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask, float("-inf")), -1) @ v
+    torch.testing.assert_close(A.attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-6)
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="flash-attn"):
+            A.set_backend("flash_attn")
+        return
+    if torch.cuda.is_available():  # flash-attn vs SDPA within bf16 tolerance
+        A.set_backend("flash_attn")
+        try:
+            qc, kc, vc = (x.cuda().bfloat16() for x in (q, k, v))
+            out = A.attention(qc, kc, vc, causal=True)
+            want = torch.nn.functional.scaled_dot_product_attention(qc, kc, vc, is_causal=True)
+            torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+        finally:
+            A.set_backend("sdpa")
+
+
+def test_every_python_package_is_declared_in_pyproject():
+    """A non-editable install ships only the packages pyproject lists: none may be forgotten."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "melp_fast").rglob("__init__.py")}
+    assert found <= declared, found - declared
+    assert "melp_kernels" in declared

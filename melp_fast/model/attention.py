@@ -1,10 +1,40 @@
-"""Attention blocks on torch's scaled_dot_product_attention (flash / memory-efficient backends on CUDA)."""
+"""Attention blocks on torch's scaled_dot_product_attention (flash / memory-efficient backends on CUDA).
+
+With `set_backend("flash_attn")` and the optional flash-attn package installed, unmasked attention on CUDA in
+bf16/fp16 goes through flash_attn_func instead (masked attention, CPU and fp32 stay on SDPA, whose CUDA flash
+backend is the default).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_BACKEND = "sdpa"
+
+
+def set_backend(name: str):
+    """"sdpa" (default) or "flash_attn" (needs the flash-attn package)."""
+    global _BACKEND
+    if name not in ("sdpa", "flash_attn"):
+        raise ValueError(f"attention backend must be 'sdpa' or 'flash_attn', not {name!r}")
+    if name == "flash_attn":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as e:
+            raise ImportError("attention backend 'flash_attn' needs the flash-attn package (pip install flash-attn)") from e
+    _BACKEND = name
+
+
+def attention(q, k, v, mask=None, dropout_p: float = 0.0, causal: bool = False):
+    """q, k, v [B, H, L, Dh]; mask bool broadcastable to [B, H, Lq, Lk] (True = attend)."""
+    if _BACKEND == "flash_attn" and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from flash_attn import flash_attn_func
+
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=causal)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
 class MultiheadAttention(nn.Module):
@@ -30,9 +60,7 @@ class MultiheadAttention(nn.Module):
             if causal:
                 mask = mask & torch.ones(lq, k.shape[2], dtype=torch.bool, device=x.device).tril()
                 causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-        )
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0, causal)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import AttentionalPooler
+from .attention import AttentionalPooler, set_backend
 from .decoder import CaptionDecoder
 from .ecg_encoder import ECGEncoder
 from .pooling import BeatPooler
@@ -19,6 +19,7 @@ class MELP(nn.Module):
     def __init__(self, cfg: ModelConfig, text_backbone=None, tokenizer=None):
         super().__init__()
         self.cfg = cfg
+        set_backend(cfg.attention)
         self.ecg = ECGEncoder(cfg)
         self.beat_pool = BeatPooler(cfg)
         self.text = TextEncoder(cfg, backbone=text_backbone, tokenizer=tokenizer)
