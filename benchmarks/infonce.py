@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -34,28 +33,15 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MIB = 1 << 20
 
 
-def _open_clip_loss_module():
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
-    if not os.path.exists(path):
-        return None
-    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
-
-
 def _loss_fn(impl, chunk_size):
+    from melp_kernels.infonce import infonce_loss, load_open_clip_loss
+
     if impl == "open_clip":
-        mod = _open_clip_loss_module()
+        mod = load_open_clip_loss()
         if mod is None:
             raise RuntimeError("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
         crit = mod.ClipLoss(local_loss=True, gather_with_grad=True)
         return lambda e, t, s: crit(e, t, s)
-    from melp_kernels.infonce import infonce_loss
-
     return lambda e, t, s: infonce_loss(e, t, s, impl, chunk_size=chunk_size)
 
 

@@ -40,36 +40,15 @@ FS = 500.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def match(ref, det, tol):
-    """Greedy one-to-one matching within tol samples -> (tp, fn, fp, signed errors det - ref in samples)."""
-    ref = np.sort(np.asarray(ref))
-    det = np.sort(np.asarray(det))
-    used = np.zeros(len(det), bool)
-    errs = []
-    j = 0
-    for r in ref:
-        while j < len(det) and det[j] < r - tol:
-            j += 1
-        best, bd = -1, tol + 1
-        for k in range(j, len(det)):
-            if det[k] > r + tol:
-                break
-            if not used[k] and abs(det[k] - r) < bd:
-                best, bd = k, abs(det[k] - r)
-        if best >= 0:
-            used[best] = True
-            errs.append(det[best] - r)
-    tp = len(errs)
-    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs, float)
-
-
 class Score:
     def __init__(self):
         self.tp = self.fn = self.fp = 0
         self.err_ms: list[np.ndarray] = []
 
     def add(self, ref, det, fs):
-        tp, fn, fp, e = match(ref, det, int(round(0.15 * fs)))
+        from melp_fast.data.beats import match_beats
+
+        tp, fn, fp, e = match_beats(ref, det, int(round(0.15 * fs)))
         self.tp += tp
         self.fn += fn
         self.fp += fp

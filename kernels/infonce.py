@@ -37,7 +37,7 @@ The loss is returned in fp32 whatever the input dtype; gradients come back in th
 
 from __future__ import annotations
 
-import math
+import importlib.util
 import os
 import warnings
 
@@ -539,3 +539,19 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
         sc = s.reshape(1) if s.dim() != 1 else s
         sc = sc if sc.is_contiguous() else sc.contiguous()
         return _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size)
+
+
+def load_open_clip_loss():
+    """OpenCLIP's open_clip/loss.py loaded on its own (the peer of tests and benchmarks; None if absent).
+
+    The package __init__ imports torchvision, which would pull a CUDA build of torch on CPU machines."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
+    if not os.path.exists(path):
+        return None
+    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from melp_fast.data.beats import beat_spans, detect_r_peaks, segment_batch, token_spans
+from melp_fast.data.beats import beat_spans, detect_r_peaks, match_beats, segment_batch, token_spans
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MIT = DATA / "mitbih" / "100"
@@ -22,29 +22,6 @@ needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not p
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-def match(ref, det, tol):
-    """Greedy one-to-one matching within tol samples. Returns (tp, fn, fp, signed errors det - ref)."""
-    ref = np.sort(np.asarray(ref))
-    det = np.sort(np.asarray(det))
-    used = np.zeros(len(det), bool)
-    errs = []
-    j = 0
-    for r in ref:
-        while j < len(det) and det[j] < r - tol:
-            j += 1
-        best, bd = -1, tol + 1
-        for k in range(j, len(det)):
-            if det[k] > r + tol:
-                break
-            if not used[k] and abs(det[k] - r) < bd:
-                best, bd = k, abs(det[k] - r)
-        if best >= 0:
-            used[best] = True
-            errs.append(det[best] - r)
-    tp = len(errs)
-    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs)
-
-
 @pytest.fixture(scope="module")
 def mit():
     wfdb = pytest.importorskip("wfdb")
@@ -95,10 +72,10 @@ def assert_accurate(peaks, ref, n, fs, max_err_ms=20.0, margin_s=0.1, edge_fp_s=
     """Every inner reference beat found within 150 ms and within max_err_ms; no detection that matches nothing
     (detections within edge_fp_s of the record edges excepted)."""
     tol = int(round(0.15 * fs))
-    tp, fn, fp, err = match(inner(ref, n, fs, margin_s), peaks, tol)
+    tp, fn, fp, err = match_beats(inner(ref, n, fs, margin_s), peaks, tol)
     # detections near the edges may match edge beats that were not required
     me = int(edge_fp_s * fs)
-    _, _, fp_all, _ = match(ref, peaks[(peaks >= me) & (peaks < n - me)], tol)
+    _, _, fp_all, _ = match_beats(ref, peaks[(peaks >= me) & (peaks < n - me)], tol)
     assert fn == 0, f"missed {fn} beats"
     assert fp_all == 0, f"{fp_all} extra detections"
     assert np.all(np.abs(err) * 1000.0 / fs <= max_err_ms), np.abs(err).max() * 1000.0 / fs
@@ -118,7 +95,7 @@ def test_mitbih_100_whole_record_both_leads(mit):
     x, fs, ref = mit
     p = detect_r_peaks(x, fs)
     check_output(p, x.shape[1])
-    tp, fn, fp, err = match(ref, p, int(round(0.15 * fs)))
+    tp, fn, fp, err = match_beats(ref, p, int(round(0.15 * fs)))
     se, ppv = tp / (tp + fn), tp / (tp + fp)
     assert se >= 0.997 and ppv >= 0.997, (se, ppv)
     err_ms = np.abs(err) * 1000.0 / fs
@@ -132,7 +109,7 @@ def test_dicom_12_lead_all_reference_r_points(dcm):
     assert ref.size == 10
     p = detect_r_peaks(x, fs)
     check_output(p, x.shape[1])
-    tp, fn, fp, err = match(ref, p, int(round(0.15 * fs)))
+    tp, fn, fp, err = match_beats(ref, p, int(round(0.15 * fs)))
     assert (tp, fn, fp) == (10, 0, 0)
     assert np.all(np.abs(err) * 1000.0 / fs <= 20.0), err
 
@@ -239,7 +216,7 @@ def test_nan_runs_are_missing_no_peak_invented(mit):
     keep = np.ones(ref.size, bool)
     for a, b in runs:
         keep &= (ref < a - m) | (ref >= b + m)
-    tp, fn, fp, err = match(inner(ref[keep], n, fs), p, int(0.15 * fs))
+    tp, fn, fp, err = match_beats(inner(ref[keep], n, fs), p, int(0.15 * fs))
     assert fn == 0 and np.all(np.abs(err) * 1000 / fs <= 20), (fn, np.abs(err).max())
     assert p.size - tp <= 2 * len(runs)  # at most a beat cut by each run edge
 
@@ -253,7 +230,7 @@ def test_nan_in_one_lead_other_lead_carries(mit):
     y[0, a : a + int(5 * fs)] = np.nan  # lead MLII missing for 5 s: V5 carries detection and refinement
     y[1, :: int(rng.integers(50, 200))] = np.nan  # and scattered NaN samples in V5
     p = detect_r_peaks(y, fs)
-    tp, fn, fp, err = match(inner(ref, y.shape[1], fs), p, int(0.15 * fs))
+    tp, fn, fp, err = match_beats(inner(ref, y.shape[1], fs), p, int(0.15 * fs))
     assert fn <= 2 and p.size - tp <= 2
 
 
@@ -315,7 +292,7 @@ def test_added_noise(mit):
     t = np.arange(x.shape[1]) / fs
     y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)
     p = detect_r_peaks(y, fs)
-    tp, fn, fp, err = match(inner(ref, x.shape[1], fs), p, int(0.15 * fs))
+    tp, fn, fp, err = match_beats(inner(ref, x.shape[1], fs), p, int(0.15 * fs))
     assert fn == 0 and p.size - tp <= 1
     assert np.mean(np.abs(err) * 1000 / fs <= 20) >= 0.95
 

@@ -2,7 +2,6 @@
 OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), values and gradients (embeddings and logit_scale),
 odd shapes, logit scale 1 and 100, bf16 on CUDA, and a 2-process gloo run against the 1-process global batch."""
 
-import importlib.util
 import math
 import os
 import time
@@ -20,21 +19,7 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and infonce.KERNELS_INTERPRETED
 
 
-def _load_open_clip_loss():
-    """open_clip/loss.py on its own: the package __init__ imports torchvision, which is not installed here."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
-    if not os.path.exists(path):
-        return None
-    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
-
-
-OPEN_CLIP = _load_open_clip_loss()
+OPEN_CLIP = infonce.load_open_clip_loss()
 needs_open_clip = pytest.mark.skipif(OPEN_CLIP is None, reason="open_clip_torch not installed")
 
 

@@ -907,3 +907,27 @@ def token_spans(spans, stride: int = 16, n_tokens: int = 312) -> np.ndarray:
         t0 = np.where(narrow, np.clip(sp[:, 0] // stride, 0, n_tokens - 1), t0)
         t1 = np.where(narrow, t0 + 1, t1)
     return np.stack([t0, t1], axis=1).astype(np.int64)
+
+
+def match_beats(ref, det, tol: int):
+    """Score detections against reference beats (ANSI/AAMI EC57 style): greedy one-to-one matching within tol
+    samples -> (tp, fn, fp, signed errors det - ref in samples). Se = tp / (tp + fn), +P = tp / (tp + fp)."""
+    ref = np.sort(np.asarray(ref))
+    det = np.sort(np.asarray(det))
+    used = np.zeros(len(det), bool)
+    errs = []
+    j = 0
+    for r in ref:
+        while j < len(det) and det[j] < r - tol:
+            j += 1
+        best, bd = -1, tol + 1
+        for k in range(j, len(det)):
+            if det[k] > r + tol:
+                break
+            if not used[k] and abs(det[k] - r) < bd:
+                best, bd = k, abs(det[k] - r)
+        if best >= 0:
+            used[best] = True
+            errs.append(det[best] - r)
+    tp = len(errs)
+    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs, float)
