@@ -1,0 +1,211 @@
+"""Report generation for one ECG file (WFDB .hea or DICOM .dcm) with the captioning decoder, and the picture of
+the beat attention of each report sentence.
+
+    melp-fast generate --ckpt runs/tiny/model --ecg record.dcm [--beam-width 4] [--report "..."] [--out DIR]
+
+Generation is autoregressive as in training (MELP.forward): the text encoder (causal) runs on the token prefix,
+the decoder runs on its states with cross-attention to the pooled ECG tokens, and the last position's logits give
+the next token. It starts from [CLS] and stops at [SEP] or the maximum length. Greedy search takes the most
+likely token; beam search keeps ``beam_width`` prefixes ranked by their summed log-probability divided by
+length ** length_penalty.
+
+The ECG goes through the store's pipeline: ``read_record`` (canonical leads, 500 Hz, 5000 samples), R-peak
+detection and beat spans on the raw signal, then high-pass + min-max (``data.signal.preprocess``); beat spans in
+encoder-token units as the dataset makes them (``data.beats.token_spans``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import beats as beatlib
+from .data.reports import split_sentences
+from .data.signal import preprocess
+
+FS = 500
+
+
+def load_ecg(path, model) -> dict:
+    """An ECG file as a model batch of one: ecg [1, 12, 5000], beat_spans [1, K, 2] (token units), beat_mask
+    [1, K]; with the raw signal (mV), the sample spans, the R peaks and the file's meta for plotting."""
+    from .data.sources.single import read_record
+
+    cfg = model.cfg
+    highpass_hz = getattr(getattr(model, "config", None), "data", None)
+    highpass_hz = highpass_hz.highpass_hz if highpass_hz is not None else 4.0
+    raw, meta = read_record(path, raw=True, max_beats=cfg.max_beats)
+    r_peaks = beatlib.detect_r_peaks(raw, FS)
+    spans = np.asarray(meta["beat_spans"], dtype=np.int64).reshape(-1, 2)
+    x = preprocess(raw, FS, highpass_hz)
+    n_tokens = model.ecg.n_tokens(x.shape[-1])
+    K = max(len(spans), 1)
+    tok = np.zeros((K, 2), dtype=np.int64)
+    mask = np.zeros(K, dtype=bool)
+    if len(spans):
+        tok[: len(spans)] = beatlib.token_spans(spans, model.ecg.stride, n_tokens)
+        mask[: len(spans)] = True
+    device = model.logit_scale.device
+    return {"ecg": torch.from_numpy(x)[None].float().to(device), "beat_spans": torch.from_numpy(tok)[None].to(device),
+            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks,
+            "meta": meta}
+
+
+@torch.no_grad()
+def _next_logprobs(model, prefix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the next-token logits [b, V] for token prefixes [b, L] (all positions valid)."""
+    attn = torch.ones_like(prefix)
+    states = model.text.backbone(input_ids=prefix, attention_mask=attn).last_hidden_state
+    hidden = model.decoder(states, context.expand(prefix.shape[0], -1, -1), attn, project=False)
+    return torch.log_softmax(model.decoder.head(hidden[:, -1]).float(), dim=-1)
+
+
+def _banned(model) -> list[int]:
+    tok = model.text.tokenizer
+    ids = {tok.pad_token_id, tok.cls_token_id, getattr(tok, "mask_token_id", None), getattr(tok, "unk_token_id", None)}
+    return [i for i in ids if i is not None]
+
+
+@torch.no_grad()
+def generate_ids(model, batch: dict, method: str = "greedy", beam_width: int = 4, max_len: int | None = None,
+                 length_penalty: float = 1.0) -> list[int]:
+    """Token ids of a generated report (without [CLS] / [SEP]) for a batch of one ECG."""
+    model.eval()
+    tok = model.text.tokenizer
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    max_len = max_len or model.cfg.max_text_len - 2
+    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])
+    context = model.caption_pool(e["tokens"])[:1]
+    banned = _banned(model)
+    device = context.device
+    if method == "greedy":
+        seq = torch.tensor([[cls]], device=device)
+        for _ in range(max_len):
+            lp = _next_logprobs(model, seq, context)[0]
+            lp[banned] = -float("inf")
+            nxt = int(lp.argmax())
+            if nxt == sep:
+                break
+            seq = torch.cat([seq, torch.tensor([[nxt]], device=device)], 1)
+        return seq[0, 1:].tolist()
+    if method != "beam":
+        raise ValueError(f"method must be 'greedy' or 'beam', not {method!r}")
+    beams = [([cls], 0.0)]
+    done: list[tuple[list[int], float]] = []
+    norm = lambda ids, s: s / max(len(ids) - 1, 1) ** length_penalty  # noqa: E731  ([SEP] counted)
+    for _ in range(max_len):
+        seqs = torch.tensor([b[0] for b in beams], device=device)
+        lp = _next_logprobs(model, seqs, context)
+        lp[:, banned] = -float("inf")
+        cand = []
+        top = lp.topk(beam_width, dim=-1)
+        for bi, (ids, score) in enumerate(beams):
+            for v, t in zip(top.values[bi].tolist(), top.indices[bi].tolist()):
+                cand.append((ids + [t], score + v))
+        cand.sort(key=lambda c: c[1], reverse=True)
+        beams = []
+        for ids, score in cand:
+            if ids[-1] == sep:
+                done.append((ids, norm(ids, score)))
+            else:
+                beams.append((ids, score))
+            if len(beams) == beam_width:
+                break
+        best_done = max((d[1] for d in done), default=-float("inf"))
+        # stop when no live beam can beat the best finished one (scores only fall as a beam grows, for
+        # length_penalty <= 1 this bound is exact enough for a report generator)
+        if not beams or (len(done) >= beam_width and max(norm(b[0] + [sep], b[1]) for b in beams) < best_done):
+            break
+    if not done:
+        done = [(b[0] + [sep], norm(b[0] + [sep], b[1])) for b in beams]
+    ids = max(done, key=lambda d: d[1])[0]
+    return [i for i in ids[1:] if i != sep]
+
+
+def decode(model, ids: list[int]) -> str:
+    text = model.text.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return " ".join(text.replace(" .", ".").replace(" ,", ",").split())
+
+
+def generate_report(model, batch: dict, method: str = "greedy", beam_width: int = 4, max_len: int | None = None,
+                    length_penalty: float = 1.0) -> str:
+    return decode(model, generate_ids(model, batch, method, beam_width, max_len, length_penalty))
+
+
+@torch.no_grad()
+def sentence_attention(model, batch: dict, report: str, t1: float | None = None) -> tuple[list[str], np.ndarray]:
+    """(sentences, A2 [K, S]): for each report sentence the distribution over the ECG's detected beats that
+    builds its context in the local loss (``local_attention`` of the beat and sentence embeddings)."""
+    from melp_kernels.local_loss import local_attention
+
+    if t1 is None:
+        t1 = getattr(getattr(model, "config", None), "loss", None)
+        t1 = t1.t1 if t1 is not None else 4.0
+    sentences = split_sentences(report)[: model.tokenizer.max_sentences]
+    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])
+    device = model.logit_scale.device
+    tb = {k: v.to(device) for k, v in model.tokenizer([report]).items()}
+    t = model.encode_text(**tb)
+    n_s = len(sentences)
+    sents, smask = t["sents"][0, :n_s].float(), t["sent_mask"][0, :n_s]
+    A2 = local_attention(e["beats"][0].float(), e["beat_mask"][0], sents, smask, t1)
+    return sentences, A2.cpu().numpy()
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    from .export import load_model
+    from .plots import plot_attention
+
+    p = argparse.ArgumentParser(prog="melp-fast generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="an exported model directory")
+    p.add_argument("--ecg", required=True, help="a WFDB header (.hea) or a DICOM ECG (.dcm)")
+    p.add_argument("--beam-width", type=int, default=4, help="beam width of beam search (1: greedy only)")
+    p.add_argument("--max-len", type=int, default=None, help="maximum generated tokens (default: the model's)")
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--report", default=None,
+                   help="draw the attention of this report's sentences (default: the beam-search report)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/generate/<record>)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.ckpt, args.device)
+    try:
+        batch = load_ecg(args.ecg, model)
+    except ValueError as e:
+        raise SystemExit(f"melp-fast generate: {e}") from None
+    greedy = generate_report(model, batch, "greedy", max_len=args.max_len)
+    out = {"ecg": str(args.ecg), "n_beats": int(len(batch["spans"])), "greedy": greedy}
+    print(f"ECG: {args.ecg}  ({len(batch['spans'])} beats detected; leads missing: "
+          f"{batch['meta'].get('missing_leads') or 'none'})")
+    if batch["meta"].get("report"):
+        print(f"report in the file:          {batch['meta']['report']}")
+        out["file_report"] = batch["meta"]["report"]
+    print(f"generated (greedy):          {greedy}")
+    chosen = greedy
+    if args.beam_width > 1:
+        beam = generate_report(model, batch, "beam", args.beam_width, args.max_len, args.length_penalty)
+        out["beam"], out["beam_width"] = beam, args.beam_width
+        print(f"generated (beam, width {args.beam_width}):  {beam}")
+        chosen = beam
+    report = args.report if args.report is not None else chosen
+    sentences, A2 = sentence_attention(model, batch, report)
+    out["attention"] = {"report": report, "sentences": sentences,
+                        "beat_spans_samples": batch["spans"].tolist(), "weights": A2.round(4).tolist()}
+    d = Path(args.out) if args.out else Path("runs/generate") / Path(args.ecg).stem
+    d.mkdir(parents=True, exist_ok=True)
+    png = plot_attention(batch["raw"], FS, batch["spans"], batch["r_peaks"], sentences, A2, d / "attention.png",
+                         title=f"{Path(args.ecg).name}: {report}")
+    (d / "report.json").write_text(json.dumps(out, indent=2))
+    for s, w in zip(sentences, A2.T):
+        top = np.argsort(-w)[:3]
+        print(f"  attention of \"{s}\": top beats " + ", ".join(f"#{q + 1} ({w[q]:.2f})" for q in top if w[q] > 0))
+    print(f"written: {png}, {d / 'report.json'}")
+    return 0

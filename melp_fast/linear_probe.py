@@ -1,0 +1,121 @@
+"""Linear probing on frozen features: one linear layer, BCE with logits, AdamW, fixed epochs and seeds.
+
+The features are the encoder's 256-d global feature before the last projection (``encode_ecg(...)["features"]``).
+Training subsets are 1%, 10% and 100% of the training split, stratified, seeded and NESTED (the 1% subset is
+drawn from the 10% subset, which is drawn from the whole split; ``data.tasks.train_subset`` does each draw).
+Scores are per-class AUROC of the probe's logits on the test split (no softmax across classes: the tasks are
+multi-label; MELP_SPEC.md names the reference's softmax as a quirk not to copy) and their macro mean.
+
+Choices (documented, fixed): the features are standardised with the mean / std of the training subset (an affine
+map that the linear layer could absorb, so the probe is still one linear layer); the layer starts at zero (the
+first step then points along the class-mean differences, so tiny subsets do not score a random initialisation);
+AdamW lr 1e-3, weight decay 0.01, mini-batches of 64, a fixed number of epochs, no model selection. A class with
+one label value in a training subset cannot be learnt: it is skipped (NaN) and listed under "skipped"; a class
+with one label value in the test split has no AUROC (NaN, listed under "undefined").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.tasks import train_subset
+
+FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def nested_subsets(train_idx, labels, fractions=FRACTIONS, seed: int = 42) -> dict[float, np.ndarray]:
+    """{fraction: sorted indices}: stratified, seeded subsets of ``train_idx`` with each smaller one drawn from
+    the next larger one (so 1% is inside 10% is inside 100%). ``labels``: multi-hot [N, C] over the whole store."""
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+    out: dict[float, np.ndarray] = {}
+    parent, parent_frac = train_idx, 1.0
+    for f in sorted(set(float(x) for x in fractions), reverse=True):
+        if not 0 < f <= 1:
+            raise ValueError(f"training fraction {f} is not in (0, 1]")
+        sub = parent if f >= parent_frac else train_subset(parent, labels, f / parent_frac, seed)
+        out[f] = np.sort(sub)
+        parent, parent_frac = out[f], f
+    return {f: out[f] for f in sorted(out)}
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, epochs: int = 100, lr: float = 1e-3, weight_decay: float = 0.01,
+              batch_size: int = 64, seed: int = 0) -> dict:
+    """Train one linear layer (zero-initialised, on standardised features) with BCE-with-logits and AdamW.
+    Returns {"weight" [C, D], "bias" [C], "mean" [D], "std" [D]} as numpy arrays."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit_probe: features [n, d] and labels [n, c] with n > 0, got {x.shape}, {y.shape}")
+    mean = x.mean(0)
+    std = x.std(0) + 1e-6
+    xt = torch.from_numpy((x - mean) / std)
+    yt = torch.from_numpy(y)
+    g = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(x.shape[1], y.shape[1])
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(xt)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            loss = F.binary_cross_entropy_with_logits(layer(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {"weight": layer.weight.detach().numpy().copy(), "bias": layer.bias.detach().numpy().copy(),
+            "mean": mean, "std": std}
+
+
+def predict(probe: dict, x: np.ndarray) -> np.ndarray:
+    """Logits [n, C] of a fitted probe (per-class scores; no softmax)."""
+    z = (np.asarray(x, dtype=np.float32) - probe["mean"]) / probe["std"]
+    return z @ probe["weight"].T + probe["bias"]
+
+
+def linear_probe(feats: np.ndarray, labels: np.ndarray, train_idx, test_idx, classes: list[str],
+                 fractions=FRACTIONS, seed: int = 42, epochs: int = 100, lr: float = 1e-3, n_boot: int = 0,
+                 boot_seed: int = 0) -> dict:
+    """Probe at every training fraction. ``feats`` [N, D] and ``labels`` [N, C] cover a whole store (or the
+    concatenation of a train and a test store); ``train_idx`` / ``test_idx`` index them.
+
+    Returns {"fractions": {"1%": {"per_class", "mean", "n_train", "skipped", "undefined", ["ci"]}, ...},
+    "scores": {"1%": logits on test}}; "scores" feeds ROC plots and is left out of JSON by the caller."""
+    from .evaluate import auroc, bootstrap_ci
+
+    labels = np.asarray(labels, dtype=np.float32)
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    subsets = nested_subsets(train_idx, labels, fractions, seed)
+    y_test = labels[test_idx]
+    res, scores = {}, {}
+    for f, idx in subsets.items():
+        y = labels[idx]
+        pos = y.sum(0)
+        learnable = (pos > 0) & (pos < len(idx))
+        probe = fit_probe(feats[idx], y, epochs=epochs, lr=lr, seed=seed)
+        s = predict(probe, feats[test_idx])
+        s[:, ~learnable] = np.nan  # a class with one label value in the subset is skipped
+        auc = auroc(s, y_test)
+        per_class = {c: float(a) for c, a in zip(classes, auc)}
+        key = fraction_label(f)
+        entry = {"per_class": per_class, "mean": _nanmean(auc), "n_train": int(len(idx)),
+                 "skipped": [c for c, ok in zip(classes, learnable) if not ok],
+                 "undefined": [c for c, a, ok in zip(classes, auc, learnable) if ok and not np.isfinite(a)]}
+        if n_boot:
+            entry["ci"] = bootstrap_ci(s, y_test, classes, n_boot=n_boot, seed=boot_seed)
+        res[key] = entry
+        scores[key] = s
+    return {"fractions": res, "scores": scores}
+
+
+def fraction_label(f: float) -> str:
+    p = f * 100
+    return f"{p:g}%"
+
+
+def _nanmean(a) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")

@@ -1,0 +1,204 @@
+"""Evaluation suite: AUROC and bootstrap against scikit-learn on known scores, nested stratified probe subsets,
+the linear probe, prompts for every class of every task, and `melp-fast evaluate` on miniature stores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from melp_fast import evaluate as ev
+from melp_fast.data import synthetic
+from melp_fast.data import tasks as tasklib
+from melp_fast.linear_probe import fit_probe, linear_probe, nested_subsets, predict
+
+# Real PTB-XL 1.0.3 class lists (scp_statements.csv): the prompt files must cover every one.
+PTBXL_CLASSES = {
+    "ptbxl-super": ["CD", "HYP", "MI", "NORM", "STTC"],
+    "ptbxl-sub": ["AMI", "CLBBB", "CRBBB", "ILBBB", "IMI", "IRBBB", "ISCA", "ISCI", "ISC_", "IVCD", "LAFB/LPFB",
+                  "LAO/LAE", "LMI", "LVH", "NORM", "NST_", "PMI", "RAO/RAE", "RVH", "SEHYP", "STTC", "WPW", "_AVB"],
+    "ptbxl-form": ["ABQRS", "DIG", "HVOLT", "INVT", "LNGQT", "LOWT", "LPR", "LVOLT", "NDT", "NST_", "NT_", "PAC",
+                   "PRC(S)", "PVC", "QWAVE", "STD_", "STE_", "TAB_", "VCLVH"],
+    "ptbxl-rhythm": ["AFIB", "AFLT", "BIGU", "PACE", "PSVT", "SARRH", "SBRAD", "SR", "STACH", "SVARR", "SVTAC",
+                     "TRIGU"],
+}
+
+
+def known_scores(n=300, c=5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < np.linspace(0.1, 0.5, c)).astype(np.float32)
+    s = y * rng.normal(1.0, 1.0, (n, c)) + rng.normal(0, 1.0, (n, c))
+    s[:, 1] = np.round(s[:, 1])  # many ties
+    return s, y
+
+
+def test_auroc_matches_sklearn_with_ties_and_degenerate_columns():
+    s, y = known_scores()
+    y[:, 3] = 0  # one label value: undefined
+    auc = ev.auroc(s, y)
+    for k in range(y.shape[1]):
+        if k == 3:
+            assert np.isnan(auc[k])
+        else:
+            assert auc[k] == pytest.approx(roc_auc_score(y[:, k], s[:, k]), abs=1e-12)
+    s[0, 2] = np.nan
+    assert np.isnan(ev.auroc(s, y)[2])
+    res = ev.per_class_auroc(s, y, list("abcde"))
+    assert res["a"] == pytest.approx(auc[0])
+
+
+def test_bootstrap_ci_percentiles_match_a_sklearn_loop():
+    s, y = known_scores(n=120, c=3, seed=1)
+    classes = ["x", "y", "z"]
+    ci = ev.bootstrap_ci(s, y, classes, n_boot=60, seed=7)
+    assert ci == ev.bootstrap_ci(s, y, classes, n_boot=60, seed=7)  # seeded
+    rng = np.random.default_rng(7)
+    boots = []
+    for _ in range(60):
+        idx = rng.integers(0, len(s), len(s))
+        boots.append([roc_auc_score(y[idx, k], s[idx, k]) if 0 < y[idx, k].sum() < len(idx) else np.nan
+                      for k in range(3)])
+    boots = np.array(boots)
+    for k, c in enumerate(classes):
+        want = np.nanpercentile(boots[:, k], [2.5, 97.5])
+        assert ci["per_class"][c] == pytest.approx(list(want), abs=1e-12)
+        point = roc_auc_score(y[:, k], s[:, k])
+        assert ci["per_class"][c][0] <= point <= ci["per_class"][c][1]
+    assert ci["mean"] == pytest.approx(list(np.nanpercentile(np.nanmean(boots, 1), [2.5, 97.5])), abs=1e-12)
+
+
+def multilabel(n=2000, c=6, seed=0):
+    rng = np.random.default_rng(seed)
+    p = np.array([0.4, 0.2, 0.1, 0.05, 0.03, 0.02])[:c]
+    return (rng.random((n, c)) < p).astype(np.float32)
+
+
+def test_probe_subsets_nested_stratified_seeded():
+    labels = multilabel()
+    train = np.arange(100, 1900)
+    sub = nested_subsets(train, labels, (0.01, 0.1, 1.0), seed=3)
+    assert list(sub) == [0.01, 0.1, 1.0]
+    assert np.array_equal(sub[1.0], train)
+    assert set(sub[0.01]) <= set(sub[0.1]) <= set(sub[1.0])  # nested
+    assert len(sub[0.1]) == pytest.approx(180, abs=8) and len(sub[0.01]) == pytest.approx(18, abs=8)
+    present = labels[train].sum(0) > 0
+    for f in (0.01, 0.1):  # stratified: every class of the training split is kept
+        assert ((labels[sub[f]].sum(0) > 0) == present).all()
+        # class frequencies follow the split's within sampling error of a stratified draw
+        assert np.allclose(labels[sub[f]].mean(0)[:2], labels[train].mean(0)[:2], atol=0.12)
+    again = nested_subsets(train, labels, (0.01, 0.1, 1.0), seed=3)
+    assert all(np.array_equal(sub[f], again[f]) for f in sub)  # seeded
+    other = nested_subsets(train, labels, (0.01, 0.1, 1.0), seed=4)
+    assert not np.array_equal(sub[0.1], other[0.1])
+
+
+def test_linear_probe_per_class_auroc_no_softmax_and_skips():
+    rng = np.random.default_rng(0)
+    labels = multilabel(1500, 4, seed=2)
+    feats = rng.normal(size=(1500, 16)).astype(np.float32)
+    feats[:, :4] += 2.0 * labels  # each class readable from its own feature
+    labels[:1000, 3] = 0  # class 3: no positive in the training records -> skipped
+    train, test = np.arange(1000), np.arange(1000, 1500)
+    res = linear_probe(feats, labels, train, test, list("abcd"), fractions=(0.1, 1.0), epochs=100, n_boot=20)
+    r = res["fractions"]
+    assert set(r) == {"10%", "100%"}
+    assert r["100%"]["skipped"] == ["d"] and np.isnan(r["100%"]["per_class"]["d"])
+    for k, c in enumerate("abc"):  # the reported AUROC is the per-class AUROC of the probe's own logits
+        s = res["scores"]["100%"][:, k]
+        assert r["100%"]["per_class"][c] == pytest.approx(roc_auc_score(labels[test, k], s), abs=1e-9)
+        assert r["100%"]["per_class"][c] > 0.85
+    assert r["100%"]["mean"] == pytest.approx(np.mean([r["100%"]["per_class"][c] for c in "abc"]))
+    assert r["100%"]["n_train"] == 1000 and "ci" in r["100%"]
+    # fixed seeds: the same numbers twice
+    p1 = fit_probe(feats[:200], labels[:200], epochs=5, seed=1)
+    p2 = fit_probe(feats[:200], labels[:200], epochs=5, seed=1)
+    assert np.array_equal(predict(p1, feats), predict(p2, feats))
+
+
+def test_every_class_of_every_task_has_a_prompt(tmp_path):
+    tasks = {k: v["classes"] for k, v in tasklib.fixed_tasks().items() if v["classes"]}
+    tasks.update(PTBXL_CLASSES)
+    tasks["synthetic"] = list(synthetic.CLASSES)
+    # the PTB-XL lists are those tasks.py builds from a scp_statements.csv with the real subclasses
+    rows = [("NORM", 1, "", "", "NORM", "NORM")]
+    sub_super = {"AMI": "MI", "IMI": "MI", "LMI": "MI", "PMI": "MI", "CLBBB": "CD", "CRBBB": "CD", "ILBBB": "CD",
+                 "IRBBB": "CD", "IVCD": "CD", "LAFB/LPFB": "CD", "WPW": "CD", "_AVB": "CD", "ISCA": "STTC",
+                 "ISCI": "STTC", "ISC_": "STTC", "NST_": "STTC", "STTC": "STTC", "LAO/LAE": "HYP", "LVH": "HYP",
+                 "RAO/RAE": "HYP", "RVH": "HYP", "SEHYP": "HYP"}
+    rows += [(f"D{i}", 1, "", "", sup, sub) for i, (sub, sup) in enumerate(sub_super.items())]
+    rows += [(c, "", 1, "", "", "") for c in PTBXL_CLASSES["ptbxl-form"]]
+    rows += [(c, "", "", 1, "", "") for c in PTBXL_CLASSES["ptbxl-rhythm"]]
+    csv = tmp_path / "scp_statements.csv"
+    csv.write_text(",diagnostic,form,rhythm,diagnostic_class,diagnostic_subclass\n"
+                   + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    built = tasklib.ptbxl_tasks(csv)
+    for t in PTBXL_CLASSES:
+        assert built[t]["classes"] == PTBXL_CLASSES[t]
+    assert set(tasks) <= set(ev.prompt_tasks())
+    for task, classes in tasks.items():
+        prompts = ev.load_prompts(task)
+        for c in classes:
+            p = prompts.get(c)
+            assert isinstance(p, str) and p.strip(), f"task {task}: class {c} has no prompt"
+
+
+def tiny_cfg():
+    from melp_fast.config import get_preset
+
+    cfg = get_preset("tiny")
+    cfg.model.text_encoder = "random:tiny"
+    cfg.model.text_freeze_layers = 1
+    cfg.model.width, cfg.model.ffn, cfg.model.conv_channels = 64, 128, 32
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from melp_fast.export import export_model
+    from melp_fast.model.melp import MELP
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("m") / "model")
+
+
+def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):
+    """`melp-fast evaluate` on a small synthetic pair of stores and on a miniature store split by itself; the
+    zero-shot numbers equal scikit-learn on the model's own cosine scores."""
+    from melp_fast.cli import main as cli_main
+    from melp_fast.data.store import Store, write_store
+    from melp_fast.export import load_model
+
+    torch.set_num_threads(1)
+    recs = [synthetic.generate_record(i, 5) for i in range(60)]
+    mini = write_store(tmp_path / "mini", ((r.signal, r.report, r.labels) for r in recs), classes=synthetic.CLASSES,
+                       source="synthetic:mini", progress=False)
+    out = tmp_path / "eval"
+    rc = cli_main(["evaluate", "--ckpt", str(tiny_export), "--store", "synthetic", "--store", str(mini.path),
+                   "--n-test", "40", "--n-train", "60", "--data-dir", str(tmp_path / "data"), "--epochs", "5",
+                   "--n-boot", "50", "--out", str(out), "--quiet", "--prompts", str(ev.prompt_path("synthetic"))])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert set(res) == {"synthetic", "synthetic:mini"}  # the same task in two datasets: both kept
+    md = (out / "results.md").read_text()
+    assert "Linear probing" in md and "Synthetic 1%" in md and (out / "roc_synthetic.png").stat().st_size > 10_000
+    # zero-shot check against sklearn on the mini store, split 70/10/20 by the suite
+    model = load_model(tiny_export)
+    store = Store(mini.path)
+    emb = ev.embed_store(model, store, progress=False)
+    _, test = ev.task_split(store, "labels", store.labels)[0:2]
+    text = ev.prompt_embeddings(model, ev.load_prompts("synthetic"), store.classes)
+    scores = emb["rhythm"][test] @ text.T
+    assert list(res["synthetic"]) == list(res["synthetic:mini"]) == ["m0"]  # model named after its run directory
+    r = res["synthetic:mini"]["m0"]
+    assert r["n_test"] == len(test) and r["split"].startswith("stratified")
+    for k, c in enumerate(store.classes):
+        y = store.labels[test, k]
+        if 0 < y.sum() < len(y):
+            assert r["zero_shot"]["per_class"][c] == pytest.approx(roc_auc_score(y, scores[:, k]), abs=1e-6)
+        else:
+            assert r["zero_shot"]["per_class"][c] is None or np.isnan(r["zero_shot"]["per_class"][c])
+    lo, hi = r["zero_shot"]["ci"]["mean"]
+    assert lo <= r["zero_shot"]["mean"] <= hi
+    assert set(r["linear_probe"]) == {"1%", "10%", "100%"}
