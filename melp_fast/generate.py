@@ -135,9 +135,14 @@ def generate_report(model, batch: dict, method: str = "greedy", beam_width: int 
 
 
 @torch.no_grad()
-def sentence_attention(model, batch: dict, report: str, t1: float | None = None) -> tuple[list[str], np.ndarray]:
-    """(sentences, A2 [K, S]): for each report sentence the distribution over the ECG's detected beats that
-    builds its context in the local loss (``local_attention`` of the beat and sentence embeddings)."""
+def sentence_attention(model, batch: dict, report: str, t1: float | None = None,
+                       kind: str = "local") -> tuple[list[str], np.ndarray]:
+    """(sentences, weights [K, S]): for each report sentence a distribution over the ECG's detected beats.
+
+    kind="local": A2 of the local loss (``local_attention`` of the beat and sentence embeddings), the weights
+    that build each sentence's beat context in training. Its first softmax runs across sentences on raw dot
+    products, so when those are large A1 is one-hot and A2 comes out uniform over beats.
+    kind="similarity": softmax over beats of t1 * cos(beat, sentence): which beats resemble each sentence most."""
     from melp_kernels.local_loss import local_attention
 
     if t1 is None:
@@ -150,8 +155,15 @@ def sentence_attention(model, batch: dict, report: str, t1: float | None = None)
     t = model.encode_text(**tb)
     n_s = len(sentences)
     sents, smask = t["sents"][0, :n_s].float(), t["sent_mask"][0, :n_s]
-    A2 = local_attention(e["beats"][0].float(), e["beat_mask"][0], sents, smask, t1)
-    return sentences, A2.cpu().numpy()
+    beats, bmask = e["beats"][0].float(), e["beat_mask"][0]
+    if kind == "local":
+        return sentences, local_attention(beats, bmask, sents, smask, t1).cpu().numpy()
+    if kind != "similarity":
+        raise ValueError(f"kind must be 'local' or 'similarity', not {kind!r}")
+    cos = torch.nn.functional.normalize(beats, dim=-1) @ torch.nn.functional.normalize(sents, dim=-1).T
+    w = torch.softmax((t1 * cos).masked_fill(~bmask[:, None], -float("inf")), dim=0)
+    w = torch.where(bmask[:, None] & smask[None, :], w, torch.zeros_like(w))
+    return sentences, w.cpu().numpy()
 
 
 def main(argv=None) -> int:
@@ -170,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--report", default=None,
                    help="draw the attention of this report's sentences (default: the beam-search report)")
+    p.add_argument("--attention", choices=["local", "similarity"], default="local",
+                   help="local: A2 of the local loss (default); similarity: softmax over beats of t1 * cosine")
     p.add_argument("--out", default=None, help="output directory (default: runs/generate/<record>)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -196,16 +210,16 @@ def main(argv=None) -> int:
         print(f"generated (beam, width {args.beam_width}):  {beam}")
         chosen = beam
     report = args.report if args.report is not None else chosen
-    sentences, A2 = sentence_attention(model, batch, report)
-    out["attention"] = {"report": report, "sentences": sentences,
+    sentences, A2 = sentence_attention(model, batch, report, kind=args.attention)
+    out["attention"] = {"kind": args.attention, "report": report, "sentences": sentences,
                         "beat_spans_samples": batch["spans"].tolist(), "weights": A2.round(4).tolist()}
     d = Path(args.out) if args.out else Path("runs/generate") / Path(args.ecg).stem
     d.mkdir(parents=True, exist_ok=True)
     png = plot_attention(batch["raw"], FS, batch["spans"], batch["r_peaks"], sentences, A2, d / "attention.png",
-                         title=f"{Path(args.ecg).name}: {report}")
+                         title=f"{Path(args.ecg).name}: {report}", kind=args.attention)
     (d / "report.json").write_text(json.dumps(out, indent=2))
     for s, w in zip(sentences, A2.T):
         top = np.argsort(-w)[:3]
-        print(f"  attention of \"{s}\": top beats " + ", ".join(f"#{q + 1} ({w[q]:.2f})" for q in top if w[q] > 0))
+        print(f"  attention of \"{s}\": top beats " + ", ".join(f"#{q + 1} ({w[q]:.3f})" for q in top if w[q] > 0))
     print(f"written: {png}, {d / 'report.json'}")
     return 0

@@ -58,7 +58,7 @@ def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], classes: list[st
 
 def plot_attention(signal: np.ndarray, fs: float, beat_spans: np.ndarray, r_peaks: np.ndarray | None,
                    sentences: list[str], weights: np.ndarray, path, title: str = "",
-                   leads=LEADS, attention_lead: str = "II") -> Path:
+                   leads=LEADS, attention_lead: str = "II", kind: str = "local") -> Path:
     """The 12 leads (top, with R peaks and beat boundaries marked) and, for each report sentence, one panel:
     the rhythm lead with every beat shaded by its attention weight for that sentence (A2 of the local loss;
     each sentence's weights sum to 1 over the beats), the weight printed above each beat.
@@ -100,15 +100,20 @@ def plot_attention(signal: np.ndarray, fs: float, beat_spans: np.ndarray, r_peak
                          fontsize=11, loc="left")
     li = list(leads).index(attention_lead) if attention_lead in leads else 1
     bottom = gs[1].subgridspec(max(n_s, 1), 1, hspace=0.55)
-    cmap = plt.get_cmap("YlOrRd")
+    cmap = plt.get_cmap("RdBu_r")
+    n_valid = max(len(spans), 1)
+    u = 1.0 / n_valid  # the uniform weight
     for k in range(n_s):
-        vmax = max(float(W[:, k].max()) if W.size else 0.0, 1e-9)  # shade relative to the sentence's top beat
         ax = fig.add_subplot(bottom[k], sharex=ax0)
         x = signal[li]
+        dev = (W[:, k] - u) if W.size else np.zeros(0)
+        # colour = deviation from uniform attention: red above, blue below, white at 1/K; a near-uniform sentence
+        # stays pale (the scale never falls below a quarter of the uniform weight)
+        scale = max(float(np.abs(dev).max()) if dev.size else 0.0, 0.25 * u)
         for q, (a, b) in enumerate(spans):
             w = W[q, k] if q < len(W) else 0.0
-            ax.axvspan(a / fs, b / fs, color=cmap(0.75 * w / vmax), alpha=0.85, lw=0)
-            ax.text((a + b) / 2 / fs, 1.0, f"{w:.2f}", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+            ax.axvspan(a / fs, b / fs, color=cmap(0.5 + 0.45 * (w - u) / scale), alpha=0.8, lw=0)
+            ax.text((a + b) / 2 / fs, 1.0, f"{w:.3f}", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                     fontsize=7, color="0.25")
         ax.plot(t, x, lw=0.6, color="black")
         lo, hi = np.nanpercentile(x, [0.5, 99.5]) if np.isfinite(x).any() else (0, 1)
@@ -116,8 +121,9 @@ def plot_attention(signal: np.ndarray, fs: float, beat_spans: np.ndarray, r_peak
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_yticks([])
         ax.set_ylabel(attention_lead, rotation=0, ha="right", va="center", fontsize=9)
-        ax.set_title(f'sentence {k + 1}: "{sentences[k]}"  (beat attention: weight above each beat, sums to 1; '
-                     f'darkest = largest)', fontsize=10, loc="left", pad=11)
+        what = "beat attention A2 of the local loss" if kind == "local" else "beat similarity softmax(t1 cos)"
+        ax.set_title(f'sentence {k + 1}: "{sentences[k]}"   {what} (sums to 1; red above, blue '
+                     f'below the uniform 1/{n_valid} = {u:.3f})', fontsize=10, loc="left", pad=11)
         ax.tick_params(labelbottom=(k == n_s - 1))
     if n_s == 0:
         ax = fig.add_subplot(bottom[0])

@@ -116,6 +116,31 @@ def test_linear_probe_per_class_auroc_no_softmax_and_skips():
     assert np.array_equal(predict(p1, feats), predict(p2, feats))
 
 
+def test_task_split_sources(tmp_path):
+    """Split CSVs (ids, labels by name) first, then PTB-XL strat_fold, else a seeded stratified split."""
+
+    class FakeStore:
+        def __init__(self, records):
+            self.records = records
+            self.meta = {"tasks": {"t": {"classes": ["A", "B"]}}}
+
+        def indices_of(self, ids):
+            table = {r["id"]: i for i, r in enumerate(self.records)}
+            return np.asarray([table[str(x)] for x in ids])
+
+    labels = multilabel(50, 2, seed=5)
+    folds = FakeStore([{"id": str(i), "strat_fold": 1 + i % 10} for i in range(50)])
+    tr, te, how = ev.task_split(folds, "t", labels)
+    assert set(te) == {i for i in range(50) if i % 10 == 9} and len(tr) == 40 and "strat_fold" in how
+    plain = FakeStore([{"id": str(i)} for i in range(50)])
+    tr, te, how = ev.task_split(plain, "t", labels, seed=1)
+    assert len(te) == 10 and not set(tr) & set(te) and "stratified" in how
+    (tmp_path / "t_train.csv").write_text("ecg_id,B,A\n3,0,1\n4,1,0\n")
+    (tmp_path / "t_test.csv").write_text("ecg_id,A,B\n7,1,1\n")
+    tr, te, how = ev.task_split(folds, "t", labels, split_dir=tmp_path)
+    assert list(tr) == [3, 4] and list(te) == [7] and "split files" in how
+
+
 def test_every_class_of_every_task_has_a_prompt(tmp_path):
     tasks = {k: v["classes"] for k, v in tasklib.fixed_tasks().items() if v["classes"]}
     tasks.update(PTBXL_CLASSES)

@@ -85,6 +85,9 @@ def test_sentence_attention_is_a_distribution_over_beats(model):
     assert A2.shape == (b["beat_mask"].shape[1], 3)
     np.testing.assert_allclose(A2.sum(0), 1.0, rtol=1e-5)
     assert (A2 >= 0).all()
+    _, sim = gen.sentence_attention(model, b, "sinus rhythm. atrial fibrillation.", kind="similarity")
+    assert sim.shape == (A2.shape[0], 2)
+    np.testing.assert_allclose(sim.sum(0), 1.0, rtol=1e-5)
 
 
 def test_generate_cli_on_dicom(exported, tmp_path, capsys):
