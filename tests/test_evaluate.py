@@ -141,6 +141,29 @@ def test_task_split_sources(tmp_path):
     assert list(tr) == [3, 4] and list(te) == [7] and "split files" in how
 
 
+def test_store_tasks_and_prompt_overrides(tmp_path):
+    class S:
+        path = "s"
+        meta = {"task": "ptbxl-super", "tasks": {"ptbxl-super": {"classes": ["NORM"]}, "ptbxl-sub": {"classes": ["X"]},
+                                                 "csn-all": {"classes": None}}}
+
+    assert ev.store_tasks(S, None) == ["ptbxl-super"]
+    assert ev.store_tasks(S, ["all"]) == ["ptbxl-super", "ptbxl-sub"]  # open tasks (classes None) left out
+    assert ev.store_tasks(S, ["ptbxl-sub", "cpsc2018"]) == ["ptbxl-sub"]
+    with pytest.raises(ValueError):
+        ev.store_tasks(S, ["cpsc2018"])
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"NORM": "a normal ecg"}))
+    assert ev.load_prompts("ptbxl-super", flat) == {"NORM": "a normal ecg"}
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"ptbxl-super": {"NORM": ["normal", "normal ecg"]}}))
+    assert ev.load_prompts("ptbxl-super", nested) == {"NORM": ["normal", "normal ecg"]}
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "cpsc2018.json").write_text(json.dumps({"AF": "af"}))
+    assert ev.load_prompts("cpsc2018", tmp_path / "dir") == {"AF": "af"}
+    assert "NORM" in ev.load_prompts("ptbxl-super", tmp_path / "dir")  # not in the directory: the shipped file
+
+
 def test_every_class_of_every_task_has_a_prompt(tmp_path):
     tasks = {k: v["classes"] for k, v in tasklib.fixed_tasks().items() if v["classes"]}
     tasks.update(PTBXL_CLASSES)
@@ -227,3 +250,15 @@ def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):
     lo, hi = r["zero_shot"]["ci"]["mean"]
     assert lo <= r["zero_shot"]["mean"] <= hi
     assert set(r["linear_probe"]) == {"1%", "10%", "100%"}
+
+
+def test_prompt_lists_are_averaged(tiny_export):
+    from melp_fast.export import load_model
+
+    model = load_model(tiny_export)
+    emb = ev.prompt_embeddings(model, {"a": ["sinus rhythm", "normal ecg"], "b": "atrial fibrillation"}, ["a", "b"])
+    raw = model.encode_prompts(["sinus rhythm", "normal ecg", "atrial fibrillation"]).float()
+    np.testing.assert_allclose(emb[0], torch.nn.functional.normalize(raw[:2].sum(0), dim=0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(emb[1], raw[2].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="no prompt"):
+        ev.prompt_embeddings(model, {"a": "x"}, ["a", "b"])
