@@ -121,7 +121,7 @@ def _tiny() -> Config:
         text_freeze_layers=5, max_text_len=64,
     )
     cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1)
-    cfg.train = TrainConfig(batch_size=32, steps=300, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny")
+    cfg.train = TrainConfig(batch_size=32, steps=600, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny")
     return cfg
 
 

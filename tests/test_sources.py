@@ -203,7 +203,7 @@ SCP = [  # code, diagnostic, form, rhythm, diagnostic_class, diagnostic_subclass
     ("LAFB", 1, "", "", "CD", "LAFB/LPFB"), ("IRBBB", 1, "", "", "CD", "IRBBB"), ("ILBBB", 1, "", "", "CD", "ILBBB"),
     ("CLBBB", 1, "", "", "CD", "CLBBB"), ("CRBBB", 1, "", "", "CD", "CRBBB"), ("1AVB", 1, "", "", "CD", "_AVB"),
     ("IVCD", 1, "", "", "CD", "IVCD"), ("WPW", 1, "", "", "CD", "WPW"), ("LVH", 1, "", "", "HYP", "LVH"),
-    ("RVH", 1, "", "", "HYP", "RHV"), ("LAO/LAE", 1, "", "", "HYP", "LAO/LAE"), ("RAO/RAE", 1, "", "", "HYP", "RAO/RAE"),
+    ("RVH", 1, "", "", "HYP", "RVH"), ("LAO/LAE", 1, "", "", "HYP", "LAO/LAE"), ("RAO/RAE", 1, "", "", "HYP", "RAO/RAE"),
     ("SEHYP", 1, "", "", "HYP", "SEHYP"),
     *[(c, "", 1, "", "", "") for c in ["DIG", "LNGQT", "ABQRS", "PVC", "STD_", "VCLVH", "QWAVE", "LOWT", "NT_", "PAC",
                                        "LPR", "INVT", "LVOLT", "HVOLT", "TAB_", "STE_", "PRC(S)"]],

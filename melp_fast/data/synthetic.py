@@ -23,7 +23,9 @@ Everything is drawn from ``np.random.default_rng([seed, index])``: a record depe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,18 +60,13 @@ CLASS_NAMES: dict[str, str] = {
     "LVOLT": "low qrs voltages",
 }
 
-PROMPTS: dict[str, str] = {
-    "SR": "normal sinus rhythm, sinus rhythm with a normal heart rate",
-    "SB": "sinus bradycardia, slow sinus rhythm with a low heart rate",
-    "STACH": "sinus tachycardia, fast sinus rhythm with a high heart rate",
-    "AF": "atrial fibrillation, irregularly irregular rhythm without p waves",
-    "IAVB": "first degree av block, 1st degree atrioventricular block with a prolonged pr interval",
-    "LBBB": "left bundle branch block, complete left bundle branch block with a wide qrs",
-    "RBBB": "right bundle branch block, complete right bundle branch block with rsr' in v1",
-    "PVC": "premature ventricular complexes, ventricular premature beats, pvcs",
-    "STE": "st elevation, acute injury, consider acute myocardial infarction",
-    "LVOLT": "low qrs voltages, low voltage qrs complexes",
-}
+def _shipped_prompts() -> dict[str, str]:
+    """The zero-shot prompts of the corpus: the shipped, user-editable melp_fast/prompts/synthetic.json."""
+    d = json.loads((Path(__file__).resolve().parent.parent / "prompts" / "synthetic.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+PROMPTS: dict[str, str] = _shipped_prompts()
 
 _SPLIT_OFFSETS = {"train": 0, "val": 20_000_000, "test": 10_000_000}
 _SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val"}
