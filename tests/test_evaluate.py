@@ -12,6 +12,7 @@ from melp_fast import evaluate as ev
 from melp_fast.data import synthetic
 from melp_fast.data import tasks as tasklib
 from melp_fast.linear_probe import fit_probe, linear_probe, nested_subsets, predict
+from helpers import tiny_cfg
 
 # Real PTB-XL 1.0.3 class lists (scp_statements.csv): the prompt files must cover every one.
 PTBXL_CLASSES = {
@@ -189,16 +190,6 @@ def test_every_class_of_every_task_has_a_prompt(tmp_path):
         for c in classes:
             p = prompts.get(c)
             assert isinstance(p, str) and p.strip(), f"task {task}: class {c} has no prompt"
-
-
-def tiny_cfg():
-    from melp_fast.config import get_preset
-
-    cfg = get_preset("tiny")
-    cfg.model.text_encoder = "random:tiny"
-    cfg.model.text_freeze_layers = 1
-    cfg.model.width, cfg.model.ffn, cfg.model.conv_channels = 64, 128, 32
-    return cfg
 
 
 @pytest.fixture(scope="module")

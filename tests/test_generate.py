@@ -9,20 +9,11 @@ import pytest
 import torch
 
 from melp_fast import generate as gen
+from helpers import tiny_cfg
 
 DICOM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "waveform_ecg.dcm"
 if not DICOM.is_file():
     DICOM = Path("/work/shared/data/dicom/waveform_ecg.dcm")
-
-
-def tiny_cfg():
-    from melp_fast.config import get_preset
-
-    cfg = get_preset("tiny")
-    cfg.model.text_encoder = "random:tiny"
-    cfg.model.text_freeze_layers = 1
-    cfg.model.width, cfg.model.ffn, cfg.model.conv_channels = 64, 128, 32
-    return cfg
 
 
 @pytest.fixture(scope="module")

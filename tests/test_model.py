@@ -4,22 +4,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from melp_fast.config import get_preset
 from melp_fast.losses import MELPLoss, caption_loss
 from melp_fast.model.melp import MELP
 from melp_fast.model.pooling import span_mean
-
-
-def tiny_cfg(**model):
-    cfg = get_preset("tiny")
-    cfg.model.text_encoder = "random:tiny"
-    cfg.model.text_freeze_layers = 1
-    cfg.model.width, cfg.model.ffn, cfg.model.conv_channels = 64, 128, 32
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
-    return cfg
+from helpers import tiny_cfg
 
 
 def make_batch(model, reports, n_beats, seed=0):

@@ -396,3 +396,11 @@ def read_csv(path, **kw):
         return pd.read_csv(io.StringIO(text), **kw)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot parse {path}: {type(e).__name__}: {e}") from None
+
+
+def load_csv_wfdb_item(root, item: "Item", nan_policy: str = "drop"):
+    """Read a record whose path came from a dataset CSV (checked to stay inside root, .hea too) -> canonical."""
+    stem = safe_path(root, item.path)
+    safe_path(root, item.path + ".hea")
+    sig, fs, names, _ = read_wfdb(stem)
+    return to_canonical(sig, fs, names, nan_policy=nan_policy)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..reports import clean_report, word_count
-from .common import Item, SkipRecord, read_csv, read_wfdb, safe_path, to_canonical
+from .common import Item, SkipRecord, load_csv_wfdb_item, read_csv
 
 NAME = "mimic-iv-ecg"
 DEFAULT_TASK = None
@@ -56,11 +56,7 @@ def list_items(root) -> list[Item]:
     return items
 
 
-def load(root, item: Item, nan_policy: str = "drop"):
-    stem = safe_path(root, item.path)
-    safe_path(root, item.path + ".hea")
-    sig, fs, names, _ = read_wfdb(stem)
-    return to_canonical(sig, fs, names, nan_policy=nan_policy)
+load = load_csv_wfdb_item
 
 
 __all__ = ["NAME", "DEFAULT_TASK", "tasks", "list_items", "load", "SkipRecord"]

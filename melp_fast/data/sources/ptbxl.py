@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 from ..reports import clean_report
-from .common import Item, read_csv, read_wfdb, safe_path, to_canonical
+from .common import Item, load_csv_wfdb_item, read_csv
 from .. import tasks as tasklib
 
 NAME = "ptbxl"
@@ -54,8 +54,4 @@ def list_items(root, filename_column: str = "filename_hr") -> list[Item]:
     return items
 
 
-def load(root, item: Item, nan_policy: str = "drop"):
-    stem = safe_path(root, item.path)
-    safe_path(root, item.path + ".hea")
-    sig, fs, names, _ = read_wfdb(stem)
-    return to_canonical(sig, fs, names, nan_policy=nan_policy)
+load = load_csv_wfdb_item
