@@ -34,7 +34,7 @@ if kill.startswith("history:"):
 elif kill.startswith("save:"):
     tag = kill.split(":")[1]; orig = torch.save
     def hook(obj, f, *a, **k):
-        if tag in str(f) and "optim" in str(f):
+        if tag in str(f) and "model_states" in str(f):  # DeepSpeed's own files of that checkpoint
             os.kill(os.getpid(), signal.SIGKILL)
         return orig(obj, f, *a, **k)
     torch.save = hook
