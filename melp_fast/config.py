@@ -66,6 +66,7 @@ class DataConfig:
     n_test: int = 600  # synthetic only
     seed: int = 0
     lead_mask_p: float = 0.5  # each lead zeroed independently during training
+    val_fraction: float = 0.02  # stores with subject ids: this share of subjects is held out (seed 42)
     highpass_hz: float = 4.0
     num_workers: int = 0
 

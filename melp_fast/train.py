@@ -117,6 +117,20 @@ def train_store(cfg: Config, rank: int) -> Store:
     return Store(path)
 
 
+def pretraining_indices(store: Store, val_fraction: float, rank: int = 0):
+    """The records to train on: all of them, or, where the store knows every record's subject, the subject-level
+    split of MELP_SPEC.md (98/2, seed 42) with the held-out subjects left out. None means every record."""
+    from melp_fast.data.tasks import subject_split
+
+    subjects = [r.get("subject", "") for r in store.records] if hasattr(store, "records") else []
+    if val_fraction <= 0 or not subjects or not all(subjects):
+        return None
+    train, val = subject_split(subjects, val_fraction, seed=42)
+    if rank == 0:
+        print(f"subject split: training on {len(train)} records, {len(val)} held out ({val_fraction:.0%} of subjects)")
+    return train
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float):
     """No weight decay on biases, norms, the logit scale and learned queries."""
     decay, no_decay = [], []
@@ -148,7 +162,8 @@ def main(argv=None) -> dict:
 
     # data
     store = train_store(cfg, rank)
-    dataset = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed)
+    dataset = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed,
+                             indices=pretraining_indices(store, cfg.data.val_fraction, rank))
     model = MELP(cfg.model)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,

@@ -60,3 +60,26 @@ def test_two_processes_with_the_deepspeed_launcher_bf16(tmp_path):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 3 and all(h["loss"] == h["loss"] for h in history)
     assert load_model(out / "model").logit_scale.dtype == torch.float32
+
+
+def test_pretraining_indices_hold_out_whole_subjects():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from melp_fast.train import pretraining_indices
+
+    rng = np.random.default_rng()
+    subjects = [f"p{int(s)}" for s in rng.integers(0, 300, size=2000)]
+    store = SimpleNamespace(records=[{"subject": s} for s in subjects])
+    train = pretraining_indices(store, 0.02)
+    held = sorted(set(range(2000)) - set(train.tolist()))
+    assert held, "some records are held out"
+    train_subj = {subjects[i] for i in train}
+    held_subj = {subjects[i] for i in held}
+    assert not train_subj & held_subj  # no subject on both sides
+    assert len(held_subj) == round(0.02 * len(set(subjects)))
+    # deterministic (seed 42), and off where subjects are unknown or the fraction is 0
+    assert np.array_equal(train, pretraining_indices(store, 0.02))
+    assert pretraining_indices(SimpleNamespace(records=[{"subject": ""}] * 10), 0.02) is None
+    assert pretraining_indices(store, 0.0) is None
