@@ -14,7 +14,6 @@ Subcommands that own their flags live in their modules as main(argv); `melp-fast
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -54,17 +53,11 @@ def _demo(args) -> int:
 
 def _zero_shot(args) -> int:
     from .data.store import Store
-    from .evaluate import comparison_table, save_json, zero_shot
+    from .evaluate import comparison_table, load_prompts, save_json, zero_shot
     from .export import load_model
 
     store = Store(args.store)
-    if args.prompts:
-        prompts = json.loads(Path(args.prompts).read_text())
-    else:
-        from .data import synthetic
-
-        prompts = synthetic.PROMPTS
-    res = zero_shot(load_model(args.model), store, prompts)
+    res = zero_shot(load_model(args.model), store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:
         save_json(res, args.out)
@@ -97,7 +90,7 @@ def main(argv=None) -> int:
     z = sub.add_parser("zero-shot", help="zero-shot AUROC of an exported model on a store")
     z.add_argument("--model", required=True)
     z.add_argument("--store", required=True)
-    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: the synthetic prompts)")
+    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: melp_fast/prompts/synthetic.json)")
     z.add_argument("--out", default=None)
     if argv and argv[0] in MODULE_COMMANDS:
         import importlib

@@ -99,15 +99,15 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        """Inverse of to_dict; unknown keys (from other versions) are ignored, missing ones take defaults."""
         kwargs = {}
-        for name, sub in (("model", ModelConfig), ("loss", LossConfig), ("data", DataConfig), ("train", TrainConfig)):
+        for section in dataclasses.fields(cls):
+            sub = type(getattr(cls(), section.name))
             known = {f.name for f in dataclasses.fields(sub)}
-            values = {k: v for k, v in d.get(name, {}).items() if k in known}
+            values = {k: v for k, v in d.get(section.name, {}).items() if k in known}
             if "betas" in values:
-                values["betas"] = tuple(values["betas"])
-            kwargs[name] = sub(**values)
-        assert set(kwargs) == set(sections)
+                values["betas"] = tuple(values["betas"])  # JSON gives a list
+            kwargs[section.name] = sub(**values)
         return cls(**kwargs)
 
     def to_json(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,12 +18,11 @@ from .config import Config
 from .model.melp import MELP
 
 
-def _full_state_dict(engine) -> dict:
-    if getattr(engine, "zero_optimization_partition_weights", lambda: False)():
-        state = engine._zero3_consolidated_16bit_state_dict()  # gathered on rank 0 (None elsewhere)
-    else:
-        state = engine.module.state_dict()
-    return state
+def _full_state_dict(engine_or_model) -> dict:
+    """The whole state dict of a model or a DeepSpeed engine (ZeRO-3: gathered on rank 0, None elsewhere)."""
+    if getattr(engine_or_model, "zero_optimization_partition_weights", lambda: False)():
+        return engine_or_model._zero3_consolidated_16bit_state_dict()
+    return getattr(engine_or_model, "module", engine_or_model).state_dict()
 
 
 def export_model(engine_or_model, cfg: Config, path, rank: int = 0) -> Path:
@@ -31,13 +31,11 @@ def export_model(engine_or_model, cfg: Config, path, rank: int = 0) -> Path:
 
     path = Path(path)
     module = getattr(engine_or_model, "module", engine_or_model)
-    state = _full_state_dict(engine_or_model) if hasattr(engine_or_model, "module") else module.state_dict()
+    state = _full_state_dict(engine_or_model)  # every rank takes part in the ZeRO-3 gather
     if rank != 0:
         return path
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().float().cpu().clone() for k, v in state.items()}  # clone: tied weights share storage
@@ -46,8 +44,6 @@ def export_model(engine_or_model, cfg: Config, path, rank: int = 0) -> Path:
     module.text.backbone.config.save_pretrained(tmp / "text_encoder")
     module.text.tokenizer.save_pretrained(tmp / "text_encoder")
     if path.exists():
-        import shutil
-
         old = path.with_name(path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)

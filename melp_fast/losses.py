@@ -41,11 +41,10 @@ class MELPLoss(nn.Module):
 
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         c = self.cfg
-        impl_global = "reference" if c.impl == "reference" else "auto"
-        impl_local = "reference" if c.impl == "reference" else "auto"
-        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl_global)
+        impl = "reference" if c.impl == "reference" else "auto"  # auto: Triton on CUDA, chunked / batched elsewhere
+        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl)
         loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
-                                   t1=c.t1, t2=c.t2, t3=c.t3, impl=impl_local)
+                                   t1=c.t1, t2=c.t2, t3=c.t3, impl=impl)
         cap = caption_loss(out["caption_logits"], out["caption_targets"])
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
         return {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}
