@@ -47,6 +47,11 @@ class ModelConfig:
     logit_scale_init: float = 2.659260036932778  # ln(1 / 0.07)
     logit_scale_max: float = 4.605170185988092  # ln(100)
 
+    @property
+    def token_stride(self) -> int:
+        """Samples per encoder token: every conv layer has kernel 2 and stride 2 (model/ecg_encoder.py)."""
+        return 2 ** self.conv_layers
+
 
 @dataclass
 class LossConfig:

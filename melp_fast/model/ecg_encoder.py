@@ -70,7 +70,7 @@ class ECGEncoder(nn.Module):
 
     @property
     def stride(self) -> int:
-        return 2**self.cfg.conv_layers
+        return self.cfg.token_stride
 
     def n_tokens(self, n_samples: int) -> int:
         for _ in range(self.cfg.conv_layers):
