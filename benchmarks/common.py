@@ -1,0 +1,133 @@
+"""Helpers shared by the benchmarks and the tests (not part of the installed library).
+
+- machine(device): one line describing the machine and the versions, for every results table;
+- load_open_clip_loss(): OpenCLIP's open_clip/loss.py loaded on its own (the InfoNCE peer);
+- compile_sm90(...) / resources(...): build a Triton kernel for Hopper with Triton's bundled ptxas (no GPU needed)
+  and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma.
+
+Import from a test or a script with the repository root on sys.path: `from benchmarks.common import ...`.
+The compile helpers need TRITON_INTERPRET unset when the kernels are defined: call them in a fresh process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import re
+import subprocess
+from datetime import date
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> str:
+    """Device, CPU, OS and versions in one line (date included)."""
+    import torch
+
+    parts = []
+    if device == "cuda" and torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    parts += [f"CPU {cpu_name()} ({os.cpu_count()} logical cores)", f"{platform.system()} {platform.release()}",
+              f"Python {platform.python_version()}", f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except Exception:
+        parts.append("no triton")
+    if device == "cuda" and torch.version.cuda:
+        parts.append(f"CUDA {torch.version.cuda}")
+    parts.append(str(date.today()))
+    return "; ".join(parts)
+
+
+def load_open_clip_loss():
+    """OpenCLIP's open_clip/loss.py loaded on its own (None if open_clip_torch is not installed).
+
+    The package __init__ imports torchvision, which would pull a CUDA build of torch on CPU machines."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
+    if not os.path.exists(path):
+        return None
+    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sm_90 compile without a GPU
+# ----------------------------------------------------------------------------------------------------------------
+SHARED_LIMIT = 227 * 1024  # bytes of shared memory per block on H100 / H200
+MAX_REGISTERS = 255
+
+
+def ptxas_available() -> bool:
+    import triton
+
+    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
+
+
+def compile_sm90(fn, signature: dict, constexprs: dict | None = None, num_warps: int = 4, num_stages: int = 3,
+                 arch: int = 90):
+    """triton.compile of the @triton.jit `fn` for sm_`arch`. signature: {arg: "*fp32" | "i32" | "fp32" | ...},
+    constexpr arguments listed as "constexpr" in it and given their values in `constexprs`."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn, signature, constexprs=dict(constexprs or {}))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def resources(kernel) -> dict:
+    """Registers, spill bytes, stack bytes, shared memory bytes and wgmma use of a compiled kernel."""
+    import tempfile
+
+    import triton
+
+    ptx = kernel.asm.get("ptx", "")
+    out = {"shared": int(kernel.metadata.shared), "wgmma": "wgmma" in ptx, "mma": "mma.sync" in ptx}
+    out["registers"] = getattr(kernel, "n_regs", None)
+    out["spills"] = getattr(kernel, "n_spills", None)
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True)
+    text = res.stdout
+    m = re.search(r"REG:(\d+)", text)
+    if m:
+        out["registers"] = int(m.group(1))
+    m = re.search(r"STACK:(\d+)", text)
+    out["stack"] = int(m.group(1)) if m else None
+    m = re.search(r"LOCAL:(\d+)", text)
+    out["local"] = int(m.group(1)) if m else None
+    if out["spills"] is None:
+        out["spills"] = out["local"]
+    return out
+
+
+def resource_problems(r: dict) -> list[str]:
+    """What makes a compiled kernel unfit for the hot path (empty when it is fine)."""
+    bad = []
+    if r.get("spills"):
+        bad.append(f"{r['spills']} B spilled")
+    if r.get("stack"):
+        bad.append(f"{r['stack']} B stack")
+    if r["shared"] > SHARED_LIMIT:
+        bad.append(f"{r['shared'] // 1024} KB shared > 227 KB")
+    return bad
