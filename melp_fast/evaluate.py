@@ -8,155 +8,82 @@ Linear probing: see ``melp_fast.linear_probe``. Intervals: percentile bootstrap 
 
     melp-fast evaluate --ckpt runs/tiny/model --store synthetic --untrained --out runs/eval
     melp-fast evaluate --ckpt DIR --store stores/ptbxl --task all --store stores/cpsc2018 --store stores/csn
+    melp-fast evaluate --ckpt DIR --protocol melp --splits MELP/src/melp/data_split \\
+        --prompts MELP/src/melp/prompt/CKEPE_prompt.json --store stores/ptbxl-melp --store stores/cpsc2018-melp \\
+        --store stores/csn-melp --task ptbxl-super --task ptbxl-sub --task ptbxl-form --task ptbxl-rhythm \\
+        --task cpsc2018 --task csn-38
 
-Where the test and training records of a store come from: files ``<task>_train.csv`` / ``<task>_test.csv`` in
-``--split-dir`` (record ids, as MERL/MELP publish their splits), else PTB-XL's ``strat_fold`` (train 1-8, test
-10), else a seeded stratified 70/10/20 split of the store (``data.tasks.stratified_split``). ``--store synthetic``
-builds the embedded corpus' held-out test split and a training split for probing.
+Each task is evaluated on the store whose source holds it (PTB-XL tasks on a PTB-XL store, cpsc2018 on a CPSC2018
+store, csn-38 / csn-rhythm4 on a CSN store).
+
+Protocols. ``--protocol melp`` reproduces the MELP reference: the record sets AND labels are those of the
+reference's split files (``--splits DIR``, a copy of its ``data_split``; labels read by column name), the store
+must be built with ``melp-fast preprocess --protocol melp`` (no high-pass; ICBEB 5 s zero-padded to 10 s), the
+prompts are a CKEPE-format JSON (``--prompts``, lower-cased), the probe subsets are ``sample(frac,
+random_state=42)`` of the train split with early stopping on its validation split. ``--protocol default`` (ours):
+the store's own preprocessing and labels; records from ``--splits`` (the reference layout, or files
+``<task>_train.csv`` / ``<task>_test.csv``), else PTB-XL's ``strat_fold`` (train 1-8, test 10), else a seeded
+stratified 70/10/20 split; records without a label in the task are dropped; nested stratified probe subsets,
+fixed epochs. ``--store synthetic`` builds the embedded corpus' held-out test split and a training split.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .data import reference_splits as refsplits
+from .data import tasks as tasklib
 from .data.dataset import Collate, ECGTextDataset
 from .data.store import Store
+from .errors import UserError
+from .linear_probe import linear_probe, reference_probe
+from .metrics import auroc, bootstrap_ci, per_class_auroc, score_set  # noqa: F401 (public names of the suite)
+from .prompts import PROMPT_DIR, load_prompts, prompt_embeddings, prompt_path, prompt_tasks, task_prompts  # noqa: F401
+from .report import TASK_TITLES, comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
+
+PROTOCOLS = ("default", "melp")
+PREPROCESS_FLAGS = {"melp": "--protocol melp", "default": "no --protocol flag (the default: 4 Hz high-pass)"}
+KNOWN_TASKS = (*tasklib.TASK_SOURCE, "synthetic")
+
+
+class EvalError(UserError, ValueError):
+    """An evaluation that cannot run as asked (one line, exit 2)."""
 
 
 @torch.no_grad()
-def embed_store(model, store: Store, batch_size: int = 64, desc: str = "embed", progress: bool = True) -> dict:
-    """Rhythm embeddings [N, d], linear-probe features [N, d] and labels [N, C] of every record of a store."""
+def embed_store(model, store: Store, batch_size: int = 64, desc: str = "embed", progress: bool = True,
+                indices=None) -> dict:
+    """Rhythm embeddings [n, d], linear-probe features [n, d] and labels [n, C] of the records ``indices`` of a
+    store (all when None). Beat spans are mapped to tokens with the model's own stride (2 ** conv_layers)."""
     model.eval()
     device = model.logit_scale.device
-    loader = DataLoader(ECGTextDataset(store), batch_size=batch_size, shuffle=False, collate_fn=Collate(model.tokenizer))
+    ds = ECGTextDataset(store, stride=model.cfg.token_stride, indices=indices)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=Collate(model.tokenizer))
     rhythm, feats = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, mininterval=2.0):
         out = model.encode_ecg(batch["ecg"].to(device), batch["beat_spans"].to(device), batch["beat_mask"].to(device))
         rhythm.append(out["rhythm"].float().cpu())
         feats.append(out["features"].float().cpu())
-    return {"rhythm": torch.cat(rhythm).numpy(), "features": torch.cat(feats).numpy(),
-            "labels": None if store.labels is None else np.asarray(store.labels)}
+    d = rhythm[0].shape[1] if rhythm else 0
+    labels = None if store.labels is None else np.asarray(store.labels)
+    if labels is not None and indices is not None:
+        labels = labels[np.asarray(indices, dtype=np.int64)]
+    cat = (lambda xs: torch.cat(xs).numpy()) if rhythm else (lambda xs: np.zeros((0, d), np.float32))
+    return {"rhythm": cat(rhythm), "features": cat(feats), "labels": labels}
 
 
-def per_class_auroc(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """AUROC of each class column (NaN where a class has only one label value in the set)."""
-    return {name: float(a) for name, a in zip(classes, auroc(scores, labels))}
-
-
-PROMPT_DIR = Path(__file__).parent / "prompts"
-TASK_TITLES = {"ptbxl-super": "PTB-XL Super", "ptbxl-sub": "PTB-XL Sub", "ptbxl-form": "PTB-XL Form",
-               "ptbxl-rhythm": "PTB-XL Rhythm", "cpsc2018": "CPSC2018", "csn-rhythm4": "CSN",
-               "synthetic": "Synthetic"}
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-column AUROC [C] of scores [N, C] against multi-hot labels [N, C] (the Mann-Whitney statistic with
-    average ranks for ties, equal to sklearn's roc_auc_score); NaN where a column has one label value or a
-    non-finite score."""
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels) > 0
-    if scores.shape != y.shape or scores.ndim != 2:
-        raise ValueError(f"auroc: scores and labels must both be [N, C], got {scores.shape} and {y.shape}")
-    n1 = y.sum(0).astype(np.float64)
-    n0 = y.shape[0] - n1
-    finite = np.isfinite(scores).all(0)
-    ranks = rankdata(np.where(finite[None, :], scores, 0.0), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * y).sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0) & finite, auc, np.nan)
-
-
-def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals (resampling records with replacement, seeded) of every class's AUROC and
-    of the macro mean (over the classes defined on the full set; a resample where a class has one label value
-    leaves it out of that resample's mean)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    n = len(scores)
-    full = np.isfinite(auroc(scores, labels))
-    rng = np.random.default_rng(seed)
-    boot = np.full((n_boot, scores.shape[1]), np.nan)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        boot[b] = auroc(scores[idx], labels[idx])
-    boot[:, ~full] = np.nan
-    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per = np.nanpercentile(boot, [lo_q, hi_q], axis=0)
-            macro = np.nanmean(boot[:, full], axis=1) if full.any() else np.full(n_boot, np.nan)
-            mac = np.nanpercentile(macro, [lo_q, hi_q]) if np.isfinite(macro).any() else [np.nan, np.nan]
-    return {"per_class": {c: [float(per[0, k]), float(per[1, k])] for k, c in enumerate(classes)},
-            "mean": [float(mac[0]), float(mac[1])], "n_boot": int(n_boot), "level": level, "seed": int(seed)}
-
-
-# ------------------------------------------------------------------------------------------------- prompts
-def prompt_path(task: str) -> Path:
-    return PROMPT_DIR / f"{task}.json"
-
-
-def prompt_tasks() -> list[str]:
-    """Tasks with a shipped prompt file."""
-    return sorted(p.stem for p in PROMPT_DIR.glob("*.json"))
-
-
-def load_prompts(task: str, override: str | Path | None = None) -> dict[str, str | list[str]]:
-    """{class: prompt or [prompts]} of a task: the shipped ``prompts/<task>.json``, or ``override`` (a directory
-    holding ``<task>.json``, a JSON file {class: prompt}, or a JSON file {task: {class: prompt}})."""
-    if override is not None:
-        o = Path(override)
-        if o.is_dir():
-            f = o / f"{task}.json"
-            if f.is_file():
-                return _read_prompt_file(f)
-        elif o.is_file():
-            d = json.loads(o.read_text(encoding="utf-8"))
-            if isinstance(d.get(task), dict):
-                return d[task]
-            if all(isinstance(v, (str, list)) for v in d.values()):
-                return d
-        else:
-            raise FileNotFoundError(f"prompt file or directory {o} does not exist")
-    f = prompt_path(task)
-    if not f.is_file():
-        raise FileNotFoundError(f"no prompt file for task {task!r} ({f}); pass --prompts FILE.json")
-    return _read_prompt_file(f)
-
-
-def _read_prompt_file(f: Path) -> dict:
-    d = json.loads(f.read_text(encoding="utf-8"))
-    return {k: v for k, v in d.items() if not k.startswith("_comment")}  # "_comment" keys are documentation
-
-
-@torch.no_grad()
-def prompt_embeddings(model, prompts: dict, classes: list[str]) -> np.ndarray:
-    """[C, d] normalised text embedding of each class (the mean of its prompts' embeddings, renormalised)."""
-    missing = [c for c in classes if c not in prompts or not prompts[c]]
-    if missing:
-        raise ValueError(f"no prompt for classes {missing}")
-    texts, owner = [], []
-    for k, c in enumerate(classes):
-        ps = prompts[c] if isinstance(prompts[c], list) else [prompts[c]]
-        texts += [str(p) for p in ps]
-        owner += [k] * len(ps)
-    emb = model.encode_prompts(texts).float().cpu()
-    out = torch.zeros(len(classes), emb.shape[1])
-    out.index_add_(0, torch.tensor(owner), emb)
-    return torch.nn.functional.normalize(out, dim=-1).numpy()
+def zero_shot_scores(rhythm: np.ndarray, text: np.ndarray, labels: np.ndarray, classes: list[str],
+                     n_boot: int = 0, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Cosine scores [n, C] of normalised rhythm embeddings against normalised class texts, and their
+    {"per_class", "mean", "undefined", ["ci"]}: the one zero-shot computation of the suite."""
+    scores = np.asarray(rhythm) @ np.asarray(text).T
+    return score_set(scores, labels, classes, n_boot=n_boot, seed=seed), scores
 
 
 @torch.no_grad()
@@ -172,36 +99,37 @@ def zero_shot(model, store: Store, prompts: dict, batch_size: int = 64, progress
     rhythm = emb["rhythm"]
     if indices is not None:
         rhythm, labels = rhythm[indices], np.asarray(labels)[indices]
-    scores = rhythm @ text.T
-    auc = auroc(scores, labels)
-    per_class = {c: float(a) for c, a in zip(classes, auc)}
-    out = {"per_class": per_class, "mean": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
-           "undefined": [c for c, a in zip(classes, auc) if not np.isfinite(a)]}
-    if n_boot:
-        out["ci"] = bootstrap_ci(scores, labels, classes, n_boot=n_boot, seed=boot_seed)
+    out, scores = zero_shot_scores(rhythm, text, labels, classes, n_boot=n_boot, seed=boot_seed)
     if return_scores:
         out["scores"] = scores
     return out
 
 
-def comparison_table(results: dict[str, dict], names: dict[str, str] | None = None) -> str:
-    """Markdown table: one row per class, one column per model (e.g. untrained / trained), mean last."""
-    cols = list(results)
-    classes = list(next(iter(results.values()))["per_class"])
-    lines = ["| class | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for c in classes:
-        label = f"{c} ({names[c]})" if names and c in names else c
-        lines.append(f"| {label} | " + " | ".join(f"{results[m]['per_class'][c]:.3f}" for m in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{results[m]['mean']:.3f}**" for m in cols) + " |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------------------- stores, tasks
+def open_store(path) -> Store:
+    try:
+        return Store(path)
+    except FileNotFoundError as e:
+        raise EvalError(f"--store {path}: {e}" if Path(path).exists() else f"--store {path} does not exist") from None
+    except ValueError as e:
+        raise EvalError(f"--store {path}: {e}") from None
 
 
-def save_json(obj, path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2))
+def store_protocol(store: Store) -> str:
+    """How a store was preprocessed: "melp" (``preprocess --protocol melp``) or "default"."""
+    return str((store.meta.get("preprocess") or {}).get("protocol", "default"))
 
 
-# ------------------------------------------------------------------------------------------------- the suite
+def check_protocol(store: Store, protocol: str):
+    """A store preprocessed for another protocol than the evaluation's stops it, naming the flags to use."""
+    have = store_protocol(store)
+    if have != protocol:
+        src = store.meta.get("source", "SOURCE")
+        raise EvalError(f"store {store.path} was preprocessed for protocol {have!r}, evaluation protocol "
+                        f"{protocol!r} needs a store built with `melp-fast preprocess --source {src} --root DIR --out "
+                        f"STORE` and {PREPROCESS_FLAGS[protocol]}")
+
+
 def _task_key(store: Store, task: str) -> str:
     """Prompt-file / table key of a store's task ("synthetic" for the embedded corpus' label task)."""
     if task == "labels" and str(store.meta.get("source", "")).startswith("synthetic"):
@@ -215,20 +143,52 @@ def store_tasks(store: Store, wanted: list[str] | None) -> list[str]:
     have = store.meta.get("tasks") or {}
     if not wanted:
         if not store.meta.get("task"):
-            raise ValueError(f"store {store.path} has no default task; pass --task (it has {sorted(have)})")
+            raise EvalError(f"store {store.path} has no default task (no labels); pass --task (it has "
+                            f"{sorted(have) or 'no task'})")
         return [store.meta["task"]]
     if "all" in wanted:
         return [t for t, v in have.items() if v.get("classes")]
     out = [t for t in wanted if t in have]
     if not out:
-        raise ValueError(f"store {store.path} has none of the tasks {wanted} (it has {sorted(have)})")
+        raise EvalError(f"store {store.path} has none of the tasks {wanted} (it has {sorted(have) or 'no task'})")
     return out
 
 
-def task_split(store: Store, task: str, labels: np.ndarray, split_dir=None, seed: int = 42) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train indices, test indices, how) of a store's task: split CSVs, PTB-XL folds or a stratified split."""
-    from .data import tasks as tasklib
+def route_tasks(stores: list[Store], wanted: list[str] | None, protocol: str = "default") -> list[tuple[Store, list]]:
+    """[(store, tasks)]: each asked task on the store whose source holds it; without ``wanted``, each store's
+    default task; "all": every task of every store (csn-38 too on a CSN store under protocol melp)."""
+    if not wanted:
+        return [(s, store_tasks(s, None)) for s in stores]
+    if "all" in wanted:
+        out = []
+        for s in stores:
+            ts = store_tasks(s, ["all"]) if s.meta.get("tasks") else []
+            if protocol == "melp" and s.meta.get("source") == "csn" and "csn-38" not in ts:
+                ts.append("csn-38")
+            if ts:
+                out.append((s, ts))
+        return out
+    bad = [t for t in wanted if t not in KNOWN_TASKS]
+    if bad:
+        raise EvalError(f"unknown task(s) {', '.join(bad)}; valid tasks: {', '.join(KNOWN_TASKS)}, all")
+    plan: dict[int, list] = {}
+    for t in dict.fromkeys(wanted):
+        src = tasklib.TASK_SOURCE.get(t)
+        holder = next((s for s in stores if src and s.meta.get("source") == src), None)
+        holder = holder or next((s for s in stores if t in (s.meta.get("tasks") or {})), None)
+        if holder is None:
+            given = ", ".join(f"{s.path} ({s.meta.get('source') or 'no source'})" for s in stores)
+            raise EvalError(f"task {t} needs a store built with `melp-fast preprocess --source {src or t}`; the "
+                            f"--store given: {given}")
+        plan.setdefault(id(holder), [holder, []])[1].append(t)
+    return [(s, ts) for s, ts in plan.values()]
 
+
+# ------------------------------------------------------------------------------------------------- record sets
+def task_split(store: Store, task: str, labels: np.ndarray, split_dir=None, seed: int = 42) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, test indices, how) of a store's task under the default protocol: split CSVs
+    ``<task>_{train,test}.csv``, PTB-XL folds or a stratified split. Records without a label in the task are left
+    out of the fold and stratified splits (the PTB-XL benchmark and the reference drop them)."""
     if split_dir is not None:
         d = Path(split_dir)
         tr, te = d / f"{task}_train.csv", d / f"{task}_test.csv"
@@ -237,12 +197,68 @@ def task_split(store: Store, task: str, labels: np.ndarray, split_dir=None, seed
             ids_tr, _, _ = tasklib.read_split_csv(tr, classes)
             ids_te, _, _ = tasklib.read_split_csv(te, classes)
             return store.indices_of(ids_tr), store.indices_of(ids_te), f"split files {tr.name}, {te.name}"
+    labelled = (np.asarray(labels) > 0).any(1)
     folds = [r.get("strat_fold") for r in store.records]
     if folds and all(f is not None for f in folds):
-        tr, _, te = tasklib.ptbxl_fold_split(folds)
-        return tr, te, "strat_fold (train 1-8, test 10)"
-    tr, _, te = tasklib.stratified_split(labels, (0.7, 0.1, 0.2), seed)
-    return tr, te, f"stratified 70/10/20 split, seed {seed}"
+        tr, _, te = tasklib.ptbxl_fold_split(folds, labels)
+        return tr, te, "strat_fold (train 1-8, test 10; records without a task label dropped)"
+    keep = np.flatnonzero(labelled)
+    tr, _, te = tasklib.stratified_split(np.asarray(labels)[keep], (0.7, 0.1, 0.2), seed)
+    return keep[tr], keep[te], f"stratified 70/10/20 split of the labelled records, seed {seed}"
+
+
+def _present(store: Store, part: refsplits.SplitPart) -> tuple[np.ndarray, np.ndarray, list]:
+    """(store index per row, -1 when absent; rows present; ids absent) of a split file's rows."""
+    table = {}
+    for i, r in enumerate(store.records):
+        table.setdefault(str(r["id"]), i)
+    pos = np.asarray([table.get(x, -1) for x in part.ids], dtype=np.int64)
+    return pos, np.flatnonzero(pos >= 0), [x for x, p in zip(part.ids, pos) if p < 0]
+
+
+def task_sets(store: Store, task: str, protocol: str = "default", splits=None, fractions=(0.01, 0.1, 1.0),
+              seed: int = 42) -> dict:
+    """The records and labels a task is evaluated on: {"classes", "train", "val", "test" (each (store indices,
+    labels [n, C])), "subsets" ({fraction: (indices, labels)} under protocol melp, else None), "how",
+    "missing" ({part: count} of listed records absent from the store), "missing_ids"}."""
+    have = store.meta.get("tasks") or {}
+    classes = list(have[task]["classes"]) if task in have and have[task].get("classes") else None
+    if refsplits.has_layout(splits, task):
+        if classes is None and task != "csn-38":
+            raise EvalError(f"store {store.path} has no task {task} (it has {sorted(have) or 'no task'})")
+        out = {"missing": {}, "missing_ids": {}, "subsets": None}
+        parts = {}
+        for p in refsplits.PARTS:
+            part = refsplits.read_part(splits, task, p, classes)
+            pos, rows, absent = _present(store, part)
+            out[p] = (pos[rows], part.labels[rows])
+            out["missing"][p], out["missing_ids"][p] = len(absent), absent
+            parts[p] = (part, pos)
+        out["classes"] = parts["train"][0].classes
+        out["how"] = f"reference split files under {Path(splits).name}/ (labels from the split files)"
+        if protocol == "melp":
+            part, pos = parts["train"]
+            out["subsets"] = {}
+            for f in fractions:
+                rows = refsplits.sample_rows(part, f, seed)
+                rows = rows[pos[rows] >= 0]
+                out["subsets"][f] = (pos[rows], part.labels[rows])
+        return out
+    if protocol == "melp":
+        raise EvalError(f"protocol melp needs the reference's split files of task {task}: pass --splits DIR, a copy "
+                        f"of the MELP repository's src/melp/data_split (looked for "
+                        f"{Path(splits or '<none>') / refsplits.LAYOUT[task][0].format(part='train') if task in refsplits.LAYOUT else task})")
+    if task in tasklib.SPLIT_LABEL_TASKS:
+        raise EvalError(f"task {task} takes its labels from the reference's split files: pass --splits DIR (a copy of "
+                        f"the MELP repository's src/melp/data_split)")
+    if classes is None:
+        raise EvalError(f"store {store.path} has no labels for task {task} (it has {sorted(have) or 'no task'})")
+    labels = np.asarray(store.task_labels(task), dtype=np.float32)
+    if not labels.any():
+        raise EvalError(f"store {store.path} has no record with a label of task {task}")
+    tr, te, how = task_split(store, task, labels, splits, seed)
+    return {"classes": classes, "train": (tr, labels[tr]), "val": (np.zeros(0, np.int64), labels[:0]),
+            "test": (te, labels[te]), "subsets": None, "how": how, "missing": {}, "missing_ids": {}}
 
 
 def _synthetic_sets(args, cfg) -> tuple[Store, Store]:
@@ -255,147 +271,118 @@ def _synthetic_sets(args, cfg) -> tuple[Store, Store]:
     return train, test
 
 
+# ------------------------------------------------------------------------------------------------- the suite
+def _dataset_sets(ds: dict, protocol: str, splits, fractions, seed: int) -> dict:
+    """{task: sets} of a dataset, indices into its pool (the train store's records, then the test store's)."""
+    test = ds["test"]
+    if ds["train"] is None:
+        return {t: task_sets(test, t, protocol, splits, fractions, seed) for t in ds["tasks"]}
+    n_tr = len(ds["train"])
+    out = {}
+    for t in ds["tasks"]:
+        classes = list(test.meta["tasks"][t]["classes"])
+        lab_tr = np.asarray(ds["train"].task_labels(t), dtype=np.float32)
+        lab_te = np.asarray(test.task_labels(t), dtype=np.float32)
+        out[t] = {"classes": classes, "train": (np.arange(n_tr), lab_tr), "val": (np.zeros(0, np.int64), lab_te[:0]),
+                  "test": (n_tr + np.arange(len(test)), lab_te), "subsets": None,
+                  "how": "separate train and test stores", "missing": {}, "missing_ids": {}}
+    return out
+
+
+def _embed_pool(model, ds: dict, needed: np.ndarray, batch_size: int, desc: str, progress: bool) -> dict:
+    """Rhythm embeddings and features of the pool rows ``needed`` (the other rows stay NaN)."""
+    stores = ([ds["train"]] if ds["train"] is not None else []) + [ds["test"]]
+    n_pool = sum(len(s) for s in stores)
+    rhythm = feats = None
+    start = 0
+    for s in stores:
+        local = needed[(needed >= start) & (needed < start + len(s))] - start
+        if len(local):
+            e = embed_store(model, s, batch_size, desc=desc, progress=progress, indices=local)
+            if rhythm is None:
+                rhythm = np.full((n_pool, e["rhythm"].shape[1]), np.nan, np.float32)
+                feats = np.full((n_pool, e["features"].shape[1]), np.nan, np.float32)
+            rhythm[start + local], feats[start + local] = e["rhythm"], e["features"]
+        start += len(s)
+    return {"rhythm": rhythm, "features": feats}
+
+
 def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1, 1.0), n_boot: int = 1000,
                     seed: int = 42, epochs: int = 100, prompts=None, split_dir=None, batch_size: int = 64,
-                    progress: bool = True, log=print) -> tuple[dict, dict]:
+                    progress: bool = True, log=print, protocol: str = "default", verbose: bool = False
+                    ) -> tuple[dict, dict]:
     """Zero-shot and linear probing of every model on every task of every dataset.
 
     ``datasets``: [{"name", "test": Store, "train": Store | None, "tasks": [...]}] (train None: split the test
-    store). Returns (results, curves): results[task_key][model] = {"zero_shot", "linear_probe", "split", ...};
-    curves[task_key] = {"classes", "labels", "zero_shot": scores, "linear_probe": scores} (first model) for plots."""
-    from .linear_probe import linear_probe
-
+    store). Returns (results, curves): results[task_key][model] = {"zero_shot", "linear_probe", "protocol",
+    "n_train", "n_val", "n_test", "split", ...}; curves[task_key] = {"classes", "labels", "zero_shot": scores,
+    "linear_probe": scores} (first model) for plots."""
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     results: dict = {}
     curves: dict = {}
     owner: dict = {}  # task key -> the dataset that has it (a second dataset with the same task gets "key:name")
     for ds in datasets:
+        if ds["train"] is None:
+            check_protocol(ds["test"], protocol)
+        sets = _dataset_sets(ds, protocol, split_dir, fractions, seed)
+        texts = {}
+        for task, st in sets.items():
+            pkey = _task_key(ds["test"], task)
+            texts[task] = task_prompts(pkey, st["classes"], prompts, lower=protocol == "melp")
+            if st["missing"] and sum(st["missing"].values()):
+                miss = ", ".join(f"{p} {n}" for p, n in st["missing"].items())
+                log(f"{task}: records listed in the split files but not in store {ds['test'].path}: {miss}")
+                if verbose:
+                    for p, ids in st["missing_ids"].items():
+                        if ids:
+                            log(f"  {p}: {' '.join(map(str, ids))}")
+        for task, st in sets.items():
+            if not len(st["test"][0]):
+                raise EvalError(f"task {task}: none of its test records is in store {ds['test'].path}")
+        needed = np.unique(np.concatenate([np.asarray(st[p][0], np.int64) for st in sets.values()
+                                           for p in ("train", "val", "test")]))
         for mi, (mname, model) in enumerate(models.items()):
             t0 = time.perf_counter()
-            emb_te = embed_store(model, ds["test"], batch_size, desc=f"{mname}: {ds['name']}", progress=progress)
-            emb_tr = None
-            if ds["train"] is not None:
-                emb_tr = embed_store(model, ds["train"], batch_size, desc=f"{mname}: {ds['name']} train",
-                                     progress=progress)
-            for task in ds["tasks"]:
+            emb = _embed_pool(model, ds, needed, batch_size, f"{mname}: {ds['name']}", progress)
+            for task, st in sets.items():
                 pkey = _task_key(ds["test"], task)
                 key = pkey if owner.setdefault(pkey, id(ds)) == id(ds) else f"{pkey}:{ds['name']}"
-                classes = list(ds["test"].meta["tasks"][task]["classes"])
-                lab_te = np.asarray(ds["test"].task_labels(task), dtype=np.float32)
-                if emb_tr is None:
-                    tr, te, how = task_split(ds["test"], task, lab_te, split_dir, seed)
-                    feats, labels, rhythm = emb_te["features"], lab_te, emb_te["rhythm"]
-                else:
-                    lab_tr = np.asarray(ds["train"].task_labels(task), dtype=np.float32)
-                    n_tr = len(lab_tr)
-                    feats = np.concatenate([emb_tr["features"], emb_te["features"]])
-                    labels = np.concatenate([lab_tr, lab_te])
-                    rhythm = np.concatenate([emb_tr["rhythm"], emb_te["rhythm"]])
-                    tr, te, how = np.arange(n_tr), n_tr + np.arange(len(lab_te)), "separate train and test stores"
-                text = prompt_embeddings(model, load_prompts(pkey, prompts), classes)
-                zs_scores = rhythm[te] @ text.T
-                zs_auc = auroc(zs_scores, labels[te])
-                zs = {"per_class": {c: float(a) for c, a in zip(classes, zs_auc)},
-                      "mean": float(np.nanmean(zs_auc)) if np.isfinite(zs_auc).any() else float("nan"),
-                      "undefined": [c for c, a in zip(classes, zs_auc) if not np.isfinite(a)]}
-                if n_boot:
-                    zs["ci"] = bootstrap_ci(zs_scores, labels[te], classes, n_boot=n_boot, seed=seed)
-                lp = linear_probe(feats, labels, tr, te, classes, fractions=fractions, seed=seed, epochs=epochs,
-                                  n_boot=n_boot, boot_seed=seed)
+                classes = st["classes"]
+                (tr, y_tr), (va, y_va), (te, y_te) = st["train"], st["val"], st["test"]
+                text = prompt_embeddings(model, texts[task], classes)
+                zs, zs_scores = zero_shot_scores(emb["rhythm"][te], text, y_te, classes, n_boot=n_boot, seed=seed)
+                lp = _probe(emb["features"], st, classes, fractions, seed, epochs, n_boot, protocol)
                 results.setdefault(key, {})[mname] = {
-                    "zero_shot": zs, "linear_probe": lp["fractions"], "classes": classes, "split": how,
-                    "n_train": int(len(tr)), "n_test": int(len(te)), "store": str(ds["test"].path), "task": task}
+                    "zero_shot": zs, "linear_probe": lp["fractions"], "classes": classes, "split": st["how"],
+                    "protocol": protocol, "n_train": int(len(tr)), "n_val": int(len(va) if protocol == "melp" else 0),
+                    "n_test": int(len(te)), "missing": st["missing"], "store": str(ds["test"].path), "task": task,
+                    "probe": "reference (early stopping on val)" if protocol == "melp" else "fixed epochs"}
                 if mi == 0:
-                    curves[key] = {"classes": classes, "labels": labels[te], "zero_shot": zs_scores,
+                    curves[key] = {"classes": classes, "labels": y_te, "zero_shot": zs_scores,
                                    "linear_probe": lp["scores"][max(lp["scores"], key=lambda k: float(k[:-1]))]}
                 fr = ", ".join(f"{k} {v['mean']:.3f}" for k, v in lp["fractions"].items())
-                log(f"[{mname}] {key}: zero-shot {zs['mean']:.3f}; linear probe {fr}  ({how}; "
-                    f"{len(tr)} train / {len(te)} test; {time.perf_counter() - t0:.0f} s)")
+                log(f"[{mname}] {key}: zero-shot {zs['mean']:.3f}; linear probe {fr}  ({st['how']}; "
+                    f"{len(tr)} train / {len(va)} val / {len(te)} test; {time.perf_counter() - t0:.0f} s)")
     return results, curves
 
 
-def _fmt(x, ci=None) -> str:
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    s = f"{100 * x:.2f}"
-    if ci and np.isfinite(ci[0]):
-        s += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return s
-
-
-def markdown_report(results: dict, fractions=(0.01, 0.1, 1.0)) -> str:
-    """Markdown: zero-shot macro AUROC per task; the linear-probe table laid out like the paper's Table 2
-    (rows = models, columns = task x training fraction); per-class tables per task. AUROC x 100."""
-    from .linear_probe import fraction_label
-
-    tasks = list(results)
-    models = list(dict.fromkeys(m for t in tasks for m in results[t]))
-    fr = [fraction_label(f) for f in sorted(fractions)]
-    def title(t):
-        base, _, ds = t.partition(":")
-        return TASK_TITLES.get(t, TASK_TITLES.get(base, base) + (f" ({ds})" if ds else ""))
-
-    L = ["## Zero-shot (macro AUROC x 100, 95% bootstrap interval)", "",
-         "| model | " + " | ".join(title(t) for t in tasks) + " | mean |",
-         "|---|" + "---:|" * (len(tasks) + 1)]
-    for m in models:
-        vals = [results[t][m]["zero_shot"] for t in tasks if m in results[t]]
-        mean = np.nanmean([v["mean"] for v in vals]) if vals else float("nan")
-        L.append(f"| {m} | " + " | ".join(_fmt(results[t][m]["zero_shot"]["mean"],
-                                                 results[t][m]["zero_shot"].get("ci", {}).get("mean"))
-                                            if m in results[t] else "" for t in tasks) + f" | {_fmt(mean)} |")
-    L += ["", "## Linear probing (macro AUROC x 100 on test; one linear layer on frozen features)", "",
-          "| model | " + " | ".join(f"{title(t)} {f}" for t in tasks for f in fr) + " |",
-          "|---|" + "---:|" * (len(tasks) * len(fr))]
-    for m in models:
-        cells = []
-        for t in tasks:
-            for f in fr:
-                e = results[t].get(m, {}).get("linear_probe", {}).get(f)
-                cells.append(_fmt(e["mean"]) if e else "")
-        L.append(f"| {m} | " + " | ".join(cells) + " |")
-    notes = []
-    for t in tasks:
-        L += ["", f"### {title(t)}: per class (AUROC x 100)", ""]
-        first = results[t][models[0]] if models[0] in results[t] else next(iter(results[t].values()))
-        L.append(f"{first['n_train']} training / {first['n_test']} test records ({first['split']}).")
-        L.append("")
-        head = [f"{m} {k}" for m in models if m in results[t] for k in ["zero-shot", *fr]]
-        L += ["| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
-        for c in first["classes"]:
-            cells = []
-            for m in models:
-                if m not in results[t]:
-                    continue
-                r = results[t][m]
-                cells.append(_fmt(r["zero_shot"]["per_class"][c], r["zero_shot"].get("ci", {}).get("per_class", {}).get(c)))
-                cells += [_fmt(r["linear_probe"][f]["per_class"][c]) for f in fr]
-            L.append(f"| {c} | " + " | ".join(cells) + " |")
-        for m in models:
-            r = results[t].get(m)
-            if not r:
-                continue
-            for f in fr:
-                e = r["linear_probe"][f]
-                if e["skipped"]:
-                    notes.append(f"{title(t)}, {m}, {f} ({e['n_train']} records): skipped {', '.join(e['skipped'])} "
-                                 f"(one label value in the training subset)")
-            if r["zero_shot"]["undefined"]:
-                notes.append(f"{title(t)}: no AUROC for {', '.join(r['zero_shot']['undefined'])} "
-                             f"(one label value in the test split)")
-    if notes:
-        L += ["", "### Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
-    return "\n".join(L) + "\n"
-
-
-def _nan_to_none(obj):
-    """NaN (an undefined AUROC) as JSON null."""
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
+def _probe(feats: np.ndarray, st: dict, classes, fractions, seed, epochs, n_boot, protocol) -> dict:
+    """The linear probe of one task: concatenated rows (train, val, test) so the probes index one array."""
+    (tr, y_tr), (va, y_va), (te, y_te) = st["train"], st["val"], st["test"]
+    if protocol == "melp":
+        subs = st["subsets"]
+        blocks = [(va, y_va), (te, y_te)] + [subs[f] for f in sorted(subs)]
+        x = np.concatenate([feats[np.asarray(i, np.int64)] for i, _ in blocks])
+        y = np.concatenate([np.asarray(l, np.float32).reshape(-1, len(classes)) for _, l in blocks])
+        off = np.cumsum([0] + [len(i) for i, _ in blocks])
+        subsets = {f: np.arange(off[2 + k], off[3 + k]) for k, f in enumerate(sorted(subs))}
+        return reference_probe(x, y, subsets, np.arange(off[0], off[1]), np.arange(off[1], off[2]), classes,
+                               seed=seed, max_epochs=epochs, n_boot=n_boot, boot_seed=seed)
+    x = np.concatenate([feats[tr], feats[te]])
+    y = np.concatenate([y_tr, y_te]).astype(np.float32)
+    return linear_probe(x, y, np.arange(len(tr)), len(tr) + np.arange(len(te)), classes, fractions=fractions,
+                        seed=seed, epochs=epochs, n_boot=n_boot, boot_seed=seed)
 
 
 def _model_name(ckpt: str) -> str:
@@ -403,7 +390,7 @@ def _model_name(ckpt: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     import argparse
 
     p = argparse.ArgumentParser(prog="melp-fast evaluate", description=__doc__,
@@ -411,15 +398,22 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", action="append", required=True, metavar="DIR",
                    help="an exported model directory (repeatable: one row per model)")
     p.add_argument("--store", action="append", required=True, metavar="PATH",
-                   help="a preprocessed store, or 'synthetic' for the embedded corpus (repeatable)")
+                   help="a preprocessed store, or 'synthetic' for the embedded corpus (repeatable; each task runs on "
+                        "the store whose source holds it)")
     p.add_argument("--task", action="append", default=None,
-                   help="task of the stores to evaluate (repeatable; 'all' = every task; default: the store's)")
+                   help=f"task to evaluate (repeatable; 'all' = every task of every store; default: each store's "
+                        f"own); one of {', '.join(KNOWN_TASKS)}")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="default",
+                   help="melp: the MELP reference's splits, labels, preprocessing, prompts and probe (see above)")
+    p.add_argument("--splits", "--split-dir", dest="splits", default=None, metavar="DIR",
+                   help="split files: a copy of the MELP reference's data_split, or <task>_train.csv / _test.csv")
     p.add_argument("--untrained", action="store_true",
                    help="also evaluate the untrained model (the first --ckpt's config, its training seed)")
-    p.add_argument("--prompts", default=None, help="prompt JSON file or directory of <task>.json (default: shipped)")
-    p.add_argument("--split-dir", default=None, help="directory of <task>_train.csv / <task>_test.csv split files")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="prompt JSON ({class: text}, e.g. the reference's CKEPE_prompt.json; or {task: {class: "
+                        "text}}) or directory of <task>.json (default: shipped; required under --protocol melp)")
     p.add_argument("--fractions", default="0.01,0.1,1.0", help="linear-probe training fractions")
-    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
+    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs (melp: the most epochs)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--n-test", type=int, default=600, help="synthetic: held-out test records")
@@ -431,52 +425,95 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/eval", help="output directory (results.json, results.md, roc_*.png)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--verbose", action="store_true", help="name every listed record missing from a store")
+    return p.parse_args(argv)
+
+
+def _main(argv=None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from .export import load_model, untrained_model
 
+    try:
+        fractions = tuple(float(x) for x in args.fractions.split(","))
+    except ValueError:
+        raise EvalError(f"--fractions {args.fractions!r}: comma-separated numbers in (0, 1] expected") from None
+    if any(not 0 < f <= 1 for f in fractions):
+        raise EvalError(f"--fractions {args.fractions!r}: every fraction must be in (0, 1]")
+    if args.protocol == "melp":
+        if args.prompts is None:
+            raise EvalError("--protocol melp needs --prompts FILE, the reference's prompt file (e.g. MELP/src/melp/"
+                            "prompt/CKEPE_prompt.json)")
+        if args.splits is None:
+            raise EvalError("--protocol melp needs --splits DIR, a copy of the reference's split files (e.g. MELP/src/"
+                            "melp/data_split)")
+        if "synthetic" in args.store:
+            raise EvalError("--store synthetic has no reference split: use it with --protocol default")
+    for p in (args.prompts, args.splits):
+        if p is not None and not Path(p).exists():
+            raise EvalError(f"{p} does not exist")
+    stores = [open_store(s) for s in args.store if s != "synthetic"]
+    wanted = [t for t in (args.task or []) if t != "synthetic"] or None
     models = {}
     for ck in args.ckpt:
         name = _model_name(ck)
         while name in models:
             name += "'"
-        models[name] = load_model(ck, args.device)
+        try:
+            models[name] = load_model(ck, args.device)
+        except FileNotFoundError as e:
+            raise EvalError(f"--ckpt {ck}: {e}") from None
     first = next(iter(models.values()))
     if args.untrained:
         cfg = first.config
         models["untrained"] = untrained_model(cfg, cfg.train.seed).to(args.device)
-    fractions = tuple(float(x) for x in args.fractions.split(","))
     datasets = []
-    for s in args.store:
-        if s == "synthetic":
-            train, test = _synthetic_sets(args, first.config)
-            datasets.append({"name": "synthetic", "test": test, "train": train, "tasks": ["labels"]})
-        else:
-            st = Store(s)
-            datasets.append({"name": Path(s).name, "test": st, "train": None, "tasks": store_tasks(st, args.task)})
+    if "synthetic" in args.store:
+        train, test = _synthetic_sets(args, first.config)
+        datasets.append({"name": "synthetic", "test": test, "train": train, "tasks": ["labels"]})
+    if stores or wanted:
+        for st, ts in route_tasks(stores, wanted, args.protocol):
+            datasets.append({"name": Path(st.path).name, "test": st, "train": None, "tasks": ts})
     t0 = time.perf_counter()
     results, curves = evaluate_models(models, datasets, fractions=fractions, n_boot=args.n_boot, seed=args.seed,
-                                      epochs=args.epochs, prompts=args.prompts, split_dir=args.split_dir,
-                                      batch_size=args.batch_size, progress=not args.quiet)
+                                      epochs=args.epochs, prompts=args.prompts, split_dir=args.splits,
+                                      batch_size=args.batch_size, progress=not args.quiet, protocol=args.protocol,
+                                      verbose=args.verbose)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"ckpt": args.ckpt, "stores": args.store, "fractions": list(fractions), "epochs": args.epochs,
-                "n_boot": args.n_boot, "seed": args.seed, "probe": "linear layer on standardised frozen features, "
-                "BCE with logits, AdamW lr 1e-3, zero init", "minutes": (time.perf_counter() - t0) / 60}
-    save_json(_nan_to_none({"settings": settings, "results": results}), out / "results.json")
-    md = markdown_report(results, fractions)
+    probe = ("reference: raw features, default init, AdamW lr 1e-3 wd 1e-4, batch 128, cosine to 1e-5, early "
+             "stopping on val macro AUROC (patience 5; per-class AUROC, not the reference's softmax)"
+             if args.protocol == "melp" else
+             "linear layer on standardised frozen features, BCE with logits, AdamW lr 1e-3, zero init, fixed epochs")
+    settings = {"ckpt": args.ckpt, "stores": args.store, "protocol": args.protocol, "splits": args.splits,
+                "prompts": args.prompts, "fractions": list(fractions), "epochs": args.epochs, "n_boot": args.n_boot,
+                "seed": args.seed, "probe": probe, "auroc": "per class (no softmax across classes), macro mean",
+                "minutes": (time.perf_counter() - t0) / 60}
+    from .report import load_paper_results
+
+    save_json({"settings": settings, "results": results, "paper": load_paper_results()}, out / "results.json")
+    tables = paper_tables(results)
+    md = tables + "\n" + markdown_report(results, fractions)
     (out / "results.md").write_text(md)
     written = [out / "results.json", out / "results.md"]
     if not args.no_plots:
         from .plots import plot_roc
+        from .report import title
 
         for key, c in curves.items():
             f = out / f"roc_{key.replace(':', '_').replace('/', '_')}.png"
             plot_roc(c["labels"], {"zero-shot": c["zero_shot"], "linear probe (100%)": c["linear_probe"]},
-                     c["classes"], f, title=f"{TASK_TITLES.get(key, key)} ({next(iter(models))})")
+                     c["classes"], f, title=f"{title(key)} ({next(iter(models))})")
             written.append(f)
     print()
     print(md)
     print("written: " + ", ".join(str(w) for w in written))
     return 0
+
+
+def main(argv=None) -> int:
+    """`melp-fast evaluate`: a user error is one line on stderr and exit code 2 (``errors.run_main``)."""
+    from .errors import run_main
+
+    return run_main(_main, argv)

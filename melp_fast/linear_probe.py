@@ -12,6 +12,14 @@ first step then points along the class-mean differences, so tiny subsets do not 
 AdamW lr 1e-3, weight decay 0.01, mini-batches of 64, a fixed number of epochs, no model selection. A class with
 one label value in a training subset cannot be learnt: it is skipped (NaN) and listed under "skipped"; a class
 with one label value in the test split has no AUROC (NaN, listed under "undefined").
+
+Under ``evaluate --protocol melp`` (``reference_probe``) the probe is trained as the MELP reference trains it:
+subsets are ``DataFrame.sample(frac, random_state=42)`` of the train split file (drawn by the caller), raw
+features, PyTorch's default init (seeded), AdamW lr 1e-3, weight decay 1e-4, batches of 128, cosine schedule
+over 100 epochs to 1e-5, early stopping on the validation split (patience 5, the best epoch's weights kept).
+The validation metric is our per-class macro AUROC (the reference monitors an AUROC taken after a softmax across
+classes, a quirk for multi-label tasks that we do not copy; stated in the results). A subset that is empty or
+holds no positive of any class is reported as not available.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.tasks import train_subset
+from .metrics import auroc, bootstrap_ci, nanmean
 
 FRACTIONS = (0.01, 0.1, 1.0)
 
@@ -84,8 +93,6 @@ def linear_probe(feats: np.ndarray, labels: np.ndarray, train_idx, test_idx, cla
 
     Returns {"fractions": {"1%": {"per_class", "mean", "n_train", "skipped", "undefined", ["ci"]}, ...},
     "scores": {"1%": logits on test}}; "scores" feeds ROC plots and is left out of JSON by the caller."""
-    from .evaluate import auroc, bootstrap_ci
-
     labels = np.asarray(labels, dtype=np.float32)
     test_idx = np.asarray(test_idx, dtype=np.int64)
     subsets = nested_subsets(train_idx, labels, fractions, seed)
@@ -101,7 +108,7 @@ def linear_probe(feats: np.ndarray, labels: np.ndarray, train_idx, test_idx, cla
         auc = auroc(s, y_test)
         per_class = {c: float(a) for c, a in zip(classes, auc)}
         key = fraction_label(f)
-        entry = {"per_class": per_class, "mean": _nanmean(auc), "n_train": int(len(idx)),
+        entry = {"per_class": per_class, "mean": nanmean(auc), "n_train": int(len(idx)),
                  "skipped": [c for c, ok in zip(classes, learnable) if not ok],
                  "undefined": [c for c, a, ok in zip(classes, auc, learnable) if ok and not np.isfinite(a)]}
         if n_boot:
@@ -116,6 +123,89 @@ def fraction_label(f: float) -> str:
     return f"{p:g}%"
 
 
-def _nanmean(a) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+def fit_probe_early_stopping(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                             max_epochs: int = 100, patience: int = 5, lr: float = 1e-3, weight_decay: float = 1e-4,
+                             final_lr: float = 1e-5, batch_size: int = 128, seed: int = 42) -> dict:
+    """The reference's probe: one linear layer (default init under ``seed``) on raw features, BCE with logits,
+    AdamW + cosine schedule, validation macro AUROC after every epoch, stop after ``patience`` epochs without
+    improvement and keep the best epoch's weights (the last ones when the validation AUROC is never defined).
+    Returns the probe dict of ``fit_probe`` (mean 0, std 1) with "epochs" and "best_epoch", "best_val"."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit_probe_early_stopping: features [n, d] and labels [n, c] with n > 0, got {x.shape}, "
+                         f"{y.shape}")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(x.shape[1], y.shape[1])
+    opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_epochs, eta_min=final_lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xv = torch.from_numpy(np.asarray(x_val, dtype=np.float32))
+    best, best_state, best_epoch, since, epoch = -np.inf, None, -1, 0, 0
+    for epoch in range(max_epochs):
+        perm = torch.randperm(len(xt), generator=g)
+        for s in range(0, len(xt), batch_size):
+            idx = perm[s:s + batch_size]
+            loss = F.binary_cross_entropy_with_logits(layer(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        with torch.no_grad():
+            val = nanmean(auroc(layer(xv).numpy(), y_val)) if len(xv) else float("nan")
+        if np.isfinite(val) and val > best:
+            best, best_epoch, since = val, epoch, 0
+            best_state = (layer.weight.detach().clone(), layer.bias.detach().clone())
+        else:
+            since += 1
+            if np.isfinite(best) and since >= patience:
+                break
+    w, b = best_state if best_state is not None else (layer.weight.detach(), layer.bias.detach())
+    d = x.shape[1]
+    return {"weight": w.numpy().copy(), "bias": b.numpy().copy(), "mean": np.zeros(d, np.float32),
+            "std": np.ones(d, np.float32), "epochs": epoch + 1, "best_epoch": best_epoch + 1,
+            "best_val": float(best) if np.isfinite(best) else float("nan")}
+
+
+def reference_probe(feats: np.ndarray, labels: np.ndarray, subsets: dict, val_idx, test_idx, classes: list[str],
+                    seed: int = 42, max_epochs: int = 100, n_boot: int = 0, boot_seed: int = 0) -> dict:
+    """The probe of ``--protocol melp`` at every training subset (``subsets``: {fraction: indices into feats},
+    the reference's samples of the train split restricted to the records present); early stopping on
+    ``val_idx``; scores on ``test_idx``. Returns the structure of ``linear_probe``; an empty subset, or one
+    without a positive of any class, gets "not_available" (its scores NaN) instead of failing."""
+    labels = np.asarray(labels, dtype=np.float32)
+    val_idx, test_idx = np.asarray(val_idx, np.int64), np.asarray(test_idx, np.int64)
+    y_test = labels[test_idx]
+    res, scores = {}, {}
+    for f in sorted(subsets):
+        idx = np.asarray(subsets[f], dtype=np.int64)
+        key = fraction_label(f)
+        y = labels[idx]
+        pos = y.sum(0)
+        learnable = (pos > 0) & (pos < len(idx))
+        s = np.full(y_test.shape, np.nan)
+        why = None
+        if len(idx) == 0:
+            why = "empty training sample"
+        elif not learnable.any():
+            why = "no class with both label values in the training sample"
+        elif len(test_idx) == 0:
+            why = "empty test set"
+        entry = {"n_train": int(len(idx)), "skipped": [c for c, ok in zip(classes, learnable) if not ok]}
+        if why is None:
+            probe = fit_probe_early_stopping(feats[idx], y, feats[val_idx], labels[val_idx], max_epochs=max_epochs,
+                                             seed=seed)
+            s = predict(probe, feats[test_idx]).astype(np.float64)
+            s[:, ~learnable] = np.nan
+            entry.update(epochs=probe["epochs"], best_epoch=probe["best_epoch"], best_val=probe["best_val"])
+        else:
+            entry["not_available"] = why
+        auc = auroc(s, y_test) if len(test_idx) else np.full(len(classes), np.nan)
+        entry.update(per_class={c: float(a) for c, a in zip(classes, auc)}, mean=nanmean(auc),
+                     undefined=[c for c, a, ok in zip(classes, auc, learnable) if ok and not np.isfinite(a)])
+        if n_boot and why is None:
+            entry["ci"] = bootstrap_ci(s, y_test, classes, n_boot=n_boot, seed=boot_seed)
+        res[key] = entry
+        scores[key] = s
+    return {"fractions": res, "scores": scores}

@@ -132,10 +132,15 @@ def test_task_split_sources(tmp_path):
     labels = multilabel(50, 2, seed=5)
     folds = FakeStore([{"id": str(i), "strat_fold": 1 + i % 10} for i in range(50)])
     tr, te, how = ev.task_split(folds, "t", labels)
-    assert set(te) == {i for i in range(50) if i % 10 == 9} and len(tr) == 40 and "strat_fold" in how
+    labelled = labels.any(1)  # records without a label in the task are never evaluated (nor trained on)
+    assert 0 < (~labelled).sum() < 40
+    assert set(te) == {i for i in range(50) if i % 10 == 9 and labelled[i]} and "strat_fold" in how
+    assert set(tr) == {i for i in range(50) if i % 10 < 8 and labelled[i]}
     plain = FakeStore([{"id": str(i)} for i in range(50)])
     tr, te, how = ev.task_split(plain, "t", labels, seed=1)
-    assert len(te) == 10 and not set(tr) & set(te) and "stratified" in how
+    n_lab = int(labelled.sum())
+    assert len(te) == round(0.2 * n_lab) and not set(tr) & set(te) and "stratified" in how
+    assert labelled[tr].all() and labelled[te].all()
     (tmp_path / "t_train.csv").write_text("ecg_id,B,A\n3,0,1\n4,1,0\n")
     (tmp_path / "t_test.csv").write_text("ecg_id,A,B\n7,1,1\n")
     tr, te, how = ev.task_split(folds, "t", labels, split_dir=tmp_path)

@@ -11,7 +11,14 @@ store can give the multi-hot labels of any of its tasks without the dataset file
 - CPSC2018 (9), SNOMED CT codes as in the PhysioNet/CinC 2020 relabelling, with its equivalent codes merged.
 - CSN / Chapman-Shaoxing: ``csn-rhythm4`` the four merged rhythm groups of Zheng et al. 2020 (SB, SR = sinus rhythm
   + sinus irregularity, AFIB = AF + flutter, GSVT = SVT, AT, AVNRT, AVRT, wandering pacemaker, sinus tachycardia);
-  ``csn-all`` every SNOMED CT code present (classes fixed when the store is finished).
+  ``csn-all`` every SNOMED CT code present (classes fixed when the store is finished). AVNRT and wandering
+  pacemaker are coded 233896004 / 195101003 in the ecg-arrhythmia tree and 251166008 / 17366009 in the
+  PhysioNet/CinC 2021 tree: both are accepted. ``csn-38`` is the reference code's 38-class Chapman split: its
+  labels are the split files' own (``data/reference_splits.py``, ``evaluate --protocol melp``).
+
+Class names of the MELP reference split files map to ours: PTB-XL's without their leading / trailing underscores
+(our ``ISC_`` is the reference's ``ISC``, ``_AVB`` is ``AVB``), ICBEB's AFIB, VPC, 1AVB, CRBBB, CLBBB are our
+CPSC2018 AF, PVC, IAVB, RBBB, LBBB (``reference_name`` / ``from_reference``).
 """
 
 from __future__ import annotations
@@ -36,10 +43,40 @@ CSN_RHYTHM4 = {
     "SB": ["426177001"],
     "SR": ["426783006", "427393009"],
     "AFIB": ["164889003", "164890007"],
-    "GSVT": ["426761007", "713422000", "233896004", "233897008", "195101003", "427084000"],
+    "GSVT": ["426761007", "713422000", "233896004", "233897008", "195101003", "427084000",
+             "251166008", "17366009"],  # AVNRT and wandering pacemaker as coded in PhysioNet/CinC 2021
 }
 
+# The reference's 38 Chapman classes, in its order (prompt/dataset_class_names.json, "chapman").
+CSN38 = ["AQW", "UW", "SR", "WPW", "2AVB", "AT", "VB", "ARS", "STTC", "SA", "STE", "VPB", "TWO", "STTU", "ALS", "APB",
+         "2AVB1", "PRIE", "CCR", "CR", "AF", "AVB", "QTIE", "LBBB", "VEB", "SVT", "RBBB", "1AVB", "STDD", "MI", "AFIB",
+         "TWC", "PWC", "ERV", "RVH", "LVH", "ST", "JEB"]
+
+# ICBEB (reference) class name -> our CPSC2018 class name; the other ICBEB names are ours already.
+ICBEB_TO_CPSC2018 = {"AFIB": "AF", "VPC": "PVC", "1AVB": "IAVB", "CRBBB": "RBBB", "CLBBB": "LBBB"}
+
 PTBXL_TASKS = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm")
+# Every downstream task and the store source that holds it.
+TASK_SOURCE = {**{t: "ptbxl" for t in PTBXL_TASKS}, "cpsc2018": "cpsc2018", "csn-rhythm4": "csn", "csn-38": "csn",
+               "csn-all": "csn"}
+SPLIT_LABEL_TASKS = ("csn-38",)  # tasks whose labels only the reference split files give
+
+
+def reference_name(task: str, cls: str) -> str:
+    """The MELP reference's name of one of our classes of ``task`` (see the module docstring)."""
+    if task in PTBXL_TASKS:
+        return cls.strip("_")
+    if task == "cpsc2018":
+        return {v: k for k, v in ICBEB_TO_CPSC2018.items()}.get(cls, cls)
+    return cls
+
+
+def from_reference(task: str, name: str, classes) -> str | None:
+    """Our class of ``task`` (among ``classes``) named ``name`` by the reference; None when there is none."""
+    for c in classes:
+        if reference_name(task, c) == name:
+            return c
+    return None
 
 
 def _from_groups(groups: dict[str, list[str]]) -> dict:
@@ -158,10 +195,13 @@ def train_subset(train_idx, labels, fraction: float, seed: int = 42) -> np.ndarr
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def ptbxl_fold_split(folds) -> list[np.ndarray]:
-    """PTB-XL's recommended split from ``strat_fold``: train 1-8, validation 9, test 10."""
+def ptbxl_fold_split(folds, labels=None) -> list[np.ndarray]:
+    """PTB-XL's recommended split from ``strat_fold``: train 1-8, validation 9, test 10. With ``labels`` (multi-hot
+    [N, C] of a task), records without a label in the task are left out of every part (as the PTB-XL benchmark
+    code and the MELP reference do)."""
     f = np.asarray(folds, dtype=np.int64)
-    return [np.flatnonzero(f <= 8), np.flatnonzero(f == 9), np.flatnonzero(f == 10)]
+    keep = np.ones(len(f), bool) if labels is None else (np.asarray(labels) > 0).any(1)
+    return [np.flatnonzero((f <= 8) & keep), np.flatnonzero((f == 9) & keep), np.flatnonzero((f == 10) & keep)]
 
 
 def subject_split(subjects, val_fraction: float = 0.02, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
