@@ -90,6 +90,12 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its step)
     out_dir: str = "runs/melp"
+    # validation (melp_fast/validation.py): every eval_every steps (0: never) the held-out subjects' losses and the
+    # zero-shot AUROC of each downstream store; the best checkpoint is kept by best_metric ("loss" in the name:
+    # lower is better, else higher; the reference's choice is "zs/mean")
+    eval_every: int = 0
+    best_metric: str = "val/loss"
+    downstream: tuple = ()  # store paths, each scored on its default task's test records
 
 
 @dataclass

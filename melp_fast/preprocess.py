@@ -2,7 +2,7 @@
 
     melp-fast preprocess --source {mimic-iv-ecg,ptbxl,cpsc2018,csn,wfdb-dir} --root DIR --out STORE
                          [--workers N] [--shard-size 4096] [--limit N] [--task NAME] [--nan {drop,repair}]
-                         [--max-beats 32] [--highpass-hz 4] [--no-progress]
+                         [--max-beats 32] [--highpass-hz 4] [--protocol {default,melp}] [--no-progress]
 
 Records are listed from the dataset's own files (deterministic order), cut into shards of --shard-size listing
 entries, and each shard is read, resampled to 500 Hz, cropped / padded to 10 s, beat-segmented, high-passed and
@@ -10,6 +10,11 @@ min-max scaled by one of --workers processes, written as STORE/shards/NNNNN.part
 Skipped records (unreadable, truncated, NaN/Inf under --nan drop, all zero, short report, a path leaving --root,
 ...) go to STORE/quarantine.jsonl with the reason. Killed midway, the same command resumes: finished shards are
 kept, partial ones rebuilt; the result is byte-identical to a build in one go. meta.json is written last.
+
+``--protocol melp`` preprocesses as the MELP reference reads downstream data (for ``evaluate --protocol melp``):
+no high-pass, min-max over the record; CPSC2018 (ICBEB) keeps its first 2,500 samples (5 s at 500 Hz) and is
+zero-padded to 5,000 before the min-max. meta.json's "preprocess" records the protocol, the high-pass and the
+window, and the evaluation checks it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from .data.sources import get_source, SOURCES
 from .data.sources.common import SkipRecord
 from .data.store import CHUNK, SHARD_SIZE, VERSION, ShardWriter, Store, finalize_store
 
-_KILL_ENV = "MELP_FAST_TEST_KILL_AFTER_SHARDS"  # test hook: die (SIGKILL) inside the shard after N finished ones
+_KILL_ENV = "MELP_FAST_TEST_KILL_AFTER_SHARDS"
+PROTOCOL_WINDOWS = {"default": {}, "melp": {"cpsc2018": 2500}}  # protocol -> {source: samples kept, rest zero}  # test hook: die (SIGKILL) inside the shard after N finished ones
 
 
 def parse_args(argv):
@@ -44,7 +50,9 @@ def parse_args(argv):
     p.add_argument("--nan", choices=["drop", "repair"], default="drop",
                    help="records holding NaN/Inf: drop (spec) or repair by linear interpolation per lead")
     p.add_argument("--max-beats", type=int, default=32)
-    p.add_argument("--highpass-hz", type=float, default=4.0)
+    p.add_argument("--highpass-hz", type=float, default=None, help="default 4 (0 under --protocol melp)")
+    p.add_argument("--protocol", choices=list(PROTOCOL_WINDOWS), default="default",
+                   help="melp: no high-pass, CPSC2018 first 5 s zero-padded (the MELP reference's downstream reading)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -65,6 +73,9 @@ def _process_shard(job) -> dict:
         if reason is None:
             try:
                 x, info = src.load(root, it, job["nan_policy"])
+                if job.get("window"):  # --protocol melp on CPSC2018: the first 5 s, zero-padded to 10 s
+                    x = x.copy()
+                    x[:, job["window"]:] = 0
                 codes = info.pop("codes", None)
                 report = info.pop("report", None)
                 rows.append({"id": it.record_id, "path": it.path, "subject": it.subject,
@@ -120,8 +131,8 @@ def _init_worker(q):
 
 
 def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = SHARD_SIZE, limit: int = 0,
-                task: str | None = None, nan_policy: str = "drop", max_beats: int = 32, highpass_hz: float = 4.0,
-                progress: bool = True) -> Store:
+                task: str | None = None, nan_policy: str = "drop", max_beats: int = 32,
+                highpass_hz: float | None = None, progress: bool = True, protocol: str = "default") -> Store:
     """Build (or resume) a store from a dataset source; see the module docstring."""
     from tqdm import tqdm
 
@@ -139,8 +150,16 @@ def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = S
     task = task if task is not None else src.DEFAULT_TASK
     if task is not None and task not in tasks:
         raise ValueError(f"source {source} has no task {task!r} (it has {sorted(tasks)})")
+    if protocol not in PROTOCOL_WINDOWS:
+        raise ValueError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOL_WINDOWS)}")
+    if protocol == "melp" and highpass_hz:
+        raise ValueError("--protocol melp reads signals without a high-pass: leave out --highpass-hz")
+    highpass_hz = (4.0 if protocol == "default" else 0.0) if highpass_hz is None else highpass_hz
+    window = PROTOCOL_WINDOWS[protocol].get(source)
     settings = {"version": VERSION, "source": source, "shard_size": shard_size, "nan_policy": nan_policy,
                 "max_beats": max_beats, "highpass_hz": highpass_hz, "limit": limit, "task": task}
+    if protocol != "default":  # (default builds keep their plan.json as before, so old partial builds resume)
+        settings["preprocess"] = {"protocol": protocol, "highpass_hz": highpass_hz, "window_samples": window}
     listing = json.dumps([_item_row(it) for it in items], sort_keys=True).encode()
     plan = {"settings": settings, "n_items": len(items), "listing_sha256": hashlib.sha256(listing).hexdigest(),
             "tasks_sha256": hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()}
@@ -168,7 +187,7 @@ def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = S
     for k in todo:
         jobs.append({"source": source, "root": str(root), "items": items[k * shard_size:(k + 1) * shard_size],
                      "dir": str(shards_dir / names[k]), "max_beats": max_beats, "highpass_hz": highpass_hz,
-                     "nan_policy": nan_policy})
+                     "nan_policy": nan_policy, "window": window})
     finished = n_shards - len(todo)
     bar = tqdm(total=len(items), initial=sum(min(shard_size, len(items) - k * shard_size) for k in range(n_shards)
                                              if k not in todo),
@@ -217,7 +236,7 @@ def main(argv=None) -> int:
     try:
         build_store(args.out, args.source, args.root, workers=args.workers, shard_size=args.shard_size,
                     limit=args.limit, task=args.task, nan_policy=args.nan, max_beats=args.max_beats,
-                    highpass_hz=args.highpass_hz, progress=not args.no_progress)
+                    highpass_hz=args.highpass_hz, progress=not args.no_progress, protocol=args.protocol)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"melp-fast preprocess: error: {e}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | N
     paper = load_paper_results() if paper is None else paper
     models = list(dict.fromkeys(m for k in results for m in results[k]))
     protocols = sorted({r.get("protocol", "default") for k in results for r in results[k].values()})
-    src = "published numbers: " + paper["_source"].split(", transcribed")[0].split(" of MELP")[0]
+    src = paper.get("_cite", "the MELP paper")
     L = [f"## Table 2: linear probing (AUROC x 100; ours: protocol {', '.join(protocols)})", ""]
     cols = _columns(results, TABLE2_TASKS)
     L.append("| model | " + " | ".join(f"{t} {f}" for t, _, _ in cols for f in fractions) + " |")
@@ -91,7 +91,7 @@ def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | N
         row = paper["zero_shot"][p]
         cells = [f"{row[t]:.1f}" if t in row else "" for _, _, t in cols]
         L.append(f"| {p} (paper) | " + " | ".join(cells) + f" | {row['average']:.1f} |")
-    L += ["", f"Paper rows: {src} (melp_fast/paper_results.json). Our AUROC is per class (no softmax across "
+    L += ["", f"Paper rows: {src}, transcribed in melp_fast/paper_results.json. Our AUROC is per class (no softmax across "
               f"classes, unlike the reference code's linear-probe and zero-shot scoring), macro-averaged over the "
               f"classes defined on the test set."]
     return "\n".join(L) + "\n"

@@ -4,6 +4,7 @@ Layout of a store directory (version 2)::
 
     meta.json          written last (atomically): a store without it is unfinished. n, fs, n_samples, leads,
                        max_beats, highpass_hz, source, shards [{name, n, items}], tasks {name: {classes, map}},
+                       preprocess {protocol ("default" | "melp"), highpass_hz, window_samples},
                        task (the default one), classes (its classes), counts (items, kept, skipped, repaired, reasons)
     plan.json          the build's settings and a digest of its record listing (a resumed build must match it)
     quarantine.jsonl   every skipped record: {"record_id", "path", "reason"}, in listing order
@@ -419,7 +420,9 @@ def finalize_store(path, *, source: str, shard_names: list[str], tasks: dict, ta
             "leads": list(settings.get("leads") or _leads()), "max_beats": settings["max_beats"],
             "highpass_hz": settings["highpass_hz"], "nan_policy": settings.get("nan_policy", "drop"),
             "shard_size": settings.get("shard_size"), "shards": shards, "tasks": tasks, "task": task,
-            "classes": tasks[task]["classes"] if task else [], "counts": counts}
+            "classes": tasks[task]["classes"] if task else [], "counts": counts,
+            "preprocess": settings.get("preprocess") or {"protocol": "default", "highpass_hz": settings["highpass_hz"],
+                                                         "window_samples": None}}
     _atomic_write(path / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     return Store(path)
 
