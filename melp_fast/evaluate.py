@@ -91,7 +91,9 @@ def zero_shot(model, store: Store, prompts: dict, batch_size: int = 64, progress
               embedded: dict | None = None, task: str | None = None, indices=None, n_boot: int = 0,
               boot_seed: int = 0, return_scores: bool = False) -> dict:
     """Zero-shot AUROC of a store's task (default task unless ``task``), over ``indices`` (all records unless
-    given): {"per_class", "mean"} (+ "ci" with ``n_boot`` > 0, + "scores" with ``return_scores``)."""
+    given): {"per_class", "mean"} (+ "ci" with ``n_boot`` > 0, + "scores" with ``return_scores``). The model is
+    put in eval mode first (prompt embeddings without dropout)."""
+    model.eval()
     classes = store.classes if task is None else list(store.meta["tasks"][task]["classes"])
     labels = store.labels if task is None else store.task_labels(task)
     text = prompt_embeddings(model, prompts, classes)
@@ -344,6 +346,7 @@ def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1,
                                            for p in ("train", "val", "test")]))
         for mi, (mname, model) in enumerate(models.items()):
             t0 = time.perf_counter()
+            model.eval()
             emb = _embed_pool(model, ds, needed, batch_size, f"{mname}: {ds['name']}", progress)
             for task, st in sets.items():
                 pkey = _task_key(ds["test"], task)

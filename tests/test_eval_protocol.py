@@ -326,12 +326,17 @@ def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_
     assert "| MERL (paper) | 53.33 | 82.88 | 88.34 |" in t2
     assert "| MELP (paper) | 77.6 | 85.4 | 69.1 | 81.2 | 76.2 | 84.2 | 79.0 |" in t3
     assert "| MERL (paper) | 74.4 | 78.5 | 65.9 | 75.7 | 74.2 | 82.8 | 75.3 |" in t3
-    ours = [line for line in t3.splitlines() if line.startswith("| m0 |")]
+    name = ev._model_name(str(tiny_export))  # the run directory's name
+    ours = [line for line in t3.splitlines() if line.startswith(f"| {name} |")]
     assert len(ours) == 1 and ours[0].count("|") == 9
     res = json.loads((out / "results.json").read_text())
+    from melp_fast.export import load_model
+    from sklearn.metrics import roc_auc_score
+
+    model = load_model(tiny_export)
     assert set(res["results"]) == set(SIX) and res["paper"]["zero_shot"]["MELP"]["average"] == 79.0
     for task in SIX:
-        r = res["results"][task]["m0"]
+        r = res["results"][task][name]
         st = ev.task_sets(Store(r["store"]), task, "melp", SPLITS)
         assert r["protocol"] == "melp"
         assert (r["n_train"], r["n_val"], r["n_test"]) == tuple(len(st[p][0]) for p in refsplits.PARTS)
@@ -340,6 +345,13 @@ def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_
             assert e["n_train"] == len(st["subsets"][f][0])
             if e["n_train"] == 0:
                 assert e["not_available"] == "empty training sample" and e["mean"] is None
-        # zero-shot equals the cosine scores of the model on those records, per class
-        assert r["zero_shot"]["mean"] is None or 0.0 <= r["zero_shot"]["mean"] <= 1.0
-    assert res["results"]["ptbxl-super"]["m0"]["linear_probe"]["10%"]["n_train"] >= 2
+        # zero-shot equals scikit-learn's AUROC of the model's cosine scores (CKEPE prompts, lower-cased) per class
+        te, y = st["test"]
+        text = ev.prompt_embeddings(model, ev.task_prompts(task, st["classes"], CKEPE, lower=True), st["classes"])
+        scores = ev.embed_store(model, Store(r["store"]), progress=False, indices=te)["rhythm"] @ text.T
+        for k, c in enumerate(st["classes"]):
+            if 0 < y[:, k].sum() < len(y):
+                assert r["zero_shot"]["per_class"][c] == pytest.approx(roc_auc_score(y[:, k], scores[:, k]), abs=1e-6)
+            else:
+                assert r["zero_shot"]["per_class"][c] is None
+    assert res["results"]["ptbxl-super"][name]["linear_probe"]["10%"]["n_train"] >= 2
