@@ -99,32 +99,23 @@ def make_ptbxl(tmp: Path) -> Path:
     return root
 
 
-def make_icbeb(tmp: Path) -> Path:
-    """CPSC2018 records named by ICBEB split rows (A0001...), 10 s long (the reference keeps 5 s of them)."""
-    root = tmp / "cpsc2018"
+def make_cinc(tmp: Path, task: str) -> Path:
+    """CPSC2018 records named by ICBEB split rows (A0001..., 10 s long: the reference keeps 5 s of them), or CSN
+    records at the paths of Chapman split rows (WFDBRecords/18/186/JS18048.mat, ...), the first 3 of each part."""
+    root = tmp / tasklib.TASK_SOURCE[task]
     ecg = dicom_12lead_500()
-    names = [n for p in refsplits.PARTS for n in split_csv("cpsc2018", p)["filename"].head(3)]
-    for k, name in enumerate(names):
-        write_cinc(root / "g1", name, np.roll(ecg, 211 * k, axis=1), 500, LEADS, "426783006", gain=200.0)
-    return root
-
-
-def make_chapman(tmp: Path) -> Path:
-    """CSN records at the paths of Chapman split rows (WFDBRecords/18/186/JS18048.mat, ...)."""
-    root = tmp / "csn"
-    ecg = dicom_12lead_500()
-    paths = [p for part in refsplits.PARTS for p in split_csv("csn-38", part)["ecg_path"].head(3)]
-    for k, p in enumerate(paths):
-        rel = Path(p.replace("/chapman/", ""))
-        dx = "251166008" if k == 0 else "426783006"  # AVNRT as PhysioNet/CinC 2021 codes it
-        write_cinc(root / rel.parent, rel.stem, np.roll(ecg, 97 * k, axis=1), 500, LEADS, dx, gain=200.0)
+    col = refsplits.LAYOUT[task][1]
+    for k, v in enumerate(v for p in refsplits.PARTS for v in split_csv(task, p)[col].head(3)):
+        rel = Path(str(v).replace("/chapman/", "")) if task == "csn-38" else Path("g1") / str(v)
+        dx = "251166008" if k == 0 else "426783006"  # (AVNRT as PhysioNet/CinC 2021 codes it)
+        write_cinc(root / rel.parent, Path(rel).stem, np.roll(ecg, 97 * k, axis=1), 500, LEADS, dx, gain=200.0)
     return root
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trees")
-    roots = {"ptbxl": make_ptbxl(tmp), "cpsc2018": make_icbeb(tmp), "csn": make_chapman(tmp)}
+    roots = {"ptbxl": make_ptbxl(tmp), "cpsc2018": make_cinc(tmp, "cpsc2018"), "csn": make_cinc(tmp, "csn-38")}
     stores = {}
     for src, root in roots.items():
         for protocol in ("melp", "default"):
@@ -355,3 +346,14 @@ def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_
             else:
                 assert r["zero_shot"]["per_class"][c] is None
     assert res["results"]["ptbxl-super"][name]["linear_probe"]["10%"]["n_train"] >= 2
+
+
+def test_csn_codes_of_both_layouts_join_gsvt(trees):
+    """AVNRT / wandering pacemaker: 233896004 / 195101003 (ecg-arrhythmia tree), 251166008 / 17366009 (CinC 2021)."""
+    t = tasklib.fixed_tasks()["csn-rhythm4"]
+    lab = tasklib.labels_for(t, [["251166008"], ["17366009"], ["233896004"], ["195101003"], ["426783006"]])
+    np.testing.assert_array_equal(lab[:, t["classes"].index("GSVT")], [1, 1, 1, 1, 0])
+    _, stores = trees
+    csn = stores[("csn", "melp")]
+    first = [i for i, r in enumerate(csn.records) if r["codes"] == ["251166008"]]
+    assert len(first) == 1 and csn.task_labels("csn-rhythm4")[first[0]].tolist() == [0, 0, 0, 1]
