@@ -69,7 +69,8 @@ def validation_losses(model, criterion, store: Store, indices, batch_size: int =
 def downstream_zero_shot(model, stores, prompts=None, batch_size: int = 64) -> dict:
     """``zs/<task>``: zero-shot macro AUROC of each store's default task on its test records (the evaluation's
     default protocol and shipped prompts, or ``prompts``), and ``zs/mean``."""
-    from .evaluate import _task_key, embed_store, open_store, task_sets, zero_shot_scores
+    from .eval_tasks import open_store, task_key, task_sets
+    from .evaluate import embed_store, zero_shot_scores
     from .prompts import prompt_embeddings, task_prompts
 
     out = {}
@@ -78,7 +79,7 @@ def downstream_zero_shot(model, stores, prompts=None, batch_size: int = 64) -> d
         task = store.meta.get("task")
         sets = task_sets(store, task)
         te, y = sets["test"]
-        key = _task_key(store, task)
+        key = task_key(store, task)
         text = prompt_embeddings(model, task_prompts(key, sets["classes"], prompts), sets["classes"])
         emb = embed_store(model, store, batch_size, progress=False, indices=te)
         res, _ = zero_shot_scores(emb["rhythm"], text, y, sets["classes"])

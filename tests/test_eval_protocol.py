@@ -357,3 +357,15 @@ def test_csn_codes_of_both_layouts_join_gsvt(trees):
     csn = stores[("csn", "melp")]
     first = [i for i, r in enumerate(csn.records) if r["codes"] == ["251166008"]]
     assert len(first) == 1 and csn.task_labels("csn-rhythm4")[first[0]].tolist() == [0, 0, 0, 1]
+
+
+def test_tasks_are_routed_to_the_store_of_their_source(trees):
+    _, stores = trees
+    ptb, cps, csn = (stores[(s, "melp")] for s in ("ptbxl", "cpsc2018", "csn"))
+    plan = ev.route_tasks([csn, ptb, cps], ["cpsc2018", "ptbxl-form", "csn-38", "ptbxl-super", "csn-rhythm4"])
+    assert [(s.path, ts) for s, ts in plan] == [(cps.path, ["cpsc2018"]), (ptb.path, ["ptbxl-form", "ptbxl-super"]),
+                                               (csn.path, ["csn-38", "csn-rhythm4"])]
+    allm = {s.meta["source"]: ts for s, ts in ev.route_tasks([ptb, cps, csn], ["all"], "melp")}
+    assert allm == {"ptbxl": ["ptbxl-form", "ptbxl-rhythm", "ptbxl-sub", "ptbxl-super"], "cpsc2018": ["cpsc2018"],
+                    "csn": ["csn-38"]}  # under protocol melp: the tasks the reference has splits of
+    assert [ts for _, ts in ev.route_tasks([ptb, cps], None)] == [["ptbxl-super"], ["cpsc2018"]]  # default tasks
