@@ -289,7 +289,7 @@ def tiny_export(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = tiny_cfg()
-    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("m") / "model")
+    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("tinyproto") / "model")
 
 
 def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_path, tiny_export, capsys):
