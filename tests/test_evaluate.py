@@ -108,7 +108,7 @@ def test_linear_probe_per_class_auroc_no_softmax_and_skips():
     for k, c in enumerate("abc"):  # the reported AUROC is the per-class AUROC of the probe's own logits
         s = res["scores"]["100%"][:, k]
         assert r["100%"]["per_class"][c] == pytest.approx(roc_auc_score(labels[test, k], s), abs=1e-9)
-        assert r["100%"]["per_class"][c] > 0.85
+    assert min(r["100%"]["per_class"]["a"], r["100%"]["per_class"]["b"]) > 0.9  # each readable from its own feature5
     assert r["100%"]["mean"] == pytest.approx(np.mean([r["100%"]["per_class"][c] for c in "abc"]))
     assert r["100%"]["n_train"] == 1000 and "ci" in r["100%"]
     # fixed seeds: the same numbers twice
@@ -258,3 +258,32 @@ def test_prompt_lists_are_averaged(tiny_export):
     np.testing.assert_allclose(emb[1], raw[2].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="no prompt"):
         ev.prompt_embeddings(model, {"a": "x"}, ["a", "b"])
+
+
+def test_reference_probe_early_stopping_best_epoch_and_not_available():
+    """The probe of --protocol melp: early stopping on validation keeps the best epoch's weights; per-class AUROC of
+    its logits (no softmax); an empty sample or one without positives is reported as not available."""
+    from melp_fast.linear_probe import fit_probe_early_stopping, reference_probe
+
+    rng = np.random.default_rng(4)
+    labels = multilabel(900, 3, seed=6)
+    feats = rng.normal(size=(900, 12)).astype(np.float32)
+    feats[:, :3] += 4.0 * labels
+    tr, va, te = np.arange(500), np.arange(500, 650), np.arange(650, 900)
+    p = fit_probe_early_stopping(feats[tr], labels[tr], feats[va], labels[va], max_epochs=40, seed=1)
+    assert 1 <= p["best_epoch"] <= p["epochs"] <= 40
+    assert p["best_val"] == pytest.approx(np.mean(ev.auroc(predict(p, feats[va]), labels[va])), abs=1e-6)
+    shuffled = labels[va][rng.permutation(len(va))]  # a validation set that says nothing: it stops early
+    q = fit_probe_early_stopping(feats[tr], labels[tr], feats[va], shuffled, max_epochs=100, seed=1)
+    assert q["epochs"] < 100 and q["epochs"] - q["best_epoch"] == 5
+    neg = np.array([i for i in tr if not labels[i].any()][:20])
+    res = reference_probe(feats, labels, {0.01: np.zeros(0, np.int64), 0.1: neg, 1.0: tr}, va, te, list("abc"),
+                          max_epochs=100, n_boot=10)
+    r = res["fractions"]
+    assert r["1%"]["not_available"] == "empty training sample" and r["1%"]["n_train"] == 0
+    assert "no class" in r["10%"]["not_available"] and np.isnan(r["10%"]["mean"])
+    assert "not_available" not in r["100%"] and r["100%"]["n_train"] == 500 and "ci" in r["100%"]
+    for k, c in enumerate("abc"):
+        s = res["scores"]["100%"][:, k]
+        assert r["100%"]["per_class"][c] == pytest.approx(roc_auc_score(labels[te, k], s), abs=1e-9)
+    assert min(r["100%"]["per_class"]["a"], r["100%"]["per_class"]["b"]) > 0.9  # each readable from its own feature
