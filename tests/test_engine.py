@@ -1,5 +1,6 @@
-"""The DeepSpeed engine on CPU, two processes: reference and fused losses give the same training run, ZeRO-1, 2
-and 3 agree with each other, and ZeRO-3 keeps the pretrained, partly frozen text encoder intact."""
+"""The DeepSpeed engine on CPU, two processes: reference and auto (kernels on CUDA, PyTorch blocks here) losses
+give the same training run, ZeRO-1, 2 and 3 agree with each other, and ZeRO-3 keeps the pretrained, partly frozen
+text encoder intact."""
 
 import json
 import os
@@ -48,9 +49,9 @@ def assert_same_run(a, b, rel):
             assert rb[k] == pytest.approx(ra[k], rel=rel, abs=1e-6), (ra["step"], k, ra[k], rb[k])
 
 
-def test_reference_and_fused_losses_train_identically(tmp_path):
+def test_reference_and_auto_losses_train_identically(tmp_path):
     ref, _ = launch(tmp_path, "ref", 0, "--steps", str(STEPS), "--loss-impl", "reference", port=29621)
-    fused, _ = launch(tmp_path, "fused", 0, "--steps", str(STEPS), "--loss-impl", "fused", port=29622)
+    fused, _ = launch(tmp_path, "auto", 0, "--steps", str(STEPS), "--loss-impl", "auto", port=29622)
     assert_same_run(ref, fused, rel=1e-4)
     assert ref[-1]["loss"] < ref[0]["loss"]
 
