@@ -67,7 +67,9 @@ def train_store(cfg: Config, rank: int) -> Store:
         return Store(cfg.data.source)
     path = Path(cfg.train.out_dir).parent / "data" / f"synthetic-train-{cfg.data.n_train}-seed{cfg.data.seed}"
     if rank == 0:
+        threads = torch.get_num_threads()  # the build's Numba threads can change torch's; keep the launcher's
         build_synthetic_store(path, "train", cfg.data.n_train, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
+        torch.set_num_threads(threads)
     dist.barrier()
     return Store(path)
 
