@@ -98,8 +98,9 @@ def main(argv=None) -> int:
     if argv and argv[0] in MODULE_COMMANDS:
         import importlib
 
-        result = importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main(argv[1:])
-        return result if isinstance(result, int) else 0
+        from .errors import run_main
+
+        return run_main(importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main, argv[1:])  # UserError: exit 2
     args = p.parse_args(argv)
     return {"demo": _demo, "zero-shot": _zero_shot}[args.cmd](args)
 

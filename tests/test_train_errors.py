@@ -84,3 +84,13 @@ def test_pretrain_text_entry_point_exit_codes(tmp_path):
                       "unknown key 'vocab.min_cout'", "vocab.min_count")
     assert_user_error(run("text_pretrain.py", "--steps", "x", "--out", str(tmp_path / "t")), "train.steps takes int")
     assert_user_error(run("text_pretrain.py", "--out", str(tmp_path / "t"), "--resume"), "no checkpoint")
+
+
+def test_cli_subcommands_follow_the_same_policy(capsys):
+    from melp_fast.cli import main as cli_main
+
+    assert cli_main(["train", "--set", "train.steps=abc"]) == 2
+    assert cli_main(["pretrain-text", "--set", "vocab.nope=1", "--out", "x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --set train.steps=abc: train.steps takes int, not 'abc'",
+                   err[1]] and err[1].startswith("error: --set 'vocab.nope=1': unknown key 'vocab.nope'")
