@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_preset
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
-from melp_fast.engine import ResumableSampler, Trainer, check_batches, check_resume, init_distributed
+from melp_fast.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
+                              init_distributed)
 from melp_fast.errors import run_main
 from melp_fast.export import export_model
 from melp_fast.losses import MELPLoss
@@ -61,8 +62,6 @@ def parse_args(argv=None):
 def train_store(cfg: Config, rank: int) -> Store:
     if cfg.data.source != "synthetic":
         if not Path(cfg.data.source).is_dir():
-            from melp_fast.engine import InputNotFound
-
             raise InputNotFound(f"--data {cfg.data.source}: no such store directory")
         return Store(cfg.data.source)
     path = Path(cfg.train.out_dir).parent / "data" / f"synthetic-train-{cfg.data.n_train}-seed{cfg.data.seed}"
