@@ -3,13 +3,13 @@ exactly as two processes on one node: same per-rank losses (the local loss is pe
 reference) and the same all-reduced gradients, step by step."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "multinode_worker.py"
@@ -20,12 +20,6 @@ TINY = ["--ds_config", str(ROOT / "configs" / "cpu_fp32.json"), "--preset", "tin
         "--quiet"]
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nnodes: int, nproc: int, node_rank: int, port: int, out: Path, records: Path) -> subprocess.Popen:
