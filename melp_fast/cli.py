@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import LOSS_IMPLS
+
 
 def _demo(args) -> int:
     from . import train as train_mod
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
     d.add_argument("--out", default="runs/tiny")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the tiny preset's)")
     d.add_argument("--n-test", type=int, default=600)
-    d.add_argument("--loss-impl", choices=["reference", "fused"], default="fused")
+    d.add_argument("--loss-impl", choices=LOSS_IMPLS, default="auto",
+                   help="auto: the Triton kernels on CUDA, PyTorch blocks elsewhere; fused: the kernels or an error")
     d.add_argument("--ds_config", default=None)
     for name, (_, helptext) in MODULE_COMMANDS.items():
         sub.add_parser(name, help=helptext, add_help=False)
@@ -95,8 +98,9 @@ def main(argv=None) -> int:
     if argv and argv[0] in MODULE_COMMANDS:
         import importlib
 
-        result = importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main(argv[1:])
-        return result if isinstance(result, int) else 0
+        from .errors import run_main
+
+        return run_main(importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main, argv[1:])  # UserError: exit 2
     args = p.parse_args(argv)
     return {"demo": _demo, "zero-shot": _zero_shot}[args.cmd](args)
 

@@ -1,15 +1,23 @@
 """Configuration as dataclasses, with named presets.
 
-`get_preset("paper")` is the reference small configuration of MELP_SPEC.md; `get_preset("tiny")` trains on two CPU
-cores in minutes. Any field can be overridden on the command line of train.py with `--set section.field=value`.
+`Config` is the main training's (train.py): `get_preset("paper")` is the reference small configuration of
+MELP_SPEC.md; `get_preset("tiny")` trains on two CPU cores in minutes. `TextPretrainConfig` is stage one's
+(text_pretrain.py). Any field of either can be overridden on the command line with `--set section.field=value`;
+the value is parsed as JSON where it parses and checked against the field's type (and its choices) there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import UserError
+
+LOSS_IMPLS = ("reference", "fused", "auto")
 
 
 @dataclass
@@ -55,7 +63,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    impl: str = "reference"  # "reference" | "fused" (kernels; CPU fallbacks where no CUDA)
+    # "auto": the Triton kernels on CUDA, their PyTorch-block paths elsewhere; "fused": the kernels or an error
+    # saying why they cannot run; "reference": the literal PyTorch formulas (melp_kernels/_dispatch.py)
+    impl: str = "auto"
     global_weight: float = 1.0
     caption_weight: float = 2.0
     local_weight: float = 0.2
@@ -88,7 +98,8 @@ class TrainConfig:
     seed: int = 42
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
-    max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its step)
+    keep_checkpoints: int = 0  # the most recent checkpoints kept (0: all)
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its batch)
     out_dir: str = "runs/melp"
     # validation (melp_fast/validation.py): every eval_every steps (0: never) the held-out subjects' losses and the
     # zero-shot AUROC of each downstream store; the best checkpoint is kept by best_metric ("loss" in the name:
@@ -98,18 +109,14 @@ class TrainConfig:
     downstream: tuple = ()  # store paths, each scored on its default task's test records
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class Sections:
+    """A configuration made of dataclass sections: dict / JSON round trip."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]):
         """Inverse of to_dict; unknown keys (from other versions) are ignored, missing ones take defaults."""
         kwargs = {}
         for section in dataclasses.fields(cls):
@@ -123,6 +130,62 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass
+class Config(Sections):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------ text pretraining
+@dataclass
+class TextModelConfig:
+    init: str = "minilm"  # minilm | Hugging Face name or path | random:<size> (an earlier run's --out continues it)
+
+
+@dataclass
+class TextDataConfig:
+    reports: str = "synthetic"  # "synthetic" (the embedded corpus), a store directory, or a text file
+    n_synthetic: int = 4000  # reports of the synthetic train split
+    max_len: int = 128  # tokens per report (longer ones are truncated)
+    mlm_probability: float = 0.15
+    heldout: float = 0.1  # fraction of reports held out for the intrinsic check
+    max_heldout: int = 1000
+
+
+@dataclass
+class VocabConfig:  # vocabulary growth: frequent words split into many word pieces become tokens
+    min_count: int = 20
+    min_pieces: int = 3
+    max_new_tokens: int = 200  # 0: no growth
+
+
+@dataclass
+class TextTrainConfig(TrainConfig):
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int | None = None  # None: 6% of steps
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    # a baseline for the intrinsic check: the MLM head alone fitted (encoder frozen) on the starting model for
+    # this many steps (useful when the checkpoint has no MLM head, as MiniLM); 0: no baseline
+    probe_steps: int = 0
+    out_dir: str = "runs/heart_text"
+
+
+@dataclass
+class TextPretrainConfig(Sections):
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
 
 def _tiny() -> Config:
@@ -141,22 +204,75 @@ PRESETS = {"paper": Config, "tiny": _tiny}
 
 
 def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+# fields whose values are names: --set checks them against these
+CHOICES = {"loss.impl": LOSS_IMPLS, "model.beat_pooling": ("beats", "queries"), "model.attention": ("sdpa", "flash_attn")}
+
+
+def valid_keys(cfg) -> list[str]:
+    """Every `section.field` of a configuration."""
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+def _typed(key: str, raw: str, hint) -> Any:
+    """`raw` (a --set value) as a value of type `hint`, or a UserError that says what the field takes."""
     try:
-        return PRESETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for t in options:
+        if t is type(None) and value is None:
+            return None
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and raw != "":
+            return raw if not isinstance(value, str) else value
+        if t in (tuple, list) and isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            return t(value)
+    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
+    raise UserError(f"--set {key}={raw}: {key} takes {names}, not {raw!r}")
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `section.field=value` strings (values parsed as JSON where they parse, else kept as strings)."""
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply `section.field=value` strings to a configuration (Config or TextPretrainConfig): values parsed as
+    JSON where they parse, checked against the field's type and choices; an unknown key lists the valid ones."""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not hasattr(cfg, section) or not hasattr(getattr(cfg, section), name):
-            raise ValueError(f"bad override {item!r}: expected section.field=value with a known field")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        setattr(getattr(cfg, section), name, value)
+        section, _, name = key.partition(".")
+        sections = [s.name for s in dataclasses.fields(cfg)]
+        if not sep:
+            raise UserError(f"--set {item!r}: expected section.field=value, e.g. train.steps=100")
+        if section not in sections:
+            raise UserError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(sections)}")
+        sub = getattr(cfg, section)
+        hints = typing.get_type_hints(type(sub))
+        if name not in {f.name for f in dataclasses.fields(sub)}:
+            keys = [k for k in valid_keys(cfg) if k.startswith(section + ".")]
+            raise UserError(f"--set {item!r}: unknown key {key!r}; valid keys: {', '.join(keys)}")
+        value = _typed(key, raw, hints[name])
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"--set {item!r}: {key} must be one of {', '.join(CHOICES[key])}")
+        setattr(sub, name, value)
     return cfg
+
+
+def add_flags(parser, flags: dict[str, tuple[str, str]]) -> None:
+    """Command-line flags that stand for config keys: {"--steps": ("train.steps", "help"), ...}."""
+    for flag, (key, helptext) in flags.items():
+        parser.add_argument(flag, dest=key, default=None, metavar=key.split(".")[1].upper(), help=f"{helptext} ({key})")
+
+
+def from_args(cfg, args, flags: dict[str, tuple[str, str]]):
+    """cfg with args.overrides (--set) applied, then the flags given (a flag wins over --set of the same key)."""
+    given = [f"{key}={getattr(args, key)}" for key, _ in flags.values() if getattr(args, key) is not None]
+    return apply_overrides(cfg, [*args.overrides, *given])

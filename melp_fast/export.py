@@ -18,7 +18,7 @@ from .config import Config
 from .model.melp import MELP
 
 
-def _full_state_dict(engine_or_model) -> dict:
+def full_state_dict(engine_or_model) -> dict | None:
     """The whole state dict of a model or a DeepSpeed engine (ZeRO-3: gathered on rank 0, None elsewhere)."""
     if getattr(engine_or_model, "zero_optimization_partition_weights", lambda: False)():
         return engine_or_model._zero3_consolidated_16bit_state_dict()
@@ -31,7 +31,7 @@ def export_model(engine_or_model, cfg: Config, path, rank: int = 0) -> Path:
 
     path = Path(path)
     module = getattr(engine_or_model, "module", engine_or_model)
-    state = _full_state_dict(engine_or_model)  # every rank takes part in the ZeRO-3 gather
+    state = full_state_dict(engine_or_model)  # every rank takes part in the ZeRO-3 gather
     if rank != 0:
         return path
     tmp = path.with_name(path.name + ".partial")

@@ -1,7 +1,7 @@
 """Report generation for one ECG file (WFDB .hea or DICOM .dcm) with the captioning decoder, and the picture of
 the beat attention of each report sentence.
 
-    melp-fast generate --ckpt runs/tiny/model --ecg record.dcm [--beam-width 4] [--report "..."] [--out DIR]
+    melp-fast generate --ckpt runs/tiny/model --ecg record.dcm|example [--beam-width 4] [--report "..."] [--out DIR]
 
 Generation is autoregressive as in training (MELP.forward): the text encoder (causal) runs on the token prefix,
 the decoder runs on its states with cross-attention to the pooled ECG tokens, and the last position's logits give
@@ -22,10 +22,18 @@ import numpy as np
 import torch
 
 from .data import beats as beatlib
+from .data.constants import FS
 from .data.reports import split_sentences
 from .data.signal import preprocess
 
-FS = 500
+EXAMPLE = "example"  # --ecg example: the real 12-lead ECG that pydicom ships (waveform_ecg.dcm)
+
+
+def example_ecg() -> Path:
+    """The path of pydicom's test ECG (a real 12-lead DICOM waveform; pydicom is a dependency)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("waveform_ecg.dcm"))
 
 
 def load_ecg(path, model) -> dict:
@@ -176,7 +184,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="melp-fast generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="an exported model directory")
-    p.add_argument("--ecg", required=True, help="a WFDB header (.hea) or a DICOM ECG (.dcm)")
+    p.add_argument("--ecg", required=True,
+                   help="a WFDB header (.hea) or a DICOM ECG (.dcm); 'example': pydicom's real 12-lead ECG")
     p.add_argument("--beam-width", type=int, default=4, help="beam width of beam search (1: greedy only)")
     p.add_argument("--max-len", type=int, default=None, help="maximum generated tokens (default: the model's)")
     p.add_argument("--length-penalty", type=float, default=1.0)
@@ -188,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.ecg == EXAMPLE:
+        args.ecg = example_ecg()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.ckpt, args.device)

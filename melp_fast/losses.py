@@ -5,8 +5,10 @@ total = global_weight * global + caption_weight * caption + local_weight * local
   ranks (melp_kernels.infonce);
 - local (beat level): attention-weighted beat-sentence loss on this rank's batch (melp_kernels.local_loss);
 - caption (token level): next-token cross-entropy, targets of -100 ignored.
-impl = "reference": literal PyTorch formulas (materialised logits, per-sample loop);
-impl = "fused": the Triton kernels on CUDA, their chunked / batched PyTorch fallbacks elsewhere.
+impl (passed to both kernel ops; the rule is melp_kernels/_dispatch.py's):
+- "reference": literal PyTorch formulas (materialised logits, per-sample loop);
+- "auto" (the default): the Triton kernels on CUDA, their chunked / batched PyTorch paths elsewhere;
+- "fused": the Triton kernels, or an error that says why they cannot run here.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from torch import nn
 from melp_kernels.infonce import infonce_loss
 from melp_kernels.local_loss import local_alignment_loss
 
-from .config import LossConfig
+from .config import LOSS_IMPLS, LossConfig
 
-IMPLS = ("reference", "fused")
+IMPLS = LOSS_IMPLS
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,10 +43,9 @@ class MELPLoss(nn.Module):
 
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         c = self.cfg
-        impl = "reference" if c.impl == "reference" else "auto"  # auto: Triton on CUDA, chunked / batched elsewhere
-        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl)
+        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=c.impl)
         loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
-                                   t1=c.t1, t2=c.t2, t3=c.t3, impl=impl)
+                                   t1=c.t1, t2=c.t2, t3=c.t3, impl=c.impl)
         cap = caption_loss(out["caption_logits"], out["caption_targets"])
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
         return {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}

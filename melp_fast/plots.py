@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from .data.constants import LEADS
 
 
 def _plt():

@@ -3,18 +3,19 @@
     melp-fast pretrain-text --reports synthetic --init minilm --out runs/heart_minilm --steps 300
     melp-fast pretrain-text --reports STORE_DIR --init bert-base-uncased --out DIR --ds_config configs/cpu_bf16.json
     melp-fast pretrain-text --reports reports.txt --out DIR --resume          (continue from DIR/checkpoints)
-    deepspeed --num_gpus 2 melp_fast/text_pretrain.py --reports synthetic --out DIR
+    deepspeed melp_fast/text_pretrain.py --ds_config configs/cpu_fp32.json --reports synthetic --out DIR
+    melp-fast pretrain-text --reports synthetic --out DIR --set train.lr=5e-5 --set vocab.min_count=10
 
 Reads top to bottom: reports (the embedded synthetic corpus, a store's reports, or a text file with one report per
 line) -> held-out slice -> starting model (AutoModelForMaskedLM) and tokenizer -> intrinsic check "before" ->
 vocabulary growth (frequent words split into many word pieces; new rows = mean of the pieces) -> DeepSpeed engine
-(torch AdamW, warmup + cosine) -> loop (DataCollatorForLanguageModeling masking, forward, backward, step,
-checkpoint) -> save the base encoder + tokenizer into --out -> intrinsic check "after".
+(melp_fast/engine.py: torch AdamW, warmup + cosine) -> loop (DataCollatorForLanguageModeling masking, forward,
+backward, step, checkpoint) -> save the base encoder + tokenizer into --out -> intrinsic check "after".
 
 The output directory loads as the text encoder of the main training (`--text-encoder DIR`): config.json and
 model.safetensors of the BertModel (no pooler), the tokenizer, and beside them mlm_head.safetensors (the MLM head,
 so `--init DIR` continues with it), new_words.json, intrinsic.json, history.jsonl and checkpoints/.
-Masking, dropout and the data order are functions of (seed, step), so `--resume` continues exactly.
+Masking, dropout and the data order are functions of (seed, data position), so `--resume` continues exactly.
 """
 
 from __future__ import annotations
@@ -27,47 +28,53 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-if __package__ in (None, ""):  # run as a script by the deepspeed launcher
+if __package__ in (None, ""):  # run as a script by the deepspeed launcher or torchrun
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 import torch.distributed as dist
 
+from melp_fast.config import TextPretrainConfig, add_flags, from_args
+from melp_fast.engine import POINTER, InputNotFound, Trainer, check_batches, check_resume, init_distributed
+from melp_fast.errors import UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
 
 HEAD_FILE = "mlm_head.safetensors"
+
+FLAGS = {  # flag: (config key, help); every key also takes --set
+    "--reports": ("data.reports", "'synthetic' (the embedded corpus), a store directory, or a text file with one "
+                                  "report a line"),
+    "--n-synthetic": ("data.n_synthetic", "reports of the synthetic train split"),
+    "--init": ("model.init", "minilm | Hugging Face name or path | random:<size>"),
+    "--out": ("train.out_dir", "output directory (the adapted encoder, checkpoints, logs)"),
+    "--steps": ("train.steps", "optimiser steps"),
+    "--batch-size": ("train.batch_size", "per process"),
+    "--lr": ("train.lr", "peak learning rate"),
+    "--weight-decay": ("train.weight_decay", "AdamW weight decay"),
+    "--warmup-steps": ("train.warmup_steps", "default: 6%% of the steps"),
+    "--max-len": ("data.max_len", "tokens per report (longer ones are truncated)"),
+    "--mlm-probability": ("data.mlm_probability", "share of tokens masked"),
+    "--min-count": ("vocab.min_count", "vocabulary growth: minimum word frequency"),
+    "--min-pieces": ("vocab.min_pieces", "vocabulary growth: minimum word pieces of a word"),
+    "--max-new-tokens": ("vocab.max_new_tokens", "vocabulary growth: at most this many (0: none)"),
+    "--heldout": ("data.heldout", "fraction of reports held out for the intrinsic check"),
+    "--max-heldout": ("data.max_heldout", "at most this many held-out reports"),
+    "--probe-steps": ("train.probe_steps", "baseline: fit the MLM head alone (encoder frozen) for N steps; 0: none"),
+    "--save-every": ("train.save_every", "checkpoint every N steps (0: only at the end)"),
+    "--keep-checkpoints": ("train.keep_checkpoints", "most recent checkpoints kept (0: all)"),
+    "--seed": ("train.seed", "seed of the held-out slice, data order, masking and dropout"),
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="melp-fast pretrain-text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reports", default="synthetic",
-                   help="'synthetic' (the embedded corpus), a store directory, or a text file with one report a line")
-    p.add_argument("--n-synthetic", type=int, default=4000, help="reports of the synthetic train split")
-    p.add_argument("--init", default="minilm", help="minilm | Hugging Face name or path | random:<size>")
-    p.add_argument("--out", required=True, help="output directory (the adapted encoder, checkpoints, logs)")
+    add_flags(p, FLAGS)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field (sections model, data, vocab, train), e.g. --set train.lr=5e-5")
     p.add_argument("--ds_config", default=None, help="DeepSpeed JSON config (default: ZeRO-0, fp32)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: 6%% of --steps")
-    p.add_argument("--max-len", type=int, default=128, help="tokens per report (longer ones are truncated)")
-    p.add_argument("--mlm-probability", type=float, default=0.15)
-    p.add_argument("--min-count", type=int, default=20, help="vocabulary growth: minimum word frequency")
-    p.add_argument("--min-pieces", type=int, default=3, help="vocabulary growth: minimum word pieces of a word")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="vocabulary growth: at most this many (0: none)")
-    p.add_argument("--heldout", type=float, default=0.1, help="fraction of reports held out for the intrinsic check")
-    p.add_argument("--max-heldout", type=int, default=1000, help="at most this many held-out reports")
-    p.add_argument("--probe-steps", type=int, default=0,
-                   help="a baseline for the intrinsic check: fit the MLM head alone (encoder frozen) on the starting "
-                        "model for N steps (useful when the checkpoint has no MLM head, as MiniLM); 0: no baseline")
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0: all)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -82,6 +89,10 @@ def read_text_file(path) -> tuple[list[str], dict]:
     and their line numbers (1-based) kept in the stats."""
     reports, empty, bad = [], [], []
     with open(path, "rb") as f:
+        if b"\0" in f.read(8192):
+            raise UserError(f"--reports {path} looks binary (it holds NUL bytes); give a text file with one report "
+                            "a line, a store directory, or 'synthetic'")
+        f.seek(0)
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -98,7 +109,16 @@ def read_text_file(path) -> tuple[list[str], dict]:
 
 
 def read_reports(source: str, n_synthetic: int = 4000, seed: int = 0) -> tuple[list[str], dict]:
-    """Reports of the embedded synthetic corpus ('synthetic'), of a store directory, or of a text file."""
+    """Reports of the embedded synthetic corpus ('synthetic'), of a store directory, or of a text file; a source
+    without any report is a UserError."""
+    reports, stats = _read_reports(source, n_synthetic, seed)
+    if not reports:
+        raise UserError(f"--reports {source}: no report in it ({stats['lines']} lines: {stats['empty']} empty, "
+                        f"{stats['not_utf8']} not UTF-8); give a text file with one report a line")
+    return reports, stats
+
+
+def _read_reports(source: str, n_synthetic: int, seed: int) -> tuple[list[str], dict]:
     if source == "synthetic":
         from melp_fast.data.synthetic import generate_split
 
@@ -113,7 +133,7 @@ def read_reports(source: str, n_synthetic: int = 4000, seed: int = 0) -> tuple[l
         return reports, {"lines": len(texts), "empty": len(texts) - len(reports), "not_utf8": 0}
     if path.is_file():
         return read_text_file(path)
-    raise FileNotFoundError(f"--reports {source!r}: not 'synthetic', a store directory or a text file")
+    raise InputNotFound(f"--reports {source!r}: not 'synthetic', a store directory or a text file")
 
 
 def split_heldout(reports: list[str], frac: float, max_n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -280,12 +300,6 @@ def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epo
     return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
 
 
-def _full_state_dict(engine) -> dict | None:
-    if getattr(engine, "zero_optimization_partition_weights", lambda: False)():
-        return engine._zero3_consolidated_16bit_state_dict()  # collective; the dict on rank 0 only
-    return engine.module.state_dict()
-
-
 def save_encoder(model, tokenizer, out: Path) -> None:
     """Write the base encoder (config.json + model.safetensors), the tokenizer and mlm_head.safetensors into out,
     through a temporary directory so no half-written file replaces a finished one."""
@@ -305,178 +319,136 @@ def save_encoder(model, tokenizer, out: Path) -> None:
     tmp.rmdir()
 
 
-def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    tags = sorted((d for d in ckpt_dir.glob("step*") if d.is_dir() and d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
-    for d in tags[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    out = Path(args.out)
-    ckpt_dir = out / "checkpoints"
-    if args.resume and not (ckpt_dir / "latest").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file)")
-    if not args.resume and (ckpt_dir / "latest").is_file():
-        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume, or choose another --out")
-    import deepspeed
-    from tqdm import tqdm
-
-    from melp_fast.train import init_distributed, load_ds_config, param_groups, warmup_cosine
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rank, world = init_distributed()
-    say = print if rank == 0 else (lambda *a, **k: None)
-
-    # reports
-    reports, stats = read_reports(args.reports, args.n_synthetic, args.seed)
-    train_reports, heldout = split_heldout(reports, args.heldout, args.max_heldout, args.seed)
-    say(f"reports: {len(reports)} from {args.reports} (skipped {stats['empty']} empty, {stats['not_utf8']} not UTF-8); "
+def reports_and_heldout(cfg, say) -> tuple[list[str], list[str], dict]:
+    """(reports to train on, held-out reports, reading statistics)."""
+    d = cfg.data
+    reports, stats = read_reports(d.reports, d.n_synthetic, cfg.train.seed)
+    train_reports, heldout = split_heldout(reports, d.heldout, d.max_heldout, cfg.train.seed)
+    say(f"reports: {len(reports)} from {d.reports} (skipped {stats['empty']} empty, {stats['not_utf8']} not UTF-8); "
         f"{len(train_reports)} to train on, {len(heldout)} held out")
     if stats.get("not_utf8_lines"):
         say(f"  lines not UTF-8: {stats['not_utf8_lines'][:20]}")
+    return train_reports, heldout, stats
 
-    # starting model, intrinsic check before, vocabulary growth
-    torch.manual_seed(args.seed)
-    model, tokenizer, new_weights = load_mlm(args.init)
-    if new_weights:
-        say(f"initialised afresh (absent from {args.init!r}): {', '.join(new_weights)}; the 'before' figures are "
-            "those of the model as loaded")
+
+def before_training(model, tokenizer, train_reports: list[str], heldout: list[str], cfg, resume: bool, rank: int,
+                    say) -> tuple[list, dict]:
+    """The intrinsic check of the starting model, vocabulary growth (new rows = mean of their pieces; a resumed run
+    takes the words of new_words.json), the check again, and the head-fitted baseline (rank 0 checks; a resumed
+    run keeps the figures of intrinsic.json). Returns (added words, results)."""
+    out, seed = Path(cfg.train.out_dir), cfg.train.seed
     intrinsic_file, words_file = out / "intrinsic.json", out / "new_words.json"
-    results: dict = {}
-    if args.resume and intrinsic_file.is_file():
+    check = rank == 0 and bool(heldout)
+    results = {}
+    if resume and intrinsic_file.is_file():
         results = {k: v for k, v in json.loads(intrinsic_file.read_text()).items() if k != "after"}
-    if rank == 0 and heldout and "start" not in results:
-        results["start"] = intrinsic(model, tokenizer, heldout, max_len=args.max_len, seed=args.seed + 1234,
-                                     mlm_probability=args.mlm_probability)
-    if args.resume and words_file.is_file():
+    if check and "start" not in results:
+        results["start"] = heldout_check(model, tokenizer, heldout, cfg)
+    if resume and words_file.is_file():
         words = [w["word"] for w in json.loads(words_file.read_text())]
     else:
-        words = select_new_words(train_reports, tokenizer, args.min_count, args.min_pieces, args.max_new_tokens)
+        v = cfg.vocab
+        words = select_new_words(train_reports, tokenizer, v.min_count, v.min_pieces, v.max_new_tokens)
     added = grow_vocabulary(model, tokenizer, words)
     if added:
         say(f"vocabulary +{len(added)} words ({len(tokenizer)} tokens): "
             + ", ".join(f"{w} ({len(p)} pieces)" for w, _, p in added))
-        if rank == 0 and heldout and "start+vocab" not in results:
-            results["start+vocab"] = intrinsic(model, tokenizer, heldout, max_len=args.max_len,
-                                               seed=args.seed + 1234, mlm_probability=args.mlm_probability)
+        if check and "start+vocab" not in results:
+            results["start+vocab"] = heldout_check(model, tokenizer, heldout, cfg)
     else:
-        say("vocabulary: no word qualifies (frequency >= %d, >= %d pieces)" % (args.min_count, args.min_pieces))
-    examples = encode(train_reports, tokenizer, args.max_len)
-    collate = make_collator(tokenizer, args.mlm_probability)
-    if rank == 0 and heldout and args.probe_steps > 0 and "head_fitted" not in results:
+        say("vocabulary: no word qualifies (frequency >= %d, >= %d pieces)" % (cfg.vocab.min_count, cfg.vocab.min_pieces))
+    steps = cfg.train.probe_steps
+    if check and steps > 0 and "head_fitted" not in results:
         t = time.perf_counter()
-        probe = fit_head(model, examples, collate, args.probe_steps, args.batch_size, seed=args.seed + 99)
-        results["head_fitted"] = {**intrinsic(probe, tokenizer, heldout, max_len=args.max_len, seed=args.seed + 1234,
-                                              mlm_probability=args.mlm_probability), "probe_steps": args.probe_steps}
-        del probe
-        say(f"baseline: the MLM head alone fitted for {args.probe_steps} steps ({time.perf_counter() - t:.0f} s)")
+        examples = encode(train_reports, tokenizer, cfg.data.max_len)
+        probe = fit_head(model, examples, make_collator(tokenizer, cfg.data.mlm_probability), steps,
+                         cfg.train.batch_size, seed=seed + 99)
+        results["head_fitted"] = {**heldout_check(probe, tokenizer, heldout, cfg), "probe_steps": steps}
+        say(f"baseline: the MLM head alone fitted for {steps} steps ({time.perf_counter() - t:.0f} s)")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         words_file.write_text(json.dumps([{"word": w, "id": i, "pieces": p} for w, i, p in added], indent=1))
         intrinsic_file.write_text(json.dumps(results, indent=1))
-        (out / "pretrain_args.json").write_text(json.dumps({**vars(args), "reports_stats": stats}, indent=1))
+    return added, results
 
-    # data, optimiser, schedule, engine
-    if len(examples) // world < args.batch_size:
-        raise ValueError(f"{len(examples)} training reports cannot fill one batch of {args.batch_size} "
-                         f"on {world} processes")
-    model.train()
-    wrapper = MaskedLMLoss(model)
-    optimizer = torch.optim.AdamW(param_groups(wrapper, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
-    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, round(0.06 * args.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, args.steps))
-    ds_config = load_ds_config(args.ds_config, SimpleNamespace(train=SimpleNamespace(batch_size=args.batch_size)), world)
-    engine, optimizer, _, schedule = deepspeed.initialize(model=wrapper, optimizer=optimizer, lr_scheduler=schedule,
-                                                          config=ds_config)
-    device = engine.device
-    step = 0
+
+def heldout_check(model, tokenizer, heldout: list[str], cfg) -> dict:
+    return intrinsic(model, tokenizer, heldout, max_len=cfg.data.max_len, seed=cfg.train.seed + 1234,
+                     mlm_probability=cfg.data.mlm_probability)
+
+
+def export_encoder(trainer: Trainer, config, tokenizer, out: Path):
+    """The trained encoder (gathered under ZeRO-3) saved into out with its tokenizer and MLM head; rank 0 returns
+    it (eval mode), other ranks None."""
+    state = trainer.full_state_dict()
+    if trainer.rank != 0:
+        return None
+    from transformers import AutoModelForMaskedLM
+
+    final = AutoModelForMaskedLM.from_config(config)
+    state = {k[len("mlm."):]: v.float().cpu() for k, v in state.items() if k.startswith("mlm.")}
+    missing, unexpected = final.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "decoder" not in k]  # the tied output layer
+    if missing or unexpected:
+        raise RuntimeError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    final.tie_weights()
+    save_encoder(final.eval(), tokenizer, out)
+    return final
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = from_args(TextPretrainConfig(), args, FLAGS)
+    d, t, out = cfg.data, cfg.train, Path(cfg.train.out_dir)
+    check_resume(out / "checkpoints", args.resume)
+    if not args.resume and (out / "checkpoints" / POINTER).is_file():
+        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume, or choose another --out")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rank, world = init_distributed()
+    say = print if rank == 0 else (lambda *a, **k: None)
+
+    # reports, held-out slice, starting model, vocabulary growth, intrinsic check before
+    train_reports, heldout, stats = reports_and_heldout(cfg, say)
+    torch.manual_seed(t.seed)
+    model, tokenizer, new_weights = load_mlm(cfg.model.init)
+    if new_weights:
+        say(f"initialised afresh (absent from {cfg.model.init!r}): {', '.join(new_weights)}; the 'before' figures "
+            "are those of the model as loaded")
+    added, results = before_training(model, tokenizer, train_reports, heldout, cfg, args.resume, rank, say)
+    if rank == 0:
+        (out / "pretrain_args.json").write_text(json.dumps({**cfg.to_dict(), "reports_stats": stats}, indent=1))
+
+    # data: every rank its share of each epoch's permutation; masking and dropout a function of the position
+    examples, collate = encode(train_reports, tokenizer, d.max_len), make_collator(tokenizer, d.mlm_probability)
+    per_epoch = len(epoch_batches(len(examples), t.batch_size, world, rank, t.seed, 0))
+    check_batches(per_epoch, len(examples), t.batch_size, world, "training reports")
+
+    def batches(epoch: int, start: int):
+        for i, idx in enumerate(epoch_batches(len(examples), t.batch_size, world, rank, t.seed, epoch)[start:], start):
+            torch.manual_seed(_step_seed(t.seed, epoch * per_epoch + i, rank))
+            yield collate([examples[j] for j in idx])
+
+    # engine (AdamW, warmup + cosine, DeepSpeed), resume, loop
+    trainer = Trainer(MaskedLMLoss(model.train()), t, out, args.ds_config, rank, world, quiet=args.quiet,
+                      desc="pretrain-text", show=("loss", "lr"))
     if args.resume:
-        path, client = engine.load_checkpoint(str(ckpt_dir))
-        if path is None:
-            raise RuntimeError(f"--resume: could not load a checkpoint from {ckpt_dir}")
-        step = int(client["step"])
-        if client.get("vocab") != len(tokenizer):
-            raise ValueError(f"checkpoint vocabulary {client.get('vocab')} != {len(tokenizer)} (other reports or "
-                             "vocabulary options than the run that wrote it?)")
-        say(f"resumed from {path} at step {step}")
-
-    # loop
-    history_file = out / "history.jsonl"
-    if rank == 0:  # a resumed run keeps the records up to its checkpoint
-        kept = history_file.read_text().splitlines() if args.resume and history_file.is_file() else []
-        kept = [line for line in kept if line.strip() and json.loads(line)["step"] <= step]
-        history_file.write_text("".join(line + "\n" for line in kept))
-    per_epoch = len(epoch_batches(len(examples), args.batch_size, world, rank, args.seed, 0))
-    bar = tqdm(total=args.steps, initial=min(step, args.steps), desc="pretrain-text",
-               disable=rank != 0 or args.quiet, mininterval=1.0)
-    t0, start_step, history, skipped = time.perf_counter(), step, [], 0
-    while step < args.steps:
-        epoch, pos = divmod(step, per_epoch)
-        batches = epoch_batches(len(examples), args.batch_size, world, rank, args.seed, epoch)
-        for idx in batches[pos:]:
-            torch.manual_seed(_step_seed(args.seed, step, rank))  # masking and dropout: a function of the step
-            batch = collate([examples[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = engine(**batch)
-            finite = torch.tensor([float(torch.isfinite(loss.detach()).item())])
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:  # every rank skips together
-                skipped += 1
-                engine.zero_grad()
-                step += 1
-                continue
-            engine.backward(loss)
-            engine.step()
-            step += 1
-            rec = {"step": step, "loss": float(loss.detach()), "lr": schedule.get_last_lr()[0],
-                   "reports_per_s": (step - start_step) * args.batch_size * world / (time.perf_counter() - t0)}
-            history.append(rec)
-            if rank == 0:
-                with open(history_file, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}", rps=f"{rec['reports_per_s']:.1f}")
-            bar.update(1)
-            if args.save_every and step % args.save_every == 0 and step < args.steps:
-                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step, "vocab": len(tokenizer)})
-                if rank == 0:
-                    _prune_checkpoints(ckpt_dir, args.keep_checkpoints)
-            if step >= args.steps:
-                break
-    bar.close()
-    if step > start_step:  # the same decision on every rank (saving is collective)
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step, "vocab": len(tokenizer)})
-        if rank == 0:
-            _prune_checkpoints(ckpt_dir, args.keep_checkpoints)
+        say(f"resumed from {trainer.load()} at step {trainer.step}")
+    history = trainer.fit(batches, lambda batch: {"loss": trainer.engine(**batch)})
 
     # export and intrinsic check after
-    state = _full_state_dict(engine)
-    if rank == 0:
-        from transformers import AutoModelForMaskedLM
-
-        final = AutoModelForMaskedLM.from_config(model.config)
-        state = {k[len("mlm."):]: v.float().cpu() for k, v in state.items() if k.startswith("mlm.")}
-        missing, unexpected = final.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "decoder" not in k]  # the tied output layer
-        if missing or unexpected:
-            raise RuntimeError(f"trained weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        final.tie_weights()
-        final.eval()
-        save_encoder(final, tokenizer, out)
+    final = export_encoder(trainer, model.config, tokenizer, out)
+    if final is not None:
         if heldout:
-            results["after"] = intrinsic(final, tokenizer, heldout, max_len=args.max_len, seed=args.seed + 1234,
-                                         mlm_probability=args.mlm_probability)
-        intrinsic_file.write_text(json.dumps(results, indent=1))
+            results["after"] = heldout_check(final, tokenizer, heldout, cfg)
+        (out / "intrinsic.json").write_text(json.dumps(results, indent=1))
         if results:
-            print(f"\nIntrinsic check on {len(heldout)} held-out reports ({args.steps} steps from {args.init!r}):\n")
-            print(intrinsic_table(results))
-        print(f"\nwritten: {out} (loads with --text-encoder {out})")
+            say(f"\nIntrinsic check on {len(heldout)} held-out reports ({t.steps} steps from {cfg.model.init!r}):\n")
+            say(intrinsic_table(results))
+        say(f"\nwritten: {out} (loads with --text-encoder {out})")
     dist.barrier()
     return {"out": str(out), "intrinsic": results, "history": history, "new_words": [w for w, _, _ in added],
-            "step": step, "skipped": skipped, "reports_stats": stats}
+            "step": trainer.step, "skipped": trainer.skipped, "reports_stats": stats}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

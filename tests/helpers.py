@@ -12,3 +12,12 @@ def tiny_cfg(**model):
     for k, v in model.items():
         setattr(cfg.model, k, v)
     return cfg
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (launchers of concurrent test runs must not collide on a fixed one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

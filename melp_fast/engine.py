@@ -1,0 +1,368 @@
+"""The training engine under both scripts (train.py: MELP pretraining; text_pretrain.py: stage one, masked LM).
+
+The pieces, each written once:
+- ``init_distributed``: torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); plain ``python`` is a
+  world of one; under ``deepspeed`` or ``torchrun`` (one node or many) the launcher's RANK / WORLD_SIZE /
+  MASTER_ADDR / MASTER_PORT are used as they are;
+- ``load_ds_config``: the DeepSpeed JSON holds what it decides (precision, ZeRO stage, clipping, accumulation); the
+  batch sizes come from the run's configuration, and a JSON value that says otherwise is a ``UserError``;
+- ``param_groups`` (no weight decay on biases, norms, the logit scale, learned queries) and ``warmup_cosine``;
+- ``ResumableSampler``: how the data is split across ranks (every epoch a permutation seeded by (seed, epoch);
+  rank r takes every world-th record of it; the tail that does not fill all ranks is dropped), able to start an
+  epoch part-way;
+- ``Trainer``: the DeepSpeed engine of one run and its position; ``train_step`` with THE non-finite rule,
+  ``fit`` (the loop, with the one place a stop request is checked), ``save`` / ``load`` (the only two functions
+  that write and read checkpoints, with one atomic pointer), history logging (history.jsonl, TensorBoard, bar).
+
+Checkpoints: out_dir/checkpoints/step<N>/ holds DeepSpeed's files (model, optimiser, schedule) and one
+train_state_rank<r>.pt per rank (data position, RNG states, parameter shapes). The pointer out_dir/checkpoints/
+complete names the last checkpoint whose every file is written; it is replaced atomically (os.replace), so a kill
+at any moment leaves it naming a loadable checkpoint. DeepSpeed's own `latest` is not written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+from .errors import UserError
+from .export import full_state_dict
+
+POINTER = "complete"
+
+# What the engine decides when the JSON does not; the batch sizes always come from the run's configuration.
+DEFAULT_DS_CONFIG = {
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "zero_optimization": {"stage": 0},
+    "zero_force_ds_cpu_optimizer": False,
+    "steps_per_print": 1_000_000,
+}
+
+
+class NothingToResume(UserError, FileNotFoundError):
+    """--resume where no complete checkpoint exists."""
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """A file or directory named on the command line does not exist."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """max_nonfinite non-finite losses in a row: the run saved a checkpoint and stopped."""
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA); one process works too."""
+    import deepspeed
+
+    if "WORLD_SIZE" not in os.environ:  # plain `python`: a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def read_ds_json(path) -> dict:
+    """A DeepSpeed JSON file as a dict, or a UserError that names the file and what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"--ds_config {path}: no such file")
+    try:
+        value = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"--ds_config {path} is not a JSON file{where}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--ds_config {path}: expected a JSON object {{...}}, found {type(value).__name__}")
+    return value
+
+
+def load_ds_config(path, batch_size: int, world: int) -> dict:
+    """DEFAULT_DS_CONFIG, then the JSON file (if any), then the batch sizes of the run. A batch size in the file
+    that differs from the run's is refused (UserError) rather than overwritten."""
+    ds = {**DEFAULT_DS_CONFIG, **(read_ds_json(path) if path else {})}
+    accum = ds["gradient_accumulation_steps"]
+    decided = {"train_micro_batch_size_per_gpu": batch_size, "train_batch_size": batch_size * accum * world}
+    for key, value in decided.items():
+        if key in ds and ds[key] != value:
+            raise UserError(f"--ds_config {path}: {key} is {ds[key]}, but this run has {value} (batch size "
+                            f"{batch_size} per process x {accum} accumulation steps x {world} processes); remove "
+                            f"{key} from the file and set the batch size with --batch-size")
+    return {**ds, **decided}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """No weight decay on biases, norms, the logit scale and learned queries."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "queries" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        t = min(1.0, (step - warmup) / max(total - warmup, 1))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def check_batches(n_batches: int, n_records: int, batch_size: int, world: int, what: str = "records") -> None:
+    """A UserError when the data cannot fill one batch per process."""
+    if n_batches < 1:
+        raise UserError(f"{n_records} {what} cannot fill one batch of {batch_size} on each of {world} process(es); "
+                        f"lower the batch size (--batch-size) or give more data")
+
+
+def check_resume(ckpt_dir, resume: bool) -> None:
+    """Before anything is built: --resume needs a complete checkpoint in ckpt_dir."""
+    if resume and not (Path(ckpt_dir) / POINTER).is_file():
+        raise NothingToResume(f"--resume: no checkpoint to resume from in {ckpt_dir} (no '{POINTER}' pointer); "
+                              "run without --resume to start afresh")
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (the data position of a resumed run)."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+# ------------------------------------------------------------------------------------------------ history
+def read_history(path: Path, upto: int) -> list[dict]:
+    """History of a resumed run up to its checkpoint (later lines came from steps that are redone)."""
+    if upto == 0 or not path.is_file():
+        if path.is_file():
+            path.unlink()
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in kept if r["step"] <= upto]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def append_history(path: Path, rec: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def tb_writer(out_dir: Path, rank: int):
+    if rank != 0:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency, but logging is optional
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+class Trainer:
+    """One run: the model in a DeepSpeed engine with AdamW and warmup + cosine, its position (step, epoch, batch
+    of the epoch), checkpoints and history. ``tcfg`` is a config.TrainConfig (or TextTrainConfig)."""
+
+    def __init__(self, model: torch.nn.Module, tcfg, out_dir, ds_config_path, rank: int, world: int,
+                 quiet: bool = False, desc: str = "train", show: tuple[str, ...] = ("loss",)):
+        import deepspeed
+
+        self.cfg, self.out_dir, self.rank, self.world = tcfg, Path(out_dir), rank, world
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.quiet, self.desc, self.show = quiet, desc, show
+        self.shapes = {n: list(p.shape) for n, p in model.named_parameters()}  # before ZeRO-3 partitions them
+        optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas))
+        warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else max(1, round(0.06 * tcfg.steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, tcfg.steps, tcfg.min_lr_ratio))
+        self.engine, self.optimizer, _, self.schedule = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule,
+            config=load_ds_config(ds_config_path, tcfg.batch_size, world))
+        self.device = self.engine.device
+        self.step = self.epoch = self.position = self.skipped = self.bad_in_row = 0
+        # Set by the caller to stop the run early (pre-emption): a callable returning True on any rank; checked
+        # in ONE place of fit(), after a completed step, where every rank then saves a checkpoint and stops.
+        self.should_stop: Callable[[], bool] | None = None
+        self.stopped = False
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save(self) -> str:
+        """THE checkpoint writer: DeepSpeed's files plus every rank's data position and RNG states, then the
+        pointer, replaced atomically once every file is written (collective: every rank calls it)."""
+        tag = f"step{self.step}"
+        pointer = self.ckpt_dir / POINTER
+        if pointer.is_file() and pointer.read_text().strip() == tag:
+            return tag  # this very state is saved already (a resumed run that had nothing left to do)
+        folder = self.ckpt_dir / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"position": {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped},
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                 "shapes": self.shapes, "world": self.world}
+        tmp = folder / f"train_state_rank{self.rank}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, folder / f"train_state_rank{self.rank}.pt")
+        dist.barrier()
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
+        dist.barrier()
+        if self.rank == 0:
+            (self.ckpt_dir / (POINTER + ".tmp")).write_text(tag)
+            os.replace(self.ckpt_dir / (POINTER + ".tmp"), pointer)
+            self._prune(tag)
+        return tag
+
+    def _prune(self, current: str) -> None:
+        keep = getattr(self.cfg, "keep_checkpoints", 0)
+        if keep <= 0:
+            return
+        tags = sorted((d for d in self.ckpt_dir.glob("step*") if d.is_dir() and d.name[4:].isdigit()),
+                      key=lambda d: int(d.name[4:]))
+        for d in tags[:-keep]:
+            if d.name != current:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def load(self) -> str:
+        """THE checkpoint reader: the checkpoint the pointer names (model, optimiser, schedule, data position,
+        RNG states). A checkpoint of another model shape or world size is a UserError. Returns its folder."""
+        check_resume(self.ckpt_dir, True)
+        tag = (self.ckpt_dir / POINTER).read_text().strip()
+        folder = self.ckpt_dir / tag
+        mine = folder / f"train_state_rank{self.rank}.pt"
+        if not mine.is_file():
+            raise UserError(f"--resume: {folder} has no state for rank {self.rank} (written by fewer processes?); "
+                            f"resume with the number of processes that wrote it")
+        state = torch.load(mine, weights_only=False)
+        if state.get("world", self.world) != self.world:
+            raise UserError(f"--resume: {folder} was written by {state['world']} processes, this run has "
+                            f"{self.world}; resume with {state['world']}")
+        saved = state.get("shapes")
+        if saved is not None and saved != self.shapes:
+            diff = [f"{k}: {saved.get(k)} there, {self.shapes.get(k)} here"
+                    for k in sorted(set(saved) | set(self.shapes)) if saved.get(k) != self.shapes.get(k)]
+            raise UserError(f"--resume: {folder} holds a model of another shape ({len(diff)} parameters differ, e.g. "
+                            f"{diff[0]}); resume with the settings that wrote it, or start a new --out")
+        path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        if path is None:
+            raise UserError(f"--resume: checkpoint {folder} could not be loaded")
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        pos = state["position"]
+        self.step, self.epoch, self.position, self.skipped = pos["step"], pos["epoch"], pos["batch"], pos.get("skipped", 0)
+        return str(folder)
+
+    # -------------------------------------------------------------------------------------------- one step
+    def train_step(self, batch: dict, compute: Callable[[dict], dict]) -> dict | None:
+        """Forward (``compute(batch)``: a dict of scalar tensors, "loss" the one minimised), backward, step.
+
+        THE non-finite rule: when the loss is not finite on any rank, every rank skips the batch: its gradients
+        are dropped, no optimiser step is taken and the step counter and schedule stay (the batch is consumed and
+        counted in ``skipped``). After ``max_nonfinite`` such batches in a row the run saves a checkpoint (the
+        model before them) and raises NonFiniteLoss. Returns the losses, or None for a skipped batch."""
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        losses = compute(batch)
+        finite = torch.tensor([float(torch.isfinite(losses["loss"].detach()).all())], device=self.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
+            self.engine.zero_grad()
+            if self.bad_in_row >= self.cfg.max_nonfinite:
+                tag = self.save()
+                raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses in a row at step {self.step}: stopping. The "
+                                    f"model before them is saved in {self.ckpt_dir / tag} (resume with --resume).")
+            return None
+        self.bad_in_row = 0
+        self.engine.backward(losses["loss"])
+        self.engine.step()
+        self.step += 1
+        return losses
+
+    def _stop_agreed(self) -> bool:
+        if self.should_stop is None:
+            return False
+        flag = torch.tensor([float(bool(self.should_stop()))], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # saving is collective: every rank stops together
+        return flag.item() > 0
+
+    # -------------------------------------------------------------------------------------------- the loop
+    def fit(self, epoch_batches: Callable[[int, int], Iterable[dict]], compute: Callable[[dict], dict],
+            after_step: Callable[[], None] | None = None) -> list[dict]:
+        """Train from the current position to ``tcfg.steps``. ``epoch_batches(epoch, start)``: this rank's batches
+        of an epoch from batch ``start`` on. Saves every ``save_every`` steps and at the end; returns the history
+        (rank 0: the whole run's, resumed runs included; other ranks: [])."""
+        from tqdm import tqdm
+
+        cfg, rank = self.cfg, self.rank
+        history_file = self.out_dir / "history.jsonl"
+        history = read_history(history_file, self.step) if rank == 0 else []
+        writer = tb_writer(self.out_dir, rank)
+        bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc=self.desc,
+                   disable=rank != 0 or self.quiet, mininterval=1.0)
+        t_last, n_last = time.perf_counter(), self.step
+        while self.step < cfg.steps and not self.stopped:
+            for batch in epoch_batches(self.epoch, self.position):
+                self.position += 1
+                losses = self.train_step(batch, compute)
+                if losses is None:
+                    continue
+                if after_step is not None:
+                    after_step()
+                rec = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
+                rec.update(step=self.step, lr=self.schedule.get_last_lr()[0], skipped=self.skipped)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    rec["samples_per_s"] = (self.step - n_last) * cfg.batch_size * self.world / (now - t_last)
+                    t_last, n_last = now, self.step
+                    bar.set_postfix({k: f"{rec[k]:.4g}" for k in (*self.show, "samples_per_s") if k in rec})
+                    if writer is not None:
+                        for k, v in rec.items():
+                            if k != "step":
+                                writer.add_scalar(f"{self.desc}/{k}", v, self.step)
+                if rank == 0:
+                    history.append(rec)
+                    append_history(history_file, rec)
+                bar.update(1)
+                if self._stop_agreed():  # THE place a stop request takes effect
+                    self.stopped = True
+                    break
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+                if self.step >= cfg.steps:
+                    break
+            else:
+                self.epoch, self.position = self.epoch + 1, 0
+        bar.close()
+        if writer is not None:
+            writer.close()
+        self.save()
+        return history
+
+    def full_state_dict(self) -> dict | None:
+        """The whole model's state dict (ZeRO-3: gathered, on rank 0 only; collective)."""
+        return full_state_dict(self.engine)
