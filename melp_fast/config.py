@@ -123,8 +123,10 @@ class Sections:
             sub = type(getattr(cls(), section.name))
             known = {f.name for f in dataclasses.fields(sub)}
             values = {k: v for k, v in d.get(section.name, {}).items() if k in known}
-            if "betas" in values:
-                values["betas"] = tuple(values["betas"])  # JSON gives a list
+            defaults = sub()
+            for k, v in values.items():  # JSON gives a list where the field holds a tuple (betas, downstream)
+                if isinstance(v, list) and isinstance(getattr(defaults, k), tuple):
+                    values[k] = tuple(v)
             kwargs[section.name] = sub(**values)
         return cls(**kwargs)
 
@@ -237,7 +239,7 @@ def _typed(key: str, raw: str, hint) -> Any:
             return float(value)
         if t is str and raw != "":
             return raw if not isinstance(value, str) else value
-        if t in (tuple, list) and isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        if t in (tuple, list) and isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
             return t(value)
     names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
     raise UserError(f"--set {key}={raw}: {key} takes {names}, not {raw!r}")

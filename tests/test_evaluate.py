@@ -108,7 +108,7 @@ def test_linear_probe_per_class_auroc_no_softmax_and_skips():
     for k, c in enumerate("abc"):  # the reported AUROC is the per-class AUROC of the probe's own logits
         s = res["scores"]["100%"][:, k]
         assert r["100%"]["per_class"][c] == pytest.approx(roc_auc_score(labels[test, k], s), abs=1e-9)
-    assert min(r["100%"]["per_class"]["a"], r["100%"]["per_class"]["b"]) > 0.9  # each readable from its own feature5
+        assert r["100%"]["per_class"][c] > 0.85
     assert r["100%"]["mean"] == pytest.approx(np.mean([r["100%"]["per_class"][c] for c in "abc"]))
     assert r["100%"]["n_train"] == 1000 and "ci" in r["100%"]
     # fixed seeds: the same numbers twice
