@@ -42,7 +42,7 @@ class MELPLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         c = self.cfg
         impl = "reference" if c.impl == "reference" else "auto"  # auto: Triton on CUDA, chunked / batched elsewhere
-        g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl)
+        g = infonce_loss(out["rhythm"], out["text"].to(out["rhythm"].dtype), out["logit_scale"], impl=impl)
         loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
                                    t1=c.t1, t2=c.t2, t3=c.t3, impl=impl)
         cap = caption_loss(out["caption_logits"], out["caption_targets"])
