@@ -189,6 +189,10 @@ def _run_cpu_subprocess(impl, B, D, dtype_name, reps, chunk_size, mem_cap_bytes=
 
 def _flops_main(argv):
     impl, B, D, dtype_name, chunk = argv
+    if impl == "fused":  # the interpreter with the block shapes a GPU launch takes (see kernels/infonce.py)
+        from melp_kernels import infonce
+
+        infonce.INTERP_ACC_WIDTH = infonce.ACC_WIDTH
     print(count_flops_u(impl, int(B), int(D), DTYPES[dtype_name], "cpu", int(chunk)), flush=True)
 
 
@@ -264,6 +268,8 @@ def main(argv=None):
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--memory-check", type=int, nargs="+", default=None, metavar="B",
                     help="CPU: also run chunked and reference once at these B (default 16384 32768 on CPU; 0 = skip)")
+    ap.add_argument("--memory-impls", nargs="+", default=["chunked", "reference"],
+                    help="CPU memory check: the implementations to run at the --memory-check sizes")
     ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     args = ap.parse_args(argv)
 
@@ -303,7 +309,7 @@ def main(argv=None):
     mem_rows = []
     caps = {}
     for mem_b in ([] if cuda else mem_bs):
-        for impl in ("chunked", "reference"):
+        for impl in args.memory_impls:
             avail = _mem_available() or 0
             caps[(impl, mem_b)] = cap = int(0.8 * avail)  # never push the machine into the OOM killer
             r = _run_cpu_subprocess(impl, mem_b, args.dim, dtype_name, 1, args.chunk_size, mem_cap_bytes=cap)

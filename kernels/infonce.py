@@ -34,7 +34,9 @@ The implementations give the same loss and gradients (to rounding):
                           then P^T E). No atomics: deterministic.
                The logit tile is computed by a loop over D in narrow chunks (64 bf16 / 32 fp32 columns, software
                pipelined); the gradient kernels keep the [block, D] accumulator in registers, so D > 256 never
-               recomputes a logit tile per D chunk. Compiled on CUDA; on CPU tensors only under the Triton
+               recomputes a logit tile per D chunk (bf16 / fp16 up to D = 1024). The one exception: fp32 inputs
+               wider than 512, whose accumulator would spill, split the gradient's columns in two halves that each
+               recompute the tile (7 U at D = 768 fp32 instead of 5 U). Compiled on CUDA; on CPU tensors only under the Triton
                interpreter (TRITON_INTERPRET=1 before this module is imported), else impl "fused" is an error.
 * "auto":      "fused" on CUDA, "chunked" elsewhere (kernels/_dispatch.py).
 
@@ -182,14 +184,16 @@ if HAS_TRITON:
         CHUNKED = False: the N_ACC chunks of X_i [BLOCK_M, ACC_W] stay loaded (shared memory), each Y_j tile is
         loaded once (N_ACC chunks) and serves both dots; the loop over j is the pipelined one. CHUNKED (wide fp32):
         Z by a loop over narrow D chunks, then P Y by N_ACC static chunks. Either way N_ACC register accumulators
-        of [BLOCK_M, ACC_W] hold dX_i: no tile of Z is recomputed per D chunk."""
+        of [BLOCK_M, ACC_W] hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
+        [64, D] accumulator cannot stay in registers, splits the output columns over program_id(1) (two halves,
+        each recomputing Z: 3 U instead of 2 U per gradient kernel)."""
         pid = tl.program_id(0)
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
         if HAS_A:
             la2 = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
-        offs_w = tl.arange(0, ACC_W)
+        offs_w = tl.program_id(1) * (N_ACC * ACC_W) + tl.arange(0, ACC_W)  # this program's output columns
         acc0 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
         if N_ACC > 1:
             acc1 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
@@ -294,7 +298,8 @@ if HAS_TRITON:
         if N_ACC > 3:
             tl.store(dxp + 3 * ACC_W, (acc3 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D))
         if COMPUTE_DS:
-            tl.store(DS + offs_m, ds_acc, mask=mask_m)
+            if tl.program_id(1) == 0:
+                tl.store(DS + offs_m, ds_acc, mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,21 +315,26 @@ _FWD_CONFIGS = {
 # and 8 or 16 warps. Each list was checked with benchmarks/kernel_resources.py: no spill, no stack frame.
 _GRAD_CONFIGS = {
     (2, False): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
-    (2, True): [(64, 32, 64, 8, 2), (64, 16, 64, 8, 2)],
-    (4, False): [(64, 32, 32, 8, 2), (64, 32, 32, 8, 3)],
-    (4, True): [(64, 16, 16, 8, 2), (64, 16, 16, 8, 3)],
+    (2, True): [(64, 16, 64, 8, 2), (64, 16, 64, 8, 3)],
+    (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
+    (4, True): [(64, 16, 32, 8, 2), (64, 32, 32, 8, 2)],
 }
 
 
 def _grad_shape(D: int, interpreted: bool, esize: int = 2):
-    """(ACC_W, N_ACC, CHUNKED): accumulator chunk width and count for feature width D; CHUNKED (Z by a loop over
-    narrow D chunks) when X_i would not stay in shared memory: fp32 operands wider than one chunk."""
+    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: accumulator chunk width and count per program, whether
+    Z is computed by a loop over narrow D chunks (fp32 operands wider than one chunk: X_i would not stay in shared
+    memory) and in how many parts the output columns are split (2 for fp32 wider than 2 chunks, else 1)."""
     cap = INTERP_ACC_WIDTH if interpreted else ACC_WIDTH
     dp = max(16, 1 << (max(D, 1) - 1).bit_length())
     if dp <= cap:
-        return dp, 1, False
+        return dp, 1, False, 1
+    if esize == 4 and D > 2 * cap:  # fp32, wide: two column halves of up to 4 chunks of cap / 2
+        half = -(-D // 2)
+        w = max(cap // 2, 1 << (-(-half // 4) - 1).bit_length())
+        return w, -(-half // w), True, 2
     w = max(cap, 1 << (-(-D // 4) - 1).bit_length())
-    return w, -(-D // w), esize == 4
+    return w, -(-D // w), esize == 4, 1
 
 
 def _fwd_shared(cfg, esize):
@@ -334,7 +344,7 @@ def _fwd_shared(cfg, esize):
 
 def _grad_shared(cfg, esize, D):
     bm, bn, bd, _, st = cfg
-    w, nacc, chunked = _grad_shape(D, False, esize)
+    w, nacc, chunked, _ = _grad_shape(D, False, esize)
     if chunked:  # K-loop stages for Z, the [BLOCK_N, D] operand of P Y, P itself
         return st * (bm + bn) * bd * esize + bn * w * nacc * esize + bm * bn * esize
     return bm * w * nacc * esize + st * bn * w * nacc * esize + bm * bn * esize  # resident X, Y stages, P
@@ -464,20 +474,20 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
     interp = not x.is_cuda
     dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
     ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else cs
-    acc_w, n_acc, chunked = _grad_shape(D, interp, x.element_size())
+    acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
     dummy = lse_a if lse_a is not None else lse_b
     args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
             M, N, D, float(pos_coef), diag_off or 0, x.stride(0), y.stride(0), dx.stride(0), _bucket(M), _bucket(N))
     meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
                 HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=interp,
                 PRECISION=precision)
-    _FLOPS[0] += 4 * M * N * D
+    _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
     with _dev_guard(x):
         if interp:
             bm, bn, bd, _, _ = INTERP_CFG
-            _infonce_grad_kernel[(triton.cdiv(M, bm),)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+            _infonce_grad_kernel[(triton.cdiv(M, bm), split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("grad", x.element_size(), n_acc > 1)][lambda m: (triton.cdiv(M, m["BLOCK_M"]),)](*args, **meta)
+            _TUNED[("grad", x.element_size(), n_acc > 1)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), split)](*args, **meta)
     return dx, (ds if compute_ds else None)
 
 
@@ -511,7 +521,7 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
                       PRECISION=prec)
             specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
                               constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD))
-    acc_w, n_acc, chunked = _grad_shape(D, False, es)
+    acc_w, n_acc, chunked, _ = _grad_shape(D, False, es)
     grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
                     DS="*fp32", **ints, pos_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
                     stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")

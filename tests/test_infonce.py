@@ -87,7 +87,7 @@ def _assert_close(got, ref, loss_tol, grad_tol, scale):
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol} (got {a.flatten()[:4]}, ref {b.flatten()[:4]})"
 
 
-SHAPES = [(1, 3), (7, 17), (33, 64), (130, 130), (64, 3)]
+SHAPES = [(1, 3), (7, 17), (33, 64), (130, 130), (64, 3), (20, 100)]
 
 
 def _ieee(impl, device):
@@ -241,16 +241,22 @@ def test_fused_on_cpu_without_interpreter_is_an_error_and_auto_falls_back(monkey
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_runs_the_kernels_with_5U_of_matmul(device):
+@pytest.mark.parametrize("B,D,dtype,units", [(50, 40, torch.float32, 5), (30, 130, torch.bfloat16, 5),
+                                             (30, 130, torch.float32, None)])
+def test_fused_runs_the_kernels_with_5U_of_matmul(B, D, dtype, units, device):
     # the fused path really launches the kernels (interpreted on CPU, compiled on CUDA): the launch counter sees
-    # 1 U forward (rows + columns in one pass) and 4 U backward (each tile once for dE, once for dT), U = 2 B^2 D
+    # 1 U forward (rows + columns in one pass) and 4 U backward (each tile once for dE, once for dT), U = 2 B^2 D;
+    # fp32 wider than two accumulator chunks (D = 130 under the interpreter's 64-wide chunks, > 512 on a GPU) splits
+    # the gradient columns in two halves: 7 U
     _skip_fused_cpu("fused", device)
-    B, D = 50, 40
-    e, t = _inputs(B, D, seed=6, device=device)
+    if units is None:
+        units = 7 if device == "cpu" else 5
+    e, t = _inputs(B, D, seed=6, device=device, dtype=dtype)
     infonce.reset_matmul_flops()
     got = _run(_impl("fused", **_ieee("fused", device)), e, t, 20.0)
-    assert infonce.matmul_flops() == 5 * 2 * B * B * D
-    _assert_close(got, _run(_impl("reference"), e, t, 20.0), 1e-5, 1e-4, 20.0)
+    assert infonce.matmul_flops() == units * 2 * B * B * D
+    tol = (1e-5, 1e-4) if dtype == torch.float32 else HALF_TOL[dtype]
+    _assert_close(got, _run(_impl("reference"), e.float(), t.float(), 20.0), *tol, 20.0)
 
 
 def test_chunked_memory_scaling_hint():
