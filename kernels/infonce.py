@@ -173,7 +173,7 @@ if HAS_TRITON:
     def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, DX, DS, M, N, D, pos_coef, diag_off,
                              stride_x, stride_y, stride_dx, M_BUCKET, N_BUCKET,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr,
+                             ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
                              HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_PARTNER: tl.constexpr,
                              COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         """DX[i] = cs * (sum_j P_ij Y_j - [HAS_PARTNER] pos_coef * Y_{i + diag_off}), every tile of Z = X Y^T
@@ -193,7 +193,9 @@ if HAS_TRITON:
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
         if HAS_A:
             la2 = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
-        offs_w = tl.program_id(1) * (N_ACC * ACC_W) + tl.arange(0, ACC_W)  # this program's output columns
+        offs_w = tl.arange(0, ACC_W)
+        if SPLIT > 1:  # this program's part of the output columns
+            offs_w += tl.program_id(1) * (N_ACC * ACC_W)
         acc0 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
         if N_ACC > 1:
             acc1 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
@@ -298,12 +300,15 @@ if HAS_TRITON:
         if N_ACC > 3:
             tl.store(dxp + 3 * ACC_W, (acc3 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D))
         if COMPUTE_DS:
-            if tl.program_id(1) == 0:
+            if SPLIT > 1:
+                if tl.program_id(1) == 0:
+                    tl.store(DS + offs_m, ds_acc, mask=mask_m)
+            else:
                 tl.store(DS + offs_m, ds_acc, mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Configs: shipped lists per kernel and operand width, pruned (shared memory, registers) before anything compiles
+# Configs: shipped lists per kernel and operand width, pruned on shared memory before anything compiles
 # ----------------------------------------------------------------------------------------------------------------
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); BLOCK_D is 128 bytes of a row: 64 half / 32 fp32 elements
 _FWD_CONFIGS = {
@@ -312,7 +317,8 @@ _FWD_CONFIGS = {
 }
 # gradient kernels: (operand bytes, wide) where wide = D above one accumulator chunk (N_ACC > 1). The accumulator
 # [BLOCK_M, D] fp32 sits in registers: BLOCK_M * D / (32 * num_warps) per thread, so wide D takes 64-row blocks
-# and 8 or 16 warps. Each list was checked with benchmarks/kernel_resources.py: no spill, no stack frame.
+# and narrow column tiles. Each list was checked with benchmarks/kernel_resources.py under triton 3.6, 3.7.1 and
+# 3.9 at D = 128, 256, 512, 768 (bf16, fp16, fp32): no spill, no stack frame, shared memory <= 227 KB.
 _GRAD_CONFIGS = {
     (2, False): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
     (2, True): [(64, 16, 64, 8, 2), (64, 16, 64, 8, 3)],
@@ -365,7 +371,7 @@ def _shared_limit(device=None):
 
 def shipped_configs(kernel: str, D: int, esize: int, shared_limit: int = SHARED_BUDGET):
     """The configs of `kernel` ("fwd" | "grad") kept for feature width D and operand size esize (2 or 4 bytes):
-    the shipped list minus those whose estimated shared memory or accumulator registers do not fit."""
+    the shipped list minus those whose estimated shared memory does not fit (pruned before any compile)."""
     if kernel == "fwd":
         allc = _FWD_CONFIGS[esize]
         keep = [c for c in allc if _fwd_shared(c, esize) <= shared_limit]
@@ -444,7 +450,7 @@ def _tri_fwd(x, y, s, with_cols, diag_off, precision):
     """(row LSE [M], column LSE [N] or None, positives [M] or None) of s X Y^T in natural-log units."""
     M, D = x.shape
     N = y.shape[0]
-    interp = not x.is_cuda
+    interp = KERNELS_INTERPRETED or not x.is_cuda
     ng, ns = _fwd_grid(M, N, interp)
     row_part = torch.empty((ns, M), device=x.device, dtype=torch.float32)
     col_part = torch.empty((ng, N), device=x.device, dtype=torch.float32) if with_cols else row_part
@@ -471,14 +477,14 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
     per-row sums of P * Z (compute_ds)."""
     M, D = x.shape
     N = y.shape[0]
-    interp = not x.is_cuda
+    interp = KERNELS_INTERPRETED or not x.is_cuda
     dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
     ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else cs
     acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
     dummy = lse_a if lse_a is not None else lse_b
     args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
             M, N, D, float(pos_coef), diag_off or 0, x.stride(0), y.stride(0), dx.stride(0), _bucket(M), _bucket(N))
-    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
+    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
                 HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=interp,
                 PRECISION=precision)
     _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
@@ -521,14 +527,14 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
                       PRECISION=prec)
             specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
                               constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD))
-    acc_w, n_acc, chunked, _ = _grad_shape(D, False, es)
+    acc_w, n_acc, chunked, split = _grad_shape(D, False, es)
     grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
                     DS="*fp32", **ints, pos_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
                     stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
     for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
                                   ("infonce_grad_gathered_cols", False, True, False, False)):
         for c in shipped_configs("grad", D, es):
-            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, HAS_A=a,
+            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=a,
                       HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec)
             specs.append(dict(name=name, fn=_infonce_grad_kernel,
                               signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
