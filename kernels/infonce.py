@@ -181,10 +181,10 @@ if HAS_TRITON:
         DS[i] = sum_j P_ij z_ij. The positive term is added in the epilogue for one accumulator, and folded into
         P (P_ij - pos_coef at j = i + diag_off) when there are several, which keeps wide D off the stack.
 
-        CHUNKED = False: the N_ACC chunks of X_i [BLOCK_M, ACC_W] stay loaded (shared memory), each Y_j tile is
-        loaded once (N_ACC chunks) and serves both dots; the loop over j is the pipelined one. CHUNKED (wide fp32):
-        Z by a loop over narrow D chunks, then P Y by N_ACC static chunks. Either way N_ACC register accumulators
-        of [BLOCK_M, ACC_W] hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
+        CHUNKED = False (D <= ACC_W, one accumulator): X_i [BLOCK_M, ACC_W] stays loaded (shared memory), each Y_j
+        tile is loaded once and serves both dots; the loop over j is the pipelined one. CHUNKED (wider D): Z by a
+        loop over narrow D chunks, then P Y by N_ACC static chunks into N_ACC register accumulators of
+        [BLOCK_M, ACC_W] that hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
         [64, D] accumulator cannot stay in registers, splits the output columns over program_id(1) (two halves,
         each recomputing Z: 3 U instead of 2 U per gradient kernel)."""
         pid = tl.program_id(0)
@@ -209,18 +209,6 @@ if HAS_TRITON:
             x0 = tl.load(xp, mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
                 x0 = x0.to(tl.float32)
-            if N_ACC > 1:
-                x1 = tl.load(xp + ACC_W, mask=mask_m[:, None] & (offs_w[None, :] + ACC_W < D), other=0.0)
-                if UPCAST:
-                    x1 = x1.to(tl.float32)
-            if N_ACC > 2:
-                x2 = tl.load(xp + 2 * ACC_W, mask=mask_m[:, None] & (offs_w[None, :] + 2 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    x2 = x2.to(tl.float32)
-            if N_ACC > 3:
-                x3 = tl.load(xp + 3 * ACC_W, mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    x3 = x3.to(tl.float32)
         for n0 in range(0, N, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
@@ -255,12 +243,6 @@ if HAS_TRITON:
                     y3 = y3.to(tl.float32)
             if not CHUNKED:
                 z = tl.dot(x0, tl.trans(y0), input_precision=PRECISION)
-                if N_ACC > 1:
-                    z = tl.dot(x1, tl.trans(y1), z, input_precision=PRECISION)
-                if N_ACC > 2:
-                    z = tl.dot(x2, tl.trans(y2), z, input_precision=PRECISION)
-                if N_ACC > 3:
-                    z = tl.dot(x3, tl.trans(y3), z, input_precision=PRECISION)
             zs = z * s2
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             if HAS_A:
@@ -312,7 +294,7 @@ if HAS_TRITON:
 # ----------------------------------------------------------------------------------------------------------------
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); BLOCK_D is 128 bytes of a row: 64 half / 32 fp32 elements
 _FWD_CONFIGS = {
-    2: [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)],
+    2: [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)],
     4: [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 32, 8, 4)],
 }
 # gradient kernels: (operand bytes, wide) where wide = D above one accumulator chunk (N_ACC > 1). The accumulator
@@ -320,8 +302,8 @@ _FWD_CONFIGS = {
 # and narrow column tiles. Each list was checked with benchmarks/kernel_resources.py under triton 3.6, 3.7.1 and
 # 3.9 at D = 128, 256, 512, 768 (bf16, fp16, fp32): no spill, no stack frame, shared memory <= 227 KB.
 _GRAD_CONFIGS = {
-    (2, False): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
-    (2, True): [(64, 16, 64, 8, 2), (64, 16, 64, 8, 3)],
+    (2, False): [(128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
+    (2, True): [(64, 16, 16, 8, 2)],
     (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
     (4, True): [(64, 16, 32, 8, 2), (64, 32, 32, 8, 2)],
 }
@@ -329,8 +311,8 @@ _GRAD_CONFIGS = {
 
 def _grad_shape(D: int, interpreted: bool, esize: int = 2):
     """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: accumulator chunk width and count per program, whether
-    Z is computed by a loop over narrow D chunks (fp32 operands wider than one chunk: X_i would not stay in shared
-    memory) and in how many parts the output columns are split (2 for fp32 wider than 2 chunks, else 1)."""
+    Z is computed by a loop over narrow D chunks (every D wider than one chunk) and in how many parts the output
+    columns are split (2 for fp32 wider than 2 chunks, whose accumulator would not stay in registers, else 1)."""
     cap = INTERP_ACC_WIDTH if interpreted else ACC_WIDTH
     dp = max(16, 1 << (max(D, 1) - 1).bit_length())
     if dp <= cap:
@@ -340,7 +322,7 @@ def _grad_shape(D: int, interpreted: bool, esize: int = 2):
         w = max(cap // 2, 1 << (-(-half // 4) - 1).bit_length())
         return w, -(-half // w), True, 2
     w = max(cap, 1 << (-(-D // 4) - 1).bit_length())
-    return w, -(-D // w), esize == 4, 1
+    return w, -(-D // w), True, 1
 
 
 def _fwd_shared(cfg, esize):

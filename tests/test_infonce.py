@@ -259,6 +259,17 @@ def test_fused_runs_the_kernels_with_5U_of_matmul(B, D, dtype, units, device):
     _assert_close(got, _run(_impl("reference"), e.float(), t.float(), 20.0), *tol, 20.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "tf32x3"])
+def test_fp32_precisions(precision, device):
+    # every precision runs; the interpreter computes each exactly, a GPU at the stated PRECISION_TOL
+    _skip_fused_cpu("fused", device)
+    e, t = _inputs(40, 70, seed=13, device=device)
+    lt, gt = PRECISION_TOL[precision] if device == "cuda" else (1e-5, 1e-4)
+    _assert_close(_run(_impl("fused", precision=precision), e, t, 30.0), _run(_impl("reference"), e, t, 30.0),
+                  lt, gt, 30.0)
+
+
 def test_chunked_memory_scaling_hint():
     # chunked never holds a [B, B] buffer: with chunk 8 on B = 64 every intermediate is at most [8, 64].
     # (The B = 32768 peak-memory figures live in benchmarks/results/infonce_cpu.md.)
