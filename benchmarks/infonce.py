@@ -7,9 +7,14 @@ OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), one process, in one
 
 CUDA: in process; time = median of CUDA-event timings after a warm-up call (which runs the autotuner); memory =
 torch.cuda.max_memory_allocated() during fwd+bwd minus what was allocated before (inputs excluded).
+Matmul work: the FLOPs of one fwd+bwd in units of U = 2 B^2 D (one B x B x D matmul), counted from what each
+implementation launches: the fused kernels' launch counter (melp_kernels.infonce.matmul_flops) and PyTorch's
+FlopCounterMode for the others. On CPU it is counted in a separate process at B = min(B, 128) (the fused kernels
+under the Triton interpreter); the count per U does not depend on B.
 CPU: every (impl, B) runs in a fresh subprocess; time = median wall time of fwd+bwd; memory = peak RSS
 (ru_maxrss) during fwd+bwd minus the RSS just before it (inputs excluded). On CPU "fused" is not timed: without
-the Triton interpreter it is the chunked path, and the interpreter is a correctness tool, not a fast path.
+the Triton interpreter it cannot run, and the interpreter is a correctness tool, not a fast path; its matmul
+work is still counted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -33,8 +37,15 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MIB = 1 << 20
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.common import load_open_clip_loss, machine  # noqa: E402
+
+
 def _loss_fn(impl, chunk_size):
-    from melp_kernels.infonce import infonce_loss, load_open_clip_loss
+    from melp_kernels.infonce import infonce_loss
 
     if impl == "open_clip":
         mod = load_open_clip_loss()
@@ -60,6 +71,43 @@ def _step(fn, e, t, s):
     loss = fn(e, t, s)
     loss.backward()
     return loss
+
+
+def count_flops_u(impl, B, D, dtype, device, chunk_size):
+    """Matmul FLOPs of one fwd+bwd of `impl` divided by U = 2 B^2 D."""
+    fn = _loss_fn(impl, chunk_size)
+    e, t, s = _inputs(B, D, dtype, device)
+    if impl == "fused":
+        from melp_kernels import infonce
+
+        infonce.reset_matmul_flops()
+        _step(fn, e, t, s)
+        n = infonce.matmul_flops()
+    else:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def addmm_inplace(self_shape, a_shape, b_shape, *args, out_shape=None, **kw):
+            return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+        # FlopCounterMode counts addmm but not the in-place addmm_ that chunked accumulates dT with
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
+            _step(fn, e, t, s)
+        n = fc.get_total_flops()
+    return n / (2.0 * B * B * D)
+
+
+def _count_cpu_subprocess(impl, B, D, dtype_name, chunk_size, timeout=900):
+    env = dict(os.environ)
+    if impl == "fused":
+        env["TRITON_INTERPRET"] = "1"  # the only way the kernels run on a CPU
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, os.path.abspath(__file__), "--_flops", impl, str(B), str(D), dtype_name, str(chunk_size)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return float([ln for ln in p.stdout.splitlines() if ln.strip()][-1])
+    except Exception:
+        return None
 
 
 def _rss_bytes():
@@ -105,6 +153,8 @@ def measure_cuda(impl, B, D, dtype, reps, chunk_size):
     e, t, s = _inputs(B, D, dtype, "cuda")
     _step(fn, e, t, s)  # warm-up: compiles and autotunes
     torch.cuda.synchronize()
+    flops_u = count_flops_u(impl, B, D, dtype, "cuda", chunk_size)
+    torch.cuda.synchronize()
     e.grad = t.grad = s.grad = None
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -122,7 +172,7 @@ def measure_cuda(impl, B, D, dtype, reps, chunk_size):
         times.append(a.elapsed_time(b))
     return {"impl": impl, "B": B, "D": D, "dtype": _DTYPE_NAMES[dtype], "device": "cuda",
             "ms": statistics.median(times), "peak_extra_mib": peak / MIB, "loss": float(loss.detach()),
-            "reps": reps}
+            "reps": reps, "flops_u": flops_u}
 
 
 def _run_cpu_subprocess(impl, B, D, dtype_name, reps, chunk_size, mem_cap_bytes=None, timeout=1800):
@@ -139,6 +189,15 @@ def _run_cpu_subprocess(impl, B, D, dtype_name, reps, chunk_size, mem_cap_bytes=
         err = (p.stderr.strip().splitlines() or ["failed"])[-1][:160]
         return {"impl": impl, "B": B, "D": D, "dtype": dtype_name, "device": "cpu", "error": err}
     return json.loads(lines[-1])
+
+
+def _flops_main(argv):
+    impl, B, D, dtype_name, chunk = argv
+    if impl == "fused":  # the interpreter with the block shapes a GPU launch takes (see kernels/infonce.py)
+        from melp_kernels import infonce
+
+        infonce.INTERP_ACC_WIDTH = infonce.ACC_WIDTH
+    print(count_flops_u(impl, int(B), int(D), DTYPES[dtype_name], "cpu", int(chunk)), flush=True)
 
 
 def _worker_main(argv):
@@ -161,43 +220,25 @@ def _worker_main(argv):
 
 
 def machine_description(device):
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) / (1 << 20)
-    except OSError:
-        pass
-    parts = [f"{platform.system()} {platform.machine()}", f"CPU {cpu}", f"{os.cpu_count()} logical cores"
-             f" ({len(os.sched_getaffinity(0))} usable)" if hasattr(os, "sched_getaffinity") else "",
-             f"RAM {mem:.0f} GiB" if mem else "", f"torch {torch.__version__}", f"torch threads {torch.get_num_threads()}",
-             "load average %.1f / %.1f / %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""]
-    try:
-        import triton
+    load = " (load average %.1f / %.1f / %.1f)" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    return machine(device) + f"; torch threads {torch.get_num_threads()}" + load
 
-        parts.append(f"triton {triton.__version__}")
-    except Exception:
-        pass
-    if device == "cuda":
-        parts.append(f"GPU {torch.cuda.get_device_name()}")
-    return ", ".join(p for p in parts if p)
+
+def _fmt_u(r):
+    return f"{r['flops_u']:.2f}" if r.get("flops_u") is not None else ""
 
 
 def _fmt_table(rows):
     by = {(r["impl"], r["B"], r["D"], r["dtype"]): r for r in rows}
-    out = ["| impl | B | D | dtype | fwd+bwd ms | peak extra MiB | time vs open_clip | memory vs open_clip |",
-           "|---|---:|---:|---|---:|---:|---:|---:|"]
+    out = ["| impl | B | D | dtype | fwd+bwd ms | peak extra MiB | matmul FLOPs (U = 2 B^2 D) | time vs open_clip | "
+           "memory vs open_clip |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['error']} | | | |")
+            out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['error']} | | {_fmt_u(r)} | | |")
+            continue
+        if r.get("untimed"):
+            out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | not timed ({r['untimed']}) | | "
+                       f"{_fmt_u(r)} | | |")
             continue
         oc = by.get(("open_clip", r["B"], r["D"], r["dtype"]))
         tr = mr = ""
@@ -207,7 +248,7 @@ def _fmt_table(rows):
                 if r["peak_extra_mib"] <= oc["peak_extra_mib"] else \
                 f"{r['peak_extra_mib'] / max(oc['peak_extra_mib'], 1e-9):.1f}x more"
         out.append(f"| {r['impl']} | {r['B']} | {r['D']} | {r['dtype']} | {r['ms']:.1f} | "
-                   f"{r['peak_extra_mib']:.0f} | {tr} | {mr} |")
+                   f"{r['peak_extra_mib']:.0f} | {_fmt_u(r)} | {tr} | {mr} |")
     return "\n".join(out)
 
 
@@ -215,6 +256,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_worker":
         return _worker_main(argv[1:])
+    if argv and argv[0] == "--_flops":
+        return _flops_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
@@ -222,13 +265,15 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--impls", nargs="+", default=None,
-                    help="default: fused chunked reference open_clip (CUDA); chunked reference open_clip (CPU)")
+                    help="default: fused chunked reference open_clip (both; on CPU fused is counted, not timed)")
     ap.add_argument("--reps", type=int, default=None,
                     help="timed repetitions (default 10 CUDA, 3 CPU; on CPU the first full-size call is the memory "
                          "sample and is timed only when reps = 1)")
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--memory-check", type=int, nargs="+", default=None, metavar="B",
                     help="CPU: also run chunked and reference once at these B (default 16384 32768 on CPU; 0 = skip)")
+    ap.add_argument("--memory-impls", nargs="+", default=["chunked", "reference"],
+                    help="CPU memory check: the implementations to run at the --memory-check sizes")
     ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     args = ap.parse_args(argv)
 
@@ -237,14 +282,13 @@ def main(argv=None):
         ap.error("--device cuda but CUDA is not available")
     sizes = args.batch_sizes or ([1 << k for k in range(10, 17)] if cuda else [1024, 2048, 4096, 8192])
     dtype_name = args.dtype or ("bf16" if cuda else "fp32")
-    impls = args.impls or (["fused", "chunked", "reference", "open_clip"] if cuda else
-                           ["chunked", "reference", "open_clip"])
+    impls = args.impls or ["fused", "chunked", "reference", "open_clip"]
     reps = args.reps or (10 if cuda else 3)
     mem_bs = [b for b in (args.memory_check if args.memory_check is not None else ([] if cuda else [16384, 32768]))
               if b > 0]
 
-    load0 = "%.1f / %.1f / %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     rows = []
+    flops_cache = {}
     for B in sizes:
         for impl in impls:
             if cuda:
@@ -253,15 +297,23 @@ def main(argv=None):
                 except torch.OutOfMemoryError:
                     r = {"impl": impl, "B": B, "D": args.dim, "dtype": dtype_name, "device": "cuda", "error": "OOM"}
                 torch.cuda.empty_cache()
+            elif impl == "fused":
+                r = {"impl": impl, "B": B, "D": args.dim, "dtype": dtype_name, "device": "cpu",
+                     "untimed": "interpreter only on CPU"}
             else:
                 r = _run_cpu_subprocess(impl, B, args.dim, dtype_name, reps, args.chunk_size)
+            if not cuda:
+                if impl not in flops_cache:
+                    flops_cache[impl] = _count_cpu_subprocess(impl, min(B, 128), args.dim, dtype_name, 32)
+                r["flops_u"] = flops_cache[impl]
+                r["flops_counted_at_B"] = min(B, 128)
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
 
     mem_rows = []
     caps = {}
     for mem_b in ([] if cuda else mem_bs):
-        for impl in ("chunked", "reference"):
+        for impl in args.memory_impls:
             avail = _mem_available() or 0
             caps[(impl, mem_b)] = cap = int(0.8 * avail)  # never push the machine into the OOM killer
             r = _run_cpu_subprocess(impl, mem_b, args.dim, dtype_name, 1, args.chunk_size, mem_cap_bytes=cap)
@@ -269,16 +321,17 @@ def main(argv=None):
             print(json.dumps(r), file=sys.stderr, flush=True)
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_description(args.device) + (f" (load average at start {load0})" if load0 else "")
+    machine_line = machine_description(args.device)
     cmd = "python benchmarks/infonce.py " + " ".join(argv)
     md = [f"# Global InfoNCE loss: fwd+bwd time and peak extra memory ({args.device})", "",
-          f"- Date: {when}", f"- Machine: {machine}", f"- Command: `{cmd.strip()}`",
+          f"- Date: {when}", f"- Machine: {machine_line}", f"- Command: `{cmd.strip()}`",
           f"- D = {args.dim}, dtype {dtype_name}, chunk_size {args.chunk_size}, median of {reps} fwd+bwd "
           f"({'CUDA events, after a warm-up/autotune call' if cuda else 'wall time, each (impl, B) in a fresh process'}); "
           f"peak extra memory = {'max_memory_allocated - allocated before' if cuda else 'ru_maxrss - RSS before'}, "
           "inputs excluded.", ""]
     if not cuda:
-        md += ["On CPU `fused` is not timed: without the Triton interpreter it runs the chunked path.", ""]
+        md += ["On CPU `fused` is not timed (its kernels run there only under the Triton interpreter); its matmul "
+               "work is counted under the interpreter at B = min(B, 128), the others' with FlopCounterMode.", ""]
     md += [_fmt_table(rows), ""]
     if mem_rows:
         md += [f"## Memory check: B = {', '.join(map(str, mem_bs))}, D = {args.dim}, {dtype_name}, one fwd+bwd each "
@@ -305,7 +358,7 @@ def main(argv=None):
         with open(args.out, "w") as f:
             f.write(text)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"date": when, "machine": machine, "command": cmd.strip(),
+            json.dump({"date": when, "machine": machine_line, "command": cmd.strip(),
                        "rows": rows, "memory_check": mem_rows,
                        "memory_caps_mib": {f"{k[0]}@{k[1]}": v / MIB for k, v in caps.items()}}, f, indent=1)
     return 0

@@ -19,46 +19,75 @@ on the global batch (the concatenation of the ranks' batches, in rank order). Th
 * the gradient of logit_scale on rank r is d loss_r / ds (s is replicated, not gathered); averaged over ranks it is
   dL/ds.
 
-The three implementations give the same loss and gradients (to rounding):
+The implementations give the same loss and gradients (to rounding):
 
 * "reference": materialises the [b, N] logits in fp32 and calls ``F.cross_entropy``; O(b N) memory.
 * "chunked":   one autograd Function in PyTorch; the forward computes per-row log-sum-exp vectors in blocks of
                ``chunk_size`` rows, the backward recomputes the blocks; peak extra memory O(chunk_size * N).
-* "fused":     the same Function with Triton kernels: tiles of E T^T with an online log-sum-exp by rows and by
-               columns and the positives in the forward; the backward recomputes the tiles. Inputs fp32, bf16 or
-               fp16, accumulation in fp32 (fp32 dots in IEEE precision, not TF32). Any B and D (D above the
-               largest D block is handled by a loop over D chunks). Runs compiled on CUDA; on a CPU tensor it runs
-               under the Triton interpreter when TRITON_INTERPRET=1 (set before this module is imported),
-               otherwise it falls back to "chunked".
-* "auto":      "fused" on CUDA, "chunked" elsewhere.
+* "fused":     the same Function with Triton kernels (tensor cores: bf16 / fp16 operands as given, fp32 operands
+               in the `precision` asked for; fp32 accumulation and statistics). Work per fwd+bwd on one process,
+               in units U = 2 B^2 D (one B x B x D matmul):
+                 forward  1 U: one pass over the tiles of Z = E T^T gives the row AND column log-sum-exp (exact
+                          online max/sum; rows reduced over column splits, columns over row groups, afterwards)
+                          and the positives;
+                 backward 4 U: dE (row blocks, each tile recomputed once: Z, then P T) and dT (column blocks: Z,
+                          then P^T E). No atomics: deterministic.
+               The logit tile is computed by a loop over D in narrow chunks (64 bf16 / 32 fp32 columns, software
+               pipelined); the gradient kernels keep the [block, D] accumulator in registers, so D > 256 never
+               recomputes a logit tile per D chunk (bf16 / fp16 up to D = 1024). The one exception: fp32 inputs
+               wider than 512, whose accumulator would spill, split the gradient's columns in two halves that each
+               recompute the tile (7 U at D = 768 fp32 instead of 5 U). Compiled on CUDA; on CPU tensors only under the Triton
+               interpreter (TRITON_INTERPRET=1 before this module is imported), else impl "fused" is an error.
+* "auto":      "fused" on CUDA, "chunked" elsewhere (kernels/_dispatch.py).
+
+fp32 inputs and `precision` (fused only; chunked and reference always compute in IEEE fp32):
+  "tf32" (the default on CUDA): 10-bit mantissa tensor-core dots; expected error on a GPU about 1e-3 relative on
+  the loss and 1e-2 on the gradients at logit scale 100 (the GPU tests assert loss <= 2e-3, grads <= 2e-2);
+  "tf32x3": three tf32 dots (split operands), about IEEE accuracy (asserted <= 1e-5 / 1e-4) at 3x the dot work;
+  "ieee": fp32 FMA dots, exact to rounding, slow (no tensor cores). The interpreter computes every choice exactly.
+bf16 / fp16 inputs: operands as given, P rounded to the input dtype for the P T / P^T E dots; against the fp32
+reference on the same half inputs the tests assert loss <= 1e-2 and gradients <= 2e-2 relative.
 
 The loss is returned in fp32 whatever the input dtype; gradients come back in the inputs' dtypes.
+MELP_AUTOTUNE=off (read at launch) makes the autotuned kernels use their first config that fits.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-try:  # triton is optional: "chunked" and "reference" need only torch
+from ._dispatch import HAS_TRITON, interpreting, resolve_impl
+
+if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-    HAS_TRITON = False
-
-__all__ = ["infonce_loss", "IMPLS", "HAS_TRITON"]
+__all__ = ["infonce_loss", "IMPLS", "PRECISIONS", "sm90_specs", "matmul_flops", "reset_matmul_flops"]
 
 IMPLS = ("reference", "chunked", "fused", "auto")
+PRECISIONS = ("tf32", "tf32x3", "ieee")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+SHARED_BUDGET = 227 * 1024  # bytes of shared memory per block (H100 / H200), used when no device can be asked
+ACC_WIDTH = 256  # widest [BLOCK_M, ACC_WIDTH] fp32 accumulator of the gradient kernels; up to 4 of them (D <= 1024)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Matmul work counter (benchmarks): FLOPs of the tile dots each launch executes (2 per multiply-add)
+# ----------------------------------------------------------------------------------------------------------------
+_FLOPS = [0]
+
+
+def matmul_flops() -> int:
+    """Matmul FLOPs issued by the fused kernels since the last reset (2 * M * N * D per tile pass)."""
+    return _FLOPS[0]
+
+
+def reset_matmul_flops() -> None:
+    _FLOPS[0] = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,216 +96,432 @@ _LOG2E = 1.4426950408889634
 if HAS_TRITON:
 
     @triton.jit
-    def _dot_tile(X, Y, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """Raw dot products X[offs_m] . Y[offs_n] over all of D, in fp32, as a [BLOCK_M, BLOCK_N] tile."""
-        z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < D
-            x = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
-                        mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-            y = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
-                y = y.to(tl.float32)
-            z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
-        return z
+    def _infonce_fwd_kernel(X, Y, S, ROW_PART, COL_PART, POS, M, N, D, stride_x, stride_y, diag_off,
+                            M_BUCKET, N_BUCKET,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                            WITH_COLS: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr,
+                            PRECISION: tl.constexpr):
+        """One pass over the tiles of Z = X Y^T (scaled by s, in log2 units).
+
+        Program (g, c) takes the row blocks of group g against the column blocks of split c and writes
+          ROW_PART[c, i] = log2 sum_{j in split c} 2^(s2 z_ij)      (s2 = s log2 e)
+          COL_PART[g, j] = log2 sum_{i in group g} 2^(s2 z_ij)      (WITH_COLS; merged block by block in place)
+          POS[i] = z_{i, i + diag_off}                              (WITH_POS; the program holding that element)
+        Reduced over splits / groups afterwards (logsumexp), so rows and columns come from the same tiles."""
+        g = tl.program_id(0)
+        c = tl.program_id(1)
+        n_mb = tl.cdiv(M, BLOCK_M)
+        n_nb = tl.cdiv(N, BLOCK_N)
+        mb_per = tl.cdiv(n_mb, tl.num_programs(0))
+        nb_per = tl.cdiv(n_nb, tl.num_programs(1))
+        mb0 = g * mb_per
+        mb1 = tl.minimum(mb0 + mb_per, n_mb)
+        nb0 = c * nb_per
+        nb1 = tl.minimum(nb0 + nb_per, n_nb)
+        s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
+        for mb in range(mb0, mb1):
+            offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < M
+            m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for nb in range(nb0, nb1):
+                offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+                mask_n = offs_n < N
+                z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for d0 in range(0, D, BLOCK_D):  # narrow D chunks: the pipelined K loop of a matmul
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    mask_d = offs_d < D
+                    x = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
+                                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+                    y = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
+                                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                    if UPCAST:
+                        x = x.to(tl.float32)
+                        y = y.to(tl.float32)
+                    z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
+                if WITH_POS:
+                    lo = nb * BLOCK_N - diag_off
+                    if (lo < mb * BLOCK_M + BLOCK_M) & (mb * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                        eq = (offs_m[:, None] + diag_off) == offs_n[None, :]
+                        d = tl.sum(tl.where(eq, z, 0.0), axis=1)
+                        has = mask_m & (offs_m + diag_off >= nb * BLOCK_N) & (offs_m + diag_off < nb * BLOCK_N + BLOCK_N)
+                        tl.store(POS + offs_m, d, mask=has)
+                zs = z * s2
+                zr = tl.where(mask_n[None, :], zs, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(zr, axis=1))
+                l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(zr - m_new[:, None]), axis=1)
+                m_i = m_new
+                if WITH_COLS:
+                    zc = tl.where(mask_m[:, None], zs, float("-inf"))
+                    cmax = tl.max(zc, axis=0)
+                    part = cmax + tl.log2(tl.sum(tl.exp2(zc - cmax[None, :]), axis=0))
+                    cptr = COL_PART + g * N + offs_n
+                    old = tl.load(cptr, mask=mask_n, other=float("-inf"))
+                    old = tl.where(mb > mb0, old, float("-inf"))  # first row block of the group: no merge
+                    mx = tl.maximum(old, part)
+                    tl.store(cptr, mx + tl.log2(tl.exp2(old - mx) + tl.exp2(part - mx)), mask=mask_n)
+                    tl.debug_barrier()  # the next row block of this program reads what was just stored
+            tl.store(ROW_PART + c * M + offs_m, m_i + tl.log2(l_i), mask=mask_m)
+        if WITH_COLS:
+            if mb1 <= mb0:  # a group with no row block (the grid is sized for 128-row blocks): empty partials
+                for nb in range(nb0, nb1):
+                    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+                    tl.store(COL_PART + g * N + offs_n, tl.full((BLOCK_N,), float("-inf"), tl.float32),
+                             mask=offs_n < N)
 
     @triton.jit
-    def _infonce_lse_kernel(X, Y, PARTNER, S, LSE, POS, M, N, D, stride_x, stride_y, stride_p,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                            SINGLE_D: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr,
-                            PRECISION: tl.constexpr):
-        """LSE[i] = log sum_j exp(s X_i . Y_j) (online, by tiles of Y); POS[i] = X_i . PARTNER_i."""
+    def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, DX, DS, M, N, D, pos_coef, diag_off,
+                             stride_x, stride_y, stride_dx, M_BUCKET, N_BUCKET,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
+                             HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_PARTNER: tl.constexpr,
+                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+        """DX[i] = cs * (sum_j P_ij Y_j - [HAS_PARTNER] pos_coef * Y_{i + diag_off}), every tile of Z = X Y^T
+        computed once, with P_ij = [HAS_A] exp(s z_ij - LSE_A[i]) + [HAS_B] exp(s z_ij - LSE_B[j]);
+        DS[i] = sum_j P_ij z_ij. The positive term is added in the epilogue for one accumulator, and folded into
+        P (P_ij - pos_coef at j = i + diag_off) when there are several, which keeps wide D off the stack.
+
+        CHUNKED = False (D <= ACC_W, one accumulator): X_i [BLOCK_M, ACC_W] stays loaded (shared memory), each Y_j
+        tile is loaded once and serves both dots; the loop over j is the pipelined one. CHUNKED (wider D): Z by a
+        loop over narrow D chunks, then P Y by N_ACC static chunks into N_ACC register accumulators of
+        [BLOCK_M, ACC_W] that hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
+        [64, D] accumulator cannot stay in registers, splits the output columns over program_id(1) (two halves,
+        each recomputing Z: 3 U instead of 2 U per gradient kernel)."""
         pid = tl.program_id(0)
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        s2 = tl.load(S).to(tl.float32) * 1.4426950408889634  # base-2 exponent scale
-        offs_d0 = tl.arange(0, BLOCK_D)
-        if SINGLE_D:
-            mask_d0 = offs_d0 < D
-            x = tl.load(X + offs_m[:, None] * stride_x + offs_d0[None, :],
-                        mask=mask_m[:, None] & mask_d0[None, :], other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
-        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < N
-            if SINGLE_D:
-                y = tl.load(Y + offs_n[:, None] * stride_y + offs_d0[None, :],
-                            mask=mask_n[:, None] & mask_d0[None, :], other=0.0)
-                if UPCAST:
-                    y = y.to(tl.float32)
-                z = tl.dot(x, tl.trans(y), input_precision=PRECISION)
-            else:
-                z = _dot_tile(X, Y, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                              BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
-            z = tl.where(mask_n[None, :], z * s2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(z, axis=1))
-            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(z - m_new[:, None]), axis=1)
-            m_i = m_new
-        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-        tl.store(LSE + offs_m, lse, mask=mask_m)
-        if WITH_POS:
-            pos = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                msk = mask_m[:, None] & (offs_d[None, :] < D)
-                a = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :], mask=msk, other=0.0)
-                b = tl.load(PARTNER + offs_m[:, None] * stride_p + offs_d[None, :], mask=msk, other=0.0)
-                pos += tl.sum(a.to(tl.float32) * b.to(tl.float32), axis=1)
-            tl.store(POS + offs_m, pos, mask=mask_m)
-
-    @triton.jit
-    def _infonce_grad_kernel(X, Y, PARTNER, S, LSE_R, LSE_C, DX, DS, M, N, D, pos_coef,
-                             stride_x, stride_y, stride_p, stride_dx,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             SINGLE_D: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
-                             HAS_PARTNER: tl.constexpr, COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr,
-                             PRECISION: tl.constexpr):
-        """DX[i, dchunk] = sum_j P_ij Y[j, dchunk] - pos_coef * PARTNER[i, dchunk], recomputing the tiles, with
-        P_ij = [HAS_ROW] exp(s X_i.Y_j - LSE_R[i]) + [HAS_COL] exp(s X_i.Y_j - LSE_C[j]);
-        DS[i] = sum_j P_ij X_i.Y_j (the logit-scale partial sums), written by the first D-chunk program."""
-        pid_m = tl.program_id(0)
-        pid_d = tl.program_id(1)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        offs_do = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # this program's output D chunk
-        mask_do = offs_do < D
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
-        if SINGLE_D:
-            x = tl.load(X + offs_m[:, None] * stride_x + offs_do[None, :],
-                        mask=mask_m[:, None] & mask_do[None, :], other=0.0)
-            if UPCAST:
-                x = x.to(tl.float32)
-        if HAS_ROW:
-            lr2 = tl.load(LSE_R + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
-        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        if HAS_A:
+            la2 = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        offs_w = tl.arange(0, ACC_W)
+        if SPLIT > 1:  # this program's part of the output columns
+            offs_w += tl.program_id(1) * (N_ACC * ACC_W)
+        acc0 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
+        if N_ACC > 1:
+            acc1 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
+        if N_ACC > 2:
+            acc2 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
+        if N_ACC > 3:
+            acc3 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
         ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        xp = X + offs_m[:, None] * stride_x + offs_w[None, :]
+        if not CHUNKED:
+            x0 = tl.load(xp, mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
+            if UPCAST:
+                x0 = x0.to(tl.float32)
         for n0 in range(0, N, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
-            y = tl.load(Y + offs_n[:, None] * stride_y + offs_do[None, :],
-                        mask=mask_n[:, None] & mask_do[None, :], other=0.0)
+            yp = Y + offs_n[:, None] * stride_y + offs_w[None, :]
+            if CHUNKED:
+                z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    mask_d = offs_d < D
+                    xc = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
+                                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+                    yc = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
+                                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+                    if UPCAST:
+                        xc = xc.to(tl.float32)
+                        yc = yc.to(tl.float32)
+                    z += tl.dot(xc, tl.trans(yc), input_precision=PRECISION)
+            y0 = tl.load(yp, mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
-                y = y.to(tl.float32)
-            if SINGLE_D:
-                z = tl.dot(x, tl.trans(y), input_precision=PRECISION)
-            else:
-                z = _dot_tile(X, Y, offs_m, offs_n, mask_m, mask_n, D, stride_x, stride_y,
-                              BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
+                y0 = y0.to(tl.float32)
+            if N_ACC > 1:
+                y1 = tl.load(yp + ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + ACC_W < D), other=0.0)
+                if UPCAST:
+                    y1 = y1.to(tl.float32)
+            if N_ACC > 2:
+                y2 = tl.load(yp + 2 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 2 * ACC_W < D), other=0.0)
+                if UPCAST:
+                    y2 = y2.to(tl.float32)
+            if N_ACC > 3:
+                y3 = tl.load(yp + 3 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 3 * ACC_W < D), other=0.0)
+                if UPCAST:
+                    y3 = y3.to(tl.float32)
+            if not CHUNKED:
+                z = tl.dot(x0, tl.trans(y0), input_precision=PRECISION)
             zs = z * s2
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            if HAS_ROW:
-                p += tl.exp2(zs - lr2[:, None])
-            if HAS_COL:
-                lc2 = tl.load(LSE_C + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
-                p += tl.exp2(zs - lc2[None, :])
+            if HAS_A:
+                p += tl.exp2(zs - la2[:, None])
+            if HAS_B:
+                lb2 = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+                p += tl.exp2(zs - lb2[None, :])
             p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
             if COMPUTE_DS:
                 ds_acc += tl.sum(p * z, axis=1)
-            acc += tl.dot(p.to(y.dtype), y, input_precision=PRECISION)
+            if HAS_PARTNER:
+                if N_ACC > 1:
+                    p = tl.where(offs_n[None, :] == offs_m[:, None] + diag_off, p - pos_coef, p)
+            pd = p.to(Y.dtype.element_ty)  # the dot operand in the input dtype (bf16 P for bf16 inputs)
+            if UPCAST:
+                pd = pd.to(tl.float32)
+            acc0 += tl.dot(pd, y0, input_precision=PRECISION)
+            if N_ACC > 1:
+                acc1 += tl.dot(pd, y1, input_precision=PRECISION)
+            if N_ACC > 2:
+                acc2 += tl.dot(pd, y2, input_precision=PRECISION)
+            if N_ACC > 3:
+                acc3 += tl.dot(pd, y3, input_precision=PRECISION)
+        cs = tl.load(CS).to(tl.float32)
+        dxp = DX + offs_m[:, None] * stride_dx + offs_w[None, :]
+        out_ty = DX.dtype.element_ty
+        mk = mask_m[:, None] & (offs_w[None, :] < D)
         if HAS_PARTNER:
-            q = tl.load(PARTNER + offs_m[:, None] * stride_p + offs_do[None, :],
-                        mask=mask_m[:, None] & mask_do[None, :], other=0.0)
-            acc -= pos_coef * q.to(tl.float32)
-        tl.store(DX + offs_m[:, None] * stride_dx + offs_do[None, :], acc, mask=mask_m[:, None] & mask_do[None, :])
+            if N_ACC == 1:
+                pp = Y + (offs_m[:, None] + diag_off) * stride_y + offs_w[None, :]
+                acc0 -= pos_coef * tl.load(pp, mask=mk, other=0.0).to(tl.float32)
+        tl.store(dxp, (acc0 * cs).to(out_ty), mask=mk)
+        if N_ACC > 1:
+            tl.store(dxp + ACC_W, (acc1 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + ACC_W < D))
+        if N_ACC > 2:
+            tl.store(dxp + 2 * ACC_W, (acc2 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 2 * ACC_W < D))
+        if N_ACC > 3:
+            tl.store(dxp + 3 * ACC_W, (acc3 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D))
         if COMPUTE_DS:
-            tl.store(DS + offs_m, ds_acc, mask=mask_m & (pid_d == 0))
-
-    def _cuda_configs():
-        cfgs = []
-        for bm, bn, w, st in [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3),
-                              (64, 64, 4, 2), (128, 32, 4, 3), (32, 64, 4, 3)]:
-            cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st))
-        return cfgs
-
-    # configs that do not fit (shared memory) are dropped by the autotuner; one set per shape and variant
-    _lse_tuned = triton.autotune(configs=_cuda_configs(), key=["M", "N", "D", "WITH_POS"])(_infonce_lse_kernel)
-    _grad_tuned = triton.autotune(configs=_cuda_configs(),
-                                  key=["M", "N", "D", "HAS_ROW", "HAS_COL", "COMPUTE_DS"])(_infonce_grad_kernel)
-
-    try:
-        from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
-
-        KERNELS_INTERPRETED = isinstance(_infonce_lse_kernel, _InterpretedFunction)
-    except Exception:  # pragma: no cover
-        KERNELS_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-else:  # pragma: no cover
-    KERNELS_INTERPRETED = False
-
-# Block sizes used under the interpreter (one config; autotune cannot run there). A small D block makes the tests
-# exercise the loop over D chunks with D = 130.
-INTERP_BLOCK_M = 32
-INTERP_BLOCK_N = 32
-INTERP_MAX_BLOCK_D = 64
-CUDA_MAX_BLOCK_D = 256
+            if SPLIT > 1:
+                if tl.program_id(1) == 0:
+                    tl.store(DS + offs_m, ds_acc, mask=mask_m)
+            else:
+                tl.store(DS + offs_m, ds_acc, mask=mask_m)
 
 
-CUDA_CHUNK_BLOCK_D = 128  # D chunk when D > CUDA_MAX_BLOCK_D (fits fp32 tiles in H100 shared memory)
+# ----------------------------------------------------------------------------------------------------------------
+# Configs: shipped lists per kernel and operand width, pruned on shared memory before anything compiles
+# ----------------------------------------------------------------------------------------------------------------
+# (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); BLOCK_D is 128 bytes of a row: 64 half / 32 fp32 elements
+_FWD_CONFIGS = {
+    2: [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)],
+    4: [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 32, 8, 4)],
+}
+# gradient kernels: (operand bytes, wide) where wide = D above one accumulator chunk (N_ACC > 1). The accumulator
+# [BLOCK_M, D] fp32 sits in registers: BLOCK_M * D / (32 * num_warps) per thread, so wide D takes 64-row blocks
+# and narrow column tiles. Each list was checked with benchmarks/kernel_resources.py under triton 3.6, 3.7.1 and
+# 3.9 at D = 128, 256, 512, 768 (bf16, fp16, fp32): no spill, no stack frame, shared memory <= 227 KB.
+_GRAD_CONFIGS = {
+    (2, False): [(128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
+    (2, True): [(64, 16, 16, 8, 2)],
+    (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
+    (4, True): [(64, 16, 32, 8, 2), (64, 32, 32, 8, 2)],
+}
 
 
-def _block_d(D: int, interpreted: bool):
-    """(BLOCK_D, SINGLE_D): one padded D block when it is small enough, else a loop over D chunks."""
-    cap = INTERP_MAX_BLOCK_D if interpreted else CUDA_MAX_BLOCK_D
-    bd = max(16, triton.next_power_of_2(D))
-    if bd <= cap:
-        return bd, True
-    return (INTERP_MAX_BLOCK_D if interpreted else CUDA_CHUNK_BLOCK_D), False
+def _grad_shape(D: int, interpreted: bool, esize: int = 2):
+    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: accumulator chunk width and count per program, whether
+    Z is computed by a loop over narrow D chunks (every D wider than one chunk) and in how many parts the output
+    columns are split (2 for fp32 wider than 2 chunks, whose accumulator would not stay in registers, else 1)."""
+    cap = INTERP_ACC_WIDTH if interpreted else ACC_WIDTH
+    dp = max(16, 1 << (max(D, 1) - 1).bit_length())
+    if dp <= cap:
+        return dp, 1, False, 1
+    if esize == 4 and D > 2 * cap:  # fp32, wide: two column halves of up to 4 chunks of cap / 2
+        half = -(-D // 2)
+        w = max(cap // 2, 1 << (-(-half // 4) - 1).bit_length())
+        return w, -(-half // w), True, 2
+    w = max(cap, 1 << (-(-D // 4) - 1).bit_length())
+    return w, -(-D // w), True, 1
 
 
-def _kernel_flags(x: torch.Tensor, interpreted: bool):
-    upcast = interpreted or x.dtype == torch.float32  # interpreter: triton issue 11584 (bf16 tl.dot)
-    precision = "ieee"  # fp32 parity needs IEEE fp32 dots (TF32 would cost ~1e-3 relative)
-    return upcast, precision
+def _fwd_shared(cfg, esize):
+    bm, bn, bd, _, st = cfg
+    return st * (bm + bn) * bd * esize + 2 * bm * bn * 4 // max(1, st)  # operand stages + epilogue scratch
 
 
-def _tri_lse(x, y, partner, s, with_pos):
+def _grad_shared(cfg, esize, D):
+    bm, bn, bd, _, st = cfg
+    w, nacc, chunked, _ = _grad_shape(D, False, esize)
+    if chunked:  # K-loop stages for Z, the [BLOCK_N, D] operand of P Y, P itself
+        return st * (bm + bn) * bd * esize + bn * w * nacc * esize + bm * bn * esize
+    return bm * w * nacc * esize + st * bn * w * nacc * esize + bm * bn * esize  # resident X, Y stages, P
+
+
+def _grad_list(D, esize):
+    return _GRAD_CONFIGS[(esize, _grad_shape(D, False, esize)[1] > 1)]
+
+
+def _shared_limit(device=None):
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        lim = getattr(props, "shared_memory_per_block_optin", 0)
+        if lim:
+            return int(lim)
+    return SHARED_BUDGET
+
+
+def shipped_configs(kernel: str, D: int, esize: int, shared_limit: int = SHARED_BUDGET):
+    """The configs of `kernel` ("fwd" | "grad") kept for feature width D and operand size esize (2 or 4 bytes):
+    the shipped list minus those whose estimated shared memory does not fit (pruned before any compile)."""
+    if kernel == "fwd":
+        allc = _FWD_CONFIGS[esize]
+        keep = [c for c in allc if _fwd_shared(c, esize) <= shared_limit]
+        return keep or [min(allc, key=lambda c: _fwd_shared(c, esize))]
+    allc = _grad_list(D, esize)
+    keep = [c for c in allc if _grad_shared(c, esize, D) <= shared_limit]
+    return keep or [min(allc, key=lambda c: _grad_shared(c, esize, D))]
+
+
+def _autotune_off() -> bool:
+    return os.environ.get("MELP_AUTOTUNE", "").strip().lower() in ("off", "0", "false", "no")
+
+
+if HAS_TRITON:
+
+    def _as_config(c):
+        bm, bn, bd, w, st = c
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+
+    def _tuple_of(cfg):
+        k = cfg.kwargs
+        return (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_D"], cfg.num_warps, cfg.num_stages)
+
+    def _make_prune(kernel):
+        def prune(configs, named_args, **kwargs):
+            x = named_args["X"]
+            D = int(named_args["D"])
+            keep = set(shipped_configs(kernel, D, x.element_size(), _shared_limit(x.device)))
+            out = [c for c in configs if _tuple_of(c) in keep] or configs[:1]
+            return out[:1] if _autotune_off() else out
+        return prune
+
+    _TUNED = {}
+    for _es in (2, 4):
+        _TUNED[("fwd", _es)] = triton.autotune(
+            configs=[_as_config(c) for c in _FWD_CONFIGS[_es]],
+            key=["M_BUCKET", "N_BUCKET", "D", "WITH_COLS", "WITH_POS", "PRECISION"],
+            prune_configs_by={"early_config_prune": _make_prune("fwd")})(_infonce_fwd_kernel)
+        for _wide in (False, True):
+            _TUNED[("grad", _es, _wide)] = triton.autotune(
+                configs=[_as_config(c) for c in _GRAD_CONFIGS[(_es, _wide)]],
+                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION"],
+                prune_configs_by={"early_config_prune": _make_prune("grad")})(_infonce_grad_kernel)
+
+KERNELS_INTERPRETED = HAS_TRITON and interpreting()
+
+# Under the interpreter (one config; autotune cannot run there): small blocks, so the tests' shapes cross block,
+# group and split boundaries, loop over D chunks and take the chunked-accumulator path for D > 64.
+INTERP_CFG = (32, 32, 32, 4, 1)
+INTERP_ACC_WIDTH = 64
+MAX_GROUPS = 16  # forward grid: up to 16 row groups x 16 column splits (partials: 16 * (M + N) fp32)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _fwd_grid(M, N, interp):
+    rows = 2 * INTERP_CFG[0] if interp else 128  # interpreter: groups of 2 blocks, to test the in-place merge
+    return min(MAX_GROUPS, triton.cdiv(M, rows)), min(MAX_GROUPS, triton.cdiv(N, rows))
+
+
+def _dev_guard(x):
+    return torch.cuda.device(x.device) if x.is_cuda else _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def _tri_fwd(x, y, s, with_cols, diag_off, precision):
+    """(row LSE [M], column LSE [N] or None, positives [M] or None) of s X Y^T in natural-log units."""
     M, D = x.shape
     N = y.shape[0]
-    interp = not x.is_cuda or KERNELS_INTERPRETED
-    lse = torch.empty(M, device=x.device, dtype=torch.float32)
-    pos = torch.empty(M, device=x.device, dtype=torch.float32) if with_pos else lse
-    bd, single = _block_d(D, interp)
-    upcast, prec = _kernel_flags(x, interp)
-    args = (x, y, partner if partner is not None else x, s, lse, pos, M, N, D,
-            x.stride(0), y.stride(0), (partner if partner is not None else x).stride(0))
-    meta = dict(BLOCK_D=bd, SINGLE_D=single, WITH_POS=with_pos, UPCAST=upcast, PRECISION=prec)
-    if interp:
-        grid = (triton.cdiv(M, INTERP_BLOCK_M),)
-        _infonce_lse_kernel[grid](*args, BLOCK_M=INTERP_BLOCK_M, BLOCK_N=INTERP_BLOCK_N, **meta)
-    else:
-        _lse_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]),)](*args, **meta)
-    return lse, (pos if with_pos else None)
+    interp = KERNELS_INTERPRETED or not x.is_cuda
+    ng, ns = _fwd_grid(M, N, interp)
+    row_part = torch.empty((ns, M), device=x.device, dtype=torch.float32)
+    col_part = torch.empty((ng, N), device=x.device, dtype=torch.float32) if with_cols else row_part
+    with_pos = diag_off is not None
+    pos = torch.empty(M, device=x.device, dtype=torch.float32) if with_pos else row_part
+    args = (x, y, s, row_part, col_part, pos, M, N, D, x.stride(0), y.stride(0), diag_off or 0,
+            _bucket(M), _bucket(N))
+    meta = dict(WITH_COLS=with_cols, WITH_POS=with_pos, UPCAST=interp,
+                PRECISION=precision)
+    _FLOPS[0] += 2 * M * N * D
+    with _dev_guard(x):
+        if interp:
+            bm, bn, bd, _, _ = INTERP_CFG
+            _infonce_fwd_kernel[(ng, ns)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+        else:
+            _TUNED[("fwd", x.element_size())][(ng, ns)](*args, **meta)
+    lse_r = torch.logsumexp(row_part.mul_(_LN2), dim=0)  # parts are in log2 units
+    lse_c = torch.logsumexp(col_part.mul_(_LN2), dim=0) if with_cols else None
+    return lse_r, lse_c, (pos if with_pos else None)
 
 
-def _tri_grad(x, y, partner, s, lse_row, lse_col, pos_coef, compute_ds):
+def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision):
+    """cs * (P Y - pos_coef * Y[i + diag_off]) in x's dtype (no positive term when diag_off is None), and the
+    per-row sums of P * Z (compute_ds)."""
     M, D = x.shape
     N = y.shape[0]
-    interp = not x.is_cuda or KERNELS_INTERPRETED
-    dx = torch.empty(M, D, device=x.device, dtype=torch.float32)
-    ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else dx
-    bd, single = _block_d(D, interp)
-    upcast, prec = _kernel_flags(x, interp)
-    dummy = lse_row if lse_row is not None else lse_col
-    p = partner if partner is not None else x
-    args = (x, y, p, s, lse_row if lse_row is not None else dummy, lse_col if lse_col is not None else dummy,
-            dx, ds, M, N, D, float(pos_coef), x.stride(0), y.stride(0), p.stride(0), dx.stride(0))
-    meta = dict(BLOCK_D=bd, SINGLE_D=single, HAS_ROW=lse_row is not None, HAS_COL=lse_col is not None,
-                HAS_PARTNER=partner is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=upcast,
-                PRECISION=prec)
-    nd = triton.cdiv(D, bd)
-    if interp:
-        grid = (triton.cdiv(M, INTERP_BLOCK_M), nd)
-        _infonce_grad_kernel[grid](*args, BLOCK_M=INTERP_BLOCK_M, BLOCK_N=INTERP_BLOCK_N, **meta)
-    else:
-        _grad_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nd)](*args, **meta)
+    interp = KERNELS_INTERPRETED or not x.is_cuda
+    dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
+    ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else cs
+    acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
+    dummy = lse_a if lse_a is not None else lse_b
+    args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
+            M, N, D, float(pos_coef), diag_off or 0, x.stride(0), y.stride(0), dx.stride(0), _bucket(M), _bucket(N))
+    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
+                HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=interp,
+                PRECISION=precision)
+    _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
+    with _dev_guard(x):
+        if interp:
+            bm, bn, bd, _, _ = INTERP_CFG
+            _infonce_grad_kernel[(triton.cdiv(M, bm), split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+        else:
+            _TUNED[("grad", x.element_size(), n_acc > 1)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), split)](*args, **meta)
     return dx, (ds if compute_ds else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sm_90 compile specs (benchmarks/kernel_resources.py): one dict per kernel variant and shipped config
+# ----------------------------------------------------------------------------------------------------------------
+_DT = {"bf16": ("bf16", 2), "fp16": ("fp16", 2), "fp32": ("fp32", 4)}
+
+
+# integer arguments that are multiples of 16 at the headline shapes (B a power of two, D = 256 or 768, contiguous
+# rows): Triton specialises them so at launch, which decides vector widths and async copies
+_DIV_FWD = ["M", "N", "D", "stride_x", "stride_y", "diag_off", "M_BUCKET", "N_BUCKET"]
+_DIV_GRAD = ["M", "N", "D", "diag_off", "stride_x", "stride_y", "stride_dx", "M_BUCKET", "N_BUCKET"]
+
+
+def sm90_specs(D: int, dtype: str) -> list[dict]:
+    """Every shipped (pruned) config of every kernel variant the fused path launches, at feature width D and
+    input dtype "bf16" | "fp16" | "fp32": dicts with name, fn, signature, constexprs, num_warps, num_stages
+    (and config, the tuple; divisible, the integer arguments Triton sees as multiples of 16 at such shapes)."""
+    if not HAS_TRITON:
+        return []
+    ty, es = _DT[dtype]
+    prec = "ieee" if es == 2 else "tf32"
+    ints = {k: "i32" for k in ("M", "N", "D")}
+    specs = []
+    fwd_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", ROW_PART="*fp32", COL_PART="*fp32", POS="*fp32", **ints,
+                   stride_x="i32", stride_y="i32", diag_off="i32", M_BUCKET="i32", N_BUCKET="i32")
+    for name, wc, wp in (("infonce_fwd_rows_cols", True, True), ("infonce_fwd_rows", False, True)):
+        for c in shipped_configs("fwd", D, es):
+            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], WITH_COLS=wc, WITH_POS=wp, UPCAST=False,
+                      PRECISION=prec)
+            specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
+                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD))
+    acc_w, n_acc, chunked, split = _grad_shape(D, False, es)
+    grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
+                    DS="*fp32", **ints, pos_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
+                    stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
+    for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
+                                  ("infonce_grad_gathered_cols", False, True, False, False)):
+        for c in shipped_configs("grad", D, es):
+            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=a,
+                      HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec)
+            specs.append(dict(name=name, fn=_infonce_grad_kernel,
+                              signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
+                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD))
+    return specs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -344,11 +589,14 @@ class _InfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, e, t, e_all, t_all, s, backend, chunk):
+    def forward(ctx, e, t, e_all, t_all, s, backend, chunk, precision, offset):
         square = e_all is None
         if backend == "triton":
-            lse1, pos = _tri_lse(e, t if square else t_all, t, s, True)
-            lse2, _ = _tri_lse(t, e if square else e_all, None, s, False)
+            if square:  # one pass: rows of s E T^T, its columns (= rows of s T E^T) and the positives
+                lse1, lse2, pos = _tri_fwd(e, t, s, True, 0, precision)
+            else:
+                lse1, _, pos = _tri_fwd(e, t_all, s, False, offset, precision)
+                lse2, _, _ = _tri_fwd(t, e_all, s, False, None, precision)
         else:
             pos = (e.float() * t.float()).sum(1)
             if square:  # one pass: rows of s E T^T and its columns (= rows of s T E^T)
@@ -357,9 +605,13 @@ class _InfoNCE(torch.autograd.Function):
                 lse1, _ = _torch_lse(e, t_all, s, chunk, False)
                 lse2, _ = _torch_lse(t, e_all, s, chunk, False)
         sf = s.float().reshape(())
-        loss = 0.5 * (lse1.mean() + lse2.mean()) - sf * pos.mean()
+        if backend == "triton":  # the positive logit rounded as the kernel rounds the LSE (s log2(e) z ln 2)
+            pos_logit = (pos * (sf * _LOG2E)) * _LN2
+            loss = 0.5 * (lse1.mean() + lse2.mean()) - pos_logit.mean()
+        else:
+            loss = 0.5 * (lse1.mean() + lse2.mean()) - sf * pos.mean()
         ctx.save_for_backward(e, t, e_all, t_all, s, lse1, lse2, pos)
-        ctx.backend, ctx.chunk, ctx.square = backend, chunk, square
+        ctx.backend, ctx.chunk, ctx.square, ctx.precision, ctx.offset = backend, chunk, square, precision, offset
         return loss
 
     @staticmethod
@@ -373,16 +625,23 @@ class _InfoNCE(torch.autograd.Function):
         need_ds = need[4]
         with torch.autocast(device_type=e.device.type, enabled=False):
             if ctx.backend == "triton":
-                dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square)
+                dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square,
+                                                               cs.reshape(1).contiguous(), ctx.precision,
+                                                               ctx.offset)
+                fin = _keep
             else:
                 dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need,
                                                                  ctx.square, ctx.chunk)
 
-        def fin(d, like):
-            return None if d is None else (d * cs).to(like.dtype)
+                def fin(d, like):
+                    return None if d is None else (d * cs).to(like.dtype)
 
         ds = (c * (ds_sum - 2.0 * pos.sum())).to(s.dtype).reshape(s.shape) if need_ds else None
-        return (fin(dE, e), fin(dT, t), fin(dE_all, e_all), fin(dT_all, t_all), ds, None, None)
+        return (fin(dE, e), fin(dT, t), fin(dE_all, e_all), fin(dT_all, t_all), ds, None, None, None, None)
+
+
+def _keep(d, like):
+    return d
 
 
 def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk):
@@ -405,35 +664,36 @@ def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk):
     return dE, dT, dE_all, dT_all, ds1 + ds2
 
 
-def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square):
-    """The same with the Triton gradient kernel (one output matrix per launch, rows recomputed per launch)."""
+def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, cs, precision, offset):
+    """Scaled gradients (c s folded in, in the inputs' dtypes) and sum P * Z with the gradient kernel: one launch
+    per output matrix, each tile of Z recomputed once per launch (4 U in the square case)."""
     need_ds = need[4]
     dE = dT = dE_all = dT_all = None
     ds = torch.zeros((), device=e.device, dtype=torch.float32)
     if square:
-        # dE_i = sum_j (P1_ij + P2_ji) T_j - 2 T_i; dT likewise with the roles swapped
+        # dE_i = sum_j (P1_ij + P2_ji) T_j - 2 T_i; dT likewise with the roles swapped; sum P * Z once
         if need[0] or need_ds:
-            dx, dsp = _tri_grad(e, t, t, s, lse1, lse2, 2.0, need_ds)
+            dx, dsp = _tri_grad(e, t, s, lse1, lse2, cs, 2.0, 0, need_ds, precision)
             dE = dx if need[0] else None
             if need_ds:
                 ds = dsp.sum()
         if need[1]:
-            dT, _ = _tri_grad(t, e, e, s, lse2, lse1, 2.0, False)
+            dT, _ = _tri_grad(t, e, s, lse2, lse1, cs, 2.0, 0, False, precision)
         return dE, dT, None, None, ds
-    if need[0] or need_ds:
-        dx, dsp = _tri_grad(e, t_all, t, s, lse1, None, 2.0, need_ds)
+    if need[0] or need_ds:  # the partners T_i, E_i are rows offset + i of the gathered T_all, E_all
+        dx, dsp = _tri_grad(e, t_all, s, lse1, None, cs, 2.0, offset, need_ds, precision)
         dE = dx if need[0] else None
         if need_ds:
             ds = ds + dsp.sum()
     if need[1] or need_ds:
-        dx, dsp = _tri_grad(t, e_all, e, s, lse2, None, 2.0, need_ds)
+        dx, dsp = _tri_grad(t, e_all, s, lse2, None, cs, 2.0, offset, need_ds, precision)
         dT = dx if need[1] else None
         if need_ds:
             ds = ds + dsp.sum()
     if need[2]:
-        dE_all, _ = _tri_grad(e_all, t, None, s, None, lse2, 0.0, False)
+        dE_all, _ = _tri_grad(e_all, t, s, None, lse2, cs, 0.0, None, False, precision)
     if need[3]:
-        dT_all, _ = _tri_grad(t_all, e, None, s, None, lse1, 0.0, False)
+        dT_all, _ = _tri_grad(t_all, e, s, None, lse1, cs, 0.0, None, False, precision)
     return dE, dT, dE_all, dT_all, ds
 
 
@@ -479,42 +739,36 @@ def _check(ecg_emb, text_emb, logit_scale):
     return logit_scale
 
 
-def _resolve_impl(impl: str, device: torch.device) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"infonce_loss: unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
-    if impl == "auto":
-        impl = "fused" if device.type == "cuda" and HAS_TRITON else "chunked"
-    if impl == "fused":
-        if not HAS_TRITON:
-            warnings.warn("infonce_loss: triton is not installed; impl 'fused' falls back to 'chunked'")
-            return "chunked"
-        if device.type == "cuda":
-            return "fused"
-        if os.environ.get("TRITON_INTERPRET") == "1" and KERNELS_INTERPRETED:
-            return "fused"
-        return "chunked"  # CPU without the interpreter: same semantics, PyTorch blocks
-    return impl
-
-
 def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, group=None,
-                 chunk_size: int = 1024) -> torch.Tensor:
+                 chunk_size: int = 1024, precision: str | None = None) -> torch.Tensor:
     """This rank's symmetric InfoNCE loss, 0.5 * (CE(s E T_g^T, labels) + CE(s T E_g^T, labels)).
 
     ecg_emb, text_emb: [B_local, D] fp32 / bf16 / fp16 on the same device (normalisation is not assumed).
     logit_scale: s itself (already exponentiated), a one-element tensor that may require grad (or a float).
-    impl: "reference" | "chunked" | "fused" | "auto" (see the module docstring).
+    impl: "reference" | "chunked" | "fused" | "auto" (see the module docstring; kernels/_dispatch.py).
     group: the process group to gather over when torch.distributed is initialised (default: the world);
     embeddings are gathered with gradient, labels = arange(B_local) + rank * B_local; every rank must have the same
     B_local. Mean over ranks of the returned losses = the 1-process loss on the global batch; embedding gradients
     are W times the global-loss gradients, so averaging over ranks (DDP) gives the 1-process gradients.
     chunk_size: rows per block for "chunked" (peak extra memory about 5 * chunk_size * B_global * 4 bytes;
     605 MiB measured at B = 32768 with the default 1024).
+    precision: fp32 dots of "fused": "tf32" (default on CUDA) | "tf32x3" | "ieee" (default off CUDA); ignored
+    for bf16 / fp16 inputs and by the PyTorch paths (see the module docstring for the tolerances).
     Returns a 0-dim fp32 tensor.
     """
     s = _check(ecg_emb, text_emb, logit_scale)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"infonce_loss: chunk_size must be a positive int; got {chunk_size!r}")
-    impl = _resolve_impl(impl, ecg_emb.device)
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"infonce_loss: unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    impl = resolve_impl("infonce_loss", impl, ecg_emb.device, IMPLS, "chunked")
+    if impl == "fused" and ecg_emb.device.type != "cuda" and not KERNELS_INTERPRETED:
+        raise RuntimeError("infonce_loss: impl 'fused' on CPU tensors needs the Triton interpreter active when "
+                           "melp_kernels.infonce was imported (TRITON_INTERPRET=1 before the import); use 'auto'")
+    if ecg_emb.dtype != torch.float32:
+        prec = "ieee"  # half operands: the tensor-core dot whatever the flag says
+    else:
+        prec = precision or ("tf32" if ecg_emb.is_cuda else "ieee")
     e = ecg_emb if ecg_emb.stride(-1) == 1 else ecg_emb.contiguous()
     t = text_emb if text_emb.stride(-1) == 1 else text_emb.contiguous()
 
@@ -538,20 +792,5 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
             return _reference(e, t, e_all, t_all, s, offset)
         sc = s.reshape(1) if s.dim() != 1 else s
         sc = sc if sc.is_contiguous() else sc.contiguous()
-        return _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size)
-
-
-def load_open_clip_loss():
-    """OpenCLIP's open_clip/loss.py loaded on its own (the peer of tests and benchmarks; None if absent).
-
-    The package __init__ imports torchvision, which would pull a CUDA build of torch on CPU machines."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
-    if not os.path.exists(path):
-        return None
-    mspec = importlib.util.spec_from_file_location("_open_clip_loss_only", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
+        return _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size,
+                              prec, offset)

@@ -1,9 +1,15 @@
-"""Parity of the global InfoNCE loss: fused (Triton; interpreter on CPU) and chunked against the reference and
-OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), values and gradients (embeddings and logit_scale),
-odd shapes, logit scale 1 and 100, bf16 on CUDA, and a 2-process gloo run against the 1-process global batch."""
+"""Parity of the global InfoNCE loss: fused (Triton; interpreter on CPU, compiled on CUDA) and chunked against the
+reference and OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), values and gradients (embeddings and
+logit_scale), odd shapes, logit scale 1 and 100, half inputs at per-dtype tolerances, fp32 precisions on CUDA,
+strided inputs, the FLOP count of the fused path, and a 2-process gloo run against the 1-process global batch.
+
+Every fused case runs on each device in DEVICES: CPU tensors under the Triton interpreter (conftest.py switches it
+on where there is no CUDA) and CUDA tensors through the compiled kernels where CUDA exists."""
 
 import math
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,14 +19,31 @@ import torch.nn.functional as F
 from melp_kernels import infonce
 from melp_kernels.infonce import infonce_loss
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from benchmarks.common import load_open_clip_loss  # noqa: E402
+
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and infonce.KERNELS_INTERPRETED
+INTERPRETED = infonce.KERNELS_INTERPRETED
+FUSED_ON_CPU = INTERPRETED  # without the interpreter, impl "fused" refuses CPU tensors (tested below)
 
-
-OPEN_CLIP = infonce.load_open_clip_loss()
+OPEN_CLIP = load_open_clip_loss()
 needs_open_clip = pytest.mark.skipif(OPEN_CLIP is None, reason="open_clip_torch not installed")
+
+# Tolerances (relative, loss / gradients) for half inputs against the fp32 reference on the same half inputs: the
+# fused path rounds P to the input dtype for its P T and P^T E dots (measured under the interpreter: bf16 grads
+# ~5e-3, fp16 ~2.5e-4), the chunked path only its outputs.
+HALF_TOL = {torch.bfloat16: (1e-3, 1.5e-2), torch.float16: (1e-3, 2e-3)}
+# fp32 inputs on CUDA by precision: "ieee" and "tf32x3" hold the CPU parity; "tf32" rounds the operands to 10 bits.
+PRECISION_TOL = {"ieee": (1e-5, 1e-4), "tf32x3": (1e-5, 1e-4), "tf32": (2e-3, 2e-2)}
+
+
+def _skip_fused_cpu(impl, device):
+    if impl == "fused" and device == "cpu" and not FUSED_ON_CPU:
+        pytest.skip("fused on CPU tensors needs the Triton interpreter (covered on CUDA tensors here)")
 
 
 def _inputs(B, D, seed, device="cpu", dtype=torch.float32, normalise=True):
@@ -64,7 +87,12 @@ def _assert_close(got, ref, loss_tol, grad_tol, scale):
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol} (got {a.flatten()[:4]}, ref {b.flatten()[:4]})"
 
 
-SHAPES = [(1, 3), (7, 17), (33, 64), (130, 130), (64, 3)]
+SHAPES = [(1, 3), (7, 17), (33, 64), (130, 130), (64, 3), (20, 100)]
+
+
+def _ieee(impl, device):
+    """Keyword arguments for an fp32 parity run: fused on CUDA gets IEEE dots (its default there is tf32)."""
+    return {"precision": "ieee"} if impl == "fused" and device == "cuda" else {}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -72,9 +100,10 @@ SHAPES = [(1, 3), (7, 17), (33, 64), (130, 130), (64, 3)]
 @pytest.mark.parametrize("B,D", SHAPES)
 @pytest.mark.parametrize("impl", ["chunked", "fused"])
 def test_parity_fp32_vs_reference(impl, B, D, scale, device):
+    _skip_fused_cpu(impl, device)
     e, t = _inputs(B, D, seed=B * 1000 + D, device=device)
     ref = _run(_impl("reference"), e, t, scale)
-    got = _run(_impl(impl, chunk_size=16), e, t, scale)  # small chunk: several row blocks
+    got = _run(_impl(impl, chunk_size=16, **_ieee(impl, device)), e, t, scale)  # small chunk: several row blocks
     _assert_close(got, ref, 1e-5, 1e-4, scale)
 
 
@@ -84,26 +113,30 @@ def test_parity_fp32_vs_reference(impl, B, D, scale, device):
 @pytest.mark.parametrize("B,D", [(1, 3), (33, 17), (130, 64)])
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused"])
 def test_parity_fp32_vs_open_clip(impl, B, D, scale, device):
+    _skip_fused_cpu(impl, device)
     e, t = _inputs(B, D, seed=7 + B + D, device=device)
     ref = _run(_impl("open_clip"), e, t, scale)
-    got = _run(_impl(impl, chunk_size=32), e, t, scale)
+    got = _run(_impl(impl, chunk_size=32, **_ieee(impl, device)), e, t, scale)
     _assert_close(got, ref, 1e-5, 1e-4, scale)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused"])
-def test_unnormalised_inputs(impl):
+def test_unnormalised_inputs(impl, device):
     # the model normalises, but the loss must not assume it: logits of several hundred at scale 100
-    e, t = _inputs(40, 20, seed=3, normalise=False)
+    _skip_fused_cpu(impl, device)
+    e, t = _inputs(40, 20, seed=3, normalise=False, device=device)
     ref = _run(_impl("reference"), e, t, 100.0)
-    got = _run(_impl(impl, chunk_size=16), e, t, 100.0)
+    got = _run(_impl(impl, chunk_size=16, **_ieee(impl, device)), e, t, 100.0)
     if impl == "reference":
         oc = _run(_impl("open_clip"), e, t, 100.0) if OPEN_CLIP is not None else ref
         _assert_close(oc, ref, 1e-5, 1e-4, 100.0)
     _assert_close(got, ref, 1e-5, 1e-4, 100.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused", "auto"])
-def test_hand_worked_case(impl):
+def test_hand_worked_case(impl, device):
     # E = [[1, 0], [0, 1]], T = [[0.6, 0.8], [0, 1]], s = 2.
     # s E T^T = [[1.2, 0], [1.6, 2]] (rows: ECG i against texts j); s T E^T = its transpose [[1.2, 1.6], [0, 2]].
     # CE by rows, label i:
@@ -112,47 +145,57 @@ def test_hand_worked_case(impl):
     #   text 0: log(e^1.2 + e^1.6) - 1.2 = log(8.2731493) - 1.2 = 0.9130153
     #   text 1: log(e^0 + e^2)     - 2   = log(8.3890561) - 2   = 0.1269280
     # loss = 0.5 * ((0.2632825 + 0.5130153) / 2 + (0.9130153 + 0.1269280) / 2) = 0.4540602
-    e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    t = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
-    loss = infonce_loss(e, t, torch.tensor(2.0), impl)
+    _skip_fused_cpu(impl, device)
+    kw = _ieee(impl if impl != "auto" else "fused", device)
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0]], device=device)
+    t = torch.tensor([[0.6, 0.8], [0.0, 1.0]], device=device)
+    loss = infonce_loss(e, t, torch.tensor(2.0, device=device), impl, **kw)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert abs(float(loss) - 0.4540602) < 1e-6
     # d loss / ds = 0.5/b * (sum P1 * Z + sum P2 * Z - 2 sum_i E_i.T_i), by the same numbers
-    z = e @ t.T
+    z = (e @ t.T).cpu()
     p1, p2 = torch.softmax(2 * z, 1), torch.softmax(2 * z.T, 1)
     ds_paper = 0.25 * (float((p1 * z).sum() + (p2 * z.T).sum()) - 2 * (0.6 + 1.0))
-    s = torch.tensor(2.0, requires_grad=True)
-    infonce_loss(e, t, s, impl).backward()
+    s = torch.tensor(2.0, requires_grad=True, device=device)
+    infonce_loss(e, t, s, impl, **kw).backward()
     assert abs(float(s.grad) - ds_paper) < 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,D", [(37, 24), (70, 130)])
 @pytest.mark.parametrize("impl", ["chunked", "fused"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs_cpu(impl, dtype):
-    # On CPU the interpreter runs the kernels with fp32 dots (triton issue 11584); this checks the plumbing of
-    # half inputs (fp32 loss, gradients in the input dtype) against the reference on the same half inputs.
-    e, t = _inputs(37, 24, seed=11, dtype=dtype)
+def test_half_inputs(impl, dtype, B, D, device):
+    # fp32 loss, gradients in the input dtype, values against the fp32 reference on the same half inputs at the
+    # stated per-dtype tolerance (CPU: the interpreter computes the dots in fp32, triton issue 11584, but rounds P
+    # to the input dtype as the GPU does; D = 130 takes the several-accumulator path there)
+    _skip_fused_cpu(impl, device)
+    e, t = _inputs(B, D, seed=11 + D, dtype=dtype, device=device)
     e_, t_ = e.clone().requires_grad_(True), t.clone().requires_grad_(True)
-    loss = infonce_loss(e_, t_, torch.tensor(50.0), impl, chunk_size=16)
+    loss = infonce_loss(e_, t_, torch.tensor(50.0, device=device), impl, chunk_size=16)
     loss.backward()
     assert loss.dtype == torch.float32 and e_.grad.dtype == dtype and t_.grad.dtype == dtype
-    ref = _run(_impl("reference"), e, t, 50.0)
+    ref = _run(_impl("reference"), e.float(), t.float(), 50.0)
     got = _run(_impl(impl, chunk_size=16), e, t, 50.0)
-    _assert_close(got, ref, 1e-2, 1e-2, 50.0)
+    lt, gt = HALF_TOL[dtype]
+    _assert_close(got, ref, lt, gt, 50.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["chunked", "fused"])
-def test_partial_requires_grad(impl):
-    e, t = _inputs(20, 9, seed=5)
-    s = torch.tensor(10.0)  # a constant scale
+def test_partial_requires_grad(impl, device):
+    _skip_fused_cpu(impl, device)
+    kw = _ieee(impl, device)
+    e, t = _inputs(20, 9, seed=5, device=device)
+    s = torch.tensor(10.0, device=device)  # a constant scale
     e1 = e.clone().requires_grad_(True)
-    infonce_loss(e1, t, s, impl).backward()
+    infonce_loss(e1, t, s, impl, **kw).backward()
     e2 = e.clone().requires_grad_(True)
     infonce_loss(e2, t, s, "reference").backward()
     assert _rel(e1.grad, e2.grad, 1e-2) < 1e-4
-    s1 = torch.tensor(10.0, requires_grad=True)
-    infonce_loss(e, t, s1, impl).backward()
-    s2 = torch.tensor(10.0, requires_grad=True)
+    s1 = torch.tensor(10.0, requires_grad=True, device=device)
+    infonce_loss(e, t, s1, impl, **kw).backward()
+    s2 = torch.tensor(10.0, requires_grad=True, device=device)
     infonce_loss(e, t, s2, "reference").backward()
     assert abs(float(s1.grad - s2.grad)) <= 1e-4 * abs(float(s2.grad)) + 1e-7
 
@@ -182,21 +225,49 @@ def test_bad_input():
         infonce_loss(e.double(), t.double(), s)
     with pytest.raises(ValueError, match="one element"):
         infonce_loss(e, t, torch.ones(2))
+    with pytest.raises(ValueError, match="tf32.*tf32x3.*ieee"):
+        infonce_loss(e, t, s, "chunked", precision="fp64")
 
 
-def test_fused_on_cpu_without_interpreter_falls_back(monkeypatch):
+def test_fused_on_cpu_without_interpreter_is_an_error_and_auto_falls_back(monkeypatch):
+    # "fused" means the kernels or a clear error; "auto" takes the chunked PyTorch path off CUDA, same values
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert infonce._resolve_impl("fused", torch.device("cpu")) == "chunked"
-    assert infonce._resolve_impl("auto", torch.device("cpu")) == "chunked"
     e, t = _inputs(10, 6, seed=4)
-    a = infonce_loss(e, t, torch.tensor(5.0), "fused")
+    with pytest.raises(RuntimeError, match="interpreter"):
+        infonce_loss(e, t, torch.tensor(5.0), "fused")
+    a = infonce_loss(e, t, torch.tensor(5.0), "auto")
     b = infonce_loss(e, t, torch.tensor(5.0), "reference")
     assert abs(float(a) - float(b)) <= 1e-5 * abs(float(b))
 
 
-@pytest.mark.skipif(not INTERPRETED, reason="the Triton interpreter is not active")
-def test_fused_runs_the_interpreted_kernel():
-    assert infonce._resolve_impl("fused", torch.device("cpu")) == "fused"
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,D,dtype,units", [(50, 40, torch.float32, 5), (30, 130, torch.bfloat16, 5),
+                                             (30, 130, torch.float32, None)])
+def test_fused_runs_the_kernels_with_5U_of_matmul(B, D, dtype, units, device):
+    # the fused path really launches the kernels (interpreted on CPU, compiled on CUDA): the launch counter sees
+    # 1 U forward (rows + columns in one pass) and 4 U backward (each tile once for dE, once for dT), U = 2 B^2 D;
+    # fp32 wider than two accumulator chunks (D = 130 under the interpreter's 64-wide chunks, > 512 on a GPU) splits
+    # the gradient columns in two halves: 7 U
+    _skip_fused_cpu("fused", device)
+    if units is None:
+        units = 7 if device == "cpu" else 5
+    e, t = _inputs(B, D, seed=6, device=device, dtype=dtype)
+    infonce.reset_matmul_flops()
+    got = _run(_impl("fused", **_ieee("fused", device)), e, t, 20.0)
+    assert infonce.matmul_flops() == units * 2 * B * B * D
+    tol = (1e-5, 1e-4) if dtype == torch.float32 else HALF_TOL[dtype]
+    _assert_close(got, _run(_impl("reference"), e.float(), t.float(), 20.0), *tol, 20.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "tf32x3"])
+def test_fp32_precisions(precision, device):
+    # every precision runs; the interpreter computes each exactly, a GPU at the stated PRECISION_TOL
+    _skip_fused_cpu("fused", device)
+    e, t = _inputs(40, 70, seed=13, device=device)
+    lt, gt = PRECISION_TOL[precision] if device == "cuda" else (1e-5, 1e-4)
+    _assert_close(_run(_impl("fused", precision=precision), e, t, 30.0), _run(_impl("reference"), e, t, 30.0),
+                  lt, gt, 30.0)
 
 
 def test_chunked_memory_scaling_hint():
@@ -218,18 +289,47 @@ def test_chunked_memory_scaling_hint():
     assert seen and all(s[0] <= 8 for s in seen)
 
 
+def test_autotune_switch_and_bucketed_keys(monkeypatch):
+    # MELP_AUTOTUNE=off keeps the first config that fits; the autotune keys are power-of-two buckets of B
+    if not infonce.HAS_TRITON:
+        pytest.skip("triton not installed")
+    x = torch.empty(8, 256, dtype=torch.bfloat16)
+    for kernel, tuned in (("fwd", infonce._TUNED[("fwd", 2)]), ("grad", infonce._TUNED[("grad", 2, False)])):
+        prune = infonce._make_prune(kernel)
+        monkeypatch.setenv("MELP_AUTOTUNE", "on")
+        full = prune(tuned.configs, {"X": x, "D": 256})
+        assert len(full) == len(infonce.shipped_configs(kernel, 256, 2)) > 1
+        monkeypatch.setenv("MELP_AUTOTUNE", "off")
+        assert prune(tuned.configs, {"X": x, "D": 256}) == full[:1]
+        assert "M_BUCKET" in tuned.keys and "M" not in tuned.keys
+    assert [infonce._bucket(n) for n in (1, 1000, 1024, 1025, 16384)] == [1, 1024, 1024, 2048, 16384]
+
+
+def test_fp32_wide_configs_prune_on_shared_memory():
+    # configs that cannot fit in 227 KB of shared memory are dropped before anything compiles
+    for D in (128, 256, 512, 768):
+        for es in (2, 4):
+            for kernel in ("fwd", "grad"):
+                kept = infonce.shipped_configs(kernel, D, es)
+                assert kept
+                est = infonce._fwd_shared if kernel == "fwd" else (lambda c, e, D=D: infonce._grad_shared(c, e, D))
+                assert all(est(c, es) <= 227 * 1024 for c in kept)
+    assert len(infonce.shipped_configs("fwd", 256, 4, shared_limit=100 * 1024)) < len(infonce._FWD_CONFIGS[4])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA (compiled Triton)
 # ---------------------------------------------------------------------------------------------------------------
 @cuda_only
 @pytest.mark.parametrize("scale", [1.0, 100.0])
-@pytest.mark.parametrize("B,D", [(1000, 256), (4097, 128), (300, 520), (2048, 512)])
-def test_cuda_fp32_large(B, D, scale):
+@pytest.mark.parametrize("B,D", [(1000, 256), (4097, 128), (300, 520), (2048, 768)])
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "tf32"])
+def test_cuda_fp32_large(B, D, scale, precision):
     e, t = _inputs(B, D, seed=B + D, device="cuda")
     ref = _run(_impl("reference"), e, t, scale)
-    for impl in ("fused", "chunked"):
-        got = _run(_impl(impl), e, t, scale)
-        _assert_close(got, ref, 1e-5, 1e-4, scale)
+    lt, gt = PRECISION_TOL[precision]
+    _assert_close(_run(_impl("fused", precision=precision), e, t, scale), ref, lt, gt, scale)
+    _assert_close(_run(_impl("chunked"), e, t, scale), ref, 1e-5, 1e-4, scale)
     if OPEN_CLIP is not None:
         _assert_close(_run(_impl("open_clip"), e, t, scale), ref, 1e-5, 1e-4, scale)
 
@@ -237,20 +337,31 @@ def test_cuda_fp32_large(B, D, scale):
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scale", [1.0, 100.0])
-@pytest.mark.parametrize("B,D", [(1, 3), (33, 17), (130, 130), (1000, 256), (3000, 520)])
+@pytest.mark.parametrize("B,D", [(1, 3), (33, 17), (130, 130), (1000, 256), (3000, 520), (2048, 768)])
 def test_cuda_half(B, D, scale, dtype):
     e, t = _inputs(B, D, seed=B * 3 + D, device="cuda", dtype=dtype)
-    ref = _run(_impl("reference"), e, t, scale)  # fp32 math on the same half inputs
+    ref = _run(_impl("reference"), e.float(), t.float(), scale)  # fp32 math on the same half inputs
+    lt, gt = HALF_TOL[dtype]
     for impl in ("fused", "chunked"):
-        got = _run(_impl(impl), e, t, scale)
-        _assert_close(got, ref, 1e-2, 1e-2, scale)
+        _assert_close(_run(_impl(impl), e, t, scale), ref, lt, gt, scale)
+
+
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_launches_on_the_inputs_device():
+    e, t = _inputs(300, 64, seed=12, device="cuda:1")
+    ref = _run(_impl("reference"), e, t, 30.0)
+    with torch.cuda.device(0):
+        got = _run(_impl("fused", precision="ieee"), e, t, 30.0)
+    _assert_close(got, ref, 1e-5, 1e-4, 30.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Two processes (gloo) against one process on the same global batch
 # ---------------------------------------------------------------------------------------------------------------
 DIST_B_LOCAL, DIST_D, DIST_SCALES = 5, 17, (1.0, 100.0)
-DIST_IMPLS = ["reference", "chunked", "fused"] + (["open_clip"] if OPEN_CLIP is not None else [])
+# fused on CPU tensors needs the interpreter (spawned workers inherit TRITON_INTERPRET from conftest.py)
+DIST_IMPLS = (["reference", "chunked"] + (["fused"] if FUSED_ON_CPU else [])
+              + (["open_clip"] if OPEN_CLIP is not None else []))
 
 
 def _dist_worker(rank, world, init_file, out_dir):
@@ -301,32 +412,75 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             _assert_close([loss, de, dt, ds], glob, 1e-5, 1e-4, scale)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["reference", "chunked", "fused"])
-def test_autocast_does_not_lower_precision(impl):
+def test_autocast_does_not_lower_precision(impl, device):
     # under a bf16 autocast the loss still computes its logits in fp32 from the given (fp32) embeddings
-    e, t = _inputs(24, 16, seed=8)
+    _skip_fused_cpu(impl, device)
+    e, t = _inputs(24, 16, seed=8, device=device)
     ref = _run(_impl("reference"), e, t, 100.0)
 
     def fn(a, b, s):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return infonce_loss(a, b, s, impl, chunk_size=8)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return infonce_loss(a, b, s, impl, chunk_size=8, **_ieee(impl, device))
 
     _assert_close(_run(fn, e, t, 100.0), ref, 1e-5, 1e-4, 100.0)
 
 
+def _run_views(fn, base_e, base_t, scale):
+    """loss and grads of fn on views that stay strided: e = base_e[:, 3:20] (row stride 40), t = base_t.T."""
+    be = base_e.detach().clone().requires_grad_(True)
+    bt = base_t.detach().clone().requires_grad_(True)
+    s = torch.tensor(float(scale), device=be.device, requires_grad=True)
+    loss = fn(be[:, 3:20], bt.T, s)
+    loss.backward()
+    return [loss.detach().float(), be.grad[:, 3:20].float(), bt.grad.T.float(), s.grad.float()]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["chunked", "fused"])
-def test_strided_inputs_and_scale_shapes(impl):
-    # row-strided views go to the kernels as they are; a transposed (column-strided) view is made contiguous
+def test_strided_inputs_and_scale_shapes(impl, device, monkeypatch):
+    # row-strided views go to the kernels as they are (checked on what the kernels receive); a transposed
+    # (column-strided) view is made contiguous
+    _skip_fused_cpu(impl, device)
     g = torch.Generator().manual_seed(21)
-    big = torch.randn(19, 40, generator=g)
-    e = big[:, 3:20]  # stride (40, 1)
-    t = torch.randn(17, 19, generator=g).T  # stride (1, 19)
+    base_e = torch.randn(19, 40, generator=g).to(device)
+    base_t = torch.randn(17, 19, generator=g).to(device)
+    assert base_e[:, 3:20].stride() == (40, 1) and base_t.T.stride() == (1, 19)
+    seen = []
+    fwd = infonce._tri_fwd
+
+    def spy(x, y, *a, **k):
+        seen.append((x.stride(), y.stride()))
+        return fwd(x, y, *a, **k)
+
+    monkeypatch.setattr(infonce, "_tri_fwd", spy)
+    kw = _ieee(impl, device)
     for scale_shape in [(), (1,)]:
         for sv in (0.0, 30.0):
             def fn(a, b, s, impl=impl):
-                return infonce_loss(a, b, s.reshape(scale_shape), impl, chunk_size=8)
+                return infonce_loss(a, b, s.reshape(scale_shape), impl, chunk_size=8, **kw)
 
-            ref = _run(lambda a, b, s: infonce_loss(a, b, s.reshape(scale_shape), "reference"), e, t, sv)
-            _assert_close(_run(fn, e, t, sv), ref, 1e-5, 1e-4, sv)
+            ref = _run_views(lambda a, b, s: infonce_loss(a, b, s.reshape(scale_shape), "reference"), base_e, base_t,
+                             sv)
+            _assert_close(_run_views(fn, base_e, base_t, sv), ref, 1e-5, 1e-4, sv)
+    if impl == "fused":
+        assert seen and all(x == (40, 1) and y == (17, 1) for x, y in seen)  # e reached the kernels strided
     if OPEN_CLIP is not None:
-        _assert_close(_run(_impl(impl), e, t, 30.0), _run(_impl("open_clip"), e, t, 30.0), 1e-5, 1e-4, 30.0)
+        _assert_close(_run_views(_impl(impl, **kw), base_e, base_t, 30.0),
+                      _run_views(_impl("open_clip"), base_e, base_t, 30.0), 1e-5, 1e-4, 30.0)
+
+
+def test_kernel_resources_small_grid():
+    # the same sm_90 compile and rule as benchmarks/kernel_resources.py (no spill, no stack, shared <= 227 KB,
+    # wgmma in the bf16 kernels), on one config per kernel at D = 128, in a fresh process without the interpreter
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", ""), ROOT] if p)
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "kernel_resources.py"), "--quick", "--dims", "128",
+           "--dtypes", "bf16", "--only", "infonce"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("| infonce")]
+    assert len(rows) >= 4 and all("| yes |" in ln for ln in rows), p.stdout

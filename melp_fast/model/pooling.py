@@ -66,5 +66,6 @@ class BeatPooler(nn.Module):
                 weights[empty, 0] = True
         w = weights.to(beats.dtype).unsqueeze(-1)
         features = (beats * w).sum(1) / w.sum(1).clamp(min=1)
-        rhythm = F.normalize(self.global_proj(features).float(), dim=-1)
+        g = self.global_proj(features)
+        rhythm = F.normalize(g.float(), dim=-1).to(g.dtype)  # normalised in fp32, handed on in the compute dtype
         return {"beats": beats, "beat_mask": beat_mask, "features": features, "rhythm": rhythm}

@@ -95,7 +95,8 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids, attention_mask, sent_ids, eos_pos):
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         b = torch.arange(states.shape[0], device=states.device)
-        text = F.normalize(self.global_head(states[b, eos_pos]).float(), dim=-1)
+        g = self.global_head(states[b, eos_pos])
+        text = F.normalize(g.float(), dim=-1).to(g.dtype)  # normalised in fp32, handed on in the compute dtype
         n_sent = max(int(sent_ids.max()) + 1, 1)
         onehot = (sent_ids.unsqueeze(1) == torch.arange(n_sent, device=sent_ids.device)[None, :, None])
         counts = onehot.sum(-1)
