@@ -88,8 +88,6 @@ def _check(beats, beat_mask, sents, sent_mask):
         raise ValueError(f"local loss: sent_mask must be [B, S] = [{B}, {S}], got {_shape(sent_mask)}")
     if not (beats.is_floating_point() and sents.is_floating_point()):
         raise ValueError(f"local loss: beats and sents must be floating point, got {beats.dtype}, {sents.dtype}")
-    if beats.dtype != sents.dtype:
-        raise ValueError(f"local loss: beats ({beats.dtype}) and sents ({sents.dtype}) must share a dtype")
     devs = {beats.device, sents.device, beat_mask.device, sent_mask.device}
     if len(devs) != 1:
         raise ValueError(f"local loss: all inputs must be on one device, got {sorted(map(str, devs))}")
@@ -105,7 +103,11 @@ def _comp_dtype(dtype):
 
 
 def _prepare(beats, beat_mask, sents, sent_mask):
-    """Bool masks, garbage in masked slots replaced by 0 (where(), so NaN cannot leak)."""
+    """Bool masks, garbage in masked slots replaced by 0 (where(), so NaN cannot leak); beats and sents in one
+    dtype (the wider of the two: under autocast the two encoders can hand different ones)."""
+    if beats.dtype != sents.dtype:
+        dt = torch.promote_types(beats.dtype, sents.dtype)
+        beats, sents = beats.to(dt), sents.to(dt)
     beat_mask = beat_mask if beat_mask.dtype == torch.bool else beat_mask != 0
     sent_mask = sent_mask if sent_mask.dtype == torch.bool else sent_mask != 0
     beats = torch.where(beat_mask[..., None], beats, torch.zeros((), dtype=beats.dtype, device=beats.device))

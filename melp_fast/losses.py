@@ -43,7 +43,7 @@ class MELPLoss(nn.Module):
         c = self.cfg
         impl = "reference" if c.impl == "reference" else "auto"  # auto: Triton on CUDA, chunked / batched elsewhere
         g = infonce_loss(out["rhythm"].float(), out["text"].float(), out["logit_scale"], impl=impl)
-        loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
+        loc = local_alignment_loss(out["beats"], out["beat_mask"], out["sents"], out["sent_mask"],
                                    t1=c.t1, t2=c.t2, t3=c.t3, impl=impl)
         cap = caption_loss(out["caption_logits"], out["caption_targets"])
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc

@@ -363,6 +363,20 @@ def test_bf16_inputs(impl, device):
     assert_close(got, run("batched", e.double(), bm, s.double(), sm), tol_loss=2e-2, tol_grad=2e-2)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mixed_dtypes_promote(impl):
+    """bf16 beats with fp32 sentences (autocast can hand the two encoders' outputs so): computed as fp32."""
+    if impl == "fused":
+        _fused_device("cpu")
+    e, bm, s, sm = make(3, 4, 3, 9, seed=13)
+    e16 = e.bfloat16()
+    want = run(impl, e16.float(), bm, s, sm)
+    got = run(impl, e16, bm, s, sm)
+    assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.float32
+    assert rel(got[0], want[0]) <= 1e-6 and rel(got[2], want[2]) <= 1e-5
+    assert rel(got[1].float(), want[1]) <= 1e-2
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_float64_inputs_compute_in_fp32(device):
     _fused_device(device)
