@@ -396,6 +396,8 @@ def _dot_precisions(dtype, precision=None):
 
 
 def _programs_per_block(device, n_jb, n_ib):
+    """Programs per ECG block: about two per multiprocessor in all, each walking several report blocks (its E
+    tile loaded once). Off CUDA (the interpreter) one program walks them all."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -421,9 +423,11 @@ class _LocalSimFused(torch.autograd.Function):
     def forward(ctx, E, Sn, G, NS, BMK, SMK, cfg, t1, t2, t3, n_split, precision):
         dots = _dot_precisions(E.dtype, precision)
         n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_F
+        n_sp = max(1, min(n_ib, n_split or _programs_per_block(E.device, n_jb, n_ib)))
         out = torch.empty((cfg.Bj, cfg.Bi), dtype=torch.float32, device=E.device)
         with _device_guard(E.device):
-            _local_tiles_kernel[(n_jb, n_ib)](E, Sn, G, NS, BMK, SMK, out, out, out, out, out, n_ib, n_ib,
+            # program (jb, sp) loads its E tile once and walks the report blocks sp, sp + n_sp, ...
+            _local_tiles_kernel[(n_jb, n_sp)](E, Sn, G, NS, BMK, SMK, out, out, out, out, out, n_ib, n_sp,
                                               float(t1), float(t2), float(t3), num_warps=FWD_WARPS,
                                               num_stages=NUM_STAGES, **_meta(cfg, False, *dots))
         ctx.save_for_backward(E, Sn, G, NS, BMK, SMK)

@@ -158,7 +158,7 @@ def test_extreme_scales(scale, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_chunks_and_splits(device, monkeypatch):
     """Several ECG and report blocks (n_jb, n_ib > 1), D over several chunks (fp32: 64-wide), padding of B, K, S
-    and D, and the report blocks of the backward split over 1, 3 and 4 programs per ECG block."""
+    and D, and the report blocks split over 1, 3 and 4 programs per ECG block (forward and backward)."""
     _fused_device(device)
     e, bm, s, sm = make(20, 3, 4, 150, seed=11, device=device)
     cfg = ll._tile_cfg(20, 3, 4, 150, wide16=False)
