@@ -30,6 +30,7 @@ import gc
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -209,6 +210,8 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5, help="timed runs per implementation (the loop: 1)")
     p.add_argument("--shapes", default=None, help="override, e.g. 64,16,12,256;128,16,12,256")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--impls", default="reference,naive,batched,fused",
+                   help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default=None,
@@ -226,14 +229,15 @@ def main(argv=None):
         shapes = CUDA_SHAPES if on_cuda else CPU_SHAPES
     dtype_names = args.dtype or ("float32,bfloat16" if on_cuda else "float32")
     dtypes = [getattr(torch, d.strip()) for d in dtype_names.split(",")]
-    runs = [(impl, dt) for dt in dtypes for impl in ("reference", "naive", "batched", "fused")]
+    impls = [i.strip() for i in args.impls.split(",")]
+    runs = [(impl, dt) for dt in dtypes for impl in ("reference", "naive", "batched", "fused") if impl in impls]
 
     lines = [
         f"# Local (beat-sentence) loss: fwd+bwd time and peak memory ({device.type})",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine(device.type)}",
-        "- command: `python benchmarks/local_loss.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+        "- command: `python benchmarks/local_loss.py " + shlex.join(argv if argv is not None else sys.argv[1:]) + "`",
         f"- time: median of {args.repeat} fwd+bwd after a warm-up (reference loop: 1 run); "
         + ("peak memory: max_memory_allocated above the inputs" if on_cuda else
            "peak memory: peak RSS above the RSS before the fwd+bwd, one fresh process per implementation"),
@@ -243,9 +247,9 @@ def main(argv=None):
         "",
         "- matmul FLOPs / u: D-wide + K x K Gram dots per fwd+bwd, padding included, u = 2 B^2 K S D",
         "",
-        "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | peak MB | memory vs naive | "
-        "matmul FLOPs / u | loss |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | speed-up vs batched | peak MB | "
+        "memory vs naive | memory vs batched | matmul FLOPs / u | loss |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     notes = []
@@ -255,13 +259,19 @@ def main(argv=None):
             if impl == "fused" and not on_cuda:
                 res[(impl, dtype)] = None  # interpreted on the CPU: FLOPs only
                 continue
-            ms, loss = time_impl(impl, shape, device, dtype, args.repeat)
-            if args.no_memory:
-                mb = float("nan")
-            elif on_cuda:
-                mb = cuda_peak_mb(impl, shape, device, dtype)
-            else:
-                mb = cpu_peak_mb(impl, shape, dtype)
+            try:
+                ms, loss = time_impl(impl, shape, device, dtype, args.repeat)
+                if args.no_memory:
+                    mb = float("nan")
+                elif on_cuda:
+                    mb = cuda_peak_mb(impl, shape, device, dtype)
+                else:
+                    mb = cpu_peak_mb(impl, shape, dtype)
+            except torch.cuda.OutOfMemoryError:
+                res[(impl, dtype)] = "out of memory"
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
             res[(impl, dtype)] = (ms, mb, loss)
             print(f"  {shape} {impl} {dtype}: {ms:.1f} ms, {mb:.1f} MB", file=sys.stderr, flush=True)
             gc.collect()
@@ -271,15 +281,18 @@ def main(argv=None):
             wide, gram = flops_u(impl, shape, dtype)
             fl = f"{wide:.2f} + {gram:.2f}"
             dname = str(dtype).replace("torch.", "")
-            if r is None:
-                row = f"| {', '.join(map(str, shape))} | {impl} | {dname} | (CUDA only) | | | | {fl} | |"
+            if not isinstance(r, tuple):
+                row = f"| {', '.join(map(str, shape))} | {impl} | {dname} | {r or '(CUDA only)'} | | | | | | {fl} | |"
             else:
                 ms, mb, loss = r
-                ref_ms = res[("reference", dtype)][0]
-                naive_mb = res[("naive", dtype)][1]
-                mem_ratio = f"{mb / naive_mb:.3f}" if naive_mb > 0 else "n/a"  # nan > 0 is False too
-                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {ms:.2f} | {ref_ms / ms:.1f}x | "
-                       f"{mb:.1f} | {mem_ratio} | {fl} | {loss:.5f} |")
+                peer = {k: res.get((k, dtype)) for k in ("reference", "naive", "batched")}
+                peer = {k: v if isinstance(v, tuple) else (float("nan"),) * 3 for k, v in peer.items()}
+                # nan > 0 is False: a missing peer gives n/a
+                ratio = lambda a, b, f: f.format(a / b) if b > 0 else "n/a"  # noqa: E731
+                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {ms:.2f} | "
+                       f"{ratio(peer['reference'][0], ms, '{:.1f}x')} | {ratio(peer['batched'][0], ms, '{:.1f}x')} | "
+                       f"{mb:.1f} | {ratio(mb, peer['naive'][1], '{:.3f}')} | "
+                       f"{ratio(mb, peer['batched'][1], '{:.3f}')} | {fl} | {loss:.5f} |")
             lines.append(row)
             print(row, flush=True)
         for dtype in dtypes:
