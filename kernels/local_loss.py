@@ -444,7 +444,8 @@ class _LocalSimFused(torch.autograd.Function):
         n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_B
         n_split = max(1, min(n_ib, n_split or _programs_per_block(dev, n_jb, n_ib)))
         gout = gout.to(torch.float32).contiguous()
-        ga_dtype = E.dtype if E.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        # 16-bit inputs: ga in bf16 (fp16's range would flush the small gradients of large batches)
+        ga_dtype = torch.bfloat16 if E.dtype in (torch.bfloat16, torch.float16) else torch.float32
         ga = torch.empty((cfg.Bj * cfg.KP, cfg.Bi * cfg.SP), dtype=ga_dtype, device=dev)
         gG = torch.empty((n_split, cfg.Bj, cfg.KP, cfg.KP), dtype=torch.float32, device=dev)
         gN = torch.empty((n_jb, cfg.Bi * cfg.SP), dtype=torch.float32, device=dev)
@@ -453,8 +454,7 @@ class _LocalSimFused(torch.autograd.Function):
                                                  t1, t2, t3, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
                                                  **_meta(cfg, True, *dots))
         # dE = ga S and dS = ga^T E: two GEMMs over the (Bj KP) x (Bi SP) matrix ga, fp32 accumulation
-        Ef = E if E.dtype == ga_dtype else E.float()
-        Sf = Sn if Sn.dtype == ga_dtype else Sn.float()
+        Ef, Sf = E.to(ga_dtype), Sn.to(ga_dtype)
         gE = (ga @ Sf.view(cfg.Bi * cfg.SP, cfg.DP)).view(E.shape)
         gS = (ga.T @ Ef.view(cfg.Bj * cfg.KP, cfg.DP)).view(Sn.shape)
         return (gE.to(E.dtype), gS.to(Sn.dtype), gG.sum(0), gN.sum(0).view(cfg.Bi, cfg.SP), None, None, None, None,
@@ -523,7 +523,8 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
         cfg = _tile_cfg(1 << 16, K, S, D, not f32dot)
         for bwd in (False, True):
             ptrs = {"E": f"*{dtype}", "Sn": f"*{dtype}", "G": "*fp32", "NS": "*fp32", "BMK": "*i8", "SMK": "*i8",
-                    "GOUT": "*fp32", "OUT": "*fp32", "GA": f"*{dtype}" if bwd else "*fp32", "DG": "*fp32",
+                    "GOUT": "*fp32", "OUT": "*fp32", "GA": ("*fp32" if f32dot else "*bf16") if bwd else "*fp32",
+                    "DG": "*fp32",
                     "GNS": "*fp32", "n_ib": "i32", "n_split": "i32", "t1": "fp32", "t2": "fp32", "t3": "fp32"}
             cx = _meta(cfg, bwd, f32dot, prec, prec)
             sig = dict(ptrs, **{k: "constexpr" for k in cx})

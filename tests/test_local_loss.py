@@ -351,15 +351,16 @@ def test_fused_beyond_tile_limit():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("impl", ["batched", "fused"])
-def test_bf16_inputs(impl, device):
-    """bf16 inputs, fp32 accumulation, bf16 gradients. Under the interpreter the kernel's dots run on fp32
+def test_16bit_inputs(impl, dtype, device):
+    """bf16 / fp16 inputs, fp32 accumulation, 16-bit gradients. Under the interpreter the kernel's dots run on fp32
     operands (triton issue 11584), so on the CPU this checks dtype handling; on CUDA the tensor-core path."""
     if impl == "fused":
         _fused_device(device)
-    e, bm, s, sm = make(4, 5, 3, 17, seed=1, dtype=torch.bfloat16, device=device)
+    e, bm, s, sm = make(4, 5, 3, 17, seed=1, dtype=dtype, device=device)
     got = run(impl, e, bm, s, sm)
-    assert got[0].dtype == torch.float32 and got[1].dtype == torch.bfloat16 and got[2].dtype == torch.bfloat16
+    assert got[0].dtype == torch.float32 and got[1].dtype == dtype and got[2].dtype == dtype
     assert_close(got, run("batched", e.double(), bm, s.double(), sm), tol_loss=2e-2, tol_grad=2e-2)
 
 
