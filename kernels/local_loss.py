@@ -310,7 +310,7 @@ if HAS_TRITON:
             A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
             if BACKWARD and not F32DOT:
                 # bf16 / fp16 inputs: A1 waits for the gradient in 16 bits (half the registers); ga is rounded to
-                # the input dtype for the GEMMs anyway
+                # bf16 for the GEMMs anyway
                 A1 = A1.to(E.dtype.element_ty)
             num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
             A2_3 = tl.reshape(A2, [BJ, KP, BN])
