@@ -1,13 +1,20 @@
-"""Benchmark of the MELP local (beat-sentence) loss: fwd+bwd time and peak memory, side by side.
+"""Benchmark of the MELP local (beat-sentence) loss: fwd+bwd time, peak memory and matmul FLOPs, side by side.
 
     python benchmarks/local_loss.py                      # CUDA when present, else CPU
     python benchmarks/local_loss.py --device cpu --out benchmarks/results/local_loss_cpu.md
+    python benchmarks/local_loss.py --device cuda --shapes 256,16,16,256 --dtype bfloat16 --repeat 20
 
 Implementations:
   reference  the literal per-sample loop of MELP_SPEC.md (kernels/local_loss.py, impl="reference")
   naive      a vectorisation that forms the B x B x S x D beat contexts c_ik (defined here, the memory peer)
   batched    vectorised PyTorch on the Gram algebra: B x B x K x S intermediates, no D-wide contexts
-  fused      Triton forward + recomputing backward (CUDA only; on the CPU it would only run interpreted)
+  fused      Triton tiles of BJ ECGs x BI reports on tensor cores, forward + one recomputing backward pass that
+             writes ga = dL/da, then two GEMMs (CUDA only; on the CPU it would only run interpreted, so its CPU
+             row shows the FLOPs and no time)
+
+Matmul FLOPs per fwd+bwd in units of u = 2 B^2 K S D (melp_kernels.local_loss.matmul_flops): "D-wide + Gram",
+padding included; the reference loop and naive 6 u, batched 3 u, fused 4 u (+ K x K Gram dots, KP / D u each).
+--dtype: the input dtype(s) of every implementation (the loop, naive and batched compute in fp32 regardless).
 
 Shapes: CPU B = 64 and 128 with K = 16, S = 12, D = 256; CUDA adds B = 256, K = 16, S = 16, D = 256.
 Time: median of --repeat fwd+bwd runs after one warm-up, all in this process (the loop is run fewer times).
@@ -22,8 +29,8 @@ import datetime
 import gc
 import json
 import os
-import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,7 +38,9 @@ import time
 
 import torch
 
-from melp_kernels import local_loss as ll
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import machine  # noqa: E402
+from melp_kernels import local_loss as ll  # noqa: E402
 
 CPU_SHAPES = [(64, 16, 12, 256), (128, 16, 12, 256)]
 CUDA_SHAPES = [(64, 16, 12, 256), (128, 16, 12, 256), (256, 16, 16, 256)]
@@ -169,23 +178,29 @@ def _load():
         return "n/a"
 
 
-def machine(device):
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        desc = f"{p.name}, {p.total_memory / 2**30:.0f} GiB"
-    else:
-        model = platform.processor() or "cpu"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        model = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        desc = f"{model}, {os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()}"
-    return (f"{desc}; {platform.system()} {platform.release()}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}" + (f", triton {ll.triton.__version__}" if ll.HAS_TRITON else ""))
+def flops_u(impl, shape, dtype):
+    B, K, S, D = shape
+    u = 2.0 * B * B * K * S * D
+    wide, gram = ll.matmul_flops(B, K, S, D, impl, dtype)
+    return wide / u, gram / u
+
+
+TC_FLOPS = 790e12  # H100 SXM dense bf16 tensor-core rate (datasheet; fp32 inputs run 3-pass tf32, 3x the time)
+HBM_BYTES = 4e12  # H100 HBM bandwidth, rounded (H200: 4.8e12)
+
+
+def fused_floors(shape, dtype):
+    """(us of tensor-core work at TC_FLOPS, HBM bytes, us at HBM_BYTES) of one fused fwd+bwd."""
+    B, K, S, D = shape
+    c = ll._tile_cfg(B, K, S, D, dtype != torch.float32)
+    es = torch.empty((), dtype=dtype).element_size()
+    ga = c.Bj * c.KP * c.Bi * c.SP * (es if es == 2 else 4)
+    inputs = (c.Bj * c.KP + c.Bi * c.SP) * c.DP * es
+    # fwd: E, S in, S out; bwd: E, S, gout in, ga out; GEMMs: ga twice, E, S in, dE, dS out (fp32 accumulators)
+    byts = 2 * inputs + 2 * 4 * c.Bj * c.Bi + ga * 3 + inputs + 2 * (c.Bj * c.KP + c.Bi * c.SP) * c.DP * 4
+    wide, gram = ll.matmul_flops(B, K, S, D, "fused", dtype)
+    rate = TC_FLOPS / (3 if dtype == torch.float32 else 1)
+    return (wide + gram) / rate * 1e6, byts, byts / HBM_BYTES * 1e6
 
 
 def main(argv=None):
@@ -195,12 +210,16 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5, help="timed runs per implementation (the loop: 1)")
     p.add_argument("--shapes", default=None, help="override, e.g. 64,16,12,256;128,16,12,256")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--impls", default="reference,naive,batched,fused",
+                   help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default=None,
+                   help="input dtype(s), comma-separated: float32, bfloat16, float16 (default: float32 on CPU, "
+                        "float32,bfloat16 on CUDA)")
     args = p.parse_args(argv)
     if args.worker:
-        return _worker(args.worker, tuple(args.shape), getattr(torch, args.dtype))
+        return _worker(args.worker, tuple(args.shape), getattr(torch, args.dtype or "float32"))
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_cuda = device.type == "cuda"
@@ -208,17 +227,17 @@ def main(argv=None):
         shapes = [tuple(int(x) for x in sh.split(",")) for sh in args.shapes.split(";")]
     else:
         shapes = CUDA_SHAPES if on_cuda else CPU_SHAPES
-    runs = [("reference", torch.float32), ("naive", torch.float32), ("batched", torch.float32)]
-    if on_cuda:
-        runs += [("fused", torch.float32), ("batched", torch.bfloat16), ("fused", torch.bfloat16)]
+    dtype_names = args.dtype or ("float32,bfloat16" if on_cuda else "float32")
+    dtypes = [getattr(torch, d.strip()) for d in dtype_names.split(",")]
+    impls = [i.strip() for i in args.impls.split(",")]
+    runs = [(impl, dt) for dt in dtypes for impl in ("reference", "naive", "batched", "fused") if impl in impls]
 
     lines = [
         f"# Local (beat-sentence) loss: fwd+bwd time and peak memory ({device.type})",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine(device)}",
-        f"- command: `python benchmarks/local_loss.py --device {device.type}"
-        + (f" --out {args.out}" if args.out else "") + "`",
+        f"- machine: {machine(device.type)}",
+        "- command: `python benchmarks/local_loss.py " + shlex.join(argv if argv is not None else sys.argv[1:]) + "`",
         f"- time: median of {args.repeat} fwd+bwd after a warm-up (reference loop: 1 run); "
         + ("peak memory: max_memory_allocated above the inputs" if on_cuda else
            "peak memory: peak RSS above the RSS before the fwd+bwd, one fresh process per implementation"),
@@ -226,33 +245,63 @@ def main(argv=None):
         f"- 1-minute load average at start: {_load()} (other jobs on the machine inflate times; ratios are "
         "taken within one run)",
         "",
-        "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | peak MB | memory vs naive | loss |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "- matmul FLOPs / u: D-wide + K x K Gram dots per fwd+bwd, padding included, u = 2 B^2 K S D",
+        "",
+        "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | speed-up vs batched | peak MB | "
+        "memory vs naive | memory vs batched | matmul FLOPs / u | loss |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
+    notes = []
     for shape in shapes:
         res = {}
         for impl, dtype in runs:
-            ms, loss = time_impl(impl, shape, device, dtype, args.repeat)
-            if args.no_memory:
-                mb = float("nan")
-            elif on_cuda:
-                mb = cuda_peak_mb(impl, shape, device, dtype)
-            else:
-                mb = cpu_peak_mb(impl, shape, dtype)
+            if impl == "fused" and not on_cuda:
+                res[(impl, dtype)] = None  # interpreted on the CPU: FLOPs only
+                continue
+            try:
+                ms, loss = time_impl(impl, shape, device, dtype, args.repeat)
+                if args.no_memory:
+                    mb = float("nan")
+                elif on_cuda:
+                    mb = cuda_peak_mb(impl, shape, device, dtype)
+                else:
+                    mb = cpu_peak_mb(impl, shape, dtype)
+            except torch.cuda.OutOfMemoryError:
+                res[(impl, dtype)] = "out of memory"
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
             res[(impl, dtype)] = (ms, mb, loss)
             print(f"  {shape} {impl} {dtype}: {ms:.1f} ms, {mb:.1f} MB", file=sys.stderr, flush=True)
             gc.collect()
             if on_cuda:
                 torch.cuda.empty_cache()
-        ref_ms = res[("reference", torch.float32)][0]
-        naive_mb = res[("naive", torch.float32)][1]
-        for (impl, dtype), (ms, mb, loss) in res.items():
-            mem_ratio = f"{mb / naive_mb:.3f}" if naive_mb > 0 else "n/a"  # nan > 0 is False too
-            row = (f"| {', '.join(map(str, shape))} | {impl} | {str(dtype).replace('torch.', '')} | {ms:.1f} | "
-                   f"{ref_ms / ms:.1f}x | {mb:.1f} | {mem_ratio} | {loss:.5f} |")
+        for (impl, dtype), r in res.items():
+            wide, gram = flops_u(impl, shape, dtype)
+            fl = f"{wide:.2f} + {gram:.2f}"
+            dname = str(dtype).replace("torch.", "")
+            if not isinstance(r, tuple):
+                row = f"| {', '.join(map(str, shape))} | {impl} | {dname} | {r or '(CUDA only)'} | | | | | | {fl} | |"
+            else:
+                ms, mb, loss = r
+                peer = {k: res.get((k, dtype)) for k in ("reference", "naive", "batched")}
+                peer = {k: v if isinstance(v, tuple) else (float("nan"),) * 3 for k, v in peer.items()}
+                # nan > 0 is False: a missing peer gives n/a
+                ratio = lambda a, b, f: f.format(a / b) if b > 0 else "n/a"  # noqa: E731
+                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {ms:.2f} | "
+                       f"{ratio(peer['reference'][0], ms, '{:.1f}x')} | {ratio(peer['batched'][0], ms, '{:.1f}x')} | "
+                       f"{mb:.1f} | {ratio(mb, peer['naive'][1], '{:.3f}')} | "
+                       f"{ratio(mb, peer['batched'][1], '{:.3f}')} | {fl} | {loss:.5f} |")
             lines.append(row)
             print(row, flush=True)
+        for dtype in dtypes:
+            us, byts, us_hbm = fused_floors(shape, dtype)
+            notes.append(f"- fused floors at {shape}, {str(dtype).replace('torch.', '')}: matmul {us:.1f} us at "
+                         f"{TC_FLOPS / 1e12:.0f} TFLOP/s{' (3-pass tf32)' if dtype == torch.float32 else ''}, "
+                         f"HBM {byts / 1e6:.1f} MB = {us_hbm:.1f} us at {HBM_BYTES / 1e12:.0f} TB/s (H100)")
+    lines += [""] + notes
+    print("\n".join(notes))
     lines += ["", f"1-minute load average at end: {_load()}"]
     print(lines[-1])
     if args.out:

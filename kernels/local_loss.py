@@ -12,7 +12,7 @@ For ECG j with beats e_jq (q < K) and report i with sentences s_ik (k < S):
 
 Algebra used by "batched" and "fused": s_ik . c_ik = sum_q A2_qk a_qk and ||c_ik||^2 = A2_k^T G_j A2_k with the
 K x K Gram matrix G_j = E_j E_j^T, so the D-wide contexts c_ik are never formed. Only the dot products a
-(B x B x K x S in "batched", one K x S tile in registers per pair in "fused") and G (B x K x K) exist.
+(B x B x K x S in "batched", one tile of many pairs in registers in "fused") and G (B x K x K) exist.
 
 Masks: `beat_mask` [B, K] and `sent_mask` [B, S], bool, True = valid. Masked beats and sentences take no part
 (their values are replaced with where(), so NaN or huge garbage there never leaks, and their gradients are 0).
@@ -22,42 +22,45 @@ over the valid rows, so it equals the loss of the batch without those samples an
 are unchanged; invalid samples get zero gradient. With no valid sample the loss is a zero that still carries a
 graph (all gradients zero).
 
-Fused design: torch computes G = E E^T [B, K, K] and ||s_ik|| [B, S] (fp32, differentiable); one Triton program per
-pair (j, i) builds a = E_j S_i^T by D-chunks (tl.dot) and does the K x S algebra in registers, writing S[j, i]
-only. The backward recomputes per pair: a pass with one program per (ECG j, D-chunk, split) sums over reports
-i the a-path gradient ga_ji S_i and dL/dG_j; a pass per (report i, D-chunk, split) sums ga_ji^T E_j and
-dL/d||s_i||. Partial sums per split are added by torch (deterministic, no atomics); autograd carries dL/dG and
-dL/d||s|| through the bmm and the norm. Nothing of size B x B x K x S or B x B x S x D is stored. fp32 inputs
-use IEEE fp32 dots; bf16 / fp16 inputs use tensor-core dots with fp32 accumulation for a (backward D-wide dots
-in tf32 on fp32-converted operands); the small K x K Gram dots are IEEE fp32 always. Under TRITON_INTERPRET=1 every dot operand is cast to fp32 (triton issue 11584).
+Fused design (FlashAttention-shaped): the wrapper pads E to [Bj, KP, DP] and S to [Bi, SP, DP] (KP = pow2 >= 16
+beat slots, SP = pow2 sentence slots, padded samples get one dummy slot and a zero upstream gradient) and torch
+computes G = E E^T [Bj, KP, KP] and ||s|| [Bi, SP] (fp32, differentiable). One Triton kernel works on tiles of
+BJ ECGs x BI reports: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16, bf16:
+8 ECGs x 4 reports; the E tile is loaded once per program for D <= 256), the two softmaxes are segmented
+reductions over its 4-d view [BJ, KP, BI, SP], ||c||^2 = A2^T G_j A2 a batched K x K dot, and the log-sum-exp
+over sentences gives S[j, i] for the BJ x BI pairs. The backward launch recomputes each tile once and writes
+ga = dL/da (input dtype, [Bj KP, Bi SP]), sum_i dL/dG_j and dL/d||s||; two GEMMs ga S and ga^T E give dE and
+dS on tensor cores, autograd carries dL/dG and dL/d||s|| through the bmm and the norm. No atomics (partial sums
+per program are added by torch). Matmul work per fwd+bwd, u = 2 B^2 K S D: 4 u D-wide (a twice, two GEMMs) plus
+4 K x K Gram dots (KP / D u each). bf16 / fp16 inputs: tensor-core dots with fp32 accumulation (A1 held in 16 bits
+in the backward); fp32 inputs: "tf32x3" dots (3-pass split, about fp32 accuracy) or precision="ieee". Under
+TRITON_INTERPRET=1 every dot operand is cast to fp32 (triton issue 11584) and computed exactly.
 
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
 """
 from __future__ import annotations
 
-import math
-import os
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-try:  # triton is optional: without it "fused" falls back to "batched"
+from ._dispatch import HAS_TRITON, interpreting, resolve_impl
+
+if HAS_TRITON:
     import triton
     import triton.language as tl
-
-    HAS_TRITON = True
-except Exception:  # pragma: no cover
-    triton = None
-    tl = None
-    HAS_TRITON = False
 
 __all__ = [
     "IMPLS",
     "local_alignment_loss",
     "local_similarity",
     "local_attention",
+    "sm90_specs",
+    "matmul_flops",
 ]
 
 IMPLS = ("reference", "batched", "fused", "auto")
@@ -85,8 +88,6 @@ def _check(beats, beat_mask, sents, sent_mask):
         raise ValueError(f"local loss: sent_mask must be [B, S] = [{B}, {S}], got {_shape(sent_mask)}")
     if not (beats.is_floating_point() and sents.is_floating_point()):
         raise ValueError(f"local loss: beats and sents must be floating point, got {beats.dtype}, {sents.dtype}")
-    if beats.dtype != sents.dtype:
-        raise ValueError(f"local loss: beats ({beats.dtype}) and sents ({sents.dtype}) must share a dtype")
     devs = {beats.device, sents.device, beat_mask.device, sent_mask.device}
     if len(devs) != 1:
         raise ValueError(f"local loss: all inputs must be on one device, got {sorted(map(str, devs))}")
@@ -102,7 +103,11 @@ def _comp_dtype(dtype):
 
 
 def _prepare(beats, beat_mask, sents, sent_mask):
-    """Bool masks, garbage in masked slots replaced by 0 (where(), so NaN cannot leak)."""
+    """Bool masks, garbage in masked slots replaced by 0 (where(), so NaN cannot leak); beats and sents in one
+    dtype (the wider of the two: under autocast the two encoders can hand different ones)."""
+    if beats.dtype != sents.dtype:
+        dt = torch.promote_types(beats.dtype, sents.dtype)
+        beats, sents = beats.to(dt), sents.to(dt)
     beat_mask = beat_mask if beat_mask.dtype == torch.bool else beat_mask != 0
     sent_mask = sent_mask if sent_mask.dtype == torch.bool else sent_mask != 0
     beats = torch.where(beat_mask[..., None], beats, torch.zeros((), dtype=beats.dtype, device=beats.device))
@@ -126,18 +131,14 @@ def _zero_loss(beats, sents, dtype):
     return beats.to(dtype).sum() * 0.0 + sents.to(dtype).sum() * 0.0
 
 
-def _resolve_impl(impl, device):
-    if impl not in IMPLS:
-        raise ValueError(f"local loss: unknown impl {impl!r}; choose one of {', '.join(map(repr, IMPLS))}")
-    if impl == "auto":
-        return "fused" if (device.type == "cuda" and HAS_TRITON) else "batched"
-    if impl == "fused":
-        if not HAS_TRITON:
+def _resolve(impl, device, K, S):
+    asked = impl
+    impl = resolve_impl("local loss", impl, device, IMPLS, "batched")
+    if impl == "fused" and not fused_supported(K, S):
+        if asked == "auto":
             return "batched"
-        if device.type == "cuda":
-            return "fused"
-        # on a CPU tensor the kernel runs only under the Triton interpreter; otherwise the batched fallback
-        return "fused" if os.environ.get("TRITON_INTERPRET") == "1" else "batched"
+        raise RuntimeError(f"local loss: impl 'fused' holds whole ECGs and reports in one tile: K = {K}, S = {S}, "
+                           f"at most {MAX_KS} each; use impl 'batched'")
     return impl
 
 
@@ -229,178 +230,179 @@ def _masked_clip_loss(sim, valid):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fused: Triton, one program per (j, i) pair forward; backward recomputes per pair
+# fused: Triton, tiles of BJ ECGs x BI reports = one (BJ*KP) x (BI*SP) tile of E_flat S_flat^T on tensor cores
 # ----------------------------------------------------------------------------------------------------------------
+MAX_KS = 128  # the fused tiles hold whole ECGs and reports: K and S up to this ("auto" uses "batched" above)
+TILE_ROWS = 128  # rows of a tile (BJ ECGs x KP beat slots)
+FWD_COLS = 64  # columns of a forward tile (BI reports x SP sentence slots)
+BWD_ELEMS = 4096  # elements of a backward tile (rows x columns): what 8 warps hold without spilling
+FWD_WARPS = BWD_WARPS = 8
+NUM_STAGES = 2
+WHOLE_D = 256  # 16-bit inputs with D up to this: the E tile is loaded once per program, whole-D dots
+
+
 if HAS_TRITON:
 
     @triton.jit
-    def _mm(a, b, IEEE: tl.constexpr):
-        if IEEE:
-            r = tl.dot(a, b, input_precision="ieee")
-        else:
-            r = tl.dot(a, b)
-        return r
+    def _local_tiles_kernel(E, Sn, G, NS, BMK, SMK, GOUT, OUT, GA, DG, GNS, n_ib, n_split, t1, t2, t3,
+                            KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr,
+                            BI: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr, F32DOT: tl.constexpr,
+                            PREC: tl.constexpr, GPREC: tl.constexpr):
+        """Inputs padded by the caller (no bounds checks here): E [n_jb * BJ, KP, DP], Sn [n_ib * BI, SP, DP],
+        G [n_jb * BJ, KP, KP], masks BMK [n_jb * BJ, KP], SMK / norms NS [n_ib * BI, SP] (int8 / fp32).
 
-    @triton.jit
-    def _pair_forward(E, Sn, G, NS, BM, SM, j, i, K, S, D, s_eb, s_ek, s_sb, s_sk, t1, t2,
-                      BK: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
-                      F32DOT: tl.constexpr, IEEE: tl.constexpr):
-        offs_k = tl.arange(0, BK)
-        offs_s = tl.arange(0, BS)
+        Program (jb, sp): ECG block jb (BJ ECGs of KP beat slots) against report blocks ib = sp, sp + n_split, ...
+        (BI reports of SP sentence slots). Per tile: a = E_tile S_tile^T (tensor cores, fp32 accumulation), the two
+        softmaxes as segmented reductions over the 4-d view [BJ, KP, BI, SP] of a, ||c||^2 in Gram form (batched
+        dot G_j A2), the log-sum-exp over sentences.
+        Forward: OUT[j, i] = S[j, i] ([n_jb * BJ, n_ib * BI], fp32). Backward: from GOUT (same shape) writes
+        ga = dL/da of the tile into GA [n_jb * BJ * KP, n_ib * BI * SP] (the caller's two GEMMs turn it into dE
+        and dS), sum over its reports of dL/dG_j into DG [n_split, n_jb * BJ, KP, KP] and sum over the block's
+        ECGs of dL/d||s_ik|| into GNS [n_jb, n_ib * BI * SP]."""
+        BM: tl.constexpr = BJ * KP
+        BN: tl.constexpr = BI * SP
+        jb = tl.program_id(0).to(tl.int64)
+        sp = tl.program_id(1).to(tl.int64)
+        n_i = n_ib * BI  # padded number of reports (columns of OUT)
+        n_c = n_ib * BN  # columns of GA
+        r = tl.arange(0, BM)
+        c = tl.arange(0, BN)
         offs_d = tl.arange(0, BD)
-        kin = offs_k < K
-        sin = offs_s < S
-        e_base = E + j * s_eb
-        s_base = Sn + i * s_sb
-        a = tl.zeros([BK, BS], dtype=tl.float32)
-        for d0 in range(0, D, BD):
-            din = (d0 + offs_d) < D
-            e = tl.load(e_base + offs_k[:, None] * s_ek + (d0 + offs_d)[None, :],
-                        mask=kin[:, None] & din[None, :], other=0.0)
-            s = tl.load(s_base + offs_s[:, None] * s_sk + (d0 + offs_d)[None, :],
-                        mask=sin[:, None] & din[None, :], other=0.0)
+        e_ptr = (E + jb * (BM * DP)) + (r[:, None] * DP + offs_d[None, :])
+        bm4 = tl.reshape(tl.load((BMK + jb * BM) + r), [BJ, KP, 1, 1]) != 0
+        jl = tl.arange(0, BJ)
+        gq = tl.arange(0, KP)
+        g_off = jl[:, None, None] * (KP * KP) + gq[None, :, None] * KP + gq[None, None, :]
+        G3 = tl.load((G + jb * (BJ * KP * KP)) + g_off)
+        dG = tl.zeros([BJ, KP, KP], dtype=tl.float32)
+        if BD == DP:  # the whole E tile fits: load it once for all report blocks (FlashAttention's Q tile)
+            e_all = tl.load(e_ptr)
             if F32DOT:
-                e = e.to(tl.float32)
-                s = s.to(tl.float32)
-            a += _mm(e, tl.trans(s), IEEE)
-        bm = tl.load(BM + j * K + offs_k, mask=kin, other=0) != 0
-        sm = tl.load(SM + i * S + offs_s, mask=sin, other=0) != 0
-        # A1: softmax over sentences (each row has >= 1 valid sentence: effective masks)
-        x1 = tl.where(sm[None, :], a, float("-inf"))
-        p1 = tl.exp(x1 - tl.max(x1, axis=1)[:, None])
-        A1 = p1 / tl.sum(p1, axis=1)[:, None]
-        # A2: softmax over beats of t1 * A1
-        x2 = tl.where(bm[:, None], t1 * A1, float("-inf"))
-        p2 = tl.exp(x2 - tl.max(x2, axis=0)[None, :])
-        A2 = p2 / tl.sum(p2, axis=0)[None, :]
-        num = tl.sum(A2 * a, axis=0)  # s_k . c_k
-        g = tl.load(G + j * K * K + offs_k[:, None] * K + offs_k[None, :],
-                    mask=kin[:, None] & kin[None, :], other=0.0)
-        GA = _mm(g, A2, True)  # G_j A2, [BK, BS]; K x K x S, always IEEE fp32 (||c||^2 is sensitive)
-        nc2 = tl.sum(A2 * GA, axis=0)  # ||c_k||^2
-        nc = tl.sqrt(tl.maximum(nc2, 1e-30))
-        ns = tl.load(NS + i * S + offs_s, mask=sin, other=0.0)
-        prod = ns * nc
-        den = tl.maximum(prod, 1e-8)
-        num_over = num / den
-        x = tl.where(sm, t2 * num_over, float("-inf"))
-        mx = tl.max(x, axis=0)
-        lse = mx + tl.log(tl.sum(tl.exp(x - mx), axis=0))
-        return a, A1, A2, GA, num, nc2, nc, ns, prod, den, x, lse
-
-    @triton.jit
-    def _pair_backward(gs, a, A1, A2, GA, num, nc2, nc, ns, prod, den, x, lse, t1, t2, t3):
-        """Gradient of t3 * lse wrt a (K x S), the Gram coefficient g_nc2 (per k) and ||s_k|| (per k)."""
-        w = tl.exp(x - lse)  # softmax over valid k of t2 * cos; 0 on masked / padded k
-        gcos = gs * t3 * t2 * w
-        gnum = gcos / den
-        gden = -gcos * num / (den * den)
-        gprod = tl.where(prod >= 1e-8, gden, 0.0)
-        gns = gprod * nc
-        gnc = gprod * ns
-        gnc2 = tl.where(nc2 >= 1e-30, gnc * 0.5 / nc, 0.0)
-        gA2 = gnum[None, :] * a + 2.0 * gnc2[None, :] * GA
-        gZ = A2 * (gA2 - tl.sum(A2 * gA2, axis=0)[None, :])
-        gA1 = t1 * gZ
-        ga = gnum[None, :] * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=1)[:, None])
-        return ga, gnc2, gns
-
-    @triton.jit
-    def _local_fwd_kernel(E, Sn, G, NS, BM, SM, OUT, B, K, S, D, s_eb, s_ek, s_sb, s_sk, t1, t2, t3,
-                          BK: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
-                          F32DOT: tl.constexpr, IEEE: tl.constexpr):
-        j = tl.program_id(0).to(tl.int64)
-        i = tl.program_id(1).to(tl.int64)
-        a, A1, A2, GA, num, nc2, nc, ns, prod, den, x, lse = _pair_forward(
-            E, Sn, G, NS, BM, SM, j, i, K, S, D, s_eb, s_ek, s_sb, s_sk, t1, t2, BK, BS, BD, F32DOT, IEEE)
-        tl.store(OUT + j * B + i, t3 * lse)
-
-    @triton.jit
-    def _local_bwd_kernel(E, Sn, G, NS, BM, SM, GOUT, GX_part, GAUX_part,
-                          B, K, S, D, s_eb, s_ek, s_sb, s_sk, t1, t2, t3, n_split,
-                          FOR_E: tl.constexpr, BK: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
-                          BDO: tl.constexpr, F32DOT: tl.constexpr, IEEE: tl.constexpr):
-        """FOR_E: program (j, d-chunk, split) sums over reports i of its split: dL/dE_j[:, chunk] (a-path) and
-        dL/dG_j. Else program (i, d-chunk, split) sums over ECGs j: dL/dS_i[:, chunk] (a-path) and dL/d||s_ik||.
-        Partials per split are written to GX_part [n_split, B, K|S, D] and GAUX_part; torch sums them."""
-        me = tl.program_id(0).to(tl.int64)
-        dc = tl.program_id(1)
-        sp = tl.program_id(2)
-        offs_k = tl.arange(0, BK)
-        offs_s = tl.arange(0, BS)
-        offs_do = dc * BDO + tl.arange(0, BDO)
-        dout = offs_do < D
-        kin = offs_k < K
-        sin = offs_s < S
-        if FOR_E:
-            acc = tl.zeros([BK, BDO], dtype=tl.float32)
-            acc_aux = tl.zeros([BK, BK], dtype=tl.float32)
-        else:
-            acc = tl.zeros([BS, BDO], dtype=tl.float32)
-            acc_aux = tl.zeros([BS], dtype=tl.float32)
-        for other in range(sp, B, n_split):
-            if FOR_E:
-                j = me
-                i = me * 0 + other  # int64 (a plain int under the interpreter, where .to() fails)
+                e_all = e_all.to(tl.float32)
+        for ib in range(sp, n_ib, n_split):
+            s_ptr = (Sn + ib * (BN * DP)) + (c[:, None] * DP + offs_d[None, :])
+            if BD == DP:
+                s = tl.load(s_ptr)
+                if F32DOT:
+                    s = s.to(tl.float32)
+                a = tl.dot(e_all, tl.trans(s), input_precision=PREC)
             else:
-                j = me * 0 + other
-                i = me
-            gs = tl.load(GOUT + j * B + i)
-            a, A1, A2, GA, num, nc2, nc, ns, prod, den, x, lse = _pair_forward(
-                E, Sn, G, NS, BM, SM, j, i, K, S, D, s_eb, s_ek, s_sb, s_sk, t1, t2, BK, BS, BD, F32DOT, IEEE)
-            ga, gnc2, gns = _pair_backward(gs, a, A1, A2, GA, num, nc2, nc, ns, prod, den, x, lse, t1, t2, t3)
-            if FOR_E:
-                s_out = tl.load(Sn + i * s_sb + offs_s[:, None] * s_sk + offs_do[None, :],
-                                mask=sin[:, None] & dout[None, :], other=0.0).to(tl.float32)
-                acc += _mm(ga, s_out, IEEE)
-                acc_aux += _mm(A2 * gnc2[None, :], tl.trans(A2), True)
+                a = tl.zeros([BM, BN], dtype=tl.float32)
+                for d0 in range(0, DP, BD):
+                    e = tl.load(e_ptr + d0)
+                    s = tl.load(s_ptr + d0)
+                    if F32DOT:
+                        e = e.to(tl.float32)
+                        s = s.to(tl.float32)
+                    a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
+            sm_c = tl.load((SMK + ib * BN) + c)
+            sm4 = tl.reshape(sm_c, [1, 1, BI, SP]) != 0
+            sm3 = tl.reshape(sm_c, [1, BI, SP]) != 0
+            ns3 = tl.reshape(tl.load((NS + ib * BN) + c), [1, BI, SP])
+            a4 = tl.reshape(a, [BJ, KP, BI, SP])
+            # A1: softmax over the sentences k of report i (each report has >= 1 valid sentence)
+            x1 = tl.where(sm4, a4, float("-inf"))
+            p1 = tl.exp(x1 - tl.max(x1, axis=3)[:, :, :, None])
+            A1 = p1 * (1.0 / tl.sum(p1, axis=3))[:, :, :, None]  # one division per segment
+            # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 valid beat)
+            x2 = tl.where(bm4, t1 * A1, float("-inf"))
+            p2 = tl.exp(x2 - tl.max(x2, axis=1)[:, None, :, :])
+            A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
+            if BACKWARD and not F32DOT:
+                # bf16 / fp16 inputs: A1 waits for the gradient in 16 bits (half the registers); ga is rounded to
+                # bf16 for the GEMMs anyway
+                A1 = A1.to(E.dtype.element_ty)
+            num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
+            A2_3 = tl.reshape(A2, [BJ, KP, BN])
+            GA4 = tl.reshape(tl.dot(G3, A2_3, input_precision=GPREC), [BJ, KP, BI, SP])  # G_j A2
+            nc2 = tl.sum(A2 * GA4, axis=1)  # ||c_ik||^2
+            nc = tl.sqrt(tl.maximum(nc2, 1e-30))
+            prod = ns3 * nc
+            den = tl.maximum(prod, 1e-8)
+            x = tl.where(sm3, t2 * (num / den), float("-inf"))
+            mx = tl.max(x, axis=2)
+            lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, :, None]), axis=2))  # [BJ, BI]
+            o_base = jb * BJ * n_i + ib * BI
+            o_off = jl[:, None] * n_i + tl.arange(0, BI)[None, :]
+            if BACKWARD:
+                gs = tl.load((GOUT + o_base) + o_off)
+                w = tl.exp(x - lse[:, :, None])  # softmax over the valid k of t2 * cos
+                gcos = gs[:, :, None] * (t3 * t2) * w
+                gnum = gcos / den
+                gprod = tl.where(prod >= 1e-8, -gcos * num / (den * den), 0.0)
+                gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 / nc, 0.0)
+                gnum4 = gnum[:, None, :, :]
+                gnc24 = gnc2[:, None, :, :]
+                # gA2 = gnum * a + 2 gnc2 * (G_j A2) = gnum * a + G_j (2 gnc2 A2): G_j A2 is recomputed rather
+                # than kept alive through the forward part (a smaller register set)
+                gA2 = gnum4 * a4 + tl.reshape(tl.dot(G3, tl.reshape(2.0 * gnc24 * A2, [BJ, KP, BN]),
+                                                     input_precision=GPREC), [BJ, KP, BI, SP])
+                gA1 = t1 * (A2 * (gA2 - tl.sum(A2 * gA2, axis=1)[:, None, :, :]))
+                ga4 = gnum4 * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=3)[:, :, :, None])
+                ga_ptr = (GA + (jb * BM * n_c + ib * BN)) + (r[:, None] * n_c + c[None, :])
+                tl.store(ga_ptr, tl.reshape(ga4, [BM, BN]).to(GA.dtype.element_ty))
+                dG = tl.dot(tl.reshape(A2 * gnc24, [BJ, KP, BN]), tl.permute(A2_3, (0, 2, 1)), dG,
+                            input_precision=GPREC)
+                tl.store((GNS + (jb * n_c + ib * BN)) + c, tl.reshape(tl.sum(gprod * nc, axis=0), [BN]))
             else:
-                e_out = tl.load(E + j * s_eb + offs_k[:, None] * s_ek + offs_do[None, :],
-                                mask=kin[:, None] & dout[None, :], other=0.0).to(tl.float32)
-                acc += _mm(tl.trans(ga), e_out, IEEE)
-                acc_aux += gns
-        if FOR_E:
-            rows = offs_k
-            rin = kin
-            R = K
-        else:
-            rows = offs_s
-            rin = sin
-            R = S
-        base = (sp.to(tl.int64) * B + me) * R * D
-        tl.store(GX_part + base + rows[:, None] * D + offs_do[None, :], acc, mask=rin[:, None] & dout[None, :])
-        first = dc == 0
-        if FOR_E:
-            gbase = (sp.to(tl.int64) * B + me) * K * K
-            tl.store(GAUX_part + gbase + offs_k[:, None] * K + offs_k[None, :], acc_aux,
-                     mask=kin[:, None] & kin[None, :] & first)
-        else:
-            nbase = (sp.to(tl.int64) * B + me) * S
-            tl.store(GAUX_part + nbase + offs_s, acc_aux, mask=sin & first)
-
-
-_FWD_WARPS = 4
-# 8 warps in the backward: at 4 its sm_90 build hits 255 registers and spills (checked with cuobjdump).
-# A variant stepping 2-4 pairs at once as [P, K, S] tiles spilled hundreds of bytes at sm_90, so one pair a step.
-_BWD_WARPS = 8
+                tl.store((OUT + o_base) + o_off, t3 * lse)
+        if BACKWARD:
+            tl.store((DG + (sp * tl.num_programs(0) + jb) * (BJ * KP * KP)) + g_off, dG)
 
 
 def _next_pow2(n):
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _launch_cfg(B, K, S, D, block_do=None, n_split=None, device=None):
-    BK = max(16, _next_pow2(K))
-    BS = max(16, _next_pow2(S))
-    BD = min(max(16, _next_pow2(D)), 64)  # chunk of the D loop that builds a = E_j S_i^T
-    BDO = block_do or min(max(16, _next_pow2(D)), 256)  # D-chunk of a gradient accumulator per program
-    n_dc = triton.cdiv(D, BDO)
-    if n_split is None:
-        n_split = 1
-        if device is not None and device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            n_split = max(1, min(B, (2 * sms + B * n_dc - 1) // max(1, B * n_dc)))
-    return BK, BS, BD, BDO, n_dc, int(n_split)
+class _Cfg(NamedTuple):
+    KP: int  # beat slots per ECG (pow2 >= 16: the batched Gram dots need 16-wide operands)
+    SP: int  # sentence slots per report (pow2)
+    DP: int  # D padded to a multiple of BD
+    BJ: int  # ECGs per tile
+    BI_F: int  # reports per forward tile
+    BI_B: int  # reports per backward tile (divides BI_F)
+    BD: int  # D-chunk of the a = E S^T loop
+    Bj: int  # padded batch of ECGs (multiple of BJ)
+    Bi: int  # padded batch of reports (multiple of BI_F)
+
+
+def _tile_cfg(B, K, S, D, wide16=True):
+    """Tile shapes for a batch; wide16: 16-bit operands (bf16 / fp16), whose whole-D tiles fit in shared memory."""
+    KP = max(16, _next_pow2(K))
+    SP = _next_pow2(S)
+    BJ = max(1, min(TILE_ROWS // KP, _next_pow2(B)))
+    shrink = 1 if wide16 else 2  # fp32: tf32x3 dots hold split operands, half the columns
+    bi = lambda cols: max(1, min(cols // SP, _next_pow2(B)), 16 // SP)  # noqa: E731 (>= 16 columns)
+    BI_B = bi(max(16, BWD_ELEMS // shrink // (BJ * KP) // max(1, KP // 16)))
+    BI_F = max(bi(FWD_COLS // shrink // max(1, KP // 16)), BI_B)
+    BD = max(16, _next_pow2(D)) if wide16 and D <= WHOLE_D else min(64, max(16, _next_pow2(D)))
+    return _Cfg(KP, SP, -(-D // BD) * BD, BJ, BI_F, BI_B, BD, -(-B // BJ) * BJ, -(-B // BI_F) * BI_F)
+
+
+def _dot_precisions(dtype, precision=None):
+    """(F32DOT, PREC, GPREC). bf16 / fp16 operands: tensor cores, fp32 accumulation. fp32 operands: `precision`
+    ("tf32x3" by default, the 3-pass split that keeps about fp32 accuracy; "ieee" for exact fp32). The small Gram
+    dots (||c||^2 is sensitive) run in tf32x3 unless `precision` is "ieee". Under the interpreter every dot operand
+    is cast to fp32 (triton issue 11584) and computed exactly."""
+    prec = precision or "tf32x3"
+    if prec not in ("tf32x3", "ieee", "tf32"):
+        raise ValueError(f"local loss: precision must be tf32x3, ieee or tf32, got {prec!r}")
+    interp = interpreting()
+    if interp or prec == "ieee":
+        return True, "ieee", "ieee"
+    if dtype == torch.float32:
+        return True, prec, "tf32x3"
+    return False, "tf32", "tf32"
+
+
+def _programs_per_block(device, n_jb, n_ib):
+    """Programs per ECG block: about four per multiprocessor in all (one is resident at a time: a short last
+    wave costs less), each walking several report blocks with its E tile loaded once. Off CUDA (the interpreter)
+    one program walks them all."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_ib, (4 * sms + n_jb - 1) // n_jb))
 
 
 def _device_guard(device):
@@ -409,94 +411,146 @@ def _device_guard(device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-class _LocalSimFused(torch.autograd.Function):
-    """S [B, B] from E, S (input dtype) and the fp32 side inputs G = E E^T [B, K, K], ||s|| [B, S].
+def _meta(cfg, bwd, f32dot, prec, gprec):
+    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ, BI=cfg.BI_B if bwd else cfg.BI_F, BD=cfg.BD,
+                BACKWARD=bwd, F32DOT=f32dot, PREC=prec, GPREC=gprec)
 
-    Gradients wrt G and ||s|| are returned to autograd, which carries them through the bmm and the norm."""
+
+class _LocalSimFused(torch.autograd.Function):
+    """S [Bj, Bi] (padded) from the padded E [Bj, KP, DP], S [Bi, SP, DP] (input dtype) and the fp32 side inputs
+    G = E E^T [Bj, KP, KP], ||s|| [Bi, SP]; gradients wrt G and ||s|| go back to autograd (the bmm and the norm)."""
 
     @staticmethod
-    def forward(ctx, E, Sn, G, NS, BM, SM, t1, t2, t3, block_do, n_split):
-        B, K, D = E.shape
-        S = Sn.shape[1]
-        BK, BS, BD, BDO, n_dc, n_split = _launch_cfg(B, K, S, D, block_do, n_split, E.device)
-        interp = os.environ.get("TRITON_INTERPRET") == "1"
-        f32dot = interp or E.dtype == torch.float32
-        ieee = E.dtype == torch.float32
-        out = torch.empty((B, B), dtype=torch.float32, device=E.device)
+    def forward(ctx, E, Sn, G, NS, BMK, SMK, cfg, t1, t2, t3, n_split, precision):
+        dots = _dot_precisions(E.dtype, precision)
+        n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_F
+        n_sp = max(1, min(n_ib, n_split or _programs_per_block(E.device, n_jb, n_ib)))
+        out = torch.empty((cfg.Bj, cfg.Bi), dtype=torch.float32, device=E.device)
         with _device_guard(E.device):
-            _local_fwd_kernel[(B, B)](
-                E, Sn, G, NS, BM, SM, out, B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1),
-                float(t1), float(t2), float(t3), BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee,
-                num_warps=_FWD_WARPS)
-        ctx.save_for_backward(E, Sn, G, NS, BM, SM)
-        ctx.cfg = (float(t1), float(t2), float(t3), BK, BS, BD, BDO, n_dc, n_split, f32dot, ieee)
+            # program (jb, sp) loads its E tile once and walks the report blocks sp, sp + n_sp, ...
+            _local_tiles_kernel[(n_jb, n_sp)](E, Sn, G, NS, BMK, SMK, out, out, out, out, out, n_ib, n_sp,
+                                              float(t1), float(t2), float(t3), num_warps=FWD_WARPS,
+                                              num_stages=NUM_STAGES, **_meta(cfg, False, *dots))
+        ctx.save_for_backward(E, Sn, G, NS, BMK, SMK)
+        ctx.cfg = (cfg, float(t1), float(t2), float(t3), n_split, dots)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):
-        E, Sn, G, NS, BM, SM = ctx.saved_tensors
-        t1, t2, t3, BK, BS, BD, BDO, n_dc, n_split, f32dot, ieee = ctx.cfg
-        B, K, D = E.shape
-        S = Sn.shape[1]
-        gout = gout.to(torch.float32).contiguous()
+        E, Sn, G, NS, BMK, SMK = ctx.saved_tensors
+        cfg, t1, t2, t3, n_split, dots = ctx.cfg
         dev = E.device
-        gE = torch.empty((n_split, B, K, D), dtype=torch.float32, device=dev)
-        gG = torch.empty((n_split, B, K, K), dtype=torch.float32, device=dev)
-        gS = torch.empty((n_split, B, S, D), dtype=torch.float32, device=dev)
-        gN = torch.empty((n_split, B, S), dtype=torch.float32, device=dev)
-        common = (B, K, S, D, E.stride(0), E.stride(1), Sn.stride(0), Sn.stride(1), t1, t2, t3, n_split)
-        meta = dict(BK=BK, BS=BS, BD=BD, BDO=BDO, F32DOT=f32dot, IEEE=ieee, num_warps=_BWD_WARPS)
-        grid = (B, n_dc, n_split)
+        n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_B
+        n_split = max(1, min(n_ib, n_split or _programs_per_block(dev, n_jb, n_ib)))
+        gout = gout.to(torch.float32).contiguous()
+        # 16-bit inputs: ga in bf16 (fp16's range would flush the small gradients of large batches)
+        ga_dtype = torch.bfloat16 if E.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        ga = torch.empty((cfg.Bj * cfg.KP, cfg.Bi * cfg.SP), dtype=ga_dtype, device=dev)
+        gG = torch.empty((n_split, cfg.Bj, cfg.KP, cfg.KP), dtype=torch.float32, device=dev)
+        gN = torch.empty((n_jb, cfg.Bi * cfg.SP), dtype=torch.float32, device=dev)
         with _device_guard(dev):
-            _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gE, gG, *common, FOR_E=True, **meta)
-            _local_bwd_kernel[grid](E, Sn, G, NS, BM, SM, gout, gS, gN, *common, FOR_E=False, **meta)
-        gE, gG, gS, gN = gE.sum(0), gG.sum(0), gS.sum(0), gN.sum(0)
-        return gE.to(E.dtype), gS.to(Sn.dtype), gG, gN, None, None, None, None, None, None, None
+            _local_tiles_kernel[(n_jb, n_split)](E, Sn, G, NS, BMK, SMK, gout, gout, ga, gG, gN, n_ib, n_split,
+                                                 t1, t2, t3, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
+                                                 **_meta(cfg, True, *dots))
+        # dE = ga S and dS = ga^T E: two GEMMs over the (Bj KP) x (Bi SP) matrix ga, fp32 accumulation
+        Ef, Sf = E.to(ga_dtype), Sn.to(ga_dtype)
+        gE = (ga @ Sf.view(cfg.Bi * cfg.SP, cfg.DP)).view(E.shape)
+        gS = (ga.T @ Ef.view(cfg.Bj * cfg.KP, cfg.DP)).view(Sn.shape)
+        return (gE.to(E.dtype), gS.to(Sn.dtype), gG.sum(0), gN.sum(0).view(cfg.Bi, cfg.SP), None, None, None, None,
+                None, None, None, None)
 
 
-def _compile_check(arch=90, dtypes=("fp32", "bf16"), K=16, S=16, D=256, fwd_warps=None, bwd_warps=None):
-    """Compile the three kernels ahead of time for a CUDA target (no GPU needed: Triton's bundled ptxas).
+def _pad_to(x, shape):
+    """x zero-padded at the end of each dim to `shape`, contiguous and 16-byte aligned (differentiable)."""
+    pads = []
+    for have, want in zip(reversed(x.shape), reversed(shape)):
+        pads += [0, want - have]
+    if any(pads):
+        x = F.pad(x, pads)
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
 
-    Returns {name: cubin resource line}. Must run with TRITON_INTERPRET unset (a fresh process)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    target = GPUTarget("cuda", arch, 32)
-    BK, BS, BD, BDO, _, _ = _launch_cfg(2, K, S, D)
-    scal = {n: "i32" for n in ("B", "K", "S", "D", "s_eb", "s_ek", "s_sb", "s_sk")}
-    scal.update(t1="fp32", t2="fp32", t3="fp32")
-    out = {}
-    for dt in dtypes:
-        f32dot = ieee = dt == "fp32"
-        ptrs = {"E": f"*{dt}", "Sn": f"*{dt}", "G": "*fp32", "NS": "*fp32", "BM": "*i8", "SM": "*i8"}
-        cx = dict(BK=BK, BS=BS, BD=BD, F32DOT=f32dot, IEEE=ieee)
-        sig = dict(ptrs, OUT="*fp32", **scal, **{k: "constexpr" for k in cx})
-        k = triton.compile(ASTSource(_local_fwd_kernel, sig, constexprs=cx), target=target,
-                           options={"num_warps": fwd_warps or _FWD_WARPS})
-        out[f"fwd_{dt}"] = k
-        for fe in (True, False):
-            cxb = dict(cx, FOR_E=fe, BDO=BDO)
-            sig = dict(ptrs, GOUT="*fp32", GX_part="*fp32", GAUX_part="*fp32", **scal, n_split="i32",
-                       **{k: "constexpr" for k in cxb})
-            k = triton.compile(ASTSource(_local_bwd_kernel, sig, constexprs=cxb), target=target,
-                               options={"num_warps": bwd_warps or _BWD_WARPS})
-            out[f"bwd_{'E' if fe else 'S'}_{dt}"] = k
+def _pad_mask(m, n, slots):
+    """Bool [B, L] -> int8 [n, slots]; padded samples get slot 0 (finite values, zero gout, never used)."""
+    out = torch.zeros((n, slots), dtype=torch.int8, device=m.device)
+    out[: m.shape[0], : m.shape[1]] = m.to(torch.int8)
+    out[m.shape[0]:, 0] = 1
     return out
 
 
-def _fused_sim(beats, sents, bm, sm, t1, t2, t3, block_do=None, n_split=None):
+def _fused_sim(beats, sents, bm, sm, t1, t2, t3, n_split=None, precision=None):
     """Same contract as _batched_sim, through the Triton kernels (float32 result)."""
     if beats.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         beats, sents = beats.float(), sents.float()
-    E = beats.contiguous()
-    Sn = sents.contiguous()
+    B, K, D = beats.shape
+    S = sents.shape[1]
+    cfg = _tile_cfg(B, K, S, D, beats.dtype != torch.float32)
+    E = _pad_to(beats, (cfg.Bj, cfg.KP, cfg.DP))
+    Sn = _pad_to(sents, (cfg.Bi, cfg.SP, cfg.DP))
     Ef = E.float()
-    G = torch.bmm(Ef, Ef.transpose(1, 2)).float().contiguous()
-    NS = torch.linalg.vector_norm(Sn.float(), dim=-1).contiguous()
-    BM = bm.to(torch.int8).contiguous()
-    SM = sm.to(torch.int8).contiguous()
-    return _LocalSimFused.apply(E, Sn, G, NS, BM, SM, t1, t2, t3, block_do, n_split)
+    G = torch.bmm(Ef, Ef.transpose(1, 2))
+    NS = torch.linalg.vector_norm(Sn.float(), dim=-1)
+    sim = _LocalSimFused.apply(E, Sn, G, NS, _pad_mask(bm, cfg.Bj, cfg.KP), _pad_mask(sm, cfg.Bi, cfg.SP), cfg,
+                               t1, t2, t3, n_split, precision)
+    return sim[:B, :B]
+
+
+def fused_supported(K, S):
+    return K <= MAX_KS and S <= MAX_KS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sm_90 build specs (benchmarks/kernel_resources.py and the tests compile them with Triton's bundled ptxas)
+# ----------------------------------------------------------------------------------------------------------------
+# (K, S) of the shipped configs: K = S = 16, and the default max_beats 32 for the 16-bit training dtypes
+SHIPPED_SHAPES = {"bf16": ((16, 16), (32, 16)), "fp16": ((16, 16), (32, 16)), "fp32": ((16, 16),)}
+
+
+def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
+    """One dict per shipped config (forward and backward per (K, S) in `shapes`) for input dtype "bf16", "fp16" or
+    "fp32": name, fn (the @triton.jit function), signature, constexprs, num_warps, num_stages, and attrs (the
+    16-byte pointer divisibility Triton's launcher specialises on for the aligned buffers the wrapper hands it: pass
+    it to ASTSource, else the build assumes 2-byte pointers and loads element by element). Compile with
+    TRITON_INTERPRET unset."""
+    if dtype not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"sm90_specs: dtype must be bf16, fp16 or fp32, got {dtype!r}")
+    f32dot = dtype == "fp32"
+    prec = "tf32x3" if f32dot else "tf32"
+    out = []
+    for K, S in shapes or SHIPPED_SHAPES[dtype]:
+        cfg = _tile_cfg(1 << 16, K, S, D, not f32dot)
+        for bwd in (False, True):
+            ptrs = {"E": f"*{dtype}", "Sn": f"*{dtype}", "G": "*fp32", "NS": "*fp32", "BMK": "*i8", "SMK": "*i8",
+                    "GOUT": "*fp32", "OUT": "*fp32", "GA": ("*fp32" if f32dot else "*bf16") if bwd else "*fp32",
+                    "DG": "*fp32",
+                    "GNS": "*fp32", "n_ib": "i32", "n_split": "i32", "t1": "fp32", "t2": "fp32", "t3": "fp32"}
+            cx = _meta(cfg, bwd, f32dot, prec, prec)
+            sig = dict(ptrs, **{k: "constexpr" for k in cx})
+            attrs = {(n,): [["tt.divisibility", 16]] for n, k in enumerate(sig) if sig[k].startswith("*")}
+            out.append(dict(name=f"local_{'bwd' if bwd else 'fwd'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_tiles_kernel,
+                            signature=sig, constexprs=cx, attrs=attrs,
+                            num_warps=BWD_WARPS if bwd else FWD_WARPS, num_stages=NUM_STAGES))
+    return out
+
+
+def matmul_flops(B, K, S, D, impl, dtype=torch.bfloat16):
+    """(D-wide, Gram) matmul FLOPs one fwd+bwd of `impl` executes, padding included. In units of
+    u = 2 B^2 K S D: fused 4 u D-wide (a in the forward, a again in the backward, the two GEMMs ga S and ga^T E)
+    plus 4 K x K Gram dots per pair (KP / D u each); batched 3 u (a and its two gradients); the reference loop and
+    the naive vectorisation 6 u (they also form the D-wide contexts c = A2^T E, and their two gradients)."""
+    u = 2.0 * B * B * K * S * D
+    gram_e = 3 * 2.0 * B * K * K * D  # G = E E^T and its two gradients
+    if impl == "fused":
+        c = _tile_cfg(B, K, S, D, dtype != torch.float32)
+        tile = 2.0 * c.Bj * c.KP * c.Bi * c.SP * c.DP
+        return 4 * tile, 4 * 2.0 * c.Bj * c.KP * c.KP * c.Bi * c.SP + 3 * 2.0 * c.Bj * c.KP * c.KP * c.DP
+    if impl == "batched":
+        return 3 * u, 3 * 2.0 * B * B * K * K * S + gram_e
+    if impl in ("reference", "naive"):
+        return 6 * u, 0.0
+    raise ValueError(f"matmul_flops: unknown impl {impl!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -520,15 +574,18 @@ def _sim_dispatch(beats, sents, bm, sm, t1, t2, t3, impl, cd, **kw):
     return sim
 
 
-def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference"):
+def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference",
+                         precision=None):
     """MELP beat-sentence loss (scalar). beats [B, K, D], beat_mask [B, K] bool, sents [B, S, D], sent_mask
     [B, S] bool (True = valid). impl: "reference" (per-sample loop), "batched" (vectorised PyTorch), "fused"
-    (Triton; on a CPU tensor only under TRITON_INTERPRET=1, else "batched"), "auto" (fused on CUDA, else batched).
+    (the Triton kernels, or a RuntimeError saying why they cannot run: on CPU tensors they run only under
+    TRITON_INTERPRET=1, and K, S <= 128), "auto" (fused on CUDA when it can, else batched).
+    precision: fused with fp32 inputs only, "tf32x3" (default) or "ieee" (exact fp32 dots, for parity checks).
 
     Samples with no valid beat or no valid sentence are dropped from rows and columns (see module docstring);
     with no valid sample the loss is 0 with zero gradients."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve_impl(impl, beats.device)
+    impl = _resolve(impl, beats.device, K, S)
     beats, beat_mask, sents, sent_mask = _prepare(beats, beat_mask, sents, sent_mask)
     cd = _comp_dtype(beats.dtype)
     if B == 0 or K == 0 or S == 0:
@@ -536,16 +593,18 @@ def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=
     if impl == "reference":
         with torch.autocast(device_type=beats.device.type, enabled=False):
             return _reference_loss(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
-    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
+    kw = {"precision": precision} if impl == "fused" else {}
+    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw)
     return _masked_clip_loss(sim, has_beat & has_sent)
 
 
-def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference"):
+def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference",
+                     precision=None):
     """The B x B matrix S[j, i] (rows ECGs j, columns reports i) of the local loss, differentiable.
 
     S[j, i] is NaN where ECG j has no valid beat or report i has no valid sentence."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve_impl(impl, beats.device)
+    impl = _resolve(impl, beats.device, K, S)
     beats, beat_mask, sents, sent_mask = _prepare(beats, beat_mask, sents, sent_mask)
     cd = _comp_dtype(beats.dtype)
     if B == 0 or K == 0 or S == 0:
@@ -553,7 +612,8 @@ def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0
     if impl == "reference":
         with torch.autocast(device_type=beats.device.type, enabled=False):
             return _reference_sim(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
-    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
+    kw = {"precision": precision} if impl == "fused" else {}
+    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw)
     defined = has_beat[:, None] & has_sent[None, :]
     return torch.where(defined, sim, torch.full((), float("nan"), dtype=sim.dtype, device=sim.device))
 

@@ -44,7 +44,7 @@ class MELPLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         c = self.cfg
         g = infonce_loss(out["rhythm"], out["text"].to(out["rhythm"].dtype), out["logit_scale"], impl=c.impl)
-        loc = local_alignment_loss(out["beats"].float(), out["beat_mask"], out["sents"].float(), out["sent_mask"],
+        loc = local_alignment_loss(out["beats"], out["beat_mask"], out["sents"], out["sent_mask"],
                                    t1=c.t1, t2=c.t2, t3=c.t3, impl=c.impl)
         cap = caption_loss(out["caption_logits"], out["caption_targets"])
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
