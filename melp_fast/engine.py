@@ -312,9 +312,10 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- the loop
     def fit(self, epoch_batches: Callable[[int, int], Iterable[dict]], compute: Callable[[dict], dict],
-            after_step: Callable[[], None] | None = None) -> list[dict]:
+            after_step: Callable[[], dict | None] | None = None) -> list[dict]:
         """Train from the current position to ``tcfg.steps``. ``epoch_batches(epoch, start)``: this rank's batches
-        of an epoch from batch ``start`` on. Saves every ``save_every`` steps and at the end; returns the history
+        of an epoch from batch ``start`` on. ``after_step()`` runs after each optimiser step; a dict it returns
+        (validation metrics) joins that step's history record. Saves every ``save_every`` steps and at the end; returns the history
         (rank 0: the whole run's, resumed runs included; other ranks: [])."""
         from tqdm import tqdm
 
@@ -331,9 +332,8 @@ class Trainer:
                 losses = self.train_step(batch, compute)
                 if losses is None:
                     continue
-                if after_step is not None:
-                    after_step()
-                rec = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
+                extra = after_step() if after_step is not None else None  # e.g. validation metrics, logged too
+                rec = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in {**losses, **(extra or {})}.items()}
                 rec.update(step=self.step, lr=self.schedule.get_last_lr()[0], skipped=self.skipped)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.perf_counter()

@@ -15,6 +15,7 @@ melp_fast.load_model(path).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -105,6 +106,33 @@ def clamp_logit_scale(engine):
         engine.module.clamp_logit_scale()
 
 
+def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: Path, rank: int):
+    """The after-step hook of MELP_SPEC's validation: every ``train.eval_every`` steps the held-out subjects'
+    losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/validation.py) join the history, and the
+    best model by ``train.best_metric`` is exported to out_dir/best (its score in best/best.json)."""
+    if not cfg.train.eval_every:
+        return lambda: None
+    from melp_fast.validation import BestTracker, held_out_indices, validate
+
+    val_idx = held_out_indices(store, cfg.data.val_fraction)
+    best, best_file = BestTracker(cfg.train.best_metric), out_dir / "best" / "best.json"
+    if best_file.is_file():  # a resumed run keeps the best it had
+        best.load_state_dict(json.loads(best_file.read_text()))
+
+    def run() -> dict | None:
+        if trainer.step % cfg.train.eval_every:
+            return None
+        metrics = validate(trainer.engine.module, criterion, store, val_idx, downstream=cfg.train.downstream,
+                           batch_size=cfg.train.batch_size)
+        if best.update(trainer.step, metrics):  # every rank computed the same metrics: the same decision
+            export_model(trainer.engine, cfg, out_dir / "best", rank)
+            if rank == 0:
+                best_file.write_text(json.dumps(best.state_dict()))
+        return metrics
+
+    return run
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = from_args(get_preset(args.preset), args, FLAGS)
@@ -146,7 +174,13 @@ def main(argv=None) -> dict:
         return {**criterion(out, batch), "logit_scale": out["logit_scale"].detach()}
 
     # loop, then export
-    history = trainer.fit(epoch_batches, compute, after_step=lambda: clamp_logit_scale(trainer.engine))
+    validate = validation(cfg, store, criterion, trainer, out_dir, rank)
+
+    def after_step() -> dict | None:
+        clamp_logit_scale(trainer.engine)
+        return validate()
+
+    history = trainer.fit(epoch_batches, compute, after_step=after_step)
     export_dir = export_model(trainer.engine, cfg, out_dir / "model", rank)
     dist.barrier()
     return {"export": str(export_dir), "history": history, "skipped": trainer.skipped, "config": cfg}

@@ -84,3 +84,26 @@ def test_pretraining_indices_hold_out_whole_subjects():
     assert np.array_equal(train, pretraining_indices(store, 0.02))
     assert pretraining_indices(SimpleNamespace(records=[{"subject": ""}] * 10), 0.02) is None
     assert pretraining_indices(store, 0.0) is None
+
+
+def test_validation_every_n_steps_joins_the_history_and_keeps_the_best(tmp_path):
+    """train.eval_every with a downstream store: zero-shot AUROC in the history at every eval step, the best model
+    by train.best_metric exported to out/best with its score."""
+    from melp_fast.data import synthetic
+    from melp_fast.data.store import write_store
+
+    recs = [synthetic.generate_record(i, 5) for i in range(24)]
+    down = write_store(tmp_path / "down", ((r.signal, r.report, r.labels) for r in recs), classes=synthetic.CLASSES,
+                       source="synthetic:down", progress=False)
+    out = tmp_path / "run"
+    r = run_train([*SMALL, "--out", str(out), "--steps", "4", "--set", "train.eval_every=2",
+                   "--set", f'train.downstream=["{down.path}"]', "--set", "train.best_metric=zs/mean"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    scored = [h for h in history if "zs/mean" in h]
+    assert [h["step"] for h in scored] == [2, 4]
+    assert all(0.0 <= h["zs/mean"] <= 1.0 for h in scored)
+    best = json.loads((out / "best" / "best.json").read_text())
+    top = max(scored, key=lambda h: h["zs/mean"])
+    assert best["metric"] == "zs/mean" and best["step"] == top["step"] and best["value"] == pytest.approx(top["zs/mean"])
+    assert load_model(out / "best").cfg.width == 64
