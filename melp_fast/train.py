@@ -36,6 +36,9 @@ from melp_fast.data.store import Store, build_synthetic_store
 from melp_fast.losses import MELPLoss
 from melp_fast.model.melp import MELP
 from melp_fast.export import export_model
+from melp_fast.preemption import StopGuard  # issue 14 hook
+from melp_fast.run_dir import prepare_run_dir  # issue 14 hook
+from melp_fast.safe_load import deepspeed_weights_only, load_train_state, save_train_state  # issue 14 hook
 
 DEFAULT_DS_CONFIG = {
     "train_micro_batch_size_per_gpu": 32,
@@ -61,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--text-encoder", default=None, help="minilm | Hugging Face name or path | random:<size>")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints, history and model are removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -158,6 +163,8 @@ def main(argv=None) -> dict:
     cfg = make_config(args)
     rank, world = init_distributed()
     out_dir = Path(cfg.train.out_dir)
+    # issue 14 hook: an existing run is never replaced without --resume or --overwrite
+    prepare_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite, rank=rank, barrier=dist.barrier)
     torch.manual_seed(cfg.train.seed)
 
     # data
@@ -202,6 +209,8 @@ def main(argv=None) -> dict:
     step, epoch, consumed, skipped, bad_in_row = pos["step"], pos["epoch"], pos["sample"], 0, 0
     bar = tqdm(total=cfg.train.steps, initial=step, desc="train", disable=rank != 0 or args.quiet, mininterval=1.0)
     t_last, n_last = time.perf_counter(), step
+    # issue 14 hook: SIGTERM / SIGINT -> every rank finishes its step, a complete checkpoint, exit 128 + signal
+    guard = StopGuard(cfg.train.stop_grace_s, cfg.train.save_minutes, rank).__enter__()
     while step < cfg.train.steps:
         sampler.set_epoch(epoch, start=pos["sample"] if epoch == pos["epoch"] else 0)
         dataset.set_epoch(epoch)
@@ -243,12 +252,19 @@ def main(argv=None) -> dict:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
             bar.update(1)
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.train.steps:
-                save(engine, ckpt_dir, step, epoch, consumed, rank)
+            stop, save_due = guard.check()  # issue 14 hook: one all-reduce, the same decision on every rank
+            if (stop or save_due or (cfg.train.save_every and step % cfg.train.save_every == 0)) \
+                    and step < cfg.train.steps:
+                tag = save(engine, ckpt_dir, step, epoch, consumed, rank)
+                guard.saved()
+                if stop:
+                    bar.close()
+                    raise guard.preempted(ckpt_dir / tag, step)
             if step >= cfg.train.steps:
                 break
         else:
             epoch += 1
+    guard.__exit__(None, None, None)  # issue 14 hook (the final save below runs with the default handlers)
     bar.close()
     if writer is not None:
         writer.close()
@@ -296,11 +312,8 @@ def save(engine, ckpt_dir: Path, step: int, epoch: int, consumed: int, rank: int
     tag = f"step{step}"
     folder = ckpt_dir / tag
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"position": {"step": step, "epoch": epoch, "sample": consumed},
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-    tmp = folder / f"train_state_rank{rank}.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / f"train_state_rank{rank}.pt")
+    # issue 14 hook: our state as safetensors + JSON (no pickle)
+    save_train_state(folder, rank, {"step": step, "epoch": epoch, "sample": consumed})
     dist.barrier()
     engine.save_checkpoint(str(ckpt_dir), tag=tag)
     dist.barrier()
@@ -316,14 +329,11 @@ def resume(engine, ckpt_dir: Path, rank: int) -> dict:
     if not pointer.is_file():
         raise FileNotFoundError(f"--resume: no complete checkpoint to resume from in {ckpt_dir}")
     tag = pointer.read_text().strip()
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    with deepspeed_weights_only():  # issue 14 hook: DeepSpeed's torch.load runs weights-only
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None:
         raise FileNotFoundError(f"--resume: checkpoint {ckpt_dir / tag} could not be loaded")
-    state = torch.load(ckpt_dir / tag / f"train_state_rank{rank}.pt", weights_only=False)
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return state["position"]
+    return load_train_state(ckpt_dir / tag, rank)  # issue 14 hook: restores the RNG states, returns the position
 
 
 def read_history(path: Path, upto: int) -> list[dict]:
