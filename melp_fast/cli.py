@@ -72,8 +72,14 @@ def _zero_shot(args) -> int:
     from .evaluate import comparison_table, load_prompts, save_json, zero_shot
     from .export import load_model
 
-    store = Store(args.store)
-    res = zero_shot(load_model(args.model), store, load_prompts("synthetic", args.prompts))
+    from .errors import UserError
+
+    model = load_model(args.model)
+    try:
+        store = Store(args.store)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--store: {e}") from None
+    res = zero_shot(model, store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:
         save_json(res, args.out)
