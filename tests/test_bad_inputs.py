@@ -160,6 +160,19 @@ def test_crafted_mat_is_a_real_matlab_file(tmp_path):
     assert loadmat(str(tmp_path / "small.mat"))["val"].shape == (2, 1000)
 
 
+@pytest.mark.parametrize("compressed", [True, False])
+def test_mat_shapes_from_headers_match_scipy(tmp_path, compressed):
+    from scipy.io import savemat, whosmat
+
+    from melp_fast.data.sources.common import mat_shapes
+
+    rng = np.random.default_rng(3)
+    p = tmp_path / "m.mat"
+    savemat(str(p), {"val": rng.integers(-999, 999, (12, 5000)).astype(np.int16), "x": rng.random(3),
+                     "cube": rng.random((2, 3, 4))}, do_compression=compressed)
+    assert mat_shapes(p) == {name: tuple(shape) for name, shape, _ in whosmat(str(p))}
+
+
 MEMORY_CASE = """
 import resource, sys
 from melp_fast.data.sources import SkipRecord

@@ -345,14 +345,14 @@ def _read_wfdb_lib(rec: Path, seconds):
 
 
 def _read_cinc_mat(hea: Path, header) -> np.ndarray:
-    from scipy.io import loadmat, whosmat
+    from scipy.io import loadmat
 
     fn = header.file_name[0]
     f = hea.parent / fn
     regular_file(f, "data file")
     check_file_bytes(f)
     try:  # the variable's shape from its header alone: nothing is decompressed before it is checked
-        shapes = {name: shape for name, shape, _ in whosmat(str(f))}
+        shapes = mat_shapes(f)
     except Exception as e:  # noqa: BLE001
         raise SkipRecord(f"unreadable MATLAB file {fn}: {type(e).__name__}: {e}") from None
     shape = shapes.get("val")
@@ -374,6 +374,63 @@ def _read_cinc_mat(hea: Path, header) -> np.ndarray:
     gain = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64)[:, None]
     base = np.array(header.baseline if header.baseline else [0] * header.n_sig, dtype=np.float64)[:, None]
     return (val - base) / gain
+
+
+def mat_shapes(path) -> dict:
+    """{variable name: shape} of a MATLAB file, from the variables' headers alone. For v5 files the first bytes of
+    each (possibly zlib-compressed) variable are inflated, never its data (scipy's whosmat inflates it all: 257 MB
+    for a 1 MB file claiming 1e9 samples); other versions go through whosmat."""
+    import struct
+    import zlib
+
+    out = {}
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI") or head[:4] == b"\0\0\0\0":
+            from scipy.io import whosmat
+
+            return {name: tuple(shape) for name, shape, _ in whosmat(str(path))}
+        end = "<" if head[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                return out
+            mdtype, nbytes = struct.unpack(end + "II", tag)
+            start = f.tell()
+            header = None
+            if mdtype == 15:  # miCOMPRESSED: inflate only the start (the matrix's own tag and header)
+                d, buf = zlib.decompressobj(), b""
+                while len(buf) < 256:
+                    chunk = f.read(min(4096, start + nbytes - f.tell()))
+                    if not chunk:
+                        break
+                    buf += d.decompress(chunk, 256 - len(buf))
+                if len(buf) >= 8 and struct.unpack(end + "I", buf[:4])[0] == 14:
+                    header = buf[8:]
+            elif mdtype == 14:  # miMATRIX
+                header = f.read(min(nbytes, 256))
+            if header:
+                name, shape = _mat_matrix_header(header, end)
+                out[name] = shape
+            f.seek(start + nbytes + (0 if mdtype in (14, 15) else -nbytes % 8))
+
+
+def _mat_matrix_header(b: bytes, end: str):
+    """(name, shape) from the sub-elements at the start of a miMATRIX: array flags, dimensions, name."""
+    import struct
+
+    def element(pos):
+        mdtype, n = struct.unpack(end + "II", b[pos:pos + 8])
+        if mdtype >> 16:  # small data element: 4-byte tag, up to 4 bytes of data
+            n, mdtype = mdtype >> 16, mdtype & 0xFFFF
+            return mdtype, b[pos + 4:pos + 4 + n], pos + 8
+        return mdtype, b[pos + 8:pos + 8 + n], pos + 8 + n + (-n % 8)
+
+    _, _, pos = element(0)  # array flags
+    _, dims, pos = element(pos)
+    _, name, _ = element(pos)
+    shape = tuple(struct.unpack(end + f"{len(dims) // 4}i", dims))
+    return name.decode("latin-1"), shape
 
 
 def parse_comments(comments) -> dict[str, str]:
