@@ -357,3 +357,21 @@ def load_ok(path) -> bool:
     from melp_fast.export import load_model
 
     return load_model(path).logit_scale.numel() == 1
+
+
+@pytest.mark.parametrize("how", ["link_out", "fifo"])
+def test_a_dataset_csv_must_be_a_regular_file_inside_the_root(tmp_path, how):
+    from test_sources import make_ptbxl_tree
+
+    root = make_ptbxl_tree(tmp_path)
+    csv = root / "ptbxl_database.csv"
+    if how == "link_out":
+        outside = tmp_path / "elsewhere.csv"
+        csv.rename(outside)
+        os.symlink(outside, csv)
+    else:
+        csv.unlink()
+        os.mkfifo(csv)
+    r = build(root, tmp_path / "store", source="ptbxl", timeout=120)
+    one_line_error(r, "ptbxl_database.csv", "leaves the root" if how == "link_out" else "not a regular file")
+    assert not (tmp_path / "store").exists()

@@ -136,3 +136,19 @@ def test_resume_with_nothing_to_resume_is_one_line(tmp_path):
     r = train(tmp_path / "empty", "--steps", "1", "--resume")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no complete checkpoint" in r.stderr.strip().splitlines()[-1]
+
+
+def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
+    from melp_fast.cli import _demo_folder
+    from melp_fast.errors import UserError
+
+    out = tmp_path / "demo"
+    assert _demo_folder(out) == [] and (out / ".melp_demo").is_file()  # a first demo
+    (out / "history.jsonl").write_text('{"step": 1}\n')  # ... that trained
+    assert _demo_folder(out) == ["--overwrite"]  # a second demo replaces it, saying so
+    assert f"replacing the previous demo run in {out}" in capsys.readouterr().err
+    other = tmp_path / "real"
+    (other / "checkpoints").mkdir(parents=True)  # a training run the demo did not make
+    with pytest.raises(UserError, match="did not make"):
+        _demo_folder(other)
+    assert not (other / ".melp_demo").exists()
