@@ -65,7 +65,7 @@ class StopGuard:
             print(f"[rank {self.rank}] {name}: no checkpoint could be completed within the {self.grace_s:.0f} s "
                   f"grace; exiting without one (the previous complete checkpoint is kept)", file=sys.stderr,
                   flush=True)
-            os._exit(128 + self.signum)
+            os._exit(128 + (self.signum or self.agreed_signum))
 
         self._watchdog = threading.Timer(self.grace_s, expire)
         self._watchdog.daemon = True
@@ -97,6 +97,8 @@ class StopGuard:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         self.agreed_signum = int(flags[0].item())
+        if self.agreed_signum and self._watchdog is None:  # a rank that got no signal is bounded by the grace too
+            self._start_watchdog(signal.Signals(self.agreed_signum).name)
         return self.agreed_signum > 0, bool(flags[1].item() > 0)
 
     def saved(self):
@@ -110,6 +112,7 @@ class StopGuard:
                f"command plus --resume")
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self.__exit__(None, None, None)  # the previous handlers are back
         if self.rank == 0:
             print(msg, file=sys.stderr, flush=True)
         return Preempted(msg, signum)

@@ -140,3 +140,22 @@ def test_every_preset_checkpoints_by_default():
         t = get_preset(name).train
         assert t.save_every > 0 or 0 < t.save_minutes <= 60, name
         assert 0 < t.stop_grace_s < 30, name
+
+
+def test_stop_guard_in_one_process():
+    from melp_fast.preemption import Preempted, StopGuard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopGuard(grace_s=60, save_minutes=0) as g:
+        assert g.check() == (False, False)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: noted, not raised
+        assert g.check() == (True, False)
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: now
+            os.kill(os.getpid(), signal.SIGINT)
+        e = g.preempted("ckpt/step5", 5)
+        assert isinstance(e, Preempted) and e.code == 128 + signal.SIGINT and "step 5" in e.message
+    assert signal.getsignal(signal.SIGTERM) is before
+    g = StopGuard(save_minutes=1e-6)
+    time.sleep(0.01)
+    assert g.check() == (False, True)  # a timed checkpoint is due
+    assert StopGuard(save_minutes=0).check() == (False, False)  # 0: never by time
