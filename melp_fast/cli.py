@@ -38,6 +38,7 @@ def _demo(args) -> int:
                                  args.n_test, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
     before = zero_shot(untrained_model(cfg, cfg.train.seed), test, synthetic.PROMPTS)
     train_argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
+    train_argv += _demo_folder(out)  # issue 14 hook: the demo replaces only its own folder, and says so
     if args.ds_config:
         train_argv += ["--ds_config", args.ds_config]
     result = train_mod.main(train_argv)
@@ -53,13 +54,34 @@ def _demo(args) -> int:
     return 0
 
 
+def _demo_folder(out: Path) -> list[str]:
+    """Extra train flags for the demo's run folder: --overwrite when it holds a previous demo's run."""
+    from .errors import UserError
+    from .run_dir import demo_may_replace, holds_run, mark_demo
+
+    if not demo_may_replace(out):
+        raise UserError(f"{out} holds a training run that melp-fast demo did not make; choose another --out")
+    extra = []
+    if holds_run(out):
+        print(f"demo: replacing the previous demo run in {out}", file=sys.stderr)
+        extra = ["--overwrite"]
+    mark_demo(out)
+    return extra
+
+
 def _zero_shot(args) -> int:
     from .data.store import Store
     from .evaluate import comparison_table, load_prompts, save_json, zero_shot
     from .export import load_model
 
-    store = Store(args.store)
-    res = zero_shot(load_model(args.model), store, load_prompts("synthetic", args.prompts))
+    from .errors import UserError
+
+    model = load_model(args.model)
+    try:
+        store = Store(args.store)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--store: {e}") from None
+    res = zero_shot(model, store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:
         save_json(res, args.out)
@@ -77,6 +99,14 @@ MODULE_COMMANDS = {
 
 
 def main(argv=None) -> int:
+    """The console entry point: _main under the one error policy (melp_fast/errors.py: a user error is one line
+    and exit 2; --debug or MELP_DEBUG=1 shows the traceback)."""
+    from .errors import run_main
+
+    return run_main(_main, argv)
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     p = argparse.ArgumentParser(prog="melp-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

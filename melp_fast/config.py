@@ -97,7 +97,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     seed: int = 42
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # also a checkpoint every N steps (0: by time and at the end only)
+    save_minutes: float = 30.0  # a checkpoint when this much time has passed since the last one (0: never)
+    stop_grace_s: float = 20.0  # SIGTERM / SIGINT: finish the step and save within this (schedulers give ~30 s)
     keep_checkpoints: int = 0  # the most recent checkpoints kept (0: all)
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its batch)
     out_dir: str = "runs/melp"
@@ -198,7 +200,8 @@ def _tiny() -> Config:
         text_freeze_layers=5, max_text_len=64,
     )
     cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1)
-    cfg.train = TrainConfig(batch_size=32, steps=600, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny")
+    cfg.train = TrainConfig(batch_size=32, steps=600, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny",
+                            save_minutes=5.0)
     return cfg
 
 

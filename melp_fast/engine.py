@@ -15,7 +15,7 @@ The pieces, each written once:
   that write and read checkpoints, with one atomic pointer), history logging (history.jsonl, TensorBoard, bar).
 
 Checkpoints: out_dir/checkpoints/step<N>/ holds DeepSpeed's files (model, optimiser, schedule) and one
-train_state_rank<r>.pt per rank (data position, RNG states, parameter shapes). The pointer out_dir/checkpoints/
+train_state_rank<r>.safetensors per rank (data position, RNG states, parameter shapes; no pickle). The pointer out_dir/checkpoints/
 complete names the last checkpoint whose every file is written; it is replaced atomically (os.replace), so a kill
 at any moment leaves it naming a loadable checkpoint. DeepSpeed's own `latest` is not written.
 """
@@ -39,6 +39,8 @@ from torch.utils.data import DistributedSampler
 
 from .errors import UserError
 from .export import full_state_dict
+from .preemption import StopGuard
+from .safe_load import deepspeed_weights_only, read_train_state, restore_rng, save_train_state
 
 POINTER = "complete"
 
@@ -207,10 +209,7 @@ class Trainer:
             config=load_ds_config(ds_config_path, tcfg.batch_size, world))
         self.device = self.engine.device
         self.step = self.epoch = self.position = self.skipped = self.bad_in_row = 0
-        # Set by the caller to stop the run early (pre-emption): a callable returning True on any rank; checked
-        # in ONE place of fit(), after a completed step, where every rank then saves a checkpoint and stops.
-        self.should_stop: Callable[[], bool] | None = None
-        self.stopped = False
+        self.stopped = False  # set when a SIGTERM / SIGINT stopped fit() (see fit)
 
     # -------------------------------------------------------------------------------------------- checkpoints
     def save(self) -> str:
@@ -222,12 +221,10 @@ class Trainer:
             return tag  # this very state is saved already (a resumed run that had nothing left to do)
         folder = self.ckpt_dir / tag
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"position": {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped},
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                 "shapes": self.shapes, "world": self.world}
-        tmp = folder / f"train_state_rank{self.rank}.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, folder / f"train_state_rank{self.rank}.pt")
+        # our state as safetensors + JSON: loading a checkpoint never unpickles it (safe_load.py)
+        save_train_state(folder, self.rank,
+                         {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped},
+                         {"shapes": self.shapes, "world": self.world})
         dist.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         dist.barrier()
@@ -253,26 +250,25 @@ class Trainer:
         check_resume(self.ckpt_dir, True)
         tag = (self.ckpt_dir / POINTER).read_text().strip()
         folder = self.ckpt_dir / tag
-        mine = folder / f"train_state_rank{self.rank}.pt"
-        if not mine.is_file():
+        if not any(folder.glob(f"train_state_rank{self.rank}.*")):
             raise UserError(f"--resume: {folder} has no state for rank {self.rank} (written by fewer processes?); "
                             f"resume with the number of processes that wrote it")
-        state = torch.load(mine, weights_only=False)
-        if state.get("world", self.world) != self.world:
-            raise UserError(f"--resume: {folder} was written by {state['world']} processes, this run has "
-                            f"{self.world}; resume with {state['world']}")
-        saved = state.get("shapes")
+        state = read_train_state(folder, self.rank)
+        info = state["info"]
+        if info.get("world", self.world) != self.world:
+            raise UserError(f"--resume: {folder} was written by {info['world']} processes, this run has "
+                            f"{self.world}; resume with {info['world']}")
+        saved = info.get("shapes")
         if saved is not None and saved != self.shapes:
             diff = [f"{k}: {saved.get(k)} there, {self.shapes.get(k)} here"
                     for k in sorted(set(saved) | set(self.shapes)) if saved.get(k) != self.shapes.get(k)]
             raise UserError(f"--resume: {folder} holds a model of another shape ({len(diff)} parameters differ, e.g. "
                             f"{diff[0]}); resume with the settings that wrote it, or start a new --out")
-        path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        with deepspeed_weights_only():  # DeepSpeed's torch.load runs weights-only: a crafted pickle is refused
+            path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             raise UserError(f"--resume: checkpoint {folder} could not be loaded")
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        restore_rng(state)
         pos = state["position"]
         self.step, self.epoch, self.position, self.skipped = pos["step"], pos["epoch"], pos["batch"], pos.get("skipped", 0)
         return str(folder)
@@ -303,13 +299,6 @@ class Trainer:
         self.step += 1
         return losses
 
-    def _stop_agreed(self) -> bool:
-        if self.should_stop is None:
-            return False
-        flag = torch.tensor([float(bool(self.should_stop()))], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # saving is collective: every rank stops together
-        return flag.item() > 0
-
     # -------------------------------------------------------------------------------------------- the loop
     def fit(self, epoch_batches: Callable[[int, int], Iterable[dict]], compute: Callable[[dict], dict],
             after_step: Callable[[], dict | None] | None = None) -> list[dict]:
@@ -326,40 +315,52 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc=self.desc,
                    disable=rank != 0 or self.quiet, mininterval=1.0)
         t_last, n_last = time.perf_counter(), self.step
-        while self.step < cfg.steps and not self.stopped:
-            for batch in epoch_batches(self.epoch, self.position):
-                self.position += 1
-                losses = self.train_step(batch, compute)
-                if losses is None:
-                    continue
-                extra = after_step() if after_step is not None else None  # e.g. validation metrics, logged too
-                rec = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in {**losses, **(extra or {})}.items()}
-                rec.update(step=self.step, lr=self.schedule.get_last_lr()[0], skipped=self.skipped)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
-                    rec["samples_per_s"] = (self.step - n_last) * cfg.batch_size * self.world / (now - t_last)
-                    t_last, n_last = now, self.step
-                    bar.set_postfix({k: f"{rec[k]:.4g}" for k in (*self.show, "samples_per_s") if k in rec})
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"{self.desc}/{k}", v, self.step)
-                if rank == 0:
-                    history.append(rec)
-                    append_history(history_file, rec)
-                bar.update(1)
-                if self._stop_agreed():  # THE place a stop request takes effect
-                    self.stopped = True
-                    break
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    self.save()
-                if self.step >= cfg.steps:
-                    break
-            else:
-                self.epoch, self.position = self.epoch + 1, 0
-        bar.close()
-        if writer is not None:
-            writer.close()
+        # SIGTERM / SIGINT only set a flag; guard.check() (one all-reduce per step) gives every rank the same
+        # decision, also for timed checkpoints (train.save_minutes); a stop saves within train.stop_grace_s
+        guard = StopGuard(cfg.stop_grace_s, cfg.save_minutes, rank).__enter__()
+        try:
+            while self.step < cfg.steps and not self.stopped:
+                for batch in epoch_batches(self.epoch, self.position):
+                    self.position += 1
+                    losses = self.train_step(batch, compute)
+                    if losses is None:
+                        continue
+                    extra = after_step() if after_step is not None else None  # e.g. validation metrics, logged
+                    rec = {k: float(v.detach() if torch.is_tensor(v) else v)
+                           for k, v in {**losses, **(extra or {})}.items()}
+                    rec.update(step=self.step, lr=self.schedule.get_last_lr()[0], skipped=self.skipped)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        now = time.perf_counter()
+                        rec["samples_per_s"] = (self.step - n_last) * cfg.batch_size * self.world / (now - t_last)
+                        t_last, n_last = now, self.step
+                        bar.set_postfix({k: f"{rec[k]:.4g}" for k in (*self.show, "samples_per_s") if k in rec})
+                        if writer is not None:
+                            for k, v in rec.items():
+                                if k != "step":
+                                    writer.add_scalar(f"{self.desc}/{k}", v, self.step)
+                    if rank == 0:
+                        history.append(rec)
+                        append_history(history_file, rec)
+                    bar.update(1)
+                    stop, save_due = guard.check()  # THE place a stop request takes effect
+                    if stop:
+                        self.stopped = True
+                        break
+                    if (save_due or (cfg.save_every and self.step % cfg.save_every == 0)) and self.step < cfg.steps:
+                        self.save()
+                        guard.saved()
+                    if self.step >= cfg.steps:
+                        break
+                else:
+                    self.epoch, self.position = self.epoch + 1, 0
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if self.stopped:  # save under the guard's grace, then exit 128 + signal with a one-line message
+                tag = self.save()
+                raise guard.preempted(self.ckpt_dir / tag, self.step)
+        finally:
+            guard.__exit__(None, None, None)
         self.save()
         return history
 

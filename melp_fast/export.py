@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
+from .errors import UserError
 from .model.melp import MELP
 
 
@@ -61,16 +62,66 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     from .model.text import load_backbone, load_tokenizer
 
     path = Path(path)
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} holds no exported model (model.safetensors missing)")
-    cfg = Config.from_dict(json.loads((path / "config.json").read_text()))
+    cfg = _checked_config(path)
     text_dir = str(path / "text_encoder")
-    model = MELP(cfg.model, text_backbone=load_backbone(text_dir, weights=False), tokenizer=load_tokenizer(text_dir))
-    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    try:
+        model = MELP(cfg.model, text_backbone=load_backbone(text_dir, weights=False), tokenizer=load_tokenizer(text_dir))
+    except Exception as e:  # noqa: BLE001 - a damaged text_encoder/ or a config the model cannot be built from
+        raise UserError(f"{path}: cannot build the model from config.json and text_encoder/: "
+                        f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - truncated or not a safetensors file
+        raise UserError(f"{path / 'model.safetensors'} is damaged (truncated or not a safetensors file): "
+                        f"{' '.join(str(e).split())[:200]}; export the model again") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes that do not match config.json
+        raise UserError(f"{path}: model.safetensors does not match config.json: "
+                        f"{' '.join(str(e).split())[:300]}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise UserError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.config = cfg
     return model.to(device).eval()
+
+
+def _checked_config(path: Path) -> Config:
+    """config.json of an exported model, every section and field known and of its default's type (issue 14)."""
+    import dataclasses
+
+    if not path.is_dir():
+        raise UserError(f"--ckpt {path} is not a folder (an exported model: config.json, model.safetensors, "
+                        f"text_encoder/)")
+    for need in ("model.safetensors", "config.json"):
+        if not (path / need).is_file():
+            raise UserError(f"{path} holds no exported model ({need} missing); point to the model/ folder of a "
+                            f"finished training run")
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path / 'config.json'} must hold an object with sections {list(Config().to_dict())}")
+    default = Config()
+    sections = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(d) - sections)
+    if unknown:
+        raise UserError(f"{path / 'config.json'}: unknown section(s) {unknown}; valid: {sorted(sections)}")
+    for name in sections:
+        sec = d.get(name, {})
+        if not isinstance(sec, dict):
+            raise UserError(f"{path / 'config.json'}: section {name!r} must be an object")
+        for key, value in sec.items():
+            if not hasattr(getattr(default, name), key):
+                continue  # a field of another version: ignored (Config.from_dict)
+            want = getattr(getattr(default, name), key)
+            ok = (isinstance(value, bool) == isinstance(want, bool)) and (
+                isinstance(value, type(want)) or (isinstance(want, float) and isinstance(value, int))
+                or (isinstance(want, tuple) and isinstance(value, list)))
+            if not ok:
+                raise UserError(f"{path / 'config.json'}: {name}.{key} = {value!r} should be a "
+                                f"{type(want).__name__} (like {want!r})")
+    return Config.from_dict(d)
 
 
 def untrained_model(cfg: Config, seed: int) -> MELP:

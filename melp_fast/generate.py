@@ -204,8 +204,10 @@ def main(argv=None) -> int:
     model = load_model(args.ckpt, args.device)
     try:
         batch = load_ecg(args.ecg, model)
-    except ValueError as e:
-        raise SystemExit(f"melp-fast generate: {e}") from None
+    except ValueError as e:  # issue 14: a record that cannot be used (fs 0 / inf, ...) is one line, exit 2
+        from .errors import UserError
+
+        raise UserError(f"melp-fast generate: {e}") from None
     greedy = generate_report(model, batch, "greedy", max_len=args.max_len)
     out = {"ecg": str(args.ecg), "n_beats": int(len(batch["spans"])), "greedy": greedy}
     print(f"ECG: {args.ecg}  ({len(batch['spans'])} beats detected; leads missing: "

@@ -20,7 +20,9 @@ window, and the evaluation checks it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
 import hashlib
 import json
 import os
@@ -32,9 +34,12 @@ from pathlib import Path
 from .data.sources import get_source, SOURCES
 from .data.sources.common import SkipRecord
 from .data.store import CHUNK, SHARD_SIZE, VERSION, ShardWriter, Store, finalize_store
+from .errors import UserError, run_main
 
-_KILL_ENV = "MELP_FAST_TEST_KILL_AFTER_SHARDS"
-PROTOCOL_WINDOWS = {"default": {}, "melp": {"cpsc2018": 2500}}  # protocol -> {source: samples kept, rest zero}  # test hook: die (SIGKILL) inside the shard after N finished ones
+LOCK_NAME = ".build.lock"
+
+_KILL_ENV = "MELP_FAST_TEST_KILL_AFTER_SHARDS"  # test hook: die (SIGKILL) inside the shard after N finished ones
+PROTOCOL_WINDOWS = {"default": {}, "melp": {"cpsc2018": 2500}}  # protocol -> {source: samples kept, rest zero}
 
 
 def parse_args(argv):
@@ -130,36 +135,118 @@ def _init_worker(q):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def check_options(*, workers: int, shard_size: int, limit: int, max_beats: int, highpass_hz: float):
+    """Option values a build can use; UserError naming the option otherwise (before anything is written)."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1 (got {shard_size})")
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (every record) or a positive count (got {limit})")
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
+    if max_beats < 1:
+        raise UserError(f"--max-beats must be at least 1 (got {max_beats})")
+    if highpass_hz is not None and (not math.isfinite(highpass_hz) or highpass_hz < 0):
+        raise UserError(f"--highpass-hz must be a finite frequency >= 0 (got {highpass_hz})")
+
+
+@contextlib.contextmanager
+def store_lock(out):
+    """Hold an exclusive lock on the store folder ``out`` for a build (created if missing). A second build into
+    it stops at once with a UserError. On exit the lock file goes, and so does the folder if this build
+    created it and left nothing in it."""
+    import fcntl
+
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"store {out} is being built by another process (pid {holder}); wait for it to "
+                            f"finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield out
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty
+    finally:
+        os.close(fd)
+
+
+def _mark_duplicates(items) -> None:
+    """A record id listed twice: the later entries are quarantined (two records must never share an id)."""
+    first = {}
+    for it in items:
+        if it.record_id in first and "skip" not in it.extra:
+            it.extra["skip"] = f"duplicate record id {it.record_id!r} (also {first[it.record_id]!r})"
+        first.setdefault(it.record_id, it.path)
+
+
+def _check_same_build(out: Path, settings: dict):
+    """A finished store is only 'already complete' for a build with its source, root and settings."""
+    plan = out / "plan.json"
+    if not plan.is_file():
+        return
+    old = json.loads(plan.read_text()).get("settings", {})
+    diff = [k for k in settings if k in old and old[k] != settings[k]]
+    if diff:
+        said = "; ".join(f"{k} {old[k]!r} (this build: {settings[k]!r})" for k in diff)
+        raise UserError(f"store {out} was built with {said}: choose another --out, or remove it to rebuild")
+
+
 def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = SHARD_SIZE, limit: int = 0,
                 task: str | None = None, nan_policy: str = "drop", max_beats: int = 32,
                 highpass_hz: float | None = None, progress: bool = True, protocol: str = "default") -> Store:
     """Build (or resume) a store from a dataset source; see the module docstring."""
+    check_options(workers=workers, shard_size=shard_size, limit=limit, max_beats=max_beats, highpass_hz=highpass_hz)
+    out, root = Path(out), Path(root)
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a directory")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    with store_lock(out):
+        return _build_locked(out, source, root, workers=workers, shard_size=shard_size, limit=limit, task=task,
+                             nan_policy=nan_policy, max_beats=max_beats, highpass_hz=highpass_hz, progress=progress,
+                             protocol=protocol)
+
+
+def _build_locked(out: Path, source: str, root: Path, *, workers, shard_size, limit, task, nan_policy, max_beats,
+                  highpass_hz, progress, protocol) -> Store:
     from tqdm import tqdm
 
-    out, root = Path(out), Path(root)
+    src = get_source(source)
+    if protocol not in PROTOCOL_WINDOWS:
+        raise UserError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOL_WINDOWS)}")
+    if protocol == "melp" and highpass_hz:
+        raise UserError("--protocol melp reads signals without a high-pass: leave out --highpass-hz")
+    highpass_hz = (4.0 if protocol == "default" else 0.0) if highpass_hz is None else highpass_hz
+    window = PROTOCOL_WINDOWS[protocol].get(source)
+    settings = {"version": VERSION, "source": source, "root": str(root.resolve()), "shard_size": shard_size,
+                "nan_policy": nan_policy, "max_beats": max_beats, "highpass_hz": highpass_hz, "limit": limit,
+                "task": task if task is not None else src.DEFAULT_TASK}
+    if protocol != "default":
+        settings["preprocess"] = {"protocol": protocol, "highpass_hz": highpass_hz, "window_samples": window}
     if (out / "meta.json").is_file():
+        _check_same_build(out, settings)
         print(f"{out}: store already complete", file=sys.stderr)
         return Store(out)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--root {root} is not a directory")
-    src = get_source(source)
     items = src.list_items(root)
     if limit:
         items = items[:limit]
+    _mark_duplicates(items)
     tasks = src.tasks(root)
-    task = task if task is not None else src.DEFAULT_TASK
+    task = settings["task"]
     if task is not None and task not in tasks:
-        raise ValueError(f"source {source} has no task {task!r} (it has {sorted(tasks)})")
-    if protocol not in PROTOCOL_WINDOWS:
-        raise ValueError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOL_WINDOWS)}")
-    if protocol == "melp" and highpass_hz:
-        raise ValueError("--protocol melp reads signals without a high-pass: leave out --highpass-hz")
-    highpass_hz = (4.0 if protocol == "default" else 0.0) if highpass_hz is None else highpass_hz
-    window = PROTOCOL_WINDOWS[protocol].get(source)
-    settings = {"version": VERSION, "source": source, "shard_size": shard_size, "nan_policy": nan_policy,
-                "max_beats": max_beats, "highpass_hz": highpass_hz, "limit": limit, "task": task}
-    if protocol != "default":  # (default builds keep their plan.json as before, so old partial builds resume)
-        settings["preprocess"] = {"protocol": protocol, "highpass_hz": highpass_hz, "window_samples": window}
+        raise UserError(f"source {source} has no task {task!r} (it has {sorted(tasks)})")
     listing = json.dumps([_item_row(it) for it in items], sort_keys=True).encode()
     plan = {"settings": settings, "n_items": len(items), "listing_sha256": hashlib.sha256(listing).hexdigest(),
             "tasks_sha256": hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()}
@@ -173,7 +260,7 @@ def build_store(out, source: str, root, *, workers: int = 1, shard_size: int = S
         for p in shards_dir.glob("*.partial"):
             shutil.rmtree(p)
     else:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             raise FileExistsError(f"{out} exists and is not a partial store build; choose another --out")
         shards_dir.mkdir(parents=True, exist_ok=True)
         tmp = out / "plan.json.tmp"
@@ -237,11 +324,10 @@ def main(argv=None) -> int:
         build_store(args.out, args.source, args.root, workers=args.workers, shard_size=args.shard_size,
                     limit=args.limit, task=args.task, nan_policy=args.nan, max_beats=args.max_beats,
                     highpass_hz=args.highpass_hz, progress=not args.no_progress, protocol=args.protocol)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"melp-fast preprocess: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # the dataset's own files: one line, exit 2
+        raise UserError(f"melp-fast preprocess: {e}") from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

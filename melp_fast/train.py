@@ -36,6 +36,7 @@ from melp_fast.errors import run_main
 from melp_fast.export import export_model
 from melp_fast.losses import MELPLoss
 from melp_fast.model.melp import MELP
+from melp_fast.run_dir import prepare_run_dir
 
 FLAGS = {  # flag: (config key, help)
     "--data": ("data.source", "a preprocessed store (default: the embedded synthetic corpus)"),
@@ -56,6 +57,8 @@ def parse_args(argv=None):
     add_flags(p, FLAGS)
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints, history and model are removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -139,6 +142,8 @@ def main(argv=None) -> dict:
     out_dir, batch_size = Path(cfg.train.out_dir), cfg.train.batch_size
     check_resume(out_dir / "checkpoints", args.resume)
     rank, world = init_distributed()
+    # a finished run is never replaced without --resume or --overwrite
+    prepare_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite, rank=rank, barrier=dist.barrier)
     torch.manual_seed(cfg.train.seed)
 
     # data: every rank reads its own share of each epoch's permutation (engine.ResumableSampler)

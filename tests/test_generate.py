@@ -97,3 +97,24 @@ def test_generate_cli_on_dicom(exported, tmp_path, capsys):
     att = np.asarray(rep["attention"]["weights"])
     assert att.shape == (rep["n_beats"], len(rep["attention"]["sentences"]))
     assert (out / "attention.png").stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("fs", [0, float("inf"), 0.2])
+def test_generate_on_a_dicom_with_an_impossible_sampling_rate_is_one_line(exported, tmp_path, capsys, fs):
+    # issue 14: a DICOM whose SamplingFrequency is 0, inf or 0.2 Hz ends with one line and exit code 2
+    if not DICOM.is_file():
+        pytest.skip("the shared DICOM record is not here")
+    import pydicom
+
+    from melp_fast.cli import main as cli_main
+
+    ds = pydicom.dcmread(str(DICOM))
+    for w in ds.WaveformSequence:
+        w.SamplingFrequency = fs
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(str(bad))
+    rc = cli_main(["generate", "--ckpt", str(exported), "--ecg", str(bad), "--out", str(tmp_path / "gen")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and "bad.dcm" in err[0] and "sampling frequency" in err[0], err[0]
+    assert not (tmp_path / "gen").exists()

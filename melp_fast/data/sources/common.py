@@ -16,8 +16,10 @@ Every skip raises :class:`SkipRecord` with a short reason, which the store build
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import FS, LEADS, N_SAMPLES
+
+# Bounds checked before anything is read or resampled (a header, a DICOM tag or a .mat variable may claim anything)
+MIN_FS, MAX_FS = 50.0, 20_000.0  # sampling rates an ECG may have (Hz)
+MAX_SIGNALS = 64  # signals (leads) in one record
+MAX_VALUES = 12 * 1000 * 300  # samples x signals decoded from one record (5 min of 12 leads at 1 kHz; 29 MB as f64)
+MAX_FILE_BYTES = 64 << 20  # a DICOM or MATLAB file read whole
+MAX_ABS_MV = 1e5  # a physical value beyond this (100 V) is a wrong gain, not an ECG
 
 _ALIASES = {
     "MLI": "I", "LEADI": "I", "LEAD I": "I", "D1": "I", "DI": "I",
@@ -79,6 +88,55 @@ def safe_path(root, rel) -> Path:
     if p != root and root not in p.parents:
         raise UnsafePath(f"path leaves the root (link?): {rel_s!r} -> {p}")
     return p
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """``path`` (links followed) when it is a regular file; SkipRecord otherwise (a FIFO, device or folder would
+    block or mislead a reader). Nothing is opened."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SkipRecord(f"{what} {path.name} is missing") from None
+    except OSError as e:
+        raise SkipRecord(f"{what} {path.name} cannot be examined: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipRecord(f"{what} {path.name} is not a regular file")
+    return path
+
+
+def inside_root(root, path, named: str) -> Path:
+    """``path`` resolved (links followed), refused with UnsafePath unless it stays inside ``root``."""
+    root_r = Path(root).resolve()
+    p = Path(path).resolve()
+    if p != root_r and root_r not in p.parents:
+        raise UnsafePath(f"{named} leaves the root (-> {p})")
+    return p
+
+
+def check_fs(fs, where: str = "record") -> float:
+    """A sampling rate within [MIN_FS, MAX_FS]; SkipRecord otherwise (before any resampling)."""
+    try:
+        fs = float(fs)
+    except (TypeError, ValueError):
+        raise SkipRecord(f"{where}: sampling frequency {fs!r} is not a number") from None
+    if not math.isfinite(fs) or not MIN_FS <= fs <= MAX_FS:
+        raise SkipRecord(f"{where}: sampling frequency {fs:g} Hz is outside [{MIN_FS:g}, {MAX_FS:g}] Hz")
+    return fs
+
+
+def check_size(n_sig: int, n_samples: int, where: str = "record"):
+    if n_sig > MAX_SIGNALS:
+        raise SkipRecord(f"{where}: {n_sig} signals, more than {MAX_SIGNALS}")
+    if n_sig * n_samples > MAX_VALUES:
+        raise SkipRecord(f"{where}: {n_samples} samples x {n_sig} signals, more than the {MAX_VALUES} values a "
+                         f"record may hold")
+
+
+def check_file_bytes(path: Path, limit: int = MAX_FILE_BYTES):
+    size = os.stat(path).st_size
+    if size > limit:
+        raise SkipRecord(f"{path.name} is {size} bytes, more than the {limit} read for one record")
 
 
 def safe_file(root, rel, suffix: str) -> Path:
@@ -185,10 +243,25 @@ def _check_dat_sizes(hea_path: Path, header) -> None:
 
 
 def read_header(hea: Path) -> Header:
-    if not hea.is_file():
-        raise SkipRecord(f"header {hea.name} is missing")
-    text = hea.read_bytes().decode("ascii", errors="ignore")
-    return parse_header(text, hea.name)
+    regular_file(hea, "header")
+    if os.stat(hea).st_size > 1 << 20:
+        raise SkipRecord(f"header {hea.name} is over 1 MB")
+    return parse_header(decode_text(hea.read_bytes()), hea.name)
+
+
+def _data_files(hea: Path, header, root) -> dict:
+    """{name in the header: its path}, each a regular file; with ``root``, inside it after resolving links (a
+    name like ../../x.dat or a link out of the tree is refused); without, a plain name beside the header."""
+    out = {}
+    for fn in dict.fromkeys(header.file_name):
+        parts = re.split(r"[\\/]", str(fn))
+        if os.path.isabs(fn) or re.match(r"^[A-Za-z]:", str(fn)) or (root is None and ".." in parts):
+            raise UnsafePath(f"data file {fn!r} named in {hea.name} leaves the record's folder")
+        p = hea.parent / fn
+        if root is not None:
+            p = inside_root(root, p, f"data file {fn!r} named in {hea.name}")
+        out[fn] = regular_file(p, "data file")
+    return out
 
 
 def _decode(raw: bytes, fmt: str, n: int) -> tuple[np.ndarray, int]:
@@ -217,23 +290,27 @@ def _decode(raw: bytes, fmt: str, n: int) -> tuple[np.ndarray, int]:
     return np.asarray(d, dtype=np.int64), _INVALID[fmt]
 
 
-def read_wfdb(record_path, seconds: float | None = 11.0) -> tuple[np.ndarray, float, list[str], list[str]]:
+def read_wfdb(record_path, seconds: float | None = 11.0, root=None) -> tuple[np.ndarray, float, list[str], list[str]]:
     """(physical signal [leads, samples] float64, fs, lead names, header comments) of one WFDB record
     (``record_path`` without extension), at most its first ``seconds`` (None: all). Invalid samples are NaN.
+    Every data file the header names must be a regular file (inside ``root`` after resolving links, when given);
+    the sampling rate and the size are bounded before anything is read.
     Single-file records in formats 16, 212, 80, 24, 32, 61 are read natively; data in a CinC-style MATLAB file
     (``NAME.mat``, variable ``val``, digital units) with scipy; anything else through wfdb."""
     rec = Path(record_path)
     hea = rec.with_name(rec.name + ".hea")
     try:
         header = read_header(hea)
-    except NotImplementedError:
-        return _read_wfdb_lib(rec, seconds)
+    except NotImplementedError as e:  # the wfdb library would open files this reader has not checked
+        raise SkipRecord(f"{hea.name}: {e} not supported") from None
     if header.n_sig == 0 or not header.sig_len:
         raise SkipRecord("header lists no signal or no sample")
-    fs = float(header.fs)
-    if fs <= 0:
-        raise SkipRecord(f"bad sampling rate {header.fs}")
+    fs = check_fs(header.fs, hea.name)
+    if header.n_sig > MAX_SIGNALS:
+        raise SkipRecord(f"{hea.name}: {header.n_sig} signals, more than {MAX_SIGNALS}")
+    _data_files(hea, header, root)
     if all(str(fn).lower().endswith(".mat") for fn in header.file_name):
+        check_size(header.n_sig, header.sig_len, hea.name)
         return _read_cinc_mat(hea, header), fs, list(header.sig_name), list(header.comments)
     _check_dat_sizes(hea, header)
     if (len(set(header.file_name)) != 1 or len(set(header.fmt)) != 1 or header.fmt[0] not in _NATIVE
@@ -270,10 +347,20 @@ def _read_cinc_mat(hea: Path, header) -> np.ndarray:
 
     fn = header.file_name[0]
     f = hea.parent / fn
-    if not f.is_file():
-        raise SkipRecord(f"data file {fn} is missing")
+    regular_file(f, "data file")
+    check_file_bytes(f)
+    try:  # the variable's shape from its header alone: nothing is decompressed before it is checked
+        shapes = mat_shapes(f)
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"unreadable MATLAB file {fn}: {type(e).__name__}: {e}") from None
+    shape = shapes.get("val")
+    if shape is None:
+        raise SkipRecord(f"{fn} holds no variable 'val'")
+    if len(shape) != 2 or shape[0] != header.n_sig or shape[1] != header.sig_len:
+        raise SkipRecord(f"{fn}: 'val' has shape {list(shape)}, the header says {header.n_sig} signals x "
+                         f"{header.sig_len} samples (truncated file or a header that lies about its length)")
     try:
-        val = loadmat(str(f))["val"]
+        val = loadmat(str(f), variable_names=["val"])["val"]
     except Exception as e:  # noqa: BLE001
         raise SkipRecord(f"unreadable MATLAB file {fn}: {type(e).__name__}: {e}") from None
     val = np.asarray(val, dtype=np.float64)
@@ -285,6 +372,63 @@ def _read_cinc_mat(hea: Path, header) -> np.ndarray:
     gain = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64)[:, None]
     base = np.array(header.baseline if header.baseline else [0] * header.n_sig, dtype=np.float64)[:, None]
     return (val - base) / gain
+
+
+def mat_shapes(path) -> dict:
+    """{variable name: shape} of a MATLAB file, from the variables' headers alone. For v5 files the first bytes of
+    each (possibly zlib-compressed) variable are inflated, never its data (scipy's whosmat inflates it all: 257 MB
+    for a 1 MB file claiming 1e9 samples); other versions go through whosmat."""
+    import struct
+    import zlib
+
+    out = {}
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI") or head[:4] == b"\0\0\0\0":
+            from scipy.io import whosmat
+
+            return {name: tuple(shape) for name, shape, _ in whosmat(str(path))}
+        end = "<" if head[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                return out
+            mdtype, nbytes = struct.unpack(end + "II", tag)
+            start = f.tell()
+            header = None
+            if mdtype == 15:  # miCOMPRESSED: inflate only the start (the matrix's own tag and header)
+                d, buf = zlib.decompressobj(), b""
+                while len(buf) < 256:
+                    chunk = f.read(min(4096, start + nbytes - f.tell()))
+                    if not chunk:
+                        break
+                    buf += d.decompress(chunk, 256 - len(buf))
+                if len(buf) >= 8 and struct.unpack(end + "I", buf[:4])[0] == 14:
+                    header = buf[8:]
+            elif mdtype == 14:  # miMATRIX
+                header = f.read(min(nbytes, 256))
+            if header:
+                name, shape = _mat_matrix_header(header, end)
+                out[name] = shape
+            f.seek(start + nbytes + (0 if mdtype in (14, 15) else -nbytes % 8))
+
+
+def _mat_matrix_header(b: bytes, end: str):
+    """(name, shape) from the sub-elements at the start of a miMATRIX: array flags, dimensions, name."""
+    import struct
+
+    def element(pos):
+        mdtype, n = struct.unpack(end + "II", b[pos:pos + 8])
+        if mdtype >> 16:  # small data element: 4-byte tag, up to 4 bytes of data
+            n, mdtype = mdtype >> 16, mdtype & 0xFFFF
+            return mdtype, b[pos + 4:pos + 4 + n], pos + 8
+        return mdtype, b[pos + 8:pos + 8 + n], pos + 8 + n + (-n % 8)
+
+    _, _, pos = element(0)  # array flags
+    _, dims, pos = element(pos)
+    _, name, _ = element(pos)
+    shape = tuple(struct.unpack(end + f"{len(dims) // 4}i", dims))
+    return name.decode("latin-1"), shape
 
 
 def parse_comments(comments) -> dict[str, str]:
@@ -299,6 +443,7 @@ def parse_comments(comments) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------- canonical
 def resample(x: np.ndarray, fs: float, target: float = FS) -> np.ndarray:
+    check_fs(fs)
     if abs(fs - target) < 1e-9:
         return x
     from scipy.signal import resample_poly
@@ -328,9 +473,13 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
                  target_fs: float = FS) -> tuple[np.ndarray, dict]:
     """Physical signal [leads, samples] at ``fs`` with lead ``names`` -> float32 [12, n_samples] at target_fs in the
     canonical order, and what was done (``missing_leads``, ``padded``, ``repaired_samples``, ``orig_fs`` ...)."""
+    fs_checked = check_fs(fs)
     sig = np.asarray(sig, dtype=np.float64)
     if sig.ndim != 2 or sig.shape[0] != len(names):
         raise SkipRecord(f"signal shape {sig.shape} does not match {len(names)} lead names")
+    orig_samples = int(sig.shape[1])
+    # only what the first n_samples at target_fs need (plus 1 s for the resampling filter's edge) is resampled
+    sig = sig[:, :int(math.ceil(fs_checked * (n_samples / target_fs + 1.0)))]
     out = np.zeros((len(LEADS), sig.shape[1]), dtype=np.float64)
     found, unknown = [], []
     for row, name in zip(sig, names):
@@ -345,7 +494,7 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
     if not found:
         raise SkipRecord(f"no known lead among {list(names)}")
     missing = [lead for lead in LEADS if lead not in found]
-    meta = {"orig_fs": fs, "orig_samples": int(sig.shape[1]), "leads_found": found, "unknown_leads": unknown}
+    meta = {"orig_fs": fs, "orig_samples": orig_samples, "leads_found": found, "unknown_leads": unknown}
     bad = ~np.isfinite(out)
     meta["repaired_samples"] = 0
     if bad.any():
@@ -364,7 +513,12 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
         meta["padded"] = int(n_samples - x.shape[1])
         x = np.pad(x, ((0, 0), (0, n_samples - x.shape[1])))
     meta["missing_leads"] = sorted(set(missing), key=LEADS.index)
-    return np.ascontiguousarray(x, dtype=np.float32), meta
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    peak = float(np.max(np.abs(x))) if np.isfinite(x).all() else float("inf")
+    if not peak <= MAX_ABS_MV:  # a gain like 1e-40: values not finite (or absurd) once scaled
+        raise SkipRecord(f"values not finite after scaling (or beyond {MAX_ABS_MV:g} mV): peak {peak:g}; "
+                         f"check the gain in the header")
+    return x, meta
 
 
 def _latin1_fallback(err: UnicodeDecodeError):
@@ -387,8 +541,15 @@ def read_csv(path, **kw):
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
+    root = kw.pop("root", None)
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found")
+    try:
+        if root is not None:
+            inside_root(root, path, str(path))
+        regular_file(path)
+    except SkipRecord as e:
+        raise ValueError(f"{path}: {e}") from None
     text = decode_text(path.read_bytes())
     try:
         return pd.read_csv(io.StringIO(text), **kw)
@@ -400,5 +561,5 @@ def load_csv_wfdb_item(root, item: "Item", nan_policy: str = "drop"):
     """Read a record whose path came from a dataset CSV (checked to stay inside root, .hea too) -> canonical."""
     stem = safe_path(root, item.path)
     safe_path(root, item.path + ".hea")
-    sig, fs, names, _ = read_wfdb(stem)
+    sig, fs, names, _ = read_wfdb(stem, root=root)
     return to_canonical(sig, fs, names, nan_policy=nan_policy)

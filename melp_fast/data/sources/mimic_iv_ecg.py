@@ -26,11 +26,11 @@ def tasks(root) -> dict:
 
 def list_items(root) -> list[Item]:
     root = Path(root)
-    rl = read_csv(root / "record_list.csv", dtype=str, keep_default_na=False)
+    rl = read_csv(root / "record_list.csv", dtype=str, keep_default_na=False, root=root)
     need = {"subject_id", "study_id", "path"}
     if need - set(rl.columns):
         raise ValueError(f"{root / 'record_list.csv'}: missing columns {sorted(need - set(rl.columns))}")
-    mm = read_csv(root / "machine_measurements.csv", dtype=str, keep_default_na=False,
+    mm = read_csv(root / "machine_measurements.csv", dtype=str, keep_default_na=False, root=root,
                   usecols=lambda c: c == "study_id" or re.fullmatch(r"report_\d+", str(c)) is not None)
     if "study_id" not in mm.columns:
         raise ValueError(f"{root / 'machine_measurements.csv'}: no study_id column")

@@ -9,6 +9,7 @@ quarantined ("header missing"). No report text: these are downstream (classifica
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from .. import tasks as tasklib
@@ -28,9 +29,12 @@ def walk_records(root, data_suffixes=(".mat", ".dat"), extra_suffixes=()) -> lis
                 rel = p.relative_to(root).with_suffix("").as_posix()
                 stems.setdefault(rel, set()).add(suf)
     items = []
+    seen = Counter(Path(rel).name for rel in stems)
+    twice = {n for n, c in seen.items() if c > 1}
     for rel in sorted(stems):
         sufs = stems[rel]
-        it = Item(record_id=Path(rel).name, path=rel)
+        # the record name is its id, unless another folder holds a record of the same name: then its path
+        it = Item(record_id=rel if Path(rel).name in twice else Path(rel).name, path=rel)
         for s in extra_suffixes:
             if s in sufs:
                 it.path = rel + s
@@ -43,7 +47,7 @@ def walk_records(root, data_suffixes=(".mat", ".dat"), extra_suffixes=()) -> lis
 def load_wfdb_item(root, item: Item, nan_policy: str = "drop"):
     stem = safe_path(root, item.path)
     safe_path(root, item.path + ".hea")
-    sig, fs, names, comments = read_wfdb(stem)
+    sig, fs, names, comments = read_wfdb(stem, root=root)
     x, meta = to_canonical(sig, fs, names, nan_policy=nan_policy)
     info = parse_comments(comments)
     meta["codes"] = sorted({c.strip() for c in info.get("Dx", "").split(",") if c.strip()})

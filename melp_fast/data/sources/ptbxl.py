@@ -26,7 +26,7 @@ def tasks(root) -> dict:
 
 def list_items(root, filename_column: str = "filename_hr") -> list[Item]:
     root = Path(root)
-    db = read_csv(root / "ptbxl_database.csv", dtype=str, keep_default_na=False)
+    db = read_csv(root / "ptbxl_database.csv", dtype=str, keep_default_na=False, root=root)
     need = {"ecg_id", "scp_codes", filename_column}
     if need - set(db.columns):
         raise ValueError(f"{root / 'ptbxl_database.csv'}: missing columns {sorted(need - set(db.columns))}")

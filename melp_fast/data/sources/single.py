@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..reports import clean_report
-from .common import FS, N_SAMPLES, SkipRecord, parse_comments, read_wfdb, to_canonical
+from .common import (FS, N_SAMPLES, SkipRecord, check_file_bytes, check_fs, check_size, parse_comments, read_wfdb,
+                     regular_file, to_canonical)
 
 _UNIT_TO_MV = {"uV": 1e-3, "UV": 1e-3, "mV": 1.0, "MV": 1.0, "V": 1e3}
 
@@ -24,6 +25,8 @@ def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
     import pydicom
 
     path = Path(path)
+    regular_file(path, "DICOM file")  # a FIFO named x.dcm would block dcmread forever
+    check_file_bytes(path)
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as e:  # noqa: BLE001
@@ -37,6 +40,13 @@ def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
             idx = i
             break
     w = seq[idx]
+    # bounds before the waveform is decoded (and long before it is resampled)
+    fs = check_fs(w.get("SamplingFrequency", None), path.name)
+    try:
+        n_ch, n_t = int(w.NumberOfWaveformChannels), int(w.NumberOfWaveformSamples)
+    except (AttributeError, TypeError, ValueError):
+        raise SkipRecord(f"{path.name}: waveform without channel or sample counts") from None
+    check_size(n_ch, n_t, path.name)
     try:
         arr = np.asarray(ds.waveform_array(idx), dtype=np.float64).T  # [channels, samples], sensitivity applied
     except Exception as e:  # noqa: BLE001
@@ -52,11 +62,12 @@ def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
         scale.append(_UNIT_TO_MV.get(unit, 1e-3))
     arr = arr * np.asarray(scale)[:, None]
     texts = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", []) if "UnformattedTextValue" in a]
-    return arr, float(w.SamplingFrequency), names, clean_report(texts)
+    return arr, fs, names, clean_report(texts)
 
 
-def read_any(path, nan_policy: str = "drop") -> tuple[np.ndarray, dict]:
-    """Canonical raw signal (float32 [12, 5000] at 500 Hz, physical units) and meta of a .hea / .dcm file."""
+def read_any(path, nan_policy: str = "drop", root=None) -> tuple[np.ndarray, dict]:
+    """Canonical raw signal (float32 [12, 5000] at 500 Hz, physical units) and meta of a .hea / .dcm file (with
+    ``root``: every data file a header names must stay inside it)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
@@ -64,7 +75,7 @@ def read_any(path, nan_policy: str = "drop") -> tuple[np.ndarray, dict]:
         meta = {"format": "dicom"}
     elif suffix in (".hea", ".dat", ".mat", ""):
         stem = path.with_suffix("") if suffix else path
-        sig, fs, names, comments = read_wfdb(stem)
+        sig, fs, names, comments = read_wfdb(stem, root=root)
         info = parse_comments(comments)
         report = clean_report(info.get("Report", info.get("report", "")))
         meta = {"format": "wfdb", "comments": comments}

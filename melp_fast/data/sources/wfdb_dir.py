@@ -3,7 +3,7 @@ Report text: DICOM free-text annotations, or a header comment ``#Report: ...``; 
 
 from __future__ import annotations
 
-from .common import Item, safe_path
+from .common import Item, regular_file, safe_path
 from .physionet_challenge import walk_records
 from .single import read_any
 
@@ -21,11 +21,11 @@ def list_items(root) -> list[Item]:
 
 def load(root, item: Item, nan_policy: str = "drop"):
     if item.path.lower().endswith(".dcm"):
-        p = safe_path(root, item.path)
+        p = regular_file(safe_path(root, item.path), "DICOM file")
     else:
         safe_path(root, item.path)
         p = safe_path(root, item.path + ".hea")
-    x, meta = read_any(p, nan_policy=nan_policy)
+    x, meta = read_any(p, nan_policy=nan_policy, root=root)
     keep = {k: meta[k] for k in ("orig_fs", "orig_samples", "leads_found", "missing_leads", "padded",
                                  "repaired_samples", "unknown_leads", "codes", "report") if k in meta}
     return x, keep

@@ -1,0 +1,154 @@
+"""Loading never runs code (issue 14, case 1), and a run folder is never replaced by accident (case 3).
+
+A crafted pickle (its __reduce__ calls exec, which would write a marker file) is planted where a run folder holds
+pickles: our train state, DeepSpeed's model states, its optimizer states, and beside the exported model. Resuming,
+zero-shot evaluation and generation must refuse it (naming the file) or never open it: the marker never appears.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DICOM = Path("/work/shared/data/dicom/waveform_ecg.dcm")
+if (ROOT.parent / "shared" / "data").is_dir():
+    DICOM = ROOT.parent / "shared" / "data" / "dicom" / "waveform_ecg.dcm"
+SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4",
+         "--set", "data.n_train=20", "--set", "model.width=32", "--set", "model.ffn=64", "--set", "model.heads=2",
+         "--set", "model.conv_channels=16", "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=2",
+         "--quiet"]
+TRAIN = "import sys; from melp_fast.cli import main; sys.exit(main(['train', *sys.argv[1:]]))"
+
+
+def run_py(code, *args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MELP_DEBUG", None)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train(out, *extra):
+    # ZeRO-1 bf16: the checkpoint holds model states and optimizer states in separate pickles
+    return run_py(TRAIN, *SMALL, "--ds_config", ROOT / "configs/cpu_bf16.json", "--out", out, *extra)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def craft(path: Path, marker: Path):
+    """Replace ``path`` by a torch zip checkpoint whose unpickling runs code (it writes ``marker``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": Exploit(marker)}, path)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("safety") / "run"
+    r = train(out, "--steps", "2", "--set", "train.save_every=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def copy_run(base: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(base, out)
+    shutil.copytree(base.parent / "data", tmp_path / "data")
+    return out
+
+
+def test_crafted_pickle_is_live(tmp_path):
+    # the exploit really runs under a plain unpickling load: the tests below would catch a regression
+    marker = tmp_path / "marker"
+    craft(tmp_path / "x.pt", marker)
+    torch.load(tmp_path / "x.pt", weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_checkpoint_holds_no_pickle_of_ours(base_run):
+    folder = base_run / "checkpoints" / "step2"
+    assert (folder / "train_state_rank0.safetensors").is_file()
+    assert not list(folder.glob("train_state*.pt"))
+
+
+@pytest.mark.parametrize("member", ["mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                    "train_state_rank0.pt"])
+def test_resume_refuses_a_crafted_pickle(base_run, tmp_path, member):
+    out = copy_run(base_run, tmp_path)
+    marker = tmp_path / "marker"
+    folder = out / "checkpoints" / "step2"
+    if member == "train_state_rank0.pt":  # an older checkpoint layout: our state as a pickle, read weights-only
+        (folder / "train_state_rank0.safetensors").unlink()
+    assert member == "train_state_rank0.pt" or (folder / member).is_file()
+    craft(folder / member, marker)
+    r = train(out, "--steps", "3", "--resume")
+    assert not marker.exists(), "the crafted checkpoint ran code"
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("error: refused to load") and member in err[-1], err[-1]
+    assert "Traceback" not in r.stderr
+
+
+def test_crafted_pickles_beside_the_model_are_never_opened(base_run, tmp_path):
+    out = copy_run(base_run, tmp_path)
+    marker = tmp_path / "marker"
+    for rel in ["model/pytorch_model.bin", "model/text_encoder/pytorch_model.bin", "model/training_args.bin",
+                "model/text_encoder/training_args.bin", "checkpoints/step2/mp_rank_00_model_states.pt",
+                "checkpoints/step2/train_state_rank0.pt", "checkpoints/step1/mp_rank_00_model_states.pt"]:
+        craft(out / rel, marker)
+    store = tmp_path / "data" / "synthetic-train-20-seed0"
+    cli = "import sys; from melp_fast.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = run_py(cli, "zero-shot", "--model", out / "model", "--store", store)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if DICOM.is_file():
+        r = run_py(cli, "generate", "--ckpt", out / "model", "--ecg", DICOM, "--beam-width", "1", "--max-len", "3",
+                   "--out", tmp_path / "gen")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads((tmp_path / "gen" / "report.json").read_text())["n_beats"] > 0
+    assert not marker.exists()
+
+
+def test_a_finished_run_is_not_replaced_without_resume_or_overwrite(base_run, tmp_path):
+    out = copy_run(base_run, tmp_path)
+    before = (out / "history.jsonl").read_text()
+    r = train(out, "--steps", "1")
+    assert r.returncode == 2 and "--resume" in r.stderr and "--overwrite" in r.stderr, r.stderr[-2000:]
+    assert str(out) in r.stderr.strip().splitlines()[-1]
+    assert (out / "history.jsonl").read_text() == before and (out / "checkpoints" / "step2").is_dir()
+    r = train(out, "--steps", "1", "--overwrite")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--overwrite: removed" in r.stderr
+    assert [json.loads(x)["step"] for x in (out / "history.jsonl").read_text().splitlines()] == [1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step1"]
+
+
+def test_resume_with_nothing_to_resume_is_one_line(tmp_path):
+    r = train(tmp_path / "empty", "--steps", "1", "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no complete checkpoint" in r.stderr.strip().splitlines()[-1]
+
+
+def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
+    from melp_fast.cli import _demo_folder
+    from melp_fast.errors import UserError
+
+    out = tmp_path / "demo"
+    assert _demo_folder(out) == [] and (out / ".melp_demo").is_file()  # a first demo
+    (out / "history.jsonl").write_text('{"step": 1}\n')  # ... that trained
+    assert _demo_folder(out) == ["--overwrite"]  # a second demo replaces it, saying so
+    assert f"replacing the previous demo run in {out}" in capsys.readouterr().err
+    other = tmp_path / "real"
+    (other / "checkpoints").mkdir(parents=True)  # a training run the demo did not make
+    with pytest.raises(UserError, match="did not make"):
+        _demo_folder(other)
+    assert not (other / ".melp_demo").exists()
