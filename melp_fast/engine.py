@@ -140,8 +140,8 @@ def check_batches(n_batches: int, n_records: int, batch_size: int, world: int, w
 def check_resume(ckpt_dir, resume: bool) -> None:
     """Before anything is built: --resume needs a complete checkpoint in ckpt_dir."""
     if resume and not (Path(ckpt_dir) / POINTER).is_file():
-        raise NothingToResume(f"--resume: no checkpoint to resume from in {ckpt_dir} (no '{POINTER}' pointer); "
-                              "run without --resume to start afresh")
+        raise NothingToResume(f"--resume: no complete checkpoint to resume from in {ckpt_dir} (no '{POINTER}' "
+                              "pointer); run without --resume to start afresh")
 
 
 class ResumableSampler(DistributedSampler):

@@ -57,9 +57,9 @@ def check_run_dir(out, *, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     if resume:
-        if not (out / "checkpoints" / "complete").is_file():
-            raise UserError(f"--resume: {out} holds no complete checkpoint to resume from "
-                            f"(no {out / 'checkpoints' / 'complete'}); run without --resume to start")
+        from .engine import check_resume
+
+        check_resume(out / "checkpoints", True)
         return
     found = holds_run(out)
     if found and not overwrite:

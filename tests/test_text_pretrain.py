@@ -161,7 +161,7 @@ def test_pretrain_on_a_text_file_resumes_exactly_and_loads_as_text_encoder(tmp_p
 
     # a run killed after its step-2 checkpoint, resumed: the same data order, masks and weights
     cut = tmp_path / "cut"
-    shutil.copytree(out, cut, ignore=shutil.ignore_patterns("step4", "*.safetensors", "tokenizer*", "config.json"))
+    shutil.copytree(out, cut, ignore=shutil.ignore_patterns("step4", "model.safetensors", "tokenizer*", "config.json"))
     (cut / "checkpoints" / "complete").write_text("step2")  # the engine's one pointer
     r2 = run_pretrain([*args, "--out", str(cut), "--resume"])
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -179,7 +179,7 @@ def test_pretrain_on_a_text_file_resumes_exactly_and_loads_as_text_encoder(tmp_p
     # without --resume, a directory with checkpoints is refused (no silent overwrite)
     with pytest.raises(FileExistsError, match="--resume"):
         main([*args, "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         main([*args, "--out", str(tmp_path / "empty"), "--resume"])
 
     # the output directory is the text encoder of the main training

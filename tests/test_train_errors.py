@@ -45,7 +45,7 @@ def test_train_option_mistakes(tmp_path, args, words):
 
 def test_train_resume_without_checkpoint_and_missing_store(tmp_path):
     assert_user_error(run("train.py", *SMALL, "--out", str(tmp_path / "run"), "--resume"),
-                      "--resume: no checkpoint to resume from", str(tmp_path / "run" / "checkpoints"))
+                      "--resume: no complete checkpoint to resume from", str(tmp_path / "run" / "checkpoints"))
     assert_user_error(run("train.py", *SMALL, "--out", str(tmp_path / "run"), "--data", str(tmp_path / "nostore")),
                       "nostore: no such store directory")
 
@@ -83,7 +83,7 @@ def test_pretrain_text_entry_point_exit_codes(tmp_path):
     assert_user_error(run("text_pretrain.py", "--set", "vocab.min_cout=3", "--out", str(tmp_path / "t")),
                       "unknown key 'vocab.min_cout'", "vocab.min_count")
     assert_user_error(run("text_pretrain.py", "--steps", "x", "--out", str(tmp_path / "t")), "train.steps takes int")
-    assert_user_error(run("text_pretrain.py", "--out", str(tmp_path / "t"), "--resume"), "no checkpoint")
+    assert_user_error(run("text_pretrain.py", "--out", str(tmp_path / "t"), "--resume"), "no complete checkpoint")
 
 
 def test_cli_subcommands_follow_the_same_policy(capsys):
