@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import match_beats  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
 FS = 500.0
@@ -46,8 +47,6 @@ class Score:
         self.err_ms: list[np.ndarray] = []
 
     def add(self, ref, det, fs):
-        from melp_fast.data.beats import match_beats
-
         tp, fn, fp, e = match_beats(ref, det, int(round(0.15 * fs)))
         self.tp += tp
         self.fn += fn
