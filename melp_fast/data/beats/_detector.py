@@ -16,6 +16,7 @@ TARGET_FS = 125.0  # rate the detector works at (Hz), after block-mean decimatio
 CLIP = 4.0  # cap on a lead's normalised squared slope
 MIN_QUALITY = 2.75  # scale / mean|slope| below this -> noise-like lead, dropped (white noise: 2.2)
 FULL_QUALITY = 7.5  # leads at or above this get full weight (clean ECG leads: ~6-12)
+MAX_SMOOTH_ROUGHNESS = 1.0  # when no lead passes, the smooth ones (see roughness) are kept
 THR_FRAC = 0.25  # threshold = NPK + f (SPK - NPK), f = 0.25 (Pan-Tompkins) while NPK/SPK <= 0.1, rising linearly
 THR_FRAC_NOISY = 0.5  # to 0.5 at NPK/SPK >= 0.25 (a noisy record: steadier against noise peaks)
 REFRACTORY_S = 0.20  # R points closer than this are one beat (the larger deviation is kept)
@@ -23,8 +24,13 @@ SAME_QRS_S = 0.16  # envelope peaks this close to where a beat was first detecte
 TWAVE_S = 0.45  # a candidate this soon after a beat must not look like a T wave (see is_t_wave)
 T_MWI_RATIO = 0.5  # ... its integrated energy at least half the beat's (Pan-Tompkins) ...
 T_SHAPE_RATIO = 0.4  # ... and (peak squared slope x lead agreement) at least 0.4 of the beat's
+T_WIDE_SHAPE_RATIO = 0.7  # ... or, when it is wide (>= T_MIN_WIDTH_S and T_WIDTH_RATIO x the beat's width), 0.7
+T_WIDTH_RATIO = 1.6
+T_MIN_WIDTH_S = 0.06  # width: time the combined squared slope stays above half its peak, within +-MWI
 AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half its typical QRS slope
 SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
+ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
+ECTOPIC_VS_T = 3.0  # ... a peak this many times the record's usual T wave (shape value and energy) is a beat
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -290,6 +296,7 @@ def lead_signals(x, D, nd, k, fd):
     scales = np.zeros(L, np.float64)
     weights = np.zeros(L, np.float64)
     finite = np.zeros(L, np.bool_)
+    spare = np.zeros(L, np.float64)
     for l in range(L):
         xl = xd[l]
         fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
@@ -300,7 +307,29 @@ def lead_signals(x, D, nd, k, fd):
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
+        elif sc > 0.0:
+            spare[l] = sc
+    if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
+        for l in range(L):
+            if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
+                scales[l] = spare[l]
+                weights[l] = 1.0
     return xd, d, valid, finite, scales, weights
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def roughness(xl):
+    """mean |second difference| / mean |first difference| over finite stretches: white noise ~1.7 (at any rate),
+    a smooth ECG ~0.4-0.8, real leads with their noise ~0.8-1.5."""
+    s1 = 0.0
+    s2 = 0.0
+    for n in range(1, xl.shape[0] - 1):
+        a = xl[n] - xl[n - 1]
+        b = xl[n + 1] - xl[n]
+        if abs(a) < np.inf and abs(b) < np.inf:
+            s1 += abs(a)
+            s2 += abs(b - a)
+    return s2 / s1 if s1 > 0.0 else np.inf
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,9 +359,11 @@ def candidates(m):
 
 @njit(cache=True, nogil=True)
 def shape_values(cand, E, d, valid, scales, weights, h):
-    """q = (peak of E within +-h) x (agreement of leads) of each candidate (see the module docstring)."""
+    """(q, width) of each candidate: q = (peak p of E within +-h) x (agreement of leads), width = the number of
+    samples within +-2h where E exceeds p / 2 (see the section comment)."""
     L, nd = d.shape
     q = np.empty(cand.shape[0], np.float64)
+    wd = np.empty(cand.shape[0], np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
@@ -340,6 +371,10 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         p = 0.0
         for n in range(a, b):
             p = max(p, E[n])
+        cnt = 0.0
+        for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
+            cnt += E[n] > 0.5 * p
+        wd[ci] = cnt
         agree = 0.0
         wsum = 0.0
         for l in range(L):
@@ -352,7 +387,7 @@ def shape_values(cand, E, d, valid, scales, weights, h):
             if mx >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
         q[ci] = p * agree / wsum if wsum > 0.0 else 0.0
-    return q
+    return q, wd
 
 
 @njit(cache=True, nogil=True)
@@ -395,17 +430,29 @@ def rr_mean(rr, nrr, fd):
 
 
 @njit(cache=True, nogil=True)
-def is_t_wave(cand, m, q, ci, bi, twave):
-    """Candidate ci lies within the T-wave window after beat bi and looks like a repolarisation wave: less than
-    T_MWI_RATIO of the beat's integrated energy (Pan-Tompkins) or less than T_SHAPE_RATIO of its shape value."""
+def is_t_wave(cand, m, F, ci, bi, twave, min_wide):
+    """Candidate ci lies within the T-wave window after beat bi and looks like a repolarisation wave beside it:
+    less than T_MWI_RATIO of its integrated energy (Pan-Tompkins), less than T_SHAPE_RATIO of its shape value, or
+    wide (T_WIDTH_RATIO x the beat's width and >= min_wide samples) and less than T_WIDE_SHAPE_RATIO of it."""
     dt = cand[ci] - cand[bi]
     if dt < 0 or dt >= twave:
         return False
-    return m[cand[ci]] < T_MWI_RATIO * m[cand[bi]] or q[ci] < T_SHAPE_RATIO * q[bi]
+    return looks_like_t(cand, m, F, ci, bi, min_wide)
 
 
 @njit(cache=True, nogil=True)
-def search_back(cand, m, q, lo, hi, last, min_v, refr, twave):
+def looks_like_t(cand, m, F, ci, bi, min_wide):
+    """The shape half of is_t_wave (no timing); F = (shape values, widths) of the candidates."""
+    q = F[0]
+    wd = F[1]
+    if m[cand[ci]] < T_MWI_RATIO * m[cand[bi]] or q[ci] < T_SHAPE_RATIO * q[bi]:
+        return True
+    wide = wd[ci] >= min_wide and wd[ci] >= T_WIDTH_RATIO * wd[bi]
+    return wide and q[ci] < T_WIDE_SHAPE_RATIO * q[bi]
+
+
+@njit(cache=True, nogil=True)
+def search_back(cand, m, F, lo, hi, last, min_v, refr, twave, min_wide):
     """The highest candidate strictly between candidate indices lo and hi, above min_v, outside the refractory
     period of both ends and not a T wave of beat `last`; -1 when none."""
     best = -1
@@ -414,7 +461,7 @@ def search_back(cand, m, q, lo, hi, last, min_v, refr, twave):
         tj = cand[cj]
         if tj - cand[last] < refr or cand[hi] - tj < refr:
             continue
-        if is_t_wave(cand, m, q, cj, last, twave):
+        if is_t_wave(cand, m, F, cj, last, twave, min_wide):
             continue
         if m[tj] > bestv:
             bestv = m[tj]
@@ -423,7 +470,7 @@ def search_back(cand, m, q, lo, hi, last, min_v, refr, twave):
 
 
 @njit(cache=True, nogil=True)
-def search_head(cand, m, q, first, rr_avg, min_v, gap_min, twave, out):
+def search_head(cand, m, F, first, rr_avg, min_v, gap_min, twave, out):
     """Beats missed before the first detection, walking backwards one expected RR at a time (into out, latest
     first); returns their number."""
     nh = 0
@@ -447,7 +494,7 @@ def search_head(cand, m, q, first, rr_avg, min_v, gap_min, twave, out):
 
 
 @njit(cache=True, nogil=True)
-def search_tail(cand, m, q, last, rr_avg, min_v, gap_min, twave, nd, out):
+def search_tail(cand, m, F, last, rr_avg, min_v, gap_min, twave, min_wide, nd, out):
     """Beats missed after the last detection, one expected RR at a time (into out); returns their number."""
     nt = 0
     nc = cand.shape[0]
@@ -460,7 +507,7 @@ def search_tail(cand, m, q, last, rr_avg, min_v, gap_min, twave, nd, out):
                 continue
             if tj - cand[last] > SEARCHBACK_RR * rr_avg:
                 break
-            if is_t_wave(cand, m, q, cj, last, twave):
+            if is_t_wave(cand, m, F, cj, last, twave, min_wide):
                 continue
             if m[tj] > bestv:
                 bestv = m[tj]
@@ -474,7 +521,7 @@ def search_tail(cand, m, q, last, rr_avg, min_v, gap_min, twave, nd, out):
 
 
 @njit(cache=True, nogil=True)
-def drop_t_waves(cand, m, q, beats, twave):
+def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
     later by the same test (a T wave taken before its QRS); a first beat within the T-wave window of the record
@@ -487,7 +534,7 @@ def drop_t_waves(cand, m, q, beats, twave):
     qv = np.empty(nb, np.float64)
     for j in range(nb):
         mv[j] = m[cand[beats[j]]]
-        qv[j] = q[beats[j]]
+        qv[j] = F[0, beats[j]]
     med_m = np.median(mv)
     med_q = np.median(qv)
     no = 0
@@ -498,9 +545,9 @@ def drop_t_waves(cand, m, q, beats, twave):
         if no > 0:
             a = out[no - 1]
             if cand[b] - cand[a] < twave:
-                if is_t_wave(cand, m, q, b, a, twave):
+                if is_t_wave(cand, m, F, b, a, twave, min_wide):
                     continue
-                if m[cand[a]] < T_MWI_RATIO * m[cand[b]] or q[a] < T_SHAPE_RATIO * q[b]:
+                if looks_like_t(cand, m, F, a, b, min_wide):
                     out[no - 1] = b
                     continue
         out[no] = b
@@ -509,10 +556,74 @@ def drop_t_waves(cand, m, q, beats, twave):
 
 
 @njit(cache=True, nogil=True)
+def median_t_wave(cand, m, F, beats, refr, twave):
+    """Median (energy, shape value) of the record's T waves: the highest candidate refr..twave after each beat
+    and before the next one; (0, 0) when fewer than 3 beats have one."""
+    nb = beats.shape[0]
+    tm = np.empty(nb, np.float64)
+    tq = np.empty(nb, np.float64)
+    n = 0
+    for j in range(nb):
+        t0 = cand[beats[j]]
+        t1 = cand[beats[j + 1]] if j + 1 < nb else t0 + twave
+        best = -1
+        for cj in range(beats[j] + 1, cand.shape[0]):
+            tc = cand[cj]
+            if tc - t0 >= twave or tc >= t1:
+                break
+            if tc - t0 >= refr and (best < 0 or m[tc] > m[cand[best]]):
+                best = cj
+        if best >= 0:
+            tm[n] = m[cand[best]]
+            tq[n] = F[0, best]
+            n += 1
+    if n < 3:
+        return 0.0, 0.0
+    return np.median(tm[:n]), np.median(tq[:n])
+
+
+@njit(cache=True, nogil=True)
+def rescue_ectopic(cand, m, F, beats, refr, twave, min_v):
+    """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
+    low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
+    (ECTOPIC_VS_T x its energy and shape value). Returns the beats with the rescued ones, in time order."""
+    nb = beats.shape[0]
+    if nb < 4:
+        return beats
+    tm, tq = median_t_wave(cand, m, F, beats, refr, twave)
+    if tm == 0.0:
+        return beats
+    rr = np.empty(nb - 1, np.float64)
+    for j in range(nb - 1):
+        rr[j] = cand[beats[j + 1]] - cand[beats[j]]
+    rr_med = np.median(rr)
+    out = np.empty(2 * nb, np.int64)
+    no = 0
+    for j in range(nb):
+        out[no] = beats[j]
+        no += 1
+        if j + 1 == nb or rr[j] <= ECTOPIC_GAP_RR * rr_med:
+            continue
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        best = -1
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            tc = cand[cj]
+            if tc - a < refr or b - tc < refr or m[tc] < min_v:
+                continue
+            if m[tc] > ECTOPIC_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
+                best = cj
+        if best >= 0:
+            out[no] = best
+            no += 1
+    return out[:no]
+
+
+@njit(cache=True, nogil=True)
 def decide(m, E, d, valid, scales, weights, fd):
     """Beats (decimated indices) from the integrated envelope m: adaptive signal / noise levels and threshold,
     one beat per QRS (the envelope peaks within SAME_QRS_S of where a beat was first detected: the highest is kept),
-    T-wave test, search-back for missed beats, then the record's head and tail."""
+    T-wave test, search-back for missed beats, the record's head and tail, then early ectopic beats in long gaps."""
     nd = m.shape[0]
     refr = max(1, int(round(REFRACTORY_S * fd)))
     same = max(1, int(round(SAME_QRS_S * fd)))
@@ -521,7 +632,11 @@ def decide(m, E, d, valid, scales, weights, fd):
     nc = cand.shape[0]
     if nc == 0:
         return cand
-    q = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
+    q, wd = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
+    F = np.empty((2, nc), np.float64)
+    F[0] = q
+    F[1] = wd
+    min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
     wlen = max(2, int(round(fd)))
     spk = median_window_stat(m, wlen, 8, True)
     npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
@@ -540,7 +655,7 @@ def decide(m, E, d, valid, scales, weights, fd):
             continue
         thr = threshold(spk, npk)
         if nb > 0 and nrr > 0 and cand[ci] - cand[beats[nb - 1]] > SEARCHBACK_RR * rr_mean(rr, nrr, fd):
-            best = search_back(cand, m, q, beats[nb - 1], ci, beats[nb - 1], 0.5 * thr, refr, twave)
+            best = search_back(cand, m, F, beats[nb - 1], ci, beats[nb - 1], 0.5 * thr, refr, twave, min_wide)
             if best >= 0:
                 rr[nrr % 8] = cand[best] - cand[beats[nb - 1]]
                 nrr += 1
@@ -549,7 +664,7 @@ def decide(m, E, d, valid, scales, weights, fd):
                 anchor = cand[best]
                 spk = 0.25 * m[cand[best]] + 0.75 * spk
                 continue  # re-examine the current candidate against the new last beat
-        if v > thr and not (nb > 0 and is_t_wave(cand, m, q, ci, beats[nb - 1], twave)):
+        if v > thr and not (nb > 0 and is_t_wave(cand, m, F, ci, beats[nb - 1], twave, min_wide)):
             if nb > 0:
                 rr[nrr % 8] = cand[ci] - cand[beats[nb - 1]]
                 nrr += 1
@@ -566,15 +681,15 @@ def decide(m, E, d, valid, scales, weights, fd):
     min_v = 0.5 * threshold(spk, npk)
     gap_min = max(refr, int(0.6 * rr_avg))
     head = np.empty(nc, np.int64)
-    nh = search_head(cand, m, q, beats[0], rr_avg, min_v, gap_min, twave, head)
+    nh = search_head(cand, m, F, beats[0], rr_avg, min_v, gap_min, twave, head)
     tail = np.empty(nc, np.int64)
-    nt = search_tail(cand, m, q, beats[nb - 1], rr_avg, min_v, gap_min, twave, nd, tail)
+    nt = search_tail(cand, m, F, beats[nb - 1], rr_avg, min_v, gap_min, twave, min_wide, nd, tail)
     allb = np.empty(nh + nb + nt, np.int64)
     for j in range(nh):
         allb[j] = head[nh - 1 - j]
     allb[nh : nh + nb] = beats[:nb]
     allb[nh + nb :] = tail[:nt]
-    keep = drop_t_waves(cand, m, q, allb, twave)
+    keep = rescue_ectopic(cand, m, F, drop_t_waves(cand, m, F, allb, twave, min_wide), refr, twave, min_v)
     out = np.empty(keep.shape[0], np.int64)
     for j in range(keep.shape[0]):
         out[j] = cand[keep[j]]
@@ -764,6 +879,33 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
 
 
 @njit(cache=True, nogil=True)
+def lead_order(amp, sgn):
+    """Leads in the order they are tried for the R point: first those whose QRS polarity is the record's majority
+    polarity (so in a usual 12-lead record the R wave of a positive lead, not the deep S wave of V1-V3), by amp
+    descending; then the others; dropped leads (amp 0) last. The majority is taken over the kept leads, ties
+    broken by the amp-weighted sum, so an inverted record gives the same choice."""
+    L = amp.shape[0]
+    vote = 0.0
+    wvote = 0.0
+    top = 0.0
+    for l in range(L):
+        if amp[l] > 0.0:
+            vote += sgn[l]
+            wvote += sgn[l] * amp[l]
+            top = max(top, amp[l])
+    maj = 1.0 if vote > 0.0 or (vote == 0.0 and wvote >= 0.0) else -1.0
+    key = np.empty(L, np.float64)
+    for l in range(L):
+        if amp[l] <= 0.0:
+            key[l] = np.inf
+        elif sgn[l] == maj:
+            key[l] = -amp[l] - 2.0 * top - 1.0
+        else:
+            key[l] = -amp[l]
+    return np.argsort(key)
+
+
+@njit(cache=True, nogil=True)
 def pick_lead(x, order, amp, a, e):
     """The best-ranked lead that is finite over [a, e), else the best-ranked one with any finite sample there;
     -1 when none."""
@@ -809,7 +951,7 @@ def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm):
     detection; -1 for a beat cut by the record edge whose R peak is not inside the record."""
     S = x.shape[1]
     nb = dets.shape[0]
-    order = np.argsort(-amp)
+    order = lead_order(amp, sgn)
     peaks = np.empty(nb, np.int64)
     score = np.empty(nb, np.float64)
     for b in range(nb):
