@@ -73,7 +73,8 @@ class Tally:
         return float(np.percentile(np.concatenate(self.err_ms), 95))
 
     def __repr__(self):
-        return f"Se {100 * self.se:.2f} +P {100 * self.ppv:.2f} ({self.tp} tp, {self.fn} fn, {self.fp} fp, {self.t_fp} in T window)"
+        counts = f"{self.tp} tp, {self.fn} fn, {self.fp} fp, {self.t_fp} in the T-wave window"
+        return f"Se {100 * self.se:.2f} +P {100 * self.ppv:.2f} ({counts})"
 
 
 def assert_holds(ours, theirs, what):

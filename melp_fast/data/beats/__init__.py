@@ -9,19 +9,22 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
 2. per lead a linear-phase band-pass slope (a +-16 ms central difference minus the +-100 ms mean slope: QRS band,
    peak ~12-15 Hz; wander and most of the T-wave slope removed), normalised by the lead's typical QRS slope; noisy,
    flat or all-missing leads dropped; the leads' clipped squared slopes averaged, then integrated over 120 ms;
-3. Pan-Tompkins decisions on that envelope (adaptive signal / noise levels, 200 ms refractory period, search-back
-   after 1.66 mean RR, head and tail of the record) with a T-wave test: a candidate 200-450 ms after a beat is a T
-   (or U) wave when its integrated energy is under half the beat's, or its peak squared slope times the agreement
-   of leads (the fraction of leads steep there) is under 0.4 of the beat's;
-4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection in the lead's QRS polarity
-   (the opposite one when twice as large, e.g. an inverted ectopic beat) of the record's dominant lead (largest
-   median QRS deviation) that is finite there, taken on the +-4 ms moving average of the full-rate signal; it does
-   not depend on the filters' delay. Detections within 200 ms of each other are merged.
+3. Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms), search-back
+   after 1.66 mean RR, the record's head and tail, and a T-wave test: a peak < 450 ms after a beat is its T (or U)
+   wave when, beside the beat, its integrated energy is under 1/2, or its shape value (peak squared slope x the
+   agreement of leads, the fraction of leads steep there) under 0.4, or under 0.7 while 1.6x wider. An early wide
+   ectopic beat taken for a T wave is recovered from the long gap it leaves when it is 3x the record's usual T wave;
+4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection, in the lead's QRS polarity
+   (the opposite one when twice as large, e.g. an inverted ectopic beat), of the dominant lead: the lead with the
+   largest median QRS deviation among those of the record's majority QRS polarity (so an R wave, not the deep S
+   of V1-V3), finite there; taken on the +-4 ms moving average of the full-rate signal, it does not depend on the
+   filters' delay. R points within 200 ms of each other are merged.
 
-Edges: an all-zero, constant, all-NaN, pure-noise, empty or < 50 ms record gives no beat; no beat is placed in a
-NaN run; a beat cut by the record edge is reported only when its R point is >= 10 ms inside and clearly formed.
-Invariant to a record-wide gain of either sign and to per-lead offsets; per-lead gains may move the R point to
-another lead's R peak (a few ms).
+Edges: an all-zero, constant, all-NaN, pure-noise (every lead noise-like and rough), empty or < 50 ms record gives
+no beat; no beat is placed in a NaN run; a beat cut by the record edge is reported only when its R point is >= 10 ms
+inside and clearly formed. Invariant to a record-wide gain of either sign and to per-lead offsets; per-lead gains
+may move the R point to another lead's R peak (a few ms). Known limit: an early ectopic beat with under 0.4 of the
+previous beat's slope and no long compensatory gap after it is taken for that beat's T wave.
 
 How it is checked (there is no second, plain implementation of this detector): against expert annotations of
 real recordings (MIT-BIH record 100, the DICOM record's R fiducials, and copies of both with T waves scaled to
