@@ -30,7 +30,8 @@ T_MIN_WIDTH_S = 0.06  # width: time the combined squared slope stays above half 
 AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half its typical QRS slope
 SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
 ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
-ECTOPIC_VS_T = 3.0  # ... a peak this many times the record's usual T wave (shape value and energy) is a beat
+ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
+ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -558,7 +559,7 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
 @njit(cache=True, nogil=True)
 def median_t_wave(cand, m, F, beats, refr, twave):
     """Median (energy, shape value) of the record's T waves: the highest candidate refr..twave after each beat
-    and before the next one; (0, 0) when fewer than 3 beats have one."""
+    and at least refr before the next one; (0, 0) when fewer than 3 beats have one."""
     nb = beats.shape[0]
     tm = np.empty(nb, np.float64)
     tq = np.empty(nb, np.float64)
@@ -569,7 +570,7 @@ def median_t_wave(cand, m, F, beats, refr, twave):
         best = -1
         for cj in range(beats[j] + 1, cand.shape[0]):
             tc = cand[cj]
-            if tc - t0 >= twave or tc >= t1:
+            if tc - t0 >= twave or tc > t1 - refr:
                 break
             if tc - t0 >= refr and (best < 0 or m[tc] > m[cand[best]]):
                 best = cj
@@ -586,7 +587,8 @@ def median_t_wave(cand, m, F, beats, refr, twave):
 def rescue_ectopic(cand, m, F, beats, refr, twave, min_v):
     """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
     low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
-    (ECTOPIC_VS_T x its energy and shape value). Returns the beats with the rescued ones, in time order."""
+    (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy). Returns the beats with the rescued ones, in
+    time order."""
     nb = beats.shape[0]
     if nb < 4:
         return beats
@@ -611,7 +613,7 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, min_v):
             tc = cand[cj]
             if tc - a < refr or b - tc < refr or m[tc] < min_v:
                 continue
-            if m[tc] > ECTOPIC_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
+            if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
         if best >= 0:
             out[no] = best
