@@ -526,23 +526,20 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
     later by the same test (a T wave taken before its QRS); a first beat within the T-wave window of the record
-    start is judged against the median beat."""
+    start is judged by its shape value against the median beat's."""
     nb = beats.shape[0]
     out = np.empty(nb, np.int64)
     if nb == 0:
         return out
-    mv = np.empty(nb, np.float64)
     qv = np.empty(nb, np.float64)
     for j in range(nb):
-        mv[j] = m[cand[beats[j]]]
         qv[j] = F[0, beats[j]]
-    med_m = np.median(mv)
     med_q = np.median(qv)
     no = 0
     for j in range(nb):
         b = beats[j]
-        if no == 0 and cand[b] < twave and (mv[j] < T_MWI_RATIO * med_m or qv[j] < T_SHAPE_RATIO * med_q):
-            continue  # the T wave of a beat before the record start (judged against the median beat)
+        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * med_q:
+            continue  # the T wave of a beat before the record start (its shape judged against the median beat)
         if no > 0:
             a = out[no - 1]
             if cand[b] - cand[a] < twave:
