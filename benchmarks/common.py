@@ -3,7 +3,8 @@
 - machine(device): one line describing the machine and the versions, for every results table;
 - load_open_clip_loss(): OpenCLIP's open_clip/loss.py loaded on its own (the InfoNCE peer);
 - compile_sm90(...) / resources(...): build a Triton kernel for Hopper with Triton's bundled ptxas (no GPU needed)
-  and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma.
+  and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma;
+- match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector).
 
 Import from a test or a script with the repository root on sys.path: `from benchmarks.common import ...`.
 The compile helpers need TRITON_INTERPRET unset when the kernels are defined: call them in a fresh process.
@@ -131,3 +132,32 @@ def resource_problems(r: dict) -> list[str]:
     if r["shared"] > SHARED_LIMIT:
         bad.append(f"{r['shared'] // 1024} KB shared > 227 KB")
     return bad
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# beat detection scoring
+# ----------------------------------------------------------------------------------------------------------------
+def match_beats(ref, det, tol: int):
+    """Score detections against reference beats (ANSI/AAMI EC57 style): greedy one-to-one matching within tol
+    samples -> (tp, fn, fp, signed errors det - ref in samples). Se = tp / (tp + fn), +P = tp / (tp + fp)."""
+    import numpy as np
+
+    ref = np.sort(np.asarray(ref))
+    det = np.sort(np.asarray(det))
+    used = np.zeros(len(det), bool)
+    errs = []
+    j = 0
+    for r in ref:
+        while j < len(det) and det[j] < r - tol:
+            j += 1
+        best, bd = -1, tol + 1
+        for k in range(j, len(det)):
+            if det[k] > r + tol:
+                break
+            if not used[k] and abs(det[k] - r) < bd:
+                best, bd = k, abs(det[k] - r)
+        if best >= 0:
+            used[best] = True
+            errs.append(det[best] - r)
+    tp = len(errs)
+    return tp, len(ref) - tp, len(det) - tp, np.asarray(errs, float)

@@ -1,0 +1,1041 @@
+"""The detector's Numba kernels, in one file on purpose: Numba's disk cache (cache=True) checks only the file of the
+function it compiled, so a kernel calling helpers from another module would keep running their stale code after
+an edit there.
+
+Sections: constants; 1-3 filters (decimation, band-pass slope, lead scale, combined envelope); 4 decisions
+(candidates, shape values, thresholds, RR statistics, T-wave test, search-back, head / tail search, the decision);
+5 the R point; the whole record and a batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+TARGET_FS = 125.0  # rate the detector works at (Hz), after block-mean decimation
+CLIP = 4.0  # cap on a lead's normalised squared slope
+MIN_QUALITY = 2.75  # scale / mean|slope| below this -> noise-like lead, dropped (white noise: 2.2)
+FULL_QUALITY = 7.5  # leads at or above this get full weight (clean ECG leads: ~6-12)
+MAX_SMOOTH_ROUGHNESS = 1.0  # when no lead passes, the smooth ones (see roughness) are kept
+THR_FRAC = 0.25  # threshold = NPK + f (SPK - NPK), f = 0.25 (Pan-Tompkins) while NPK/SPK <= 0.1, rising linearly
+THR_FRAC_NOISY = 0.5  # to 0.5 at NPK/SPK >= 0.25 (a noisy record: steadier against noise peaks)
+REFRACTORY_S = 0.20  # R points closer than this are one beat (the larger deviation is kept)
+SAME_QRS_S = 0.16  # envelope peaks this close to where a beat was first detected belong to it (the highest wins)
+TWAVE_S = 0.45  # a candidate this soon after a beat must not look like a T wave (see is_t_wave)
+T_MWI_RATIO = 0.5  # ... its integrated energy at least half the beat's (Pan-Tompkins) ...
+T_SHAPE_RATIO = 0.4  # ... and (peak squared slope x lead agreement) at least 0.4 of the beat's
+T_WIDE_SHAPE_RATIO = 0.7  # ... or, when it is wide (>= T_MIN_WIDTH_S and T_WIDTH_RATIO x the beat's width), 0.7
+T_WIDTH_RATIO = 1.6
+T_MIN_WIDTH_S = 0.06  # width: time the combined squared slope stays above half its peak, within +-MWI
+AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half its typical QRS slope
+SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
+ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
+ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
+ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat
+MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
+SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
+WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
+FLAT_S = 0.10  # runs of exactly-zero slope this long are missing (flat, zero-filled, clipped)
+SHORT_GAP_S = 0.024  # NaN runs up to this long (after decimation) are interpolated, longer ones are missing
+REFINE_S = 0.08  # the R point is searched within +-80 ms of the detection
+BASE_S = 0.15  # baseline flanks: [c - 150 ms, c - 80 ms) and (c + 80 ms, c + 150 ms]
+SMOOTH_S = 0.004  # the R point is the extremum of the +-4 ms moving average (robust to noise, unbiased on a peak)
+FLIP_RATIO = 2.0  # a beat whose opposite-polarity deflection is 2x larger takes that one
+EDGE_S = 0.01  # an R point this close to the record edge is not told apart from a cut QRS: not reported
+EDGE_MIN_SCORE = 0.5  # an edge beat needs half the record's median QRS deviation (else its R is outside)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1-3. filters: decimation, the per-lead band-pass slope, lead scale / quality, the combined QRS envelope
+# ----------------------------------------------------------------------------------------------------------------
+FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-inf assumptions
+
+
+@njit(cache=True, nogil=True)
+def decimate(x, D, nd):
+    """Block means of D samples: (L, S) -> (L, nd). NaN/inf in a block make the block non-finite.
+
+    The common factors are unrolled (a plain accumulation loop is latency-bound and ~6x slower)."""
+    L, S = x.shape
+    out = np.empty((L, nd), np.float64)
+    nfull = S // D
+    inv = 1.0 / D
+    for l in range(L):
+        xl = x[l]
+        o = out[l]
+        if D == 1:
+            for n in range(nfull):
+                o[n] = xl[n]
+        elif D == 2:
+            for n in range(nfull):
+                b = 2 * n
+                o[n] = (xl[b] + xl[b + 1]) * 0.5
+        elif D == 3:
+            for n in range(nfull):
+                b = 3 * n
+                o[n] = (xl[b] + xl[b + 1] + xl[b + 2]) * inv
+        elif D == 4:
+            for n in range(nfull):
+                b = 4 * n
+                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3])) * 0.25
+        elif D == 6:
+            for n in range(nfull):
+                b = 6 * n
+                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]) + (xl[b + 4] + xl[b + 5])) * inv
+        elif D == 8:
+            for n in range(nfull):
+                b = 8 * n
+                o[n] = (((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]))
+                        + ((xl[b + 4] + xl[b + 5]) + (xl[b + 6] + xl[b + 7]))) * 0.125
+        else:
+            for n in range(nfull):
+                b = D * n
+                acc = 0.0
+                for j in range(D):
+                    acc += xl[b + j]
+                o[n] = acc * inv
+        if nd > nfull:  # partial last block
+            acc = 0.0
+            for t in range(nfull * D, S):
+                acc += xl[t]
+            o[nfull] = acc / (S - nfull * D)
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def finite_sum(a):
+    tot = 0.0
+    for i in range(a.shape[0]):
+        tot += a[i]
+    return tot
+
+
+@njit(cache=True, nogil=True)
+def fill_short_gaps(xl, maxgap):
+    """Linearly interpolate runs of <= maxgap non-finite samples between finite neighbours, in place (isolated
+    dropped samples cannot hide a beat; longer runs stay missing). Returns True when xl is then all finite."""
+    nd = xl.shape[0]
+    allfinite = True
+    n = 0
+    while n < nd:
+        if abs(xl[n]) < np.inf:
+            n += 1
+            continue
+        a = n
+        while n < nd and not (abs(xl[n]) < np.inf):
+            n += 1
+        if a > 0 and n < nd and n - a <= maxgap:
+            v0 = xl[a - 1]
+            v1 = xl[n]
+            for j in range(a, n):
+                xl[j] = v0 + (v1 - v0) * (j - a + 1) / (n - a + 1)
+        else:
+            allfinite = False
+    return allfinite
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
+    """Band-passed slope of one decimated lead into d, with valid (1.0/0.0); d is 0.0 where missing.
+
+    s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
+    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite."""
+    # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
+    nd = xl.shape[0]
+    s[0] = 0.25 * (3.0 * xl[0] + xl[min(1, nd - 1)])
+    s[nd - 1] = 0.25 * (xl[max(nd - 2, 0)] + 3.0 * xl[nd - 1])
+    xa = xl[: nd - 2]
+    xb = xl[1 : nd - 1]
+    xc = xl[2:]
+    so = s[1 : nd - 1]
+    for i in range(nd - 2):
+        so[i] = 0.25 * (xa[i] + 2.0 * xb[i] + xc[i])
+    # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
+    g = k / h
+    if nd > 2 * h:
+        dd = d[h : nd - h]
+        kp = s[h + k : nd - h + k]
+        km = s[h - k : nd - h - k]
+        hp = s[2 * h :]
+        hm = s[: nd - 2 * h]
+        for i in range(nd - 2 * h):
+            dd[i] = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+        lo = h
+        hi = nd - h
+    else:
+        lo = 0
+        hi = 0
+    for n in range(lo):  # edges, indices clamped
+        d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+    for n in range(hi, nd):
+        d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+    finite = finite_in
+    if not finite:
+        tot = 0.0
+        for n in range(nd):
+            tot += d[n]
+        finite = abs(tot) < np.inf
+    nz = 0
+    if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
+        for n in range(nd):
+            valid[n] = 1.0
+            nz += d[n] == 0.0
+    else:
+        for n in range(nd):
+            v = d[n]
+            ok = abs(v) < np.inf
+            d[n] = v if ok else 0.0
+            valid[n] = 1.0 if ok else 0.0
+            nz += ok and v == 0.0
+    # runs of exactly-zero slope (flat, zero-filled or clipped stretches) are missing
+    if nz >= flat_len:
+        run = 0
+        for n in range(nd + 1):
+            if n < nd and d[n] == 0.0 and valid[n] > 0.0:
+                run += 1
+            else:
+                if run >= flat_len:
+                    for j in range(n - run, n):
+                        valid[j] = 0.0
+                run = 0
+    return finite
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def lead_scale(d, valid, wlen):
+    """(scale, quality) of one lead's slope d.
+
+    scale: median over ~1 s windows of the window's peak-weighted RMS slope sqrt(sum d^4 / sum d^2), a smooth
+    stand-in for the window maximum (~0.7-0.9 of the largest QRS slope; sums vectorise, max reductions do not).
+    Windows less than half valid are skipped. quality: scale / mean |d| over valid samples (ECG ~10-40, white noise
+    sqrt(3) / sqrt(2 / pi) = 2.2)."""
+    nd = d.shape[0]
+    nw = max(1, nd // wlen)
+    vals = np.empty(nw, np.float64)
+    m = 0
+    tot = 0.0
+    cnt = 0.0
+    for w in range(nw):
+        a = w * wlen
+        b = nd if w == nw - 1 else a + wlen
+        s2 = 0.0
+        s4 = 0.0
+        sa = 0.0
+        nv = 0.0
+        dw = d[a:b]
+        vw = valid[a:b]
+        for i in range(b - a):
+            v = dw[i]
+            q = v * v
+            s2 += q
+            s4 += q * q
+            sa += abs(v)
+            nv += vw[i]
+        tot += sa
+        cnt += nv
+        if nv * 2.0 >= (b - a) and s2 > 0.0:
+            vals[m] = np.sqrt(s4 / s2)
+            m += 1
+    if m == 0 or cnt == 0.0:
+        return 0.0, 0.0
+    scale = np.median(vals[:m])
+    mean = tot / cnt
+    if not (scale > 0.0) or not (mean > 0.0):
+        return 0.0, 0.0
+    return scale, scale / mean
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def envelope(d, valid, scales, weights, fd):
+    """Weighted mean over the leads valid at each sample of the clipped normalised squared slope, and its centred
+    moving-window integral (0 where no lead is valid)."""
+    L, nd = d.shape
+    E = np.zeros(nd, np.float64)
+    cnt = np.zeros(nd, np.float64)
+    for l in range(L):
+        sc = scales[l]
+        if sc == 0.0:
+            continue
+        inv = 1.0 / sc
+        w = weights[l]
+        dl = d[l]
+        vl = valid[l]
+        for n in range(nd):
+            e = dl[n] * inv
+            wv = w * vl[n]
+            E[n] += min(e * e, CLIP) * wv
+            cnt[n] += wv
+    for n in range(nd):
+        c = cnt[n]
+        E[n] = E[n] / c if c > 0.0 else 0.0
+    h = max(1, int(round(0.5 * MWI_S * fd)))
+    m = np.empty(nd, np.float64)
+    c = np.zeros(nd + 1, np.float64)
+    for n in range(nd):
+        c[n + 1] = c[n] + E[n]
+    inv_w = 1.0 / (2 * h + 1)
+    for n in range(nd):
+        m[n] = (c[min(n + h + 1, nd)] - c[max(n - h, 0)]) * inv_w
+    for n in range(nd):
+        m[n] = m[n] if cnt[n] > 0.0 else 0.0
+    return E, m
+
+
+@njit(cache=True, nogil=True)
+def lead_signals(x, D, nd, k, fd):
+    """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite, and
+    each lead's scale (0: dropped) and weight (from its quality)."""
+    L = x.shape[0]
+    xd = decimate(x, D, nd)
+    d = np.empty((L, nd), np.float64)
+    valid = np.empty((L, nd), np.float64)
+    s = np.empty(nd, np.float64)
+    flat_len = max(3, int(round(FLAT_S * fd)))
+    hw = max(k + 1, int(round(WANDER_S * fd)))
+    wlen = max(2, int(round(fd)))
+    gap = max(1, int(round(SHORT_GAP_S * fd)))
+    scales = np.zeros(L, np.float64)
+    weights = np.zeros(L, np.float64)
+    finite = np.zeros(L, np.bool_)
+    spare = np.zeros(L, np.float64)
+    for l in range(L):
+        xl = xd[l]
+        fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
+        if not fin:
+            fin = fill_short_gaps(xl, gap)
+        finite[l] = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
+        sc, q = lead_scale(d[l], valid[l], wlen)
+        if sc > 0.0 and q >= MIN_QUALITY:
+            scales[l] = sc
+            weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
+        elif sc > 0.0:
+            spare[l] = sc
+    if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
+        for l in range(L):
+            if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
+                scales[l] = spare[l]
+                weights[l] = 1.0
+    return xd, d, valid, finite, scales, weights
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def roughness(xl):
+    """mean |second difference| / mean |first difference| over finite stretches: white noise ~1.7 (at any rate),
+    a smooth ECG ~0.4-0.8, real leads with their noise ~0.8-1.5."""
+    s1 = 0.0
+    s2 = 0.0
+    for n in range(1, xl.shape[0] - 1):
+        a = xl[n] - xl[n - 1]
+        b = xl[n + 1] - xl[n]
+        if abs(a) < np.inf and abs(b) < np.inf:
+            s1 += abs(a)
+            s2 += abs(b - a)
+    return s2 / s1 if s1 > 0.0 else np.inf
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. decisions
+# ----------------------------------------------------------------------------------------------------------------
+# Candidates are the local maxima of the integrated envelope ``m``. Each carries its height ``m[t]`` and a shape
+# value ``q = p * a``: ``p`` the peak of the (unintegrated) combined squared slope ``E`` within +-MWI/2, ``a`` the
+# agreement of leads, the weighted fraction of valid leads whose |slope| there reaches AGREE_LEVEL of their typical
+# QRS slope. A QRS is steep in (nearly) every lead; a T wave (or a U wave) is slower and wider, so its peak squared
+# slope is low even where it is tall, and it is steep in fewer leads; a paced spike or a P wave lies within the
+# same QRS window of its QRS (only the highest envelope peak is kept), and R points < 200 ms apart are merged.
+
+
+@njit(cache=True, nogil=True)
+def candidates(m):
+    """Local maxima of m (plateaus: their first sample), as int64 indices."""
+    nd = m.shape[0]
+    cand = np.empty(nd, np.int64)
+    nc = 0
+    for n in range(1, nd - 1):
+        v = m[n]
+        if v > 0.0 and v > m[n - 1] and v >= m[n + 1]:
+            cand[nc] = n
+            nc += 1
+    return cand[:nc]
+
+
+@njit(cache=True, nogil=True)
+def shape_values(cand, E, d, valid, scales, weights, h):
+    """(q, width) of each candidate: q = (peak p of E within +-h) x (agreement of leads), width = the number of
+    samples within +-2h where E exceeds p / 2 (see the section comment)."""
+    L, nd = d.shape
+    q = np.empty(cand.shape[0], np.float64)
+    wd = np.empty(cand.shape[0], np.float64)
+    for ci in range(cand.shape[0]):
+        t = cand[ci]
+        a = max(0, t - h)
+        b = min(nd, t + h + 1)
+        p = 0.0
+        for n in range(a, b):
+            p = max(p, E[n])
+        cnt = 0.0
+        for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
+            cnt += E[n] > 0.5 * p
+        wd[ci] = cnt
+        agree = 0.0
+        wsum = 0.0
+        for l in range(L):
+            if scales[l] == 0.0 or valid[l, t] == 0.0:
+                continue
+            mx = 0.0
+            for n in range(a, b):
+                mx = max(mx, abs(d[l, n]))
+            wsum += weights[l]
+            if mx >= AGREE_LEVEL * scales[l]:
+                agree += weights[l]
+        q[ci] = p * agree / wsum if wsum > 0.0 else 0.0
+    return q, wd
+
+
+@njit(cache=True, nogil=True)
+def median_window_stat(m, wlen, n_windows, use_max):
+    """Median over the first n_windows windows of wlen samples of the window max (or mean) of m."""
+    nd = m.shape[0]
+    nw = max(1, min(n_windows, nd // wlen))
+    vals = np.empty(nw, np.float64)
+    for w in range(nw):
+        a = w * wlen
+        b = min(nd, a + wlen)
+        acc = 0.0
+        mx = 0.0
+        for n in range(a, b):
+            acc += m[n]
+            if m[n] > mx:
+                mx = m[n]
+        vals[w] = mx if use_max else acc / max(1, b - a)
+    return np.median(vals)
+
+
+@njit(cache=True, nogil=True)
+def threshold(spk, npk):
+    """NPK + f (SPK - NPK), f from THR_FRAC (clean) to THR_FRAC_NOISY as NPK / SPK goes from 0.1 to 0.25."""
+    r = npk / spk if spk > 0.0 else 0.0
+    f = THR_FRAC + (THR_FRAC_NOISY - THR_FRAC) * min(1.0, max(0.0, (r - 0.1) / 0.15))
+    return npk + f * (spk - npk)
+
+
+@njit(cache=True, nogil=True)
+def rr_mean(rr, nrr, fd):
+    """Mean of the last (up to 8) RR intervals in the ring rr; 100 bpm when there is none."""
+    if nrr == 0:
+        return 0.6 * fd
+    k = min(nrr, rr.shape[0])
+    acc = 0.0
+    for j in range(k):
+        acc += rr[j]
+    return acc / k
+
+
+@njit(cache=True, nogil=True)
+def is_t_wave(cand, m, F, ci, bi, twave, min_wide):
+    """Candidate ci lies within the T-wave window after beat bi and looks like a repolarisation wave beside it:
+    less than T_MWI_RATIO of its integrated energy (Pan-Tompkins), less than T_SHAPE_RATIO of its shape value, or
+    wide (T_WIDTH_RATIO x the beat's width and >= min_wide samples) and less than T_WIDE_SHAPE_RATIO of it."""
+    dt = cand[ci] - cand[bi]
+    if dt < 0 or dt >= twave:
+        return False
+    return looks_like_t(cand, m, F, ci, bi, min_wide)
+
+
+@njit(cache=True, nogil=True)
+def looks_like_t(cand, m, F, ci, bi, min_wide):
+    """The shape half of is_t_wave (no timing); F = (shape values, widths) of the candidates."""
+    q = F[0]
+    wd = F[1]
+    if m[cand[ci]] < T_MWI_RATIO * m[cand[bi]] or q[ci] < T_SHAPE_RATIO * q[bi]:
+        return True
+    wide = wd[ci] >= min_wide and wd[ci] >= T_WIDTH_RATIO * wd[bi]
+    return wide and q[ci] < T_WIDE_SHAPE_RATIO * q[bi]
+
+
+@njit(cache=True, nogil=True)
+def search_back(cand, m, F, lo, hi, last, min_v, refr, twave, min_wide):
+    """The highest candidate strictly between candidate indices lo and hi, above min_v, outside the refractory
+    period of both ends and not a T wave of beat `last`; -1 when none."""
+    best = -1
+    bestv = min_v
+    for cj in range(lo + 1, hi):
+        tj = cand[cj]
+        if tj - cand[last] < refr or cand[hi] - tj < refr:
+            continue
+        if is_t_wave(cand, m, F, cj, last, twave, min_wide):
+            continue
+        if m[tj] > bestv:
+            bestv = m[tj]
+            best = cj
+    return best
+
+
+@njit(cache=True, nogil=True)
+def search_head(cand, m, F, first, rr_avg, min_v, gap_min, twave, out):
+    """Beats missed before the first detection, walking backwards one expected RR at a time (into out, latest
+    first); returns their number."""
+    nh = 0
+    ref = first
+    while cand[ref] > rr_avg:
+        best = -1
+        bestv = min_v
+        for cj in range(ref):
+            tj = cand[cj]
+            if cand[ref] - tj < gap_min:
+                break
+            if cand[ref] - tj <= SEARCHBACK_RR * rr_avg and m[tj] > bestv:
+                bestv = m[tj]
+                best = cj
+        if best < 0:
+            break
+        out[nh] = best
+        nh += 1
+        ref = best
+    return nh
+
+
+@njit(cache=True, nogil=True)
+def search_tail(cand, m, F, last, rr_avg, min_v, gap_min, twave, min_wide, nd, out):
+    """Beats missed after the last detection, one expected RR at a time (into out); returns their number."""
+    nt = 0
+    nc = cand.shape[0]
+    while nd - 1 - cand[last] > rr_avg:
+        best = -1
+        bestv = min_v
+        for cj in range(last + 1, nc):
+            tj = cand[cj]
+            if tj - cand[last] < gap_min:
+                continue
+            if tj - cand[last] > SEARCHBACK_RR * rr_avg:
+                break
+            if is_t_wave(cand, m, F, cj, last, twave, min_wide):
+                continue
+            if m[tj] > bestv:
+                bestv = m[tj]
+                best = cj
+        if best < 0:
+            break
+        out[nt] = best
+        nt += 1
+        last = best
+    return nt
+
+
+@njit(cache=True, nogil=True)
+def drop_t_waves(cand, m, F, beats, twave, min_wide):
+    """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
+    later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
+    later by the same test (a T wave taken before its QRS); a first beat within the T-wave window of the record
+    start is judged by its shape value against the median beat's."""
+    nb = beats.shape[0]
+    out = np.empty(nb, np.int64)
+    if nb == 0:
+        return out
+    qv = np.empty(nb, np.float64)
+    for j in range(nb):
+        qv[j] = F[0, beats[j]]
+    med_q = np.median(qv)
+    no = 0
+    for j in range(nb):
+        b = beats[j]
+        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * med_q:
+            continue  # the T wave of a beat before the record start (its shape judged against the median beat)
+        if no > 0:
+            a = out[no - 1]
+            if cand[b] - cand[a] < twave:
+                if is_t_wave(cand, m, F, b, a, twave, min_wide):
+                    continue
+                if looks_like_t(cand, m, F, a, b, min_wide):
+                    out[no - 1] = b
+                    continue
+        out[no] = b
+        no += 1
+    return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def median_t_wave(cand, m, F, beats, refr, twave):
+    """Median (energy, shape value) of the record's T waves: the highest candidate refr..twave after each beat
+    and at least refr before the next one; (0, 0) when fewer than 3 beats have one."""
+    nb = beats.shape[0]
+    tm = np.empty(nb, np.float64)
+    tq = np.empty(nb, np.float64)
+    n = 0
+    for j in range(nb):
+        t0 = cand[beats[j]]
+        t1 = cand[beats[j + 1]] if j + 1 < nb else t0 + twave
+        best = -1
+        for cj in range(beats[j] + 1, cand.shape[0]):
+            tc = cand[cj]
+            if tc - t0 >= twave or tc > t1 - refr:
+                break
+            if tc - t0 >= refr and (best < 0 or m[tc] > m[cand[best]]):
+                best = cj
+        if best >= 0:
+            tm[n] = m[cand[best]]
+            tq[n] = F[0, best]
+            n += 1
+    if n < 3:
+        return 0.0, 0.0
+    return np.median(tm[:n]), np.median(tq[:n])
+
+
+@njit(cache=True, nogil=True)
+def rescue_ectopic(cand, m, F, beats, refr, twave, min_v):
+    """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
+    low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
+    (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy). Returns the beats with the rescued ones, in
+    time order."""
+    nb = beats.shape[0]
+    if nb < 4:
+        return beats
+    tm, tq = median_t_wave(cand, m, F, beats, refr, twave)
+    if tm == 0.0:
+        return beats
+    rr = np.empty(nb - 1, np.float64)
+    for j in range(nb - 1):
+        rr[j] = cand[beats[j + 1]] - cand[beats[j]]
+    rr_med = np.median(rr)
+    out = np.empty(2 * nb, np.int64)
+    no = 0
+    for j in range(nb):
+        out[no] = beats[j]
+        no += 1
+        if j + 1 == nb or rr[j] <= ECTOPIC_GAP_RR * rr_med:
+            continue
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        best = -1
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            tc = cand[cj]
+            if tc - a < refr or b - tc < refr or m[tc] < min_v:
+                continue
+            if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
+                best = cj
+        if best >= 0:
+            out[no] = best
+            no += 1
+    return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def decide(m, E, d, valid, scales, weights, fd):
+    """Beats (decimated indices) from the integrated envelope m: adaptive signal / noise levels and threshold,
+    one beat per QRS (the envelope peaks within SAME_QRS_S of where a beat was first detected: the highest is kept),
+    T-wave test, search-back for missed beats, the record's head and tail, then early ectopic beats in long gaps."""
+    nd = m.shape[0]
+    refr = max(1, int(round(REFRACTORY_S * fd)))
+    same = max(1, int(round(SAME_QRS_S * fd)))
+    twave = int(round(TWAVE_S * fd))
+    cand = candidates(m)
+    nc = cand.shape[0]
+    if nc == 0:
+        return cand
+    q, wd = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
+    F = np.empty((2, nc), np.float64)
+    F[0] = q
+    F[1] = wd
+    min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
+    wlen = max(2, int(round(fd)))
+    spk = median_window_stat(m, wlen, 8, True)
+    npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
+    beats = np.empty(nc, np.int64)  # candidate indices
+    nb = 0
+    rr = np.zeros(8, np.float64)
+    nrr = 0
+    ci = 0
+    anchor = 0  # where the last beat was first detected
+    while ci < nc:
+        v = m[cand[ci]]
+        if nb > 0 and cand[ci] - anchor < same:
+            if v > m[cand[beats[nb - 1]]]:  # the same QRS: keep its highest envelope peak
+                beats[nb - 1] = ci
+            ci += 1
+            continue
+        thr = threshold(spk, npk)
+        if nb > 0 and nrr > 0 and cand[ci] - cand[beats[nb - 1]] > SEARCHBACK_RR * rr_mean(rr, nrr, fd):
+            best = search_back(cand, m, F, beats[nb - 1], ci, beats[nb - 1], 0.5 * thr, refr, twave, min_wide)
+            if best >= 0:
+                rr[nrr % 8] = cand[best] - cand[beats[nb - 1]]
+                nrr += 1
+                beats[nb] = best
+                nb += 1
+                anchor = cand[best]
+                spk = 0.25 * m[cand[best]] + 0.75 * spk
+                continue  # re-examine the current candidate against the new last beat
+        if v > thr and not (nb > 0 and is_t_wave(cand, m, F, ci, beats[nb - 1], twave, min_wide)):
+            if nb > 0:
+                rr[nrr % 8] = cand[ci] - cand[beats[nb - 1]]
+                nrr += 1
+            beats[nb] = ci
+            nb += 1
+            anchor = cand[ci]
+            spk = 0.125 * v + 0.875 * spk
+        else:
+            npk = 0.125 * v + 0.875 * npk
+        ci += 1
+    if nb == 0:
+        return cand[:0]
+    rr_avg = rr_mean(rr, nrr, fd)
+    min_v = 0.5 * threshold(spk, npk)
+    gap_min = max(refr, int(0.6 * rr_avg))
+    head = np.empty(nc, np.int64)
+    nh = search_head(cand, m, F, beats[0], rr_avg, min_v, gap_min, twave, head)
+    tail = np.empty(nc, np.int64)
+    nt = search_tail(cand, m, F, beats[nb - 1], rr_avg, min_v, gap_min, twave, min_wide, nd, tail)
+    allb = np.empty(nh + nb + nt, np.int64)
+    for j in range(nh):
+        allb[j] = head[nh - 1 - j]
+    allb[nh : nh + nb] = beats[:nb]
+    allb[nh + nb :] = tail[:nt]
+    keep = rescue_ectopic(cand, m, F, drop_t_waves(cand, m, F, allb, twave, min_wide), refr, twave, min_v)
+    out = np.empty(keep.shape[0], np.int64)
+    for j in range(keep.shape[0]):
+        out[j] = cand[keep[j]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. the R point
+# ----------------------------------------------------------------------------------------------------------------
+# The fiducial is the R peak: the largest baseline-removed deflection, in the lead's QRS polarity, of the record's
+# dominant lead (the lead with the largest median QRS deviation) that is finite around the beat; the opposite
+# deflection when it is twice as large (a beat of inverted morphology, e.g. a ventricular ectopic beat).
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+def extrema_finite(xl, c, w, h, lo, hi):
+    """extrema for an all-finite lead (no NaN checks; sums over views vectorise)."""
+    a = max(lo, c - w)
+    e = min(hi, c + w + 1)
+    l0 = max(lo, c - h)
+    r1 = min(hi, c + h + 1)
+    nl = a - l0
+    nr = r1 - e
+    sl = 0.0
+    seg = xl[l0:a]
+    for i in range(nl):
+        sl += seg[i]
+    sr = 0.0
+    seg = xl[e:r1]
+    for i in range(nr):
+        sr += seg[i]
+    slope = 0.0
+    t0 = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        t0 = 0.5 * (l0 + a - 1)
+        slope = (sr / nr - ml) / (0.5 * (e + r1 - 1) - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+    elif nr > 0:
+        b0 = sr / nr
+    else:
+        b0 = 0.0
+        seg = xl[a:e]
+        for i in range(e - a):
+            b0 += seg[i]
+        b0 /= max(1, e - a)
+    imax = a
+    imin = a
+    vmax = -np.inf
+    vmin = np.inf
+    seg = xl[a:e]
+    for i in range(e - a):
+        v = seg[i] - (b0 + slope * (a + i - t0))
+        if v > vmax:
+            vmax = v
+            imax = a + i
+        if v < vmin:
+            vmin = v
+            imin = a + i
+    return imax, vmax, imin, vmin
+
+
+@njit(cache=True, nogil=True)
+def extrema(xl, c, w, h, lo, hi, m=0):
+    """Baseline-removed extrema of xl within [c - w, c + w] (clipped to [lo, hi): the record, or the half-way
+    points to the neighbouring detections, so that at fast rates no flank reaches into the next QRS).
+
+    The baseline is the line through the means of the two flanks [c - h, c - w) and (c + w, c + h] (non-finite
+    samples left out; one flank only -> a constant; none -> the window mean), so a linear trend (baseline wander)
+    is removed exactly. Returns (i_max, v_max, i_min, v_min) of xl - baseline; i = -1 when no sample is finite."""
+    nd = xl.shape[0]
+    a = max(lo, c - w)
+    e = min(hi, c + w + 1)
+    sl = 0.0
+    nl = 0
+    tl = 0.0
+    for n in range(max(lo, c - h), a):
+        v = xl[n]
+        if abs(v) < np.inf:
+            sl += v
+            tl += n
+            nl += 1
+    sr = 0.0
+    nr = 0
+    tr = 0.0
+    for n in range(e, min(hi, c + h + 1)):
+        v = xl[n]
+        if abs(v) < np.inf:
+            sr += v
+            tr += n
+            nr += 1
+    slope = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        mr = sr / nr
+        t0 = tl / nl
+        slope = (mr - ml) / (tr / nr - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+        t0 = 0.0
+    elif nr > 0:
+        b0 = sr / nr
+        t0 = 0.0
+    else:
+        b0 = 0.0
+        t0 = 0.0
+        cnt = 0
+        for n in range(a, e):
+            v = xl[n]
+            if abs(v) < np.inf:
+                b0 += v
+                cnt += 1
+        if cnt > 0:
+            b0 /= cnt
+    imax = -1
+    imin = -1
+    vmax = -np.inf
+    vmin = np.inf
+    for n in range(a, e):
+        if m > 0:  # centred moving average over +-m samples (noise), shrunk symmetrically at the record edges
+            mm = min(m, n, nd - 1 - n)
+            acc = 0.0
+            for j in range(n - mm, n + mm + 1):
+                acc += xl[j]
+            xv = acc / (2 * mm + 1)
+        else:
+            xv = xl[n]
+        v = xv - (b0 + slope * (n - t0))
+        if v > vmax:  # NaN compares False
+            vmax = v
+            imax = n
+        if v < vmin:
+            vmin = v
+            imin = n
+    return imax, vmax, imin, vmin
+
+
+
+@njit(cache=True, nogil=True)
+def bounds(dets, b, n, D):
+    """[lo, hi) around detection b: the half-way points to its neighbours (decimated indices; full-rate ones when
+    D > 0, at block centres), the record edges for the first and last."""
+    f = max(1, D)
+    o = D // 2
+    lo = 0
+    hi = n
+    if b > 0:
+        lo = ((dets[b - 1] + dets[b]) * f + 2 * o + 1) // 2
+    if b + 1 < dets.shape[0]:
+        hi = ((dets[b] + dets[b + 1]) * f + 2 * o) // 2 + 1
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def rank_leads(xd, finite, scales, dets, wr, wb):
+    """Per lead (decimated signal): (amp, sgn), the median size and the sign of the median of the signed QRS
+    deviation from the local linear baseline at each detection. amp ranks the leads (0 for dropped leads)."""
+    L = xd.shape[0]
+    nb = dets.shape[0]
+    amp = np.zeros(L, np.float64)
+    sgn = np.ones(L, np.float64)
+    dev = np.empty(nb, np.float64)
+    adev = np.empty(nb, np.float64)
+    for l in range(L):
+        if scales[l] == 0.0:
+            continue
+        xl = xd[l]
+        nv = 0
+        for b in range(nb):
+            lo, hi = bounds(dets, b, xl.shape[0], 0)
+            if finite[l]:
+                imax, vmax, imin, vmin = extrema_finite(xl, dets[b], wr, wb, lo, hi)
+            else:
+                imax, vmax, imin, vmin = extrema(xl, dets[b], wr, wb, lo, hi)
+            if imax >= 0:
+                best = vmax if vmax >= -vmin else vmin
+                dev[nv] = best
+                adev[nv] = abs(best)
+                nv += 1
+        if nv > 0:
+            amp[l] = np.median(adev[:nv])
+            sgn[l] = 1.0 if np.median(dev[:nv]) >= 0.0 else -1.0
+    return amp, sgn
+
+
+@njit(cache=True, nogil=True)
+def lead_order(amp, sgn):
+    """Leads in the order they are tried for the R point: first those whose QRS polarity is the record's majority
+    polarity (so in a usual 12-lead record the R wave of a positive lead, not the deep S wave of V1-V3), by amp
+    descending; then the others; dropped leads (amp 0) last. The majority is taken over the kept leads, ties
+    broken by the amp-weighted sum, so an inverted record gives the same choice."""
+    L = amp.shape[0]
+    vote = 0.0
+    wvote = 0.0
+    top = 0.0
+    for l in range(L):
+        if amp[l] > 0.0:
+            vote += sgn[l]
+            wvote += sgn[l] * amp[l]
+            top = max(top, amp[l])
+    maj = 1.0 if vote > 0.0 or (vote == 0.0 and wvote >= 0.0) else -1.0
+    key = np.empty(L, np.float64)
+    for l in range(L):
+        if amp[l] <= 0.0:
+            key[l] = np.inf
+        elif sgn[l] == maj:
+            key[l] = -amp[l] - 2.0 * top - 1.0
+        else:
+            key[l] = -amp[l]
+    return np.argsort(key)
+
+
+@njit(cache=True, nogil=True)
+def pick_lead(x, order, amp, a, e):
+    """The best-ranked lead that is finite over [a, e), else the best-ranked one with any finite sample there;
+    -1 when none."""
+    L = order.shape[0]
+    for oi in range(L):
+        l = order[oi]
+        if amp[l] <= 0.0:
+            break
+        ok = True
+        for t in range(a, e):
+            if not np.isfinite(x[l, t]):
+                ok = False
+                break
+        if ok:
+            return l
+    for oi in range(L):
+        l = order[oi]
+        if amp[l] <= 0.0:
+            break
+        for t in range(a, e):
+            if np.isfinite(x[l, t]):
+                return l
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def r_point(x, l, c, W, H, sm, sgn, lo, hi):
+    """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
+    (or the opposite one when that is FLIP_RATIO x larger)."""
+    imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
+    if sgn > 0.0:
+        bi, bv, oi, ov = imax, vmax, imin, -vmin
+    else:
+        bi, bv, oi, ov = imin, -vmin, imax, vmax
+    if ov > FLIP_RATIO * bv and ov > 0.0:
+        return oi, ov
+    return bi, bv
+
+
+@njit(cache=True, nogil=True)
+def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm):
+    """R point (full-rate sample) and score (deviation in units of the lead's median QRS deviation) of each
+    detection; -1 for a beat cut by the record edge whose R peak is not inside the record."""
+    S = x.shape[1]
+    nb = dets.shape[0]
+    order = lead_order(amp, sgn)
+    peaks = np.empty(nb, np.int64)
+    score = np.empty(nb, np.float64)
+    for b in range(nb):
+        c = dets[b] * D + D // 2
+        l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1))
+        if l < 0:
+            peaks[b] = min(c, S - 1)
+            score[b] = 0.0
+            continue
+        lo, hi = bounds(dets, b, S, D)
+        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi)
+        peaks[b] = bi
+        score[b] = bv / amp[l]
+        if (c - W < 0 or c + W >= S) and (score[b] < EDGE_MIN_SCORE or bi < edge or bi >= S - edge):
+            peaks[b] = -1
+    return peaks, score
+
+
+@njit(cache=True, nogil=True)
+def merge_close(peaks, score, fs):
+    """Sorted R points with those closer than the refractory period merged (the higher score wins); -1 dropped."""
+    nb = peaks.shape[0]
+    idx = np.argsort(peaks, kind="mergesort")
+    refr = max(1, int(round(REFRACTORY_S * fs)))
+    out = np.empty(nb, np.int64)
+    osc = np.empty(nb, np.float64)
+    no = 0
+    for j in range(nb):
+        p = peaks[idx[j]]
+        sc = score[idx[j]]
+        if p < 0:
+            continue
+        if no > 0 and p - out[no - 1] < refr:
+            if sc > osc[no - 1]:
+                out[no - 1] = p
+                osc[no - 1] = sc
+            continue
+        out[no] = p
+        osc[no] = sc
+        no += 1
+    return out[:no].copy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole record, and a batch of records
+# ----------------------------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def detect_core(x, fs):
+    """R peaks of one record x (L, S) sampled at fs. Returns sorted unique int64 sample indices."""
+    L, S = x.shape
+    empty = np.empty(0, np.int64)
+    if L == 0 or S == 0 or not (fs > 0.0):
+        return empty
+    D = max(1, int(round(fs / TARGET_FS)))
+    fd = fs / D
+    nd = (S + D - 1) // D
+    k = max(1, int(round(SLOPE_S * fd)))
+    if nd < 2 * k + 3:
+        return empty
+    xd, d, valid, finite, scales, weights = lead_signals(x, D, nd, k, fd)
+    if not np.any(scales > 0.0):
+        return empty
+    E, m = envelope(d, valid, scales, weights, fd)
+    dets = decide(m, E, d, valid, scales, weights, fd)
+    if dets.shape[0] == 0:
+        return empty
+    wr = max(1, int(round(REFINE_S * fd)))
+    wb = max(1, int(round(BASE_S * fd)))
+    amp, sgn = rank_leads(xd, finite, scales, dets, wr, wb)
+    W = max(1, int(round(REFINE_S * fs)))
+    H = max(1, int(round(BASE_S * fs)))
+    edge = max(1, int(round(EDGE_S * fs)))
+    sm = int(round(SMOOTH_S * fs))
+    peaks, score = r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm)
+    return merge_close(peaks, score, fs)
+
+
+@njit(cache=True, parallel=True)
+def segment_batch_core(x, fs, max_beats, peaks, counts):
+    N = x.shape[0]
+    for i in prange(N):
+        p = detect_core(x[i], fs)
+        n = min(p.shape[0], max_beats)
+        for j in range(n):
+            peaks[i, j] = p[j]
+        for j in range(n, max_beats):
+            peaks[i, j] = -1
+        counts[i] = n
