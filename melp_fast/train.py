@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from melp_fast.config import Config, apply_overrides, get_preset
+from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
 from melp_fast.losses import MELPLoss
@@ -163,7 +164,8 @@ def main(argv=None) -> dict:
     # data
     store = train_store(cfg, rank)
     dataset = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed,
-                             indices=pretraining_indices(store, cfg.data.val_fraction, rank))
+                             indices=pretraining_indices(store, cfg.data.val_fraction, rank),
+                             augment=Augment.from_config(cfg.data))
     model = MELP(cfg.model)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
