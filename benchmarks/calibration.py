@@ -243,7 +243,9 @@ def _pct(v, q):
     return np.percentile(v, q) if v.size else float("nan")
 
 
-def rows(n: int = 600, seed: int = 0):
+def rows(n: int = 600, seed: int = 0, q=(5, 95)):
+    """(one row per statistic of REFERENCE_RANGES, DICOM device measurements). A row is ok when the corpus's
+    q[0]-q[1] percentile interval lies inside the reference range."""
     from melp_fast.data.synthetic import CLASSES, REFERENCE_RANGES
 
     corp = corpus(n, seed)
@@ -261,7 +263,7 @@ def rows(n: int = 600, seed: int = 0):
     for name, (group, lo, hi, unit, source) in REFERENCE_RANGES.items():
         key = name.split(":")[0]
         vals = [c[0].get(key, np.nan) for c, s in zip(corp, sel[group]) if s]
-        p5, p50, p95 = _pct(vals, 5), _pct(vals, 50), _pct(vals, 95)
+        p5, p50, p95 = _pct(vals, q[0]), _pct(vals, 50), _pct(vals, q[1])
         real = []
         normal_group = group in ("normal", "SR", "all", "sinus")  # the real recordings are normal sinus rhythms
         if key in dic and normal_group:
