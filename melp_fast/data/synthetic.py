@@ -384,7 +384,7 @@ def _build_templates(rng, lab, rr_mean):
         d = rng.uniform(*_QRS_S)
         centres, sigmas, vecs = _normal_qrs(rng, theta, amp, d)
     vecs = np.asarray(vecs, dtype=np.float64)
-    if lab["STE"] and rng.random() < 0.5:
+    if lab["STE"] and rng.random() < 0.65:
         facts["q_wave"] = True  # placed below, once the territory is known
     t_on, t_j = -0.5 * d, 0.5 * d
     qt = qtc * np.sqrt(np.clip(rr_mean, 0.35, 1.6)) + (d - 0.08) * 0.8
@@ -451,16 +451,17 @@ def _build_templates(rng, lab, rr_mean):
         else:
             v = _unit(1.0, -0.45, -0.1)
         v = _rot_small(rng, v, 8.0)
-        target = rng.uniform(0.2, 0.5)  # ST elevation in the most elevated lead, mV (>= 0.1-0.25 mV: Thygesen 2018)
+        target = rng.uniform(0.25, 0.6)  # ST elevation in the most elevated lead, mV (>= 0.1-0.25 mV: Thygesen 2018)
         v = v * target / _leads(v).max()
         # injury current: a sharp J-point take-off into a horizontal-to-convex ST plateau that carries the T wave
         # (the ST-T shape relative to the QRS changes; the 4 Hz high-pass keeps the J step and the dome's edges),
         # reciprocal depression in the opposite leads; the T wave itself only a little taller
         hyper = np.exp(-0.5 * ((_T - (t_peak - 0.01)) / rng.uniform(0.025, 0.035)) ** 2)
-        beat += np.outer(v, _st_profile(_T, t_j, t_peak + 0.03) + rng.uniform(0.0, 0.5) * hyper)
+        # the injury current starts inside the QRS: the terminal S wave is lost (terminal QRS distortion)
+        beat += np.outer(v, _st_profile(_T, t_j - 0.012, t_peak + 0.03) + rng.uniform(0.0, 0.5) * hyper)
         if facts.pop("q_wave", False):
             # a pathological Q wave in the territory's leads: initial forces pointing away from the injury
-            q_amp = rng.uniform(0.15, 0.35)
+            q_amp = rng.uniform(0.2, 0.45)
             q_vec = -_unit(*v) * q_amp / max(_leads(_unit(*v)).max(), 1e-6)
             beat += np.outer(q_vec, np.exp(-0.5 * ((_T - (t_on + 0.3 * d)) / (0.12 * d)) ** 2))
         facts["territory"] = territory
