@@ -18,6 +18,14 @@ no P, compensatory pause, discordant T), STE (anterior, inferior or lateral ST e
 depression; never with LBBB), LVOLT (QRS amplitude below 0.5 mV in every limb lead and 1 mV in every precordial
 lead). Per record: axis, amplitudes, durations, Gaussian noise, baseline wander, sometimes mains hum.
 
+Calibration: amplitudes, T/R ratios, QRS / PR / QT, axis, rates, wander and noise are drawn inside published adult
+normal ranges (cited below at ``REFERENCE_RANGES``) and checked against the real recordings in ../shared/data by
+benchmarks/calibration.py (table: benchmarks/results/calibration.md). ST elevation lives where it survives the
+spec's 4 Hz high-pass: a J-point take-off from the terminal QRS into an ST plateau, with reciprocal depression and
+often Q waves, not in taller T waves. Normal variants carry no label of their own and so belong to the normal class:
+tall precordial T waves (0.8-1.3 mV in V2-V4), early repolarisation (concave J elevation up to 0.2 mV in V2-V3,
+J notch), the healthy J elevation of V2-V3, and marked respiratory sinus arrhythmia.
+
 Everything is drawn from ``np.random.default_rng([seed, index])``: a record depends on (index, seed) only.
 """
 
