@@ -84,6 +84,12 @@ class DataConfig:
     val_fraction: float = 0.02  # stores with subject ids: this share of subjects is held out (seed 42)
     highpass_hz: float = 4.0
     num_workers: int = 0
+    # training augmentations (data/augment.py): per-lead gain, small time warps, electrode noise, limb lead reversal
+    augment: bool = False
+    augment_gain: float = 0.15
+    augment_warp: float = 0.02
+    augment_noise: float = 0.01
+    augment_lead_reversal_p: float = 0.0
 
 
 @dataclass
@@ -199,7 +205,7 @@ def _tiny() -> Config:
         caption_queries=16, caption_pool_heads=4, decoder_layers=1, decoder_heads=4, tie_caption_head=True,
         text_freeze_layers=5, max_text_len=64,
     )
-    cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1)
+    cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1, augment=True)
     cfg.train = TrainConfig(batch_size=32, steps=600, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny",
                             save_minutes=5.0)
     return cfg

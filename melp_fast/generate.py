@@ -174,6 +174,30 @@ def sentence_attention(model, batch: dict, report: str, t1: float | None = None,
     return sentences, w.cpu().numpy()
 
 
+def is_flat(weights: np.ndarray, tol: float = 0.05) -> bool:
+    """True when every sentence's beat weights are uniform within ``tol`` of 1/K (K = beats with weight): the
+    attention then carries no information (e.g. A2 of the local loss when A1 is one-hot)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        return True
+    k = max(int((w.sum(1) > 0).sum()), 1)
+    valid = w[w.sum(1) > 0]
+    return bool(np.abs(valid - 1.0 / k).max() <= tol / k)
+
+
+def attention_for_picture(model, batch: dict, report: str, kind: str = "local"):
+    """(sentences, weights, kind drawn, note): the attention of ``kind``; when it is flat, the similarity view
+    instead, with a note saying so (the picture then still shows which beats resemble each sentence)."""
+    sentences, w = sentence_attention(model, batch, report, kind=kind)
+    if kind == "local" and is_flat(w):
+        k = max(int((w.sum(1) > 0).sum()), 1)
+        sentences, w = sentence_attention(model, batch, report, kind="similarity")
+        note = (f"the local loss's beat attention A2 is flat (1/{k} = {1 / k:.3f} on every beat, no information): "
+                "drawn instead: the similarity view softmax over beats of t1 * cos(beat, sentence)")
+        return sentences, w, "similarity", note
+    return sentences, w, kind, ""
+
+
 def main(argv=None) -> int:
     import argparse
     import json
@@ -223,13 +247,16 @@ def main(argv=None) -> int:
         print(f"generated (beam, width {args.beam_width}):  {beam}")
         chosen = beam
     report = args.report if args.report is not None else chosen
-    sentences, A2 = sentence_attention(model, batch, report, kind=args.attention)
-    out["attention"] = {"kind": args.attention, "report": report, "sentences": sentences,
-                        "beat_spans_samples": batch["spans"].tolist(), "weights": A2.round(4).tolist()}
+    sentences, A2, kind, note = attention_for_picture(model, batch, report, args.attention)
+    if note:
+        print(f"note: {note}")
+    out["attention"] = {"kind": kind, "requested": args.attention, "note": note, "report": report,
+                        "sentences": sentences, "beat_spans_samples": batch["spans"].tolist(),
+                        "weights": A2.round(4).tolist()}
     d = Path(args.out) if args.out else Path("runs/generate") / Path(args.ecg).stem
     d.mkdir(parents=True, exist_ok=True)
     png = plot_attention(batch["raw"], FS, batch["spans"], batch["r_peaks"], sentences, A2, d / "attention.png",
-                         title=f"{Path(args.ecg).name}: {report}", kind=args.attention)
+                         title=f"{Path(args.ecg).name}: {report}", kind=kind, note=note)
     (d / "report.json").write_text(json.dumps(out, indent=2))
     for s, w in zip(sentences, A2.T):
         top = np.argsort(-w)[:3]

@@ -58,12 +58,13 @@ def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], classes: list[st
 
 def plot_attention(signal: np.ndarray, fs: float, beat_spans: np.ndarray, r_peaks: np.ndarray | None,
                    sentences: list[str], weights: np.ndarray, path, title: str = "",
-                   leads=LEADS, attention_lead: str = "II", kind: str = "local") -> Path:
+                   leads=LEADS, attention_lead: str = "II", kind: str = "local", note: str = "") -> Path:
     """The 12 leads (top, with R peaks and beat boundaries marked) and, for each report sentence, one panel:
     the rhythm lead with every beat shaded by its attention weight for that sentence (A2 of the local loss;
     each sentence's weights sum to 1 over the beats), the weight printed above each beat.
 
-    signal [12, samples] (mV, or any unit); beat_spans [K, 2] samples (half-open); weights [K, S]."""
+    signal [12, samples] (mV, or any unit); beat_spans [K, 2] samples (half-open); weights [K, S]. ``note``: a line
+    printed under the title (e.g. that the method's attention was flat and what is drawn instead)."""
     plt = _plt()
     from matplotlib import gridspec
 
@@ -96,8 +97,8 @@ def plot_attention(signal: np.ndarray, fs: float, beat_spans: np.ndarray, r_peak
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
         if i == 0:
-            ax.set_title((title + "\n" if title else "") + "12 leads: R peaks (red), beat boundaries (blue)",
-                         fontsize=11, loc="left")
+            ax.set_title((title + "\n" if title else "") + (f"NOTE: {note}\n" if note else "")
+                         + "12 leads: R peaks (red), beat boundaries (blue)", fontsize=11, loc="left")
     li = list(leads).index(attention_lead) if attention_lead in leads else 1
     bottom = gs[1].subgridspec(max(n_s, 1), 1, hspace=0.55)
     cmap = plt.get_cmap("RdBu_r")

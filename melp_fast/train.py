@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_preset
+from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
 from melp_fast.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
@@ -80,7 +81,8 @@ def train_store(cfg: Config, rank: int) -> Store:
 def train_dataset(cfg: Config, store: Store, rank: int = 0) -> ECGTextDataset:
     """The training records, with beat spans in units of the encoder's tokens (cfg.model.token_stride)."""
     return ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, seed=cfg.data.seed, stride=cfg.model.token_stride,
-                          indices=pretraining_indices(store, cfg.data.val_fraction, rank))
+                          indices=pretraining_indices(store, cfg.data.val_fraction, rank),
+                          augment=Augment.from_config(cfg.data))
 
 
 def pretraining_indices(store: Store, val_fraction: float, rank: int = 0):

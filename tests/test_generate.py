@@ -118,3 +118,60 @@ def test_generate_on_a_dicom_with_an_impossible_sampling_rate_is_one_line(export
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("error: ") and "bad.dcm" in err[0] and "sampling frequency" in err[0], err[0]
     assert not (tmp_path / "gen").exists()
+
+
+def test_is_flat():
+    rng = np.random.default_rng()
+    k, s = int(rng.integers(3, 20)), int(rng.integers(1, 5))
+    assert gen.is_flat(np.full((k, s), 1.0 / k))
+    padded = np.zeros((k + 4, s))
+    padded[:k] = 1.0 / k  # padded beat slots carry no weight
+    assert gen.is_flat(padded)
+    w = rng.dirichlet(np.ones(k), size=s).T
+    assert not gen.is_flat(w)
+    near = np.full((k, s), 1.0 / k)
+    near[0, 0] += 0.2 / k
+    assert not gen.is_flat(near)
+
+
+def test_flat_attention_draws_the_similarity_view(model, monkeypatch):
+    b = ecg_batch(model, seed=3)
+    report = "sinus rhythm. left bundle branch block."
+    real = gen.sentence_attention
+    n_beats = int(b["beat_mask"].sum())
+
+    def flat_local(m, batch, rep, t1=None, kind="local"):
+        if kind == "local":
+            sents, w = real(m, batch, rep, t1, kind="local")
+            return sents, np.full_like(w, 1.0 / n_beats)
+        return real(m, batch, rep, t1, kind=kind)
+
+    monkeypatch.setattr(gen, "sentence_attention", flat_local)
+    sents, w, kind, note = gen.attention_for_picture(model, b, report)
+    assert kind == "similarity" and "flat" in note and f"1/{n_beats}" in note
+    np.testing.assert_allclose(w, real(model, b, report, kind="similarity")[1])
+    # a local attention that is not flat is drawn as it is
+    monkeypatch.setattr(gen, "sentence_attention", lambda m, batch, rep, t1=None, kind="local": (
+        ["a", "b"], np.random.default_rng().dirichlet(np.ones(n_beats), size=2).T))
+    _, w2, kind2, note2 = gen.attention_for_picture(model, b, report)
+    assert kind2 == "local" and note2 == "" and not gen.is_flat(w2)
+
+
+def test_demo_ends_with_the_real_ecg(exported, tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    if not get_testdata_file("waveform_ecg.dcm"):
+        pytest.skip("pydicom's test data are not installed")
+    from melp_fast.cli import _real_ecg
+
+    res = _real_ecg(exported, tmp_path)
+    printed = capsys.readouterr().out
+    assert res["device_statement"] == "ritmo sinusale. ecg normale."
+    assert "the recording device says:  ritmo sinusale. ecg normale." in printed
+    assert f"the trained model says:     {res['model_report']}" in printed
+    assert "not a clinical tool" in printed
+    assert res["n_beats"] == 10 and abs(res["rate_bpm_from_beats"] - 61) < 2  # 982 ms RR by the device
+    saved = json.loads((tmp_path / "real_ecg" / "report.json").read_text())
+    assert saved["model_report"] == res["model_report"]
+    assert (tmp_path / "real_ecg" / "attention.png").stat().st_size > 20_000

@@ -259,3 +259,60 @@ def test_splits_disjoint_and_reproducible():
         b = generate_record(k, seed=2)
         assert np.array_equal(rec.signal, b.signal) and rec.report == b.report
     assert generate_split("train", 1)[0].report == generate_record(0).report
+
+
+# ---------------------------------------------------------------------------------------- calibration and variants
+
+
+def _calibration():
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import calibration
+
+    return calibration
+
+
+def test_tall_t_waves_alone_do_not_mean_st_elevation(records, labels):
+    """T height in V2-V4 must not separate ST elevation from the rest (normal tall precordial T is common);
+    and the healthy records hold tall T waves (> 0.8 mV) and J-point elevation in V2-V3 too."""
+    c = _calibration()
+    sel = ~labels["PVC"] & ~labels["LBBB"] & ~labels["RBBB"] & ~labels["LVOLT"]
+    t_max, stj = [], []
+    for r, s in zip(records, sel):
+        if not s:
+            t_max.append(np.nan), stj.append(np.nan)
+            continue
+        st = c.measure(r.signal.astype(np.float64), r.r_peaks)
+        t_max.append(max(st["T_V2"], st["T_V3"], st["T_V4"]))
+        stj.append(st["stj_v2v3"])
+    t_max, stj = np.array(t_max), np.array(stj)
+    ste, other = t_max[sel & labels["STE"]], t_max[sel & ~labels["STE"]]
+    assert _auc(ste, other) < 0.7, (_auc(ste, other), START)
+    normal = sel & labels["SR"] & ~np.stack([labels[k] for k in CLASSES[4:]]).any(0)
+    assert normal.sum() >= 15
+    assert (t_max[normal] > 0.8).sum() >= 2, START  # ~20 % of healthy records
+    assert (stj[normal] > 0.04).mean() > 0.15, START
+    assert (stj[normal] < 0.2).all(), START  # under the 0.2 mV limit in V2-V3 (Thygesen 2018)
+
+
+def test_normal_variants_belong_to_the_normal_class(records, labels):
+    normal = labels["SR"] & ~np.stack([labels[k] for k in CLASSES[4:]]).any(0)
+    reports = [r.report for r, n in zip(records, normal) if n]
+    assert any("early repolarization" in x for x in reports), START
+    assert not any("st elevation" in x or "abnormal" in x for x in reports if "axis" not in x)
+    cv = np.array([_rr_cv(r) for r, n in zip(records, normal) if n])
+    assert (cv > 0.035).mean() > 0.05 and cv.max() < 0.08, START  # marked sinus arrhythmia, still sinus
+
+
+def test_statistics_inside_the_published_and_real_ranges():
+    """The calibration table (benchmarks/calibration.py) on a fresh seed: every statistic's corpus median inside
+    its reference range and its 10th-90th percentile interval too (the committed table checks 5th-95th)."""
+    c = _calibration()
+    seed = int(np.random.default_rng(START).integers(1, 1000))
+    res, _ = c.rows(600, seed, q=(10, 90))
+    bad = [(r["stat"], r["p5"], r["p50"], r["p95"]) for r in res if not r["ok"]]
+    assert not bad, (bad, seed)

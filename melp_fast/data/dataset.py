@@ -45,8 +45,10 @@ class ECGTextDataset(Dataset):
     independently with that probability (see ``lead_mask``); ``set_epoch`` changes the draw."""
 
     def __init__(self, store: Store | str, lead_mask_p: float = 0.0, seed: int = 0, stride: int = 16,
-                 n_tokens: int | None = None, indices=None, task: str | None = None, ecg_dtype=torch.float32):
+                 n_tokens: int | None = None, indices=None, task: str | None = None, ecg_dtype=torch.float32,
+                 augment=None):
         self.store = store if isinstance(store, Store) else Store(store)
+        self.augment = augment  # data.augment.Augment (training only) or None
         self.lead_mask_p, self.seed, self.epoch = lead_mask_p, seed, 0
         self.stride = stride
         self.n_tokens = n_tokens if n_tokens is not None else self.store.meta["n_samples"] // stride
@@ -75,6 +77,8 @@ class ECGTextDataset(Dataset):
             keep = ~lead_mask(g, len(self.store.meta["leads"]), self.lead_mask_p, self.seed, self.epoch)
         in_worker = torch.utils.data.get_worker_info() is not None
         ecg = self.store.read_signals(g, keep, self.ecg_dtype, shared=in_worker)
+        if self.augment is not None:
+            ecg = self.augment.batch(ecg, g, self.epoch, keep, tuple(self.store.meta["leads"]))
         k, local = self.store.locate(g)
         spans = np.empty((len(g), self.max_beats, 2), dtype=np.int32)
         for kk in np.unique(k):

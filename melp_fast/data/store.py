@@ -515,10 +515,11 @@ def build_synthetic_store(path, split: str, n: int, seed: int = 0, highpass_hz: 
     from . import synthetic
 
     path = Path(path)
+    source = f"synthetic:{split}:{seed}:corpus{synthetic.CORPUS_VERSION}"  # a new corpus never reuses an old store
     if (path / "meta.json").is_file():
         try:
             store = Store(path)
-            want = {"n": n, "source": f"synthetic:{split}:{seed}", "highpass_hz": highpass_hz, "max_beats": max_beats}
+            want = {"n": n, "source": source, "highpass_hz": highpass_hz, "max_beats": max_beats}
             if all(store.meta.get(k) == v for k, v in want.items()):
                 return store
         except (ValueError, FileNotFoundError, KeyError):
@@ -532,4 +533,4 @@ def build_synthetic_store(path, split: str, n: int, seed: int = 0, highpass_hz: 
 
     return write_store(path, records(), n, fs=synthetic.FS, n_samples=synthetic.N_SAMPLES, leads=synthetic.LEADS,
                        classes=synthetic.CLASSES, highpass_hz=highpass_hz, max_beats=max_beats,
-                       source=f"synthetic:{split}:{seed}", desc=f"synthetic {split}")
+                       source=source, desc=f"synthetic {split}")

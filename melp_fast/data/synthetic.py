@@ -18,6 +18,14 @@ no P, compensatory pause, discordant T), STE (anterior, inferior or lateral ST e
 depression; never with LBBB), LVOLT (QRS amplitude below 0.5 mV in every limb lead and 1 mV in every precordial
 lead). Per record: axis, amplitudes, durations, Gaussian noise, baseline wander, sometimes mains hum.
 
+Calibration: amplitudes, T/R ratios, QRS / PR / QT, axis, rates, wander and noise are drawn inside published adult
+normal ranges (cited below at ``REFERENCE_RANGES``) and checked against the real recordings in ../shared/data by
+benchmarks/calibration.py (table: benchmarks/results/calibration.md). ST elevation lives where it survives the
+spec's 4 Hz high-pass: a J-point take-off from the terminal QRS into an ST plateau, with reciprocal depression and
+often Q waves, not in taller T waves. Normal variants carry no label of their own and so belong to the normal class:
+tall precordial T waves (0.8-1.3 mV in V2-V4), early repolarisation (concave J elevation up to 0.2 mV in V2-V3,
+J notch), the healthy J elevation of V2-V3, and marked respiratory sinus arrhythmia.
+
 Everything is drawn from ``np.random.default_rng([seed, index])``: a record depends on (index, seed) only.
 """
 
@@ -43,6 +51,11 @@ __all__ = [
 ]
 
 from .constants import FS, LEADS, N_SAMPLES
+
+# Bumped whenever the generator's output changes, so that stores of an older corpus are rebuilt, never reused.
+# 2: calibrated against published normal ranges and real recordings; ST elevation as an ST-T shape change.
+CORPUS_VERSION = 2
+
 CLASSES: tuple[str, ...] = ("SR", "SB", "STACH", "AF", "IAVB", "LBBB", "RBBB", "PVC", "STE", "LVOLT")
 
 CLASS_NAMES: dict[str, str] = {
@@ -57,6 +70,7 @@ CLASS_NAMES: dict[str, str] = {
     "STE": "st elevation",
     "LVOLT": "low qrs voltages",
 }
+
 
 def _shipped_prompts() -> dict[str, str]:
     """The zero-shot prompts of the corpus: the shipped, user-editable melp_fast/prompts/synthetic.json."""
@@ -95,6 +109,70 @@ _DERIVE[6:, 2:] = np.eye(6)
 _LEAD12 = _DERIVE @ _DOWER  # [12, 3]: dipole -> 12 leads
 _LIMB = slice(0, 6)
 _PREC = slice(6, 12)
+
+# ----------------------------------------------------------------------------------------------------------
+# calibration: published adult normal ranges (and the real recordings in ../shared/data, see
+# benchmarks/calibration.py and benchmarks/results/calibration.md)
+#
+#   Mason JW, Hancock EW, Gettes LS. AHA/ACCF/HRS recommendations for the standardization and interpretation of
+#     the ECG, Part II: electrocardiography diagnostic statement list. JACC 2007;49:1128-35  [sinus rates,
+#     low voltage: QRS < 0.5 mV in every limb lead / < 1.0 mV in every precordial lead]
+#   Surawicz B et al. Part III: intraventricular conduction disturbances. JACC 2009;53:976-81  [QRS < 110 ms
+#     normal, >= 120 ms complete bundle branch block; PR 120-200 ms; frontal axis -30..+90 deg]
+#   Rautaharju PM et al. Part IV: the ST segment, T and U waves, and the QT interval. JACC 2009;53:982-91
+#     [QTc prolonged >= 450 ms (men) / 460 ms (women), short <= 390 ms... 350 ms lower normal used here]
+#   Hancock EW et al. Part V: chamber hypertrophy. JACC 2009;53:992-1002  [P in II < 0.25 mV; LVH voltage:
+#     R aVL > 1.1 mV, Sokolow-Lyon SV1 + RV5/6 > 3.5 mV; Romhilt-Estes: R or S in a limb lead >= 2.0 mV]
+#   Thygesen K et al. Fourth universal definition of myocardial infarction. Circulation 2018;138:e618-51
+#     [ST elevation at J: >= 0.1 mV in two contiguous leads, V2-V3 >= 0.2 mV (men >= 40 y), 0.25 (men < 40),
+#     0.15 (women): below these is normal J-point elevation]
+#   Prineas RJ, Crow RS, Zhang ZM. The Minnesota Code Manual of Electrocardiographic Findings, 2nd ed. 2010
+#     [code 5-4: T / R < 1/20 with R >= 1 mV is a flat T: normal T / R >= 0.05]
+#   Nunan D, Sandercock GR, Brodie DA. A quantitative systematic review of normal values for short-term heart
+#     rate variability in healthy adults. Pacing Clin Electrophysiol 2010;33:1407-17  [SDNN 32-93 ms]
+#   Goldberger AL. Clinical Electrocardiography: A Simplified Approach, 9th ed. 2017  [T up to 0.5 mV in limb
+#     leads, up to 1.0 mV (young men 1.5 mV) in precordial leads; respiratory sinus arrhythmia]
+_QRS_S = (0.058, 0.078)  # nominal QRS of the dipole model; measured onset-offset 75-105 ms (normal < 110)
+_QTC_S = (0.385, 0.425)  # Bazett QTc of the model; measured 360-450 ms (normal 350-450/460)
+_LIMB_QRS_MV = (0.6, 1.7)  # largest limb-lead QRS, peak to peak (>= 0.5 normal, < 2.0 Romhilt-Estes)
+_PREC_QRS_MV = (1.2, 2.1)  # largest precordial QRS, peak to peak (>= 1.0 normal; S V1/V2, R V5/V6 < 3.0 mV)
+_T_LIMB_MV = (0.1, 0.5)  # T in the limb lead that shows it best (< 0.5 mV)
+_P_EARLY_REPOL = 0.25  # early repolarisation pattern, 5-13 % of adults, more in young men: over-represented
+_P_TALL_T = 0.25  # tall precordial T waves (0.8-1.3 mV in V2-V4), common in young men
+_P_SINUS_ARRHYTHMIA = 0.2  # marked respiratory sinus arrhythmia (RR modulation 5-9 %)
+_NOISE_MV = (0.0075, 0.022)  # white noise SD (the real recordings: 9-28 uV above 25 Hz)
+
+REFERENCE_RANGES: dict[str, tuple[str, float, float, str, str]] = {
+    # statistic (benchmarks/calibration.py): (corpus group, low, high, unit, source); nan = no published bound
+    "hr:SR": ("SR", 60.0, 100.0, "bpm", "sinus rhythm 60-100 (Mason 2007)"),
+    "hr:SB": ("SB", 30.0, 60.0, "bpm", "sinus bradycardia < 60 (Mason 2007)"),
+    "hr:STACH": ("STACH", 100.0, 180.0, "bpm", "sinus tachycardia > 100 (Mason 2007)"),
+    "rr_cv": ("sinus", 0.0, 0.10, "", "SDNN / RR <= 93 / 926 ms (Nunan 2010, short-term)"),
+    "qrs_ms": ("normal", 60.0, 110.0, "ms", "QRS < 110 ms (Surawicz 2009)"),
+    "qrs_ms:LBBB": ("LBBB", 120.0, 220.0, "ms", "complete LBBB >= 120 ms (Surawicz 2009)"),
+    "qrs_ms:RBBB": ("RBBB", 120.0, 220.0, "ms", "complete RBBB >= 120 ms (Surawicz 2009)"),
+    "pr_ms": ("normal", 120.0, 200.0, "ms", "PR 120-200 ms (Surawicz 2009)"),
+    "pr_ms:IAVB": ("IAVB", 200.0, 400.0, "ms", "first degree AV block PR > 200 ms (Surawicz 2009)"),
+    "qtc_ms": ("normal", 350.0, 460.0, "ms", "QTc 350-450/460 ms (Rautaharju 2009)"),
+    "axis": ("normal", -30.0, 90.0, "deg", "frontal QRS axis -30..+90 (Surawicz 2009)"),
+    "P_II": ("normal", 0.05, 0.25, "mV", "P in II < 0.25 mV (Hancock 2009)"),
+    "limb_qrs_max": ("normal", 0.5, 2.0, "mV", "limb QRS >= 0.5 (Mason 2007), < 2.0 (Romhilt-Estes)"),
+    "prec_qrs_max": ("normal", 1.0, 3.5, "mV", "precordial QRS >= 1.0 (Mason 2007); Sokolow-Lyon 3.5"),
+    "R_aVL": ("normal", 0.0, 1.1, "mV", "R aVL < 1.1 mV (Hancock 2009)"),
+    "sokolow": ("normal", 0.5, 3.5, "mV", "SV1 + RV5/6 < 3.5 mV (Hancock 2009)"),
+    "limb_qrs_max:LVOLT": ("LVOLT", 0.0, 0.5, "mV", "low voltage < 0.5 mV in limb leads (Mason 2007)"),
+    "prec_qrs_max:LVOLT": ("LVOLT", 0.0, 1.0, "mV", "low voltage < 1.0 mV in precordial leads (Mason 2007)"),
+    "T_II": ("normal", 0.0, 0.5, "mV", "T upright, < 0.5 mV in limb leads (Goldberger 2017)"),
+    "T_V3": ("normal", 0.0, 1.5, "mV", "T < 1.0 mV (young men 1.5) in V1-V6 (Goldberger 2017)"),
+    "T_V5": ("normal", 0.0, 1.0, "mV", "T upright, < 1.0 mV in V5 (Goldberger 2017)"),
+    "TR_II": ("normal", 0.05, float("nan"), "", "T / R >= 1/20 (Minnesota 5-4); high: real"),
+    "TR_V5": ("normal", 0.05, float("nan"), "", "T / R >= 1/20 (Minnesota 5-4); high: real"),
+    "stj_v2v3": ("normal", -0.05, 0.2, "mV", "J elevation V2-V3 < 0.2 mV (Thygesen 2018)"),
+    "stj_other": ("normal", -0.05, 0.1, "mV", "J elevation < 0.1 mV, other leads (Thygesen 2018)"),
+    "stj_max:STE": ("STE", 0.1, 1.0, "mV", "ST elevation >= 0.1-0.25 mV at J (Thygesen 2018)"),
+    "wander_uv": ("sinus", float("nan"), float("nan"), "uV", "real recordings only"),
+    "hf_noise_uv": ("sinus", float("nan"), float("nan"), "uV", "real recordings only"),
+}
 
 _PRE = int(0.20 * FS)  # template samples before the R peak
 _POST = int(0.75 * FS)  # template samples after it
@@ -171,6 +249,12 @@ def _draw_labels(rng: np.random.Generator) -> dict:
         "STE": bb != 1 and rng.random() < 0.18,
         "LVOLT": rng.random() < 0.15,
     }
+    # normal variants (no label of their own): they belong to whatever class the record has, so that they stop
+    # meaning disease. Early repolarisation only where no ST elevation / bundle branch block (it would be hidden).
+    plain = bb == 0 and not lab["STE"]
+    lab["ER"] = plain and rng.random() < _P_EARLY_REPOL
+    lab["TALL_T"] = plain and rng.random() < _P_TALL_T
+    lab["RSA"] = rhythm in ("SR", "SB") and rng.random() < _P_SINUS_ARRHYTHMIA
     return lab
 
 
@@ -178,12 +262,13 @@ def _draw_labels(rng: np.random.Generator) -> dict:
 # beat times
 
 
-def _sinus_times(rng: np.random.Generator, hr: float) -> np.ndarray:
+def _sinus_times(rng: np.random.Generator, hr: float, marked_rsa: bool = False) -> np.ndarray:
     base = 60.0 / hr
     n = int((_DURATION + 2.5) / base) + 3
     k = np.arange(n)
-    f_resp = rng.uniform(0.15, 0.35)
-    a_rsa = rng.uniform(0.01, 0.04) * (base / 0.8) ** 0.5
+    f_resp = rng.uniform(0.15, 0.35)  # 9-21 breaths / min
+    # respiratory sinus arrhythmia: RR modulation 1-4 % (marked, a normal variant of the young: 5-9 %)
+    a_rsa = (rng.uniform(0.05, 0.09) if marked_rsa else rng.uniform(0.01, 0.04) * (base / 0.8) ** 0.5)
     rr = base * (1.0 + a_rsa * np.sin(2 * np.pi * f_resp * k * base + rng.uniform(0, 2 * np.pi))
                  + rng.normal(0.0, 0.008, n))
     t = -1.0 - rng.uniform(0.0, base) + np.cumsum(rr)
@@ -238,12 +323,53 @@ def _normal_qrs(rng, theta, amp, d):
     return c, s, [sept, main, term]
 
 
+def _qrs_p2p(centres, sigmas, vecs, win) -> tuple[float, float]:
+    lq = _leads(_bumps(_T, centres, sigmas, vecs)[:, win])
+    p2p = lq.max(1) - lq.min(1)
+    return float(p2p[_LIMB].max()), float(p2p[_PREC].max())
+
+
+def _calibrate_voltage(rng, centres, sigmas, vecs, win, low: bool) -> tuple[np.ndarray, float]:
+    """Scale the QRS vectors so the largest limb-lead QRS (peak to peak) and the largest precordial one land on
+    drawn targets: limb 0.6-1.7 mV, precordial 1.2-2.8 mV (low voltage: below 0.5 / 1.0 mV). The precordial
+    target is met by scaling the antero-posterior (Z) component, which the limb leads hardly see.
+    Returns the vectors and the overall scale factor."""
+    vecs = np.asarray(vecs, dtype=np.float64).copy()
+    if low:
+        limb_t, prec_t = rng.uniform(0.2, 0.4), rng.uniform(0.4, 0.8)
+    else:
+        limb_t, prec_t = rng.uniform(*_LIMB_QRS_MV), rng.uniform(*_PREC_QRS_MV)
+    limb, _ = _qrs_p2p(centres, sigmas, vecs, win)
+    scale = limb_t / limb
+    vecs *= scale
+    for _ in range(3):
+        limb, prec = _qrs_p2p(centres, sigmas, vecs, win)
+        vecs[:, 2] *= float(np.clip(prec_t / prec, 0.5, 2.0))
+        limb, _ = _qrs_p2p(centres, sigmas, vecs, win)
+        vecs *= limb_t / limb
+    lq = _leads(_bumps(_T, centres, sigmas, vecs)[:, win])
+    sokolow = -lq[6].min() + lq[10:12].max()  # S V1 + R V5/V6 under the 3.5 mV LVH limit
+    if sokolow > 3.2:
+        vecs *= 3.2 / sokolow
+    limb, prec = _qrs_p2p(centres, sigmas, vecs, win)
+    if low:  # the criteria hold exactly
+        vecs *= min(1.0, 0.38 / limb, 0.85 / prec)
+    return vecs, scale
+
+
+def _early_repol_profile(t: np.ndarray, t_j: float, t_peak: float) -> np.ndarray:
+    """J-point elevation that rises gently out of the QRS and fades into the T wave: with the T wave's up-stroke
+    above it the ST segment is concave upwards (the benign shape)."""
+    return _sigmoid((t - t_j) / 0.008) * _sigmoid((t_peak - t) / 0.03)
+
+
 def _build_templates(rng, lab, rr_mean):
     """3-D templates of the sinus (or AF) beat, the P wave and the PVC; plus facts for the report."""
     facts: dict = {}
-    theta = np.deg2rad(rng.uniform(-25.0, 60.0) if rng.random() < 0.9 else rng.uniform(-50.0, 100.0))
-    amp = rng.uniform(1.1, 2.1)
-    qtc = rng.uniform(0.38, 0.44)
+    # frontal QRS axis: normal -30..+90 deg (Surawicz 2009) for 90 %, deviated for the rest
+    theta = np.deg2rad(rng.uniform(-25.0, 70.0) if rng.random() < 0.9 else rng.uniform(-50.0, 100.0))
+    amp = 1.5
+    qtc = rng.uniform(*_QTC_S)
 
     if lab["LBBB"]:
         d = rng.uniform(0.13, 0.17)
@@ -258,40 +384,31 @@ def _build_templates(rng, lab, rr_mean):
         sigmas = [0.07 * d, sig, sig]
         vecs = [init, m1, m2]
     elif lab["RBBB"]:
-        d = rng.uniform(0.12, 0.16)
-        c, s, v = _normal_qrs(rng, theta, amp, 0.09)
+        d = rng.uniform(0.13, 0.165)
+        c, s, v = _normal_qrs(rng, theta, amp, 0.075)
         centres = [c[0] - 0.01, c[1] - 0.015, c[2] - 0.015]
         sigmas = s
         rprime = rng.uniform(0.5, 1.0) * _unit(-0.6, rng.uniform(-0.2, 0.3), -0.8)
-        centres.append(0.5 * d - 0.028)
+        centres.append(0.5 * d - 0.02)
         sigmas.append(0.11 * d)
         vecs = v + [rprime]
     else:
-        d = rng.uniform(0.08, 0.105)
+        d = rng.uniform(*_QRS_S)
         centres, sigmas, vecs = _normal_qrs(rng, theta, amp, d)
-    vecs = np.asarray(vecs)
+    vecs = np.asarray(vecs, dtype=np.float64)
+    if lab["STE"] and rng.random() < 0.65:
+        facts["q_wave"] = True  # placed below, once the territory is known
     t_on, t_j = -0.5 * d, 0.5 * d
-    qt = qtc * np.sqrt(np.clip(rr_mean, 0.35, 1.6)) + (d - 0.09) * 0.8
+    qt = qtc * np.sqrt(np.clip(rr_mean, 0.35, 1.6)) + (d - 0.08) * 0.8
     t_end = t_on + qt
     t_peak = t_end - rng.uniform(0.07, 0.09)
     t_width = rng.uniform(0.035, 0.05)
 
-    qrs = _bumps(_T, centres, sigmas, vecs)
     # QRS-only window for the voltage criteria
     qrs_win = (_T >= t_on - 0.02) & (_T <= t_j + 0.02)
-
-    # LVOLT: scale the QRS so every limb lead is < 0.5 mV and every precordial < 1 mV peak to peak.
-    lq = _leads(qrs[:, qrs_win])
-    p2p = lq.max(1) - lq.min(1)
-    limb, prec = p2p[_LIMB].max(), p2p[_PREC].max()
-    if lab["LVOLT"]:
-        scale = min(0.42 / limb, 0.88 / prec) * rng.uniform(0.55, 0.95)
-        t_scale = rng.uniform(0.5, 0.8)
-    else:
-        scale = max(1.0, 0.75 / limb, 1.4 / prec)
-        t_scale = 1.0
-    qrs *= scale
-    vecs = vecs * scale
+    vecs, scale = _calibrate_voltage(rng, centres, sigmas, vecs, qrs_win, lab["LVOLT"])
+    qrs = _bumps(_T, centres, sigmas, vecs)
+    t_scale = rng.uniform(0.5, 0.8) if lab["LVOLT"] else 1.0
 
     mean_qrs = vecs.sum(0)
     if lab["LBBB"] or lab["RBBB"]:
@@ -302,11 +419,40 @@ def _build_templates(rng, lab, rr_mean):
             tv = rng.uniform(0.15, 0.3) * _unit(0.7, 0.4, 0.6)  # discordant to the terminal R'
             st = -0.05 * _unit(*vecs[-1])
     else:
-        th_t = theta + np.deg2rad(rng.normal(0, 15))
-        tv = rng.uniform(0.22, 0.45) * _unit(np.cos(th_t), np.sin(th_t), rng.uniform(-0.55, -0.1))
+        # T axis within ~ 20 deg of the QRS axis in the frontal plane, pointing anterior; amplitude set in the
+        # lead that shows it best: limb 0.15-0.5 mV; a tall precordial T (normal variant): 0.8-1.3 mV in V2-V4
+        th_t = np.clip(theta + np.deg2rad(rng.normal(0, 15)), np.deg2rad(-10), np.deg2rad(80))
+        z_t = rng.uniform(-1.3, -0.8) if lab.get("TALL_T") else rng.uniform(-0.6, -0.1)
+        tv = _unit(np.cos(th_t), np.sin(th_t), z_t)
+        lt = _leads(tv)
+        lq = _leads(qrs[:, qrs_win])
+        qp2p = lq.max(1) - lq.min(1)
+        # T / QRS in the limb lead of the largest T: 0.2-0.45, within 0.1-0.5 mV
+        best = int(np.argmax(lt[_LIMB]))
+        tv = tv * float(np.clip(rng.uniform(0.2, 0.45) * qp2p[best], *_T_LIMB_MV)) / lt[best]
+        if lab.get("TALL_T"):
+            tv = tv * rng.uniform(0.8, 1.3) / _leads(tv)[7:10].max()
+        else:
+            tv = tv * min(1.0, rng.uniform(0.3, 0.8) / _leads(tv)[_PREC].max())
+        # T / QRS at most 0.45 in II and 0.38 in V5 (the real recordings: 0.03-0.49 and 0.12-0.41)
+        tv = tv * min(1.0, 0.45 * qp2p[1] / max(_leads(tv)[1], 1e-6), 0.38 * qp2p[10] / max(_leads(tv)[10], 1e-6))
         st = np.zeros(3)
     tv = tv * t_scale
     beat = qrs + np.outer(tv, _t_profile(_T, t_peak, t_width)) + np.outer(st, _st_profile(_T, t_j, t_peak))
+
+    if not (lab["LBBB"] or lab["RBBB"] or lab["STE"]):
+        # J-point elevation of healthy hearts: up to 0.1 mV in V2-V3 in most records; early repolarisation
+        # (normal variant): 0.05-0.2 mV in V2-V3 (under the 0.2-0.25 mV limits of Thygesen 2018), under 0.1 mV
+        # elsewhere, concave ST, and a J notch at the end of the QRS in the inferolateral leads
+        j_dir = _unit(*(_unit(*tv) + np.array([0.0, 0.0, -0.8])))
+        lj = _leads(j_dir)
+        others = np.abs(np.delete(lj, [3, 7, 8]))  # all but aVR, V2, V3
+        a23 = rng.uniform(0.05, 0.2) if lab.get("ER") else rng.uniform(0.0, 0.1)
+        j_dir = j_dir * min(a23 / max(lj[7:9].max(), 1e-6), 0.05 / max(others.max(), 1e-6))
+        beat += np.outer(j_dir, _early_repol_profile(_T, t_j, t_peak))
+        if lab.get("ER"):
+            notch = rng.uniform(0.03, 0.06) * _unit(0.8, 0.6, -0.2)
+            beat += np.outer(notch, np.exp(-0.5 * ((_T - t_j - 0.004) / rng.uniform(0.007, 0.011)) ** 2))
 
     if lab["STE"]:
         territory = rng.choice(["anterior", "inferior", "lateral"], p=[0.45, 0.4, 0.15])
@@ -317,12 +463,19 @@ def _build_templates(rng, lab, rr_mean):
         else:
             v = _unit(1.0, -0.45, -0.1)
         v = _rot_small(rng, v, 8.0)
-        target = rng.uniform(0.15, 0.4)  # ST elevation in the most elevated lead, mV
+        target = rng.uniform(0.25, 0.6)  # ST elevation in the most elevated lead, mV (>= 0.1-0.25 mV: Thygesen 2018)
         v = v * target / _leads(v).max()
-        # injury current: a sharp J-point take-off into a convex ST plateau that runs into a tall, peaked
-        # (hyperacute) T wave in the same leads; the reciprocal leads mirror it
-        hyper = np.exp(-0.5 * ((_T - (t_peak - 0.01)) / rng.uniform(0.02, 0.028)) ** 2)
-        beat += np.outer(v, _st_profile(_T, t_j, t_peak + 0.03) + rng.uniform(1.2, 2.0) * hyper)
+        # injury current: a sharp J-point take-off into a horizontal-to-convex ST plateau that carries the T wave
+        # (the ST-T shape relative to the QRS changes; the 4 Hz high-pass keeps the J step and the dome's edges),
+        # reciprocal depression in the opposite leads; the T wave itself only a little taller
+        hyper = np.exp(-0.5 * ((_T - (t_peak - 0.01)) / rng.uniform(0.025, 0.035)) ** 2)
+        # the injury current starts inside the QRS: the terminal S wave is lost (terminal QRS distortion)
+        beat += np.outer(v, _st_profile(_T, t_j - 0.012, t_peak + 0.03) + rng.uniform(0.0, 0.5) * hyper)
+        if facts.pop("q_wave", False):
+            # a pathological Q wave in the territory's leads: initial forces pointing away from the injury
+            q_amp = rng.uniform(0.2, 0.45)
+            q_vec = -_unit(*v) * q_amp / max(_leads(_unit(*v)).max(), 1e-6)
+            beat += np.outer(q_vec, np.exp(-0.5 * ((_T - (t_on + 0.3 * d)) / (0.12 * d)) ** 2))
         facts["territory"] = territory
 
     # P wave (sinus only): right then left atrium.
@@ -330,7 +483,7 @@ def _build_templates(rng, lab, rr_mean):
     a_p = rng.uniform(0.10, 0.22) * (0.7 if lab["LVOLT"] else 1.0)
     p_vecs = [a_p * _unit(0.15, 0.85, -0.45), a_p * 0.9 * _unit(0.65, 0.45, 0.5)]
     p_wave = _bumps(_TP, [-0.15 * p_dur, 0.15 * p_dur], [p_dur / 6.5, p_dur / 6.5], p_vecs)
-    pr = rng.uniform(0.22, 0.32) if lab["IAVB"] else rng.uniform(0.12, 0.19)
+    pr = rng.uniform(0.25, 0.33) if lab["IAVB"] else rng.uniform(0.128, 0.19)
     p_offset = t_on - pr + 0.5 * p_dur  # P centre relative to the R peak
 
     # PVC: two broad bumps from an ectopic focus, discordant ST-T, no P.
@@ -381,18 +534,18 @@ def _noise(rng: np.random.Generator) -> np.ndarray:
     """Noise on the 8 independent leads (I, II, V1..V6): white noise, baseline wander, sometimes mains hum."""
     t = np.arange(N_SAMPLES) / FS
     out = rng.standard_normal((8, N_SAMPLES), dtype=np.float32).astype(np.float64)
-    out *= rng.uniform(0.01, 0.04)
+    out *= rng.uniform(*_NOISE_MV)
     n_w = 3
     freqs = rng.uniform(0.05, 0.5, n_w)
     waves = np.sin(2 * np.pi * freqs[:, None] * t[None, :] + rng.uniform(0, 2 * np.pi, (n_w, 1)))
-    total = rng.uniform(0.0, 0.3)
+    total = rng.uniform(0.06, 0.13)  # mV summed over the components
     mix = rng.uniform(-1.0, 1.0, (8, n_w))
     mix *= total / np.maximum(np.abs(mix).sum(1, keepdims=True), 1e-6)
     out += mix @ waves
-    if rng.random() < 0.2:
+    if rng.random() < 0.1:
         f = 50.0 if rng.random() < 0.5 else 60.0
         hum = np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
-        out += np.outer(rng.uniform(0.003, 0.02) * rng.uniform(0.3, 1.0, 8), hum)
+        out += np.outer(rng.uniform(0.002, 0.01) * rng.uniform(0.3, 1.0, 8), hum)
     return out
 
 
@@ -461,10 +614,15 @@ def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: d
     if lab["LVOLT"]:
         findings.append(_pick(rng, ["low qrs voltages", "low voltage qrs", "generalized low qrs voltages",
                                     "low qrs voltages in limb and precordial leads"], [4, 4, 1, 1]))
+    if lab.get("ER") and rng.random() < 0.5:
+        findings.append(_pick(rng, ["early repolarization", "early repolarization pattern",
+                                    "early repolarization, normal variant"]))
+    if lab.get("RSA") and rng.random() < 0.6:
+        findings.append(_pick(rng, ["sinus arrhythmia", "marked sinus arrhythmia"]))
     axis = facts["axis"]
-    if axis < -30 and not lab["LBBB"] and rng.random() < 0.7:
+    if axis < -30 and not lab["LBBB"]:
         findings.append("left axis deviation")
-    elif axis > 100 and rng.random() < 0.7:
+    elif axis > 100:
         findings.append("right axis deviation")
     order = rng.permutation(len(findings))
     findings = [findings[i] for i in order]
@@ -512,7 +670,7 @@ def generate_record(index: int, seed: int = 0) -> SyntheticRecord:
         hr = rng.uniform(102.0, 120.0 if lab["IAVB"] else 148.0)
     else:
         hr = rng.uniform(70.0, 150.0)
-    times = _af_times(rng, hr) if rhythm == "AF" else _sinus_times(rng, hr)
+    times = _af_times(rng, hr) if rhythm == "AF" else _sinus_times(rng, hr, lab["RSA"])
     rr_mean = 60.0 / hr
     is_pvc = np.zeros(len(times), dtype=bool)
     if lab["PVC"]:
