@@ -12,7 +12,8 @@ impl:
   z_c = x_c W^T in the input dtype (tensor cores under bf16), upcast to fp32, logsumexp, the loss, and right away
   the gradient g_c = (softmax(z_c) - onehot(t_c)) * valid / #valid, which gives dx_c = g_c W and
   dW += g_c^T x_c (fp32 accumulator), db += sum g_c. Only one [C, V] chunk exists at a time; the gradients are
-  computed in the forward and the backward only scales them by the incoming gradient. C defaults to Liger's
+  computed in the forward and the backward only scales them (in place) by the incoming gradient, so a graph through
+  this head can be backpropagated once (a second backward raises). C defaults to Liger's
   choice (the chunk's logits about as large as x: C ~ N / ceil(V / D)), a power of two clamped to [64, 1024].
   No host synchronisation (the valid count stays on the device).
 
@@ -105,11 +106,16 @@ class _FusedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # the stored gradients are scaled in place (no second [V, D] buffer), so they serve one backward only
+        if getattr(ctx, "used", False):
+            raise RuntimeError("caption_head_loss: a second backward through the fused caption head is not "
+                               "supported (its gradients are computed in the forward and scaled in place)")
+        ctx.used = True
         gx, gw, gb = ctx.saved_tensors
         dx_t, dw_t, db_t = ctx.dtypes
-        dx = (gx * grad_out.to(gx.dtype)) if gx is not None else None
-        dw = (gw * grad_out).to(dw_t) if gw is not None else None
-        db = (gb * grad_out).to(db_t) if gb is not None else None
+        dx = gx.mul_(grad_out.to(gx.dtype)) if gx is not None else None
+        dw = gw.mul_(grad_out).to(dw_t) if gw is not None else None
+        db = gb.mul_(grad_out).to(db_t) if gb is not None else None
         return dx, dw, db, None, None, None
 
 

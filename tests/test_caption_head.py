@@ -93,6 +93,15 @@ def test_upstream_gradient_scales_the_stored_gradients():
         torch.testing.assert_close(s, 2.5 * a)
 
 
+def test_second_backward_is_refused_not_silently_rescaled():
+    x, w, _, t = _inputs(11, 8, 20, torch.float32, False, seed=4)
+    w.requires_grad_()
+    loss = caption_head_loss(x, w, t, impl="chunked", chunk_size=4)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+
+
 def test_only_the_inputs_that_need_grad_get_one_and_no_grad_mode_works():
     x, w, _, t = _inputs(17, 8, 25, torch.float32, False, seed=9)
     ref = caption_head_loss(x, w, t, impl="reference")
