@@ -18,7 +18,7 @@
 #   kernel_resources  benchmarks/kernel_resources.py: registers / spills / shared memory of the kernels
 #                     (a missing script is a failed step named "missing")
 # MELP_AUTOTUNE=off is exported: the kernels' autotuners keep their first config only, so compiles fit.
-# Writes OUTDIR/<step>.json (status ok | failed | timeout | missing, seconds, limit, command), OUTDIR/<step>.log,
+# Writes OUTDIR/<step>.step.json (status ok | failed | timeout | missing, seconds, limit, command), OUTDIR/<step>.log,
 # the steps' own tables, OUTDIR/summary.md (every figure against its goal; benchmarks/gpu_summary.py) and
 # OUTDIR/all.tar.gz (everything above in one file). Exit status 0 when every step ran to the end (whether or not a
 # figure meets its goal), 1 when a step failed, timed out or was missing. GATE_STEPS="env tests" runs only those.
@@ -150,7 +150,7 @@ run_step() {
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout
   else status=failed; fi
   [ $status = ok ] || FAILED=1
-  "$PY" - "$OUT/$name.json" "$name" "$status" "$rc" "$t0" "$t1" "$limit" "$output" "$DRY" "$*" <<'EOF'
+  "$PY" - "$OUT/$name.step.json" "$name" "$status" "$rc" "$t0" "$t1" "$limit" "$output" "$DRY" "$*" <<'EOF'
 import json, sys
 path, name, status, rc, t0, t1, limit, output, dry, cmd = sys.argv[1:]
 json.dump({"step": name, "status": status, "rc": int(rc), "seconds": float(t1) - float(t0), "timeout": int(limit),
@@ -167,7 +167,7 @@ missing_step() {  # a step whose script is absent: a failed step with status "mi
   echo "missing: $what" >"$OUT/$name.log"
   "$PY" -c "import json,sys; json.dump({'step': sys.argv[1], 'status': 'missing', 'rc': None, 'seconds': 0.0,
   'timeout': 0, 'output': '', 'dry_run': sys.argv[3] == '1', 'command': sys.argv[2], 'log': sys.argv[1] + '.log'},
-  open(sys.argv[4], 'w'), indent=1)" "$name" "$what" "$DRY" "$OUT/$name.json"
+  open(sys.argv[4], 'w'), indent=1)" "$name" "$what" "$DRY" "$OUT/$name.step.json"
   FAILED=1
 }
 

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_summary.py OUTDIR
 
-Reads OUTDIR/<step>.json (written by gpu_check.sh: status, seconds, command) and the steps' own outputs
+Reads OUTDIR/<step>.step.json (written by gpu_check.sh: status, seconds, command) and the steps' own outputs
 (throughput_paper.json, throughput_tiny.json, caption_head.json, infonce.json, local_loss.md,
 kernel_resources.md / .json, tests.log). Outputs of scripts owned elsewhere are read defensively: a figure that
 cannot be found is listed as "not found" rather than failing the summary.
@@ -193,7 +193,7 @@ def tests_figures(out: Path) -> list[tuple]:
 
 
 def build(out: Path) -> str:
-    steps = [(s, load_json(out / f"{s}.json")) for s in STEPS]
+    steps = [(s, load_json(out / f"{s}.step.json")) for s in STEPS]
     env = (out / "env.log").read_text(errors="replace") if (out / "env.log").is_file() else ""
     dry = any(st and st.get("dry_run") for _, st in steps)
     lines = ["# GPU gate summary" + (" (DRY RUN: toy sizes on CPU, figures meaningless)" if dry else ""), ""]

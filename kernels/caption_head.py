@@ -53,17 +53,21 @@ def caption_head_reference(x: torch.Tensor, weight: torch.Tensor, targets: torch
     return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum") / n
 
 
+_MM_OUT_DTYPE = {"ok": None}  # whether torch.mm(..., out_dtype=fp32) works for low-precision CUDA operands
+
+
 def _accumulate_wgrad(acc: torch.Tensor, g: torch.Tensor, x: torch.Tensor):
     """acc (fp32) += g^T x, with tensor-core operands when g and x are low precision."""
     if g.dtype == torch.float32:
         acc.addmm_(g.t(), x)
         return
-    if acc.is_cuda:
+    if acc.is_cuda and _MM_OUT_DTYPE["ok"] is not False:
         try:  # torch >= 2.8 on CUDA: low-precision operands, fp32 output, no [V, D] low-precision temporary
             acc.add_(torch.mm(g.t(), x, out_dtype=torch.float32))
+            _MM_OUT_DTYPE["ok"] = True
             return
         except (TypeError, RuntimeError, NotImplementedError):
-            pass
+            _MM_OUT_DTYPE["ok"] = False
     acc.add_(torch.mm(g.t(), x))
 
 
