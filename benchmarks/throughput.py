@@ -408,6 +408,10 @@ def run_config(args, variant: str, reports: str) -> dict:
     if not args.profile:
         cmd.append("--no-profile")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if args.mmap_threshold and not args.device.startswith("cuda"):
+        # glibc then maps every block from this size up on its own and unmaps it when freed: the RSS follows the
+        # live tensors, and its peak is not blurred by freed memory the allocator kept
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH"), str(ROOT)) if x)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -477,6 +481,9 @@ def main(argv=None):
     p.add_argument("--reports", choices=["typical", "full", "both"], default="both")
     p.add_argument("--optimizer", choices=["auto", "deepspeed", "torch"], default="auto",
                    help="auto: the DeepSpeed engine where deepspeed is installed, plain torch AdamW otherwise")
+    p.add_argument("--mmap-threshold", type=int, default=0, metavar="BYTES",
+                   help="CPU: run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 1048576) so that peak RSS "
+                        "tracks live tensors; 0 (default) leaves glibc's dynamic threshold")
     p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA)")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-stage profiler pass")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 / H200 SXM: 989)")
@@ -526,7 +533,9 @@ def main(argv=None):
             f"- loss.impl switch of this MELPLoss: {', '.join(ok[0]['switch']) if ok else '?'}; "
             "blocks = auto with Triton hidden (PyTorch-block paths); the caption head is plain for reference and "
             "the chunked fused head otherwise",
-            f"- peak memory: {ok[0]['peak_mem_kind'] if ok else '?'}", ""]
+            f"- peak memory: {ok[0]['peak_mem_kind'] if ok else '?'}"
+            + (f", workers run with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold and not gpu
+               else ""), ""]
     notes = sorted({n for r in ok for n in r.get("notes", [])})
     lines = [x for x in head if x is not None] + fmt_table(rows, args, mm) + ([""] + [f"- note: {n}" for n in notes]
                                                                              if notes else [])
