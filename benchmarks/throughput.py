@@ -513,6 +513,34 @@ def main(argv=None):
         import torch
 
         mm = matmul_tflops(torch.device(args.device))
+    def report(rows) -> str:
+        ok = [r for r in rows if "error" not in r]
+        head = [f"# Training throughput of the real step ({args.device})", "",
+                f"- machine: {machine('cuda' if gpu else 'cpu')}",
+                f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
+                f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+                f"- preset {args.preset}, batch {args.batch_size}, {args.dtype}"
+                f"{' autocast' if args.dtype == 'bf16' else ''}, text encoder "
+                f"{ok[0]['text_encoder'] if ok else '?'} (random weights), {args.steps} timed steps after "
+                f"{args.warmup} warm-up, each configuration in a fresh process",
+                f"- optimiser: {ok[0]['optimizer'] if ok else '?'}",
+                f"- loss.impl switch of this MELPLoss: {', '.join(ok[0]['switch']) if ok else '?'}; "
+                "blocks = auto with Triton hidden (PyTorch-block paths); the caption head is plain for reference and "
+                "the chunked fused head otherwise",
+                f"- peak memory: {ok[0]['peak_mem_kind'] if ok else '?'}"
+                + (f", workers run with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+                   if args.mmap_threshold and not gpu else ""), ""]
+        notes = sorted({n for r in ok for n in r.get("notes", [])})
+        lines = head + fmt_table(rows, args, mm) + ([""] + [f"- note: {n}" for n in notes] if notes else [])
+        table = "\n".join(lines)
+        if args.out:  # rewritten after every configuration: a run stopped part-way keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(table + "\n")
+            Path(args.out).with_suffix(".json").write_text(json.dumps(
+                {"args": vars(args), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm,
+                 "rows": rows, "complete": len(rows) == len(kinds) * len(impls)}, indent=1))
+        return table
+
     rows = []
     for kind in kinds:
         for impl in impls:
@@ -520,33 +548,9 @@ def main(argv=None):
             rows.append(r)
             print(json.dumps({k: v for k, v in r.items() if k not in ("losses", "stages_ms")}), file=sys.stderr,
                   flush=True)
+            report(rows)
+    print(report(rows))
     ok = [r for r in rows if "error" not in r]
-    head = [f"# Training throughput of the real step ({args.device})", "",
-            f"- machine: {machine('cuda' if gpu else 'cpu')}",
-            f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
-            f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-            f"- preset {args.preset}, batch {args.batch_size}, {args.dtype}"
-            f"{' autocast' if args.dtype == 'bf16' else ''}, text encoder "
-            f"{ok[0]['text_encoder'] if ok else '?'} (random weights), {args.steps} timed steps after "
-            f"{args.warmup} warm-up, each configuration in a fresh process",
-            f"- optimiser: {ok[0]['optimizer'] if ok else '?'}",
-            f"- loss.impl switch of this MELPLoss: {', '.join(ok[0]['switch']) if ok else '?'}; "
-            "blocks = auto with Triton hidden (PyTorch-block paths); the caption head is plain for reference and "
-            "the chunked fused head otherwise",
-            f"- peak memory: {ok[0]['peak_mem_kind'] if ok else '?'}"
-            + (f", workers run with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold and not gpu
-               else ""), ""]
-    notes = sorted({n for r in ok for n in r.get("notes", [])})
-    lines = [x for x in head if x is not None] + fmt_table(rows, args, mm) + ([""] + [f"- note: {n}" for n in notes]
-                                                                             if notes else [])
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {"args": vars(args), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm, "rows": rows},
-            indent=1))
     return 0 if len(ok) == len(rows) else 1
 
 
