@@ -1,13 +1,35 @@
-"""End-to-end training throughput: reference vs fused losses, with a per-stage breakdown.
+"""End-to-end training throughput of the real step: reference vs PyTorch-block vs fused losses, side by side.
 
-    python benchmarks/throughput.py                       # CPU: tiny preset, batch 32
-    python benchmarks/throughput.py --preset paper --batch-size 64 --text-encoder random:base --dtype bf16   # GPU
+    python benchmarks/throughput.py                          # CPU: paper preset, batch 64, reference vs auto
+    python benchmarks/throughput.py --device cuda            # CUDA: paper preset, batch 64, bf16 autocast,
+                                                             #       reference vs blocks vs fused
+    python benchmarks/throughput.py --preset tiny --batch-size 32 --impls reference,auto --out r.md
 
-Each implementation runs in a fresh process (so peak memory is its own) on the same synthetic batches. A step is
-timed whole (samples/s) and split into stages (data, ECG encoder, text encoder, decoder, each loss, backward,
-optimiser) with a device synchronisation around each. FLOPs per step are counted once with
-torch.utils.flop_counter (forward + backward); on CUDA, model FLOPs utilisation = FLOPs / step time / peak.
-Writes a markdown table and JSON (--out).
+The timed step is the training step itself: the model's own forward (MELP.forward), MELPLoss, backward and the
+optimiser step (the DeepSpeed engine, ZeRO-0, AdamW with gradient clipping 1.0, where deepspeed is installed; a
+plain torch.optim.AdamW with clip_grad_norm_ otherwise: the output says which), then the logit-scale clamp.
+Parameter groups come from melp_fast.engine.param_groups, as in training.
+bf16 autocast on CUDA (--dtype). Batches are prepared before timing (synthetic corpus, on the device, two of
+them used in turn), so data loading is not in the step. No synchronisation inside timed steps: the device is
+synchronised once before and once after them.
+
+Loss implementations (loss.impl of MELPLoss; the caption head follows the same switch):
+- reference: literal PyTorch losses, materialised caption logits;
+- blocks: the PyTorch-block paths (chunked InfoNCE, batched local loss, chunked caption head), i.e. what "auto"
+  runs without Triton: the worker hides Triton from melp_kernels (HAS_TRITON = False) and asks for "auto";
+- fused: the Triton kernels (loss.impl "fused") and the chunked caption head;
+- auto: loss.impl "auto" (Triton on CUDA, the PyTorch blocks elsewhere); with a switch that has no "auto" yet,
+  "fused", which MELPLoss maps to the same thing.
+Defaults: reference, blocks, fused on CUDA; reference, auto on CPU (Triton runs there only interpreted).
+
+Each configuration runs in a fresh process. Peak memory: CUDA max_memory_allocated over the timed steps (model,
+optimiser state and activations); CPU the peak RSS of the process from after start-up (model, optimiser, batches
+built) to the end of the timed steps, minus the RSS at that point (/proc/self/clear_refs resets the high-water
+mark). FLOPs of one step from torch.utils.flop_counter (CUDA; --flops on CPU); MFU = FLOPs of the reference step
+/ step time / --peak-tflops (989: dense bf16 of H100 / H200 SXM), with the measured bf16 matmul rate beside it.
+A separate pass under torch.profiler gives the per-stage breakdown (record_function ranges; not timed steps).
+
+--reports typical: the synthetic corpus's machine reports; full: reports that fill all 128 text tokens.
 """
 
 from __future__ import annotations
@@ -15,189 +37,519 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("data", "ecg_encoder", "text_encoder", "decoder", "loss_global", "loss_local", "loss_caption", "backward",
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STAGES = ("ecg_encoder", "text_encoder", "decoder", "loss_global", "loss_local", "loss_caption", "loss", "backward",
           "optimizer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers of the worker
+# ----------------------------------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def loss_switch() -> tuple[str, ...]:
+    """The values MELPLoss accepts for loss.impl (today ("reference", "fused"); soon with "auto")."""
+    from melp_fast import losses
+
+    impls = getattr(losses, "IMPLS", None)
+    if impls:
+        return tuple(impls)
+    from melp_fast.config import LossConfig
+
+    ok = []
+    for name in ("reference", "fused", "auto"):
+        try:
+            losses.MELPLoss(LossConfig(impl=name))
+            ok.append(name)
+        except Exception:
+            pass
+    return tuple(ok)
+
+
+def loss_impl_for(variant: str, switch: tuple[str, ...]) -> str:
+    if variant == "reference":
+        return "reference"
+    if variant in ("auto", "blocks"):
+        return "auto" if "auto" in switch else "fused"
+    if variant == "fused":
+        return "fused"
+    raise ValueError(f"unknown loss variant {variant!r}; choose reference, blocks, fused or auto")
+
+
+def hide_triton():
+    """Make every melp_kernels module believe Triton is absent, so "auto" takes the PyTorch-block paths."""
+    import importlib
+
+    import melp_kernels
+
+    names = ["melp_kernels._dispatch", "melp_kernels.infonce", "melp_kernels.local_loss", "melp_kernels.caption_head"]
+    patched = []
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "HAS_TRITON"):
+            mod.HAS_TRITON = False
+            patched.append(name)
+    return patched or [melp_kernels.__name__ + " (no HAS_TRITON flag found)"]
+
+
+def long_reports(reports: list[str], n: int, seed: int) -> list[str]:
+    """n reports of 8 long sentences of corpus words: more than the 125 report tokens of max_text_len 128."""
+    import random
+
+    words = [w.strip(".,;") for r in reports for w in r.split() if w.strip(".,;")]
+    rng = random.Random(seed)
+    return [". ".join(" ".join(rng.choice(words) for _ in range(24)) for _ in range(8)) + "." for _ in range(n)]
+
+
+def make_batches(cfg, model, args, device, n_batches=2):
+    import torch
+
+    from melp_fast.data.dataset import Collate, ECGTextDataset
+    from melp_fast.data.store import build_synthetic_store
+
+    n = max(args.batch_size * n_batches, 64)
+    store = build_synthetic_store(Path(args.cache) / f"synthetic-bench-{n}", "train", n, 0, cfg.data.highpass_hz,
+                                  cfg.model.max_beats)
+    ds = ECGTextDataset(store, lead_mask_p=cfg.data.lead_mask_p, stride=cfg.model.token_stride)
+    collate = Collate(model.tokenizer)
+    batches = []
+    for k in range(n_batches):
+        raw = ds.batch(list(range(k * args.batch_size, (k + 1) * args.batch_size)))
+        if args.reports == "full":
+            raw["reports"] = long_reports(store.reports_of(list(range(len(store)))), args.batch_size, seed=k)
+        b = collate(raw)
+        batches.append({key: (v.to(device) if torch.is_tensor(v) else v) for key, v in b.items()})
+    return batches
+
+
+def build_model(cfg, device):
+    """MELP of the preset; the text encoder is built from its config with random weights (timing does not depend
+    on the values, and a GPU machine then needs only the tokenizer files)."""
+    from melp_fast.model.melp import MELP
+    from melp_fast.model.text import load_backbone, load_tokenizer, minilm_path
+
+    name = cfg.model.text_encoder
+    if name.startswith("random:"):
+        backbone = load_backbone(name)
+    else:
+        backbone = load_backbone(minilm_path() if name == "minilm" else name, weights=False)
+    return MELP(cfg.model, text_backbone=backbone, tokenizer=load_tokenizer(name)).to(device)
+
+
+def make_optimizer(model, cfg, args, batch_size, cuda):
+    """(forward, backward(loss), optimiser step, description): the DeepSpeed engine where installed and wanted, a
+    plain AdamW with gradient clipping otherwise."""
+    import torch
+
+    from melp_fast.engine import param_groups
+
+    groups, gdesc = param_groups(model, cfg.train.weight_decay), "melp_fast.engine.param_groups"
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
+                            **({"fused": True} if cuda else {}))
+    use_ds = args.optimizer in ("auto", "deepspeed")
+    if use_ds:
+        try:
+            import deepspeed
+        except ImportError:
+            if args.optimizer == "deepspeed":
+                raise
+            use_ds = False
+    if use_ds:
+        import socket
+
+        import torch.distributed as dist
+
+        if "WORLD_SIZE" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        ds_cfg = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": 1,
+                  "gradient_clipping": 1.0, "zero_optimization": {"stage": 0}, "zero_force_ds_cpu_optimizer": False,
+                  "steps_per_print": 10 ** 9}
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg)
+        return engine, engine.backward, engine.step, (f"DeepSpeed {deepspeed.__version__} engine (ZeRO-0, fp32 "
+                                                      f"weights, torch AdamW, clipping 1.0), {gdesc}")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def opt_step():
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, torch.Tensor.backward, opt_step, (f"plain torch.optim.AdamW{' (fused)' if cuda else ''} + clip_grad_norm_ 1.0 "
+                                  f"(deepspeed {'not installed' if args.optimizer == 'auto' else 'not asked for'}), "
+                                  f"{gdesc}")
+
+
+def matmul_tflops(device) -> float:
+    """Measured dense bf16 matmul rate (8192^3 on random data, CUDA events)."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(10):
+        a @ b
+    e.record()
+    torch.cuda.synchronize()
+    rate = 2 * n ** 3 * 10 / (s.elapsed_time(e) / 1e3) / 1e12
+    del a, b
+    torch.cuda.empty_cache()  # the workers run beside this process
+    return rate
+
+
+def profile_stages(model, criterion, fwd, backward, opt_step, batch, amp, cuda) -> dict:
+    """One profiled step, split by record_function ranges on the model's sub-modules and the three loss terms."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import melp_fast.losses as L
+
+    ranges = {}
+    hooks = []
+    for name, mod in (("ecg_encoder", model.ecg), ("ecg_encoder", model.beat_pool), ("text_encoder", model.text),
+                      ("decoder", model.caption_pool), ("decoder", model.decoder)):
+        def pre(m, a, name=name):
+            ranges[id(m)] = record_function(name)
+            ranges[id(m)].__enter__()
+
+        def post(m, a, o):
+            ranges.pop(id(m)).__exit__(None, None, None)
+
+        hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    saved = {}
+    for fn, name in (("infonce_loss", "loss_global"), ("local_alignment_loss", "loss_local"),
+                     ("caption_term", "loss_caption"), ("caption_loss", "loss_caption")):
+        if hasattr(L, fn):
+            orig = saved[fn] = getattr(L, fn)
+
+            def wrapped(*a, _orig=orig, _name=name, **k):
+                with record_function(_name):
+                    return _orig(*a, **k)
+
+            setattr(L, fn, wrapped)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        with profile(activities=acts) as prof:
+            with amp:
+                out = fwd(batch)
+                with record_function("loss"):
+                    losses = criterion(out, batch)
+            with record_function("backward"):
+                backward(losses["loss"])
+            with record_function("optimizer"):
+                opt_step()
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        for h in hooks:
+            h.remove()
+        for fn, orig in saved.items():
+            setattr(L, fn, orig)
+    res = {}
+    for ev in prof.key_averages():
+        if ev.key in STAGES:
+            dev_us = getattr(ev, "device_time_total", None)
+            if dev_us is None:
+                dev_us = getattr(ev, "cuda_time_total", 0)
+            res[ev.key] = {"cpu_ms": ev.cpu_time_total / 1e3, "device_ms": (dev_us or 0) / 1e3}
+    return res
 
 
 def worker(args) -> dict:
     import torch
-    from torch.utils.data import DataLoader
 
-    from melp_fast.config import get_preset
-    from melp_fast.data.dataset import Collate, ECGTextDataset
-    from melp_fast.data.store import build_synthetic_store
-    from melp_fast.losses import caption_loss
-    from melp_fast.model.melp import MELP
-    from melp_kernels.infonce import infonce_loss
-    from melp_kernels.local_loss import local_alignment_loss
+    from melp_fast.config import apply_overrides, get_preset
+    from melp_fast.losses import MELPLoss
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    cfg = get_preset(args.preset)
-    cfg.model.text_encoder = args.text_encoder or cfg.model.text_encoder
-    cfg.model.dropout = 0.0
-    n = args.batch_size * 4
-    store = build_synthetic_store(Path(args.cache) / f"synthetic-bench-{n}", "train", n, 0, cfg.data.highpass_hz,
-                                  cfg.model.max_beats)
-    model = MELP(cfg.model).to(device)
-    loader = DataLoader(ECGTextDataset(store, lead_mask_p=0.5), batch_size=args.batch_size, shuffle=True,
-                        drop_last=True, collate_fn=Collate(model.tokenizer), num_workers=args.workers,
-                        persistent_workers=args.workers > 0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=cuda or None)
+    notes = []
+    if args.variant == "blocks":
+        notes.append("Triton hidden from " + ", ".join(hide_triton()))
+    switch = loss_switch()
+    cfg = apply_overrides(get_preset(args.preset), args.overrides)
+    if args.text_encoder:
+        cfg.model.text_encoder = args.text_encoder
+    cfg.loss.impl = loss_impl_for(args.variant, switch)
+    model = build_model(cfg, device)
+    model.train()
+    batches = make_batches(cfg, model, args, device)
+    n_targets = [int((b["caption_labels"] != -100).sum()) for b in batches]
+    criterion = MELPLoss(cfg.loss)
+    fwd, backward, opt_step, opt_desc = make_optimizer(model, cfg, args, args.batch_size, cuda)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-    impl = "reference" if args.impl == "reference" else "auto"
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    def batches():
-        while True:
-            yield from loader
-
-    it = batches()
-    times = {s: 0.0 for s in STAGES}
-
-    def step(record: bool):
-        t = time.perf_counter()
-        marks = {}
-
-        def mark(name):
-            nonlocal t
-            sync()
-            now = time.perf_counter()
-            marks[name] = now - t
-            t = now
-
-        batch = next(it)
-        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        mark("data")
+    def step(batch):
         with amp:
-            e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])
-            mark("ecg_encoder")
-            tx = model.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
-            mark("text_encoder")
-            h = model.decoder(tx["states"], model.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
-            keep = batch["caption_labels"] != -100
-            logits = model.decoder.head(h[keep])
-            mark("decoder")
-        g = infonce_loss(e["rhythm"].float(), tx["text"].float(), model.scale(), impl=impl)
-        mark("loss_global")
-        loc = local_alignment_loss(e["beats"].float(), e["beat_mask"], tx["sents"].float(), tx["sent_mask"], impl=impl)
-        mark("loss_local")
-        cap = caption_loss(logits, batch["caption_labels"][keep])
-        loss = cfg.loss.global_weight * g + cfg.loss.caption_weight * cap + cfg.loss.local_weight * loc
-        mark("loss_caption")
-        loss.backward()
-        mark("backward")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        mark("optimizer")
-        if record:
-            for k, v in marks.items():
-                times[k] += v
+            out = fwd(batch)
+            losses = criterion(out, batch)
+        backward(losses["loss"])
+        opt_step()
+        model.clamp_logit_scale()
+        return losses["loss"]
 
-    for _ in range(args.warmup):
-        step(False)
-    flops = None
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as fc:
-            step(False)
-        flops = fc.get_total_flops()
-    except Exception as exc:  # pragma: no cover - counting is informative only
-        print(f"flop counting failed: {exc}", file=sys.stderr)
+    sync()
+    startup_rss = rss_bytes()
+    rss_reset = reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    sync()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step(True)
+    losses = []
+    for i in range(args.warmup):
+        losses.append(step(batches[i % len(batches)]))
+    sync()
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        losses.append(step(batches[i % len(batches)]))
     sync()
     elapsed = time.perf_counter() - t0
     step_s = elapsed / args.steps
+    peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - (startup_rss if rss_reset else 0))
+    loss_vals = [float(x.detach()) for x in losses]
+
+    flops = None
+    if cuda or args.flops:
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as fc:
+                step(batches[0])
+            flops = fc.get_total_flops()
+        except Exception as exc:  # pragma: no cover - counting is informative only
+            notes.append(f"flop counting failed: {exc}")
+    stages = {}
+    if args.profile:
+        try:
+            stages = profile_stages(model, criterion, fwd, backward, opt_step, batches[0], amp, cuda)
+        except Exception as exc:  # pragma: no cover - the breakdown is informative only
+            notes.append(f"profiler pass failed: {type(exc).__name__}: {exc}")
     res = {
-        "impl": args.impl, "samples_per_s": args.batch_size / step_s, "step_ms": 1000 * step_s,
-        "stages_ms": {k: 1000 * v / args.steps for k, v in times.items()},
-        "flops_per_step": flops,
-        "peak_mem_mb": (torch.cuda.max_memory_allocated() if cuda else
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
+        "variant": args.variant, "loss_impl": cfg.loss.impl, "switch": list(switch), "preset": args.preset,
+        "batch_size": args.batch_size, "reports": args.reports, "dtype": args.dtype, "device": args.device,
+        "text_encoder": cfg.model.text_encoder, "caption_targets_per_batch": n_targets,
+        "samples_per_s": args.batch_size / step_s, "step_ms": 1000 * step_s, "timed_steps": args.steps,
+        "warmup_steps": args.warmup, "warmup_s": warm_s, "losses": loss_vals,
+        "peak_mem_mb": peak / 2 ** 20,
+        "peak_mem_kind": ("cuda max_memory_allocated" if cuda else
+                          "peak RSS above start-up" if rss_reset else "peak RSS (ru_maxrss; could not reset)"),
+        "startup_rss_mb": startup_rss / 2 ** 20, "flops_per_step": flops, "optimizer": opt_desc,
+        "stages_ms": stages, "notes": notes,
     }
-    if cuda and flops:
-        res["mfu"] = flops / step_s / (args.peak_tflops * 1e12)
+    if cuda:
+        res["gpu"] = torch.cuda.get_device_name()
     return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------------------------
+def run_config(args, variant: str, reports: str) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", variant, "--device", args.device, "--preset", args.preset,
+           "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--reports", reports, "--optimizer", args.optimizer, "--cache", args.cache]
+    if args.text_encoder:
+        cmd += ["--text-encoder", args.text_encoder]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    if args.flops:
+        cmd.append("--flops")
+    if not args.profile:
+        cmd.append("--no-profile")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if args.mmap_threshold and not args.device.startswith("cuda"):
+        # glibc then maps every block from this size up on its own and unmaps it when freed: the RSS follows the
+        # live tensors, and its peak is not blurred by freed memory the allocator kept
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH"), str(ROOT)) if x)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return {"variant": variant, "reports": reports, "error": (r.stderr or r.stdout)[-2000:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def fmt_table(rows: list[dict], args, mm_tflops) -> list[str]:
+    lines = []
+    cuda = args.device.startswith("cuda")
+    ref_flops = {r["reports"]: r["flops_per_step"] for r in rows if r.get("variant") == "reference"
+                 and r.get("flops_per_step")}
+    lines += ["| reports | loss impl | samples/s | vs reference | step ms | peak MB | caption targets | GFLOP/step | "
+              "MFU | loss (first, last) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['reports']} | {r['variant']} | failed: "
+                         f"{r['error'].strip().splitlines()[-1][:150] if r['error'].strip() else '?'} |||||||")
+            continue
+        base = next((x for x in rows if x.get("variant") == "reference" and x["reports"] == r["reports"]
+                     and "error" not in x), None)
+        vs = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
+        fl = r.get("flops_per_step")
+        mflops = ref_flops.get(r["reports"]) or fl
+        mfu = f"{100 * mflops / (r['step_ms'] / 1e3) / (args.peak_tflops * 1e12):.1f}%" if cuda and mflops else "-"
+        name = f"{r['variant']} ({r['loss_impl']})"
+        lines.append(f"| {r['reports']} | {name} | {r['samples_per_s']:.2f} | {vs} | {r['step_ms']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | {sum(r['caption_targets_per_batch']) // len(r['caption_targets_per_batch'])} | "
+                     f"{fl / 1e9:.0f} | {mfu} | {r['losses'][0]:.3f}, {r['losses'][-1]:.3f} |"
+                     if fl else
+                     f"| {r['reports']} | {name} | {r['samples_per_s']:.2f} | {vs} | {r['step_ms']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | {sum(r['caption_targets_per_batch']) // len(r['caption_targets_per_batch'])} | "
+                     f"- | {mfu} | {r['losses'][0]:.3f}, {r['losses'][-1]:.3f} |")
+    if cuda:
+        lines += ["", f"MFU = FLOPs of the reference step (torch.utils.flop_counter; Triton kernels are not counted, "
+                      f"so every impl is charged the same model FLOPs) / step time / {args.peak_tflops:g} TFLOP/s; "
+                      f"measured dense bf16 matmul (8192^3, random): "
+                      + (f"{mm_tflops:.0f} TFLOP/s" if mm_tflops else "not measured")]
+    ok = [r for r in rows if "error" not in r and r.get("stages_ms")]
+    if ok:
+        key = "device_ms" if cuda else "cpu_ms"
+        lines += ["", f"Per-stage ms of one profiled step (separate pass, torch.profiler ranges, "
+                      f"{'device' if cuda else 'CPU wall'} time; loss = the three terms and the weighting):", "",
+                  "| stage | " + " | ".join(f"{r['reports']} {r['variant']}" for r in ok) + " |",
+                  "|---|" + "---:|" * len(ok)]
+        for s in STAGES:
+            if any(s in r["stages_ms"] for r in ok):
+                lines.append(f"| {s} | " + " | ".join(
+                    f"{r['stages_ms'][s][key]:.1f}" if s in r["stages_ms"] else "-" for r in ok) + " |")
+    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--preset", default=None, help="tiny (CPU default) or paper (CUDA default)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--text-encoder", default=None, help="default: the preset's (minilm); random:base needs no weights")
+    p.add_argument("--preset", default="paper", help="paper (default) or tiny")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (paper), 32 (tiny)")
+    p.add_argument("--text-encoder", default=None,
+                   help="default: the preset's (built with random weights); random:SIZE for other shapes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field of the preset (repeatable), e.g. --set model.text_freeze_layers=1")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="bf16 autocast (CUDA default) or fp32")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--impls", default="reference,fused")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 2 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on CUDA, 1 on CPU)")
+    p.add_argument("--impls", default=None, help="comma list of reference, blocks, fused, auto "
+                                                 "(default: reference,blocks,fused on CUDA; reference,auto on CPU)")
+    p.add_argument("--reports", choices=["typical", "full", "both"], default="both")
+    p.add_argument("--optimizer", choices=["auto", "deepspeed", "torch"], default="auto",
+                   help="auto: the DeepSpeed engine where deepspeed is installed, plain torch AdamW otherwise")
+    p.add_argument("--mmap-threshold", type=int, default=0, metavar="BYTES",
+                   help="CPU: run the workers with MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 1048576) so that peak RSS "
+                        "tracks live tensors; 0 (default) leaves glibc's dynamic threshold")
+    p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-stage profiler pass")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 / H200 SXM: 989)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "data"))
     p.add_argument("--out", default=None, help="markdown path (JSON written beside it)")
-    p.add_argument("--_worker", dest="impl", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", dest="variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = args.device.startswith("cuda")
-    args.preset = args.preset or ("paper" if gpu else "tiny")
-    args.batch_size = args.batch_size or (64 if gpu else 32)
+    args.batch_size = args.batch_size or (64 if args.preset == "paper" else 32)
     args.dtype = args.dtype or ("bf16" if gpu else "fp32")
-    args.steps = args.steps or (20 if gpu else 5)
-    if args.impl:
+    args.steps = args.steps or (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    if args.variant:
         print(json.dumps(worker(args)))
-        return
+        return 0
+
+    from benchmarks.common import machine
+
+    impls = (args.impls or ("reference,blocks,fused" if gpu else "reference,auto")).split(",")
+    kinds = ["typical", "full"] if args.reports == "both" else [args.reports]
+    mm = None
+    if gpu:
+        import torch
+
+        mm = matmul_tflops(torch.device(args.device))
+    def report(rows) -> str:
+        ok = [r for r in rows if "error" not in r]
+        head = [f"# Training throughput of the real step ({args.device})", "",
+                f"- machine: {machine('cuda' if gpu else 'cpu')}",
+                f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
+                f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+                f"- preset {args.preset}, batch {args.batch_size}, {args.dtype}"
+                f"{' autocast' if args.dtype == 'bf16' else ''}, text encoder "
+                f"{ok[0]['text_encoder'] if ok else '?'} (random weights), {args.steps} timed steps after "
+                f"{args.warmup} warm-up, each configuration in a fresh process",
+                f"- optimiser: {ok[0]['optimizer'] if ok else '?'}",
+                f"- loss.impl switch of this MELPLoss: {', '.join(ok[0]['switch']) if ok else '?'}; "
+                "blocks = auto with Triton hidden (PyTorch-block paths); the caption head is plain for reference and "
+                "the chunked fused head otherwise",
+                f"- peak memory: {ok[0]['peak_mem_kind'] if ok else '?'}"
+                + (f", workers run with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+                   if args.mmap_threshold and not gpu else ""), ""]
+        notes = sorted({n for r in ok for n in r.get("notes", [])})
+        lines = head + fmt_table(rows, args, mm) + ([""] + [f"- note: {n}" for n in notes] if notes else [])
+        table = "\n".join(lines)
+        if args.out:  # rewritten after every configuration: a run stopped part-way keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(table + "\n")
+            Path(args.out).with_suffix(".json").write_text(json.dumps(
+                {"args": vars(args), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm,
+                 "rows": rows, "complete": len(rows) == len(kinds) * len(impls)}, indent=1))
+        return table
 
     rows = []
-    for impl in args.impls.split(","):
-        cmd = [sys.executable, __file__, "--_worker", impl] + [a for a in (argv or sys.argv[1:])]
-        cmd += ["--device", args.device, "--preset", args.preset, "--batch-size", str(args.batch_size),
-                "--dtype", args.dtype, "--steps", str(args.steps)]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-        if r.returncode != 0:
-            sys.exit(f"{impl} failed:\n{r.stderr[-3000:]}")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    base = rows[0]["samples_per_s"]
-    head = (f"Training throughput, preset {args.preset}, batch {args.batch_size}, {args.dtype}, device {args.device}, "
-            f"{args.steps} timed steps; {date.today()}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n")
-    lines = [head, "| impl | samples/s | vs reference | step ms | peak MB | GFLOP/step | MFU |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        fl = f"{r['flops_per_step'] / 1e9:.1f}" if r["flops_per_step"] else "-"
-        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-        lines.append(f"| {r['impl']} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / base:.2f}x | "
-                     f"{r['step_ms']:.0f} | {r['peak_mem_mb']:.0f} | {fl} | {mfu} |")
-    lines += ["", "Per-stage ms per step:", "", "| stage | " + " | ".join(r["impl"] for r in rows) + " |",
-              "|---|" + "---:|" * len(rows)]
-    for s in STAGES:
-        lines.append(f"| {s} | " + " | ".join(f"{r['stages_ms'][s]:.1f}" for r in rows) + " |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    for kind in kinds:
+        for impl in impls:
+            r = run_config(args, impl, kind)
+            rows.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k not in ("losses", "stages_ms")}), file=sys.stderr,
+                  flush=True)
+            report(rows)
+    print(report(rows))
+    ok = [r for r in rows if "error" not in r]
+    return 0 if len(ok) == len(rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

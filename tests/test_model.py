@@ -127,7 +127,7 @@ def test_paper_preset_matches_the_reference_small_configuration():
     with torch.no_grad():
         out = model(batch)
     assert out["rhythm"].shape == (2, 256) and out["beats"].shape == (2, 3, 256)
-    assert out["caption_logits"].shape[-1] == model.text.vocab_size
+    assert model.decoder.head(out["caption_hidden"]).shape[-1] == model.text.vocab_size
     # the conv stack has 12*256*2 + 3 * 256*256*2 weights (no bias) and GroupNorm's 2*256
     conv = sum(p.numel() for p in model.ecg.features.parameters())
     assert conv == 12 * 256 * 2 + 3 * 256 * 256 * 2 + 2 * 256

@@ -5,7 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from melp_kernels.caption_head import caption_head_loss
+
 from .attention import DecoderLayer
+
+
+class CaptionHead(nn.Linear):
+    """The vocabulary projection. head(x) gives logits (generation: the last position only);
+    head(x, targets, impl) gives the caption loss without logits when impl is not "reference"
+    (melp_kernels.caption_head). Called as a module either way, so ZeRO-3 gathers the (possibly tied) weight."""
+
+    def forward(self, x, targets=None, impl: str = "reference"):
+        if targets is None:
+            return super().forward(x)
+        return caption_head_loss(x, self.weight, targets, self.bias, impl=impl)
 
 
 class CaptionDecoder(nn.Module):
@@ -19,7 +32,7 @@ class CaptionDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, 4 * dim, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head = CaptionHead(dim, vocab_size, bias=False)
         nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, text_states, ecg_context, attention_mask=None, project: bool = True):

@@ -57,13 +57,14 @@ class MELP(nn.Module):
         e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
         hidden = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
-        # vocabulary logits only where there is a target: padding and the end token never need them
+        # the caption head runs in the loss (out["caption_head"](hidden, targets, impl)), only where there is a
+        # target (padding and the end token never need one), with or without [tokens, vocabulary] logits
         targets = batch["caption_labels"]
         keep = targets != -100
         return {
             "rhythm": e["rhythm"], "beats": e["beats"], "beat_mask": e["beat_mask"],
             "text": t["text"], "sents": t["sents"], "sent_mask": t["sent_mask"],
-            "caption_logits": self.decoder.head(hidden[keep]), "caption_targets": targets[keep],
+            "caption_hidden": hidden[keep], "caption_targets": targets[keep], "caption_head": self.decoder.head,
             "logit_scale": self.scale(),
         }
 
