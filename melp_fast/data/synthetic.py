@@ -464,6 +464,8 @@ def _build_templates(rng, lab, rr_mean):
             v = _unit(1.0, -0.45, -0.1)
         v = _rot_small(rng, v, 8.0)
         target = rng.uniform(0.25, 0.6)  # ST elevation in the most elevated lead, mV (>= 0.1-0.25 mV: Thygesen 2018)
+        if lab["LVOLT"]:  # the injury starts inside the QRS: keep the limb-lead QRS of a low-voltage record < 0.5 mV
+            target = rng.uniform(0.15, 0.25)
         v = v * target / _leads(v).max()
         # injury current: a sharp J-point take-off into a horizontal-to-convex ST plateau that carries the T wave
         # (the ST-T shape relative to the QRS changes; the 4 Hz high-pass keeps the J step and the dome's edges),
