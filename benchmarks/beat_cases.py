@@ -271,3 +271,28 @@ def scale_t_waves(x, ref, fs, leads, factor):
             win[m - edge :] = ramp[::-1]
             y[l, a:e] += (gain - 1.0) * win * seg
     return y
+
+
+BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")  # MIT-BIH annotation symbols that mark a beat
+
+
+def load_mitbih(record):
+    """A MIT-BIH record (path without extension) and its annotated beats: (signal [leads, n] in mV, fs, beats)."""
+    import wfdb
+
+    rec = wfdb.rdrecord(str(record))
+    ann = wfdb.rdann(str(record), "atr")
+    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
+    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
+
+
+def resample_to(x, ref, fs, fs_new):
+    """A record [leads, n] and its beat samples at another sampling rate (polyphase resampling)."""
+    from scipy.signal import resample_poly
+
+    if int(fs_new) == int(fs):
+        return x, ref
+    g = np.gcd(int(fs_new), int(fs))
+    y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
+    r = np.round(ref * fs_new / fs).astype(np.int64)
+    return y, r[r < y.shape[1]]

@@ -47,13 +47,14 @@ from benchmarks.beat_cases import (  # noqa: E402
     KINDS,
     RATES,
     generator_case,
+    load_mitbih,
+    resample_to,
     scale_t_waves,
     synth_case,
     t_window_fp,
 )
 from benchmarks.common import match_beats  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
-BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
 FS = 500.0
 
 
@@ -95,13 +96,7 @@ class Score:
 
 # ---------------------------------------------------------------------------------------------------------------
 def load_mit():
-    import wfdb
-
-    rec = wfdb.rdrecord(str(DATA / "mitbih" / "100"))
-    ann = wfdb.rdann(str(DATA / "mitbih" / "100"), "atr")
-    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
-    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
-
+    return load_mitbih(DATA / "mitbih" / "100")
 
 def load_dicom():
     import pydicom
@@ -162,17 +157,6 @@ def nk_peaks(sig, fs):
         except Exception:  # NeuroKit2 gives up on some records: scored as finding nothing
             return np.zeros(0, np.int64)
     return np.asarray(info["ECG_R_Peaks"], np.int64)
-
-
-def resample_to(x, ref, fs, fs_new):
-    from scipy.signal import resample_poly
-
-    if int(fs_new) == int(fs):
-        return x, ref
-    g = np.gcd(int(fs_new), int(fs))
-    y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
-    r = np.round(ref * fs_new / fs).astype(np.int64)
-    return y, r[r < y.shape[1]]
 
 
 def provoking(detect, mit, dcm, n_synth, n_real, seed=0):

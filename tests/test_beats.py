@@ -12,12 +12,12 @@ import pytest
 from melp_fast.data.beats import beat_spans, detect_r_peaks, segment_batch, token_spans
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import beat_cases as bc  # noqa: E402
 from benchmarks.common import match_beats  # noqa: E402  (the scoring helper lives beside the benchmarks)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MIT = DATA / "mitbih" / "100"
 DCM = DATA / "dicom" / "waveform_ecg.dcm"
-BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
 
 needs_mit = pytest.mark.skipif(not (MIT.parent / "100.dat").exists(), reason="shared/data/mitbih not present")
 needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not present")
@@ -28,13 +28,10 @@ needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not p
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mit():
-    wfdb = pytest.importorskip("wfdb")
+    pytest.importorskip("wfdb")
     if not (MIT.parent / "100.dat").exists():
         pytest.skip("shared/data/mitbih not present")
-    rec = wfdb.rdrecord(str(MIT))
-    ann = wfdb.rdann(str(MIT), "atr")
-    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
-    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
+    return bc.load_mitbih(MIT)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from benchmarks.common import match_beats  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 MIT = DATA / "mitbih" / "100"
 DCM = DATA / "dicom" / "waveform_ecg.dcm"
-BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")
 MIN_RATE = 0.995
 
 
@@ -156,26 +155,12 @@ def test_t_window_counter():
 # ---------------------------------------------------------------------------------------------------------------
 # real recordings with tall T waves
 # ---------------------------------------------------------------------------------------------------------------
-def resample(x, ref, fs, fs_new):
-    from scipy.signal import resample_poly
-
-    if int(fs_new) == int(fs):
-        return x, ref
-    g = np.gcd(int(fs_new), int(fs))
-    y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
-    r = np.round(ref * fs_new / fs).astype(np.int64)
-    return y, r[r < y.shape[1]]
-
-
 @pytest.fixture(scope="module")
 def mit():
-    wfdb = pytest.importorskip("wfdb")
+    pytest.importorskip("wfdb")
     if not (MIT.parent / "100.dat").exists():
         pytest.skip("shared/data/mitbih not present")
-    rec = wfdb.rdrecord(str(MIT))
-    ann = wfdb.rdann(str(MIT), "atr")
-    ref = np.array([s for s, c in zip(ann.sample, ann.symbol) if c in BEAT_CODES], np.int64)
-    return np.ascontiguousarray(rec.p_signal.T), float(rec.fs), ref
+    return bc.load_mitbih(MIT)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +203,7 @@ def test_real_12_lead_tall_t_waves(dcm, fs_new):
     x, fs, ref = dcm
     leads = np.union1d(rng.choice(12, size=int(rng.integers(3, 9)), replace=False), [1])
     factor = rng.uniform(1.5, 2.0, leads.size)
-    y, r = resample(bc.scale_t_waves(x, ref, fs, leads, factor), ref, fs, fs_new)
+    y, r = bc.resample_to(bc.scale_t_waves(x, ref, fs, leads, factor), ref, fs, fs_new)
     ours, theirs = Tally(), Tally()
     ours.add(r, detect_r_peaks(y, fs_new), y.shape[1], fs_new)
     theirs.add(r, nk_peaks(y[1], fs_new), y.shape[1], fs_new)
@@ -237,7 +222,7 @@ def test_real_mitbih_tall_t_waves(mit, fs_new):
     b = a + int(60.0 * fs)
     rw = ref[(ref >= a) & (ref < b)] - a
     factor = float(rng.uniform(1.5, 2.0))
-    y, r = resample(bc.scale_t_waves(x[:, a:b], rw, fs, [1], factor), rw, fs, fs_new)
+    y, r = bc.resample_to(bc.scale_t_waves(x[:, a:b], rw, fs, [1], factor), rw, fs, fs_new)
     ours, theirs = Tally(), Tally()
     ours.add(r, detect_r_peaks(y, fs_new), y.shape[1], fs_new)
     theirs.add(r, nk_peaks(y[0], fs_new), y.shape[1], fs_new)
