@@ -91,6 +91,7 @@ def test_time_warp_is_small_and_keeps_the_beats(recs):
     limit = w * 5000 / (2 * np.pi) + 1  # the largest shift of the warp, samples
     rng = np.random.default_rng(START)
     t = np.arange(5000)
+    moved = 0
     for k in range(6):
         # narrow "beats" at known places on every lead
         pos = np.sort(rng.choice(np.arange(100, 4900, 300), 12, replace=False)) + rng.integers(-40, 40, 12)
@@ -100,8 +101,10 @@ def test_time_warp_is_small_and_keeps_the_beats(recs):
         y = Augment(**{**OFF, "warp": w}).record(x, k, epoch=int(rng.integers(5)))
         got = np.array([p - 60 + int(np.argmax(y[0, p - 60:p + 60])) for p in pos])
         assert np.abs(got - pos).max() <= limit, (np.abs(got - pos).max(), START)
-        assert np.abs(got - pos).max() >= 1  # it moved
+        moved = max(moved, int(np.abs(got - pos).max()))
         assert y[0, got].min() > 0.9 * x[0, pos].min()  # the beats are still there, hardly blunted
+    # it moves them (a warp's amplitude is drawn from [0, warp]: one record may barely move, not all six)
+    assert moved >= 1, START
     # on an ECG: same beats, a little displaced
     r, x = recs[0]
     y = Augment(**{**OFF, "warp": w}).record(x, 0)
