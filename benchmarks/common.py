@@ -2,7 +2,7 @@
 
 - machine(device): one line describing the machine and the versions, for every results table;
 - load_open_clip_loss(): OpenCLIP's open_clip/loss.py loaded on its own (the InfoNCE peer);
-- compile_sm90(...) / resources(...): build a Triton kernel for Hopper with Triton's bundled ptxas (no GPU needed)
+- compile_spec(spec) / resources(...): build a Triton kernel config for Hopper with Triton's bundled ptxas (no GPU needed)
   and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma;
 - match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector).
 
@@ -81,17 +81,22 @@ def ptxas_available() -> bool:
     return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
 
 
-def compile_sm90(fn, signature: dict, constexprs: dict | None = None, num_warps: int = 4, num_stages: int = 3,
-                 arch: int = 90):
-    """triton.compile of the @triton.jit `fn` for sm_`arch`. signature: {arg: "*fp32" | "i32" | "fp32" | ...},
-    constexpr arguments listed as "constexpr" in it and given their values in `constexprs`."""
+def compile_spec(spec: dict, arch: int = 90):
+    """triton.compile for sm_`arch` of one shipped config, as a kernel module's sm90_specs(D, dtype) gives it (fn,
+    signature, constexprs, num_warps, num_stages; optional `divisible`: integer arguments that are multiples of 16).
+    Pointers are taken as 16-byte aligned and the `divisible` ints as multiples of 16, as a real launch at these
+    shapes specialises them (without that, Triton emits scalar, unpipelined loads that no real launch runs)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn, signature, constexprs=dict(constexprs or {}))
+    fn = spec["fn"]
+    names = fn.arg_names
+    div = [n for n, t in spec["signature"].items() if t.startswith("*")] + list(spec.get("divisible", []))
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div if n in spec["signature"]}
+    src = ASTSource(fn, spec["signature"], constexprs=dict(spec["constexprs"]), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
 
 
 def resources(kernel) -> dict:

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import SHARED_LIMIT, machine, resource_problems, resources  # noqa: E402
+from benchmarks.common import SHARED_LIMIT, compile_spec, machine, resource_problems, resources  # noqa: E402
 
 
 def _kernel_package():
@@ -62,21 +62,6 @@ def discover(only=None):
                  for a in dir(mod)):
             notes.append(f"note: kernels/{info.name}.py has Triton kernels but no sm90_specs(D, dtype); skipped")
     return found, notes
-
-
-def compile_spec(spec, arch=90):
-    """triton.compile of one spec for sm_<arch>, pointers 16-byte aligned, `divisible` ints multiples of 16."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = spec["fn"]
-    names = fn.arg_names
-    div = [n for n, t in spec["signature"].items() if t.startswith("*")] + list(spec.get("divisible", []))
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div if n in spec["signature"]}
-    src = ASTSource(fn, spec["signature"], constexprs=dict(spec["constexprs"]), attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
 
 
 def _label(spec):

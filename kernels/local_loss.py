@@ -510,9 +510,8 @@ SHIPPED_SHAPES = {"bf16": ((16, 16), (32, 16)), "fp16": ((16, 16), (32, 16)), "f
 
 def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
     """One dict per shipped config (forward and backward per (K, S) in `shapes`) for input dtype "bf16", "fp16" or
-    "fp32": name, fn (the @triton.jit function), signature, constexprs, num_warps, num_stages, and attrs (the
-    16-byte pointer divisibility Triton's launcher specialises on for the aligned buffers the wrapper hands it: pass
-    it to ASTSource, else the build assumes 2-byte pointers and loads element by element). Compile with
+    "fp32": name, fn (the @triton.jit function), signature, constexprs, num_warps, num_stages. Compile with
+    benchmarks/common.py's compile_spec (it assumes the 16-byte aligned pointers the wrapper hands the launcher),
     TRITON_INTERPRET unset."""
     if dtype not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"sm90_specs: dtype must be bf16, fp16 or fp32, got {dtype!r}")
@@ -528,9 +527,8 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
                     "GNS": "*fp32", "n_ib": "i32", "n_split": "i32", "t1": "fp32", "t2": "fp32", "t3": "fp32"}
             cx = _meta(cfg, bwd, f32dot, prec, prec)
             sig = dict(ptrs, **{k: "constexpr" for k in cx})
-            attrs = {(n,): [["tt.divisibility", 16]] for n, k in enumerate(sig) if sig[k].startswith("*")}
             out.append(dict(name=f"local_{'bwd' if bwd else 'fwd'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_tiles_kernel,
-                            signature=sig, constexprs=cx, attrs=attrs,
+                            signature=sig, constexprs=cx,
                             num_warps=BWD_WARPS if bwd else FWD_WARPS, num_stages=NUM_STAGES))
     return out
 

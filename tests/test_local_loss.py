@@ -417,18 +417,12 @@ _COMPILE = """
 import json, os, sys
 os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, {root!r})
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from benchmarks.common import resources, resource_problems
+from benchmarks.common import compile_spec, resources, resource_problems
 from melp_kernels import local_loss as ll
 rows = []
 for dt in ("bf16", "fp16", "fp32"):
     for sp in ll.sm90_specs(256, dt):
-        src = ASTSource(sp["fn"], sp["signature"], constexprs=sp["constexprs"], attrs=sp["attrs"])
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                           options={{"num_warps": sp["num_warps"], "num_stages": sp["num_stages"]}})
-        r = resources(k)
+        r = resources(compile_spec(sp))
         rows.append(dict(name=sp["name"], problems=resource_problems(r), **r))
 print(json.dumps(rows))
 """
