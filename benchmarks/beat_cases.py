@@ -296,3 +296,17 @@ def resample_to(x, ref, fs, fs_new):
     y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
     r = np.round(ref * fs_new / fs).astype(np.int64)
     return y, r[r < y.shape[1]]
+
+
+def load_dicom_annotated(path):
+    """A 12-lead DICOM ECG and its annotated R points: (signal [leads, n] in microvolts, fs, beats). The beats are
+    the rhythm strip's fiducial points (annotation groups >= 100; group 2 is the median beat), made 0-based."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    x = np.ascontiguousarray(ds.waveform_array(0).T)
+    ref = np.array([a.ReferencedSamplePositions - 1 for a in ds.WaveformAnnotationSequence
+                    if "ConceptNameCodeSequence" in a
+                    and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
+                    and int(a.AnnotationGroupNumber) >= 100], np.int64)
+    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref

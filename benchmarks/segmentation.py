@@ -47,6 +47,7 @@ from benchmarks.beat_cases import (  # noqa: E402
     KINDS,
     RATES,
     generator_case,
+    load_dicom_annotated,
     load_mitbih,
     resample_to,
     scale_t_waves,
@@ -99,21 +100,7 @@ def load_mit():
     return load_mitbih(DATA / "mitbih" / "100")
 
 def load_dicom():
-    import pydicom
-
-    ds = pydicom.dcmread(str(DATA / "dicom" / "waveform_ecg.dcm"))
-    x = np.ascontiguousarray(ds.waveform_array(0).T)  # microvolts
-    ref = np.array(
-        [
-            a.ReferencedSamplePositions - 1  # 1-based -> 0-based
-            for a in ds.WaveformAnnotationSequence
-            if "ConceptNameCodeSequence" in a
-            and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
-            and int(a.AnnotationGroupNumber) >= 100  # rhythm beats; group 2 is the median beat
-        ],
-        np.int64,
-    )
-    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+    return load_dicom_annotated(DATA / "dicom" / "waveform_ecg.dcm")
 
 
 def make_records(n, mit, dcm, seed=0):

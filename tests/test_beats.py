@@ -36,23 +36,10 @@ def mit():
 
 @pytest.fixture(scope="module")
 def dcm():
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     if not DCM.exists():
         pytest.skip("shared/data/dicom not present")
-    ds = pydicom.dcmread(str(DCM))
-    x = np.ascontiguousarray(ds.waveform_array(0).T)  # (12, 10000) microvolts, 1000 Hz
-    # R-point fiducials of the rhythm strip (annotation groups >= 100; group 2 is the median beat), 1-based
-    ref = np.array(
-        [
-            a.ReferencedSamplePositions - 1
-            for a in ds.WaveformAnnotationSequence
-            if "ConceptNameCodeSequence" in a
-            and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
-            and int(a.AnnotationGroupNumber) >= 100
-        ],
-        np.int64,
-    )
-    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+    return bc.load_dicom_annotated(DCM)  # (12, 10000) microvolts, 1000 Hz
 
 
 def window(mit, start_s, dur_s):

@@ -165,22 +165,11 @@ def mit():
 
 @pytest.fixture(scope="module")
 def dcm():
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     if not DCM.exists():
         pytest.skip("shared/data/dicom not present")
-    ds = pydicom.dcmread(str(DCM))
-    x = np.ascontiguousarray(ds.waveform_array(0).T) / 1000.0  # mV
-    ref = np.array(
-        [
-            a.ReferencedSamplePositions - 1
-            for a in ds.WaveformAnnotationSequence
-            if "ConceptNameCodeSequence" in a
-            and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
-            and int(a.AnnotationGroupNumber) >= 100
-        ],
-        np.int64,
-    )
-    return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+    x, fs, ref = bc.load_dicom_annotated(DCM)
+    return x / 1000.0, fs, ref  # mV
 
 
 def test_scale_t_waves_makes_tall_t_waves(dcm):
