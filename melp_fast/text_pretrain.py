@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 
 from melp_fast.config import TextPretrainConfig, add_flags, from_args
-from melp_fast.engine import POINTER, InputNotFound, Trainer, check_batches, check_resume, init_distributed
+from melp_fast.engine import (POINTER, InputNotFound, Trainer, check_batches, check_resume, init_distributed,
+                              shutdown_distributed)
 from melp_fast.errors import UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
 
@@ -451,4 +452,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    try:
+        code = run_main(main)
+    finally:
+        shutdown_distributed()
+    sys.exit(code)

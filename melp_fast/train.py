@@ -32,7 +32,7 @@ from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
 from melp_fast.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
-                              init_distributed)
+                              init_distributed, shutdown_distributed)
 from melp_fast.errors import run_main
 from melp_fast.export import export_model
 from melp_fast.losses import MELPLoss
@@ -194,4 +194,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    try:
+        code = run_main(main)
+    finally:
+        shutdown_distributed()
+    sys.exit(code)

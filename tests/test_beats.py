@@ -281,7 +281,10 @@ def test_added_noise(mit):
     y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)
     p = detect_r_peaks(y, fs)
     tp, fn, fp, err = match_beats(inner(ref, x.shape[1], fs), p, int(0.15 * fs))
-    assert fn == 0 and p.size - tp <= 1
+    # extras are counted against every reference beat: a true beat within 100 ms of an edge is not required, but
+    # finding it is no false positive (counting it as one failed ~1 run in 60 when both edges held a beat)
+    _, _, fp_all, _ = match_beats(ref, p, int(0.15 * fs))
+    assert fn == 0 and fp_all == 0, (fn, fp_all)
     assert np.mean(np.abs(err) * 1000 / fs <= 20) >= 0.95
 
 
