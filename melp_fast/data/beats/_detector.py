@@ -31,7 +31,8 @@ AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half 
 SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
 ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
-ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat
+ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
+ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -442,11 +443,12 @@ def is_t_wave(cand, m, F, ci, bi, twave, min_wide):
 
 
 @njit(cache=True, nogil=True)
-def looks_like_t(cand, m, F, ci, bi, min_wide):
-    """The shape half of is_t_wave (no timing); F = (shape values, widths) of the candidates."""
+def looks_like_t(cand, m, F, ci, bi, min_wide, by_energy=True):
+    """The shape half of is_t_wave (no timing); F = (shape values, widths) of the candidates. by_energy=False
+    leaves out the integrated-energy test (a narrow QRS has less energy than a wide ectopic beat beside it)."""
     q = F[0]
     wd = F[1]
-    if m[cand[ci]] < T_MWI_RATIO * m[cand[bi]] or q[ci] < T_SHAPE_RATIO * q[bi]:
+    if (by_energy and m[cand[ci]] < T_MWI_RATIO * m[cand[bi]]) or q[ci] < T_SHAPE_RATIO * q[bi]:
         return True
     wide = wd[ci] >= min_wide and wd[ci] >= T_WIDTH_RATIO * wd[bi]
     return wide and q[ci] < T_WIDE_SHAPE_RATIO * q[bi]
@@ -525,7 +527,7 @@ def search_tail(cand, m, F, last, rr_avg, min_v, gap_min, twave, min_wide, nd, o
 def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
-    later by the same test (a T wave taken before its QRS); a first beat within the T-wave window of the record
+    later by the shape half of the test (a T wave taken before its QRS); a first beat within the T-wave window of the record
     start is judged by its shape value against the median beat's."""
     nb = beats.shape[0]
     out = np.empty(nb, np.int64)
@@ -545,7 +547,9 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
             if cand[b] - cand[a] < twave:
                 if is_t_wave(cand, m, F, b, a, twave, min_wide):
                     continue
-                if looks_like_t(cand, m, F, a, b, min_wide):
+                # a T wave before its QRS is judged by shape alone: a normal beat 250-450 ms before an early
+                # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's
+                if looks_like_t(cand, m, F, a, b, min_wide, False):
                     out[no - 1] = b
                     continue
         out[no] = b
@@ -554,9 +558,10 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
 
 
 @njit(cache=True, nogil=True)
-def median_t_wave(cand, m, F, beats, refr, twave):
+def median_t_wave(cand, m, F, beats, refr, twave, guard):
     """Median (energy, shape value) of the record's T waves: the highest candidate refr..twave after each beat
-    and at least refr before the next one; (0, 0) when fewer than 3 beats have one."""
+    and more than MWI_S before the next one (the next QRS's envelope starts ~MWI_S/2 before its peak; a guard of
+    refr left no T wave to measure above ~130 bpm); (0, 0) when fewer than 3 beats have one."""
     nb = beats.shape[0]
     tm = np.empty(nb, np.float64)
     tq = np.empty(nb, np.float64)
@@ -567,7 +572,7 @@ def median_t_wave(cand, m, F, beats, refr, twave):
         best = -1
         for cj in range(beats[j] + 1, cand.shape[0]):
             tc = cand[cj]
-            if tc - t0 >= twave or tc > t1 - refr:
+            if tc - t0 >= twave or tc >= t1 - guard:
                 break
             if tc - t0 >= refr and (best < 0 or m[tc] > m[cand[best]]):
                 best = cj
@@ -581,15 +586,16 @@ def median_t_wave(cand, m, F, beats, refr, twave):
 
 
 @njit(cache=True, nogil=True)
-def rescue_ectopic(cand, m, F, beats, refr, twave, min_v):
+def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
     """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
     low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
-    (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy). Returns the beats with the rescued ones, in
-    time order."""
+    (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy) and above min_v (ECTOPIC_MIN_THR x the final
+    threshold: a slow-rising ectopic beat can have a fifth of a sinus beat's envelope). Returns the beats with the
+    rescued ones, in time order."""
     nb = beats.shape[0]
     if nb < 4:
         return beats
-    tm, tq = median_t_wave(cand, m, F, beats, refr, twave)
+    tm, tq = median_t_wave(cand, m, F, beats, refr, twave, guard)
     if tm == 0.0:
         return beats
     rr = np.empty(nb - 1, np.float64)
@@ -652,6 +658,12 @@ def decide(m, E, d, valid, scales, weights, fd):
                 beats[nb - 1] = ci
             ci += 1
             continue
+        if nb > 0 and cand[ci] - cand[beats[nb - 1]] < refr and v <= m[cand[beats[nb - 1]]]:
+            # a lower peak within the refractory period of the kept one: the tail lobe of a wide QRS's envelope,
+            # never a beat (taken for one, it would claim the early ectopic beat that follows as part of itself).
+            # A higher one goes on to the tests below (the leading lobe of an early ectopic beat).
+            ci += 1
+            continue
         thr = threshold(spk, npk)
         if nb > 0 and nrr > 0 and cand[ci] - cand[beats[nb - 1]] > SEARCHBACK_RR * rr_mean(rr, nrr, fd):
             best = search_back(cand, m, F, beats[nb - 1], ci, beats[nb - 1], 0.5 * thr, refr, twave, min_wide)
@@ -688,7 +700,8 @@ def decide(m, E, d, valid, scales, weights, fd):
         allb[j] = head[nh - 1 - j]
     allb[nh : nh + nb] = beats[:nb]
     allb[nh + nb :] = tail[:nt]
-    keep = rescue_ectopic(cand, m, F, drop_t_waves(cand, m, F, allb, twave, min_wide), refr, twave, min_v)
+    keep = rescue_ectopic(cand, m, F, drop_t_waves(cand, m, F, allb, twave, min_wide), refr, twave,
+                          max(1, int(round(MWI_S * fd))), ECTOPIC_MIN_THR * threshold(spk, npk))
     out = np.empty(keep.shape[0], np.int64)
     for j in range(keep.shape[0]):
         out[j] = cand[keep[j]]
