@@ -527,8 +527,8 @@ def search_tail(cand, m, F, last, rr_avg, min_v, gap_min, twave, min_wide, nd, o
 def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
-    later by the shape half of the test (a T wave taken before its QRS); a first beat within the T-wave window of the record
-    start is judged by its shape value against the median beat's."""
+    later by the shape half of the test (a T wave taken before its QRS); a first beat within the T-wave window of
+    the record start is judged by its shape value against the median beat's."""
     nb = beats.shape[0]
     out = np.empty(nb, np.int64)
     if nb == 0:
