@@ -116,8 +116,8 @@ def test_project_generator_records(fs):
     """Records of melp_fast.data.synthetic with bundle branch blocks, PVCs, AF, low voltage and ST elevation with
     hyperacute T waves, resampled to fs. Known limit: an early ectopic beat (RR < 0.8 x the record's median) whose
     envelope is within 1.4x the record's usual T wave, or that leaves no long compensatory gap, is taken for the
-    previous beat's T wave (3 of 3686 beats in the first 40 records of each label); such premature beats are held
-    to NeuroKit2's sensitivity only, all other beats to 99.5%."""
+    previous beat's T wave (at most 11 of 3686 beats in the first 40 records of each label, at 250 Hz); such
+    premature beats are held to NeuroKit2's sensitivity only, all other beats to 99.5%."""
     rng = case_rng("test_project_generator_records")
     ours, theirs, ours_pre, theirs_pre = Tally(), Tally(), Tally(), Tally()
     picked = []

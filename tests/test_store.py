@@ -208,3 +208,20 @@ def test_sentence_cache_tokenisation_is_identical_at_the_edges():
         assert set(got) == set(ref)
         for k in ref:
             torch.testing.assert_close(got[k], ref[k])
+
+
+def test_synthetic_store_rebuilt_when_the_generator_changes(tmp_path, monkeypatch):
+    """A synthetic store is reused only for the same corpus: same settings reuse it (no rewrite), an edited
+    generator (its source hash, even without a version bump) rebuilds it."""
+    from melp_fast.data import synthetic
+    from melp_fast.data.store import build_synthetic_store
+
+    path = tmp_path / "syn"
+    a = build_synthetic_store(path, "train", 3, seed=5)
+    stamp = (path / "meta.json").stat().st_mtime_ns
+    assert build_synthetic_store(path, "train", 3, seed=5).meta["source"] == a.meta["source"]
+    assert (path / "meta.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    monkeypatch.setattr(synthetic, "corpus_id", lambda: f"{synthetic.CORPUS_VERSION}-edited")
+    b = build_synthetic_store(path, "train", 3, seed=5)
+    assert b.meta["source"] != a.meta["source"] and b.meta["source"].endswith("edited")
+    assert synthetic.CORPUS_VERSION == int(a.meta["source"].split("corpus")[1].split("-")[0])

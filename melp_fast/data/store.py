@@ -515,7 +515,7 @@ def build_synthetic_store(path, split: str, n: int, seed: int = 0, highpass_hz: 
     from . import synthetic
 
     path = Path(path)
-    source = f"synthetic:{split}:{seed}:corpus{synthetic.CORPUS_VERSION}"  # a new corpus never reuses an old store
+    source = f"synthetic:{split}:{seed}:corpus{synthetic.corpus_id()}"  # a new corpus never reuses an old store
     if (path / "meta.json").is_file():
         try:
             store = Store(path)
