@@ -15,9 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import beat_cases as bc  # noqa: E402
 from benchmarks.common import match_beats  # noqa: E402  (the scoring helper lives beside the benchmarks)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MIT = DATA / "mitbih" / "100"
-DCM = DATA / "dicom" / "waveform_ecg.dcm"
+from conftest import DCM, MIT  # noqa: E402  (the recordings' paths and fixtures `mit`, `dcm`)
 
 needs_mit = pytest.mark.skipif(not (MIT.parent / "100.dat").exists(), reason="shared/data/mitbih not present")
 needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not present")
@@ -26,22 +24,6 @@ needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not p
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mit():
-    pytest.importorskip("wfdb")
-    if not (MIT.parent / "100.dat").exists():
-        pytest.skip("shared/data/mitbih not present")
-    return bc.load_mitbih(MIT)
-
-
-@pytest.fixture(scope="module")
-def dcm():
-    pytest.importorskip("pydicom")
-    if not DCM.exists():
-        pytest.skip("shared/data/dicom not present")
-    return bc.load_dicom_annotated(DCM)  # (12, 10000) microvolts, 1000 Hz
-
-
 def window(mit, start_s, dur_s):
     """A window of record 100 (both leads, mV) and its reference beats, re-based to the window."""
     x, fs, ref = mit

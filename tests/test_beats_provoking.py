@@ -28,9 +28,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import beat_cases as bc  # noqa: E402
 from benchmarks.common import match_beats  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-MIT = DATA / "mitbih" / "100"
-DCM = DATA / "dicom" / "waveform_ecg.dcm"
 MIN_RATE = 0.995
 
 
@@ -176,25 +173,15 @@ def test_t_window_counter():
 # real recordings with tall T waves
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mit():
-    pytest.importorskip("wfdb")
-    if not (MIT.parent / "100.dat").exists():
-        pytest.skip("shared/data/mitbih not present")
-    return bc.load_mitbih(MIT)
-
-
-@pytest.fixture(scope="module")
-def dcm():
-    pytest.importorskip("pydicom")
-    if not DCM.exists():
-        pytest.skip("shared/data/dicom not present")
-    x, fs, ref = bc.load_dicom_annotated(DCM)
-    return x / 1000.0, fs, ref  # mV
-
-
-def test_scale_t_waves_makes_tall_t_waves(dcm):
-    """The alteration does what it says: T peaks at the asked multiple of the R amplitude, QRS untouched."""
+def dcm_mv(dcm):
+    """conftest's DICOM record in mV."""
     x, fs, ref = dcm
+    return x / 1000.0, fs, ref
+
+
+def test_scale_t_waves_makes_tall_t_waves(dcm_mv):
+    """The alteration does what it says: T peaks at the asked multiple of the R amplitude, QRS untouched."""
+    x, fs, ref = dcm_mv
     y = bc.scale_t_waves(x, ref, fs, [1, 9], 2.0)
     np.testing.assert_array_equal(y[[0, 2, 3, 4, 5, 6, 7, 8, 10, 11]], x[[0, 2, 3, 4, 5, 6, 7, 8, 10, 11]])
     for l in (1, 9):
@@ -206,10 +193,10 @@ def test_scale_t_waves_makes_tall_t_waves(dcm):
 
 
 @pytest.mark.parametrize("fs_new", bc.RATES)
-def test_real_12_lead_tall_t_waves(dcm, fs_new):
+def test_real_12_lead_tall_t_waves(dcm_mv, fs_new):
     """The DICOM 12-lead record with T waves scaled to 1.5-2x the R wave in lead II and 3-8 other leads."""
     rng = case_rng("test_real_12_lead_tall_t_waves")
-    x, fs, ref = dcm
+    x, fs, ref = dcm_mv
     leads = np.union1d(rng.choice(12, size=int(rng.integers(3, 9)), replace=False), [1])
     factor = rng.uniform(1.5, 2.0, leads.size)
     y, r = bc.resample_to(bc.scale_t_waves(x, ref, fs, leads, factor), ref, fs, fs_new)
