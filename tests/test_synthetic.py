@@ -160,14 +160,32 @@ def test_report_format(records, labels):
         "PVC": ("premature ventricular", "ventricular premature", "pvc"), "STE": ("st elevation",),
         "LVOLT": ("low qrs voltage", "low voltage qrs"),
     }
+    rhythms = ("SR", "SB", "STACH", "AF")
     for i, r in enumerate(records):
+        no_rhythm = not any(w in r.report for c in rhythms for w in words[c])
         for c in CLASSES:
             said = any(w in r.report for w in words[c])
+            # a rhythm may go unsaid (synthetic._P_NO_RHYTHM), but only where a diagnostic finding is stated
+            if c in rhythms and no_rhythm:
+                assert any(labels[d][i] for d in CLASSES[4:]), (START + i, r.report)
+                continue
             assert said == bool(labels[c][i]), (START + i, c, r.report)
         if labels["SR"][i] and not any(labels[c][i] for c in CLASSES[4:]) and "axis" not in r.report:
             assert "abnormal" not in r.report
         if "normal ecg" in r.report.replace("abnormal ecg", "").replace("otherwise normal ecg", ""):
             assert labels["SR"][i] and not any(labels[c][i] for c in CLASSES[4:])
+
+
+def test_rhythm_left_out_of_some_finding_reports_of_every_rhythm(records2, labels2):
+    """Reports that state a finding without the rhythm (issue 19): about 25 % of those with a diagnostic finding,
+    in every rhythm, so that a one-finding prompt is not drawn toward one rhythm."""
+    rhythm_words = ("sinus", "atrial fibrillation")
+    finding = np.stack([labels2[c] for c in CLASSES[4:]]).any(0)
+    left_out = np.array([not any(w in r.report for w in rhythm_words) for r in records2])
+    assert not left_out[~finding].any(), START
+    assert 0.12 <= left_out[finding].mean() <= 0.32, (left_out[finding].mean(), START)
+    for c in ("SR", "SB", "STACH", "AF"):
+        assert left_out[finding & labels2[c]].any(), (c, START)
 
 
 def test_class_frequencies(labels):

@@ -27,6 +27,11 @@ often Q waves, not in taller T waves. Normal variants carry no label of their ow
 tall precordial T waves (0.8-1.3 mV in V2-V4), early repolarisation (concave J elevation up to 0.2 mV in V2-V3,
 J notch), the healthy J elevation of V2-V3, and marked respiratory sinus arrhythmia.
 
+Reports: a rhythm statement, the findings in random order (territory, wording, sometimes a rate or PR), a summary.
+A report with a diagnostic finding leaves out its rhythm a quarter of the time, and a third of the ST-elevation
+statements name no territory, so that a one-finding zero-shot prompt ("st elevation ...") is pulled toward that
+finding in every rhythm and territory rather than toward the most common rhythm (issue 19).
+
 Everything is drawn from ``np.random.default_rng([seed, index])``: a record depends on (index, seed) only.
 """
 
@@ -60,7 +65,9 @@ from .constants import FS, LEADS, N_SAMPLES
 #    hyperacute T; healthy records: precordial T up to 1 mV (was 0.8) and J points up to 0.07 mV outside V2-V3
 #    (was 0.05), nearer the real recordings' values; baseline wander at least 0.065 mV (was 0.06); in a low-voltage
 #    record ST elevation 0.12-0.2 mV (was 0.15-0.25), so its measured limb QRS stays under 0.5 mV.
-CORPUS_VERSION = 3
+# 4: a report with a diagnostic finding leaves out its rhythm statement 25 % of the time, and one ST-elevation
+#    statement in three names no territory (signals unchanged; reports only).
+CORPUS_VERSION = 4
 
 
 def corpus_id() -> str:
@@ -154,6 +161,13 @@ _T_LIMB_MV = (0.1, 0.5)  # T in the limb lead that shows it best (< 0.5 mV)
 _P_EARLY_REPOL = 0.25  # early repolarisation pattern, 5-13 % of adults, more in young men: over-represented
 _P_TALL_T = 0.25  # tall precordial T waves (0.8-1.3 mV in V2-V4), common in young men
 _P_SINUS_ARRHYTHMIA = 0.2  # marked respiratory sinus arrhythmia (RR modulation 5-9 %)
+# A report with a diagnostic finding leaves out its rhythm statement this often (as an over-read that states only
+# what it adds: "anterior st elevation, consider acute infarct. abnormal ecg."), whatever the rhythm. Without such
+# reports every training text names a rhythm, and a one-finding zero-shot prompt lands wherever the text encoder
+# puts "no rhythm": near sinus rhythm, so that a sinus-rhythm record without the finding outscores an atrial-
+# fibrillation record with it (issue 19: STE zero-shot 0.66 where a probe on the same features gives 0.89).
+_P_NO_RHYTHM = 0.25
+_P_STE_NO_TERRITORY = 1 / 3  # an ST-elevation statement names no territory this often
 _NOISE_MV = (0.0075, 0.022)  # white noise SD (the real recordings: 9-28 uV above 25 Hz)
 
 REFERENCE_RANGES: dict[str, tuple[str, float, float, str, str]] = {
@@ -599,6 +613,7 @@ def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: d
             opts.append("atrial fibrillation with controlled ventricular response")
         rs = _pick(rng, opts)
 
+    rhythm_only = rs
     findings: list[str] = []
     if lab["IAVB"]:
         s = _pick(rng, ["first degree av block", "1st degree a-v block", "prolonged pr interval",
@@ -627,10 +642,15 @@ def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: d
     if lab["STE"]:
         terr = facts["territory"]
         leads = {"anterior": "v1-v4", "inferior": "ii, iii, avf", "lateral": "i, avl, v5, v6"}[terr]
-        findings.append(_pick(rng, [f"{terr} st elevation", f"{terr} st elevation, consider acute infarct",
-                                    f"st elevation in {leads}, consider {terr} injury",
-                                    f"{terr} injury pattern with st elevation",
-                                    f"st elevation, consider {terr} acute myocardial infarction"]))
+        # one statement in three names no territory, as a cart's "st elevation, consider acute infarct" does:
+        # then "st elevation" is one finding whatever the leads, not three territory patterns that (with their
+        # reciprocal depression) point different ways and average out in a one-prompt zero-shot score
+        named = [f"{terr} st elevation", f"{terr} st elevation, consider acute infarct",
+                 f"st elevation in {leads}, consider {terr} injury", f"{terr} injury pattern with st elevation",
+                 f"st elevation, consider {terr} acute myocardial infarction"]
+        unnamed = ["st elevation, consider acute infarct", "st elevation, consider acute myocardial infarction",
+                   "st elevation, consider injury"]
+        findings.append(_pick(rng, named) if rng.random() >= _P_STE_NO_TERRITORY else _pick(rng, unnamed))
     if lab["LVOLT"]:
         findings.append(_pick(rng, ["low qrs voltages", "low voltage qrs", "generalized low qrs voltages",
                                     "low qrs voltages in limb and precordial leads"], [4, 4, 1, 1]))
@@ -647,10 +667,16 @@ def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: d
     order = rng.permutation(len(findings))
     findings = [findings[i] for i in order]
 
+    # a rhythm statement that carries no finding of its own ("... with first degree av block") may be left out
+    # when a diagnostic finding is stated (not with only axis or normal-variant sentences)
+    diagnostic = lab["IAVB"] or lab["PVC"] or lab["LBBB"] or lab["RBBB"] or lab["STE"] or lab["LVOLT"]
+    no_rhythm = diagnostic and rs == rhythm_only and rng.random() < _P_NO_RHYTHM
     if rng.random() < 0.25:
         rate = _pick(rng, ["rate {} bpm", "ventricular rate {} bpm", "heart rate {}"]).format(int(round(hr)))
         findings.insert(0 if rng.random() < 0.5 else len(findings), rate)
-    if rng.random() < 0.88:
+    if no_rhythm:
+        sentences = findings
+    elif rng.random() < 0.88:
         sentences = [rs] + findings
     else:
         pos = int(rng.integers(len(findings) + 1))
