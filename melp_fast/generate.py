@@ -37,16 +37,22 @@ def example_ecg() -> Path:
 
 
 def load_ecg(path, model) -> dict:
-    """An ECG file as a model batch of one: ecg [1, 12, 5000], beat_spans [1, K, 2] (token units), beat_mask
-    [1, K]; with the raw signal (mV), the sample spans, the R peaks and the file's meta for plotting."""
+    """An ECG file as a model batch of one (see ``ecg_batch``), with the file's meta for plotting."""
     from .data.sources.single import read_record
 
+    raw, meta = read_record(path, raw=True, max_beats=model.cfg.max_beats)
+    return {**ecg_batch(raw, model), "meta": meta}
+
+
+def ecg_batch(raw: np.ndarray, model) -> dict:
+    """A raw 12-lead signal (mV, 500 Hz, [12, 5000], canonical lead order) as a model batch of one, the way the
+    store makes it: ecg [1, 12, 5000] (high-pass + min-max), beat_spans [1, K, 2] (token units), beat_mask [1, K];
+    with the raw signal, the beat spans in samples and the R peaks for plotting."""
     cfg = model.cfg
     highpass_hz = getattr(getattr(model, "config", None), "data", None)
     highpass_hz = highpass_hz.highpass_hz if highpass_hz is not None else 4.0
-    raw, meta = read_record(path, raw=True, max_beats=cfg.max_beats)
     r_peaks = beatlib.detect_r_peaks(raw, FS)
-    spans = np.asarray(meta["beat_spans"], dtype=np.int64).reshape(-1, 2)
+    spans = beatlib.beat_spans(r_peaks, raw.shape[-1])[: cfg.max_beats]
     x = preprocess(raw, FS, highpass_hz)
     n_tokens = model.ecg.n_tokens(x.shape[-1])
     K = max(len(spans), 1)
@@ -57,8 +63,7 @@ def load_ecg(path, model) -> dict:
         mask[: len(spans)] = True
     device = model.logit_scale.device
     return {"ecg": torch.from_numpy(x)[None].float().to(device), "beat_spans": torch.from_numpy(tok)[None].to(device),
-            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks,
-            "meta": meta}
+            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks}
 
 
 @torch.no_grad()

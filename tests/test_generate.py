@@ -175,3 +175,24 @@ def test_demo_ends_with_the_real_ecg(exported, tmp_path, capsys):
     saved = json.loads((tmp_path / "real_ecg" / "report.json").read_text())
     assert saved["model_report"] == res["model_report"]
     assert (tmp_path / "real_ecg" / "attention.png").stat().st_size > 20_000
+
+
+def test_real_ecg_benchmark_checks_issue_19_criteria():
+    """benchmarks/real_ecg.py's check: a sinus rhythm named, no infarction / ST elevation / block, a stated rate
+    within 10 bpm of the beats' rate; a PVC call reported apart."""
+    from benchmarks.real_ecg import check, stretch
+
+    assert check("sinus rhythm. normal ecg.", 61.0) == {"ok": True, "problems": [], "pvc": False}
+    assert check("sinus bradycardia. ventricular rate 55 bpm. otherwise normal ecg.", 61.0)["ok"]
+    assert check("sinus rhythm. ventricular rate 76 bpm. normal ecg.", 61.0)["problems"] == ["rate 76 vs 61 from beats"]
+    assert not check("atrial fibrillation. abnormal ecg.", 61.0)["ok"]
+    bad = check("sinus rhythm. st elevation, consider anterior acute myocardial infarction. abnormal ecg.", 61.0)
+    assert bad["problems"] == ["says 'infarct'", "says 'st elevation'"]
+    assert check("sinus rhythm. first degree av block.", 61.0)["problems"] == ["says 'block'"]
+    pvc = check("sinus rhythm. ventricular premature complexes. abnormal ecg.", 61.0)
+    assert pvc["ok"] and pvc["pvc"]
+    # the slowed copy keeps the length, and its peaks move out by the stretch factor
+    x = np.zeros((2, 1000))
+    x[:, 400] = 1.0
+    y = stretch(x, 1.25)
+    assert y.shape == x.shape and abs(int(np.argmax(y[0])) - 500) <= 1
