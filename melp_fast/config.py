@@ -84,11 +84,13 @@ class DataConfig:
     val_fraction: float = 0.02  # stores with subject ids: this share of subjects is held out (seed 42)
     highpass_hz: float = 4.0
     num_workers: int = 0
-    # training augmentations (data/augment.py): per-lead gain, small time warps, electrode noise, limb lead reversal
+    # training augmentations (data/augment.py): per-lead gain, small time warps, electrode noise, mains hum,
+    # limb lead reversal
     augment: bool = False
     augment_gain: float = 0.15
     augment_warp: float = 0.02
     augment_noise: float = 0.01
+    augment_hum: float = 0.02
     augment_lead_reversal_p: float = 0.0
 
 

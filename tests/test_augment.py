@@ -15,7 +15,7 @@ from melp_fast.data.signal import preprocess
 from melp_fast.data.store import write_store
 
 START = int(os.environ.get("MELP_AUG_START", np.random.default_rng().integers(0, 5_000_000)))
-OFF = dict(gain=0.0, warp=0.0, noise=0.0, lead_reversal_p=0.0)
+OFF = dict(gain=0.0, warp=0.0, noise=0.0, hum=0.0, lead_reversal_p=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,24 @@ def test_electrode_noise_level(recs):
         assert (sd > 0).all() and sd.max() < 0.03, (sd.max(), START)
 
 
+def test_mains_hum(recs):
+    """Hum in 30 % of records: a 50 or 60 Hz line in every lead, at most ``hum`` of the range; none when off."""
+    x = recs[2][1]
+    n = x.shape[1]
+    freqs = np.fft.rfftfreq(n, 1 / synthetic.FS)
+    found = 0
+    for k in range(40):
+        y = Augment(**{**OFF, "hum": 0.02}).record(x, k)
+        d = (y - np.median(y)) - _centred(x) * (np.ptp(y) / np.ptp(x))
+        if np.abs(d).max() < 1e-6:
+            continue
+        found += 1
+        spec = np.abs(np.fft.rfft(d, axis=1)).sum(0)
+        assert freqs[np.argmax(spec)] in (50.0, 60.0), START
+        assert np.abs(d).max() <= 0.02 * np.ptp(y) / np.ptp(x) + 1e-4, START
+    assert 4 <= found <= 22, found  # 30 % of 40 (binomial 99.9 % range)
+
+
 def test_masked_leads_stay_zero(recs):
     x = recs[1][1].copy()
     keep = np.ones(12, bool)
@@ -134,17 +152,17 @@ def test_masked_leads_stay_zero(recs):
 
 
 def test_bad_settings_raise():
-    for kw in ({"gain": -0.1}, {"warp": 0.5}, {"noise": float("nan")}, {"lead_reversal_p": 1.5}):
+    for kw in ({"gain": -0.1}, {"warp": 0.5}, {"noise": float("nan")}, {"hum": -0.01}, {"lead_reversal_p": 1.5}):
         with pytest.raises(ValueError):
             Augment(**kw)
 
 
 def test_config_switch():
     assert Augment.from_config(DataConfig()) is None
-    cfg = DataConfig(augment=True, augment_gain=0.1, augment_warp=0.01, augment_noise=0.0, augment_lead_reversal_p=0.5,
-                     seed=9)
+    cfg = DataConfig(augment=True, augment_gain=0.1, augment_warp=0.01, augment_noise=0.0, augment_hum=0.03,
+                     augment_lead_reversal_p=0.5, seed=9)
     a = Augment.from_config(cfg)
-    assert (a.gain, a.warp, a.noise, a.lead_reversal_p, a.seed) == (0.1, 0.01, 0.0, 0.5, 9)
+    assert (a.gain, a.warp, a.noise, a.hum, a.lead_reversal_p, a.seed) == (0.1, 0.01, 0.0, 0.03, 0.5, 9)
 
 
 def test_dataset_hook(tmp_path):

@@ -12,6 +12,10 @@ record looks exactly like a preprocessed one:
   (default 2 %, a shift of at most ~16 samples, one encoder token: the beat spans stay valid);
 - electrode noise: white noise of SD up to ``noise`` (in units of the record's range) on each lead, and with
   probability 0.3 a burst of muscle noise on one lead;
+- mains hum: with probability 0.3, a 50 or 60 Hz sine of amplitude up to ``hum`` (units of the record's range;
+  default 0.02, about 0.05 mV on a typical record) with a per-lead share in [0.3, 1]: the spec's preprocessing has
+  no notch filter, and unfiltered real recordings carry more hum than the corpus (issue 19: a 0.05 mV hum on
+  pydicom's normal ECG drew an ST-elevation call from a model trained without it);
 - limb lead reversal (an option, off by default): left / right arm electrodes swapped, as happens in practice:
   I -> -I, II <-> III, aVR <-> aVL, aVF unchanged (12-lead canonical order only).
 
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .constants import FS
+
 LEADS12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 # LA/RA reversal: new lead i = sign * old lead PERM[i]
 _REV_PERM = np.array([0, 2, 1, 4, 3, 5, 6, 7, 8, 9, 10, 11])
@@ -37,6 +43,7 @@ class Augment:
     gain: float = 0.15  # per-lead gain in [1/(1+gain), 1+gain]; 0: off
     warp: float = 0.02  # largest local change of the time scale; 0: off
     noise: float = 0.01  # largest white-noise SD, units of the record's range; 0: off
+    hum: float = 0.02  # largest 50 / 60 Hz hum amplitude (drawn in 30 % of records), units of the range; 0: off
     lead_reversal_p: float = 0.0  # probability of a limb lead (LA/RA) reversal per record
     seed: int = 0
 
@@ -46,10 +53,10 @@ class Augment:
         if not getattr(data_cfg, "augment", False):
             return None
         return cls(gain=data_cfg.augment_gain, warp=data_cfg.augment_warp, noise=data_cfg.augment_noise,
-                   lead_reversal_p=data_cfg.augment_lead_reversal_p, seed=data_cfg.seed)
+                   hum=data_cfg.augment_hum, lead_reversal_p=data_cfg.augment_lead_reversal_p, seed=data_cfg.seed)
 
     def __post_init__(self):
-        for name in ("gain", "warp", "noise", "lead_reversal_p"):
+        for name in ("gain", "warp", "noise", "hum", "lead_reversal_p"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"augment {name} must be a finite number >= 0, got {v!r}")
@@ -85,6 +92,11 @@ class Augment:
                 a = int(rng.integers(0, n - n // 10))
                 b = a + int(rng.integers(n // 20, n // 5))
                 y[k, a:b] += rng.normal(size=min(b, n) - a) * rng.uniform(0.5, 2.0) * self.noise
+        if self.hum > 0 and rng.random() < 0.3:
+            f = 50.0 if rng.random() < 0.5 else 60.0
+            t = np.arange(n) / FS
+            share = rng.uniform(0.3, 1.0, (n_leads, 1))
+            y += rng.uniform(0.0, self.hum) * share * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
         y[~present] = 0.0
         lo, hi = float(y[present].min()), float(y[present].max())
         out = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
