@@ -86,13 +86,12 @@ def main(argv=None) -> int:
     files = args.ecg or [str(generate.example_ecg())]
     rows, n_ok, n_clean = [], 0, 0
     for f in files:
-        raw, meta = read_record(f, raw=True, max_beats=model.cfg.max_beats)
-        cases = {"as recorded": raw} if args.no_perturb else variants(np.asarray(raw, np.float64))
+        raw = np.asarray(read_record(f, raw=True, max_beats=model.cfg.max_beats)[0], np.float64)
+        cases = {"as recorded": raw} if args.no_perturb else variants(raw)
         for name, x in cases.items():
-            batch = generate.ecg_batch(np.asarray(x, np.float64), model)
+            batch = generate.ecg_batch(x, model)
             report = generate.generate_report(model, batch, "beam", beam_width=4)
-            rp = batch["r_peaks"]
-            rate = 60.0 * generate.FS / float(np.diff(rp).mean()) if len(rp) > 1 else float("nan")
+            rate = generate.rate_bpm(batch["r_peaks"])
             c = check(report, rate)
             n_ok += c["ok"]
             n_clean += c["ok"] and not c["pvc"]

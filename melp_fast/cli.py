@@ -97,7 +97,7 @@ def _real_ecg(model_dir, out: Path) -> dict | None:
     batch = generate.load_ecg(path, model)
     report = generate.generate_report(model, batch, "beam", beam_width=4)
     rp = np.asarray(batch["r_peaks"])
-    rate = 60.0 * generate.FS / float(np.diff(rp).mean()) if len(rp) > 1 else float("nan")
+    rate = generate.rate_bpm(rp)
     device = batch["meta"].get("report") or ""
     english = ". ".join(DEVICE_STATEMENT_EN.get(x.strip(), x.strip()) for x in device.rstrip(".").split(".") if x.strip())
     sentences, w, kind, note = generate.attention_for_picture(model, batch, report)

@@ -66,6 +66,12 @@ def ecg_batch(raw: np.ndarray, model) -> dict:
             "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks}
 
 
+def rate_bpm(r_peaks) -> float:
+    """The mean heart rate of detected R peaks (samples at FS), in beats per minute; NaN with fewer than two."""
+    rp = np.asarray(r_peaks)
+    return 60.0 * FS / float(np.diff(rp).mean()) if len(rp) > 1 else float("nan")
+
+
 @torch.no_grad()
 def _next_logprobs(model, prefix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """log-softmax of the next-token logits [b, V] for token prefixes [b, L] (all positions valid)."""

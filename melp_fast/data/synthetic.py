@@ -669,7 +669,7 @@ def _report(rng: np.random.Generator, lab: dict, hr: float, n_pvc: int, facts: d
 
     # a rhythm statement that carries no finding of its own ("... with first degree av block") may be left out
     # when a diagnostic finding is stated (not with only axis or normal-variant sentences)
-    diagnostic = lab["IAVB"] or lab["PVC"] or lab["LBBB"] or lab["RBBB"] or lab["STE"] or lab["LVOLT"]
+    diagnostic = any(lab[k] for k in CLASSES[4:])  # the add-on findings IAVB .. LVOLT
     no_rhythm = diagnostic and rs == rhythm_only and rng.random() < _P_NO_RHYTHM
     if rng.random() < 0.25:
         rate = _pick(rng, ["rate {} bpm", "ventricular rate {} bpm", "heart rate {}"]).format(int(round(hr)))
