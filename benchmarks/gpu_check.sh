@@ -33,7 +33,7 @@
 # throughput benchmark then times the step with a plain torch AdamW (+ gradient clipping) and says so.
 # Carry ".gpu" with the call. This script installs the wheels with pip --no-index --no-deps --target into a
 # temporary folder, and makes the project importable without installing it: PYTHONPATH gets a folder holding
-# the links melp_fast -> ./melp_fast and melp_kernels -> ./kernels (the alternative is
+# the links melp_fast -> ./melp_fast and melp_kernels -> ./kernels/melp_kernels (the alternative is
 # `pip install --no-deps --no-build-isolation -e .`, which needs setuptools there).
 # On the device tool (results come back from $OUT, at most 8 files):
 #     bash benchmarks/gpu_check.sh /tmp/gate; rc=$?; cp /tmp/gate/summary.md /tmp/gate/all.tar.gz $OUT/; exit $rc
@@ -113,7 +113,7 @@ export DRY PY
 PP=$(mktemp -d "${TMPDIR:-/tmp}/melp_gate.XXXXXX")
 trap 'rm -rf "$PP"' EXIT
 ln -s "$ROOT/melp_fast" "$PP/melp_fast"
-ln -s "$ROOT/kernels" "$PP/melp_kernels"
+ln -s "$ROOT/kernels/melp_kernels" "$PP/melp_kernels"
 EXTRA_PATH=""
 if [ $DRY = 0 ] && [ -d "$ROOT/.gpu" ]; then  # the carried wheels and the MiniLM tokenizer (a dry run uses this env)
   if ls "$ROOT"/.gpu/wheels/*.whl >/dev/null 2>&1; then

@@ -193,7 +193,7 @@ def _run_cpu_subprocess(impl, B, D, dtype_name, reps, chunk_size, mem_cap_bytes=
 
 def _flops_main(argv):
     impl, B, D, dtype_name, chunk = argv
-    if impl == "fused":  # the interpreter with the block shapes a GPU launch takes (see kernels/infonce.py)
+    if impl == "fused":  # the interpreter with the block shapes a GPU launch takes (see kernels/melp_kernels/infonce.py)
         from melp_kernels import infonce
 
         infonce.INTERP_ACC_WIDTH = infonce.ACC_WIDTH

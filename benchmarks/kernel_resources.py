@@ -37,11 +37,11 @@ from benchmarks.common import SHARED_LIMIT, compile_spec, machine, resource_prob
 def _kernel_package():
     try:
         import melp_kernels as pkg
-    except ImportError:  # a source checkout without the package installed: kernels/ as melp_kernels
+    except ImportError:  # a source checkout without the package installed: kernels/melp_kernels/
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("melp_kernels", os.path.join(ROOT, "kernels", "__init__.py"),
-                                                      submodule_search_locations=[os.path.join(ROOT, "kernels")])
+        spec = importlib.util.spec_from_file_location("melp_kernels", os.path.join(ROOT, "kernels", "melp_kernels", "__init__.py"),
+                                                      submodule_search_locations=[os.path.join(ROOT, "kernels", "melp_kernels")])
         pkg = importlib.util.module_from_spec(spec)
         sys.modules["melp_kernels"] = pkg
         spec.loader.exec_module(pkg)

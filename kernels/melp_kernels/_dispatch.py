@@ -4,7 +4,7 @@ Each op offers "reference" (literal PyTorch), a PyTorch-block path (its `fallbac
 "fused" (its Triton kernels) and "auto":
 - "auto": the kernels on CUDA tensors when triton is importable, the PyTorch-block path everywhere else;
 - "fused": the kernels, or a RuntimeError that says why they cannot run. On CPU tensors the kernels run only under
-  the Triton interpreter (TRITON_INTERPRET=1 before the kernels are defined; kernels/__init__.py sets it on
+  the Triton interpreter (TRITON_INTERPRET=1 before the kernels are defined; melp_kernels/__init__.py sets it on
   machines without CUDA): exact but slow, a tool for parity tests, not for training.
 """
 

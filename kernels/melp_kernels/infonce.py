@@ -38,7 +38,7 @@ The implementations give the same loss and gradients (to rounding):
                wider than 512, whose accumulator would spill, split the gradient's columns in two halves that each
                recompute the tile (7 U at D = 768 fp32 instead of 5 U). Compiled on CUDA; on CPU tensors only under the Triton
                interpreter (TRITON_INTERPRET=1 before this module is imported), else impl "fused" is an error.
-* "auto":      "fused" on CUDA, "chunked" elsewhere (kernels/_dispatch.py).
+* "auto":      "fused" on CUDA, "chunked" elsewhere (melp_kernels/_dispatch.py).
 
 fp32 inputs and `precision` (fused only; chunked and reference always compute in IEEE fp32):
   "tf32" (the default on CUDA): 10-bit mantissa tensor-core dots; expected error on a GPU about 1e-3 relative on
@@ -745,7 +745,7 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
 
     ecg_emb, text_emb: [B_local, D] fp32 / bf16 / fp16 on the same device (normalisation is not assumed).
     logit_scale: s itself (already exponentiated), a one-element tensor that may require grad (or a float).
-    impl: "reference" | "chunked" | "fused" | "auto" (see the module docstring; kernels/_dispatch.py).
+    impl: "reference" | "chunked" | "fused" | "auto" (see the module docstring; melp_kernels/_dispatch.py).
     group: the process group to gather over when torch.distributed is initialised (default: the world);
     embeddings are gathered with gradient, labels = arange(B_local) + rank * B_local; every rank must have the same
     B_local. Mean over ranks of the returned losses = the 1-process loss on the global batch; embedding gradients
