@@ -204,8 +204,8 @@ def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1,
         for task, st in sets.items():
             if not len(st["test"][0]):
                 raise EvalError(f"task {task}: none of its test records is in store {ds['test'].path}")
-        needed = np.unique(np.concatenate([np.asarray(st[p][0], np.int64) for st in sets.values()
-                                           for p in ("train", "val", "test")]))
+        parts = ("train", "val", "test") if protocol == "melp" else ("train", "test")  # the default probe uses no val
+        needed = np.unique(np.concatenate([np.asarray(st[p][0], np.int64) for st in sets.values() for p in parts]))
         for mi, (mname, model) in enumerate(models.items()):
             t0 = time.perf_counter()
             model.eval()
