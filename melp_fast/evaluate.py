@@ -171,15 +171,15 @@ def scorings_of(protocol: str, scoring: str | None = None) -> tuple[str, ...]:
 def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1, 1.0), n_boot: int = 1000,
                     seed: int = 42, epochs: int = 100, prompts=None, split_dir=None, batch_size: int = 64,
                     progress: bool = True, log=print, protocol: str = "default", verbose: bool = False,
-                    scoring: str | None = None) -> tuple[dict, dict]:
+                    scoring: str | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
     """Zero-shot and linear probing of every model on every task of every dataset.
 
     ``datasets``: [{"name", "test": Store, "train": Store | None, "tasks": [...]}] (train None: split the test
     store). ``scoring``: see ``scorings_of``. Returns (results, curves): results[task_key][model] =
     {"zero_shot", "linear_probe" (the headline scoring's), "scoring" (its name), "linear_probe_by_scoring"
     ({scoring: fractions}), "protocol", "n_train", "n_val", "n_test", "split", ...}; curves[task_key] =
-    {"classes", "labels", "zero_shot": scores, "linear_probe": scores} (first model) for plots, and
-    curves["_arrays"][(task_key, model)] = {"labels", "zero_shot", "<scoring>/<fraction>": test logits}."""
+    {"classes", "labels", "zero_shot": scores, "linear_probe": scores} (first model) for plots. ``arrays`` (a dict,
+    optional) receives arrays[(task_key, model)] = {"labels", "zero_shot", "<scoring>/<fraction>": test logits}."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     scorings = scorings_of(protocol, scoring)
@@ -228,11 +228,11 @@ def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1,
                     "protocol": protocol, "n_train": int(len(tr)), "n_val": int(len(va) if protocol == "melp" else 0),
                     "n_test": int(len(te)), "missing": st["missing"], "store": str(ds["test"].path), "task": task,
                     "probe": "reference (early stopping on val)" if protocol == "melp" else "fixed epochs"}
-                arrays = curves.setdefault("_arrays", {}).setdefault((key, mname), {"labels": y_te,
-                                                                                  "zero_shot": zs_scores})
-                for sc, v in lps.items():
-                    for fk, z in v.get("logits", v["scores"]).items():
-                        arrays[f"{sc}/{fk}"] = z
+                if arrays is not None:
+                    cell = arrays.setdefault((key, mname), {"labels": y_te, "zero_shot": zs_scores})
+                    for sc, v in lps.items():
+                        for fk, z in v.get("logits", v["scores"]).items():
+                            cell[f"{sc}/{fk}"] = z
                 if mi == 0:
                     curves[key] = {"classes": classes, "labels": y_te, "zero_shot": zs_scores,
                                    "linear_probe": lp["scores"][max(lp["scores"], key=lambda k: float(k[:-1]))]}
@@ -370,10 +370,11 @@ def _main(argv=None) -> int:
         for st, ts in route_tasks(stores, wanted, args.protocol):
             datasets.append({"name": Path(st.path).name, "test": st, "train": None, "tasks": ts})
     t0 = time.perf_counter()
+    arrays: dict = {}
     results, curves = evaluate_models(models, datasets, fractions=fractions, n_boot=args.n_boot, seed=args.seed,
                                       epochs=args.epochs, prompts=args.prompts, split_dir=args.splits,
                                       batch_size=args.batch_size, progress=not args.quiet, protocol=args.protocol,
-                                      verbose=args.verbose, scoring=args.scoring)
+                                      verbose=args.verbose, scoring=args.scoring, arrays=arrays)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     probe = ("reference: raw features, default init, every class, AdamW lr 1e-3 wd 1e-4, batch 128, cosine to "
@@ -389,7 +390,7 @@ def _main(argv=None) -> int:
     from .report import load_paper_results
 
     save_json({"settings": settings, "results": results, "paper": load_paper_results()}, out / "results.json")
-    save_scores(curves.pop("_arrays", {}), out / "scores.npz")
+    save_scores(arrays, out / "scores.npz")
     tables = paper_tables(results)
     md = tables + "\n" + markdown_report(results, fractions)
     (out / "results.md").write_text(md)
