@@ -145,8 +145,9 @@ def _present(store: Store, part: refsplits.SplitPart) -> tuple[np.ndarray, np.nd
 def task_sets(store: Store, task: str, protocol: str = "default", splits=None, fractions=(0.01, 0.1, 1.0),
               seed: int = 42) -> dict:
     """The records and labels a task is evaluated on: {"classes", "train", "val", "test" (each (store indices,
-    labels [n, C]); "val" is what model selection may see, never the test records), "subsets" ({fraction: (indices, labels)} under protocol melp, else None), "how",
-    "missing" ({part: count} of listed records absent from the store), "missing_ids"}."""
+    labels [n, C]); "val" is what model selection may see, never the test records), "subsets" ({fraction:
+    (indices, labels)} under protocol melp, else None), "how", "missing" ({part: count} of listed records absent
+    from the store), "missing_ids"}."""
     have = store.meta.get("tasks") or {}
     classes = list(have[task]["classes"]) if task in have and have[task].get("classes") else None
     if refsplits.has_layout(splits, task):
