@@ -116,7 +116,7 @@ class TrainConfig:
     # lower is better, else higher; the reference's choice is "zs/mean")
     eval_every: int = 0
     best_metric: str = "val/loss"
-    downstream: tuple = ()  # store paths, each scored on its default task's test records
+    downstream: tuple = ()  # store paths, each scored on its default task's validation records (never test ones)
 
 
 class Sections:

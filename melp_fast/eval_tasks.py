@@ -108,26 +108,29 @@ def route_tasks(stores: list[Store], wanted: list[str] | None, protocol: str = "
 
 
 # ------------------------------------------------------------------------------------------------- record sets
-def task_split(store: Store, task: str, labels: np.ndarray, split_dir=None, seed: int = 42) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train indices, test indices, how) of a store's task under the default protocol: split CSVs
-    ``<task>_{train,test}.csv``, PTB-XL folds or a stratified split. Records without a label in the task are left
-    out of the fold and stratified splits (the PTB-XL benchmark and the reference drop them)."""
+def task_split(store: Store, task: str, labels: np.ndarray, split_dir=None, seed: int = 42
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(train, validation, test indices, how) of a store's task under the default protocol: split CSVs
+    ``<task>_{train,val,test}.csv`` (val optional: empty without it), PTB-XL folds (validation = fold 9) or a
+    stratified 70/10/20 split (validation = the 10 %). Records without a label in the task are left out of the fold
+    and stratified splits (the PTB-XL benchmark and the reference drop them)."""
     if split_dir is not None:
         d = Path(split_dir)
-        tr, te = d / f"{task}_train.csv", d / f"{task}_test.csv"
+        tr, va, te = d / f"{task}_train.csv", d / f"{task}_val.csv", d / f"{task}_test.csv"
         if tr.is_file() and te.is_file():
             classes = list(store.meta["tasks"][task]["classes"])
-            ids_tr, _, _ = tasklib.read_split_csv(tr, classes)
-            ids_te, _, _ = tasklib.read_split_csv(te, classes)
-            return store.indices_of(ids_tr), store.indices_of(ids_te), f"split files {tr.name}, {te.name}"
+            idx = [store.indices_of(tasklib.read_split_csv(f, classes)[0]) if f.is_file() else np.zeros(0, np.int64)
+                   for f in (tr, va, te)]
+            names = ", ".join(f.name for f in (tr, va, te) if f.is_file())
+            return idx[0], idx[1], idx[2], f"split files {names}"
     labelled = (np.asarray(labels) > 0).any(1)
     folds = [r.get("strat_fold") for r in store.records]
     if folds and all(f is not None for f in folds):
-        tr, _, te = tasklib.ptbxl_fold_split(folds, labels)
-        return tr, te, "strat_fold (train 1-8, test 10; records without a task label dropped)"
+        tr, va, te = tasklib.ptbxl_fold_split(folds, labels)
+        return tr, va, te, "strat_fold (train 1-8, validation 9, test 10; records without a task label dropped)"
     keep = np.flatnonzero(labelled)
-    tr, _, te = tasklib.stratified_split(np.asarray(labels)[keep], (0.7, 0.1, 0.2), seed)
-    return keep[tr], keep[te], f"stratified 70/10/20 split of the labelled records, seed {seed}"
+    tr, va, te = tasklib.stratified_split(np.asarray(labels)[keep], (0.7, 0.1, 0.2), seed)
+    return keep[tr], keep[va], keep[te], f"stratified 70/10/20 split of the labelled records, seed {seed}"
 
 
 def _present(store: Store, part: refsplits.SplitPart) -> tuple[np.ndarray, np.ndarray, list]:
@@ -142,8 +145,9 @@ def _present(store: Store, part: refsplits.SplitPart) -> tuple[np.ndarray, np.nd
 def task_sets(store: Store, task: str, protocol: str = "default", splits=None, fractions=(0.01, 0.1, 1.0),
               seed: int = 42) -> dict:
     """The records and labels a task is evaluated on: {"classes", "train", "val", "test" (each (store indices,
-    labels [n, C])), "subsets" ({fraction: (indices, labels)} under protocol melp, else None), "how",
-    "missing" ({part: count} of listed records absent from the store), "missing_ids"}."""
+    labels [n, C]); "val" is what model selection may see, never the test records), "subsets" ({fraction:
+    (indices, labels)} under protocol melp, else None), "how", "missing" ({part: count} of listed records absent
+    from the store), "missing_ids"}."""
     have = store.meta.get("tasks") or {}
     classes = list(have[task]["classes"]) if task in have and have[task].get("classes") else None
     if refsplits.has_layout(splits, task):
@@ -180,6 +184,6 @@ def task_sets(store: Store, task: str, protocol: str = "default", splits=None, f
     labels = np.asarray(store.task_labels(task), dtype=np.float32)
     if not labels.any():
         raise EvalError(f"store {store.path} has no record with a label of task {task}")
-    tr, te, how = task_split(store, task, labels, splits, seed)
-    return {"classes": classes, "train": (tr, labels[tr]), "val": (np.zeros(0, np.int64), labels[:0]),
+    tr, va, te, how = task_split(store, task, labels, splits, seed)
+    return {"classes": classes, "train": (tr, labels[tr]), "val": (va, labels[va]),
             "test": (te, labels[te]), "subsets": None, "how": how, "missing": {}, "missing_ids": {}}

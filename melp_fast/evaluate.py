@@ -3,7 +3,7 @@
 Zero-shot: every class has a text prompt (a clinical description; a list of prompts is averaged), read from the
 task's JSON file in ``melp_fast/prompts/`` (users may edit them or pass ``--prompts``); its normalised text
 embedding is scored against the normalised rhythm (global) ECG embedding by cosine; AUROC per class on the
-multi-hot labels (no softmax across classes: the tasks are multi-label, see MELP_SPEC.md), and their macro mean.
+multi-hot labels (no softmax across classes, as in the reference's test_zeroshot.py), and their macro mean.
 Linear probing: see ``melp_fast.linear_probe``. Intervals: percentile bootstrap over test records (seeded).
 
     melp-fast evaluate --ckpt runs/tiny/model --store synthetic --untrained --out runs/eval
@@ -25,6 +25,16 @@ the store's own preprocessing and labels; records from ``--splits`` (the referen
 ``<task>_train.csv`` / ``<task>_test.csv``), else PTB-XL's ``strat_fold`` (train 1-8, test 10), else a seeded
 stratified 70/10/20 split; records without a label in the task are dropped; nested stratified probe subsets,
 fixed epochs. ``--store synthetic`` builds the embedded corpus' held-out test split and a training split.
+
+Scoring (``--scoring``; every result names the scoring that produced it). Zero-shot is always the per-class AUROC
+of the raw cosine scores, macro-averaged: that is also what the reference's ``test_zeroshot.py`` computes (it
+takes no softmax). The linear probe has two scorings: "per-class" (ours, the only one under the default protocol:
+per-class AUROC of the logits, macro mean over the classes defined on the test set) and "reference" (the
+reference's ``ssl_finetuner.py``: torchmetrics' multilabel macro AUROC of ``logits.softmax(-1)``, for early
+stopping and test alike; a class with one label value on the test set scores 0 and counts in the mean). Under
+``--protocol melp`` both are computed by default (``--scoring both``; "reference" is the headline, Table 2 prints
+a row for each); ``--scoring reference`` or ``per-class`` computes one. Test logits, labels and zero-shot scores
+of every cell are written to ``scores.npz`` beside ``results.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ from .data.store import Store
 from .eval_tasks import (KNOWN_TASKS, PROTOCOLS, EvalError, check_protocol, open_store, route_tasks,  # noqa: F401
                          store_protocol, store_tasks, task_key, task_sets, task_split)
 from .linear_probe import linear_probe, reference_probe
-from .metrics import auroc, bootstrap_ci, per_class_auroc, score_set  # noqa: F401 (public names of the suite)
+from .metrics import (SCORING_TEXT, SCORINGS, auroc, bootstrap_ci, per_class_auroc,  # noqa: F401 (public names)
+                      reference_auroc, score_set)
 from .prompts import PROMPT_DIR, load_prompts, prompt_embeddings, prompt_path, prompt_tasks, task_prompts  # noqa: F401
 from .report import TASK_TITLES, comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
 
@@ -144,18 +155,34 @@ def _embed_pool(model, ds: dict, needed: np.ndarray, batch_size: int, desc: str,
     return {"rhythm": rhythm, "features": feats}
 
 
+def scorings_of(protocol: str, scoring: str | None = None) -> tuple[str, ...]:
+    """The probe scorings a run computes, headline first: ``scoring`` "both" / None under protocol melp ->
+    ("reference", "per-class"); "reference" or "per-class" -> that one. The default protocol has "per-class" only."""
+    if scoring not in (None, "both", *SCORINGS):
+        raise EvalError(f"unknown scoring {scoring!r} (choose from {', '.join(SCORINGS)}, both)")
+    if protocol != "melp":
+        if scoring not in (None, "per-class"):
+            raise EvalError(f"--scoring {scoring} is the MELP reference's probe metric: use it with --protocol melp "
+                            f"(the default protocol scores per class)")
+        return ("per-class",)
+    return SCORINGS if scoring in (None, "both") else (scoring,)
+
+
 def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1, 1.0), n_boot: int = 1000,
                     seed: int = 42, epochs: int = 100, prompts=None, split_dir=None, batch_size: int = 64,
-                    progress: bool = True, log=print, protocol: str = "default", verbose: bool = False
-                    ) -> tuple[dict, dict]:
+                    progress: bool = True, log=print, protocol: str = "default", verbose: bool = False,
+                    scoring: str | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
     """Zero-shot and linear probing of every model on every task of every dataset.
 
     ``datasets``: [{"name", "test": Store, "train": Store | None, "tasks": [...]}] (train None: split the test
-    store). Returns (results, curves): results[task_key][model] = {"zero_shot", "linear_probe", "protocol",
-    "n_train", "n_val", "n_test", "split", ...}; curves[task_key] = {"classes", "labels", "zero_shot": scores,
-    "linear_probe": scores} (first model) for plots."""
+    store). ``scoring``: see ``scorings_of``. Returns (results, curves): results[task_key][model] =
+    {"zero_shot", "linear_probe" (the headline scoring's), "scoring" (its name), "linear_probe_by_scoring"
+    ({scoring: fractions}), "protocol", "n_train", "n_val", "n_test", "split", ...}; curves[task_key] =
+    {"classes", "labels", "zero_shot": scores, "linear_probe": scores} (first model) for plots. ``arrays`` (a dict,
+    optional) receives arrays[(task_key, model)] = {"labels", "zero_shot", "<scoring>/<fraction>": test logits}."""
     if protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    scorings = scorings_of(protocol, scoring)
     results: dict = {}
     curves: dict = {}
     owner: dict = {}  # task key -> the dataset that has it (a second dataset with the same task gets "key:name")
@@ -177,8 +204,8 @@ def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1,
         for task, st in sets.items():
             if not len(st["test"][0]):
                 raise EvalError(f"task {task}: none of its test records is in store {ds['test'].path}")
-        needed = np.unique(np.concatenate([np.asarray(st[p][0], np.int64) for st in sets.values()
-                                           for p in ("train", "val", "test")]))
+        parts = ("train", "val", "test") if protocol == "melp" else ("train", "test")  # the default probe uses no val
+        needed = np.unique(np.concatenate([np.asarray(st[p][0], np.int64) for st in sets.values() for p in parts]))
         for mi, (mname, model) in enumerate(models.items()):
             t0 = time.perf_counter()
             model.eval()
@@ -190,22 +217,38 @@ def evaluate_models(models: dict, datasets: list[dict], *, fractions=(0.01, 0.1,
                 (tr, y_tr), (va, y_va), (te, y_te) = st["train"], st["val"], st["test"]
                 text = prompt_embeddings(model, texts[task], classes)
                 zs, zs_scores = zero_shot_scores(emb["rhythm"][te], text, y_te, classes, n_boot=n_boot, seed=seed)
-                lp = _probe(emb["features"], st, classes, fractions, seed, epochs, n_boot, protocol)
+                zs["scoring"] = "per-class"
+                lps = {sc: _probe(emb["features"], st, classes, fractions, seed, epochs, n_boot, protocol, sc)
+                       for sc in scorings}
+                lp = lps[scorings[0]]
                 results.setdefault(key, {})[mname] = {
-                    "zero_shot": zs, "linear_probe": lp["fractions"], "classes": classes, "split": st["how"],
+                    "zero_shot": zs, "linear_probe": lp["fractions"], "scoring": scorings[0],
+                    "linear_probe_by_scoring": {sc: v["fractions"] for sc, v in lps.items()},
+                    "classes": classes, "split": st["how"],
                     "protocol": protocol, "n_train": int(len(tr)), "n_val": int(len(va) if protocol == "melp" else 0),
                     "n_test": int(len(te)), "missing": st["missing"], "store": str(ds["test"].path), "task": task,
                     "probe": "reference (early stopping on val)" if protocol == "melp" else "fixed epochs"}
+                if arrays is not None:
+                    cell = arrays.setdefault((key, mname), {"labels": y_te, "zero_shot": zs_scores})
+                    for sc, v in lps.items():
+                        for fk, z in v.get("logits", v["scores"]).items():
+                            cell[f"{sc}/{fk}"] = z
                 if mi == 0:
                     curves[key] = {"classes": classes, "labels": y_te, "zero_shot": zs_scores,
                                    "linear_probe": lp["scores"][max(lp["scores"], key=lambda k: float(k[:-1]))]}
                 fr = ", ".join(f"{k} {v['mean']:.3f}" for k, v in lp["fractions"].items())
+                if len(lps) > 1:
+                    fr += "  (" + "; ".join(f"{sc}: " + ", ".join(f"{k} {v['mean']:.3f}"
+                                                                   for k, v in lps[sc]["fractions"].items())
+                                            for sc in scorings[1:]) + ")"
+                fr = f"[{scorings[0]}] " + fr
                 log(f"[{mname}] {key}: zero-shot {zs['mean']:.3f}; linear probe {fr}  ({st['how']}; "
                     f"{len(tr)} train / {len(va)} val / {len(te)} test; {time.perf_counter() - t0:.0f} s)")
     return results, curves
 
 
-def _probe(feats: np.ndarray, st: dict, classes, fractions, seed, epochs, n_boot, protocol) -> dict:
+def _probe(feats: np.ndarray, st: dict, classes, fractions, seed, epochs, n_boot, protocol,
+           scoring: str = "per-class") -> dict:
     """The linear probe of one task: concatenated rows (train, val, test) so the probes index one array."""
     (tr, y_tr), (va, y_va), (te, y_te) = st["train"], st["val"], st["test"]
     if protocol == "melp":
@@ -216,11 +259,19 @@ def _probe(feats: np.ndarray, st: dict, classes, fractions, seed, epochs, n_boot
         off = np.cumsum([0] + [len(i) for i, _ in blocks])
         subsets = {f: np.arange(off[2 + k], off[3 + k]) for k, f in enumerate(sorted(subs))}
         return reference_probe(x, y, subsets, np.arange(off[0], off[1]), np.arange(off[1], off[2]), classes,
-                               seed=seed, max_epochs=epochs, n_boot=n_boot, boot_seed=seed)
+                               seed=seed, max_epochs=epochs, n_boot=n_boot, boot_seed=seed, scoring=scoring,
+                               bf16=True)
     x = np.concatenate([feats[tr], feats[te]])
     y = np.concatenate([y_tr, y_te]).astype(np.float32)
     return linear_probe(x, y, np.arange(len(tr)), len(tr) + np.arange(len(te)), classes, fractions=fractions,
                         seed=seed, epochs=epochs, n_boot=n_boot, boot_seed=seed)
+
+
+def save_scores(arrays: dict, path):
+    """``scores.npz``: per (task, model) the test labels, zero-shot cosine scores and the probe's test logits of
+    every scoring and fraction, under keys "<task>|<model>|labels", "...|zero_shot", "...|<scoring>/<fraction>"."""
+    flat = {f"{task}|{model}|{k}": np.asarray(v) for (task, model), d in arrays.items() for k, v in d.items()}
+    np.savez_compressed(path, **flat)
 
 
 def _model_name(ckpt: str) -> str:
@@ -250,6 +301,10 @@ def parse_args(argv):
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompt JSON ({class: text}, e.g. the reference's CKEPE_prompt.json; or {task: {class: "
                         "text}}) or directory of <task>.json (default: shipped; required under --protocol melp)")
+    p.add_argument("--scoring", choices=(*SCORINGS, "both"), default=None,
+                   help="linear-probe AUROC: reference = the MELP reference's softmax-then-torchmetrics macro AUROC "
+                        "(--protocol melp only), per-class = ours, both (default under --protocol melp; the "
+                        "default protocol scores per class)")
     p.add_argument("--fractions", default="0.01,0.1,1.0", help="linear-probe training fractions")
     p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs (melp: the most epochs)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
@@ -288,6 +343,7 @@ def _main(argv=None) -> int:
                             "melp/data_split)")
         if "synthetic" in args.store:
             raise EvalError("--store synthetic has no reference split: use it with --protocol default")
+    scorings = scorings_of(args.protocol, args.scoring)
     for p in (args.prompts, args.splits):
         if p is not None and not Path(p).exists():
             raise EvalError(f"{p} does not exist")
@@ -314,27 +370,31 @@ def _main(argv=None) -> int:
         for st, ts in route_tasks(stores, wanted, args.protocol):
             datasets.append({"name": Path(st.path).name, "test": st, "train": None, "tasks": ts})
     t0 = time.perf_counter()
+    arrays: dict = {}
     results, curves = evaluate_models(models, datasets, fractions=fractions, n_boot=args.n_boot, seed=args.seed,
                                       epochs=args.epochs, prompts=args.prompts, split_dir=args.splits,
                                       batch_size=args.batch_size, progress=not args.quiet, protocol=args.protocol,
-                                      verbose=args.verbose)
+                                      verbose=args.verbose, scoring=args.scoring, arrays=arrays)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    probe = ("reference: raw features, default init, AdamW lr 1e-3 wd 1e-4, batch 128, cosine to 1e-5, early "
-             "stopping on val macro AUROC (patience 5; per-class AUROC, not the reference's softmax)"
+    probe = ("reference: raw features, default init, every class, AdamW lr 1e-3 wd 1e-4, batch 128, cosine to "
+             "1e-5, bf16 autocast, early stopping on the validation macro AUROC of the scoring (patience 5)"
              if args.protocol == "melp" else
              "linear layer on standardised frozen features, BCE with logits, AdamW lr 1e-3, zero init, fixed epochs")
     settings = {"ckpt": args.ckpt, "stores": args.store, "protocol": args.protocol, "splits": args.splits,
                 "prompts": args.prompts, "fractions": list(fractions), "epochs": args.epochs, "n_boot": args.n_boot,
-                "seed": args.seed, "probe": probe, "auroc": "per class (no softmax across classes), macro mean",
+                "seed": args.seed, "probe": probe, "scorings": list(scorings),
+                "auroc": {"zero_shot": "per-class: " + SCORING_TEXT["per-class"] + " (raw cosine, as the reference)",
+                          "linear_probe": {sc: SCORING_TEXT[sc] for sc in scorings}},
                 "minutes": (time.perf_counter() - t0) / 60}
     from .report import load_paper_results
 
     save_json({"settings": settings, "results": results, "paper": load_paper_results()}, out / "results.json")
+    save_scores(arrays, out / "scores.npz")
     tables = paper_tables(results)
     md = tables + "\n" + markdown_report(results, fractions)
     (out / "results.md").write_text(md)
-    written = [out / "results.json", out / "results.md"]
+    written = [out / "results.json", out / "results.md", out / "scores.npz"]
     if not args.no_plots:
         from .plots import plot_roc
         from .report import title

@@ -13,13 +13,16 @@ AdamW lr 1e-3, weight decay 0.01, mini-batches of 64, a fixed number of epochs, 
 one label value in a training subset cannot be learnt: it is skipped (NaN) and listed under "skipped"; a class
 with one label value in the test split has no AUROC (NaN, listed under "undefined").
 
-Under ``evaluate --protocol melp`` (``reference_probe``) the probe is trained as the MELP reference trains it:
-subsets are ``DataFrame.sample(frac, random_state=42)`` of the train split file (drawn by the caller), raw
-features, PyTorch's default init (seeded), AdamW lr 1e-3, weight decay 1e-4, batches of 128, cosine schedule
-over 100 epochs to 1e-5, early stopping on the validation split (patience 5, the best epoch's weights kept).
-The validation metric is our per-class macro AUROC (the reference monitors an AUROC taken after a softmax across
-classes, a quirk for multi-label tasks that we do not copy; stated in the results). A subset that is empty or
-holds no positive of any class is reported as not available.
+Under ``evaluate --protocol melp`` (``reference_probe``) the probe is trained as the MELP reference trains it
+(``ssl_finetuner.py``, ``main_finetune.py``): subsets are ``DataFrame.sample(frac, random_state=42)`` of the train
+split file (drawn by the caller), raw features, PyTorch's default init (seeded), every class trained and scored
+(also one without a positive in the subset), AdamW lr 1e-3, weight decay 1e-4, batches of 128, cosine schedule
+over 100 epochs to 1e-5, forward passes under bf16 autocast (Lightning's ``precision="bf16-mixed"``: bf16
+logits, fp32 loss and weights), early stopping on the validation split (Lightning's EarlyStopping: patience 5,
+strict improvement, a non-finite value stops; ModelCheckpoint keeps the best epoch's weights for the test).
+The metric that selects the epoch and scores the test set is the run's ``scoring`` (``metrics.SCORINGS``):
+"reference" = torchmetrics' multilabel macro AUROC of ``logits.softmax(-1)``, exactly the reference's;
+"per-class" = our per-class AUROC of the logits. Only an empty subset is reported as not available.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.tasks import train_subset
-from .metrics import auroc, bootstrap_ci, nanmean
+from .metrics import SCORINGS, auroc, bootstrap_ci, nanmean, reference_auroc, softmax
 
 FRACTIONS = (0.01, 0.1, 1.0)
 
@@ -108,7 +111,7 @@ def linear_probe(feats: np.ndarray, labels: np.ndarray, train_idx, test_idx, cla
         auc = auroc(s, y_test)
         per_class = {c: float(a) for c, a in zip(classes, auc)}
         key = fraction_label(f)
-        entry = {"per_class": per_class, "mean": nanmean(auc), "n_train": int(len(idx)),
+        entry = {"per_class": per_class, "mean": nanmean(auc), "n_train": int(len(idx)), "scoring": "per-class",
                  "skipped": [c for c, ok in zip(classes, learnable) if not ok],
                  "undefined": [c for c, a, ok in zip(classes, auc, learnable) if ok and not np.isfinite(a)]}
         if n_boot:
@@ -123,13 +126,42 @@ def fraction_label(f: float) -> str:
     return f"{p:g}%"
 
 
+def _logits(layer: torch.nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The layer's logits, under bf16 autocast when ``bf16`` (bf16 matmul, bf16 result), as float32."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = layer(x)
+    return out.float()
+
+
+def probe_scores(logits: np.ndarray, scoring: str) -> np.ndarray:
+    """What a scoring computes its AUROC on: the logits ("per-class") or their softmax across classes
+    ("reference")."""
+    return softmax(logits) if scoring == "reference" else np.asarray(logits)
+
+
+def macro_score(logits: np.ndarray, labels: np.ndarray, scoring: str) -> float:
+    """The scoring's macro AUROC of logits [n, C] (NaN on an empty set)."""
+    if len(logits) == 0:
+        return float("nan")
+    if scoring == "reference":
+        return nanmean(reference_auroc(softmax(logits), labels))
+    return nanmean(auroc(logits, labels))
+
+
 def fit_probe_early_stopping(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                              max_epochs: int = 100, patience: int = 5, lr: float = 1e-3, weight_decay: float = 1e-4,
-                             final_lr: float = 1e-5, batch_size: int = 128, seed: int = 42) -> dict:
+                             final_lr: float = 1e-5, batch_size: int = 128, seed: int = 42, scoring: str = "per-class",
+                             bf16: bool = False) -> dict:
     """The reference's probe: one linear layer (default init under ``seed``) on raw features, BCE with logits,
-    AdamW + cosine schedule, validation macro AUROC after every epoch, stop after ``patience`` epochs without
-    improvement and keep the best epoch's weights (the last ones when the validation AUROC is never defined).
-    Returns the probe dict of ``fit_probe`` (mean 0, std 1) with "epochs" and "best_epoch", "best_val"."""
+    AdamW + cosine schedule, the validation macro AUROC of ``scoring`` after every epoch; training stops after
+    ``patience`` epochs without a strict improvement and the best epoch's weights are kept.
+    ``scoring="reference"`` follows Lightning's callbacks exactly: a non-finite validation value stops training
+    (EarlyStopping's check_finite) and the first epoch is always kept by ModelCheckpoint; ``"per-class"`` keeps
+    training through undefined values (the last weights when the value is never defined). ``bf16``: forward
+    passes under bf16 autocast (the reference's ``bf16-mixed``). Returns the probe dict of ``fit_probe`` (mean 0,
+    std 1, "bf16") with "epochs", "best_epoch", "best_val"."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r} (choose from {', '.join(SCORINGS)})")
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(x) == 0:
@@ -141,19 +173,32 @@ def fit_probe_early_stopping(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_
     opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_epochs, eta_min=final_lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    xv = torch.from_numpy(np.asarray(x_val, dtype=np.float32))
+    xv = torch.from_numpy(np.asarray(x_val, dtype=np.float32).reshape(-1, x.shape[1]))
     best, best_state, best_epoch, since, epoch = -np.inf, None, -1, 0, 0
     for epoch in range(max_epochs):
         perm = torch.randperm(len(xt), generator=g)
         for s in range(0, len(xt), batch_size):
             idx = perm[s:s + batch_size]
-            loss = F.binary_cross_entropy_with_logits(layer(xt[idx]), yt[idx])
+            loss = F.binary_cross_entropy_with_logits(_logits(layer, xt[idx], bf16), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
         with torch.no_grad():
-            val = nanmean(auroc(layer(xv).numpy(), y_val)) if len(xv) else float("nan")
+            val = macro_score(_logits(layer, xv, bf16).numpy(), y_val, scoring)
+        if scoring == "reference":
+            if best_state is None or (np.isfinite(val) and val > best):  # ModelCheckpoint (NaN counts as -inf)
+                best_state = (layer.weight.detach().clone(), layer.bias.detach().clone())
+                best_epoch = epoch
+            if not np.isfinite(val):  # EarlyStopping(check_finite=True)
+                break
+            if val > best:
+                best, since = val, 0
+            else:
+                since += 1
+                if since >= patience:
+                    break
+            continue
         if np.isfinite(val) and val > best:
             best, best_epoch, since = val, epoch, 0
             best_state = (layer.weight.detach().clone(), layer.bias.detach().clone())
@@ -164,48 +209,61 @@ def fit_probe_early_stopping(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_
     w, b = best_state if best_state is not None else (layer.weight.detach(), layer.bias.detach())
     d = x.shape[1]
     return {"weight": w.numpy().copy(), "bias": b.numpy().copy(), "mean": np.zeros(d, np.float32),
-            "std": np.ones(d, np.float32), "epochs": epoch + 1, "best_epoch": best_epoch + 1,
+            "std": np.ones(d, np.float32), "bf16": bool(bf16), "epochs": epoch + 1, "best_epoch": best_epoch + 1,
             "best_val": float(best) if np.isfinite(best) else float("nan")}
 
 
+def probe_logits(probe: dict, x: np.ndarray) -> np.ndarray:
+    """Logits [n, C] of a probe of ``fit_probe_early_stopping``, under bf16 autocast when it was trained so (the
+    reference's test step runs under the same autocast)."""
+    layer = torch.nn.Linear(probe["weight"].shape[1], probe["weight"].shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(probe["weight"]))
+        layer.bias.copy_(torch.from_numpy(probe["bias"]))
+        z = torch.from_numpy((np.asarray(x, dtype=np.float32) - probe["mean"]) / probe["std"])
+        return _logits(layer, z, bool(probe.get("bf16"))).numpy()
+
+
 def reference_probe(feats: np.ndarray, labels: np.ndarray, subsets: dict, val_idx, test_idx, classes: list[str],
-                    seed: int = 42, max_epochs: int = 100, n_boot: int = 0, boot_seed: int = 0) -> dict:
+                    seed: int = 42, max_epochs: int = 100, n_boot: int = 0, boot_seed: int = 0,
+                    scoring: str = "per-class", bf16: bool = True) -> dict:
     """The probe of ``--protocol melp`` at every training subset (``subsets``: {fraction: indices into feats},
     the reference's samples of the train split restricted to the records present); early stopping on
-    ``val_idx``; scores on ``test_idx``. Returns the structure of ``linear_probe``; an empty subset, or one
-    without a positive of any class, gets "not_available" (its scores NaN) instead of failing."""
+    ``val_idx`` and the test score on ``test_idx``, both by ``scoring``. Every class is trained and scored, as in
+    the reference. Returns {"fractions": {"1%": entry}, "scores": {"1%": what the AUROC was computed on},
+    "logits": {"1%": test logits}}; entry = {"per_class", "mean", "scoring", "n_train", "undefined" (one label
+    value in the test set), "no_train_positive" (no positive in the subset; still scored), "skipped" ([]),
+    "epochs", "best_epoch", "best_val", ["ci"]}. An empty subset gets "not_available" (scores NaN)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r} (choose from {', '.join(SCORINGS)})")
     labels = np.asarray(labels, dtype=np.float32)
     val_idx, test_idx = np.asarray(val_idx, np.int64), np.asarray(test_idx, np.int64)
     y_test = labels[test_idx]
-    res, scores = {}, {}
+    metric = reference_auroc if scoring == "reference" else auroc
+    res, scores, logits = {}, {}, {}
     for f in sorted(subsets):
         idx = np.asarray(subsets[f], dtype=np.int64)
         key = fraction_label(f)
-        y = labels[idx]
-        pos = y.sum(0)
-        learnable = (pos > 0) & (pos < len(idx))
-        s = np.full(y_test.shape, np.nan)
-        why = None
-        if len(idx) == 0:
-            why = "empty training sample"
-        elif not learnable.any():
-            why = "no class with both label values in the training sample"
-        elif len(test_idx) == 0:
-            why = "empty test set"
-        entry = {"n_train": int(len(idx)), "skipped": [c for c, ok in zip(classes, learnable) if not ok]}
+        pos = labels[idx].sum(0)
+        z = np.full(y_test.shape, np.nan, np.float32)
+        why = "empty training sample" if len(idx) == 0 else ("empty test set" if len(test_idx) == 0 else None)
+        entry = {"n_train": int(len(idx)), "scoring": scoring, "skipped": [],
+                 "no_train_positive": [c for c, p in zip(classes, pos) if p == 0] if len(idx) else []}
         if why is None:
-            probe = fit_probe_early_stopping(feats[idx], y, feats[val_idx], labels[val_idx], max_epochs=max_epochs,
-                                             seed=seed)
-            s = predict(probe, feats[test_idx]).astype(np.float64)
-            s[:, ~learnable] = np.nan
+            probe = fit_probe_early_stopping(feats[idx], labels[idx], feats[val_idx], labels[val_idx],
+                                             max_epochs=max_epochs, seed=seed, scoring=scoring, bf16=bf16)
+            z = probe_logits(probe, feats[test_idx])
             entry.update(epochs=probe["epochs"], best_epoch=probe["best_epoch"], best_val=probe["best_val"])
         else:
             entry["not_available"] = why
-        auc = auroc(s, y_test) if len(test_idx) else np.full(len(classes), np.nan)
+        s = probe_scores(z, scoring)
+        auc = metric(s, y_test) if len(test_idx) and why is None else np.full(len(classes), np.nan)
+        n1 = y_test.sum(0)
         entry.update(per_class={c: float(a) for c, a in zip(classes, auc)}, mean=nanmean(auc),
-                     undefined=[c for c, a, ok in zip(classes, auc, learnable) if ok and not np.isfinite(a)])
+                     undefined=[c for c, p in zip(classes, n1) if p == 0 or p == len(y_test)])
         if n_boot and why is None:
-            entry["ci"] = bootstrap_ci(s, y_test, classes, n_boot=n_boot, seed=boot_seed)
+            entry["ci"] = bootstrap_ci(s, y_test, classes, n_boot=n_boot, seed=boot_seed, metric=metric)
         res[key] = entry
         scores[key] = s
-    return {"fractions": res, "scores": scores}
+        logits[key] = z
+    return {"fractions": res, "scores": scores, "logits": logits}

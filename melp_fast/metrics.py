@@ -1,4 +1,15 @@
-"""Scores of the evaluation: per-class AUROC (no softmax across classes) and percentile bootstrap intervals."""
+"""Scores of the evaluation: per-class AUROC (no softmax across classes) and percentile bootstrap intervals; and
+the MELP reference's probe metric (``reference_auroc``: torchmetrics' multilabel macro AUROC on softmax scores).
+
+Two scorings (``SCORINGS``), named in every result they produce:
+
+- "per-class" (ours, the default): AUROC of each class's own score (probe logits, zero-shot cosine), NaN for a class
+  with one label value in the set, macro mean over the defined classes.
+- "reference" (the reference's linear probe, ``ssl_finetuner.py``): ``AUROC(task="multilabel", average="macro")``
+  of torchmetrics 1.6.0 on ``logits.softmax(-1)``. Its per-class value is the trapezoidal area under the ROC curve,
+  which is 0.0 (not NaN) for a class without a positive or without a negative (torchmetrics returns a zero TPR / FPR
+  there), and the macro mean takes every class that is not NaN: so such a class counts as 0 in the mean.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +39,52 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where((n1 > 0) & (n0 > 0) & finite, auc, np.nan)
 
 
+SCORINGS = ("reference", "per-class")
+SCORING_TEXT = {
+    "per-class": "per-class AUROC of each class's own score (probe logits / zero-shot cosine), macro mean over the "
+                 "classes with both label values in the set",
+    "reference": "the MELP reference's probe metric: torchmetrics 1.6.0 AUROC(task='multilabel', average='macro') of "
+                 "softmax across classes of the bf16 logits; a class with one label value in the set scores 0 and "
+                 "counts in the mean",
+}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax across classes in float32, as ``torch.Tensor.softmax(-1)`` computes it (the reference's
+    ``logits.softmax(-1)``; under CUDA autocast softmax runs in float32)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).softmax(-1).numpy()
+
+
+def reference_auroc(preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class AUROC [C] exactly as torchmetrics 1.6.0 ``multilabel_auroc(..., average="none")`` computes it
+    (thresholds=None): scores outside [0, 1] anywhere are passed through a float32 sigmoid first (torchmetrics'
+    format step; softmax scores never are); the area under the step ROC curve with tied scores as one threshold
+    (equal to the Mann-Whitney statistic with average ranks); 0.0 for a class without a positive or without a
+    negative; NaN for a column with a non-finite score or an empty set (where torchmetrics fails)."""
+    p = np.asarray(preds, dtype=np.float32)
+    y = np.asarray(labels) > 0
+    if p.shape != y.shape or p.ndim != 2:
+        raise ValueError(f"reference_auroc: preds and labels must both be [N, C], got {p.shape} and {y.shape}")
+    if len(p) == 0:
+        return np.full(p.shape[1], np.nan)
+    if not ((p >= 0) & (p <= 1)).all():
+        import torch
+
+        p = torch.from_numpy(np.ascontiguousarray(p)).sigmoid().numpy()
+    auc = auroc(p, y)
+    n1 = y.sum(0)
+    degenerate = (n1 == 0) | (n1 == len(y))
+    finite = np.isfinite(p).all(0)
+    return np.where(finite, np.where(degenerate, 0.0, auc), np.nan)
+
+
+def reference_macro(preds: np.ndarray, labels: np.ndarray) -> float:
+    """torchmetrics' multilabel macro AUROC: the mean of ``reference_auroc`` over the classes that are not NaN."""
+    return nanmean(reference_auroc(preds, labels))
+
+
 def per_class_auroc(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
     """AUROC of each class column (NaN where a class has only one label value in the set)."""
     return {name: float(a) for name, a in zip(classes, auroc(scores, labels))}
@@ -40,19 +97,20 @@ def nanmean(a) -> float:
 
 
 def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+                 level: float = 0.95, metric=None) -> dict:
     """Percentile bootstrap intervals (resampling records with replacement, seeded) of every class's AUROC and
     of the macro mean (over the classes defined on the full set; a resample where a class has one label value
-    leaves it out of that resample's mean)."""
+    leaves it out of that resample's mean). ``metric``: the per-class function (``auroc``, or ``reference_auroc``)."""
+    metric = auroc if metric is None else metric
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     n = len(scores)
-    full = np.isfinite(auroc(scores, labels))
+    full = np.isfinite(metric(scores, labels))
     rng = np.random.default_rng(seed)
     boot = np.full((n_boot, scores.shape[1]), np.nan)
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
-        boot[b] = auroc(scores[idx], labels[idx])
+        boot[b] = metric(scores[idx], labels[idx])
     boot[:, ~full] = np.nan
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -64,11 +122,23 @@ def bootstrap_ci(scores: np.ndarray, labels: np.ndarray, classes: list[str], n_b
             "mean": [float(mac[0]), float(mac[1])], "n_boot": int(n_boot), "level": level, "seed": int(seed)}
 
 
-def score_set(scores: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 0, seed: int = 0) -> dict:
-    """{"per_class", "mean", "undefined", ["ci"]} of scores [N, C] on multi-hot labels [N, C]."""
-    auc = auroc(scores, labels)
-    out = {"per_class": {c: float(a) for c, a in zip(classes, auc)}, "mean": nanmean(auc),
-           "undefined": [c for c, a in zip(classes, auc) if not np.isfinite(a)]}
+def score_set(scores: np.ndarray, labels: np.ndarray, classes: list[str], n_boot: int = 0, seed: int = 0,
+              scoring: str = "per-class") -> dict:
+    """{"per_class", "mean", "undefined", "scoring", ["ci"]} of scores [N, C] on multi-hot labels [N, C].
+    ``scoring`` "per-class": ``auroc`` of the scores; "reference": ``reference_auroc`` of the scores as given (the
+    caller applies the softmax); "undefined" lists the classes with one label value in the set (NaN per class, or
+    scored 0 by the reference metric)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r} (choose from {', '.join(SCORINGS)})")
+    y = np.asarray(labels) > 0
+    if scoring == "reference":
+        auc, metric = reference_auroc(scores, labels), reference_auroc
+    else:
+        auc, metric = auroc(scores, labels), auroc
+    n1 = y.sum(0) if y.ndim == 2 else np.zeros(len(classes))
+    one_value = (n1 == 0) | (n1 == len(y))
+    out = {"per_class": {c: float(a) for c, a in zip(classes, auc)}, "mean": nanmean(auc), "scoring": scoring,
+           "undefined": [c for c, a, d in zip(classes, auc, one_value) if not np.isfinite(a) or d]}
     if n_boot and len(scores):
-        out["ci"] = bootstrap_ci(scores, labels, classes, n_boot=n_boot, seed=seed)
+        out["ci"] = bootstrap_ci(scores, labels, classes, n_boot=n_boot, seed=seed, metric=metric)
     return out

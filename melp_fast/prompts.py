@@ -96,6 +96,49 @@ def task_prompts(task: str, classes: list[str], override=None, lower: bool = Fal
     return out
 
 
+PROMPT_MAX_SENTENCES = 64
+
+
+@torch.no_grad()
+def encode_untruncated(model, texts: list[str], names: list[str] | None = None) -> torch.Tensor:
+    """Text embeddings [N, d] of prompts, none of them truncated: the model's report tokenizer with its token limit
+    raised to the longest prompt (``model.cfg.max_text_len`` caps reports, e.g. 64 tokens in the tiny preset, which
+    would cut seven CKEPE prompts; the reference tokenises prompts up to 128) and up to
+    ``PROMPT_MAX_SENTENCES`` sentences. Only where a prompt exceeds the text encoder's position limit is it cut,
+    with a one-line warning naming its class (``names``). Models without a report text encoder use their own
+    ``encode_prompts``."""
+    import warnings
+
+    text = getattr(model, "text", None)
+    tok = getattr(text, "tokenizer", None)
+    if tok is None or not hasattr(model, "encode_text"):
+        return model.encode_prompts(texts)
+    from .data.reports import split_sentences
+    from .data.tokenize import ReportTokenizer
+
+    base = ReportTokenizer(tok, 4, PROMPT_MAX_SENTENCES)
+    sentences = [base.sentences(t) for t in texts]
+    pieces = base.pieces([x for sents in sentences for x in sents])
+    need, i = [], 0
+    for sents in sentences:
+        need.append(3 + sum(len(p) for p in pieces[i:i + len(sents)]))
+        i += len(sents)
+    limit = int(getattr(getattr(getattr(text, "backbone", None), "config", None), "max_position_embeddings", 512))
+    max_len = min(max([int(model.cfg.max_text_len), *need]), limit)
+    names = names or [str(t)[:30] for t in texts]
+    for n, nm, t in zip(need, names, texts):
+        if n > max_len:
+            warnings.warn(f"the prompt of class {nm} has {n} tokens; the text encoder takes {limit}: truncated",
+                          stacklevel=2)
+    for nm, t in zip(names, texts):
+        if len(split_sentences(t)) > PROMPT_MAX_SENTENCES:
+            warnings.warn(f"the prompt of class {nm} has more than {PROMPT_MAX_SENTENCES} sentences: truncated",
+                          stacklevel=2)
+    device = model.logit_scale.device
+    batch = ReportTokenizer(tok, max_len, PROMPT_MAX_SENTENCES)(texts)
+    return model.encode_text(**{k: v.to(device) for k, v in batch.items()})["text"]
+
+
 @torch.no_grad()
 def prompt_embeddings(model, prompts: dict, classes: list[str]) -> np.ndarray:
     """[C, d] normalised text embedding of each class (the mean of its prompts' embeddings, renormalised)."""
@@ -107,7 +150,7 @@ def prompt_embeddings(model, prompts: dict, classes: list[str]) -> np.ndarray:
         ps = prompts[c] if isinstance(prompts[c], list) else [prompts[c]]
         texts += [str(p) for p in ps]
         owner += [k] * len(ps)
-    emb = model.encode_prompts(texts).float().cpu()
+    emb = encode_untruncated(model, texts, [classes[k] for k in owner]).float().cpu()
     out = torch.zeros(len(classes), emb.shape[1])
     out.index_add_(0, torch.tensor(owner), emb)
     return torch.nn.functional.normalize(out, dim=-1).numpy()

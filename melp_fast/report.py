@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import SCORING_TEXT, SCORINGS
+
 TASK_TITLES = {"ptbxl-super": "PTB-XL Super", "ptbxl-sub": "PTB-XL Sub", "ptbxl-form": "PTB-XL Form",
                "ptbxl-rhythm": "PTB-XL Rhythm", "cpsc2018": "CPSC2018", "csn-rhythm4": "CSN (4 rhythms)",
                "csn-38": "CSN", "synthetic": "Synthetic"}
@@ -54,9 +56,30 @@ def _columns(results: dict, order) -> list[tuple[str, str | None, str | None]]:
     return cols + [(title(k), k, None) for k in results if k not in used]
 
 
+def _rows(results: dict, models: list) -> list[tuple[str, str, str | None]]:
+    """(row label, model, scoring or None) of Table 2: one row per model and probe scoring it was scored with
+    (a single-scoring run keeps the model's name alone)."""
+    out = []
+    for m in models:
+        scs = list(dict.fromkeys(sc for k in results if m in results[k]
+                                 for sc in (results[k][m].get("linear_probe_by_scoring") or {})))
+        if len(scs) <= 1:
+            out.append((m, m, None))
+        else:
+            out += [(f"{m} ({sc} scoring)", m, sc) for sc in scs]
+    return out
+
+
+def _probe_cell(results: dict, key, model: str, scoring, f: str):
+    r = results.get(key, {}).get(model, {}) if key else {}
+    lp = (r.get("linear_probe_by_scoring") or {}).get(scoring) if scoring else r.get("linear_probe")
+    return (lp or {}).get(f)
+
+
 def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | None = None) -> str:
-    """Markdown Table 2 (linear probing) and Table 3 (zero-shot) in the paper's layout: our models first, then the
-    paper's MERL and MELP rows. AUROC x 100; n/a where a score is not available."""
+    """Markdown Table 2 (linear probing) and Table 3 (zero-shot) in the paper's layout: our models first (Table 2:
+    one row per probe scoring when a run has two), then the paper's MERL and MELP rows, with footnotes on what each
+    row's numbers are. AUROC x 100; n/a where a score is not available."""
     paper = load_paper_results() if paper is None else paper
     models = list(dict.fromkeys(m for k in results for m in results[k]))
     protocols = sorted({r.get("protocol", "default") for k in results for r in results[k].values()})
@@ -65,17 +88,30 @@ def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | N
     cols = _columns(results, TABLE2_TASKS)
     L.append("| model | " + " | ".join(f"{t} {f}" for t, _, _ in cols for f in fractions) + " |")
     L.append("|---|" + "---:|" * (len(cols) * len(fractions)))
-    for m in models:
+    scorings_seen = set()
+    for label, m, sc in _rows(results, models):
         cells = []
         for _, k, _ in cols:
             for f in fractions:
-                e = (results.get(k, {}).get(m, {}).get("linear_probe") or {}).get(f) if k else None
+                e = _probe_cell(results, k, m, sc, f)
+                if e:
+                    scorings_seen.add(e.get("scoring", "per-class"))
                 cells.append(fmt(e["mean"]) if e else "")
-        L.append(f"| {m} | " + " | ".join(cells) + " |")
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
     for p in PAPER_ROWS:
         row = paper["linear_probe"][p]
         cells = [f"{row[t][f]:.2f}" if t in row else "" for _, _, t in cols for f in fractions]
-        L.append(f"| {p} (paper) | " + " | ".join(cells) + " |")
+        mark = "¹" if p == "MELP" and any(t == "ptbxl-sub" for _, _, t in cols) else ("²" if p == "MERL" else "")
+        L.append(f"| {p} (paper){mark} | " + " | ".join(cells) + " |")
+    L += ["", "Scoring of our rows: " + "; ".join(f"**{sc}**: {SCORING_TEXT[sc]}" for sc in SCORINGS
+                                                   if sc in scorings_seen) + "."]
+    if any(t == "ptbxl-sub" for _, _, t in cols):
+        L.append("¹ PTB-XL Sub (paper rows): the reference reads the sub-class training file's label columns by "
+                 "position while its val / test files list three of them in another order, so three classes are "
+                 "trained on another class's labels; if the paper ran that code its sub-class probe numbers are low "
+                 "(about 2-7 points in simulation). We read labels by name: an equal model scores higher here.")
+    L.append("² MERL (paper row): MERL's own protocol (its own subset draw; the best test AUROC over 100 epochs, no "
+             "validation-based selection), not the MELP reference's probe.")
     L += ["", f"## Table 3: zero-shot (AUROC x 100; ours: protocol {', '.join(protocols)})", ""]
     cols = _columns(results, TABLE3_TASKS)
     L.append("| model | " + " | ".join(t for t, _, _ in cols) + " | Average |")
@@ -91,9 +127,9 @@ def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | N
         row = paper["zero_shot"][p]
         cells = [f"{row[t]:.1f}" if t in row else "" for _, _, t in cols]
         L.append(f"| {p} (paper) | " + " | ".join(cells) + f" | {row['average']:.1f} |")
-    L += ["", f"Paper rows: {src}, transcribed in melp_fast/paper_results.json. Our AUROC is per class (no softmax across "
-              f"classes, unlike the reference code's linear-probe and zero-shot scoring), macro-averaged over the "
-              f"classes defined on the test set."]
+    L += ["", f"Paper rows: {src}, transcribed in melp_fast/paper_results.json. Zero-shot (ours and the reference's "
+              f"test_zeroshot.py alike): per-class AUROC of the raw cosine scores (no softmax), macro-averaged over "
+              f"the classes with both label values on the test set."]
     return "\n".join(L) + "\n"
 
 
@@ -142,7 +178,9 @@ def markdown_report(results: dict, fractions=(0.01, 0.1, 1.0)) -> str:
         L.append(f"| {m} | " + " | ".join(fmt(results[t][m]["zero_shot"]["mean"],
                                                 results[t][m]["zero_shot"].get("ci", {}).get("mean"))
                                             if m in results[t] else "" for t in tasks) + f" | {fmt(mean)} |")
-    L += ["", "## Linear probing (macro AUROC x 100 on test; one linear layer on frozen features)", "",
+    heads = sorted({results[t][m].get("scoring", "per-class") for t in tasks for m in results[t]})
+    L += ["", f"## Linear probing (macro AUROC x 100 on test; one linear layer on frozen features; scoring "
+              f"{', '.join(heads)})", "",
           "| model | " + " | ".join(f"{title(t)} {f}" for t in tasks for f in fr) + " |",
           "|---|" + "---:|" * (len(tasks) * len(fr))]
     for m in models:
@@ -178,9 +216,17 @@ def markdown_report(results: dict, fractions=(0.01, 0.1, 1.0)) -> str:
                 e = r["linear_probe"][f]
                 if e.get("not_available"):
                     notes.append(f"{title(t)}, {m}, {f}: not available ({e['not_available']})")
-                elif e["skipped"]:
+                elif e.get("no_train_positive"):
+                    notes.append(f"{title(t)}, {m}, {f} ({e['n_train']} records): no positive of "
+                                 f"{', '.join(e['no_train_positive'])} in the training sample (trained and scored "
+                                 f"all the same, as the reference does)")
+                elif e.get("skipped"):
                     notes.append(f"{title(t)}, {m}, {f} ({e['n_train']} records): skipped {', '.join(e['skipped'])} "
                                  f"(one label value in the training subset)")
+            if r.get("scoring") == "reference" and r["linear_probe"][fr[-1]].get("undefined"):
+                notes.append(f"{title(t)}, {m}: the reference scoring counts "
+                             f"{', '.join(r['linear_probe'][fr[-1]]['undefined'])} as AUROC 0 in the probe's mean "
+                             f"(one label value in the test split; torchmetrics returns 0 there)")
             if r["zero_shot"]["undefined"]:
                 notes.append(f"{title(t)}: no AUROC for {', '.join(r['zero_shot']['undefined'])} "
                              f"(one label value in the test split)")

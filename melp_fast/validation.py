@@ -15,10 +15,14 @@ How the training loop uses it (train.py / the engine; rank 0, or every rank on i
         if best.update(step, metrics): export the model to out_dir / "best" (and note best.step, best.value)
 
 ``validate`` returns a flat dict: ``val/loss``, ``val/global``, ``val/local``, ``val/caption`` (means over the
-held-out batches; absent without held-out records), ``zs/<task>`` (macro zero-shot AUROC on the task's test records,
-the evaluation's default protocol) and ``zs/mean`` (their mean) per downstream store, and ``val/n`` (records
+held-out batches; absent without held-out records), ``zs/<task>`` (macro zero-shot AUROC on the task's VALIDATION
+records: PTB-XL strat_fold 9, ``<task>_val.csv`` of split files, else the 10 % part of the evaluation's stratified
+70/10/20 split; never a test record) and ``zs/mean`` (their mean) per downstream store, and ``val/n`` (records
 scored). ``best_metric`` names one of these keys; a key with "loss" in its name is minimised, any other maximised
-(the reference early-stops on the mean zero-shot AUROC of its validation sets: ``zs/mean``).
+(the reference early-stops on the mean zero-shot AUROC of its validation split files, ``pretrain_datamodule.py``:
+per-class AUROC of the raw cosine, classes with one label value left out, mean per set, mean over the sets; that is
+``zs/mean`` here). A downstream store whose task has no validation record is an error naming it
+(``check_downstream`` says so before training starts).
 """
 
 from __future__ import annotations
@@ -66,22 +70,46 @@ def validation_losses(model, criterion, store: Store, indices, batch_size: int =
     return {f"val/{k}": v / n for k, v in sums.items()} | {"val/n": n * bs} if n else {}
 
 
+def validation_sets(stores) -> list[tuple[Store, str, dict]]:
+    """(store, task, sets) of each downstream store's default task, whose "val" part is what model selection scores.
+    A store without a validation record for its task is an ``EvalError`` naming it (its test records are never a
+    substitute)."""
+    from .eval_tasks import EvalError, open_store, task_sets
+
+    out = []
+    for s in stores:
+        store = s if isinstance(s, Store) else open_store(s)
+        task = store.meta.get("task")
+        if not task:
+            raise EvalError(f"train.downstream store {store.path} has no default task (no labels)")
+        sets = task_sets(store, task)
+        if not len(sets["val"][0]):
+            raise EvalError(f"train.downstream store {store.path} has no validation record for task {task} "
+                            f"({sets['how']}): model selection never scores test records; give a store with a "
+                            f"validation part (PTB-XL strat_fold 9, or enough labelled records for the 10 % part of "
+                            f"the stratified split)")
+        out.append((store, task, sets))
+    return out
+
+
+def check_downstream(stores) -> None:
+    """Fail before training when a ``train.downstream`` store cannot be validated on (see ``validation_sets``)."""
+    validation_sets(stores)
+
+
 def downstream_zero_shot(model, stores, prompts=None, batch_size: int = 64) -> dict:
-    """``zs/<task>``: zero-shot macro AUROC of each store's default task on its test records (the evaluation's
-    default protocol and shipped prompts, or ``prompts``), and ``zs/mean``."""
-    from .eval_tasks import open_store, task_key, task_sets
+    """``zs/<task>``: zero-shot macro AUROC of each store's default task on its validation records only (the
+    evaluation's default protocol and shipped prompts, or ``prompts``), and ``zs/mean``."""
+    from .eval_tasks import task_key
     from .evaluate import embed_store, zero_shot_scores
     from .prompts import prompt_embeddings, task_prompts
 
     out = {}
-    for s in stores:
-        store = s if isinstance(s, Store) else open_store(s)
-        task = store.meta.get("task")
-        sets = task_sets(store, task)
-        te, y = sets["test"]
+    for store, task, sets in validation_sets(stores):
+        va, y = sets["val"]
         key = task_key(store, task)
         text = prompt_embeddings(model, task_prompts(key, sets["classes"], prompts), sets["classes"])
-        emb = embed_store(model, store, batch_size, progress=False, indices=te)
+        emb = embed_store(model, store, batch_size, progress=False, indices=va)
         res, _ = zero_shot_scores(emb["rhythm"], text, y, sets["classes"])
         name = key if f"zs/{key}" not in out else f"{key}:{store.path.name}"
         out[f"zs/{name}"] = res["mean"]

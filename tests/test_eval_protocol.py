@@ -273,6 +273,8 @@ def test_cli_user_errors_are_one_line_exit_2(trees, tmp_path, capsys, tiny_expor
         (["--store", cps, "--task", "cpsc2018", "--protocol", "melp", "--splits", str(SPLITS)], "needs --prompts"),
         (["--store", ptb, "--task", "ptbxl-super", "--protocol", "melp", "--splits", str(SPLITS), "--prompts",
           str(tmp_path / "none.json")], "does not exist"),
+        (["--store", str(stores[("ptbxl", "default")].path), "--task", "ptbxl-super", "--scoring", "reference"],
+         "--scoring reference is the MELP reference's probe metric: use it with --protocol melp"),
     ]
     for argv, msg in cases:
         rc = ev.main(base + argv)
@@ -313,31 +315,57 @@ def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_
     assert "Table 2: linear probing" in text and "Table 3: zero-shot" in text
     t2 = text.split("## Table 2")[1].split("## Table 3")[0]
     t3 = text.split("## Table 3")[1].split("## Zero-shot")[0]
-    assert "| MELP (paper) | 88.83 | 94.65 | 96.91 | 79.22 | 84.40 | 87.46 | 63.41 |" in t2
-    assert "| MERL (paper) | 53.33 | 82.88 | 88.34 |" in t2
+    assert "| MELP (paper)¹ | 88.83 | 94.65 | 96.91 | 79.22 | 84.40 | 87.46 | 63.41 |" in t2
+    assert "| MERL (paper)² | 53.33 | 82.88 | 88.34 |" in t2
+    assert "¹ PTB-XL Sub (paper rows)" in t2 and "² MERL (paper row): MERL's own protocol" in t2
     assert "| MELP (paper) | 77.6 | 85.4 | 69.1 | 81.2 | 76.2 | 84.2 | 79.0 |" in t3
     assert "| MERL (paper) | 74.4 | 78.5 | 65.9 | 75.7 | 74.2 | 82.8 | 75.3 |" in t3
     name = ev._model_name(str(tiny_export))  # the run directory's name
     ours = [line for line in t3.splitlines() if line.startswith(f"| {name} |")]
     assert len(ours) == 1 and ours[0].count("|") == 9
+    # Table 2: one row per scoring for our model, each row's scoring named under the table
+    rows2 = [line.split(" | ")[0] for line in t2.splitlines() if line.startswith(f"| {name} ")]
+    assert rows2 == [f"| {name} (reference scoring)", f"| {name} (per-class scoring)"]
+    assert "**reference**: the MELP reference's probe metric" in t2 and "**per-class**:" in t2
     res = json.loads((out / "results.json").read_text())
     from melp_fast.export import load_model
     from sklearn.metrics import roc_auc_score
 
+    from test_scoring import torchmetrics_macro
+
     model = load_model(tiny_export)
     assert set(res["results"]) == set(SIX) and res["paper"]["zero_shot"]["MELP"]["average"] == 79.0
+    assert res["settings"]["scorings"] == ["reference", "per-class"]
+    assert "softmax" in res["settings"]["auroc"]["linear_probe"]["reference"]
+    arrays = np.load(out / "scores.npz")
     for task in SIX:
         r = res["results"][task][name]
         st = ev.task_sets(Store(r["store"]), task, "melp", SPLITS)
         assert r["protocol"] == "melp"
         assert (r["n_train"], r["n_val"], r["n_test"]) == tuple(len(st[p][0]) for p in refsplits.PARTS)
-        for f, key in ((0.01, "1%"), (0.1, "10%"), (1.0, "100%")):
-            e = r["linear_probe"][key]
-            assert e["n_train"] == len(st["subsets"][f][0])
-            if e["n_train"] == 0:
-                assert e["not_available"] == "empty training sample" and e["mean"] is None
-        # zero-shot equals scikit-learn's AUROC of the model's cosine scores (CKEPE prompts, lower-cased) per class
+        assert r["scoring"] == "reference" and r["zero_shot"]["scoring"] == "per-class"
+        assert r["linear_probe"] == r["linear_probe_by_scoring"]["reference"]
         te, y = st["test"]
+        np.testing.assert_array_equal(arrays[f"{task}|{name}|labels"], y)
+        for f, key in ((0.01, "1%"), (0.1, "10%"), (1.0, "100%")):
+            for sc in ("reference", "per-class"):
+                e = r["linear_probe_by_scoring"][sc][key]
+                assert e["n_train"] == len(st["subsets"][f][0]) and e["scoring"] == sc
+                assert list(e["per_class"]) == st["classes"]  # every class of the task is in the probe's table
+                if e["n_train"] == 0:
+                    assert e["not_available"] == "empty training sample" and e["mean"] is None
+                    continue
+                assert e["skipped"] == [] and "not_available" not in e
+                # the cell equals an independent reimplementation of its metric on the same test logits
+                z = arrays[f"{task}|{name}|{sc}/{key}"]
+                assert z.shape == y.shape and np.isfinite(z).all()
+                if sc == "reference":
+                    want = torchmetrics_macro(torch.from_numpy(z).softmax(-1).numpy(), y)
+                else:
+                    ok = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+                    want = float(np.mean([roc_auc_score(y[:, k], z[:, k]) for k in ok])) if ok else None
+                assert (e["mean"] is None) if want is None else e["mean"] == pytest.approx(want, abs=1e-6)
+        # zero-shot equals scikit-learn's AUROC of the model's cosine scores (CKEPE prompts, lower-cased) per class
         text = ev.prompt_embeddings(model, ev.task_prompts(task, st["classes"], CKEPE, lower=True), st["classes"])
         scores = ev.embed_store(model, Store(r["store"]), progress=False, indices=te)["rhythm"] @ text.T
         for k, c in enumerate(st["classes"]):

@@ -118,7 +118,8 @@ def test_linear_probe_per_class_auroc_no_softmax_and_skips():
 
 
 def test_task_split_sources(tmp_path):
-    """Split CSVs (ids, labels by name) first, then PTB-XL strat_fold, else a seeded stratified split."""
+    """Split CSVs (ids, labels by name) first, then PTB-XL strat_fold, else a seeded stratified split; each with
+    its validation part (fold 9, the stratified 10 %, <task>_val.csv) disjoint from the test records."""
 
     class FakeStore:
         def __init__(self, records):
@@ -131,20 +132,25 @@ def test_task_split_sources(tmp_path):
 
     labels = multilabel(50, 2, seed=5)
     folds = FakeStore([{"id": str(i), "strat_fold": 1 + i % 10} for i in range(50)])
-    tr, te, how = ev.task_split(folds, "t", labels)
+    tr, va, te, how = ev.task_split(folds, "t", labels)
     labelled = labels.any(1)  # records without a label in the task are never evaluated (nor trained on)
     assert 0 < (~labelled).sum() < 40
     assert set(te) == {i for i in range(50) if i % 10 == 9 and labelled[i]} and "strat_fold" in how
     assert set(tr) == {i for i in range(50) if i % 10 < 8 and labelled[i]}
+    assert set(va) == {i for i in range(50) if i % 10 == 8 and labelled[i]}
     plain = FakeStore([{"id": str(i)} for i in range(50)])
-    tr, te, how = ev.task_split(plain, "t", labels, seed=1)
+    tr, va, te, how = ev.task_split(plain, "t", labels, seed=1)
     n_lab = int(labelled.sum())
     assert len(te) == round(0.2 * n_lab) and not set(tr) & set(te) and "stratified" in how
+    assert len(va) > 0 and not set(va) & (set(tr) | set(te)) and len(tr) + len(va) + len(te) == n_lab
     assert labelled[tr].all() and labelled[te].all()
     (tmp_path / "t_train.csv").write_text("ecg_id,B,A\n3,0,1\n4,1,0\n")
     (tmp_path / "t_test.csv").write_text("ecg_id,A,B\n7,1,1\n")
-    tr, te, how = ev.task_split(folds, "t", labels, split_dir=tmp_path)
-    assert list(tr) == [3, 4] and list(te) == [7] and "split files" in how
+    tr, va, te, how = ev.task_split(folds, "t", labels, split_dir=tmp_path)
+    assert list(tr) == [3, 4] and list(va) == [] and list(te) == [7] and "split files" in how
+    (tmp_path / "t_val.csv").write_text("ecg_id,A,B\n5,0,1\n")
+    tr, va, te, how = ev.task_split(folds, "t", labels, split_dir=tmp_path)
+    assert list(va) == [5] and "t_val.csv" in how
 
 
 def test_store_tasks_and_prompt_overrides(tmp_path):
@@ -231,7 +237,7 @@ def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):
     model = load_model(tiny_export)
     store = Store(mini.path)
     emb = ev.embed_store(model, store, progress=False)
-    _, test = ev.task_split(store, "labels", store.labels)[0:2]
+    test = ev.task_split(store, "labels", store.labels)[2]
     text = ev.prompt_embeddings(model, ev.load_prompts("synthetic"), store.classes)
     scores = emb["rhythm"][test] @ text.T
     assert list(res["synthetic"]) == list(res["synthetic:mini"]) == ["m0"]  # model named after its run directory
@@ -262,7 +268,8 @@ def test_prompt_lists_are_averaged(tiny_export):
 
 def test_reference_probe_early_stopping_best_epoch_and_not_available():
     """The probe of --protocol melp: early stopping on validation keeps the best epoch's weights; per-class AUROC of
-    its logits (no softmax); an empty sample or one without positives is reported as not available."""
+    its logits (no softmax) under scoring per-class; an empty sample is reported as not available, one without
+    positives is trained and scored on every class (as the reference does)."""
     from melp_fast.linear_probe import fit_probe_early_stopping, reference_probe
 
     rng = np.random.default_rng(4)
@@ -281,9 +288,11 @@ def test_reference_probe_early_stopping_best_epoch_and_not_available():
                           max_epochs=100, n_boot=10)
     r = res["fractions"]
     assert r["1%"]["not_available"] == "empty training sample" and r["1%"]["n_train"] == 0
-    assert "no class" in r["10%"]["not_available"] and np.isnan(r["10%"]["mean"])
+    assert "not_available" not in r["10%"] and r["10%"]["no_train_positive"] == list("abc")
+    assert all(np.isfinite(r["10%"]["per_class"][c]) for c in "abc") and r["10%"]["scoring"] == "per-class"
     assert "not_available" not in r["100%"] and r["100%"]["n_train"] == 500 and "ci" in r["100%"]
     for k, c in enumerate("abc"):
         s = res["scores"]["100%"][:, k]
         assert r["100%"]["per_class"][c] == pytest.approx(roc_auc_score(labels[te, k], s), abs=1e-9)
+        np.testing.assert_array_equal(s, res["logits"]["100%"][:, k])  # per-class scoring: the logits themselves
     assert min(r["100%"]["per_class"]["a"], r["100%"]["per_class"]["b"]) > 0.9  # each readable from its own feature

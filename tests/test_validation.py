@@ -4,6 +4,8 @@ evaluation's beat spans follow the model's own token stride (2 ** conv_layers), 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,15 @@ def mini(tmp_path_factory):
     recs = [synthetic.generate_record(i, 11) for i in range(40)]
     return write_store(tmp_path_factory.mktemp("v") / "mini", ((r.signal, r.report, r.labels) for r in recs),
                        classes=synthetic.CLASSES, source="synthetic:mini", progress=False)
+
+
+@pytest.fixture(scope="module")
+def down(tmp_path_factory):
+    """A downstream store of 60 synthetic records (seed 11): its stratified 70/10/20 split has 7 validation
+    records, with both label values for most classes."""
+    recs = [synthetic.generate_record(i, 11) for i in range(60)]
+    return write_store(tmp_path_factory.mktemp("d") / "down", ((r.signal, r.report, r.labels) for r in recs),
+                       classes=synthetic.CLASSES, source="synthetic:down", progress=False)
 
 
 def _model(**kw):
@@ -58,14 +69,72 @@ def test_validation_losses_equal_the_criterion_on_held_out_batches(mini):
     assert other["val/global"] != pytest.approx(out["val/global"], rel=1e-9)  # other batches, other contrast
 
 
-def test_downstream_zero_shot_equals_the_evaluation(mini):
+def test_downstream_zero_shot_equals_the_evaluation_on_validation_records(down):
     model, cfg = _model()
-    res = val.validate(model, MELPLoss(cfg.loss), downstream=[str(mini.path)])
+    res = val.validate(model, MELPLoss(cfg.loss), downstream=[str(down.path)])
     assert set(res) == {"zs/synthetic", "zs/mean"}
-    st = ev.task_sets(mini, "labels")
-    te = st["test"][0]
-    want = ev.zero_shot(model, mini, ev.load_prompts("synthetic"), progress=False, indices=te)
+    st = ev.task_sets(down, "labels")
+    va = st["val"][0]
+    assert len(va) == 7 and not set(va) & set(st["test"][0])
+    want = ev.zero_shot(model, down, ev.load_prompts("synthetic"), progress=False, indices=va)
+    assert np.isfinite(want["mean"])
     assert res["zs/synthetic"] == pytest.approx(want["mean"], abs=1e-9) and res["zs/mean"] == res["zs/synthetic"]
+
+
+def test_model_selection_never_reads_a_test_record(down, tmp_path, monkeypatch):
+    """A copy of the downstream store whose test records hold NaN signals: validation (and the best-model choice
+    on zs/mean) stays finite and equal to the clean store's, and the store is never asked for a test record."""
+    import shutil
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(down.path, poisoned)
+    clean = Store(down.path)
+    test_idx = set(ev.task_sets(clean, "labels")["test"][0].tolist())
+    bad = Store(poisoned)
+    for k in range(len(bad.offsets) - 1):
+        sig = np.memmap(bad._shard(k) / "signals.f16", dtype=np.float16, mode="r+",
+                        shape=(int(bad.offsets[k + 1] - bad.offsets[k]), len(bad.meta["leads"]),
+                               bad.meta["n_samples"]))
+        for i in range(int(bad.offsets[k]), int(bad.offsets[k + 1])):
+            if i in test_idx:
+                sig[i - int(bad.offsets[k])] = np.nan
+        sig.flush()
+        del sig
+    bad = Store(poisoned)
+    assert np.isnan(bad.read([min(test_idx)])[0]).all()  # the poison is there
+    read = []
+    orig = Store.read_signals
+
+    def spy(self, indices, *a, **k):
+        if Path(self.path) == poisoned:
+            read.extend(np.asarray(indices).reshape(-1).tolist())
+        return orig(self, indices, *a, **k)
+
+    monkeypatch.setattr(Store, "read_signals", spy)
+    model, cfg = _model()
+    crit = MELPLoss(cfg.loss)
+    want = val.validate(model, crit, downstream=[clean])
+    best = val.BestTracker("zs/mean")
+    for step in (1, 2):
+        got = val.validate(model, crit, downstream=[str(poisoned)])
+        assert np.isfinite(got["zs/mean"]) and got["zs/mean"] == pytest.approx(want["zs/mean"], abs=1e-9)
+        best.update(step, got)
+    assert best.step == 1 and read and not set(read) & test_idx
+    assert set(read) <= set(ev.task_sets(clean, "labels")["val"][0].tolist())
+
+
+def test_a_downstream_store_without_validation_records_is_an_error(mini):
+    """40 records (seed 11) leave 1 validation record: enough to run; 24 records (seed 5) leave none: an error
+    naming the store, before training (check_downstream) and at validation alike."""
+    val.check_downstream([mini])
+    recs = [synthetic.generate_record(i, 5) for i in range(24)]
+    small = write_store(Path(mini.path).parent / "small24", ((r.signal, r.report, r.labels) for r in recs),
+                        classes=synthetic.CLASSES, source="synthetic:small", progress=False)
+    with pytest.raises(ev.EvalError, match="no validation record.*small24|small24.*no validation record"):
+        val.check_downstream([str(small.path)])
+    model, cfg = _model()
+    with pytest.raises(ev.EvalError, match="never scores test records"):
+        val.validate(model, MELPLoss(cfg.loss), downstream=[small])
 
 
 def test_best_tracker_and_held_out_indices():
