@@ -92,7 +92,7 @@ def test_validation_every_n_steps_joins_the_history_and_keeps_the_best(tmp_path)
     from melp_fast.data import synthetic
     from melp_fast.data.store import write_store
 
-    recs = [synthetic.generate_record(i, 5) for i in range(24)]
+    recs = [synthetic.generate_record(i, 5) for i in range(60)]
     down = write_store(tmp_path / "down", ((r.signal, r.report, r.labels) for r in recs), classes=synthetic.CLASSES,
                        source="synthetic:down", progress=False)
     out = tmp_path / "run"
