@@ -125,6 +125,17 @@ class TrainConfig:
     eval_every: int = 0
     best_metric: str = "val/loss"
     downstream: tuple = ()  # store paths, each scored on its default task's test records
+    # torch.compile (engine.compile_model): the model's forward and backward (MELP: encoders, pooling, decoder; the
+    # losses, Triton kernels included, stay eager) compiled in place (parameter names and checkpoints unchanged).
+    # train.py then pads every batch to static shapes (model.max_beats beat slots, model.max_text_len tokens), so one
+    # graph serves every step. Meant for ZeRO 0-2 (ZeRO-3's parameter hooks break the graph into pieces).
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation, for checks)
+    static_shapes: bool = False  # pad batches to the fixed shapes above without compiling (implied by compile)
+    # CUDA only (a clear error elsewhere): the compiled model captured as CUDA graphs (torch.compile mode
+    # "reduce-overhead", CUDA graph trees): forward and backward replay as graphs, not one launch per op; implies
+    # compile. The losses, the non-finite check and the optimiser step stay outside the graphs.
+    cuda_graph: bool = False
 
 
 class Sections:
