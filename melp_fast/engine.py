@@ -318,7 +318,8 @@ class Trainer:
         are dropped, no optimiser step is taken and the step counter and schedule stay (the batch is consumed and
         counted in ``skipped``). After ``max_nonfinite`` such batches in a row the run saves a checkpoint (the
         model before them) and raises NonFiniteLoss. Returns the losses, or None for a skipped batch."""
-        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        # non_blocking: from pinned memory (train.py's loader on CUDA) the copy does not wait for the previous step
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if getattr(self.cfg, "cuda_graph", False):  # a new step: the graphs' previous outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         losses = compute(batch)

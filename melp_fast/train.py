@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                         collate_fn=make_collate(cfg, model, dataset), num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0,
+                        persistent_workers=cfg.data.num_workers > 0, pin_memory=torch.cuda.is_available(),
                         # its own generator: starting an epoch must not draw from the global RNG (dropout's),
                         # or a resumed run would diverge from an uninterrupted one
                         generator=torch.Generator().manual_seed(cfg.train.seed))
