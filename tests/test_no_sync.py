@@ -124,3 +124,25 @@ def test_the_check_catches_host_reads():
     with pytest.raises(AssertionError, match="_local_scalar_dense"):
         with HostSyncCheck(strict=True):
             x.sum().item()
+
+
+def test_throughput_op_counter_leaves_out_ops_that_launch_nothing():
+    """benchmarks/throughput.py's launch count: views, reshapes, transposes, expand, detach, empty allocations are
+    not counted; arithmetic, copies and casts are."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.throughput import op_counter
+
+    x = torch.randn(4, 6)
+    with op_counter() as c:
+        y = x.view(6, 4).reshape(24).unsqueeze(0).expand(3, 24).detach().t()  # reshape of a contiguous view
+        torch.empty(5)
+        _ = x[1:3], x.transpose(0, 1), x.shape, x.size(0)
+    assert sum(c.ops.values()) == 0, c.ops
+    with op_counter() as c:
+        (x * 2 + 1).sum()
+        y.contiguous()
+        x.double()
+    assert dict(c.ops) == {"mul": 1, "add": 1, "sum": 1, "clone": 1, "_to_copy": 1}, c.ops
