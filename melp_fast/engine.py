@@ -168,6 +168,35 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def check_compile(tcfg) -> str | None:
+    """What train.compile / train.cuda_graph ask for ("compile", "cuda_graph" or None); a UserError for
+    cuda_graph on a machine without CUDA (checked before anything is built)."""
+    if getattr(tcfg, "cuda_graph", False):
+        if not torch.cuda.is_available():
+            raise UserError("train.cuda_graph needs a CUDA device (CUDA graphs); this machine has none: use "
+                            "train.compile=true alone, or leave both off")
+        return "cuda_graph"
+    return "compile" if getattr(tcfg, "compile", False) else None
+
+
+def compile_model(model: torch.nn.Module, tcfg) -> str | None:
+    """train.compile / train.cuda_graph: compile ``model`` in place (nn.Module.compile: its forward and the backward
+    AOT autograd derives from it; parameter names, state dicts and checkpoints unchanged) with
+    train.compile_backend; cuda_graph: inductor's "reduce-overhead" mode, CUDA only. Returns what was done, or None
+    when neither is set."""
+    if check_compile(tcfg) is None:
+        return None
+    backend = getattr(tcfg, "compile_backend", "inductor")
+    if getattr(tcfg, "cuda_graph", False):
+        if backend != "inductor":
+            raise UserError(f"train.cuda_graph captures inductor's graphs: train.compile_backend must be 'inductor', "
+                            f"not {backend!r}")
+        model.compile(mode="reduce-overhead")  # CUDA graph trees over the compiled forward and backward
+        return "reduce-overhead"
+    model.compile(backend=backend)
+    return f"backend {backend}"
+
+
 # ------------------------------------------------------------------------------------------------ history
 def read_history(path: Path, upto: int) -> list[dict]:
     """History of a resumed run up to its checkpoint (later lines came from steps that are redone)."""
@@ -289,7 +318,10 @@ class Trainer:
         are dropped, no optimiser step is taken and the step counter and schedule stay (the batch is consumed and
         counted in ``skipped``). After ``max_nonfinite`` such batches in a row the run saves a checkpoint (the
         model before them) and raises NonFiniteLoss. Returns the losses, or None for a skipped batch."""
-        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        # non_blocking: from pinned memory (train.py's loader on CUDA) the copy does not wait for the previous step
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if getattr(self.cfg, "cuda_graph", False):  # a new step: the graphs' previous outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         losses = compute(batch)
         finite = torch.tensor([float(torch.isfinite(losses["loss"].detach()).all())], device=self.device)
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)

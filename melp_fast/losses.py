@@ -30,9 +30,9 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the target tokens (labels == -100 are ignored); 0 when there is none.
 
     logits [..., V] and labels [...] (the model passes only the positions that have a target)."""
-    if not bool((labels != -100).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    labels = labels.reshape(-1)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels, ignore_index=-100, reduction="sum")
+    return ce / (labels != -100).sum().clamp(min=1)  # no host sync: the count stays on the device
 
 
 def caption_term(out: dict, impl: str) -> torch.Tensor:
@@ -59,4 +59,7 @@ class MELPLoss(nn.Module):
                                    t1=c.t1, t2=c.t2, t3=c.t3, impl=c.impl)
         cap = caption_term(out, c.impl)
         total = c.global_weight * g + c.caption_weight * cap + c.local_weight * loc
-        return {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}
+        res = {"loss": total, "global": g.detach(), "local": loc.detach(), "caption": cap.detach()}
+        if "caption_dropped" in out:  # model.caption_tokens > 0: targets beyond the head's rows (model/melp.py)
+            res["caption_dropped"] = out["caption_dropped"].detach()
+        return res

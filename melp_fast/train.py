@@ -32,7 +32,7 @@ from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
 from melp_fast.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
-                              init_distributed, shutdown_distributed)
+                              check_compile, compile_model, init_distributed, shutdown_distributed)
 from melp_fast.errors import run_main
 from melp_fast.export import export_model
 from melp_fast.losses import MELPLoss
@@ -99,6 +99,46 @@ def pretraining_indices(store: Store, val_fraction: float, rank: int = 0):
     return train
 
 
+TEXT_PAD = {"attention_mask": 0, "sent_ids": -1, "caption_labels": -100}  # input_ids: the tokenizer's pad id
+
+
+def pad_static(batch: dict, beats: int, tokens: int, pad_id: int) -> dict:
+    """A batch padded to fixed sizes: `beats` beat slots (masked, empty spans) and `tokens` text positions (padding:
+    no attention, no sentence, no caption target), so its shapes depend on the batch size only. Padding changes
+    no loss: the beat and sentence masks and the causal, key-padded attention leave it out."""
+    import torch.nn.functional as F
+
+    out = dict(batch)
+    k = batch["beat_mask"].shape[1]
+    if k > beats or batch["input_ids"].shape[1] > tokens:
+        raise ValueError(f"pad_static: a batch of {k} beat slots and {batch['input_ids'].shape[1]} tokens does not "
+                         f"fit {beats} slots and {tokens} tokens")
+    out["beat_spans"] = F.pad(batch["beat_spans"], (0, 0, 0, beats - k))
+    out["beat_mask"] = F.pad(batch["beat_mask"], (0, beats - k), value=False)
+    for key, fill in {"input_ids": pad_id, **TEXT_PAD}.items():
+        out[key] = F.pad(batch[key], (0, tokens - batch[key].shape[1]), value=fill)
+    return out
+
+
+class StaticCollate:
+    """Collate, then pad_static (train.compile / train.cuda_graph: one graph for every step). Picklable."""
+
+    def __init__(self, collate: Collate, beats: int, tokens: int, pad_id: int):
+        self.collate, self.beats, self.tokens, self.pad_id = collate, beats, tokens, pad_id
+
+    def __call__(self, items) -> dict:
+        return pad_static(self.collate(items), self.beats, self.tokens, self.pad_id)
+
+
+def make_collate(cfg: Config, model: MELP, dataset: ECGTextDataset):
+    """The loader's collate: batches as the data gives them, or padded to static shapes when the model is compiled."""
+    tokenizer = model.tokenizer
+    collate = Collate(tokenizer)
+    if not (cfg.train.static_shapes or cfg.train.compile or cfg.train.cuda_graph):
+        return collate
+    return StaticCollate(collate, dataset.max_beats, tokenizer.max_len, tokenizer.pad)
+
+
 def clamp_logit_scale(engine):
     """Clamp the logit scale to [0, ln 100] in place; under ZeRO-3 the parameter is gathered for it first."""
     p = engine.module.logit_scale
@@ -143,6 +183,7 @@ def main(argv=None) -> dict:
     cfg = from_args(get_preset(args.preset), args, FLAGS)
     out_dir, batch_size = Path(cfg.train.out_dir), cfg.train.batch_size
     check_resume(out_dir / "checkpoints", args.resume)
+    check_compile(cfg.train)
     rank, world = init_distributed()
     # a finished run is never replaced without --resume or --overwrite
     prepare_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite, rank=rank, barrier=dist.barrier)
@@ -154,8 +195,8 @@ def main(argv=None) -> dict:
     model = MELP(cfg.model)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                        collate_fn=Collate(model.tokenizer), num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0,
+                        collate_fn=make_collate(cfg, model, dataset), num_workers=cfg.data.num_workers,
+                        persistent_workers=cfg.data.num_workers > 0, pin_memory=torch.cuda.is_available(),
                         # its own generator: starting an epoch must not draw from the global RNG (dropout's),
                         # or a resumed run would diverge from an uninterrupted one
                         generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -166,6 +207,11 @@ def main(argv=None) -> dict:
         dataset.set_epoch(epoch)
         return loader
 
+    # the model's forward and backward through torch.compile (train.compile / train.cuda_graph), losses eager
+    compiled = compile_model(model, cfg.train)
+    if compiled and rank == 0:
+        print(f"model compiled (torch.compile, {compiled}); batches padded to {dataset.max_beats} beat slots and "
+              f"{cfg.model.max_text_len} tokens")
     # engine (AdamW, warmup + cosine, DeepSpeed), resume, loss
     trainer = Trainer(model, cfg.train, out_dir, args.ds_config, rank, world, quiet=args.quiet, desc="train",
                       show=("loss", "global", "local", "caption", "logit_scale"))

@@ -34,7 +34,7 @@ class MELP(nn.Module):
 
     @property
     def tokenizer(self) -> ReportTokenizer:
-        return ReportTokenizer(self.text.tokenizer, self.cfg.max_text_len)
+        return ReportTokenizer(self.text.tokenizer, self.cfg.max_text_len, self.cfg.max_sentences)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to [1, 100] (also clamped in place after every optimiser step)."""
@@ -57,16 +57,35 @@ class MELP(nn.Module):
         e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
         hidden = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
-        # the caption head runs in the loss (out["caption_head"](hidden, targets, impl)), only where there is a
-        # target (padding and the end token never need one), with or without [tokens, vocabulary] logits
-        targets = batch["caption_labels"]
-        keep = targets != -100
-        return {
+        # the caption head runs in the loss (out["caption_head"](hidden, targets, impl)), with or without
+        # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0
+        hidden, targets, dropped = self.caption_rows(hidden, batch["caption_labels"])
+        out = {
             "rhythm": e["rhythm"], "beats": e["beats"], "beat_mask": e["beat_mask"],
             "text": t["text"], "sents": t["sents"], "sent_mask": t["sent_mask"],
-            "caption_hidden": hidden[keep], "caption_targets": targets[keep], "caption_head": self.decoder.head,
+            "caption_hidden": hidden, "caption_targets": targets, "caption_head": self.decoder.head,
             "logit_scale": self.scale(),
         }
+        if dropped is not None:
+            out["caption_dropped"] = dropped
+        return out
+
+    def caption_rows(self, hidden: torch.Tensor, targets: torch.Tensor):
+        """The decoder states [N, D] and targets [N] the caption head scores, with N fixed by the batch shape (no
+        host sync, no boolean indexing), and the number of targets left out (None when none can be).
+
+        model.caption_tokens = 0: every position, N = B x L (those without a target weigh 0: the loss is exact).
+        caption_tokens = n > 0 and B x n < B x L: the positions with a target moved to the front in order (a
+        stable sort on the device) and the first N = B x n kept; a batch with more targets than N loses the excess,
+        which is returned as a 0-d tensor (the loss logs it as caption_dropped)."""
+        h = hidden.reshape(-1, hidden.shape[-1])
+        t = targets.reshape(-1)
+        n = self.cfg.caption_tokens * hidden.shape[0]
+        if not 0 < n < t.numel():
+            return h, t, None
+        keep = t != -100
+        order = torch.argsort((~keep).to(torch.uint8), stable=True)[:n]
+        return h.index_select(0, order), t.index_select(0, order), (keep.sum() - n).clamp(min=0)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

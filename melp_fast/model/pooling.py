@@ -57,13 +57,14 @@ class BeatPooler(nn.Module):
             if beat_spans is None or beat_mask is None:
                 raise ValueError("beat_pooling='beats' needs beat_spans and beat_mask from the data pipeline")
             beats = self.beat_proj(self.norm(span_mean(tokens, beat_spans)))
-            weights = beat_mask.clone()
-            empty = ~beat_mask.any(dim=1)
-            if empty.any():  # whole-record fallback for the rhythm embedding only
-                whole = self.beat_proj(self.norm(tokens.mean(dim=1)))
-                beats = beats.clone()
-                beats[empty, 0] = whole[empty]
-                weights[empty, 0] = True
+            # whole-record fallback for the rhythm embedding only, computed for every record and selected with
+            # masks (no host sync): a record with no beat gets it in slot 0, with weight 1
+            empty = ~beat_mask.any(dim=1, keepdim=True)  # [B, 1]
+            first = torch.arange(beats.shape[1], device=beats.device) == 0  # [K]
+            use_whole = empty & first  # [B, K]
+            whole = self.beat_proj(self.norm(tokens.mean(dim=1)))
+            beats = torch.where(use_whole.unsqueeze(-1), whole.unsqueeze(1), beats)
+            weights = beat_mask | use_whole
         w = weights.to(beats.dtype).unsqueeze(-1)
         features = (beats * w).sum(1) / w.sum(1).clamp(min=1)
         g = self.global_proj(features)

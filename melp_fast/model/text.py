@@ -75,6 +75,7 @@ class TextEncoder(nn.Module):
         self.backbone = backbone if backbone is not None else load_backbone(cfg.text_encoder)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.text_encoder)
         self.hidden = self.backbone.config.hidden_size
+        self.max_sentences = cfg.max_sentences
         self.vocab_size = self.backbone.config.vocab_size
         self.global_head = nn.Sequential(nn.Linear(self.hidden, cfg.embed_dim), nn.GELU(),
                                          nn.Linear(cfg.embed_dim, cfg.embed_dim))
@@ -92,13 +93,31 @@ class TextEncoder(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
+    def causal_mask(self, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+        """The backbone's 4-D causal + key-padding mask, always materialised. Handed a 2-D mask, transformers
+        checks on the host whether any token is padded (masking_utils: `padding_mask.sum() == numel`, a device
+        sync) to decide between SDPA's is_causal and a mask; a prepared 4-D mask is used as it is."""
+        try:
+            from transformers.masking_utils import create_causal_mask
+        except ImportError:  # pragma: no cover - transformers < 4.53: the backbone builds its mask itself
+            return attention_mask
+        emb = self.backbone.get_input_embeddings().weight
+        shape_only = emb.new_empty(attention_mask.shape[0], length, 0)  # batch, length, dtype and device only
+        mask = create_causal_mask(config=self.backbone.config, inputs_embeds=shape_only, attention_mask=attention_mask,
+                                  cache=None, allow_is_causal_skip=False)
+        return attention_mask if mask is None else mask
+
     def forward(self, input_ids, attention_mask, sent_ids, eos_pos):
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """Token states, the report embedding and one embedding per sentence slot: sents [B, max_sentences, D]
+        with sent_mask (a slot without a token is masked; ids >= max_sentences are left out). No host sync and
+        shapes that depend only on the input shapes."""
+        mask = self.causal_mask(attention_mask, input_ids.shape[1])
+        states = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
         b = torch.arange(states.shape[0], device=states.device)
         g = self.global_head(states[b, eos_pos])
         text = F.normalize(g.float(), dim=-1).to(g.dtype)  # normalised in fp32, handed on in the compute dtype
-        n_sent = max(int(sent_ids.max()) + 1, 1)
-        onehot = (sent_ids.unsqueeze(1) == torch.arange(n_sent, device=sent_ids.device)[None, :, None])
+        slots = torch.arange(self.max_sentences, device=sent_ids.device)
+        onehot = sent_ids.unsqueeze(1) == slots[None, :, None]  # [B, S, L]
         counts = onehot.sum(-1)
         pooled = torch.bmm(onehot.to(states.dtype), states) / counts.clamp(min=1).unsqueeze(-1).to(states.dtype)
         return {"states": states, "text": text, "sents": self.sent_proj(pooled), "sent_mask": counts > 0}
