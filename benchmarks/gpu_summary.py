@@ -71,14 +71,17 @@ def throughput_figures(d, label) -> list[tuple]:
     ok = [r for r in d.get("rows", []) if "error" not in r]
     for r in d.get("rows", []):
         if "error" in r:
-            rows.append((label, f"{r.get('variant')} ({r.get('reports')})", "failed", "-", "NOT met"))
-    by = {(r["variant"], r["reports"]): r for r in ok}
+            rows.append((label, f"{r.get('variant')} {r.get('mode', 'eager')} ({r.get('reports')})", "failed", "-",
+                         "NOT met"))
+    by = {(r["variant"], r["reports"], r.get("mode", "eager")): r for r in ok}
     peak = d.get("args", {}).get("peak_tflops", 989.0)
-    for (variant, reports), r in sorted(by.items()):
+    for (variant, reports, mode), r in sorted(by.items()):
         # the peer: the literal reference where it ran, else the PyTorch blocks (the gate's paper step leaves the
         # per-pair loop out: at B = 64 it does not finish its steps inside the step's limit)
-        peer = "reference" if ("reference", reports) in by else "blocks"
-        ref = by.get((peer, reports))
+        peer = "reference" if ("reference", reports, mode) in by else "blocks"
+        ref = by.get((peer, reports, mode))
+        if mode != "eager":
+            reports = f"{reports}, {mode}"
         ref_flops = (ref or {}).get("flops_per_step") or r.get("flops_per_step")
         rows.append((label, f"{variant} samples/s ({reports} reports)", f"{r['samples_per_s']:.1f}", "-", "n/a"))
         if ref and variant != peer:
@@ -204,7 +207,7 @@ def build(out: Path) -> str:
     if machine:
         lines += [f"- {machine}"]
     total = sum((st or {}).get("seconds", 0) for _, st in steps)
-    lines += [f"- wall time of all steps: {total:.0f} s (goal <= 480 s: {verdict(total <= 480) if not dry else 'n/a'})",
+    lines += [f"- wall time of all steps: {total:.0f} s (goal <= 570 s: {verdict(total <= 570) if not dry else 'n/a'})",
               "", "## Steps", "", "| step | status | seconds | limit s | output |", "|---|---|---:|---:|---|"]
     for s, st in steps:
         if st is None:
