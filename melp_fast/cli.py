@@ -30,6 +30,9 @@ def _demo(args) -> int:
     from .evaluate import comparison_table, save_json, zero_shot
     from .export import load_model, untrained_model
 
+    from .checks import check_demo_args
+
+    check_demo_args(args)  # --steps, --n-test, --loss-impl, --ds_config, a writable --out: before any work
     t0 = time.perf_counter()
     cfg = get_preset("tiny")
     out = Path(args.out)
@@ -126,11 +129,18 @@ def _zero_shot(args) -> int:
 
     from .errors import UserError
 
-    model = load_model(args.model)
+    from .checks import check_writable
+
+    if args.out:
+        check_writable(Path(args.out).parent, "--out")
     try:
         store = Store(args.store)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"--store: {e}") from None
+    if store.labels is None or not store.classes:
+        raise UserError(f"--store {args.store} has no labels (no default task): zero-shot AUROC needs labelled "
+                        f"records; build the store from a labelled source or give --task to melp-fast evaluate")
+    model = load_model(args.model)
     res = zero_shot(model, store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:

@@ -74,6 +74,9 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     except Exception as e:  # noqa: BLE001 - truncated or not a safetensors file
         raise UserError(f"{path / 'model.safetensors'} is damaged (truncated or not a safetensors file): "
                         f"{' '.join(str(e).split())[:200]}; export the model again") from None
+    from .checks import check_tensors, expected_tensors
+
+    check_tensors(weights, expected_tensors(model), path / "model.safetensors")  # a swapped dtype is refused
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes that do not match config.json
