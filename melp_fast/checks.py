@@ -343,6 +343,20 @@ def check_text_bounds(conf: dict, where: str) -> None:
                             f"{MAX_TEXT_PARAMS / 1e9:.0f} billion); check num_hidden_layers / hidden_size")
 
 
+def text_dir_bounds(folder) -> None:
+    """An exported model's text_encoder/config.json within TEXT_BOUNDS before anything is built from it (a damaged
+    or unreadable file is left to the loader's own message)."""
+    f = Path(folder) / "config.json"
+    try:
+        if not f.is_file() or f.stat().st_size > 1 << 20:
+            return
+        conf = json.loads(f.read_bytes())
+    except (OSError, ValueError):
+        return
+    if isinstance(conf, dict):
+        check_text_bounds(conf, str(f))
+
+
 def check_text_encoder(cfg, flags=None) -> None:
     """model.text_encoder exists and is sane, and the caption heads divide its width."""
     flag = "--text-encoder" if flags and "--text-encoder" in flags else "model.text_encoder"

@@ -133,6 +133,7 @@ def _zero_shot(args) -> int:
 
     if args.out:
         check_writable(Path(args.out).parent, "--out")
+    model = load_model(args.model)
     try:
         store = Store(args.store)
     except (FileNotFoundError, ValueError) as e:
@@ -140,7 +141,6 @@ def _zero_shot(args) -> int:
     if store.labels is None or not store.classes:
         raise UserError(f"--store {args.store} has no labels (no default task): zero-shot AUROC needs labelled "
                         f"records; build the store from a labelled source or give --task to melp-fast evaluate")
-    model = load_model(args.model)
     res = zero_shot(model, store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:

@@ -64,6 +64,9 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     path = Path(path)
     cfg = _checked_config(path)
     text_dir = str(path / "text_encoder")
+    from .checks import text_dir_bounds
+
+    text_dir_bounds(text_dir)  # e.g. 100,000 layers: refused before any model is built
     try:
         model = MELP(cfg.model, text_backbone=load_backbone(text_dir, weights=False), tokenizer=load_tokenizer(text_dir))
     except Exception as e:  # noqa: BLE001 - a damaged text_encoder/ or a config the model cannot be built from

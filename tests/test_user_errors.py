@@ -118,6 +118,16 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case):
     assert "WORLD_SIZE" not in os.environ or os.environ.get("WORLD_SIZE") == "1"
 
 
+def exported_tiny(tmp_path) -> Path:
+    from helpers import tiny_cfg
+
+    from melp_fast.export import export_model, untrained_model
+
+    cfg = tiny_cfg()
+    torch.manual_seed(30)
+    return export_model(untrained_model(cfg, 30), cfg, tmp_path / "model")
+
+
 def test_zero_shot_on_a_store_without_labels(tmp_path, capsys):
     from melp_fast.data.store import build_synthetic_store
 
@@ -125,6 +135,6 @@ def test_zero_shot_on_a_store_without_labels(tmp_path, capsys):
     meta = json.loads((store.path / "meta.json").read_text())
     meta["task"], meta["classes"] = None, []
     (store.path / "meta.json").write_text(json.dumps(meta))
-    assert cli(["zero-shot", "--model", str(tmp_path / "no_model"), "--store", str(store.path)]) == 2
+    assert cli(["zero-shot", "--model", str(exported_tiny(tmp_path)), "--store", str(store.path)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: --store") and "has no labels" in line, line
