@@ -8,6 +8,8 @@
     melp-fast pretrain-text ...    stage one: continued MLM pretraining of the text encoder (melp_fast/text_pretrain.py)
     melp-fast evaluate ...         zero-shot and linear probing on downstream tasks (melp_fast/evaluate.py)
     melp-fast generate ...         report generation for one ECG file (melp_fast/generate.py)
+    melp-fast launch deepspeed|torchrun ...   a multi-process run whose launcher passes SIGTERM to every rank and
+                                   exits 128 + signal after their checkpoints (melp_fast/launch.py)
 Subcommands that own their flags live in their modules as main(argv); `melp-fast SUBCOMMAND --help` shows them.
 """
 
@@ -155,6 +157,7 @@ MODULE_COMMANDS = {
     "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
     "evaluate": ("melp_fast.evaluate", "zero-shot and linear-probe AUROC on downstream tasks"),
     "generate": ("melp_fast.generate", "a report for one ECG file from the captioning decoder, with pictures"),
+    "launch": ("melp_fast.launch", "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
 }
 
 
