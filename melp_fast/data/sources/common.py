@@ -537,20 +537,29 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
     # only what the first n_samples at target_fs need (plus 1 s for the resampling filter's edge) is resampled
     sig = sig[:, :int(math.ceil(fs_checked * (n_samples / target_fs + 1.0)))]
     out = np.zeros((len(LEADS), sig.shape[1]), dtype=np.float64)
-    found, unknown = [], []
+    found, unknown, flat, duplicates = [], [], set(), []
     for row, name in zip(sig, names):
         lead = canonical_lead(name)
         if lead is None:
             unknown.append(str(name))
             continue
+        is_flat = not np.isfinite(row).any() or np.ptp(row[np.isfinite(row)]) == 0
         if lead in found:
-            continue  # first occurrence wins
+            duplicates.append(str(name))
+            if lead in flat and not is_flat:  # a flat signal listed first never hides the real lead
+                out[LEADS.index(lead)] = row
+                flat.discard(lead)
+            continue  # otherwise the first occurrence wins
         out[LEADS.index(lead)] = row
         found.append(lead)
+        if is_flat:
+            flat.add(lead)
     if not found:
         raise SkipRecord(f"no known lead among {list(names)}")
     missing = [lead for lead in LEADS if lead not in found]
     meta = {"orig_fs": fs, "orig_samples": orig_samples, "leads_found": found, "unknown_leads": unknown}
+    if duplicates:
+        meta["duplicate_leads"] = duplicates
     bad = ~np.isfinite(out)
     meta["repaired_samples"] = 0
     if bad.any():
