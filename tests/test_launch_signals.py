@@ -70,6 +70,14 @@ def test_sigterm_to_the_launcher_reaches_every_rank(tmp_path, which):
         ranks = [c for c in psutil.Process(p.pid).children(recursive=True)
                  if "slow_train.py" in " ".join(c.cmdline()) and "deepspeed.launcher" not in " ".join(c.cmdline())]
         assert len(ranks) == 2, [c.cmdline() for c in ranks]
+        if which == "deepspeed":  # a second run on the folder in use, even with --overwrite, is refused at once
+            r = subprocess.run([sys.executable, "-m", "melp_fast.cli", "train", *SMALL, "--out", str(out), "--overwrite"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 2, r.stderr[-3000:]
+            line = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+            holder = json.loads((out / ".melp_lock").read_text())["pid"]
+            assert len(line) == 1 and "in use by another run" in line[0] and f"pid {holder}" in line[0], r.stderr
+            assert holder in [c.pid for c in ranks] and history.is_file()  # rank 0 holds it; nothing was removed
         p.send_signal(signal.SIGTERM)  # the launcher only, as a scheduler does
         _, err = p.communicate(timeout=300)
     finally:
