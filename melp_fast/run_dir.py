@@ -159,10 +159,15 @@ def acquire_lock(out, say=None) -> Path:
     f = os.fdopen(fd, "r+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.close()
         raise UserError(f"--out {out} is in use by another run: {_holder_text(path)}; wait for it to end or stop "
                         f"it (lock {path})") from None
+    except OSError as e:  # a file system without flock (some network mounts): say so and go on unlocked
+        if say is not None:
+            say(f"{out}: cannot lock the run folder ({e.strerror}); make sure no other run uses it")
+        f.close()
+        return path
     stale = f.read(4096).strip()
     if stale and say is not None:
         say(f"{out}: the previous run's lock was stale ({_holder_text(path)} is no longer running); taking it over")
