@@ -138,3 +138,23 @@ def test_zero_shot_on_a_store_without_labels(tmp_path, capsys):
     assert cli(["zero-shot", "--model", str(exported_tiny(tmp_path)), "--store", str(store.path)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: --store") and "has no labels" in line, line
+
+
+def test_pretrain_text_follows_the_run_folder_rules(tmp_path, capsys):
+    """A finished encoder folder (its checkpoints/ removed) is never replaced without --overwrite; --init and --out
+    the same folder cannot be overwritten; --resume and --overwrite contradict. One line, exit 2, nothing changed."""
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for name in ("model.safetensors", "mlm_head.safetensors", "config.json", "intrinsic.json"):
+        (enc / name).write_text(name)
+    before = {p.name: p.read_text() for p in enc.iterdir()}
+    base = ["pretrain-text", "--init", "random:tiny", "--out", str(enc)]
+    cases = [(base, "already holds a run (model.safetensors, mlm_head.safetensors, intrinsic.json)"),
+             (["pretrain-text", "--init", str(enc), "--out", str(enc), "--overwrite"], "is the --out folder"),
+             ([*base, "--resume", "--overwrite"], "contradict")]
+    for argv, words in cases:
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, err[-2000:]
+        assert {p.name: p.read_text() for p in enc.iterdir()} == before
