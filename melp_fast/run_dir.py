@@ -62,6 +62,21 @@ def clear_run(out, say=print, run_files=RUN_FILES) -> list[str]:
     return removed
 
 
+def _only_plain_files(out: Path) -> None:
+    """The run's own files, where present, are regular files or folders: a FIFO named history.jsonl would block the
+    run when it first writes its history (a device or socket: worse)."""
+    import os
+    import stat
+
+    for name in (*RUN_FILES, *TEXT_RUN_FILES, RUN_ID_FILE, LOCK_FILE, "checkpoints/complete"):
+        try:
+            mode = os.lstat(out / name).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            raise UserError(f"{out / name} is not a regular file (a FIFO, device or socket): remove it")
+
+
 def check_run_dir(out, *, resume: bool, overwrite: bool, evidence=EVIDENCE) -> None:
     """The checks alone (every rank may call it: it only reads)."""
     out = Path(out)
@@ -69,6 +84,7 @@ def check_run_dir(out, *, resume: bool, overwrite: bool, evidence=EVIDENCE) -> N
         raise UserError("--resume and --overwrite contradict each other: choose one")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    _only_plain_files(out)
     if resume:
         from .engine import check_resume
 
@@ -96,7 +112,7 @@ def prepare_run_dir(out, *, resume: bool, overwrite: bool, rank: int = 0, barrie
     if rank == 0:
         if overwrite:
             clear_run(out, say=lambda m: print(m, file=sys.stderr, flush=True), run_files=run_files)
-        if not resume or run_id(out) is None:
+        if not resume:  # a resumed folder keeps its id (an older version's has none: its checkpoints carry none)
             run_id(out, create=True)
     if barrier is not None:
         barrier()

@@ -24,7 +24,7 @@ SEED = 30
 print(f"test_run_lock: seed {SEED}")
 
 HOLD = ("import sys, time; from melp_fast.run_dir import acquire_lock; acquire_lock(sys.argv[1]); "
-        "print('held', flush=True); time.sleep(120)")
+        "print('held', flush=True); time.sleep(900)")
 TRAIN = "import sys; from melp_fast.cli import main; sys.exit(main(['train', *sys.argv[1:]]))"
 SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4", "--steps", "2",
          "--set", "data.n_train=8", "--set", "model.width=32", "--set", "model.ffn=64", "--set", "model.heads=2",
@@ -183,3 +183,14 @@ def test_tensors_with_a_swapped_dtype_are_refused_before_loading(tmp_path):
         with deepspeed_weights_only(expect=exp):
             torch.load(tmp_path / "fifo.pt", weights_only=False)
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_fifo_among_the_run_files_is_refused_before_it_can_block(tmp_path):
+    from melp_fast.run_dir import check_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / "history.jsonl")
+    for resume, overwrite in ((False, False), (False, True)):
+        with pytest.raises(UserError, match=r"history.jsonl is not a regular file"):
+            check_run_dir(out, resume=resume, overwrite=overwrite)
