@@ -101,3 +101,52 @@ def test_launch_names_a_bad_launcher(capsys):
 
     assert run_main(main, ["mpirun", "x.py"]) == 2
     assert "must be one of deepspeed, torchrun" in capsys.readouterr().err
+
+
+# a rank under a fake `deepspeed` runner (a script of that name that starts it): the rank loops on guard.check()
+RANK = """
+import sys, time
+from melp_fast.preemption import StopGuard, launcher_runner
+guard = StopGuard(grace_s=60).__enter__()
+print("runner", launcher_runner().pid, flush=True)
+t0 = time.time()
+while time.time() - t0 < 60:
+    stop, _ = guard.check()
+    if stop:
+        print("stopped", guard.agreed_signum, flush=True)
+        sys.exit(0)
+    time.sleep(0.1)
+print("never stopped", flush=True)
+"""
+FAKE_RUNNER = """
+import subprocess, sys
+p = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=dict(__import__("os").environ, WORLD_SIZE="1"))
+print(p.pid, flush=True)
+p.wait()
+"""
+
+
+def test_a_rank_stops_when_the_deepspeed_runner_dies_without_passing_the_signal_on(tmp_path):
+    """The plain `deepspeed` runner dies at SIGTERM and tells nobody: its ranks notice within a second and stop as
+    at SIGTERM (checkpoint, exit 143), instead of training on as orphans."""
+    import psutil
+
+    runner = tmp_path / "deepspeed"
+    runner.write_text(FAKE_RUNNER)
+    p = subprocess.Popen([sys.executable, str(runner), RANK], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        rank = psutil.Process(int(p.stdout.readline()))
+        assert p.stdout.readline().split() == ["runner", str(p.pid)]
+        p.send_signal(signal.SIGTERM)  # the runner's default action: it dies, the rank is not signalled
+        p.wait(timeout=30)
+        assert p.returncode == -signal.SIGTERM
+        rank.wait(timeout=30)
+        assert p.stdout.read().split() == ["stopped", str(int(signal.SIGTERM))]  # the rank's last words
+    finally:
+        if p.poll() is None:
+            p.kill()
+        try:
+            rank.kill()
+        except psutil.Error:
+            pass
