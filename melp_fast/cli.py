@@ -8,6 +8,8 @@
     melp-fast pretrain-text ...    stage one: continued MLM pretraining of the text encoder (melp_fast/text_pretrain.py)
     melp-fast evaluate ...         zero-shot and linear probing on downstream tasks (melp_fast/evaluate.py)
     melp-fast generate ...         report generation for one ECG file (melp_fast/generate.py)
+    melp-fast launch deepspeed|torchrun ...   a multi-process run whose launcher passes SIGTERM to every rank and
+                                   exits 128 + signal after their checkpoints (melp_fast/launch.py)
 Subcommands that own their flags live in their modules as main(argv); `melp-fast SUBCOMMAND --help` shows them.
 """
 
@@ -30,6 +32,9 @@ def _demo(args) -> int:
     from .evaluate import comparison_table, save_json, zero_shot
     from .export import load_model, untrained_model
 
+    from .checks import check_demo_args
+
+    check_demo_args(args)  # --steps, --n-test, --loss-impl, --ds_config, a writable --out: before any work
     t0 = time.perf_counter()
     cfg = get_preset("tiny")
     out = Path(args.out)
@@ -126,11 +131,18 @@ def _zero_shot(args) -> int:
 
     from .errors import UserError
 
+    from .checks import check_writable
+
+    if args.out:
+        check_writable(Path(args.out).parent, "--out")
     model = load_model(args.model)
     try:
         store = Store(args.store)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"--store: {e}") from None
+    if store.labels is None or not store.classes:
+        raise UserError(f"--store {args.store} has no labels (no default task): zero-shot AUROC needs labelled "
+                        f"records; build the store from a labelled source or give --task to melp-fast evaluate")
     res = zero_shot(model, store, load_prompts("synthetic", args.prompts))
     print(comparison_table({"model": res}))
     if args.out:
@@ -145,6 +157,7 @@ MODULE_COMMANDS = {
     "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
     "evaluate": ("melp_fast.evaluate", "zero-shot and linear-probe AUROC on downstream tasks"),
     "generate": ("melp_fast.generate", "a report for one ECG file from the captioning decoder, with pictures"),
+    "launch": ("melp_fast.launch", "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
 }
 
 

@@ -37,9 +37,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from .checks import check_owner, checkpoint_folder, expected_tensors
 from .errors import UserError
 from .export import full_state_dict
 from .preemption import StopGuard
+from .run_dir import run_id
 from .safe_load import deepspeed_weights_only, read_train_state, restore_rng, save_train_state
 
 POINTER = "complete"
@@ -261,7 +263,7 @@ class Trainer:
         # our state as safetensors + JSON: loading a checkpoint never unpickles it (safe_load.py)
         save_train_state(folder, self.rank,
                          {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped},
-                         {"shapes": self.shapes, "world": self.world})
+                         {"shapes": self.shapes, "world": self.world, "run_id": run_id(self.out_dir)})
         dist.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         dist.barrier()
@@ -285,13 +287,14 @@ class Trainer:
         """THE checkpoint reader: the checkpoint the pointer names (model, optimiser, schedule, data position,
         RNG states). A checkpoint of another model shape or world size is a UserError. Returns its folder."""
         check_resume(self.ckpt_dir, True)
-        tag = (self.ckpt_dir / POINTER).read_text().strip()
-        folder = self.ckpt_dir / tag
+        folder = checkpoint_folder(self.ckpt_dir, POINTER)  # inside this run, regular files only (checks.py)
+        tag = folder.name
         if not any(folder.glob(f"train_state_rank{self.rank}.*")):
             raise UserError(f"--resume: {folder} has no state for rank {self.rank} (written by fewer processes?); "
                             f"resume with the number of processes that wrote it")
         state = read_train_state(folder, self.rank)
         info = state["info"]
+        check_owner(self.out_dir, folder, info)  # written by this run (its run id)
         if info.get("world", self.world) != self.world:
             raise UserError(f"--resume: {folder} was written by {info['world']} processes, this run has "
                             f"{self.world}; resume with {info['world']}")
@@ -301,7 +304,8 @@ class Trainer:
                     for k in sorted(set(saved) | set(self.shapes)) if saved.get(k) != self.shapes.get(k)]
             raise UserError(f"--resume: {folder} holds a model of another shape ({len(diff)} parameters differ, e.g. "
                             f"{diff[0]}); resume with the settings that wrote it, or start a new --out")
-        with deepspeed_weights_only():  # DeepSpeed's torch.load runs weights-only: a crafted pickle is refused
+        # DeepSpeed's torch.load runs weights-only (a crafted pickle is refused); model dtypes / shapes checked
+        with deepspeed_weights_only(expect=expected_tensors(self.engine.module, self.shapes)):
             path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if path is None:
             raise UserError(f"--resume: checkpoint {folder} could not be loaded")

@@ -8,10 +8,12 @@ line or MELP_DEBUG=1 in the environment re-raises it, traceback included.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 EXIT_USER_ERROR = 2
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # one line too: the data is recoverable by running the command again
 
 
 class UserError(Exception):
@@ -34,5 +36,12 @@ def run_main(main, argv=None) -> int:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
+        if debug or e.errno not in DISK_FULL:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: {os.strerror(e.errno)}{where}: free some space and run the same command again (finished "
+              f"shards and checkpoints are kept; an interrupted one is redone)", file=sys.stderr)
         return EXIT_USER_ERROR
     return result if isinstance(result, int) else 0

@@ -324,6 +324,9 @@ def parse_args(argv):
 
 def _main(argv=None) -> int:
     args = parse_args(argv)
+    from .checks import check_evaluate_args
+
+    check_evaluate_args(args)  # issue 30: ranges, device and a writable --out before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     from .export import load_model, untrained_model

@@ -64,6 +64,9 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     path = Path(path)
     cfg = _checked_config(path)
     text_dir = str(path / "text_encoder")
+    from .checks import text_dir_bounds
+
+    text_dir_bounds(text_dir)  # e.g. 100,000 layers: refused before any model is built
     try:
         model = MELP(cfg.model, text_backbone=load_backbone(text_dir, weights=False), tokenizer=load_tokenizer(text_dir))
     except Exception as e:  # noqa: BLE001 - a damaged text_encoder/ or a config the model cannot be built from
@@ -74,6 +77,9 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     except Exception as e:  # noqa: BLE001 - truncated or not a safetensors file
         raise UserError(f"{path / 'model.safetensors'} is damaged (truncated or not a safetensors file): "
                         f"{' '.join(str(e).split())[:200]}; export the model again") from None
+    from .checks import check_tensors, expected_tensors
+
+    check_tensors(weights, expected_tensors(model), path / "model.safetensors")  # a swapped dtype is refused
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes that do not match config.json

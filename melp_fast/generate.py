@@ -232,11 +232,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    from .checks import check_generate_args, check_generate_len
+
+    check_generate_args(args)  # ranges, device, a writable --out: before the model is loaded
     if args.ecg == EXAMPLE:
         args.ecg = example_ecg()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.ckpt, args.device)
+    check_generate_len(args.max_len, model)
     try:
         batch = load_ecg(args.ecg, model)
     except ValueError as e:  # issue 14: a record that cannot be used (fs 0 / inf, ...) is one line, exit 2

@@ -28,6 +28,26 @@ import time
 DEFAULT_GRACE_S = 20.0
 
 
+def launcher_runner():
+    """The `deepspeed` runner this rank was started under (psutil.Process), found among its three nearest
+    ancestors by its command line (`.../deepspeed ...`); None outside a launched run or without psutil."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        import psutil
+
+        p = psutil.Process().parent()
+        for _ in range(3):
+            if p is None:
+                return None
+            if any(a == "deepspeed" or a.endswith("/deepspeed") for a in p.cmdline()[:2]):
+                return p
+            p = p.parent()
+    except Exception:  # noqa: BLE001 - psutil missing, or an ancestor that cannot be examined
+        return None
+    return None
+
+
 class Preempted(SystemExit):
     """Raised after the checkpoint of a stopped run is saved; exit code 128 + the signal number."""
 
@@ -75,12 +95,39 @@ class StopGuard:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._old[s] = signal.signal(s, self._handler)
+            self._watch_launcher()
         return self
+
+    def _watch_launcher(self):
+        """Under the `deepspeed` runner, which dies at SIGTERM without passing it on (the ranks would train on as
+        orphans): a thread polls the runner once a second and, when it is gone, sends this rank SIGTERM, so the
+        ranks still stop together with a checkpoint. (`melp-fast launch` passes the signal on by itself.)"""
+        runner = launcher_runner()
+        if runner is None:
+            return
+        self._watching = threading.Event()
+
+        def watch():
+            while not self._watching.wait(1.0):
+                try:
+                    alive = runner.is_running() and runner.status() != "zombie"
+                except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and the like: gone
+                    alive = False
+                if not alive:
+                    print(f"[rank {self.rank}] the launcher (pid {runner.pid}) is gone: stopping as at SIGTERM",
+                          file=sys.stderr, flush=True)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="melp-launcher-watch").start()
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
+        if getattr(self, "_watching", None) is not None:
+            self._watching.set()
+            self._watching = None
         if self._watchdog is not None and exc[0] is None:
             self._watchdog.cancel()
         return False

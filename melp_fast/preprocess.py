@@ -160,7 +160,13 @@ def store_lock(out):
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if (out / "meta.json").is_file():  # a finished store on a read-only mount: nobody can change it
+            yield out
+            return
+        raise UserError(f"--out {out} is not writable ({e.strerror}); choose a writable folder") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

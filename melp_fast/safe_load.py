@@ -87,13 +87,24 @@ _ORIG_LOAD = torch.load
 
 
 @contextlib.contextmanager
-def deepspeed_weights_only(allowed=None):
+def deepspeed_weights_only(allowed=None, expect=None):
     """Within the block every torch.load (DeepSpeed's checkpoint engines call ``torch.load`` with
-    ``weights_only=False``) is a ``safe_torch_load``: weights_only=True with only ``allowed`` classes."""
+    ``weights_only=False``) is a ``safe_torch_load``: weights_only=True with only ``allowed`` classes, of a regular
+    file only (a FIFO would block). ``expect`` ({name: (dtype, shape)}, checks.expected_tensors): the model states
+    a file holds ("module") must have these dtypes and shapes (a tampered dtype is refused, not loaded)."""
     def load(f, map_location=None, *args, **kwargs):
         if not isinstance(f, (str, os.PathLike)):
             raise UserError("refused to unpickle a checkpoint from a stream (weights-only loading needs a file)")
-        return safe_torch_load(f, map_location=map_location, allowed=allowed)
+        import stat
+
+        if not stat.S_ISREG(os.lstat(f).st_mode):
+            raise UserError(f"refused to load {f}: not a regular file")
+        out = safe_torch_load(f, map_location=map_location, allowed=allowed)
+        if expect is not None and isinstance(out, dict) and isinstance(out.get("module"), dict):
+            from .checks import check_tensors
+
+            check_tensors(out["module"], expect, f)
+        return out
 
     torch.load = load
     try:
@@ -146,22 +157,67 @@ def read_train_state(folder, rank: int) -> dict:
             np_state = (str(name), t["numpy_key"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss))
             py_state = (int(meta["python"][0]), tuple(int(v) for v in t["python_key"].tolist()), meta["python"][1])
             cuda = [t[k] for k in sorted(t) if k.startswith("cuda")]
-            return {"position": {k: int(v) for k, v in meta["position"].items()}, "info": meta.get("info", {}),
-                    "rng": {"torch": t["torch"], "cuda": cuda, "numpy": np_state, "python": py_state}}
+            state = {"position": {k: int(v) for k, v in meta["position"].items()}, "info": meta.get("info", {}),
+                     "rng": {"torch": t["torch"], "cuda": cuda, "numpy": np_state, "python": py_state}}
         except Exception as e:  # noqa: BLE001 - any damage: one line naming the file
             raise UserError(f"cannot read the training state {path}: {type(e).__name__}: {e}") from None
+        return check_train_state(state, path)
     legacy = Path(folder) / f"train_state_rank{rank}.pt"
     if not legacy.is_file():
         raise UserError(f"--resume: {path} is missing (an incomplete checkpoint); remove {Path(folder)} and "
                         f"its name in {Path(folder).parent / 'complete'}, or start again with --overwrite")
     state = safe_torch_load(legacy, allowed=_numpy_globals())
     try:
-        return {"position": {k: int(v) for k, v in state["position"].items()},
+        state = {"position": {k: int(v) for k, v in state["position"].items()},
                 "info": {k: state[k] for k in ("shapes", "world") if k in state},
                 "rng": {"torch": state["rng"]["torch"], "cuda": [], "numpy": state["rng"]["numpy"],
                         "python": state["rng"]["python"]}}
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise UserError(f"cannot read the training state {legacy}: {type(e).__name__}: {e}") from None
+    return check_train_state(state, legacy)
+
+
+MAX_POSITION = 2 ** 40  # steps, epochs, batches: beyond this a position is not real
+
+
+def check_train_state(state: dict, path) -> dict:
+    """A read training state within range: data position non-negative integers below MAX_POSITION; RNG states of
+    the right kinds and sizes (MT19937 for numpy and Python, torch's own generator size). Else a UserError naming
+    the file and the value; nothing is restored."""
+    def bad(what):
+        return UserError(f"--resume: the training state {path} is damaged or tampered ({what}); resume from "
+                         f"another checkpoint or start again with --overwrite")
+
+    pos = state["position"]
+    for key in ("step", "epoch", "batch"):
+        if key not in pos:
+            raise bad(f"no {key}")
+    for key, v in pos.items():
+        if not isinstance(v, int) or not 0 <= v < MAX_POSITION:
+            raise bad(f"{key} = {v}")
+    rng = state["rng"]
+    try:
+        ref = torch.get_rng_state()
+        t = rng["torch"]
+        if not torch.is_tensor(t) or t.dtype != ref.dtype or t.shape != ref.shape:
+            raise bad("torch RNG state of the wrong kind")
+        name, key, p, has_gauss, gauss = rng["numpy"]
+        key = np.asarray(key)
+        if name != "MT19937" or key.shape != (624,) or not 0 <= int(p) <= 624 or int(has_gauss) not in (0, 1) \
+                or not np.isfinite(float(gauss)):
+            raise bad(f"numpy RNG state {str(name)[:40]!r}")
+        version, pkey, pgauss = rng["python"]
+        if version != 3 or len(pkey) != 625 or not all(0 <= int(k) < 2 ** 32 for k in pkey[:624]) \
+                or not 0 <= int(pkey[624]) <= 624 or not (pgauss is None or isinstance(pgauss, float)):
+            raise bad("Python RNG state")
+        for c in rng["cuda"]:
+            if not torch.is_tensor(c) or c.dtype != torch.uint8 or c.ndim != 1 or c.numel() > 1 << 16:
+                raise bad("CUDA RNG state")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a state of another shape: one line
+        raise bad(f"{type(e).__name__}: {e}") from None
+    return state
 
 
 def restore_rng(state: dict) -> None:

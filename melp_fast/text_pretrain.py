@@ -35,11 +35,13 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher or to
 import torch
 import torch.distributed as dist
 
+from melp_fast.checks import preflight_text
 from melp_fast.config import TextPretrainConfig, add_flags, from_args
-from melp_fast.engine import (POINTER, InputNotFound, Trainer, check_batches, check_resume, init_distributed,
+from melp_fast.engine import (InputNotFound, Trainer, check_batches, check_resume, init_distributed,
                               shutdown_distributed)
 from melp_fast.errors import UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
+from melp_fast.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, prepare_run_dir
 
 HEAD_FILE = "mlm_head.safetensors"
 
@@ -76,6 +78,8 @@ def parse_args(argv=None):
                    help="override a config field (sections model, data, vocab, train), e.g. --set train.lr=5e-5")
     p.add_argument("--ds_config", default=None, help="DeepSpeed JSON config (default: ZeRO-0, fp32)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the encoder already in --out (its checkpoints, history, weights are removed first)")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -401,11 +405,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = from_args(TextPretrainConfig(), args, FLAGS)
     d, t, out = cfg.data, cfg.train, Path(cfg.train.out_dir)
+    preflight_text(cfg, args, FLAGS)  # every option, the DeepSpeed JSON, --init and --out checked before any work
+    if args.overwrite and Path(cfg.model.init).exists() and out.exists() and \
+            Path(cfg.model.init).resolve() == out.resolve():
+        raise UserError(f"--init {cfg.model.init} is the --out folder: --overwrite would remove the encoder it "
+                        f"starts from; write to another --out")
     check_resume(out / "checkpoints", args.resume)
-    if not args.resume and (out / "checkpoints" / POINTER).is_file():
-        raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass --resume, or choose another --out")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rank, world = init_distributed()
+    # the same run-folder rules as train: one run at a time (a lock), a finished encoder is never replaced without
+    # --resume or --overwrite
+    prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite, rank=rank, barrier=dist.barrier,
+                    evidence=TEXT_EVIDENCE, run_files=TEXT_RUN_FILES)
     say = print if rank == 0 else (lambda *a, **k: None)
 
     # reports, held-out slice, starting model, vocabulary growth, intrinsic check before

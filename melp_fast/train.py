@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from melp_fast.checks import preflight_train
 from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_preset
 from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
@@ -181,6 +182,7 @@ def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = from_args(get_preset(args.preset), args, FLAGS)
+    preflight_train(cfg, args, FLAGS)  # every option, the DeepSpeed JSON, inputs and --out checked before any work
     out_dir, batch_size = Path(cfg.train.out_dir), cfg.train.batch_size
     check_resume(out_dir / "checkpoints", args.resume)
     check_compile(cfg.train)

@@ -33,9 +33,9 @@ def run_py(code, *args, timeout=600):
                           text=True, timeout=timeout)
 
 
-def train(out, *extra):
+def train(out, *extra, timeout=600):
     # ZeRO-1 bf16: the checkpoint holds model states and optimizer states in separate pickles
-    return run_py(TRAIN, *SMALL, "--ds_config", ROOT / "configs/cpu_bf16.json", "--out", out, *extra)
+    return run_py(TRAIN, *SMALL, "--ds_config", ROOT / "configs/cpu_bf16.json", "--out", out, *extra, timeout=timeout)
 
 
 class Exploit:
@@ -152,3 +152,45 @@ def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
     with pytest.raises(UserError, match="did not make"):
         _demo_folder(other)
     assert not (other / ".melp_demo").exists()
+
+
+def _swap_a_dtype(folder: Path):
+    """A same-size dtype swap in DeepSpeed's model states (float -> int of the same width), as a tampered file."""
+    f = folder / "mp_rank_00_model_states.pt"
+    state = torch.load(f, weights_only=False)  # our own file, written by the base run
+    name, t = next((k, v) for k, v in state["module"].items() if v.is_floating_point() and v.numel() > 1)
+    state["module"][name] = t.clone().view({2: torch.int16, 4: torch.int32}[t.element_size()])
+    torch.save(state, f)
+    return name
+
+
+@pytest.mark.parametrize("how", ["dtype_swap", "foreign_run", "fifo", "pointer_outside"])
+def test_resume_refuses_a_tampered_or_foreign_checkpoint(base_run, tmp_path, how):
+    """Issue 30: each refusal is one line naming the file and exit 2, in seconds (a FIFO never blocks), and the
+    run's files are left as they were."""
+    out = copy_run(base_run, tmp_path)
+    folder = out / "checkpoints" / "step2"
+    words = []
+    if how == "dtype_swap":
+        words = [f"tensor {_swap_a_dtype(folder)} is int", "mp_rank_00_model_states.pt"]
+    elif how == "foreign_run":
+        (out / ".melp_run_id").write_text("0123456789abcdef0123456789abcdef\n")
+        words = ["was written by another run", str(folder)]
+    elif how == "fifo":
+        victim = next(folder.glob("*optim_states.pt"))
+        victim.unlink()
+        os.mkfifo(victim)
+        words = [victim.name, "is a FIFO"]
+    else:
+        other = tmp_path / "other" / "checkpoints" / "step2"
+        shutil.copytree(folder, other)
+        (out / "checkpoints" / "complete").write_text("../../other/checkpoints/step2")
+        words = ["not a checkpoint folder of this run"]
+    history = (out / "history.jsonl").read_text()
+    r = train(out, "--steps", "3", "--resume", timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    for w in words:
+        assert w in err[0], (w, err[0])
+    assert (out / "history.jsonl").read_text() == history

@@ -310,7 +310,8 @@ def _reason_key(reason: str) -> str:
     """A skip reason without its record-specific parts, for the counts in meta.json."""
     import re
 
-    key = reason.split(":")[0].split(" (")[0]
+    key = re.sub(r"^\S+\.(dat|mat|hea|dcm)\b:\s*", "", reason)  # "x.dcm: sampling ..." -> "sampling ..."
+    key = key.split(":")[0].split(" (")[0]
     key = re.sub(r"\S+\.(dat|mat|hea|dcm)\b", "FILE", key)
     key = re.sub(r"'[^']*'", "PATH", key)
     return re.sub(r"\d+", "N", key)[:60].strip()

@@ -359,6 +359,14 @@ def _read_cinc_mat(hea: Path, header) -> np.ndarray:
     if len(shape) != 2 or shape[0] != header.n_sig or shape[1] != header.sig_len:
         raise SkipRecord(f"{fn}: 'val' has shape {list(shape)}, the header says {header.n_sig} signals x "
                          f"{header.sig_len} samples (truncated file or a header that lies about its length)")
+    budget = header.n_sig * header.sig_len * 8 + 4096  # 'val' as float64 at most, plus its headers
+    try:
+        held = mat_var_bytes(f, "val", budget)
+    except Exception as e:  # noqa: BLE001
+        raise SkipRecord(f"unreadable MATLAB file {fn}: {type(e).__name__}: {e}") from None
+    if held > budget:
+        raise SkipRecord(f"{fn}: 'val' holds more than {budget} bytes once inflated, more than its "
+                         f"{header.n_sig} x {header.sig_len} shape needs (a compression bomb?)")
     try:
         val = loadmat(str(f), variable_names=["val"])["val"]
     except Exception as e:  # noqa: BLE001
@@ -410,6 +418,54 @@ def mat_shapes(path) -> dict:
             if header:
                 name, shape = _mat_matrix_header(header, end)
                 out[name] = shape
+            f.seek(start + nbytes + (0 if mdtype in (14, 15) else -nbytes % 8))
+
+
+def mat_var_bytes(path, name: str, limit: int) -> int:
+    """The size in bytes of variable ``name`` of a MATLAB v5 file once inflated, counted in chunks of 1 MB without
+    keeping them, and stopping past ``limit`` (returns limit + 1 then): a 1 MB miCOMPRESSED element can inflate to
+    gigabytes. Other versions (no miCOMPRESSED) return 0: their size is the file's, bounded already."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI") or head[:4] == b"\0\0\0\0":
+            return 0
+        end = "<" if head[126:128] == b"IM" else ">"
+        while True:
+            tag = f.read(8)
+            if len(tag) < 8:
+                return 0
+            mdtype, nbytes = struct.unpack(end + "II", tag)
+            start = f.tell()
+            if mdtype == 15:
+                d, first, total, left, pending, named = zlib.decompressobj(), b"", 0, nbytes, b"", None
+                while total <= limit:
+                    if not pending:
+                        if left <= 0:
+                            break
+                        pending = f.read(min(1 << 20, left))
+                        left -= len(pending)
+                        if not pending:
+                            break
+                    out = d.decompress(pending, 1 << 16)
+                    pending = d.unconsumed_tail
+                    total += len(out)
+                    if named is None:
+                        first += out[:256 - len(first)]
+                        if len(first) >= 256 or d.eof:
+                            named = len(first) >= 16 and struct.unpack(end + "I", first[:4])[0] == 14 and \
+                                _mat_matrix_header(first[8:], end)[0] == name
+                            if not named:
+                                break
+                    if d.eof:
+                        break
+                if named:
+                    return total if total <= limit else limit + 1
+            elif mdtype == 14:
+                if _mat_matrix_header(f.read(min(nbytes, 256)), end)[0] == name:
+                    return nbytes if nbytes <= limit else limit + 1
             f.seek(start + nbytes + (0 if mdtype in (14, 15) else -nbytes % 8))
 
 
@@ -481,20 +537,29 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
     # only what the first n_samples at target_fs need (plus 1 s for the resampling filter's edge) is resampled
     sig = sig[:, :int(math.ceil(fs_checked * (n_samples / target_fs + 1.0)))]
     out = np.zeros((len(LEADS), sig.shape[1]), dtype=np.float64)
-    found, unknown = [], []
+    found, unknown, flat, duplicates = [], [], set(), []
     for row, name in zip(sig, names):
         lead = canonical_lead(name)
         if lead is None:
             unknown.append(str(name))
             continue
+        is_flat = not np.isfinite(row).any() or np.ptp(row[np.isfinite(row)]) == 0
         if lead in found:
-            continue  # first occurrence wins
+            duplicates.append(str(name))
+            if lead in flat and not is_flat:  # a flat signal listed first never hides the real lead
+                out[LEADS.index(lead)] = row
+                flat.discard(lead)
+            continue  # otherwise the first occurrence wins
         out[LEADS.index(lead)] = row
         found.append(lead)
+        if is_flat:
+            flat.add(lead)
     if not found:
         raise SkipRecord(f"no known lead among {list(names)}")
     missing = [lead for lead in LEADS if lead not in found]
     meta = {"orig_fs": fs, "orig_samples": orig_samples, "leads_found": found, "unknown_leads": unknown}
+    if duplicates:
+        meta["duplicate_leads"] = duplicates
     bad = ~np.isfinite(out)
     meta["repaired_samples"] = 0
     if bad.any():
@@ -534,8 +599,16 @@ def decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="melp_latin1_fallback")
 
 
+MAX_CSV_LINE = 1 << 20  # a listing row longer than this (1 MB) is not a row
+MAX_CSV_BYTES = 4 << 30  # a listing file larger than this is refused outright
+CSV_CHUNK = 32 << 20  # rows are parsed in chunks of about this many bytes
+
+
 def read_csv(path, **kw):
-    """pandas.read_csv that survives non-UTF-8 bytes (falls back to Latin-1) and names the file on errors."""
+    """pandas.read_csv that survives non-UTF-8 bytes (falls back to Latin-1) and names the file on errors. The file
+    is read in bounded chunks of rows (CSV_CHUNK bytes, cut between rows outside quotes): a row longer than
+    MAX_CSV_LINE, a NUL byte (a binary or zero-filled file) or a file above MAX_CSV_BYTES is a ValueError naming
+    the file and line, found after reading at most one row, never the whole file."""
     import io
 
     import pandas as pd
@@ -550,11 +623,42 @@ def read_csv(path, **kw):
         regular_file(path)
     except SkipRecord as e:
         raise ValueError(f"{path}: {e}") from None
-    text = decode_text(path.read_bytes())
-    try:
-        return pd.read_csv(io.StringIO(text), **kw)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot parse {path}: {type(e).__name__}: {e}") from None
+    size = os.stat(path).st_size
+    if size > MAX_CSV_BYTES:
+        raise ValueError(f"{path} is {size} bytes, more than the {MAX_CSV_BYTES} a listing may have")
+
+    def parse(rows: list[bytes]):
+        try:
+            return pd.read_csv(io.StringIO(decode_text(b"".join(rows))), **kw)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"cannot parse {path}: {type(e).__name__}: {e}") from None
+
+    frames, header, rows, nbytes, quotes = [], None, [], 0, 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(iter(lambda: f.readline(MAX_CSV_LINE + 1), b""), 1):
+            if len(line) > MAX_CSV_LINE:
+                raise ValueError(f"{path}: line {lineno} is longer than {MAX_CSV_LINE} bytes (a damaged or "
+                                 f"non-CSV file)")
+            if b"\0" in line:
+                raise ValueError(f"{path}: line {lineno} holds NUL bytes (a binary or zero-filled file, not a CSV "
+                                 f"listing)")
+            rows.append(line)
+            nbytes += len(line)
+            quotes += line.count(b'"')
+            if quotes % 2:
+                continue  # inside a quoted field that spans lines
+            if header is None:  # the first complete record is the header, repeated before every chunk
+                header, rows, nbytes = b"".join(rows), [], 0
+            elif nbytes >= CSV_CHUNK:
+                frames.append(parse([header, *rows]))
+                rows, nbytes = [], 0
+    if header is None:
+        return parse(rows)
+    if rows or not frames:
+        frames.append(parse([header, *rows]))
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index="index_col" not in kw)
 
 
 def load_csv_wfdb_item(root, item: "Item", nan_policy: str = "drop"):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..reports import clean_report
-from .common import (FS, N_SAMPLES, SkipRecord, check_file_bytes, check_fs, check_size, parse_comments, read_wfdb,
-                     regular_file, to_canonical)
+from .common import (FS, MAX_FILE_BYTES, N_SAMPLES, SkipRecord, check_file_bytes, check_fs, check_size,
+                     parse_comments, read_wfdb, regular_file, to_canonical)
 
 _UNIT_TO_MV = {"uV": 1e-3, "UV": 1e-3, "mV": 1.0, "MV": 1.0, "V": 1e3}
 
@@ -27,6 +27,7 @@ def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
     path = Path(path)
     regular_file(path, "DICOM file")  # a FIFO named x.dcm would block dcmread forever
     check_file_bytes(path)
+    check_dicom_inflated(path)  # a deflated dataset is inflated (in bounded steps) only when small enough
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as e:  # noqa: BLE001
@@ -63,6 +64,69 @@ def read_dicom(path) -> tuple[np.ndarray, float, list[str], str]:
     arr = arr * np.asarray(scale)[:, None]
     texts = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", []) if "UnformattedTextValue" in a]
     return arr, fs, names, clean_report(texts)
+
+
+DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
+
+
+def _dicom_meta_end(f) -> tuple[int, bytes]:
+    """(offset where the dataset starts, transfer syntax UID) of a DICOM Part 10 file: its file meta elements
+    (group 0002, explicit VR little endian) are walked without pydicom."""
+    import struct
+
+    f.seek(128)
+    if f.read(4) != b"DICM":
+        return 0, b""
+    syntax = b""
+    while True:
+        pos = f.tell()
+        head = f.read(8)
+        if len(head) < 8:
+            return pos, syntax
+        group, elem = struct.unpack("<HH", head[:4])
+        if group != 2:
+            return pos, syntax
+        vr = head[4:6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"):
+            length = struct.unpack("<I", f.read(4))[0]
+        else:
+            length = struct.unpack("<H", head[6:8])[0]
+        if length > 1 << 16:
+            raise SkipRecord(f"file meta element ({group:04x},{elem:04x}) of {length} bytes")
+        value = f.read(length)
+        if elem == 0x0010:
+            syntax = value.rstrip(b"\0 ")
+
+
+def check_dicom_inflated(path, limit: int = MAX_FILE_BYTES) -> None:
+    """A deflated DICOM (its dataset one zlib stream: 1 MB can inflate to gigabytes, which pydicom would hold in
+    memory) is inflated here in 1 MB steps that are counted and dropped; more than ``limit`` bytes: SkipRecord."""
+    import zlib
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        start, syntax = _dicom_meta_end(f)
+        if syntax != DEFLATED:
+            return
+        f.seek(start)
+        d, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        pending = b""
+        while True:
+            if not pending:
+                pending = f.read(1 << 20)
+                if not pending:
+                    return
+            try:
+                out = d.decompress(pending, 1 << 20)
+            except zlib.error as e:
+                raise SkipRecord(f"{path.name}: damaged deflated dataset: {e}") from None
+            pending = d.unconsumed_tail
+            total += len(out)
+            if total > limit:
+                raise SkipRecord(f"{path.name}: its deflated dataset inflates to more than {limit} bytes (a "
+                                 f"compression bomb?)")
+            if d.eof:
+                return
 
 
 def read_any(path, nan_policy: str = "drop", root=None) -> tuple[np.ndarray, dict]:
