@@ -384,6 +384,14 @@ def preflight_train(cfg, args, flags=None) -> None:
         check_store_dir(cfg.data.source, "--data")
     check_writable(cfg.train.out_dir, "--out")
     _check_run_dir(cfg.train.out_dir, args)
+    if cfg.train.downstream:  # a store that cannot be validated on fails now, not at the first evaluation step
+        from .eval_tasks import EvalError
+        from .validation import check_downstream
+
+        try:
+            check_downstream(cfg.train.downstream)
+        except (EvalError, OSError, ValueError) as e:
+            raise UserError(str(e)) from None
 
 
 def _check_run_dir(out, args, **kw) -> None:

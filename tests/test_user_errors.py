@@ -29,6 +29,17 @@ def not_a_store(tmp_path):
     return str(tmp_path / "folder")
 
 
+def tiny_downstream(tmp_path):
+    """A labelled store of 6 records: too few for the stratified split's validation part."""
+    from melp_fast.data import synthetic
+    from melp_fast.data.store import write_store
+
+    recs = [synthetic.generate_record(i, 5) for i in range(6)]
+    down = write_store(tmp_path / "down", ((r.signal, r.report, r.labels) for r in recs), classes=synthetic.CLASSES,
+                       source="synthetic:down", progress=False)
+    return f'train.downstream=["{down.path}"]'
+
+
 # (argv builder, words the one error line must hold)
 CASES = {
     "train --steps 0": (lambda t: ["train", *SMALL, "--steps", "0"], ["--steps (train.steps) is 0"]),
@@ -79,6 +90,8 @@ CASES = {
                                 ["--beam-width is 0"]),
     "generate unwritable --out": (lambda t: ["generate", "--ckpt", "x", "--ecg", "x", "--out", "/proc/melp_gen_30"],
                                   ["--out /proc/melp_gen_30 is not writable"]),
+    "train.downstream without validation records": (lambda t: ["train", *SMALL, "--set", tiny_downstream(t)],
+                                                     ["has no validation record", "never scores test records"]),
     "demo --steps -1": (lambda t: ["demo", "--out", str(t / "d"), "--steps", "-1"], ["--steps is -1"]),
     "demo --steps 0": (lambda t: ["demo", "--out", str(t / "d"), "--steps", "0"], ["--steps is 0"]),
     "demo --n-test 0": (lambda t: ["demo", "--out", str(t / "d"), "--n-test", "0"], ["--n-test is 0"]),
