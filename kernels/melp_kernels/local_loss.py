@@ -61,11 +61,51 @@ __all__ = [
     "local_attention",
     "sm90_specs",
     "matmul_flops",
+    "OpCounter",
 ]
 
 IMPLS = ("reference", "batched", "fused", "auto")
 COS_EPS = 1e-8  # eps on the norm product of the cosine
 NC2_FLOOR = 1e-30  # ||c||^2 from the Gram form is clamped here before sqrt (a zero context has cos 0 anyway)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatched-op counting (tests and benchmarks): what the CPU hands the GPU besides the Triton launches
+# ----------------------------------------------------------------------------------------------------------------
+_NO_LAUNCH = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "sym_size",
+              "sym_stride", "sym_numel", "sym_storage_offset", "size", "stride", "numel", "lift_fresh", "alias",
+              "_unsafe_view", "view", "reshape", "t", "transpose", "permute", "expand", "squeeze", "unsqueeze",
+              "slice", "select", "as_strided", "diagonal", "unbind", "split", "chunk", "narrow", "_reshape_alias",
+              "set_", "is_same_size", "_has_compatible_shallow_copy_type", "resolve_conj", "resolve_neg"}
+
+
+def _make_op_counter():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        """Counts the aten ops dispatched inside the `with` block that launch work (a kernel or a copy), leaving
+        out those that launch nothing: views, reshapes, transposes, expand, detach, empty allocations, size
+        queries. Triton launches are not aten ops and are not counted. `ops` lists the counted names in order,
+        `skipped` the others."""
+
+        def __init__(self):
+            super().__init__()
+            self.ops, self.skipped = [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            launches = not (name in _NO_LAUNCH or func.is_view)
+            (self.ops if launches else self.skipped).append(str(func))
+            return func(*args, **(kwargs or {}))
+
+        @property
+        def count(self):
+            return len(self.ops)
+
+    return OpCounter
+
+
+OpCounter = _make_op_counter()
 
 
 # ----------------------------------------------------------------------------------------------------------------
