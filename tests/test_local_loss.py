@@ -484,7 +484,13 @@ def test_shipped_configs_compile_for_h100_without_gpu():
     assert len(rows) == 18  # (fwd, dE, dS) x (bf16, fp16: K = 16, 32; fp32: K = 16) + the CLIP kernel x 3
     for r in rows:
         assert r["problems"] == [] and r["spills"] == 0 and r["stack"] == 0, r
-        assert r["shared"] <= 227 * 1024 and r["wgmma"], r
+        assert r["shared"] <= 227 * 1024, r
+        if "clip" in r["name"]:
+            continue
+        # tensor cores everywhere; the backward passes at K = 32 (and fp32) run 32-row tiles (the larger ones
+        # build with a stack frame), below wgmma's 64-row minimum: mma.sync there
+        small_tile = "bwd" in r["name"] and ("K32" in r["name"] or "fp32" in r["name"])
+        assert r["mma"] if small_tile else r["wgmma"], r
 
 
 # ----------------------------------------------------------------------------------------------------------------
