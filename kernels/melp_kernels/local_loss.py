@@ -334,14 +334,17 @@ if HAS_TRITON:
                       SP: tl.constexpr, GPREC: tl.constexpr):
         """From a = E_tile S_tile^T ([BJ * KP, BI * SP] fp32): the two softmaxes as segmented reductions over its
         4-d view, s . c and ||c||^2 (Gram form), the cosines and the log-sum-exp over sentences."""
+        LOG2E: tl.constexpr = 1.4426950408889634
         a4 = tl.reshape(a, [BJ, KP, BI, SP])
-        # A1: softmax over the sentences k of report i (each report has >= 1 effective sentence)
+        # A1: softmax over the sentences k of report i (each report has >= 1 effective sentence); exp2 of a fused
+        # multiply-add (exp would add a multiply by log2 e per element)
         x1 = tl.where(sm4, a4, float("-inf"))
-        p1 = tl.exp(x1 - tl.max(x1, axis=3)[:, :, :, None])
+        m1 = tl.max(x1, axis=3) * LOG2E
+        p1 = tl.exp2(x1 * LOG2E - m1[:, :, :, None])
         A1 = p1 * (1.0 / tl.sum(p1, axis=3))[:, :, :, None]  # one division per segment
         # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 effective beat). |t1 A1| <= |t1| <=
         # 80 (the wrapper checks): exp neither overflows nor flushes, so no segment max is needed; masked beats: 0
-        p2 = tl.where(bm4, tl.exp(t1 * A1), 0.0)
+        p2 = tl.where(bm4, tl.exp2(A1 * (t1 * LOG2E)), 0.0)
         A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
         num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
         A2_3 = tl.reshape(A2, [BJ, KP, BI * SP])
@@ -637,9 +640,12 @@ class _Cfg(NamedTuple):
     BJ: int  # ECGs per forward tile
     BI_F: int  # reports per forward tile
     BD: int  # D-chunk of the a = E S^T loop
-    BJ_B: int  # ECGs per backward tile
-    BI_B: int  # reports per backward tile
-    BDO: int  # output columns per backward program (DP / BDO programs per held block)
+    BJ_B: int  # ECGs per tile of the dE pass (its [BJ_B KP, BDO_E] fp32 accumulator lives beside the tile)
+    BI_E: int  # reports per tile of the dE pass
+    BDO_E: int  # output columns per dE program (DP / BDO_E programs per ECG block, each recomputing its tiles)
+    BJ_S: int  # ECGs per tile of the dS pass
+    BI_B: int  # reports per tile of the dS pass (its accumulator is [BI_B SP, BDO_S])
+    BDO_S: int  # output columns per dS program
 
 
 def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
@@ -658,14 +664,21 @@ def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
     DP = -(-D // BD) * BD
     small = KP <= 16
     BJ_B = max(1, min((BWD_ROWS if wide16 and small else BWD_ROWS // 2) // KP, nb))
+    # dS pass rows: 128 (16-bit, K <= 16), 64 (16-bit, K = 32), 32 (fp32)
+    BJ_S = max(1, min(((2 * BWD_ROWS if small else BWD_ROWS) if wide16 else BWD_ROWS // 2) // KP, nb))
     BI_B = bi(BWD_COLS)
     out_d = OUT_D if bf16 and small else OUT_D // 2
-    BDO = min(BD, out_d)  # the widest power of two <= OUT_D that divides DP (a multiple of BD, a power of two)
+    BDO = min(BD, out_d)  # the widest power of two <= out_d that divides DP (a multiple of BD, a power of two)
     while BDO * 2 <= out_d and DP % (BDO * 2) == 0:
         BDO *= 2
+    f = dict(BJ_B=BJ_B, BI_E=BI_B, BDO_E=BDO, BJ_S=BJ_S, BI_B=BI_B, BDO_S=BDO)
+    f.update({k: v for k, v in _BWD_OVERRIDE.items() if k in f})
     # the backward blocks index G and ||s|| as the forward wrote them (its blocks cover theirs)
-    assert BJ % BJ_B == 0 and BI_F % BI_B == 0, (BJ, BJ_B, BI_F, BI_B)
-    return _Cfg(KP, SP, DP, BJ, BI_F, BD, BJ_B, BI_B, BDO)
+    assert BJ % f["BJ_B"] == 0 and BJ % f["BJ_S"] == 0 and BI_F % f["BI_B"] == 0 and BI_F % f["BI_E"] == 0, f
+    return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f)
+
+
+_BWD_OVERRIDE: dict = {}  # tile experiments (benchmarks, sm_90 builds): fields of _Cfg to force
 
 
 def _dot_precisions(dtype, precision=None):
@@ -706,7 +719,8 @@ def _fwd_meta(cfg, f32dot, prec, gprec):
 
 
 def _bwd_meta(cfg, for_s, scaled, opf32, f32dot, prec, gprec):
-    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ_B, BI=cfg.BI_B, BD=cfg.BD, BDO=cfg.BDO, FOR_S=for_s,
+    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ_S if for_s else cfg.BJ_B,
+                BI=cfg.BI_B if for_s else cfg.BI_E, BD=cfg.BD, BDO=cfg.BDO_S if for_s else cfg.BDO_E, FOR_S=for_s,
                 SCALED=scaled, F32DOT=f32dot, OPF32=opf32, PREC=prec, GPREC=gprec)
 
 
@@ -757,13 +771,14 @@ class _Fused:
         """(dE, dS) in the input dtype from gsim = dL/dS [B, B] fp32 (times gout[0] when given)."""
         cfg, B, dev = self.cfg, self.B, self.dev
         gE, gS = torch.empty_like(self.E), torch.empty_like(self.Sn)
-        n_jb, n_ib, n_dc = _cdiv(B, cfg.BJ_B), _cdiv(B, cfg.BI_B), cfg.DP // cfg.BDO
+        n_jb, n_js, n_ie, n_ib = _cdiv(B, cfg.BJ_B), _cdiv(B, cfg.BJ_S), _cdiv(B, cfg.BI_E), _cdiv(B, cfg.BI_B)
+        n_de, n_ds = cfg.DP // cfg.BDO_E, cfg.DP // cfg.BDO_S
         opf32 = self.E.dtype != torch.bfloat16 or interpreting()
         scaled = gout is not None
         gout = gout if scaled else gsim
         t1, t2, t3 = self.t
         with _device_guard(dev), _launching():
-            for for_s, grid, out, n_ob in ((False, (n_jb, n_dc), gE, n_ib), (True, (n_ib, n_dc), gS, n_jb)):
+            for for_s, grid, out, n_ob in ((False, (n_jb, n_de), gE, n_ie), (True, (n_ib, n_ds), gS, n_js)):
                 _local_bwd_kernel[grid](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, gsim, gout, out, B,
                                         self.K, self.S, self.D, n_ob, t1, t2, t3, num_warps=BWD_WARPS,
                                         num_stages=NUM_STAGES, **_bwd_meta(cfg, for_s, scaled, opf32, *self.dots))
@@ -915,11 +930,13 @@ def matmul_flops(B, K, S, D, impl, dtype=torch.bfloat16):
     if impl == "fused":
         c = _tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
         Bj, Bi = _cdiv(B, c.BJ) * c.BJ, _cdiv(B, c.BI_F) * c.BI_F
-        Bjb, Bib = _cdiv(B, c.BJ_B) * c.BJ_B, _cdiv(B, c.BI_B) * c.BI_B
+        pe = 2.0 * _cdiv(B, c.BJ_B) * c.BJ_B * c.KP * _cdiv(B, c.BI_E) * c.BI_E * c.SP  # dE pass, padded
+        ps = 2.0 * _cdiv(B, c.BJ_S) * c.BJ_S * c.KP * _cdiv(B, c.BI_B) * c.BI_B * c.SP  # dS pass, padded
         fwd = 2.0 * Bj * c.KP * Bi * c.SP
-        bwd = 2.0 * Bjb * c.KP * Bib * c.SP
-        wide = (fwd + 4 * bwd) * c.DP
-        gram = (fwd + 7 * bwd) * c.KP + 2 * 2.0 * Bj * c.KP * c.KP * c.DP
+        # recomputed a per output-column program, plus one accumulation each
+        wide = fwd * c.DP + pe * (c.DP // c.BDO_E + 1) * c.DP + ps * (c.DP // c.BDO_S + 1) * c.DP
+        gram = (fwd + 3.5 * pe * (c.DP // c.BDO_E) + 3.5 * ps * (c.DP // c.BDO_S)) * c.KP + \
+            2 * 2.0 * Bj * c.KP * c.KP * c.DP
         return wide, gram
     if impl == "batched":
         return 3 * u, 3 * 2.0 * B * B * K * K * S + gram_e
