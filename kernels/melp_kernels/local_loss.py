@@ -15,26 +15,41 @@ K x K Gram matrix G_j = E_j E_j^T, so the D-wide contexts c_ik are never formed.
 (B x B x K x S in "batched", one tile of many pairs in registers in "fused") and G (B x K x K) exist.
 
 Masks: `beat_mask` [B, K] and `sent_mask` [B, S], bool, True = valid. Masked beats and sentences take no part
-(their values are replaced with where(), so NaN or huge garbage there never leaks, and their gradients are 0).
+(their values are replaced with where() in "reference" / "batched" and never loaded by "fused", so NaN or huge
+garbage there never leaks, and their gradients are 0).
 Sample j is *valid* when ECG j has >= 1 valid beat AND report j has >= 1 valid sentence. Invalid samples are
 removed from both rows and columns: the loss is 0.5 * (CE + CE) over the valid x valid submatrix of S, averaged
 over the valid rows, so it equals the loss of the batch without those samples and the gradients of the others
 are unchanged; invalid samples get zero gradient. With no valid sample the loss is a zero that still carries a
 graph (all gradients zero).
 
-Fused design (FlashAttention-shaped): the wrapper pads E to [Bj, KP, DP] and S to [Bi, SP, DP] (KP = pow2 >= 16
-beat slots, SP = pow2 sentence slots, padded samples get one dummy slot and a zero upstream gradient) and torch
-computes G = E E^T [Bj, KP, KP] and ||s|| [Bi, SP] (fp32, differentiable). One Triton kernel works on tiles of
-BJ ECGs x BI reports: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16, bf16:
-8 ECGs x 4 reports; the E tile is loaded once per program for D <= 256), the two softmaxes are segmented
-reductions over its 4-d view [BJ, KP, BI, SP], ||c||^2 = A2^T G_j A2 a batched K x K dot, and the log-sum-exp
-over sentences gives S[j, i] for the BJ x BI pairs. The backward launch recomputes each tile once and writes
-ga = dL/da (input dtype, [Bj KP, Bi SP]), sum_i dL/dG_j and dL/d||s||; two GEMMs ga S and ga^T E give dE and
-dS on tensor cores, autograd carries dL/dG and dL/d||s|| through the bmm and the norm. No atomics (partial sums
-per program are added by torch). Matmul work per fwd+bwd, u = 2 B^2 K S D: 4 u D-wide (a twice, two GEMMs) plus
-4 K x K Gram dots (KP / D u each). bf16 / fp16 inputs: tensor-core dots with fp32 accumulation (A1 held in 16 bits
-in the backward); fp32 inputs: "tf32x3" dots (3-pass split, about fp32 accuracy) or precision="ieee". Under
-TRITON_INTERPRET=1 every dot operand is cast to fp32 (triton issue 11584) and computed exactly.
+Fused design (FlashAttention-shaped), 4 Triton launches and no other PyTorch op per fwd+bwd besides allocations
+(autograd's own seed of backward() aside; on CUDA at small batches, where the dE pass splits, 2 more: the sum of
+its partials and the cast; was about 85-100 ops of padding, masks, Gram, norms and CLIP glue):
+- forward kernel, program (ECG block, split): its tile rows are BJ ECGs x KP beat slots of the inputs as they are
+  ([B, K, D] contiguous, masks read as int8 views of the bool masks, masked slots and rows past the batch never
+  loaded), G_j = E_j E_j^T from its E tile (the diagonal blocks of one [BM, BM] tensor-core dot), the report
+  blocks walked in turn: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16,
+  bf16; the E tile loaded once for D <= 256), ||s|| from the S tile, the two softmaxes as segmented reductions
+  over the 4-d view [BJ, KP, BI, SP] of a (exp2 of fused multiply-adds; the softmax over beats of t1 A1 needs no
+  max since |t1 A1| <= |t1| <= 80), ||c||^2 = A2^T G_j A2 a batched K x K dot, the log-sum-exp over sentences
+  gives S[j, i]. It also writes G, ||s|| and has-a-beat / has-a-sentence flags (small workspaces) for the rest.
+- CLIP kernel (one program): the masked 0.5 * (CE rows + CE columns) over the valid x valid submatrix and its
+  gradient dL/dS [B, B] (row and online column log-sum-exps, two sweeps).
+- backward: two passes recompute every tile; no dL/da tensor (B^2 K S, 1 GB at B = 1024, K = 32, S = 16) ever
+  exists. The dE pass (program: ECG block x output-column chunk) walks all report blocks, accumulating
+  ga S_i in fp32 registers and dL/dG_j, then adds 2 dG_j E_j (block-diagonal dot) and writes dE; the dS pass
+  (program: report block x column chunk) walks all ECG blocks accumulating ga^T E_j and dL/d||s||, then adds
+  (dL/d||s|| / ||s||) s and writes dS. No atomics. Extra memory: S and dL/dS [B, B] fp32, G [B, KP, KP], ||s||,
+  flags, and at small batches fp32 partial sums of the split dE pass (12.1 MB at B = 1024, K = 32, S = 16;
+  12.8 MB at B = 256, K = S = 16, D = 256 on 132 SMs; fused_workspace_bytes).
+Matmul work per fwd+bwd, u = 2 B^2 K S D: 5 u D-wide at K = 16, D = 256, bf16 (a three times, the two
+accumulations; the backward tiles that split D over programs recompute a once per split) plus the K x K dots.
+bf16 inputs: tensor-core dots with fp32 accumulation, ga rounded to bf16 for the accumulating dots; fp16 and fp32
+inputs: those dots on fp32 operands (fp16's range would flush small ga); fp32 inputs: "tf32x3" dots (3-pass
+split, about fp32 accuracy) or precision="ieee". Under TRITON_INTERPRET=1 every dot operand is cast to fp32
+(triton issue 11584) and computed exactly. The sm_90 builds (sm90_specs) have no stack frame: 64 x 16 dE tiles
+and 128 x 16 dS tiles at K = 16 (16-bit), smaller at K = 32 and in fp32.
 
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
@@ -184,9 +199,11 @@ def _zero_loss(beats, sents, dtype):
     return beats.to(dtype).sum() * 0.0 + sents.to(dtype).sum() * 0.0
 
 
-def _resolve(impl, device, K, S):
+def _resolve(impl, device, K, S, t1=4.0):
     asked = impl
     impl = resolve_impl("local loss", impl, device, IMPLS, "batched")
+    if impl == "fused" and asked == "auto" and not abs(float(t1)) <= 80.0:
+        return "batched"  # the fused softmax over beats takes |t1| <= 80
     if impl == "fused" and not fused_supported(K, S):
         if asked == "auto":
             return "batched"
@@ -446,7 +463,7 @@ if HAS_TRITON:
                 tl.store(FLAGS + n + ig, hs, mask=ig < n)
 
     @triton.jit
-    def _local_bwd_kernel(E, Sn, BMK, SMK, G, NS, GS, GOUT, GX, n, K, S, D, n_ob, t1, t2, t3,
+    def _local_bwd_kernel(E, Sn, BMK, SMK, G, NS, GS, GOUT, GX, n, K, S, D, n_ob, n_sk, t1, t2, t3,
                           KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr,
                           BD: tl.constexpr, BDO: tl.constexpr, FOR_S: tl.constexpr, SCALED: tl.constexpr,
                           F32DOT: tl.constexpr, OPF32: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr):
@@ -456,11 +473,15 @@ if HAS_TRITON:
         (= dE [n, K, D], input dtype). FOR_S = True: program (ib, dc) holds report block ib, walks all n_ob ECG
         blocks and accumulates dS_tile = sum_j ga^T E_j + (dL/d||s|| / ||s||) s, written to GX (= dS [n, S, D]).
         gs = GS[j, i] (* GOUT[0] when SCALED: the loss's dL/dS times the upstream gradient). Masked slots get 0.
-        OPF32: the accumulating dots take fp32 operands (fp32 and fp16 inputs), else ga is rounded to bf16."""
+        OPF32: the accumulating dots take fp32 operands (fp32 and fp16 inputs), else ga is rounded to bf16.
+        Program axis 2 (dE pass only): split sk of n_sk walks the partner blocks sk, sk + n_sk, ... and writes its
+        fp32 partial sum (dG_j term included, it is linear) to GX + sk n K D (the caller adds the partials) when
+        n_sk > 1: more programs than ECG blocks when the batch is small."""
         BM: tl.constexpr = BJ * KP
         BN: tl.constexpr = BI * SP
         hb_ = tl.program_id(0)  # the held block
         dc = tl.program_id(1)
+        sk = tl.program_id(2)
         d_out = dc * BDO
         jl = tl.arange(0, BJ)
         il = tl.arange(0, BI)
@@ -489,7 +510,7 @@ if HAS_TRITON:
             dG = tl.zeros([BJ, KP, KP], dtype=tl.float32)
             if BD == DP:
                 h_all = _load_tile(E, hb_, K, D, hr, BJ, KP, 0, DP, F32DOT)
-        for ob in range(0, n_ob):
+        for ob in range(sk, n_ob, n_sk):
             if FOR_S:
                 jb = ob
                 ib = hb_
@@ -576,7 +597,7 @@ if HAS_TRITON:
             r = tl.arange(0, BM)
             smp = hb_ * BJ + r // KP
             slot = r % KP
-            row = smp.to(tl.int64) * K + slot
+            row = smp.to(tl.int64) * K + slot + sk.to(tl.int64) * n * K
             tl.store(GX + row[:, None] * D + offs_d[None, :],
                      tl.where(hr[:, None], acc, 0.0).to(GX.dtype.element_ty),
                      mask=((smp < n) & (slot < K))[:, None] & (offs_d < D)[None, :])
@@ -728,6 +749,22 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
+SPLIT_BYTES = 32 * 2 ** 20  # the dE pass's fp32 partial sums (when split) stay below this
+
+
+def _de_splits(device, programs, n_ob, numel, forced=None, sms=None):
+    """Splits of the dE pass's walk over report blocks: enough programs to fill the GPU when the batch has few
+    ECG blocks (fp32 partials of dE, at most SPLIT_BYTES, summed after). `forced` (tests): that many; off CUDA 1."""
+    if forced:
+        return max(1, min(int(forced), n_ob))
+    if sms is None:
+        if device.type != "cuda":
+            return 1
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = _cdiv(sms, programs)
+    return max(1, min(want, n_ob, 8, SPLIT_BYTES // max(1, 4 * numel)))
+
+
 def _as_i8(m):
     """A bool mask read by the kernels as int8 (a view; other dtypes are compared with 0 once)."""
     m = m if m.dtype == torch.bool else m != 0
@@ -777,11 +814,15 @@ class _Fused:
         scaled = gout is not None
         gout = gout if scaled else gsim
         t1, t2, t3 = self.t
+        n_sk = _de_splits(dev, n_jb * n_de, n_ie, B * self.K * self.D, self.n_split)
+        part = torch.empty((n_sk, B, self.K, self.D), dtype=torch.float32, device=dev) if n_sk > 1 else gE
         with _device_guard(dev), _launching():
-            for for_s, grid, out, n_ob in ((False, (n_jb, n_de), gE, n_ie), (True, (n_ib, n_ds), gS, n_js)):
+            for for_s, grid, out, n_ob in ((False, (n_jb, n_de, n_sk), part, n_ie), (True, (n_ib, n_ds, 1), gS, n_js)):
                 _local_bwd_kernel[grid](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, gsim, gout, out, B,
-                                        self.K, self.S, self.D, n_ob, t1, t2, t3, num_warps=BWD_WARPS,
+                                        self.K, self.S, self.D, n_ob, grid[2], t1, t2, t3, num_warps=BWD_WARPS,
                                         num_stages=NUM_STAGES, **_bwd_meta(cfg, for_s, scaled, opf32, *self.dots))
+        if n_sk > 1:  # 2 ops (1 for fp32 inputs): the partial sums of the split dE pass
+            gE = part.sum(0) if gE.dtype == torch.float32 else part.sum(0).to(gE.dtype)
         return gE, gS
 
     def clip(self, sim):
@@ -796,21 +837,17 @@ class _Fused:
             _clip_kernel[(1,)](sim, self.flags, loss, dsim, rlse, B, RB=RB, BB=BB, num_warps=4)
         return loss, dsim
 
-    def workspace_bytes(self):
-        """Bytes the fused fwd+bwd allocates beyond inputs, their gradients and the scalar loss: S and dL/dS
-        [B, B] fp32, G, ||s||, flags, the CLIP kernel's scratch."""
-        cfg, B = self.cfg, self.B
-        n_jb, n_ib = _cdiv(B, cfg.BJ), _cdiv(B, cfg.BI_F)
-        return 4 * (2 * B * B + n_jb * cfg.BJ * cfg.KP * cfg.KP + n_ib * cfg.BI_F * cfg.SP + 2 * B + _next_pow2(B))
 
-
-def fused_workspace_bytes(B, K, S, D, dtype=torch.bfloat16):
-    """Extra memory of one fused fwd+bwd beyond the inputs and their gradients (computed from the buffers the
-    fused path allocates; the batch does not change it with D)."""
+def fused_workspace_bytes(B, K, S, D, dtype=torch.bfloat16, sms=132):
+    """Extra memory of one fused fwd+bwd beyond the inputs and their gradients, computed from the buffers the
+    fused path allocates on a GPU with `sms` multiprocessors (132: H100 SXM, H200): S and dL/dS [B, B] fp32, G,
+    ||s||, flags, the CLIP scratch, and the dE pass's fp32 partial sums when it splits (small batches only)."""
     cfg = _tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
     n_jb, n_ib = _cdiv(B, cfg.BJ), _cdiv(B, cfg.BI_F)
     ns = n_ib * cfg.BI_F * cfg.SP
-    return 4 * (2 * B * B + n_jb * cfg.BJ * cfg.KP * cfg.KP + ns + 2 * B + _next_pow2(B))
+    n_sk = _de_splits(None, _cdiv(B, cfg.BJ_B) * (cfg.DP // cfg.BDO_E), _cdiv(B, cfg.BI_E), B * K * D, sms=sms)
+    part = n_sk * B * K * D if n_sk > 1 else 0
+    return 4 * (2 * B * B + n_jb * cfg.BJ * cfg.KP * cfg.KP + ns + 2 * B + _next_pow2(B) + part)
 
 
 class _LocalLossFused(torch.autograd.Function):
@@ -906,7 +943,8 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
                         constexprs=cx, num_warps=FWD_WARPS, num_stages=NUM_STAGES, divisible=div))
         for for_s in (False, True):
             cx = _bwd_meta(cfg, for_s, True, dtype != "bf16", f32dot, prec, prec)
-            sig = dict(ptrs, GS="*fp32", GOUT="*fp32", GX=f"*{dtype}", **ints, n_ob="i32", **temps,
+            sig = dict(ptrs, GS="*fp32", GOUT="*fp32", GX="*fp32" if not for_s else f"*{dtype}", **ints, n_ob="i32",
+                       n_sk="i32", **temps,
                        **{k: "constexpr" for k in cx})
             out.append(dict(name=f"local_bwd_{'dS' if for_s else 'dE'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_bwd_kernel,
                             signature=sig, constexprs=cx, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
@@ -967,7 +1005,7 @@ def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=
     Samples with no valid beat or no valid sentence are dropped from rows and columns (see module docstring);
     with no valid sample the loss is 0 with zero gradients."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve(impl, beats.device, K, S)
+    impl = _resolve(impl, beats.device, K, S, t1)
     if impl == "fused" and B and K and S:
         # masks read as they are, masked slots never loaded: no sanitising, padding or mask op before the kernels
         cd = _comp_dtype(torch.promote_types(beats.dtype, sents.dtype))
@@ -991,7 +1029,7 @@ def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0
 
     S[j, i] is NaN where ECG j has no valid beat or report i has no valid sentence."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve(impl, beats.device, K, S)
+    impl = _resolve(impl, beats.device, K, S, t1)
     if impl == "fused" and B and K and S:
         cd = _comp_dtype(torch.promote_types(beats.dtype, sents.dtype))
         e, s, bm8, sm8 = _fused_inputs(beats, sents, beat_mask, sent_mask)
