@@ -3,6 +3,7 @@
     python benchmarks/local_loss.py                      # CUDA when present, else CPU
     python benchmarks/local_loss.py --device cpu --out benchmarks/results/local_loss_cpu.md
     python benchmarks/local_loss.py --device cuda --shapes 256,16,16,256 --dtype bfloat16 --repeat 20
+    python benchmarks/local_loss.py --sass           # warp-instructions per element of a, from sm_90 SASS (no GPU)
 
 Implementations:
   reference  the literal per-sample loop of MELP_SPEC.md (kernels/melp_kernels/local_loss.py, impl="reference")
@@ -222,6 +223,44 @@ def fused_floors(shape, dtype):
     return (wide + gram) / rate * 1e6, byts, byts / HBM_BYTES * 1e6
 
 
+def sass_per_element(dtype="bf16", D=256, shapes=((16, 16), (32, 16))):
+    """Warp-instructions per element of a in the hot loop of each local-loss kernel, from its sm_90 SASS (Triton's
+    bundled ptxas and cuobjdump, no GPU): the static count of the largest loop body (the walk over partner
+    blocks) x num_warps / elements of one tile. Issue-bound estimate: elements x this / (SMs x 4 x clock).
+    Rows: (name, tile rows, tile columns, warps, loop instructions, kernel instructions, per element)."""
+    import re
+    import tempfile
+
+    import triton
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    from benchmarks.common import compile_spec
+
+    cuobj = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    rows = []
+    for sp in ll.sm90_specs(D, dtype, shapes=shapes):
+        if "clip" in sp["name"]:
+            continue
+        k = compile_spec(sp)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            text = subprocess.run([cuobj, "-sass", f.name], capture_output=True, text=True).stdout
+        ins = [(int(m.group(1), 16), m.group(2)) for m in
+               (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in text.splitlines()) if m]
+        ins = [(a, o) for a, o in ins if not o.startswith("NOP")]
+        loop = 0
+        for addr, op in ins:
+            t = re.search(r"0x([0-9a-f]+)", op) if "BRA" in op else None
+            if t and int(t.group(1), 16) < addr:
+                lo = int(t.group(1), 16)
+                loop = max(loop, sum(1 for a, _ in ins if lo <= a <= addr))
+        cx = sp["constexprs"]
+        rows_, cols = cx["BJ"] * cx["KP"], cx["BI"] * cx["SP"]
+        rows.append((sp["name"], rows_, cols, sp["num_warps"], loop, len(ins), loop * sp["num_warps"] / (rows_ * cols)))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -231,12 +270,20 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--impls", default="reference,naive,batched,fused",
                    help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
+    p.add_argument("--sass", action="store_true",
+                   help="print the warp-instructions per element of a of each shipped bf16 kernel (sm_90 SASS, no GPU)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default=None,
                    help="input dtype(s), comma-separated: float32, bfloat16, float16 (default: float32 on CPU, "
                         "float32,bfloat16 on CUDA)")
     args = p.parse_args(argv)
+    if args.sass:
+        print("| kernel | tile | warps | loop SASS | kernel SASS | warp-instr / element of a |")
+        print("|---|---|---:|---:|---:|---:|")
+        for name, r, c, w, loop, total, per in sass_per_element():
+            print(f"| {name} | {r} x {c} | {w} | {loop} | {total} | {per:.2f} |")
+        return 0
     if args.worker and args.worker.startswith("ops:"):
         n = count_ops(args.worker[4:], tuple(args.shape), torch.device("cuda" if torch.cuda.is_available() else "cpu"),
                       getattr(torch, args.dtype or "float32")) if torch.cuda.is_available() else None

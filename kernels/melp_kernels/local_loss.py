@@ -42,7 +42,7 @@ its partials and the cast; was about 85-100 ops of padding, masks, Gram, norms a
   (program: report block x column chunk) walks all ECG blocks accumulating ga^T E_j and dL/d||s||, then adds
   (dL/d||s|| / ||s||) s and writes dS. No atomics. Extra memory: S and dL/dS [B, B] fp32, G [B, KP, KP], ||s||,
   flags, and at small batches fp32 partial sums of the split dE pass (12.1 MB at B = 1024, K = 32, S = 16;
-  12.8 MB at B = 256, K = S = 16, D = 256 on 132 SMs; fused_workspace_bytes).
+  8.8 MB at B = 256, K = S = 16, D = 256 on 132 SMs; fused_workspace_bytes).
 Matmul work per fwd+bwd, u = 2 B^2 K S D: 5 u D-wide at K = 16, D = 256, bf16 (a three times, the two
 accumulations; the backward tiles that split D over programs recompute a once per split) plus the K x K dots.
 bf16 inputs: tensor-core dots with fp32 accumulation, ga rounded to bf16 for the accumulating dots; fp16 and fp32
@@ -761,7 +761,7 @@ def _de_splits(device, programs, n_ob, numel, forced=None, sms=None):
         if device.type != "cuda":
             return 1
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = _cdiv(sms, programs)
+    want = sms // programs  # whole waves: at B = 256, K = 16 on 132 SMs, 64 ECG blocks x 2 splits
     return max(1, min(want, n_ob, 8, SPLIT_BYTES // max(1, 4 * numel)))
 
 
