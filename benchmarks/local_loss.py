@@ -3,17 +3,20 @@
     python benchmarks/local_loss.py                      # CUDA when present, else CPU
     python benchmarks/local_loss.py --device cpu --out benchmarks/results/local_loss_cpu.md
     python benchmarks/local_loss.py --device cuda --shapes 256,16,16,256 --dtype bfloat16 --repeat 20
+    python benchmarks/local_loss.py --sass           # warp-instructions per element of a, from sm_90 SASS (no GPU)
 
 Implementations:
   reference  the literal per-sample loop of MELP_SPEC.md (kernels/melp_kernels/local_loss.py, impl="reference")
   naive      a vectorisation that forms the B x B x S x D beat contexts c_ik (defined here, the memory peer)
   batched    vectorised PyTorch on the Gram algebra: B x B x K x S intermediates, no D-wide contexts
-  fused      Triton tiles of BJ ECGs x BI reports on tensor cores, forward + one recomputing backward pass that
-             writes ga = dL/da, then two GEMMs (CUDA only; on the CPU it would only run interpreted, so its CPU
-             row shows the FLOPs and no time)
+  fused      Triton tiles of BJ ECGs x BI reports on tensor cores: forward, the masked CLIP loss in one small
+             kernel, and two recomputing backward passes (dE over ECG blocks, dS over report blocks) that keep no
+             dL/da (CUDA only; on the CPU it would only run interpreted, so its CPU row shows the FLOPs and the
+             dispatched ops, counted under the interpreter, and no time)
 
 Matmul FLOPs per fwd+bwd in units of u = 2 B^2 K S D (melp_kernels.local_loss.matmul_flops): "D-wide + Gram",
-padding included; the reference loop and naive 6 u, batched 3 u, fused 4 u (+ K x K Gram dots, KP / D u each).
+padding included; the reference loop and naive 6 u, batched 3 u, fused 5 u at K = 16, D = 256 bf16 (a three
+times, two accumulations; more where the backward splits D over programs) + the K x K Gram dots.
 --dtype: the input dtype(s) of every implementation (the loop, naive and batched compute in fp32 regardless).
 
 Shapes: CPU B = 64 and 128 with K = 16, S = 12, D = 256; CUDA adds B = 256, K = 16, S = 16, D = 256.
@@ -163,6 +166,25 @@ def _worker(impl, shape, dtype):
     print(json.dumps({"peak_mb": (peak - base) / 1024, "how": how}))
 
 
+def count_ops(impl, shape, device, dtype):
+    """PyTorch ops one fwd+bwd dispatches (melp_kernels.local_loss.OpCounter: ops that launch nothing left out;
+    Triton launches are not counted). fused off CUDA: counted in a subprocess under the Triton interpreter at
+    B = 4 (the fused count does not depend on the shape)."""
+    if impl == "fused" and device.type != "cuda":
+        B, K, S, D = shape
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "ops:fused", "--shape", "4", str(K), str(S),
+               str(min(D, 32)), "--dtype", str(dtype).replace("torch.", "")]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, TRITON_INTERPRET="1"))
+        return json.loads(out.stdout.strip().splitlines()[-1])["ops"]
+    small = impl == "reference" and shape[0] > 8  # the loop's count grows as B^2: counted at B = 8
+    e, bm, s, sm = make_inputs(*((8,) + tuple(shape[1:]) if small else shape), device, dtype)
+    fn = loss_fn(impl)
+    fwd_bwd(fn, *make_inputs(4, *shape[1:], device, dtype))  # lazy initialisation outside the count
+    with ll.OpCounter() as c:
+        fwd_bwd(fn, e, bm, s, sm)
+    return f"{c.count} at B = 8 (~B^2)" if small else c.count
+
+
 def cpu_peak_mb(impl, shape, dtype):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--shape", *map(str, shape),
            "--dtype", str(dtype).replace("torch.", "")]
@@ -192,15 +214,52 @@ HBM_BYTES = 4e12  # H100 HBM bandwidth, rounded (H200: 4.8e12)
 def fused_floors(shape, dtype):
     """(us of tensor-core work at TC_FLOPS, HBM bytes, us at HBM_BYTES) of one fused fwd+bwd."""
     B, K, S, D = shape
-    c = ll._tile_cfg(B, K, S, D, dtype != torch.float32)
     es = torch.empty((), dtype=dtype).element_size()
-    ga = c.Bj * c.KP * c.Bi * c.SP * (es if es == 2 else 4)
-    inputs = (c.Bj * c.KP + c.Bi * c.SP) * c.DP * es
-    # fwd: E, S in, S out; bwd: E, S, gout in, ga out; GEMMs: ga twice, E, S in, dE, dS out (fp32 accumulators)
-    byts = 2 * inputs + 2 * 4 * c.Bj * c.Bi + ga * 3 + inputs + 2 * (c.Bj * c.KP + c.Bi * c.SP) * c.DP * 4
+    inputs = B * (K + S) * D * es
+    # E and S read by the forward and by each backward pass (held tiles once, partner tiles mostly from L2), the
+    # gradients written once, S written, read by the CLIP kernel, dL/dS written and read by both passes
+    byts = 3 * inputs + inputs + 4 * B * B * 4 + 4 * B * B
     wide, gram = ll.matmul_flops(B, K, S, D, "fused", dtype)
     rate = TC_FLOPS / (3 if dtype == torch.float32 else 1)
     return (wide + gram) / rate * 1e6, byts, byts / HBM_BYTES * 1e6
+
+
+def sass_per_element(dtype="bf16", D=256, shapes=((16, 16), (32, 16))):
+    """Warp-instructions per element of a in the hot loop of each local-loss kernel, from its sm_90 SASS (Triton's
+    bundled ptxas and cuobjdump, no GPU): the static count of the largest loop body (the walk over partner
+    blocks) x num_warps / elements of one tile. Issue-bound estimate: elements x this / (SMs x 4 x clock).
+    Rows: (name, tile rows, tile columns, warps, loop instructions, kernel instructions, per element)."""
+    import re
+    import tempfile
+
+    import triton
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    from benchmarks.common import compile_spec
+
+    cuobj = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    rows = []
+    for sp in ll.sm90_specs(D, dtype, shapes=shapes):
+        if "clip" in sp["name"]:
+            continue
+        k = compile_spec(sp)
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            text = subprocess.run([cuobj, "-sass", f.name], capture_output=True, text=True).stdout
+        ins = [(int(m.group(1), 16), m.group(2)) for m in
+               (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in text.splitlines()) if m]
+        ins = [(a, o) for a, o in ins if not o.startswith("NOP")]
+        loop = 0
+        for addr, op in ins:
+            t = re.search(r"0x([0-9a-f]+)", op) if "BRA" in op else None
+            if t and int(t.group(1), 16) < addr:
+                lo = int(t.group(1), 16)
+                loop = max(loop, sum(1 for a, _ in ins if lo <= a <= addr))
+        cx = sp["constexprs"]
+        rows_, cols = cx["BJ"] * cx["KP"], cx["BI"] * cx["SP"]
+        rows.append((sp["name"], rows_, cols, sp["num_warps"], loop, len(ins), loop * sp["num_warps"] / (rows_ * cols)))
+    return rows
 
 
 def main(argv=None):
@@ -212,12 +271,30 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--impls", default="reference,naive,batched,fused",
                    help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
+    p.add_argument("--sass", action="store_true",
+                   help="print the warp-instructions per element of a of each shipped bf16 kernel (sm_90 SASS, no GPU)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default=None,
                    help="input dtype(s), comma-separated: float32, bfloat16, float16 (default: float32 on CPU, "
                         "float32,bfloat16 on CUDA)")
     args = p.parse_args(argv)
+    if args.sass:
+        print("| kernel | tile | warps | loop SASS | kernel SASS | warp-instr / element of a |")
+        print("|---|---|---:|---:|---:|---:|")
+        for name, r, c, w, loop, total, per in sass_per_element():
+            print(f"| {name} | {r} x {c} | {w} | {loop} | {total} | {per:.2f} |")
+        return 0
+    if args.worker and args.worker.startswith("ops:"):
+        n = count_ops(args.worker[4:], tuple(args.shape), torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                      getattr(torch, args.dtype or "float32")) if torch.cuda.is_available() else None
+        if n is None:  # CPU: under the interpreter (this process was started with TRITON_INTERPRET=1)
+            e, bm, s, sm = make_inputs(*args.shape, torch.device("cpu"), getattr(torch, args.dtype or "float32"))
+            with ll.OpCounter() as c:
+                fwd_bwd(loss_fn(args.worker[4:]), e, bm, s, sm)
+            n = c.count
+        print(json.dumps({"ops": n}))
+        return 0
     if args.worker:
         return _worker(args.worker, tuple(args.shape), getattr(torch, args.dtype or "float32"))
 
@@ -246,18 +323,22 @@ def main(argv=None):
         "taken within one run)",
         "",
         "- matmul FLOPs / u: D-wide + K x K Gram dots per fwd+bwd, padding included, u = 2 B^2 K S D",
+        "- ops: PyTorch ops dispatched per fwd+bwd (melp_kernels.local_loss.OpCounter: views, reshapes, transposes, "
+        "expand, detach, empty allocations, size queries left out; Triton launches not counted: fused has 4, "
+        "forward, CLIP, dE, dS); fused off CUDA counted under the interpreter at B = 4",
         "",
-        "| B, K, S, D | impl | dtype | fwd+bwd ms | speed-up vs loop | speed-up vs batched | peak MB | "
+        "| B, K, S, D | impl | dtype | fwd+bwd ms | ops | speed-up vs loop | speed-up vs batched | peak MB | "
         "memory vs naive | memory vs batched | matmul FLOPs / u | loss |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     notes = []
     for shape in shapes:
-        res = {}
+        res, ops = {}, {}
         for impl, dtype in runs:
+            ops[(impl, dtype)] = count_ops(impl, shape, device, dtype)
             if impl == "fused" and not on_cuda:
-                res[(impl, dtype)] = None  # interpreted on the CPU: FLOPs only
+                res[(impl, dtype)] = None  # interpreted on the CPU: FLOPs and ops only
                 continue
             try:
                 ms, loss = time_impl(impl, shape, device, dtype, args.repeat)
@@ -282,14 +363,15 @@ def main(argv=None):
             fl = f"{wide:.2f} + {gram:.2f}"
             dname = str(dtype).replace("torch.", "")
             if not isinstance(r, tuple):
-                row = f"| {', '.join(map(str, shape))} | {impl} | {dname} | {r or '(CUDA only)'} | | | | | | {fl} | |"
+                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {r or '(CUDA only)'} | "
+                       f"{ops.get((impl, dtype), '')} | | | | | | {fl} | |")
             else:
                 ms, mb, loss = r
                 peer = {k: res.get((k, dtype)) for k in ("reference", "naive", "batched")}
                 peer = {k: v if isinstance(v, tuple) else (float("nan"),) * 3 for k, v in peer.items()}
                 # nan > 0 is False: a missing peer gives n/a
                 ratio = lambda a, b, f: f.format(a / b) if b > 0 else "n/a"  # noqa: E731
-                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {ms:.2f} | "
+                row = (f"| {', '.join(map(str, shape))} | {impl} | {dname} | {ms:.2f} | {ops[(impl, dtype)]} | "
                        f"{ratio(peer['reference'][0], ms, '{:.1f}x')} | {ratio(peer['batched'][0], ms, '{:.1f}x')} | "
                        f"{mb:.1f} | {ratio(mb, peer['naive'][1], '{:.3f}')} | "
                        f"{ratio(mb, peer['batched'][1], '{:.3f}')} | {fl} | {loss:.5f} |")
@@ -300,6 +382,11 @@ def main(argv=None):
             notes.append(f"- fused floors at {shape}, {str(dtype).replace('torch.', '')}: matmul {us:.1f} us at "
                          f"{TC_FLOPS / 1e12:.0f} TFLOP/s{' (3-pass tf32)' if dtype == torch.float32 else ''}, "
                          f"HBM {byts / 1e6:.1f} MB = {us_hbm:.1f} us at {HBM_BYTES / 1e12:.0f} TB/s (H100)")
+            B, K, S, _ = shape
+            notes.append(f"- fused extra memory at {shape}, {str(dtype).replace('torch.', '')} (beyond inputs and "
+                         f"gradients, from the buffers it allocates: S and dL/dS [B, B] fp32, G, ||s||, flags): "
+                         f"{ll.fused_workspace_bytes(*shape, dtype) / 2**20:.2f} MB (a stored dL/da would be "
+                         f"{B * B * K * S * 2 / 2**20:.0f} MB)")
     lines += [""] + notes
     print("\n".join(notes))
     lines += ["", f"1-minute load average at end: {_load()}"]

@@ -184,3 +184,46 @@ def test_model_caption_term_matches_plain_head_tied_and_untied(tied):
     for r, g in zip(res["reference"], res["fused"]):
         assert g.abs().sum() > 0
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fp16 under a DeepSpeed loss scale, and the ops launched per chunk
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [2.0 ** 16, 2.0 ** 10])
+def test_fp16_any_loss_scale_matches_the_fp32_head(scale):
+    """configs/zero2_fp16.json: DeepSpeed starts at loss scale 2^16 and the caption weight is 2, so the head's
+    upstream gradient is 2^17 (inf in fp16). The scale is applied in fp32 and each gradient cast once: dx and dW
+    are finite and as close to the fp32 head as the plain fp16 head's (V = 30522: softmax probabilities / #valid
+    sit below fp16's normal range and flushed before the fix)."""
+    seed = 17
+    print(f"seed {seed}")
+    x, w, _, t = _inputs(128, 32, 30522, torch.float32, False, seed=seed)
+    up = 2.0 * scale  # caption_weight * loss scale
+    truth = _run("reference", x.double(), w.double(), None, t)
+    plain = _run("reference", x.half(), w.half(), None, t, scale=up)
+    got = _run("chunked", x.half(), w.half(), None, t, scale=up, chunk_size=32)
+    assert got[1].dtype == torch.float16 and got[2].dtype == torch.float16
+    for i in (1, 2):  # dx, dW (unscaled by the loss scale in float64)
+        g, p, tr = got[i].double() / up, plain[i].double() / up, truth[i]
+        assert torch.isfinite(g).all()
+        assert _rel(g, tr) < 1e-3, _rel(g, tr)
+        assert _rel(g, tr) <= 1.5 * _rel(p, tr) + 1e-5, (_rel(g, tr), _rel(p, tr))
+    assert _rel(got[0], truth[0]) < 1e-4
+
+
+@pytest.mark.parametrize("dtype,per_chunk", [(torch.float32, 8), (torch.bfloat16, 11), (torch.float16, 11)])
+def test_ops_per_chunk(dtype, per_chunk):
+    """Dispatched ops (leaving out views, detach, empty allocations) per chunk of the fused head: 17 (fp32) and 21
+    (bf16) before the fp16 fix; now 8 for fp32 and 11 for 16-bit on the CPU path (the 16-bit operands upcast to
+    fp32 there; on CUDA the out_dtype GEMMs take them as they are: 10). Counting is deterministic."""
+    from melp_kernels.local_loss import OpCounter
+
+    x, w, _, t = _inputs(128, 16, 300, dtype, False, seed=23)
+    counts = []
+    for chunk in (128, 64, 32):
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with OpCounter() as c:
+            caption_head_loss(xx, ww, t, impl="chunked", chunk_size=chunk).backward()
+        counts.append(c.count)
+    assert counts[1] - counts[0] == per_chunk and counts[2] - counts[1] == 2 * per_chunk, counts
+    assert counts[0] <= per_chunk + 20, counts

@@ -158,13 +158,18 @@ def test_extreme_scales(scale, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_chunks_and_splits(device, monkeypatch):
-    """Several ECG and report blocks (n_jb, n_ib > 1), D over several chunks (fp32: 64-wide), padding of B, K, S
-    and D, and the report blocks split over 1, 3 and 4 programs per ECG block (forward and backward)."""
+@pytest.mark.parametrize("out_d", [None, 32])
+def test_fused_chunks_and_splits(device, out_d, monkeypatch):
+    """Several ECG and report blocks (forward and both backward passes), D over several chunks (fp32: 64-wide),
+    padding of B, K, S and D, the report blocks split over 1, 3 and 4 forward programs per ECG block, and (out_d
+    = 32: more of them) the backward's output columns over several programs, as at D > 256."""
     _fused_device(device)
+    if out_d:
+        monkeypatch.setattr(ll, "OUT_D", out_d)
     e, bm, s, sm = make(20, 3, 4, 150, seed=11, device=device)
     cfg = ll._tile_cfg(20, 3, 4, 150, wide16=False)
-    assert cfg.Bj // cfg.BJ > 1 and cfg.Bi // cfg.BI_B >= 4 and cfg.DP // cfg.BD > 1 and cfg.Bj > 20
+    assert -(-20 // cfg.BJ) > 1 and -(-20 // cfg.BI_F) >= 3 and cfg.DP // cfg.BD > 1 and (20 % cfg.BJ or 20 % cfg.BI_F)
+    assert -(-20 // cfg.BJ_B) > 1 and -(-20 // cfg.BI_B) > 1 and cfg.DP // cfg.BDO_E > (3 if out_d else 1)
     bm_eff, sm_eff, _, _ = ll._effective_masks(bm, sm)
     e, s = ll._prepare(e, bm, s, sm)[0::2]
     w = torch.randn(20, 20, generator=torch.Generator().manual_seed(0)).to(device)
@@ -183,6 +188,35 @@ def test_fused_chunks_and_splits(device, monkeypatch):
         assert rel(got[1], grads[0][1]) <= 1e-5
         assert rel(got[2], grads[0][2]) <= 1e-5
     assert torch.equal(grads[1][1], grads[2][1]) or rel(grads[1][1], grads[2][1]) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_dispatches_at_most_12_ops(dtype):
+    """Dispatched PyTorch ops of one fused fwd+bwd (OpCounter: views, reshapes, transposes, expand, detach, empty
+    allocations and size queries left out; under the interpreter its own host copies around a launch too): the
+    kernels read the masks as they are and never load masked slots, compute G and ||s|| from their tiles, the CLIP
+    loss is one small kernel and the backward two recomputing launches, so what remains is autograd's seed of
+    loss.backward() (was 98 for fp32 at this shape). Counting is deterministic; a CUDA run counts the same ops."""
+    _fused_device("cpu")
+    seed = 31
+    print(f"seed {seed}")
+    e, bm, s, sm = make(6, 5, 4, 24, seed=seed, dtype=dtype)
+    bm[2] = False  # an empty ECG
+    e.requires_grad_(True)
+    s.requires_grad_(True)
+    with ll.OpCounter() as c:
+        local_alignment_loss(e, bm, s, sm, impl="fused").backward()
+    assert c.count <= 12, c.ops
+    assert c.count == 1, c.ops  # aten.ones_like: the seed of backward()
+    assert torch.isfinite(e.grad).all() and (e.grad[2] == 0).all()
+
+
+def test_fused_workspace_below_64_mb_at_training_scale():
+    """Extra memory of a fused fwd+bwd beyond inputs and gradients at B = 1024, K = 32, S = 16, D = 256: the B x B
+    similarities and their gradient, G, ||s||, flags (no B^2 K S tensor: 1 GB of dL/da before)."""
+    got = ll.fused_workspace_bytes(1024, 32, 16, 256, torch.bfloat16)
+    assert got < 64 * 2 ** 20, got / 2 ** 20
+    assert got < 16 * 2 ** 20
 
 
 def test_gradcheck_batched_float64():
@@ -392,14 +426,15 @@ def test_fused_float64_inputs_compute_in_fp32(device):
 
 
 def test_flop_counts():
-    """fused: 4 u of D-wide dots at K = S = 16 (u = 2 B^2 K S D), the K x K Gram dots a small extra."""
+    """fused: 5 u of D-wide dots at K = S = 16 (u = 2 B^2 K S D: a in the forward and in both backward passes,
+    the dE and dS accumulations), the K x K Gram dots (8 KP / D u) a smaller extra."""
     B, K, S, D = 256, 16, 16, 256
     u = 2.0 * B * B * K * S * D
     wide, gram = ll.matmul_flops(B, K, S, D, "fused")
-    assert wide == 4 * u and gram <= 0.27 * u
+    assert wide == 5 * u and gram <= 0.52 * u
     assert ll.matmul_flops(B, K, S, D, "batched")[0] == 3 * u
     # padding counts: K = 9 runs in 16 slots
-    assert ll.matmul_flops(B, 9, S, D, "fused")[0] > 4 * 2.0 * B * B * 9 * S * D
+    assert ll.matmul_flops(B, 9, S, D, "fused")[0] > 5 * 2.0 * B * B * 9 * S * D
 
 
 def test_benchmark_script_runs(tmp_path):
@@ -446,10 +481,16 @@ def test_shipped_configs_compile_for_h100_without_gpu():
     import json
 
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(rows) == 10
+    assert len(rows) == 18  # (fwd, dE, dS) x (bf16, fp16: K = 16, 32; fp32: K = 16) + the CLIP kernel x 3
     for r in rows:
         assert r["problems"] == [] and r["spills"] == 0 and r["stack"] == 0, r
-        assert r["shared"] <= 227 * 1024 and r["wgmma"], r
+        assert r["shared"] <= 227 * 1024, r
+        if "clip" in r["name"]:
+            continue
+        # tensor cores everywhere; the dE pass at K = 32 and both backward passes in fp32 run 32-row tiles (the
+        # larger ones build with a stack frame), below wgmma's 64-row minimum: mma.sync there
+        small_tile = "bwd" in r["name"] and ("K32" in r["name"] or "fp32" in r["name"])
+        assert (r["wgmma"] or r["mma"]) if small_tile else r["wgmma"], r
 
 
 # ----------------------------------------------------------------------------------------------------------------

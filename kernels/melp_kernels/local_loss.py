@@ -15,26 +15,41 @@ K x K Gram matrix G_j = E_j E_j^T, so the D-wide contexts c_ik are never formed.
 (B x B x K x S in "batched", one tile of many pairs in registers in "fused") and G (B x K x K) exist.
 
 Masks: `beat_mask` [B, K] and `sent_mask` [B, S], bool, True = valid. Masked beats and sentences take no part
-(their values are replaced with where(), so NaN or huge garbage there never leaks, and their gradients are 0).
+(their values are replaced with where() in "reference" / "batched" and never loaded by "fused", so NaN or huge
+garbage there never leaks, and their gradients are 0).
 Sample j is *valid* when ECG j has >= 1 valid beat AND report j has >= 1 valid sentence. Invalid samples are
 removed from both rows and columns: the loss is 0.5 * (CE + CE) over the valid x valid submatrix of S, averaged
 over the valid rows, so it equals the loss of the batch without those samples and the gradients of the others
 are unchanged; invalid samples get zero gradient. With no valid sample the loss is a zero that still carries a
 graph (all gradients zero).
 
-Fused design (FlashAttention-shaped): the wrapper pads E to [Bj, KP, DP] and S to [Bi, SP, DP] (KP = pow2 >= 16
-beat slots, SP = pow2 sentence slots, padded samples get one dummy slot and a zero upstream gradient) and torch
-computes G = E E^T [Bj, KP, KP] and ||s|| [Bi, SP] (fp32, differentiable). One Triton kernel works on tiles of
-BJ ECGs x BI reports: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16, bf16:
-8 ECGs x 4 reports; the E tile is loaded once per program for D <= 256), the two softmaxes are segmented
-reductions over its 4-d view [BJ, KP, BI, SP], ||c||^2 = A2^T G_j A2 a batched K x K dot, and the log-sum-exp
-over sentences gives S[j, i] for the BJ x BI pairs. The backward launch recomputes each tile once and writes
-ga = dL/da (input dtype, [Bj KP, Bi SP]), sum_i dL/dG_j and dL/d||s||; two GEMMs ga S and ga^T E give dE and
-dS on tensor cores, autograd carries dL/dG and dL/d||s|| through the bmm and the norm. No atomics (partial sums
-per program are added by torch). Matmul work per fwd+bwd, u = 2 B^2 K S D: 4 u D-wide (a twice, two GEMMs) plus
-4 K x K Gram dots (KP / D u each). bf16 / fp16 inputs: tensor-core dots with fp32 accumulation (A1 held in 16 bits
-in the backward); fp32 inputs: "tf32x3" dots (3-pass split, about fp32 accuracy) or precision="ieee". Under
-TRITON_INTERPRET=1 every dot operand is cast to fp32 (triton issue 11584) and computed exactly.
+Fused design (FlashAttention-shaped), 4 Triton launches and no other PyTorch op per fwd+bwd besides allocations
+(autograd's own seed of backward() aside; on CUDA at small batches, where the dE pass splits, 2 more: the sum of
+its partials and the cast; was about 85-100 ops of padding, masks, Gram, norms and CLIP glue):
+- forward kernel, program (ECG block, split): its tile rows are BJ ECGs x KP beat slots of the inputs as they are
+  ([B, K, D] contiguous, masks read as int8 views of the bool masks, masked slots and rows past the batch never
+  loaded), G_j = E_j E_j^T from its E tile (the diagonal blocks of one [BM, BM] tensor-core dot), the report
+  blocks walked in turn: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16,
+  bf16; the E tile loaded once for D <= 256), ||s|| from the S tile, the two softmaxes as segmented reductions
+  over the 4-d view [BJ, KP, BI, SP] of a (exp2 of fused multiply-adds; the softmax over beats of t1 A1 needs no
+  max since |t1 A1| <= |t1| <= 80), ||c||^2 = A2^T G_j A2 a batched K x K dot, the log-sum-exp over sentences
+  gives S[j, i]. It also writes G, ||s|| and has-a-beat / has-a-sentence flags (small workspaces) for the rest.
+- CLIP kernel (one program): the masked 0.5 * (CE rows + CE columns) over the valid x valid submatrix and its
+  gradient dL/dS [B, B] (row and online column log-sum-exps, two sweeps).
+- backward: two passes recompute every tile; no dL/da tensor (B^2 K S, 1 GB at B = 1024, K = 32, S = 16) ever
+  exists. The dE pass (program: ECG block x output-column chunk) walks all report blocks, accumulating
+  ga S_i in fp32 registers and dL/dG_j, then adds 2 dG_j E_j (block-diagonal dot) and writes dE; the dS pass
+  (program: report block x column chunk) walks all ECG blocks accumulating ga^T E_j and dL/d||s||, then adds
+  (dL/d||s|| / ||s||) s and writes dS. No atomics. Extra memory: S and dL/dS [B, B] fp32, G [B, KP, KP], ||s||,
+  flags, and at small batches fp32 partial sums of the split dE pass (12.1 MB at B = 1024, K = 32, S = 16;
+  8.8 MB at B = 256, K = S = 16, D = 256 on 132 SMs; fused_workspace_bytes).
+Matmul work per fwd+bwd, u = 2 B^2 K S D: 5 u D-wide at K = 16, D = 256, bf16 (a three times, the two
+accumulations; the backward tiles that split D over programs recompute a once per split) plus the K x K dots.
+bf16 inputs: tensor-core dots with fp32 accumulation, ga rounded to bf16 for the accumulating dots; fp16 and fp32
+inputs: those dots on fp32 operands (fp16's range would flush small ga); fp32 inputs: "tf32x3" dots (3-pass
+split, about fp32 accuracy) or precision="ieee". Under TRITON_INTERPRET=1 every dot operand is cast to fp32
+(triton issue 11584) and computed exactly. The sm_90 builds (sm90_specs) have no stack frame: 64 x 16 dE tiles
+and 128 x 16 dS tiles at K = 16 (16-bit), smaller at K = 32 and in fp32.
 
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
@@ -61,11 +76,64 @@ __all__ = [
     "local_attention",
     "sm90_specs",
     "matmul_flops",
+    "OpCounter",
 ]
 
 IMPLS = ("reference", "batched", "fused", "auto")
 COS_EPS = 1e-8  # eps on the norm product of the cosine
 NC2_FLOOR = 1e-30  # ||c||^2 from the Gram form is clamped here before sqrt (a zero context has cos 0 anyway)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dispatched-op counting (tests and benchmarks): what the CPU hands the GPU besides the Triton launches
+# ----------------------------------------------------------------------------------------------------------------
+_NO_LAUNCH = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "sym_size",
+              "sym_stride", "sym_numel", "sym_storage_offset", "size", "stride", "numel", "lift_fresh", "alias",
+              "_unsafe_view", "view", "reshape", "t", "transpose", "permute", "expand", "squeeze", "unsqueeze",
+              "slice", "select", "as_strided", "diagonal", "unbind", "split", "chunk", "narrow", "_reshape_alias",
+              "set_", "is_same_size", "_has_compatible_shallow_copy_type", "resolve_conj", "resolve_neg",
+              "promote_types", "result_type"}
+_LAUNCHING = [0]  # > 0 inside a Triton launch: the interpreter's own host copies are not the op's dispatches
+
+
+class _launching:
+    """Around a Triton launch: under TRITON_INTERPRET=1 the interpreter copies every tensor argument to the host
+    and back through aten ops that a compiled launch does not issue; OpCounter files them under `skipped`."""
+
+    def __enter__(self):
+        _LAUNCHING[0] += 1
+
+    def __exit__(self, *exc):
+        _LAUNCHING[0] -= 1
+
+
+def _make_op_counter():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        """Counts the aten ops dispatched inside the `with` block that launch work (a kernel or a copy), leaving
+        out those that launch nothing: views, reshapes, transposes, expand, detach, empty allocations, size
+        queries. Triton launches are not aten ops and are not counted. `ops` lists the counted names in order,
+        `skipped` the others."""
+
+        def __init__(self):
+            super().__init__()
+            self.ops, self.skipped = [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            launches = not (name in _NO_LAUNCH or func.is_view or _LAUNCHING[0])
+            (self.ops if launches else self.skipped).append(str(func))
+            return func(*args, **(kwargs or {}))
+
+        @property
+        def count(self):
+            return len(self.ops)
+
+    return OpCounter
+
+
+OpCounter = _make_op_counter()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,9 +199,11 @@ def _zero_loss(beats, sents, dtype):
     return beats.to(dtype).sum() * 0.0 + sents.to(dtype).sum() * 0.0
 
 
-def _resolve(impl, device, K, S):
+def _resolve(impl, device, K, S, t1=4.0):
     asked = impl
     impl = resolve_impl("local loss", impl, device, IMPLS, "batched")
+    if impl == "fused" and asked == "auto" and not abs(float(t1)) <= 80.0:
+        return "batched"  # the fused softmax over beats takes |t1| <= 80
     if impl == "fused" and not fused_supported(K, S):
         if asked == "auto":
             return "batched"
@@ -233,121 +303,351 @@ def _masked_clip_loss(sim, valid):
 # fused: Triton, tiles of BJ ECGs x BI reports = one (BJ*KP) x (BI*SP) tile of E_flat S_flat^T on tensor cores
 # ----------------------------------------------------------------------------------------------------------------
 MAX_KS = 128  # the fused tiles hold whole ECGs and reports: K and S up to this ("auto" uses "batched" above)
-TILE_ROWS = 128  # rows of a tile (BJ ECGs x KP beat slots)
+TILE_ROWS = 128  # rows of a forward tile (BJ ECGs x KP beat slots)
 FWD_COLS = 64  # columns of a forward tile (BI reports x SP sentence slots)
-BWD_ELEMS = 4096  # elements of a backward tile (rows x columns): what 8 warps hold without spilling
+BWD_ROWS = 64  # rows of a backward tile (bf16 / fp16, K <= 16; half that otherwise): the dE pass holds a
+# [rows, BDO] fp32 accumulator in registers beside the tile
+BWD_COLS = 16  # columns of a backward tile (the dS pass holds a [BWD_COLS, BDO] accumulator)
 FWD_WARPS = BWD_WARPS = 8
 NUM_STAGES = 2
-WHOLE_D = 256  # 16-bit inputs with D up to this: the E tile is loaded once per program, whole-D dots
+WHOLE_D = 256  # 16-bit inputs with D up to this: whole-D tiles (the held tile loaded once per program)
+OUT_D = 256  # the backward passes accumulate dE / dS over output column chunks of at most this width (bf16,
+# K <= 16; half that otherwise: fp32 and fp16 take fp32 operands in the accumulating dots, K = 32 a larger tile state)
+CLIP_ELEMS = 4096  # elements of the B x B similarity matrix one step of the CLIP kernel holds
 
 
 if HAS_TRITON:
 
     @triton.jit
-    def _local_tiles_kernel(E, Sn, G, NS, BMK, SMK, GOUT, OUT, GA, DG, GNS, n_ib, n_split, t1, t2, t3,
-                            KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr,
-                            BI: tl.constexpr, BD: tl.constexpr, BACKWARD: tl.constexpr, F32DOT: tl.constexpr,
-                            PREC: tl.constexpr, GPREC: tl.constexpr):
-        """Inputs padded by the caller (no bounds checks here): E [n_jb * BJ, KP, DP], Sn [n_ib * BI, SP, DP],
-        G [n_jb * BJ, KP, KP], masks BMK [n_jb * BJ, KP], SMK / norms NS [n_ib * BI, SP] (int8 / fp32).
+    def _slot_masks(XM, blk, n, L, R: tl.constexpr, LP: tl.constexpr):
+        """Masks of sample block blk (R samples x LP slots) of a [n, L] bool mask (read as int8): (raw [R * LP]
+        bool: valid slot of a real sample, effective [R, LP] bool: raw, or slot 0 of a sample with no valid slot,
+        so every segment of the softmaxes is non-empty; has [R] bool: the sample has a valid slot)."""
+        r = tl.arange(0, R * LP)
+        smp = blk * R + r // LP
+        slot = r % LP
+        raw = tl.load(XM + smp * L + slot, mask=(smp < n) & (slot < L), other=0) != 0
+        m2 = tl.reshape(raw.to(tl.int32), [R, LP])
+        has = tl.max(m2, axis=1)
+        eff = tl.maximum(m2, ((tl.arange(0, LP)[None, :] == 0) & (has[:, None] == 0)).to(tl.int32))
+        return raw, eff, has
 
-        Program (jb, sp): ECG block jb (BJ ECGs of KP beat slots) against report blocks ib = sp, sp + n_split, ...
-        (BI reports of SP sentence slots). Per tile: a = E_tile S_tile^T (tensor cores, fp32 accumulation), the two
-        softmaxes as segmented reductions over the 4-d view [BJ, KP, BI, SP] of a, ||c||^2 in Gram form (batched
-        dot G_j A2), the log-sum-exp over sentences.
-        Forward: OUT[j, i] = S[j, i] ([n_jb * BJ, n_ib * BI], fp32). Backward: from GOUT (same shape) writes
-        ga = dL/da of the tile into GA [n_jb * BJ * KP, n_ib * BI * SP] (the caller's two GEMMs turn it into dE
-        and dS), sum over its reports of dL/dG_j into DG [n_split, n_jb * BJ, KP, KP] and sum over the block's
-        ECGs of dL/d||s_ik|| into GNS [n_jb, n_ib * BI * SP]."""
+    @triton.jit
+    def _load_tile(X, blk, L, DIM, raw, R: tl.constexpr, LP: tl.constexpr, d0, BD: tl.constexpr,
+                   F32DOT: tl.constexpr):
+        """Rows of block blk of X [n, L, DIM] (contiguous), columns [d0, d0 + BD): [R * LP, BD]. Masked slots and
+        rows past the batch are not read (0), so garbage there (NaN, inf) never enters a dot."""
+        r = tl.arange(0, R * LP)
+        row = (blk * R + r // LP).to(tl.int64) * L + r % LP
+        offs_d = d0 + tl.arange(0, BD)
+        x = tl.load(X + row[:, None] * DIM + offs_d[None, :], mask=raw[:, None] & (offs_d < DIM)[None, :],
+                    other=0.0)
+        if F32DOT:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ: tl.constexpr, KP: tl.constexpr, BI: tl.constexpr,
+                      SP: tl.constexpr, GPREC: tl.constexpr):
+        """From a = E_tile S_tile^T ([BJ * KP, BI * SP] fp32): the two softmaxes as segmented reductions over its
+        4-d view, s . c and ||c||^2 (Gram form), the cosines and the log-sum-exp over sentences."""
+        LOG2E: tl.constexpr = 1.4426950408889634
+        a4 = tl.reshape(a, [BJ, KP, BI, SP])
+        # A1: softmax over the sentences k of report i (each report has >= 1 effective sentence); exp2 of a fused
+        # multiply-add (exp would add a multiply by log2 e per element)
+        x1 = tl.where(sm4, a4, float("-inf"))
+        m1 = tl.max(x1, axis=3) * LOG2E
+        p1 = tl.exp2(x1 * LOG2E - m1[:, :, :, None])
+        A1 = p1 * (1.0 / tl.sum(p1, axis=3))[:, :, :, None]  # one division per segment
+        # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 effective beat). |t1 A1| <= |t1| <=
+        # 80 (the wrapper checks): exp neither overflows nor flushes, so no segment max is needed; masked beats: 0
+        p2 = tl.where(bm4, tl.exp2(A1 * (t1 * LOG2E)), 0.0)
+        A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
+        num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
+        A2_3 = tl.reshape(A2, [BJ, KP, BI * SP])
+        GA4 = tl.reshape(tl.dot(G3, A2_3, input_precision=GPREC), [BJ, KP, BI, SP])  # G_j A2
+        nc2 = tl.sum(A2 * GA4, axis=1)  # ||c_ik||^2
+        nc = tl.sqrt(tl.maximum(nc2, 1e-30))
+        prod = ns3 * nc
+        den = tl.maximum(prod, 1e-8)
+        x = tl.where(sm3, t2 * (num / den), float("-inf"))
+        mx = tl.max(x, axis=2)
+        lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, :, None]), axis=2))  # [BJ, BI]
+        return a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse
+
+    @triton.jit
+    def _tile_backward(a, G3, bm4, sm4, sm3, ns3, gs, t1, t2, t3, BJ: tl.constexpr, KP: tl.constexpr,
+                       BI: tl.constexpr, SP: tl.constexpr, GPREC: tl.constexpr):
+        """Recompute the tile, then from gs = dL/dS[j, i] ([BJ, BI]): ga = dL/da ([BJ * KP, BI * SP] fp32), the
+        tile's share of dL/dG_j (as A2 * gnc2 and A2: dG_j = sum (A2 gnc2) A2^T) and of dL/d||s|| ([BJ, BI, SP])."""
+        a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse = _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ, KP,
+                                                                          BI, SP, GPREC)
+        w = tl.exp(x - lse[:, :, None])  # softmax over the valid k of t2 * cos
+        gcos = gs[:, :, None] * (t3 * t2) * w
+        gnum = gcos / den
+        gprod = tl.where(prod >= 1e-8, -gcos * num / (den * den), 0.0)
+        gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 / nc, 0.0)
+        gnum4 = gnum[:, None, :, :]
+        gnc24 = gnc2[:, None, :, :]
+        # gA2 = gnum * a + 2 gnc2 * (G_j A2) = gnum * a + G_j (2 gnc2 A2)
+        gA2 = gnum4 * a4 + tl.reshape(tl.dot(G3, tl.reshape(2.0 * gnc24 * A2, [BJ, KP, BI * SP]),
+                                             input_precision=GPREC), [BJ, KP, BI, SP])
+        gA1 = t1 * (A2 * (gA2 - tl.sum(A2 * gA2, axis=1)[:, None, :, :]))
+        ga4 = gnum4 * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=3)[:, :, :, None])
+        ga = tl.reshape(ga4, [BJ * KP, BI * SP])
+        return ga, tl.reshape(A2 * gnc24, [BJ, KP, BI * SP]), A2_3, gprod * nc
+
+    @triton.jit
+    def _local_fwd_kernel(E, Sn, BMK, SMK, G, NS, FLAGS, OUT, n, K, S, D, n_ib, n_split, t1, t2, t3,
+                          KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr,
+                          BD: tl.constexpr, F32DOT: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr):
+        """E [n, K, D], Sn [n, S, D] (contiguous, input dtype), masks BMK [n, K], SMK [n, S] (bool read as int8).
+        Program (jb, sp): ECG block jb (BJ ECGs, KP beat slots) against report blocks sp, sp + n_split, ...
+        (BI reports, SP sentence slots). G_j = E_j E_j^T comes from the E tile (a batched K x K dot), ||s|| from
+        the S tiles; the masks are read as they are. Writes OUT[j, i] = S[j, i] ([n, n] fp32), G [n_jb * BJ, KP,
+        KP] (programs sp = 0), NS [n_ib * BI * SP] (programs jb = 0) for the backward, FLAGS [2, n] int32:
+        has-a-beat (sp = 0) and has-a-sentence (jb = 0)."""
         BM: tl.constexpr = BJ * KP
         BN: tl.constexpr = BI * SP
-        jb = tl.program_id(0).to(tl.int64)
-        sp = tl.program_id(1).to(tl.int64)
-        n_i = n_ib * BI  # padded number of reports (columns of OUT)
-        n_c = n_ib * BN  # columns of GA
-        r = tl.arange(0, BM)
-        c = tl.arange(0, BN)
-        offs_d = tl.arange(0, BD)
-        e_ptr = (E + jb * (BM * DP)) + (r[:, None] * DP + offs_d[None, :])
-        bm4 = tl.reshape(tl.load((BMK + jb * BM) + r), [BJ, KP, 1, 1]) != 0
+        jb = tl.program_id(0)
+        sp = tl.program_id(1)
+        bmr, bm_eff, hb = _slot_masks(BMK, jb, n, K, BJ, KP)
+        bm4 = tl.reshape(bm_eff, [BJ, KP, 1, 1]) != 0
         jl = tl.arange(0, BJ)
         gq = tl.arange(0, KP)
-        g_off = jl[:, None, None] * (KP * KP) + gq[None, :, None] * KP + gq[None, None, :]
-        G3 = tl.load((G + jb * (BJ * KP * KP)) + g_off)
-        dG = tl.zeros([BJ, KP, KP], dtype=tl.float32)
-        if BD == DP:  # the whole E tile fits: load it once for all report blocks (FlashAttention's Q tile)
-            e_all = tl.load(e_ptr)
-            if F32DOT:
-                e_all = e_all.to(tl.float32)
+        g_off = (jb * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + gq[None, None, :]
+        # Gram matrices of the block's ECGs from the E tile (loaded once for all report blocks when D fits): the
+        # diagonal K x K blocks of the tile's [BM, BM] Gram matrix, one 2-d tensor-core dot
+        if BD == DP:
+            e_all = _load_tile(E, jb, K, D, bmr, BJ, KP, 0, DP, F32DOT)
+            Gf = tl.dot(e_all, tl.trans(e_all), input_precision=GPREC)
+        else:
+            Gf = tl.zeros([BM, BM], dtype=tl.float32)
+            for d0 in range(0, DP, BD):
+                e = _load_tile(E, jb, K, D, bmr, BJ, KP, d0, BD, F32DOT)
+                Gf = tl.dot(e, tl.trans(e), Gf, input_precision=GPREC)
+        same = (jl[:, None, None, None] == jl[None, None, :, None])
+        G3 = tl.sum(tl.where(same, tl.reshape(Gf, [BJ, KP, BJ, KP]), 0.0), axis=2)
+        if sp == 0:
+            tl.store(G + g_off, G3)
+            jg = jb * BJ + jl
+            tl.store(FLAGS + jg, hb, mask=jg < n)
         for ib in range(sp, n_ib, n_split):
-            s_ptr = (Sn + ib * (BN * DP)) + (c[:, None] * DP + offs_d[None, :])
+            smr, sm_eff, hs = _slot_masks(SMK, ib, n, S, BI, SP)
             if BD == DP:
-                s = tl.load(s_ptr)
-                if F32DOT:
-                    s = s.to(tl.float32)
+                s = _load_tile(Sn, ib, S, D, smr, BI, SP, 0, DP, F32DOT)
                 a = tl.dot(e_all, tl.trans(s), input_precision=PREC)
+                sf = s.to(tl.float32)
+                ns2 = tl.sum(sf * sf, axis=1)
             else:
                 a = tl.zeros([BM, BN], dtype=tl.float32)
+                ns2 = tl.zeros([BN], dtype=tl.float32)
                 for d0 in range(0, DP, BD):
-                    e = tl.load(e_ptr + d0)
-                    s = tl.load(s_ptr + d0)
-                    if F32DOT:
-                        e = e.to(tl.float32)
-                        s = s.to(tl.float32)
+                    e = _load_tile(E, jb, K, D, bmr, BJ, KP, d0, BD, F32DOT)
+                    s = _load_tile(Sn, ib, S, D, smr, BI, SP, d0, BD, F32DOT)
                     a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
-            sm_c = tl.load((SMK + ib * BN) + c)
-            sm4 = tl.reshape(sm_c, [1, 1, BI, SP]) != 0
-            sm3 = tl.reshape(sm_c, [1, BI, SP]) != 0
-            ns3 = tl.reshape(tl.load((NS + ib * BN) + c), [1, BI, SP])
-            a4 = tl.reshape(a, [BJ, KP, BI, SP])
-            # A1: softmax over the sentences k of report i (each report has >= 1 valid sentence)
-            x1 = tl.where(sm4, a4, float("-inf"))
-            p1 = tl.exp(x1 - tl.max(x1, axis=3)[:, :, :, None])
-            A1 = p1 * (1.0 / tl.sum(p1, axis=3))[:, :, :, None]  # one division per segment
-            # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 valid beat)
-            x2 = tl.where(bm4, t1 * A1, float("-inf"))
-            p2 = tl.exp(x2 - tl.max(x2, axis=1)[:, None, :, :])
-            A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
-            if BACKWARD and not F32DOT:
-                # bf16 / fp16 inputs: A1 waits for the gradient in 16 bits (half the registers); ga is rounded to
-                # bf16 for the GEMMs anyway
-                A1 = A1.to(E.dtype.element_ty)
-            num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
-            A2_3 = tl.reshape(A2, [BJ, KP, BN])
-            GA4 = tl.reshape(tl.dot(G3, A2_3, input_precision=GPREC), [BJ, KP, BI, SP])  # G_j A2
-            nc2 = tl.sum(A2 * GA4, axis=1)  # ||c_ik||^2
-            nc = tl.sqrt(tl.maximum(nc2, 1e-30))
-            prod = ns3 * nc
-            den = tl.maximum(prod, 1e-8)
-            x = tl.where(sm3, t2 * (num / den), float("-inf"))
-            mx = tl.max(x, axis=2)
-            lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, :, None]), axis=2))  # [BJ, BI]
-            o_base = jb * BJ * n_i + ib * BI
-            o_off = jl[:, None] * n_i + tl.arange(0, BI)[None, :]
-            if BACKWARD:
-                gs = tl.load((GOUT + o_base) + o_off)
-                w = tl.exp(x - lse[:, :, None])  # softmax over the valid k of t2 * cos
-                gcos = gs[:, :, None] * (t3 * t2) * w
-                gnum = gcos / den
-                gprod = tl.where(prod >= 1e-8, -gcos * num / (den * den), 0.0)
-                gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 / nc, 0.0)
-                gnum4 = gnum[:, None, :, :]
-                gnc24 = gnc2[:, None, :, :]
-                # gA2 = gnum * a + 2 gnc2 * (G_j A2) = gnum * a + G_j (2 gnc2 A2): G_j A2 is recomputed rather
-                # than kept alive through the forward part (a smaller register set)
-                gA2 = gnum4 * a4 + tl.reshape(tl.dot(G3, tl.reshape(2.0 * gnc24 * A2, [BJ, KP, BN]),
-                                                     input_precision=GPREC), [BJ, KP, BI, SP])
-                gA1 = t1 * (A2 * (gA2 - tl.sum(A2 * gA2, axis=1)[:, None, :, :]))
-                ga4 = gnum4 * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=3)[:, :, :, None])
-                ga_ptr = (GA + (jb * BM * n_c + ib * BN)) + (r[:, None] * n_c + c[None, :])
-                tl.store(ga_ptr, tl.reshape(ga4, [BM, BN]).to(GA.dtype.element_ty))
-                dG = tl.dot(tl.reshape(A2 * gnc24, [BJ, KP, BN]), tl.permute(A2_3, (0, 2, 1)), dG,
-                            input_precision=GPREC)
-                tl.store((GNS + (jb * n_c + ib * BN)) + c, tl.reshape(tl.sum(gprod * nc, axis=0), [BN]))
+                    sf = s.to(tl.float32)
+                    ns2 += tl.sum(sf * sf, axis=1)
+            ns = tl.sqrt(ns2)
+            sm4 = tl.reshape(sm_eff, [1, 1, BI, SP]) != 0
+            sm3 = tl.reshape(sm_eff, [1, BI, SP]) != 0
+            ns3 = tl.reshape(ns, [1, BI, SP])
+            a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse = _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ,
+                                                                              KP, BI, SP, GPREC)
+            jg = jb * BJ + jl
+            ig = ib * BI + tl.arange(0, BI)
+            tl.store(OUT + jg[:, None].to(tl.int64) * n + ig[None, :], t3 * lse,
+                     mask=(jg < n)[:, None] & (ig < n)[None, :])
+            if jb == 0:
+                tl.store(NS + ib * BN + tl.arange(0, BN), ns)
+                tl.store(FLAGS + n + ig, hs, mask=ig < n)
+
+    @triton.jit
+    def _local_bwd_kernel(E, Sn, BMK, SMK, G, NS, GS, GOUT, GX, n, K, S, D, n_ob, n_sk, t1, t2, t3,
+                          KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr,
+                          BD: tl.constexpr, BDO: tl.constexpr, FOR_S: tl.constexpr, SCALED: tl.constexpr,
+                          F32DOT: tl.constexpr, OPF32: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr):
+        """One backward pass, recomputing every tile; no dL/da leaves the program.
+        FOR_S = False: program (jb, dc) holds ECG block jb, walks all n_ob report blocks and accumulates
+        dE_tile[:, dc-th BDO columns] = sum_i ga S_i + 2 dG_j E_j (dG_j = sum_i dL/dG_j, symmetric), written to GX
+        (= dE [n, K, D], input dtype). FOR_S = True: program (ib, dc) holds report block ib, walks all n_ob ECG
+        blocks and accumulates dS_tile = sum_j ga^T E_j + (dL/d||s|| / ||s||) s, written to GX (= dS [n, S, D]).
+        gs = GS[j, i] (* GOUT[0] when SCALED: the loss's dL/dS times the upstream gradient). Masked slots get 0.
+        OPF32: the accumulating dots take fp32 operands (fp32 and fp16 inputs), else ga is rounded to bf16.
+        Program axis 2 (dE pass only): split sk of n_sk walks the partner blocks sk, sk + n_sk, ... and writes its
+        fp32 partial sum (dG_j term included, it is linear) to GX + sk n K D (the caller adds the partials) when
+        n_sk > 1: more programs than ECG blocks when the batch is small."""
+        BM: tl.constexpr = BJ * KP
+        BN: tl.constexpr = BI * SP
+        hb_ = tl.program_id(0)  # the held block
+        dc = tl.program_id(1)
+        sk = tl.program_id(2)
+        d_out = dc * BDO
+        jl = tl.arange(0, BJ)
+        il = tl.arange(0, BI)
+        gq = tl.arange(0, KP)
+        if SCALED:
+            gscale = tl.load(GOUT).to(tl.float32)
+        else:
+            gscale = 1.0
+        if FOR_S:
+            hr, h_eff, hhas = _slot_masks(SMK, hb_, n, S, BI, SP)
+            sm4 = tl.reshape(h_eff, [1, 1, BI, SP]) != 0
+            sm3 = tl.reshape(h_eff, [1, BI, SP]) != 0
+            ns = tl.load(NS + hb_ * BN + tl.arange(0, BN))
+            ns3 = tl.reshape(ns, [1, BI, SP])
+            acc = tl.zeros([BN, BDO], dtype=tl.float32)
+            gns = tl.zeros([BN], dtype=tl.float32)
+            if BD == DP:
+                h_all = _load_tile(Sn, hb_, S, D, hr, BI, SP, 0, DP, F32DOT)
+        else:
+            hr, h_eff, hhas = _slot_masks(BMK, hb_, n, K, BJ, KP)
+            bm4 = tl.reshape(h_eff, [BJ, KP, 1, 1]) != 0
+            g_off = (hb_ * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + \
+                gq[None, None, :]
+            G3 = tl.load(G + g_off)
+            acc = tl.zeros([BM, BDO], dtype=tl.float32)
+            dG = tl.zeros([BJ, KP, KP], dtype=tl.float32)
+            if BD == DP:
+                h_all = _load_tile(E, hb_, K, D, hr, BJ, KP, 0, DP, F32DOT)
+        for ob in range(sk, n_ob, n_sk):
+            if FOR_S:
+                jb = ob
+                ib = hb_
+                er, e_eff, _ = _slot_masks(BMK, jb, n, K, BJ, KP)
+                bm4 = tl.reshape(e_eff, [BJ, KP, 1, 1]) != 0
+                g_off = (jb * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + \
+                    gq[None, None, :]
+                G3 = tl.load(G + g_off)
+                if BD == DP:
+                    e_t = _load_tile(E, jb, K, D, er, BJ, KP, 0, DP, F32DOT)
+                    a = tl.dot(e_t, tl.trans(h_all), input_precision=PREC)
+                else:
+                    a = tl.zeros([BM, BN], dtype=tl.float32)
+                    for d0 in range(0, DP, BD):
+                        e = _load_tile(E, jb, K, D, er, BJ, KP, d0, BD, F32DOT)
+                        s = _load_tile(Sn, ib, S, D, hr, BI, SP, d0, BD, F32DOT)
+                        a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
             else:
-                tl.store((OUT + o_base) + o_off, t3 * lse)
-        if BACKWARD:
-            tl.store((DG + (sp * tl.num_programs(0) + jb) * (BJ * KP * KP)) + g_off, dG)
+                jb = hb_
+                ib = ob
+                sr, s_eff, _ = _slot_masks(SMK, ib, n, S, BI, SP)
+                sm4 = tl.reshape(s_eff, [1, 1, BI, SP]) != 0
+                sm3 = tl.reshape(s_eff, [1, BI, SP]) != 0
+                ns3 = tl.reshape(tl.load(NS + ib * BN + tl.arange(0, BN)), [1, BI, SP])
+                if BD == DP:
+                    s_t = _load_tile(Sn, ib, S, D, sr, BI, SP, 0, DP, F32DOT)
+                    a = tl.dot(h_all, tl.trans(s_t), input_precision=PREC)
+                else:
+                    a = tl.zeros([BM, BN], dtype=tl.float32)
+                    for d0 in range(0, DP, BD):
+                        e = _load_tile(E, jb, K, D, hr, BJ, KP, d0, BD, F32DOT)
+                        s = _load_tile(Sn, ib, S, D, sr, BI, SP, d0, BD, F32DOT)
+                        a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
+            jg = jb * BJ + jl
+            ig = ib * BI + il
+            gs = tl.load(GS + jg[:, None].to(tl.int64) * n + ig[None, :], mask=(jg < n)[:, None] & (ig < n)[None, :],
+                         other=0.0) * gscale
+            ga, A2g, A2_3, gns3 = _tile_backward(a, G3, bm4, sm4, sm3, ns3, gs, t1, t2, t3, BJ, KP, BI, SP, GPREC)
+            if OPF32:
+                ga_op = ga
+            else:
+                ga_op = ga.to(tl.bfloat16)
+            if FOR_S:
+                if BD == DP and BDO == DP:
+                    part = e_t
+                else:
+                    part = _load_tile(E, jb, K, D, er, BJ, KP, d_out, BDO, F32DOT)
+                if OPF32:
+                    part = part.to(tl.float32)
+                else:
+                    part = part.to(tl.bfloat16)
+                acc = tl.dot(tl.trans(ga_op), part, acc, input_precision=PREC)
+                gns += tl.reshape(tl.sum(gns3, axis=0), [BN])
+            else:
+                if BD == DP and BDO == DP:
+                    part = s_t
+                else:
+                    part = _load_tile(Sn, ib, S, D, sr, BI, SP, d_out, BDO, F32DOT)
+                if OPF32:
+                    part = part.to(tl.float32)
+                else:
+                    part = part.to(tl.bfloat16)
+                acc = tl.dot(ga_op, part, acc, input_precision=PREC)
+                dG = tl.dot(A2g, tl.permute(A2_3, (0, 2, 1)), dG, input_precision=GPREC)
+        offs_d = d_out + tl.arange(0, BDO)
+        if FOR_S:
+            # reloaded (L2) rather than kept alive in registers through the loop
+            own = _load_tile(Sn, hb_, S, D, hr, BI, SP, d_out, BDO, True)
+            acc += tl.where(ns > 0, gns / ns, 0.0)[:, None] * own  # d||s|| / ds = s / ||s||
+            r = tl.arange(0, BN)
+            smp = hb_ * BI + r // SP
+            slot = r % SP
+            row = smp.to(tl.int64) * S + slot
+            tl.store(GX + row[:, None] * D + offs_d[None, :],
+                     tl.where(hr[:, None], acc, 0.0).to(GX.dtype.element_ty),
+                     mask=((smp < n) & (slot < S))[:, None] & (offs_d < D)[None, :])
+        else:
+            # reloaded (L2) rather than kept alive in registers through the loop
+            own = _load_tile(E, hb_, K, D, hr, BJ, KP, d_out, BDO, True)
+            # 2 dG_j E_j for the BJ ECGs as one 2-d dot with the block-diagonal [BM, BM] matrix of the dG_j
+            same = (jl[:, None, None, None] == jl[None, None, :, None])
+            dGb = tl.reshape(tl.where(same, 2.0 * dG[:, :, None, :], 0.0), [BM, BM])
+            acc = tl.dot(dGb, own, acc, input_precision=GPREC)
+            r = tl.arange(0, BM)
+            smp = hb_ * BJ + r // KP
+            slot = r % KP
+            row = smp.to(tl.int64) * K + slot + sk.to(tl.int64) * n * K
+            tl.store(GX + row[:, None] * D + offs_d[None, :],
+                     tl.where(hr[:, None], acc, 0.0).to(GX.dtype.element_ty),
+                     mask=((smp < n) & (slot < K))[:, None] & (offs_d < D)[None, :])
+
+    @triton.jit
+    def _clip_kernel(SIM, FLAGS, LOSS, DSIM, RLSE, n, RB: tl.constexpr, BB: tl.constexpr):
+        """Masked CLIP loss of the [n, n] similarity (rows ECGs, columns reports) in one program: sample k is valid
+        when FLAGS[0, k] (has a beat) and FLAGS[1, k] (has a sentence); loss = 0.5 * (CE rows + CE columns) over
+        the valid x valid submatrix, mean over the valid samples (0 when none). Writes LOSS[0] and
+        DSIM = dloss / dS ([n, n], 0 outside valid x valid); RLSE [BB] is scratch (row log-sum-exps)."""
+        cols = tl.arange(0, BB)
+        cin = cols < n
+        vc = (tl.load(FLAGS + cols, mask=cin, other=0) != 0) & (tl.load(FLAGS + n + cols, mask=cin, other=0) != 0)
+        nv = tl.sum(vc.to(tl.float32), axis=0)
+        cmax = tl.full([BB], float("-inf"), dtype=tl.float32)
+        csum = tl.zeros([BB], dtype=tl.float32)
+        total = tl.zeros([RB], dtype=tl.float32)
+        for r0 in range(0, BB, RB):
+            rows = r0 + tl.arange(0, RB)
+            rin = rows < n
+            vr = (tl.load(FLAGS + rows, mask=rin, other=0) != 0) & (tl.load(FLAGS + n + rows, mask=rin, other=0) != 0)
+            vv = vr[:, None] & vc[None, :]
+            x = tl.load(SIM + rows[:, None].to(tl.int64) * n + cols[None, :], mask=vv, other=0.0)
+            xm = tl.where(vv, x, float("-inf"))
+            rmax = tl.maximum(tl.max(xm, axis=1), -1e30)  # finite for a row with no valid entry
+            rlse = rmax + tl.log(tl.sum(tl.exp(xm - rmax[:, None]), axis=1))
+            tl.store(RLSE + rows, rlse)
+            diag = tl.sum(tl.where(rows[:, None] == cols[None, :], x, 0.0), axis=1)
+            total += tl.where(vr, rlse - diag, 0.0)
+            # online column log-sum-exp
+            bmax = tl.maximum(cmax, tl.max(xm, axis=0))
+            safe = tl.maximum(bmax, -1e30)
+            csum = csum * tl.exp(cmax - safe) + tl.sum(tl.exp(xm - safe[None, :]), axis=0)
+            cmax = bmax
+        clse = tl.maximum(cmax, -1e30) + tl.log(csum)
+        # column terms: lse_c - diag_c over the valid columns (diag_c read once more)
+        dg = tl.load(SIM + cols.to(tl.int64) * (n + 1), mask=vc, other=0.0)
+        ctot = tl.sum(tl.where(vc, clse - dg, 0.0), axis=0)
+        inv = 0.5 / tl.maximum(nv, 1.0)
+        tl.store(LOSS, (tl.sum(total, axis=0) + ctot) * inv)
+        for r0 in range(0, BB, RB):
+            rows = r0 + tl.arange(0, RB)
+            rin = rows < n
+            vr = (tl.load(FLAGS + rows, mask=rin, other=0) != 0) & (tl.load(FLAGS + n + rows, mask=rin, other=0) != 0)
+            vv = vr[:, None] & vc[None, :]
+            x = tl.load(SIM + rows[:, None].to(tl.int64) * n + cols[None, :], mask=vv, other=0.0)
+            rlse = tl.load(RLSE + rows)
+            g = tl.exp(x - rlse[:, None]) + tl.exp(x - clse[None, :]) - 2.0 * (rows[:, None] == cols[None, :])
+            tl.store(DSIM + rows[:, None].to(tl.int64) * n + cols[None, :], tl.where(vv, g * inv, 0.0),
+                     mask=rin[:, None] & cin[None, :])
 
 
 def _next_pow2(n):
@@ -358,25 +658,48 @@ class _Cfg(NamedTuple):
     KP: int  # beat slots per ECG (pow2 >= 16: the batched Gram dots need 16-wide operands)
     SP: int  # sentence slots per report (pow2)
     DP: int  # D padded to a multiple of BD
-    BJ: int  # ECGs per tile
+    BJ: int  # ECGs per forward tile
     BI_F: int  # reports per forward tile
-    BI_B: int  # reports per backward tile (divides BI_F)
     BD: int  # D-chunk of the a = E S^T loop
-    Bj: int  # padded batch of ECGs (multiple of BJ)
-    Bi: int  # padded batch of reports (multiple of BI_F)
+    BJ_B: int  # ECGs per tile of the dE pass (its [BJ_B KP, BDO_E] fp32 accumulator lives beside the tile)
+    BI_E: int  # reports per tile of the dE pass
+    BDO_E: int  # output columns per dE program (DP / BDO_E programs per ECG block, each recomputing its tiles)
+    BJ_S: int  # ECGs per tile of the dS pass
+    BI_B: int  # reports per tile of the dS pass (its accumulator is [BI_B SP, BDO_S])
+    BDO_S: int  # output columns per dS program
 
 
-def _tile_cfg(B, K, S, D, wide16=True):
-    """Tile shapes for a batch; wide16: 16-bit operands (bf16 / fp16), whose whole-D tiles fit in shared memory."""
+def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
+    """Tile shapes for a batch; wide16: 16-bit operands (bf16 / fp16), whose whole-D tiles fit in shared memory;
+    bf16 (default: wide16): the backward's accumulating dots take bf16 operands (fp16 and fp32 take fp32). The
+    backward sizes are those that build for sm_90 with no stack frame (benchmarks/kernel_resources.py)."""
+    bf16 = wide16 if bf16 is None else bf16
     KP = max(16, _next_pow2(K))
     SP = _next_pow2(S)
-    BJ = max(1, min(TILE_ROWS // KP, _next_pow2(B)))
+    nb = _next_pow2(B)
+    BJ = max(1, min((TILE_ROWS if wide16 else TILE_ROWS // 2) // KP, nb))
     shrink = 1 if wide16 else 2  # fp32: tf32x3 dots hold split operands, half the columns
-    bi = lambda cols: max(1, min(cols // SP, _next_pow2(B)), 16 // SP)  # noqa: E731 (>= 16 columns)
-    BI_B = bi(max(16, BWD_ELEMS // shrink // (BJ * KP) // max(1, KP // 16)))
-    BI_F = max(bi(FWD_COLS // shrink // max(1, KP // 16)), BI_B)
+    bi = lambda cols: max(1, min(cols // SP, nb), 16 // SP)  # noqa: E731 (>= 16 columns)
+    BI_F = bi(FWD_COLS // shrink // max(1, KP // 16))
     BD = max(16, _next_pow2(D)) if wide16 and D <= WHOLE_D else min(64, max(16, _next_pow2(D)))
-    return _Cfg(KP, SP, -(-D // BD) * BD, BJ, BI_F, BI_B, BD, -(-B // BJ) * BJ, -(-B // BI_F) * BI_F)
+    DP = -(-D // BD) * BD
+    small = KP <= 16
+    BJ_B = max(1, min((BWD_ROWS if wide16 and small else BWD_ROWS // 2) // KP, nb))
+    # dS pass rows: 128 (16-bit, K <= 16), 64 (16-bit, K = 32), 32 (fp32)
+    BJ_S = max(1, min(((2 * BWD_ROWS if small else BWD_ROWS) if wide16 else BWD_ROWS // 2) // KP, nb))
+    BI_B = bi(BWD_COLS)
+    out_d = OUT_D if bf16 and small else OUT_D // 2
+    BDO = min(BD, out_d)  # the widest power of two <= out_d that divides DP (a multiple of BD, a power of two)
+    while BDO * 2 <= out_d and DP % (BDO * 2) == 0:
+        BDO *= 2
+    f = dict(BJ_B=BJ_B, BI_E=BI_B, BDO_E=BDO, BJ_S=BJ_S, BI_B=BI_B, BDO_S=BDO)
+    f.update({k: v for k, v in _BWD_OVERRIDE.items() if k in f})
+    # the backward blocks index G and ||s|| as the forward wrote them (its blocks cover theirs)
+    assert BJ % f["BJ_B"] == 0 and BJ % f["BJ_S"] == 0 and BI_F % f["BI_B"] == 0 and BI_F % f["BI_E"] == 0, f
+    return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f)
+
+
+_BWD_OVERRIDE: dict = {}  # tile experiments (benchmarks, sm_90 builds): fields of _Cfg to force
 
 
 def _dot_precisions(dtype, precision=None):
@@ -396,9 +719,9 @@ def _dot_precisions(dtype, precision=None):
 
 
 def _programs_per_block(device, n_jb, n_ib):
-    """Programs per ECG block: about four per multiprocessor in all (one is resident at a time: a short last
-    wave costs less), each walking several report blocks with its E tile loaded once. Off CUDA (the interpreter)
-    one program walks them all."""
+    """Forward programs per ECG block: about four per multiprocessor in all (one is resident at a time: a short
+    last wave costs less), each walking several report blocks with its E tile loaded once. Off CUDA (the
+    interpreter) one program walks them all."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -411,90 +734,178 @@ def _device_guard(device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _meta(cfg, bwd, f32dot, prec, gprec):
-    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ, BI=cfg.BI_B if bwd else cfg.BI_F, BD=cfg.BD,
-                BACKWARD=bwd, F32DOT=f32dot, PREC=prec, GPREC=gprec)
+def _fwd_meta(cfg, f32dot, prec, gprec):
+    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ, BI=cfg.BI_F, BD=cfg.BD, F32DOT=f32dot, PREC=prec,
+                GPREC=gprec)
 
 
-class _LocalSimFused(torch.autograd.Function):
-    """S [Bj, Bi] (padded) from the padded E [Bj, KP, DP], S [Bi, SP, DP] (input dtype) and the fp32 side inputs
-    G = E E^T [Bj, KP, KP], ||s|| [Bi, SP]; gradients wrt G and ||s|| go back to autograd (the bmm and the norm)."""
+def _bwd_meta(cfg, for_s, scaled, opf32, f32dot, prec, gprec):
+    return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ_S if for_s else cfg.BJ_B,
+                BI=cfg.BI_B if for_s else cfg.BI_E, BD=cfg.BD, BDO=cfg.BDO_S if for_s else cfg.BDO_E, FOR_S=for_s,
+                SCALED=scaled, F32DOT=f32dot, OPF32=opf32, PREC=prec, GPREC=gprec)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+SPLIT_BYTES = 32 * 2 ** 20  # the dE pass's fp32 partial sums (when split) stay below this
+
+
+def _de_splits(device, programs, n_ob, numel, forced=None, sms=None):
+    """Splits of the dE pass's walk over report blocks: enough programs to fill the GPU when the batch has few
+    ECG blocks (fp32 partials of dE, at most SPLIT_BYTES, summed after). `forced` (tests): that many; off CUDA 1."""
+    if forced:
+        return max(1, min(int(forced), n_ob))
+    if sms is None:
+        if device.type != "cuda":
+            return 1
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = sms // programs  # whole waves: at B = 256, K = 16 on 132 SMs, 64 ECG blocks x 2 splits
+    return max(1, min(want, n_ob, 8, SPLIT_BYTES // max(1, 4 * numel)))
+
+
+def _as_i8(m):
+    """A bool mask read by the kernels as int8 (a view; other dtypes are compared with 0 once)."""
+    m = m if m.dtype == torch.bool else m != 0
+    return m.contiguous().view(torch.int8)
+
+
+class _Fused:
+    """The fused path's launches. forward: 1 launch (S, G, ||s||, has-beat / has-sentence flags), backward: 2
+    launches (dE over ECG blocks, dS over report blocks), each recomputing its tiles; workspaces: G [B, KP, KP],
+    ||s|| [B SP], flags [2, B] (no B^2 K S tensor)."""
+
+    def __init__(self, beats, sents, bm8, sm8, t1, t2, t3, n_split, precision):
+        if not abs(float(t1)) <= 80.0:
+            raise ValueError(f"local loss: impl 'fused' takes |t1| <= 80 (exp(t1 * A1) is not shifted), got {t1}")
+        self.E, self.Sn, self.bm8, self.sm8 = beats, sents, bm8, sm8
+        self.t = (float(t1), float(t2), float(t3))
+        self.B, self.K, self.D = beats.shape
+        self.S = sents.shape[1]
+        self.cfg = _tile_cfg(self.B, self.K, self.S, self.D, beats.dtype != torch.float32,
+                             beats.dtype == torch.bfloat16)
+        self.dots = _dot_precisions(beats.dtype, precision)
+        self.n_split = n_split
+        self.dev = beats.device
+
+    def forward(self):
+        cfg, B, dev = self.cfg, self.B, self.dev
+        n_jb, n_ib = _cdiv(B, cfg.BJ), _cdiv(B, cfg.BI_F)
+        n_sp = max(1, min(n_ib, self.n_split or _programs_per_block(dev, n_jb, n_ib)))
+        f32 = torch.float32
+        self.G = torch.empty((n_jb * cfg.BJ, cfg.KP, cfg.KP), dtype=f32, device=dev)
+        self.NS = torch.empty((n_ib * cfg.BI_F * cfg.SP,), dtype=f32, device=dev)
+        self.flags = torch.empty((2, B), dtype=torch.int32, device=dev)
+        sim = torch.empty((B, B), dtype=f32, device=dev)
+        with _device_guard(dev), _launching():
+            _local_fwd_kernel[(n_jb, n_sp)](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, self.flags, sim,
+                                            B, self.K, self.S, self.D, n_ib, n_sp, *self.t, num_warps=FWD_WARPS,
+                                            num_stages=NUM_STAGES, **_fwd_meta(cfg, *self.dots))
+        return sim
+
+    def backward(self, gsim, gout=None):
+        """(dE, dS) in the input dtype from gsim = dL/dS [B, B] fp32 (times gout[0] when given)."""
+        cfg, B, dev = self.cfg, self.B, self.dev
+        gE, gS = torch.empty_like(self.E), torch.empty_like(self.Sn)
+        n_jb, n_js, n_ie, n_ib = _cdiv(B, cfg.BJ_B), _cdiv(B, cfg.BJ_S), _cdiv(B, cfg.BI_E), _cdiv(B, cfg.BI_B)
+        n_de, n_ds = cfg.DP // cfg.BDO_E, cfg.DP // cfg.BDO_S
+        opf32 = self.E.dtype != torch.bfloat16 or interpreting()
+        scaled = gout is not None
+        gout = gout if scaled else gsim
+        t1, t2, t3 = self.t
+        n_sk = _de_splits(dev, n_jb * n_de, n_ie, B * self.K * self.D, self.n_split)
+        part = torch.empty((n_sk, B, self.K, self.D), dtype=torch.float32, device=dev) if n_sk > 1 else gE
+        with _device_guard(dev), _launching():
+            for for_s, grid, out, n_ob in ((False, (n_jb, n_de, n_sk), part, n_ie), (True, (n_ib, n_ds, 1), gS, n_js)):
+                _local_bwd_kernel[grid](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, gsim, gout, out, B,
+                                        self.K, self.S, self.D, n_ob, grid[2], t1, t2, t3, num_warps=BWD_WARPS,
+                                        num_stages=NUM_STAGES, **_bwd_meta(cfg, for_s, scaled, opf32, *self.dots))
+        if n_sk > 1:  # 2 ops (1 for fp32 inputs): the partial sums of the split dE pass
+            gE = part.sum(0) if gE.dtype == torch.float32 else part.sum(0).to(gE.dtype)
+        return gE, gS
+
+    def clip(self, sim):
+        """(loss [] fp32, dloss/dS [B, B] fp32) of the masked CLIP loss, one launch."""
+        B = self.B
+        BB = _next_pow2(B)
+        RB = max(1, min(BB, CLIP_ELEMS // BB))
+        loss = torch.empty((), dtype=torch.float32, device=self.dev)
+        dsim = torch.empty((B, B), dtype=torch.float32, device=self.dev)
+        rlse = torch.empty((BB,), dtype=torch.float32, device=self.dev)
+        with _device_guard(self.dev), _launching():
+            _clip_kernel[(1,)](sim, self.flags, loss, dsim, rlse, B, RB=RB, BB=BB, num_warps=4)
+        return loss, dsim
+
+
+def fused_workspace_bytes(B, K, S, D, dtype=torch.bfloat16, sms=132):
+    """Extra memory of one fused fwd+bwd beyond the inputs and their gradients, computed from the buffers the
+    fused path allocates on a GPU with `sms` multiprocessors (132: H100 SXM, H200): S and dL/dS [B, B] fp32, G,
+    ||s||, flags, the CLIP scratch, and the dE pass's fp32 partial sums when it splits (small batches only)."""
+    cfg = _tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
+    n_jb, n_ib = _cdiv(B, cfg.BJ), _cdiv(B, cfg.BI_F)
+    ns = n_ib * cfg.BI_F * cfg.SP
+    n_sk = _de_splits(None, _cdiv(B, cfg.BJ_B) * (cfg.DP // cfg.BDO_E), _cdiv(B, cfg.BI_E), B * K * D, sms=sms)
+    part = n_sk * B * K * D if n_sk > 1 else 0
+    return 4 * (2 * B * B + n_jb * cfg.BJ * cfg.KP * cfg.KP + ns + 2 * B + _next_pow2(B) + part)
+
+
+class _LocalLossFused(torch.autograd.Function):
+    """The whole local loss (similarities and the masked CLIP loss) as one autograd node: 2 launches forward,
+    2 backward, no PyTorch op besides allocations."""
 
     @staticmethod
-    def forward(ctx, E, Sn, G, NS, BMK, SMK, cfg, t1, t2, t3, n_split, precision):
-        dots = _dot_precisions(E.dtype, precision)
-        n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_F
-        n_sp = max(1, min(n_ib, n_split or _programs_per_block(E.device, n_jb, n_ib)))
-        out = torch.empty((cfg.Bj, cfg.Bi), dtype=torch.float32, device=E.device)
-        with _device_guard(E.device):
-            # program (jb, sp) loads its E tile once and walks the report blocks sp, sp + n_sp, ...
-            _local_tiles_kernel[(n_jb, n_sp)](E, Sn, G, NS, BMK, SMK, out, out, out, out, out, n_ib, n_sp,
-                                              float(t1), float(t2), float(t3), num_warps=FWD_WARPS,
-                                              num_stages=NUM_STAGES, **_meta(cfg, False, *dots))
-        ctx.save_for_backward(E, Sn, G, NS, BMK, SMK)
-        ctx.cfg = (cfg, float(t1), float(t2), float(t3), n_split, dots)
-        return out
+    def forward(ctx, beats, sents, bm8, sm8, t1, t2, t3, n_split, precision):
+        f = _Fused(beats, sents, bm8, sm8, t1, t2, t3, n_split, precision)
+        loss, dsim = f.clip(f.forward())
+        ctx.f, ctx.dsim = f, dsim
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):
-        E, Sn, G, NS, BMK, SMK = ctx.saved_tensors
-        cfg, t1, t2, t3, n_split, dots = ctx.cfg
-        dev = E.device
-        n_jb, n_ib = cfg.Bj // cfg.BJ, cfg.Bi // cfg.BI_B
-        n_split = max(1, min(n_ib, n_split or _programs_per_block(dev, n_jb, n_ib)))
-        gout = gout.to(torch.float32).contiguous()
-        # 16-bit inputs: ga in bf16 (fp16's range would flush the small gradients of large batches)
-        ga_dtype = torch.bfloat16 if E.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        ga = torch.empty((cfg.Bj * cfg.KP, cfg.Bi * cfg.SP), dtype=ga_dtype, device=dev)
-        gG = torch.empty((n_split, cfg.Bj, cfg.KP, cfg.KP), dtype=torch.float32, device=dev)
-        gN = torch.empty((n_jb, cfg.Bi * cfg.SP), dtype=torch.float32, device=dev)
-        with _device_guard(dev):
-            _local_tiles_kernel[(n_jb, n_split)](E, Sn, G, NS, BMK, SMK, gout, gout, ga, gG, gN, n_ib, n_split,
-                                                 t1, t2, t3, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
-                                                 **_meta(cfg, True, *dots))
-        # dE = ga S and dS = ga^T E: two GEMMs over the (Bj KP) x (Bi SP) matrix ga, fp32 accumulation
-        Ef, Sf = E.to(ga_dtype), Sn.to(ga_dtype)
-        gE = (ga @ Sf.view(cfg.Bi * cfg.SP, cfg.DP)).view(E.shape)
-        gS = (ga.T @ Ef.view(cfg.Bj * cfg.KP, cfg.DP)).view(Sn.shape)
-        return (gE.to(E.dtype), gS.to(Sn.dtype), gG.sum(0), gN.sum(0).view(cfg.Bi, cfg.SP), None, None, None, None,
-                None, None, None, None)
+        gE, gS = ctx.f.backward(ctx.dsim, gout.float() if gout.dtype != torch.float32 else gout)
+        return gE, gS, None, None, None, None, None, None, None
 
 
-def _pad_to(x, shape):
-    """x zero-padded at the end of each dim to `shape`, contiguous and 16-byte aligned (differentiable)."""
-    pads = []
-    for have, want in zip(reversed(x.shape), reversed(shape)):
-        pads += [0, want - have]
-    if any(pads):
-        x = F.pad(x, pads)
-    x = x.contiguous()
-    return x if x.data_ptr() % 16 == 0 else x.clone()
+class _LocalSimFused(torch.autograd.Function):
+    """S [B, B] (fp32, rows ECGs, columns reports; pairs with an empty sample hold finite dummies) and the flags
+    [2, B] (has a beat, has a sentence)."""
+
+    @staticmethod
+    def forward(ctx, beats, sents, bm8, sm8, t1, t2, t3, n_split, precision):
+        f = _Fused(beats, sents, bm8, sm8, t1, t2, t3, n_split, precision)
+        sim = f.forward()
+        ctx.f = f
+        ctx.mark_non_differentiable(f.flags)
+        return sim, f.flags
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gsim, _gflags):
+        gE, gS = ctx.f.backward(gsim.float().contiguous())
+        return gE, gS, None, None, None, None, None, None, None
 
 
-def _pad_mask(m, n, slots):
-    """Bool [B, L] -> int8 [n, slots]; padded samples get slot 0 (finite values, zero gout, never used)."""
-    out = torch.zeros((n, slots), dtype=torch.int8, device=m.device)
-    out[: m.shape[0], : m.shape[1]] = m.to(torch.int8)
-    out[m.shape[0]:, 0] = 1
-    return out
+def _fused_inputs(beats, sents, beat_mask, sent_mask):
+    if beats.dtype != sents.dtype:
+        dt = torch.promote_types(beats.dtype, sents.dtype)
+        beats, sents = beats.to(dt), sents.to(dt)
+    if beats.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        beats, sents = beats.float(), sents.float()
+    return beats.contiguous(), sents.contiguous(), _as_i8(beat_mask), _as_i8(sent_mask)
 
 
 def _fused_sim(beats, sents, bm, sm, t1, t2, t3, n_split=None, precision=None):
-    """Same contract as _batched_sim, through the Triton kernels (float32 result)."""
-    if beats.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        beats, sents = beats.float(), sents.float()
-    B, K, D = beats.shape
-    S = sents.shape[1]
-    cfg = _tile_cfg(B, K, S, D, beats.dtype != torch.float32)
-    E = _pad_to(beats, (cfg.Bj, cfg.KP, cfg.DP))
-    Sn = _pad_to(sents, (cfg.Bi, cfg.SP, cfg.DP))
-    Ef = E.float()
-    G = torch.bmm(Ef, Ef.transpose(1, 2))
-    NS = torch.linalg.vector_norm(Sn.float(), dim=-1)
-    sim = _LocalSimFused.apply(E, Sn, G, NS, _pad_mask(bm, cfg.Bj, cfg.KP), _pad_mask(sm, cfg.Bi, cfg.SP), cfg,
-                               t1, t2, t3, n_split, precision)
-    return sim[:B, :B]
+    """S [B, B] float32 through the Triton kernels (masks as given: a sample with no valid slot gives finite
+    dummies in its row / column)."""
+    e, s, bm8, sm8 = _fused_inputs(beats, sents, bm, sm)
+    return _LocalSimFused.apply(e, s, bm8, sm8, t1, t2, t3, n_split, precision)[0]
+
+
+def _fused_loss(beats, sents, bm, sm, t1, t2, t3, n_split=None, precision=None):
+    e, s, bm8, sm8 = _fused_inputs(beats, sents, bm, sm)
+    return _LocalLossFused.apply(e, s, bm8, sm8, t1, t2, t3, n_split, precision)
 
 
 def fused_supported(K, S):
@@ -509,41 +920,62 @@ SHIPPED_SHAPES = {"bf16": ((16, 16), (32, 16)), "fp16": ((16, 16), (32, 16)), "f
 
 
 def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
-    """One dict per shipped config (forward and backward per (K, S) in `shapes`) for input dtype "bf16", "fp16" or
-    "fp32": name, fn (the @triton.jit function), signature, constexprs, num_warps, num_stages. Compile with
-    benchmarks/common.py's compile_spec (it assumes the 16-byte aligned pointers the wrapper hands the launcher),
-    TRITON_INTERPRET unset."""
+    """One dict per shipped config (per (K, S) in `shapes`: the forward and the two backward passes, dE and dS;
+    and the CLIP kernel once) for input dtype "bf16", "fp16" or "fp32": name, fn (the @triton.jit function),
+    signature, constexprs, num_warps, num_stages, divisible (the integer arguments that are multiples of 16 at the
+    shipped shapes, as a launch specialises them). Compile with benchmarks/common.py's compile_spec (it assumes the
+    16-byte aligned pointers the wrapper hands the launcher), TRITON_INTERPRET unset."""
     if dtype not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"sm90_specs: dtype must be bf16, fp16 or fp32, got {dtype!r}")
     f32dot = dtype == "fp32"
     prec = "tf32x3" if f32dot else "tf32"
+    ints = {"n": "i32", "K": "i32", "S": "i32", "D": "i32"}
+    temps = {"t1": "fp32", "t2": "fp32", "t3": "fp32"}
     out = []
     for K, S in shapes or SHIPPED_SHAPES[dtype]:
-        cfg = _tile_cfg(1 << 16, K, S, D, not f32dot)
-        for bwd in (False, True):
-            ptrs = {"E": f"*{dtype}", "Sn": f"*{dtype}", "G": "*fp32", "NS": "*fp32", "BMK": "*i8", "SMK": "*i8",
-                    "GOUT": "*fp32", "OUT": "*fp32", "GA": ("*fp32" if f32dot else "*bf16") if bwd else "*fp32",
-                    "DG": "*fp32",
-                    "GNS": "*fp32", "n_ib": "i32", "n_split": "i32", "t1": "fp32", "t2": "fp32", "t3": "fp32"}
-            cx = _meta(cfg, bwd, f32dot, prec, prec)
-            sig = dict(ptrs, **{k: "constexpr" for k in cx})
-            out.append(dict(name=f"local_{'bwd' if bwd else 'fwd'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_tiles_kernel,
-                            signature=sig, constexprs=cx,
-                            num_warps=BWD_WARPS if bwd else FWD_WARPS, num_stages=NUM_STAGES))
+        cfg = _tile_cfg(1 << 16, K, S, D, not f32dot, dtype == "bf16")
+        div = [k for k, v in (("n", 1 << 16), ("K", K), ("S", S), ("D", D)) if v % 16 == 0]
+        ptrs = {"E": f"*{dtype}", "Sn": f"*{dtype}", "BMK": "*i8", "SMK": "*i8", "G": "*fp32", "NS": "*fp32"}
+        cx = _fwd_meta(cfg, f32dot, prec, prec)
+        sig = dict(ptrs, FLAGS="*i32", OUT="*fp32", **ints, n_ib="i32", n_split="i32", **temps,
+                   **{k: "constexpr" for k in cx})
+        out.append(dict(name=f"local_fwd_K{K}_S{S}_D{D}_{dtype}", fn=_local_fwd_kernel, signature=sig,
+                        constexprs=cx, num_warps=FWD_WARPS, num_stages=NUM_STAGES, divisible=div))
+        for for_s in (False, True):
+            cx = _bwd_meta(cfg, for_s, True, dtype != "bf16", f32dot, prec, prec)
+            sig = dict(ptrs, GS="*fp32", GOUT="*fp32", GX="*fp32" if not for_s else f"*{dtype}", **ints, n_ob="i32",
+                       n_sk="i32", **temps,
+                       **{k: "constexpr" for k in cx})
+            out.append(dict(name=f"local_bwd_{'dS' if for_s else 'dE'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_bwd_kernel,
+                            signature=sig, constexprs=cx, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
+                            divisible=div))
+    BB = 1024  # the CLIP kernel at B = 1024 (its tile is CLIP_ELEMS at any B)
+    out.append(dict(name=f"local_clip_B{BB}_{dtype}", fn=_clip_kernel,
+                    signature={"SIM": "*fp32", "FLAGS": "*i32", "LOSS": "*fp32", "DSIM": "*fp32", "RLSE": "*fp32",
+                               "n": "i32", "RB": "constexpr", "BB": "constexpr"},
+                    constexprs={"RB": CLIP_ELEMS // BB, "BB": BB}, num_warps=4, num_stages=1, divisible=["n"]))
     return out
 
 
 def matmul_flops(B, K, S, D, impl, dtype=torch.bfloat16):
     """(D-wide, Gram) matmul FLOPs one fwd+bwd of `impl` executes, padding included. In units of
-    u = 2 B^2 K S D: fused 4 u D-wide (a in the forward, a again in the backward, the two GEMMs ga S and ga^T E)
-    plus 4 K x K Gram dots per pair (KP / D u each); batched 3 u (a and its two gradients); the reference loop and
-    the naive vectorisation 6 u (they also form the D-wide contexts c = A2^T E, and their two gradients)."""
+    u = 2 B^2 K S D: fused 5 u D-wide (a in the forward, a again in each of the two backward passes, the dE and dS
+    accumulations ga S and ga^T E) plus the K x K Gram dots (G A2 once in the forward and twice in each backward
+    pass, dG once, KP / D u each; G_j and 2 dG_j E_j); batched 3 u (a and its two gradients); the reference loop
+    and the naive vectorisation 6 u (they also form the D-wide contexts c = A2^T E, and their two gradients)."""
     u = 2.0 * B * B * K * S * D
     gram_e = 3 * 2.0 * B * K * K * D  # G = E E^T and its two gradients
     if impl == "fused":
-        c = _tile_cfg(B, K, S, D, dtype != torch.float32)
-        tile = 2.0 * c.Bj * c.KP * c.Bi * c.SP * c.DP
-        return 4 * tile, 4 * 2.0 * c.Bj * c.KP * c.KP * c.Bi * c.SP + 3 * 2.0 * c.Bj * c.KP * c.KP * c.DP
+        c = _tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
+        Bj, Bi = _cdiv(B, c.BJ) * c.BJ, _cdiv(B, c.BI_F) * c.BI_F
+        pe = 2.0 * _cdiv(B, c.BJ_B) * c.BJ_B * c.KP * _cdiv(B, c.BI_E) * c.BI_E * c.SP  # dE pass, padded
+        ps = 2.0 * _cdiv(B, c.BJ_S) * c.BJ_S * c.KP * _cdiv(B, c.BI_B) * c.BI_B * c.SP  # dS pass, padded
+        fwd = 2.0 * Bj * c.KP * Bi * c.SP
+        # recomputed a per output-column program, plus one accumulation each
+        wide = fwd * c.DP + pe * (c.DP // c.BDO_E + 1) * c.DP + ps * (c.DP // c.BDO_S + 1) * c.DP
+        gram = (fwd + 3.5 * pe * (c.DP // c.BDO_E) + 3.5 * ps * (c.DP // c.BDO_S)) * c.KP + \
+            2 * 2.0 * Bj * c.KP * c.KP * c.DP
+        return wide, gram
     if impl == "batched":
         return 3 * u, 3 * 2.0 * B * B * K * K * S + gram_e
     if impl in ("reference", "naive"):
@@ -559,17 +991,7 @@ def _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw):
     bm, sm, has_beat, has_sent = _effective_masks(beat_mask, sent_mask)
     cd = _comp_dtype(beats.dtype)
     with torch.autocast(device_type=beats.device.type, enabled=False):  # fp32 accumulation under autocast too
-        return _sim_dispatch(beats, sents, bm, sm, t1, t2, t3, impl, cd, **kw), has_beat, has_sent
-
-
-def _sim_dispatch(beats, sents, bm, sm, t1, t2, t3, impl, cd, **kw):
-    if impl == "fused":
-        sim = _fused_sim(beats, sents, bm, sm, t1, t2, t3, **kw)
-        if sim.dtype != cd:
-            sim = sim.to(cd)
-    else:
-        sim = _batched_sim(beats.to(cd), sents.to(cd), bm, sm, t1, t2, t3)
-    return sim
+        return _batched_sim(beats.to(cd), sents.to(cd), bm, sm, t1, t2, t3), has_beat, has_sent
 
 
 def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0, impl="reference",
@@ -583,7 +1005,13 @@ def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=
     Samples with no valid beat or no valid sentence are dropped from rows and columns (see module docstring);
     with no valid sample the loss is 0 with zero gradients."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve(impl, beats.device, K, S)
+    impl = _resolve(impl, beats.device, K, S, t1)
+    if impl == "fused" and B and K and S:
+        # masks read as they are, masked slots never loaded: no sanitising, padding or mask op before the kernels
+        cd = _comp_dtype(torch.promote_types(beats.dtype, sents.dtype))
+        with torch.autocast(device_type=beats.device.type, enabled=False):
+            loss = _fused_loss(beats, sents, beat_mask, sent_mask, t1, t2, t3, precision=precision)
+        return loss if cd == torch.float32 else loss.to(cd)
     beats, beat_mask, sents, sent_mask = _prepare(beats, beat_mask, sents, sent_mask)
     cd = _comp_dtype(beats.dtype)
     if B == 0 or K == 0 or S == 0:
@@ -591,8 +1019,7 @@ def local_alignment_loss(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=
     if impl == "reference":
         with torch.autocast(device_type=beats.device.type, enabled=False):
             return _reference_loss(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
-    kw = {"precision": precision} if impl == "fused" else {}
-    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw)
+    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
     return _masked_clip_loss(sim, has_beat & has_sent)
 
 
@@ -602,7 +1029,15 @@ def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0
 
     S[j, i] is NaN where ECG j has no valid beat or report i has no valid sentence."""
     B, K, S, D = _check(beats, beat_mask, sents, sent_mask)
-    impl = _resolve(impl, beats.device, K, S)
+    impl = _resolve(impl, beats.device, K, S, t1)
+    if impl == "fused" and B and K and S:
+        cd = _comp_dtype(torch.promote_types(beats.dtype, sents.dtype))
+        e, s, bm8, sm8 = _fused_inputs(beats, sents, beat_mask, sent_mask)
+        with torch.autocast(device_type=beats.device.type, enabled=False):
+            sim, flags = _LocalSimFused.apply(e, s, bm8, sm8, t1, t2, t3, None, precision)
+        sim = sim if cd == torch.float32 else sim.to(cd)
+        defined = (flags[0] != 0)[:, None] & (flags[1] != 0)[None, :]
+        return torch.where(defined, sim, torch.full((), float("nan"), dtype=sim.dtype, device=sim.device))
     beats, beat_mask, sents, sent_mask = _prepare(beats, beat_mask, sents, sent_mask)
     cd = _comp_dtype(beats.dtype)
     if B == 0 or K == 0 or S == 0:
@@ -610,8 +1045,7 @@ def local_similarity(beats, beat_mask, sents, sent_mask, t1=4.0, t2=5.0, t3=10.0
     if impl == "reference":
         with torch.autocast(device_type=beats.device.type, enabled=False):
             return _reference_sim(beats.to(cd), beat_mask, sents.to(cd), sent_mask, t1, t2, t3)
-    kw = {"precision": precision} if impl == "fused" else {}
-    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl, **kw)
+    sim, has_beat, has_sent = _sim_effective(beats, beat_mask, sents, sent_mask, t1, t2, t3, impl)
     defined = has_beat[:, None] & has_sent[None, :]
     return torch.where(defined, sim, torch.full((), float("nan"), dtype=sim.dtype, device=sim.device))
 
