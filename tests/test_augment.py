@@ -127,8 +127,12 @@ def test_time_warp_is_small_and_keeps_the_beats(recs):
         y = Augment(**{**OFF, "warp": w}).record(x, k)
         assert not np.allclose(y, x, atol=1e-3)
         after = beatlib.detect_r_peaks((y - np.median(y)).astype(np.float32), synthetic.FS)
-        tp, fn, fp, _ = match_beats(before, after, int(limit) + 2)  # every beat moved by at most the warp's shift
-        assert fn + fp <= 1, (k, before, after, START)  # a beat at the record's edge may move out or in
+        # the same beats (a beat at the record's edge may move out or in), most moved by at most the warp's shift
+        # (the shift bound itself is checked exactly on the pulses above: the detector's R point on a wide ectopic
+        # beat may move by more than the warp, e.g. 42 samples on record 5 of MELP_TEST_SEED=63581239)
+        tp, fn, fp, err = match_beats(before, after, tol)
+        assert fn + fp <= 1, (k, before, after, START)
+        assert np.median(np.abs(err)) <= limit + 2, (k, before, after, START)
     assert checked >= 2, (checked, START)
 
 
