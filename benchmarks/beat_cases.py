@@ -18,6 +18,8 @@ Each builder returns ``(x, ref)``: float64 ``(leads, samples)`` in mV and the in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 KINDS = ("tall_t", "t_over_qrs", "u_wave", "wide_qrs", "low_voltage", "paced", "bigeminy", "af_fast")
@@ -276,9 +278,37 @@ def scale_t_waves(x, ref, fs, leads, factor):
 BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")  # MIT-BIH annotation symbols that mark a beat
 
 
-def load_mitbih(record):
-    """A MIT-BIH record (path without extension) and its annotated beats: (signal [leads, n] in mV, fs, beats)."""
+# The real recordings: the repository's own (tests/data, see its README: 5 min of MIT-BIH record 100; pydicom's test
+# ECG from the installed pydicom), or the whole MIT-BIH record where ../shared/data holds it (benchmarks only).
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_MITBIH = ROOT / "tests" / "data" / "mitbih" / "100"
+SHARED_MITBIH = ROOT.parent / "shared" / "data" / "mitbih" / "100"
+
+
+def mitbih_record(whole: bool = False) -> Path:
+    """MIT-BIH record 100 (path without extension): the repository's 5 min excerpt, or with ``whole`` the 30 min
+    record of ../shared/data when it is there (else the excerpt)."""
+    if whole and SHARED_MITBIH.with_suffix(".dat").is_file():
+        return SHARED_MITBIH
+    return FIXTURE_MITBIH
+
+
+def dicom_ecg() -> Path:
+    """pydicom's annotated 12-lead test ECG (waveform_ecg.dcm) from the installed pydicom."""
+    import pydicom.data
+
+    p = Path(pydicom.data.__file__).resolve().parent / "test_files" / "waveform_ecg.dcm"
+    if p.is_file():
+        return p
+    return Path(pydicom.data.get_testdata_file("waveform_ecg.dcm", download=False))
+
+
+def load_mitbih(record=None):
+    """A MIT-BIH record (path without extension; default: the repository's excerpt of record 100) and its annotated
+    beats: (signal [leads, n] in mV, fs, beats)."""
     import wfdb
+
+    record = FIXTURE_MITBIH if record is None else record
 
     rec = wfdb.rdrecord(str(record))
     ann = wfdb.rdann(str(record), "atr")
@@ -298,11 +328,13 @@ def resample_to(x, ref, fs, fs_new):
     return y, r[r < y.shape[1]]
 
 
-def load_dicom_annotated(path):
+def load_dicom_annotated(path=None):
     """A 12-lead DICOM ECG and its annotated R points: (signal [leads, n] in microvolts, fs, beats). The beats are
-    the rhythm strip's fiducial points (annotation groups >= 100; group 2 is the median beat), made 0-based."""
+    the rhythm strip's fiducial points (annotation groups >= 100; group 2 is the median beat), made 0-based.
+    Default path: pydicom's test ECG."""
     import pydicom
 
+    path = dicom_ecg() if path is None else path
     ds = pydicom.dcmread(str(path))
     x = np.ascontiguousarray(ds.waveform_array(0).T)
     ref = np.array([a.ReferencedSamplePositions - 1 for a in ds.WaveformAnnotationSequence

@@ -5,8 +5,9 @@
 Measures the same statistics, with the same code, on
 - the corpus (records of the train split; the normal class, i.e. sinus rhythm without any finding, for the
   statistics that have a normal range, and each condition's class for its own signature),
-- the real recordings in ../shared/data: the 12-lead DICOM resting ECG (pydicom's test file; its device's own
-  measurements are listed too) and MIT-BIH record 100 (MLII ~ lead II and V5; 180 consecutive 10 s windows),
+- real recordings: the 12-lead DICOM resting ECG (pydicom's test file; its device's own measurements are listed
+  too) and MIT-BIH record 100 (MLII ~ lead II and V5; 180 consecutive 10 s windows of the whole record in
+  ../shared/data, or the 30 of the repository's 5 min excerpt, tests/data, where ../shared is absent),
 and compares them with the published normal ranges cited in melp_fast/data/synthetic.py (``REFERENCE_RANGES``).
 
 A corpus statistic passes when its 5th-95th percentile interval lies inside the reference interval: the published
@@ -29,9 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 FS = 500
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-SHARED = ROOT.parent / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
 
 
 # ------------------------------------------------------------------------------------------- measurements
@@ -166,11 +164,12 @@ def noise_stats(x: np.ndarray, r_peaks) -> dict:
 
 
 def real_dicom() -> tuple[dict, dict]:
-    """(statistics, device measurements) of the DICOM 12-lead ECG."""
+    """(statistics, device measurements) of the DICOM 12-lead ECG (pydicom's test file)."""
+    from benchmarks.beat_cases import dicom_ecg
     from melp_fast.data import beats as beatlib
     from melp_fast.data.sources.single import read_record
 
-    path = SHARED / "dicom" / "waveform_ecg.dcm"
+    path = dicom_ecg()
     x, _ = read_record(path, raw=True)
     rp = beatlib.detect_r_peaks(x, FS)
     st = measure(x, rp)
@@ -189,13 +188,16 @@ def real_dicom() -> tuple[dict, dict]:
     return st, device
 
 
-def real_mitbih(n_windows: int = 180) -> list[dict]:
+def real_mitbih(n_windows: int = 180, record=None) -> list[dict]:
     """Statistics of consecutive 10 s windows of MIT-BIH record 100 (MLII as II, V5), resampled to 500 Hz,
-    R peaks from the expert annotations."""
+    R peaks from the expert annotations. ``record``: the WFDB record (path without extension); default the whole
+    record of ../shared/data where it is there, else the repository's 5 min excerpt (tests/data, 30 windows)."""
     import wfdb
     from scipy import signal as sps
 
-    base = SHARED / "mitbih" / "100"
+    from benchmarks.beat_cases import mitbih_record
+
+    base = mitbih_record(whole=True) if record is None else record
     rec = wfdb.rdrecord(str(base))
     ann = wfdb.rdann(str(base), "atr")
     beat_codes = set("NLRBAaJSVrFejnE/fQ?")
@@ -243,14 +245,14 @@ def _pct(v, q):
     return np.percentile(v, q) if v.size else float("nan")
 
 
-def rows(n: int = 600, seed: int = 0, q=(5, 95)):
+def rows(n: int = 600, seed: int = 0, q=(5, 95), mit_record=None):
     """(one row per statistic of REFERENCE_RANGES, DICOM device measurements). A row is ok when the corpus's
-    q[0]-q[1] percentile interval lies inside the reference range."""
+    q[0]-q[1] percentile interval lies inside the reference range. ``mit_record``: see real_mitbih."""
     from melp_fast.data.synthetic import CLASSES, REFERENCE_RANGES
 
     corp = corpus(n, seed)
     dic, device = real_dicom()
-    mit = real_mitbih()
+    mit = real_mitbih(record=mit_record)
     lab = np.stack([c[1] for c in corp]).astype(bool)
     ci = {c: i for i, c in enumerate(CLASSES)}
     normal = lab[:, ci["SR"]] & ~lab[:, 4:].any(1) & np.array(["axis deviation" not in c[2] for c in corp])
@@ -278,7 +280,8 @@ def rows(n: int = 600, seed: int = 0, q=(5, 95)):
         ok = bool(np.isfinite(p5) and r_lo - tol <= p5 and p95 <= r_hi + tol)
         out.append({"stat": name, "group": group, "unit": unit, "p5": p5, "p50": p50, "p95": p95,
                     "dicom": dic.get(key, np.nan), "mit": mit_rng,
-                    "published": (lo, hi), "source": source, "ok": ok, "n": len(vals)})
+                    "published": (lo, hi), "source": source, "ok": ok, "n": len(vals),
+                    "reference": (float(r_lo - tol), float(r_hi + tol)), "values": np.asarray(vals, np.float64)})
     return out, device
 
 

@@ -3,7 +3,7 @@
     python benchmarks/data_loading.py [--records 512] [--batch-size 64] [--seconds 8] [--out FILE.md]
 
 1. A MIMIC-IV-ECG-layout tree of --records 12-lead, 500 Hz, 10 s WFDB records is written (the real 12-lead DICOM
-   ECG of shared/data, shifted, scaled and with a little noise per record; machine-style reports from the
+   ECG (pydicom's test file), shifted, scaled and with a little noise per record; machine-style reports from the
    synthetic corpus), then ``melp_fast.preprocess.build_store`` runs on it with 1 and 2 worker processes:
    records/s overall and per process (read + resample + beats + high-pass + min-max + write).
 2. The DataLoader over that store, random order (shuffle), batch --batch-size, lead masking p = 0.5 and report
@@ -33,9 +33,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -43,11 +40,12 @@ MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V
 def make_tree(root: Path, n: int):
     import wfdb
 
+    from benchmarks.beat_cases import dicom_ecg
     from melp_fast.data import synthetic
     from melp_fast.data.sources.common import LEADS, canonical_lead, resample
     from melp_fast.data.sources.single import read_dicom
 
-    sig, fs, names, _ = read_dicom(DATA / "dicom" / "waveform_ecg.dcm")
+    sig, fs, names, _ = read_dicom(dicom_ecg())  # pydicom's 12-lead test ECG
     order = [[canonical_lead(x) for x in names].index(lead) for lead in MIMIC_ORDER]
     base = resample(sig[order], fs, 500)[:, :5000]
     rng = np.random.default_rng(0)

@@ -49,13 +49,13 @@ from benchmarks.beat_cases import (  # noqa: E402
     generator_case,
     load_dicom_annotated,
     load_mitbih,
+    mitbih_record,
     resample_to,
     scale_t_waves,
     synth_case,
     t_window_fp,
 )
 from benchmarks.common import match_beats  # noqa: E402
-DATA = ROOT.parent / "shared" / "data"
 FS = 500.0
 
 
@@ -97,10 +97,11 @@ class Score:
 
 # ---------------------------------------------------------------------------------------------------------------
 def load_mit():
-    return load_mitbih(DATA / "mitbih" / "100")
+    """The whole record 100 where ../shared/data holds it, else the repository's 5 min excerpt (tests/data)."""
+    return load_mitbih(mitbih_record(whole=True))
 
 def load_dicom():
-    return load_dicom_annotated(DATA / "dicom" / "waveform_ecg.dcm")
+    return load_dicom_annotated()
 
 
 def make_records(n, mit, dcm, seed=0):

@@ -21,3 +21,120 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------- CI: no silent skips
+def in_ci() -> bool:
+    """True where the environment variable CI is true (CI=true, as GitHub Actions and most CI services set it)."""
+    import os
+
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str):
+    """Skip the calling test with ``reason``; under CI=true fail it instead, so that a test that cannot run (a missing
+    launcher, missing fixture data) is never silently passed over there. Not for tests that need CUDA: those skip on
+    CPU machines everywhere."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"cannot run under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+# ------------------------------------------------------------------------------------------- real recordings
+from pathlib import Path as _Path  # noqa: E402
+
+FIXTURES = _Path(__file__).resolve().parent / "data"
+MIT = FIXTURES / "mitbih" / "100"  # 5 min of MIT-BIH record 100 (WFDB, path without extension), tests/data/README.md
+MIT_FILES = tuple(MIT.with_suffix(e) for e in (".hea", ".dat", ".atr"))
+
+
+def pydicom_ecg():
+    """pydicom's 12-lead test ECG (waveform_ecg.dcm) from the installed pydicom, or None when it is not there."""
+    try:
+        import pydicom.data
+    except ImportError:
+        return None
+    p = _Path(pydicom.data.__file__).resolve().parent / "test_files" / "waveform_ecg.dcm"
+    if p.is_file():
+        return p
+    try:  # pydicom may keep its test files elsewhere (never downloads here)
+        found = pydicom.data.get_testdata_file("waveform_ecg.dcm", download=False)
+    except Exception:  # noqa: BLE001  (TypeError on versions without `download`, lookup errors)
+        return None
+    return _Path(found) if found and _Path(found).is_file() else None
+
+
+DCM = pydicom_ecg() or FIXTURES / "waveform_ecg.dcm"  # a copy put here serves where pydicom lacks the file
+
+
+def need_fixture(*paths):
+    """skip_or_fail unless every path exists (the fixture files are committed: tests/test_fixtures.py fails on a
+    missing one in any environment)."""
+    missing = [str(p) for p in paths if not _Path(p).is_file()]
+    if missing:
+        skip_or_fail(f"fixture data missing: {', '.join(missing)}")
+
+
+# ------------------------------------------------------------------------------------------- random seeds
+# Every test that draws random inputs takes them from rng_for(<its name>, ...): fixed by default, so CI is repeatable;
+# the base seed is printed in pytest's header and in every failure's report, with the command that replays it.
+# MELP_TEST_SEED=<int>: another fixed set; MELP_TEST_SEED=random: a fresh base seed for the session (printed too).
+SEED_ENV = "MELP_TEST_SEED"
+DEFAULT_SEED = 2026
+_base_seed = None
+SEEDS_USED: list = []  # keys drawn during the current test (conftest clears it and reports it)
+SEEDED_FILES: set = set()  # the test files that drew (their failures name the base seed and the replay command)
+
+
+def base_seed() -> int:
+    """The session's base seed: MELP_TEST_SEED (an integer, or "random": drawn once per process), else 2026."""
+    global _base_seed
+    if _base_seed is None:
+        import os
+
+        v = os.environ.get(SEED_ENV, "").strip()
+        if v == "random":
+            import secrets
+
+            _base_seed = secrets.randbelow(2**31)
+        elif v:
+            try:
+                _base_seed = int(v)
+            except ValueError:
+                raise ValueError(f"{SEED_ENV}={v!r}: expected an integer or 'random'") from None
+        else:
+            _base_seed = DEFAULT_SEED
+    return _base_seed
+
+
+def rng_for(*key):
+    """The random generator of one test (or module, or case), named by ``key``: seeded from the base seed and the
+    key's crc32, so each test draws its own inputs, whatever runs before it."""
+    import zlib
+
+    import numpy as np
+
+    import sys
+
+    name = "-".join(map(str, key))
+    SEEDS_USED.append(name)
+    f = sys._getframe(1)
+    while f is not None:  # the test file that asked (directly or through a fixture or module-level draw)
+        fn = _Path(f.f_code.co_filename)
+        if fn.name.startswith("test_") and fn.parent == FIXTURES.parent:
+            SEEDED_FILES.add(str(fn))
+            break
+        f = f.f_back
+    return np.random.default_rng([base_seed(), zlib.crc32(name.encode())])
+
+
+def seed_for(*key, high: int = 2**31) -> int:
+    """An integer seed in [0, high) for ``key`` (see rng_for)."""
+    return int(rng_for(*key).integers(0, high))
+
+
+def replay_hint(nodeid: str = "") -> str:
+    """How to replay the current draws."""
+    return f"{SEED_ENV}={base_seed()} python -m pytest {nodeid!r}" if nodeid else f"{SEED_ENV}={base_seed()}"

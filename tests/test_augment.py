@@ -1,6 +1,7 @@
 """Training augmentations (melp_fast/data/augment.py) and their hook in the dataset."""
 
-import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,13 @@ from melp_fast.data.dataset import ECGTextDataset
 from melp_fast.data.signal import preprocess
 from melp_fast.data.store import write_store
 
-START = int(os.environ.get("MELP_AUG_START", np.random.default_rng().integers(0, 5_000_000)))
+from helpers import rng_for, seed_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import match_beats  # noqa: E402
+
+# the module's records start at a fixed index drawn from the base seed (MELP_TEST_SEED; printed on failure)
+START = seed_for("test_augment", high=5_000_000)
 OFF = dict(gain=0.0, warp=0.0, noise=0.0, hum=0.0, lead_reversal_p=0.0)
 
 
@@ -89,7 +96,7 @@ def test_limb_lead_reversal(recs):
 def test_time_warp_is_small_and_keeps_the_beats(recs):
     w = 0.02
     limit = w * 5000 / (2 * np.pi) + 1  # the largest shift of the warp, samples
-    rng = np.random.default_rng(START)
+    rng = rng_for("test_time_warp_is_small_and_keeps_the_beats")
     t = np.arange(5000)
     moved = 0
     for k in range(6):
@@ -105,13 +112,28 @@ def test_time_warp_is_small_and_keeps_the_beats(recs):
         assert y[0, got].min() > 0.9 * x[0, pos].min()  # the beats are still there, hardly blunted
     # it moves them (a warp's amplitude is drawn from [0, warp]: one record may barely move, not all six)
     assert moved >= 1, START
-    # on an ECG: same beats, a little displaced
-    r, x = recs[0]
-    y = Augment(**{**OFF, "warp": w}).record(x, 0)
-    assert not np.allclose(y, x, atol=1e-3)
-    before = beatlib.detect_r_peaks(r.signal, synthetic.FS)
-    after = beatlib.detect_r_peaks((y - np.median(y)).astype(np.float32), synthetic.FS)
-    assert abs(len(after) - len(before)) <= 1
+    # on ECGs: same beats, a little displaced. Like with like: the detector on the preprocessed record before and
+    # after the warp (not on the raw record), on the module's records where it finds the generator's beats before the
+    # warp (on some low-voltage / bundle-branch-block / PVC records it does not, with or without a warp: that is the
+    # detector's limit, test_beats_provoking's business, not the warp's)
+    tol = int(0.15 * synthetic.FS)
+    checked = 0
+    for k, (r, x) in enumerate(recs):
+        before = beatlib.detect_r_peaks((x - np.median(x)).astype(np.float32), synthetic.FS)
+        tp, fn, fp, _ = match_beats(r.r_peaks, before, tol)
+        if fn or fp:
+            continue
+        checked += 1
+        y = Augment(**{**OFF, "warp": w}).record(x, k)
+        assert not np.allclose(y, x, atol=1e-3)
+        after = beatlib.detect_r_peaks((y - np.median(y)).astype(np.float32), synthetic.FS)
+        # the same beats (a beat at the record's edge may move out or in), most moved by at most the warp's shift
+        # (the shift bound itself is checked exactly on the pulses above: the detector's R point on a wide ectopic
+        # beat may move by more than the warp, e.g. 42 samples on record 5 of MELP_TEST_SEED=63581239)
+        tp, fn, fp, err = match_beats(before, after, tol)
+        assert fn + fp <= 1, (k, before, after, START)
+        assert np.median(np.abs(err)) <= limit + 2, (k, before, after, START)
+    assert checked >= 2, (checked, START)
 
 
 def test_electrode_noise_level(recs):
@@ -122,21 +144,45 @@ def test_electrode_noise_level(recs):
         assert (sd > 0).all() and sd.max() < 0.03, (sd.max(), START)
 
 
+def _fit_hum(x, y, f):
+    """Least-squares fit of y = s * x + t + a_l sin(2 pi f t) + b_l cos(2 pi f t) (one scale s and offset t for the
+    record, a sine of its own amplitude and phase per lead): (s, per-lead hum amplitude, largest residual)."""
+    n_leads, n = x.shape
+    tt = 2 * np.pi * f * np.arange(n) / synthetic.FS
+    cols = [x.ravel().astype(np.float64), np.ones(x.size)]
+    for lead in range(n_leads):
+        for base in (np.sin(tt), np.cos(tt)):
+            c = np.zeros((n_leads, n))
+            c[lead] = base
+            cols.append(c.ravel())
+    a = np.stack(cols, 1)
+    coef, *_ = np.linalg.lstsq(a, y.ravel().astype(np.float64), rcond=None)
+    amp = np.hypot(coef[2::2], coef[3::2])
+    return coef[0], amp, float(np.abs(a @ coef - y.ravel()).max())
+
+
 def test_mains_hum(recs):
-    """Hum in 30 % of records: a 50 or 60 Hz line in every lead, at most ``hum`` of the range; none when off."""
+    """Hum in 30 % of records: a 50 or 60 Hz line in every lead, at most ``hum`` of the range; none when off.
+
+    Like with like: the augmented record is an affine map of (record + hum), min-max scaled again after the hum is
+    added, so its scale s is not 1. Each output is fitted as s * x + t + a 50 or 60 Hz sine per lead (exact up to
+    float32 rounding); the hum's amplitude in units of the record's range before the rescale is amp / s <= hum."""
     x = recs[2][1]
-    n = x.shape[1]
-    freqs = np.fft.rfftfreq(n, 1 / synthetic.FS)
+    hum = 0.02
     found = 0
     for k in range(40):
-        y = Augment(**{**OFF, "hum": 0.02}).record(x, k)
-        d = (y - np.median(y)) - _centred(x) * (np.ptp(y) / np.ptp(x))
-        if np.abs(d).max() < 1e-6:
+        y = Augment(**{**OFF, "hum": hum}).record(x, k)
+        fits = {f: _fit_hum(x, y, f) for f in (50.0, 60.0)}
+        f = min(fits, key=lambda g: fits[g][2])
+        s, amp, resid = fits[f]
+        assert resid < 2e-6 and s > 0, (k, f, resid, START)  # the record, rescaled, plus one sine: nothing else
+        if amp.max() < 1e-6:
+            assert np.abs(np.ptp(y) - 1) < 1e-6 and abs(s - 1) < 1e-5, (k, s)  # no hum: the record itself
             continue
         found += 1
-        spec = np.abs(np.fft.rfft(d, axis=1)).sum(0)
-        assert freqs[np.argmax(spec)] in (50.0, 60.0), START
-        assert np.abs(d).max() <= 0.02 * np.ptp(y) / np.ptp(x) + 1e-4, START
+        assert (amp > 0).all(), (k, amp)  # in every lead
+        assert (amp / s).max() <= hum * (1 + 1e-4), (k, f, (amp / s).max(), START)
+        assert (amp / amp.max()).min() >= 0.3 - 1e-4, (k, amp)  # a per-lead share in [0.3, 1]
     assert 4 <= found <= 22, found  # 30 % of 40 (binomial 99.9 % range)
 
 

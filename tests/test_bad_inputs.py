@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_sources import DCM, MIT, mitbih  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not DCM.is_file(), reason="shared/data recordings not found")
+pytestmark = pytest.mark.usefixtures("recordings")
 CLI = "import sys; from melp_fast.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

@@ -15,15 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import beat_cases as bc  # noqa: E402
 from benchmarks.common import match_beats  # noqa: E402  (the scoring helper lives beside the benchmarks)
 
-from conftest import DCM, MIT  # noqa: E402  (the recordings' paths and fixtures `mit`, `dcm`)
-
-needs_mit = pytest.mark.skipif(not (MIT.parent / "100.dat").exists(), reason="shared/data/mitbih not present")
-needs_dcm = pytest.mark.skipif(not DCM.exists(), reason="shared/data/dicom not present")
+from helpers import rng_for  # noqa: E402  (fixed, printed seeds; the recordings: conftest's fixtures `mit`, `dcm`)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
+def last_start(mit, dur_s):
+    """The latest start (s) of a dur_s window of the record."""
+    x, fs, _ = mit
+    return x.shape[1] / fs - dur_s
+
+
 def window(mit, start_s, dur_s):
     """A window of record 100 (both leads, mV) and its reference beats, re-based to the window."""
     x, fs, ref = mit
@@ -60,7 +63,6 @@ def check_output(p, n):
 # ---------------------------------------------------------------------------------------------------------------
 # accuracy on real recordings (the issue's acceptance criteria)
 # ---------------------------------------------------------------------------------------------------------------
-@needs_mit
 def test_mitbih_100_whole_record_both_leads(mit):
     x, fs, ref = mit
     p = detect_r_peaks(x, fs)
@@ -73,7 +75,6 @@ def test_mitbih_100_whole_record_both_leads(mit):
     assert np.median(err_ms) <= 3.0  # on the R peak itself (MIT-BIH marks are within a sample of the maximum)
 
 
-@needs_dcm
 def test_dicom_12_lead_all_reference_r_points(dcm):
     x, fs, ref = dcm
     assert ref.size == 10
@@ -87,14 +88,13 @@ def test_dicom_12_lead_all_reference_r_points(dcm):
 # ---------------------------------------------------------------------------------------------------------------
 # units, polarity, sampling rate
 # ---------------------------------------------------------------------------------------------------------------
-@needs_mit
 def test_any_unit_and_scale_gives_the_same_peaks(mit):
     """mV, microvolts (float32, int16), a random gain and offset: the same peaks (the detector is invariant to a
     record-wide gain and to per-lead offsets). Per-lead gains (e.g. min-max scaling of each lead to [0, 1]) may
     change which lead places the R point (leads are ranked by QRS amplitude), so there the R points are checked
     against the reference instead."""
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    rng = rng_for("test_any_unit_and_scale_gives_the_same_peaks")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 20.0)), 20.0)
     n = x.shape[1]
     base = detect_r_peaks(x, fs)
     assert_accurate(base, ref, n, fs)
@@ -112,9 +112,8 @@ def test_any_unit_and_scale_gives_the_same_peaks(mit):
         assert_accurate(detect_r_peaks(y, fs), ref, n, fs)
 
 
-@needs_dcm
 def test_dicom_units(dcm):
-    rng = np.random.default_rng()
+    rng = rng_for("test_dicom_units")
     x, fs, ref = dcm
     base = detect_r_peaks(x, fs)
     for y in (x / 1000.0, (x - x.min()) / np.ptp(x), x * rng.uniform(1e-4, 1e4) + rng.normal(size=(12, 1))):
@@ -124,11 +123,10 @@ def test_dicom_units(dcm):
     assert_accurate(detect_r_peaks((x - lo) / (hi - lo), fs), ref, x.shape[1], fs, margin_s=0.0)
 
 
-@needs_mit
 def test_inverted_polarity(mit):
     """A whole inverted record gives the same R points; one inverted lead among others changes nothing either."""
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    rng = rng_for("test_inverted_polarity")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 20.0)), 20.0)
     base = detect_r_peaks(x, fs)
     p = detect_r_peaks(-x, fs)
     assert p.shape == base.shape and np.abs(p - base).max() <= 1
@@ -139,20 +137,18 @@ def test_inverted_polarity(mit):
     assert_accurate(detect_r_peaks(-x[0], fs), ref, x.shape[1], fs)
 
 
-@needs_mit
 @pytest.mark.parametrize("fs_new", [250, 360, 500, 1000])
 def test_sampling_rates(mit, fs_new):
     from scipy.signal import resample_poly
 
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    rng = rng_for("test_sampling_rates", fs_new)
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 30.0)), 30.0)
     g = np.gcd(int(fs_new), int(fs))
     y = resample_poly(x, int(fs_new) // g, int(fs) // g, axis=1)
     r = np.round(ref * fs_new / fs).astype(np.int64)
     assert_accurate(detect_r_peaks(y, float(fs_new)), r, y.shape[1], float(fs_new))
 
 
-@needs_dcm
 @pytest.mark.parametrize("fs_new", [250, 500])
 def test_dicom_resampled(dcm, fs_new):
     from scipy.signal import resample_poly
@@ -166,11 +162,10 @@ def test_dicom_resampled(dcm, fs_new):
 # ---------------------------------------------------------------------------------------------------------------
 # missing data, flat leads, degenerate records
 # ---------------------------------------------------------------------------------------------------------------
-@needs_mit
 def test_nan_runs_are_missing_no_peak_invented(mit):
     """NaN runs in every lead: no detection inside a run; every beat >= 100 ms from a run is still found."""
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    rng = rng_for("test_nan_runs_are_missing_no_peak_invented")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 20.0)), 20.0)
     n = x.shape[1]
     y = x.copy()
     runs = []
@@ -191,10 +186,9 @@ def test_nan_runs_are_missing_no_peak_invented(mit):
     assert p.size - tp <= 2 * len(runs)  # at most a beat cut by each run edge
 
 
-@needs_mit
 def test_nan_in_one_lead_other_lead_carries(mit):
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    rng = rng_for("test_nan_in_one_lead_other_lead_carries")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 20.0)), 20.0)
     y = x.copy()
     a = int(rng.uniform(2, 10) * fs)
     y[0, a : a + int(5 * fs)] = np.nan  # lead MLII missing for 5 s: V5 carries detection and refinement
@@ -204,10 +198,9 @@ def test_nan_in_one_lead_other_lead_carries(mit):
     assert fn <= 2 and p.size - tp <= 2
 
 
-@needs_mit
 def test_flat_and_zero_leads_are_ignored(mit):
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 20.0)
+    rng = rng_for("test_flat_and_zero_leads_are_ignored")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 20.0)), 20.0)
     n = x.shape[1]
     y = np.concatenate([x, np.zeros((1, n)), np.full((1, n), rng.normal()), np.full((1, n), np.nan)])
     y = y[rng.permutation(len(y))]
@@ -218,7 +211,7 @@ def test_flat_and_zero_leads_are_ignored(mit):
 
 
 def test_degenerate_records_return_empty():
-    rng = np.random.default_rng()
+    rng = rng_for("test_degenerate_records_return_empty")
     for y in (np.zeros((12, 5000)), np.full((12, 5000), np.nan), np.zeros((12, 0)), np.zeros((0, 5000)),
               np.full((3, 5000), np.inf), np.zeros(10)):
         p = detect_r_peaks(y, 500.0)
@@ -227,12 +220,11 @@ def test_degenerate_records_return_empty():
     assert detect_r_peaks(rng.normal(size=(12, 5000)) * rng.uniform(1e-3, 1e3), 500.0).size == 0
 
 
-@needs_mit
 def test_short_record(mit):
     """Shorter than 2 s: works the same way (statistics from the one short window) and returns the beats in it."""
-    rng = np.random.default_rng()
+    rng = rng_for("test_short_record")
     for dur in (1.5, 1.0):
-        x, fs, ref = window(mit, rng.uniform(0, 1700), dur)
+        x, fs, ref = window(mit, rng.uniform(0, last_start(mit, dur)), dur)
         p = detect_r_peaks(x, fs)
         check_output(p, x.shape[1])
         assert_accurate(p, ref, x.shape[1], fs)
@@ -241,10 +233,9 @@ def test_short_record(mit):
 # ---------------------------------------------------------------------------------------------------------------
 # noise and baseline wander
 # ---------------------------------------------------------------------------------------------------------------
-@needs_mit
 def test_strong_baseline_wander(mit):
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    rng = rng_for("test_strong_baseline_wander")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 30.0)), 30.0)
     t = np.arange(x.shape[1]) / fs
     amp = np.ptp(x, axis=1, keepdims=True)  # wander 2x the record's peak-to-peak, plus a ramp and breathing
     w = amp * (2.0 * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3)) + 1.0 * t / t[-1])
@@ -253,11 +244,10 @@ def test_strong_baseline_wander(mit):
     assert_accurate(detect_r_peaks(x + w, fs), ref, x.shape[1], fs, margin_s=0.15, edge_fp_s=0.15)
 
 
-@needs_mit
 def test_added_noise(mit):
     """White noise at 10% of the QRS amplitude, and mains hum: still every beat, on the R peak (<= 20 ms)."""
-    rng = np.random.default_rng()
-    x, fs, ref = window(mit, rng.uniform(0, 1700), 30.0)
+    rng = rng_for("test_added_noise")
+    x, fs, ref = window(mit, rng.uniform(0, last_start(mit, 30.0)), 30.0)
     qrs = np.ptp(x, axis=1, keepdims=True)
     t = np.arange(x.shape[1]) / fs
     y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)
@@ -273,9 +263,8 @@ def test_added_noise(mit):
 # ---------------------------------------------------------------------------------------------------------------
 # batch and spans
 # ---------------------------------------------------------------------------------------------------------------
-@needs_mit
 def test_segment_batch_matches_single_calls(mit):
-    rng = np.random.default_rng()
+    rng = rng_for("test_segment_batch_matches_single_calls")
     x, fs, _ = mit
     starts = rng.integers(0, x.shape[1] - 3600, size=12)
     recs = np.stack([x[:, s : s + 3600] for s in starts])
@@ -294,7 +283,7 @@ def test_segment_batch_matches_single_calls(mit):
 
 
 def test_beat_spans_tile_and_contain_peaks():
-    rng = np.random.default_rng()
+    rng = rng_for("test_beat_spans_tile_and_contain_peaks")
     n = 5000
     for _ in range(20):
         r = np.sort(rng.choice(n, size=rng.integers(2, 30), replace=False))
@@ -311,7 +300,7 @@ def test_beat_spans_tile_and_contain_peaks():
 
 
 def test_token_spans_non_empty_inside_and_aligned():
-    rng = np.random.default_rng()
+    rng = rng_for("test_token_spans_non_empty_inside_and_aligned")
     n, stride, nt = 5000, 16, 312
     for _ in range(20):
         r = np.sort(rng.choice(n, size=rng.integers(2, 40), replace=False))
@@ -329,7 +318,6 @@ def test_token_spans_non_empty_inside_and_aligned():
     np.testing.assert_array_equal(tk, [[0, 6], [6, 312], [311, 312]])
 
 
-@needs_dcm
 def test_real_record_token_spans(dcm):
     x, fs, ref = dcm
     from scipy.signal import resample_poly

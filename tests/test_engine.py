@@ -4,7 +4,6 @@ text encoder intact."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,7 @@ SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4
          "--set", "model.conv_channels=16", "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=2",
          "--set", "data.lead_mask_p=0.0", "--quiet"]
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not on PATH")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_launcher")]
 
 
 def ds_config(tmp_path, stage, name):

@@ -32,7 +32,8 @@ SPLITS, CKEPE = REF / "data_split", REF / "prompt" / "CKEPE_prompt.json"
 SIX = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cpsc2018", "csn-38")
 PTBXL_COLUMN = {"ptbxl-super": "super_class", "ptbxl-sub": "sub_class", "ptbxl-form": "form", "ptbxl-rhythm": "rhythm"}
 
-pytestmark = pytest.mark.skipif(not (DCM.is_file() and SPLITS.is_dir()), reason="shared/ data or reference not found")
+pytestmark = [pytest.mark.usefixtures("recordings"),
+              pytest.mark.skipif(not SPLITS.is_dir(), reason="shared/reference (the MELP reference's files) not found")]
 
 
 def split_csv(task: str, part: str) -> pd.DataFrame:

@@ -2,18 +2,14 @@
 sentence attention sums to 1 over beats, and `melp-fast generate` on the real 12-lead DICOM record."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from melp_fast import generate as gen
-from helpers import tiny_cfg
-
-DICOM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom" / "waveform_ecg.dcm"
-if not DICOM.is_file():
-    DICOM = Path("/work/shared/data/dicom/waveform_ecg.dcm")
+from helpers import DCM as DICOM  # pydicom's 12-lead test ECG
+from helpers import need_fixture, rng_for, tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +78,7 @@ def test_sentence_attention_is_a_distribution_over_beats(model):
 
 
 def test_generate_cli_on_dicom(exported, tmp_path, capsys):
-    if not DICOM.is_file():
-        pytest.skip("the shared DICOM record is not here")
+    need_fixture(DICOM)
     from melp_fast.cli import main as cli_main
 
     out = tmp_path / "gen"
@@ -102,8 +97,7 @@ def test_generate_cli_on_dicom(exported, tmp_path, capsys):
 @pytest.mark.parametrize("fs", [0, float("inf"), 0.2])
 def test_generate_on_a_dicom_with_an_impossible_sampling_rate_is_one_line(exported, tmp_path, capsys, fs):
     # issue 14: a DICOM whose SamplingFrequency is 0, inf or 0.2 Hz ends with one line and exit code 2
-    if not DICOM.is_file():
-        pytest.skip("the shared DICOM record is not here")
+    need_fixture(DICOM)
     import pydicom
 
     from melp_fast.cli import main as cli_main
@@ -121,7 +115,7 @@ def test_generate_on_a_dicom_with_an_impossible_sampling_rate_is_one_line(export
 
 
 def test_is_flat():
-    rng = np.random.default_rng()
+    rng = rng_for("test_is_flat")
     k, s = int(rng.integers(3, 20)), int(rng.integers(1, 5))
     assert gen.is_flat(np.full((k, s), 1.0 / k))
     padded = np.zeros((k + 4, s))
@@ -152,17 +146,13 @@ def test_flat_attention_draws_the_similarity_view(model, monkeypatch):
     np.testing.assert_allclose(w, real(model, b, report, kind="similarity")[1])
     # a local attention that is not flat is drawn as it is
     monkeypatch.setattr(gen, "sentence_attention", lambda m, batch, rep, t1=None, kind="local": (
-        ["a", "b"], np.random.default_rng().dirichlet(np.ones(n_beats), size=2).T))
+        ["a", "b"], rng_for("test_flat_attention_draws_the_similarity_view").dirichlet(np.ones(n_beats), size=2).T))
     _, w2, kind2, note2 = gen.attention_for_picture(model, b, report)
     assert kind2 == "local" and note2 == "" and not gen.is_flat(w2)
 
 
 def test_demo_ends_with_the_real_ecg(exported, tmp_path, capsys):
-    pytest.importorskip("pydicom")
-    from pydicom.data import get_testdata_file
-
-    if not get_testdata_file("waveform_ecg.dcm"):
-        pytest.skip("pydicom's test data are not installed")
+    need_fixture(DICOM)  # the demo reads pydicom's test ECG from the installed pydicom
     from melp_fast.cli import _real_ecg
 
     res = _real_ecg(exported, tmp_path)

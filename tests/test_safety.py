@@ -16,9 +16,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-DICOM = Path("/work/shared/data/dicom/waveform_ecg.dcm")
-if (ROOT.parent / "shared" / "data").is_dir():
-    DICOM = ROOT.parent / "shared" / "data" / "dicom" / "waveform_ecg.dcm"
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import DCM as DICOM, need_fixture  # noqa: E402  (pydicom's 12-lead test ECG)
 SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4",
          "--set", "data.n_train=20", "--set", "model.width=32", "--set", "model.ffn=64", "--set", "model.heads=2",
          "--set", "model.conv_channels=16", "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=2",
@@ -110,11 +109,12 @@ def test_crafted_pickles_beside_the_model_are_never_opened(base_run, tmp_path):
     cli = "import sys; from melp_fast.cli import main; sys.exit(main(sys.argv[1:]))"
     r = run_py(cli, "zero-shot", "--model", out / "model", "--store", store)
     assert r.returncode == 0, r.stderr[-3000:]
-    if DICOM.is_file():
-        r = run_py(cli, "generate", "--ckpt", out / "model", "--ecg", DICOM, "--beam-width", "1", "--max-len", "3",
-                   "--out", tmp_path / "gen")
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert json.loads((tmp_path / "gen" / "report.json").read_text())["n_beats"] > 0
+    assert not marker.exists()
+    need_fixture(DICOM)
+    r = run_py(cli, "generate", "--ckpt", out / "model", "--ecg", DICOM, "--beam-width", "1", "--max-len", "3",
+               "--out", tmp_path / "gen")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "gen" / "report.json").read_text())["n_beats"] > 0
     assert not marker.exists()
 
 

@@ -1,5 +1,5 @@
-"""Dataset readers on miniature trees in the published layouts, made from the real recordings in shared/data
-(MIT-BIH 100 and the 12-lead DICOM ECG), with corrupt members; tasks and splits."""
+"""Dataset readers on miniature trees in the published layouts, made from the real recordings of tests/data
+(MIT-BIH 100, 5 min) and pydicom's 12-lead DICOM ECG, with corrupt members; tasks and splits."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ from melp_fast.data.sources import LEADS, SkipRecord, UnsafePath, get_source, re
 from melp_fast.data.sources.common import canonical_lead, resample
 from melp_fast.data.sources.single import read_any, read_dicom
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
-DCM = DATA / "dicom" / "waveform_ecg.dcm"
-MIT = DATA / "mitbih" / "100"
+from helpers import DCM, MIT  # noqa: E402  (pydicom's test ECG; MIT-BIH 100, 5 min, tests/data)
+
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
 
-pytestmark = pytest.mark.skipif(not DCM.is_file(), reason="shared/data recordings not found")
+pytestmark = pytest.mark.usefixtures("recordings")
 
 
 # ------------------------------------------------------------------------------------------------ real signals

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_sources import DCM, dicom_12lead_500, make_cinc_tree, make_mimic_tree, make_ptbxl_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not DCM.is_file(), reason="shared/data recordings not found")
+pytestmark = pytest.mark.usefixtures("recordings")
 
 
 def run_preprocess(args, env_extra=None):

@@ -2,14 +2,13 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import free_port, rng_for
 
 from melp_fast import load_model
 from melp_fast.data.dataset import Collate, ECGTextDataset
@@ -50,7 +49,7 @@ def test_one_process_trains_exports_and_reloads(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not on PATH")
+@pytest.mark.usefixtures("deepspeed_launcher")
 def test_two_processes_with_the_deepspeed_launcher_bf16(tmp_path):
     out = tmp_path / "run"
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "melp_fast/train.py"),
@@ -70,7 +69,7 @@ def test_pretraining_indices_hold_out_whole_subjects():
 
     from melp_fast.train import pretraining_indices
 
-    rng = np.random.default_rng()
+    rng = rng_for("test_pretraining_indices_hold_out_whole_subjects")
     subjects = [f"p{int(s)}" for s in rng.integers(0, 300, size=2000)]
     store = SimpleNamespace(records=[{"subject": s} for s in subjects])
     train = pretraining_indices(store, 0.02)
