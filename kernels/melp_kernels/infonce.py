@@ -102,64 +102,127 @@ def reset_matmul_flops() -> None:
 if HAS_TRITON:
 
     @triton.jit
+    def _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                  MASK_M: tl.constexpr, MASK_N: tl.constexpr, EVEN_D: tl.constexpr):
+        """The raw dots of one tile, X[rows] Y[cols]^T, by a loop over D chunks (the forward's order)."""
+        z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):  # narrow D chunks: the pipelined K loop of a matmul
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            xp = X + offs_m[:, None] * stride_x + offs_d[None, :]
+            yp = Y + offs_n[:, None] * stride_y + offs_d[None, :]
+            if EVEN_D:  # interior tiles load unmasked
+                if MASK_M:
+                    x = tl.load(xp, mask=mask_m[:, None], other=0.0)
+                else:
+                    x = tl.load(xp)
+                if MASK_N:
+                    y = tl.load(yp, mask=mask_n[:, None], other=0.0)
+                else:
+                    y = tl.load(yp)
+            else:
+                mask_d = offs_d < D
+                x = tl.load(xp, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+                y = tl.load(yp, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+                y = y.to(tl.float32)
+            z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
+        return z
+
+    @triton.jit
+    def _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb, offs_m, mask_m,
+                  m_i, l_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  WITH_COLS: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                  MASK_M: tl.constexpr, MASK_N: tl.constexpr, SAFE_COLS: tl.constexpr, EVEN_D: tl.constexpr):
+        """One [BLOCK_M, BLOCK_N] tile of the forward: the row stats (m_i, l_i) merged online, the column stats
+        of this row block stored, the positives stored where the tile holds them. One exp2 per logit:
+        p = 2^(zs - mt_i) with mt_i the tile's row max serves the row sums as it is and the column sums scaled by
+        a_i = 2^(mt_i - M_t) (M_t the tile max), stored as (M_t, sum_i p_ij a_i). A column whose every value in
+        the tile lies more than 90 below M_t (its sum < 2^-90: precision lost to underflow) sends the tile down an
+        exact path (its own column max, a second exp2 per logit); SAFE_COLS = False leaves that branch out (only
+        for measuring the steady-state loop)."""
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        z = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N, BLOCK_D,
+                      UPCAST, PRECISION, MASK_M, MASK_N, EVEN_D)
+        zs = z * s2
+        if WITH_POS:
+            lo = nb * BLOCK_N - diag_off
+            if (lo < mb * BLOCK_M + BLOCK_M) & (mb * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                eq = (offs_m[:, None] + diag_off) == offs_n[None, :]
+                d = tl.sum(tl.where(eq, zs, 0.0), axis=1)
+                has = mask_m & (offs_m + diag_off >= nb * BLOCK_N) & (offs_m + diag_off < nb * BLOCK_N + BLOCK_N)
+                tl.store(POS + offs_m, d, mask=has)
+        if MASK_N:
+            zs = zs + tl.where(mask_n, 0.0, float("-inf"))[None, :]
+        mt = tl.max(zs, axis=1)
+        p = tl.exp2(zs - mt[:, None])
+        m_new = tl.maximum(m_i, mt)
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(p, axis=1) * tl.exp2(mt - m_new)
+        if WITH_COLS:
+            if MASK_M:
+                mt = tl.where(mask_m, mt, float("-inf"))
+            mtile = tl.max(mt, axis=0)
+            csum = tl.sum(p * tl.exp2(mt - mtile)[:, None], axis=0)
+            cref = tl.zeros((BLOCK_N,), dtype=tl.float32) + mtile
+            if SAFE_COLS:
+                low = tl.min(tl.where(mask_n, csum, 1.0), axis=0)
+                if low < 8.077935669463161e-28:  # 2^-90; the logits again (keeps zs out of the registers)
+                    zc = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N,
+                                   BLOCK_D, UPCAST, PRECISION, MASK_M, MASK_N, EVEN_D) * s2
+                    if MASK_N:
+                        zc = zc + tl.where(mask_n, 0.0, float("-inf"))[None, :]
+                    if MASK_M:
+                        zc = zc + tl.where(mask_m, 0.0, float("-inf"))[:, None]
+                    cref = tl.max(zc, axis=0)
+                    csum = tl.sum(tl.exp2(zc - cref[None, :]), axis=0)
+            tl.store(COL_M + mb * N + offs_n, cref, mask=mask_n)
+            tl.store(COL_L + mb * N + offs_n, csum, mask=mask_n)
+        return m_new, l_i
+
+    @triton.jit
     def _infonce_fwd_kernel(X, Y, S, ROW_M, ROW_L, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off,
                             M_BUCKET, N_BUCKET,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                             WITH_COLS: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr,
-                            PRECISION: tl.constexpr):
+                            PRECISION: tl.constexpr, EVEN_D: tl.constexpr, SAFE_COLS: tl.constexpr = True):
         """One pass over the tiles of Z = X Y^T, scaled to log2 units (zs = s log2(e) z).
 
         Program (i, c) takes row block i against the column blocks of split c and writes
           ROW_M[c, r], ROW_L[c, r] = max_j zs_rj, sum_j 2^(zs_rj - max)   over the columns j of split c
-          COL_M[i, j], COL_L[i, j] = max_r zs_rj, sum_r 2^(zs_rj - max)   over the rows r of block i (WITH_COLS)
+          COL_M[i, j], COL_L[i, j] = a reference m_ij >= ... and sum_r 2^(zs_rj - m_ij) over the rows of block i
+                                     (WITH_COLS; m_ij is the tile max, or the column max on the exact path)
           POS[r] = zs_{r, r + diag_off}                                    (WITH_POS; the program holding it)
-        Row stats are merged online across column tiles; column stats are per row block, so nothing is merged
-        in the loop (one max and one sum per column per tile) and the partials are reduced afterwards."""
+        Row stats are merged online across column tiles; column stats are per row block (nothing merged in the
+        loop) and reduced afterwards. Interior tiles (full rows and columns) compile without masks; the row
+        block past M and the column block past N take masked copies of the tile code."""
         mb = tl.program_id(0)
         c = tl.program_id(1)
         n_nb = tl.cdiv(N, BLOCK_N)
         nb_per = tl.cdiv(n_nb, tl.num_programs(1))
         nb0 = c * nb_per
         nb1 = tl.minimum(nb0 + nb_per, n_nb)
+        nb_full = tl.minimum(nb1, N // BLOCK_N)  # column blocks [nb0, nb_full) need no column mask
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
-        mbias = tl.where(mask_m, 0.0, float("-inf"))  # rows past M leave the column stats alone
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for nb in range(nb0, nb1):
-            offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < N
-            z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):  # narrow D chunks: the pipelined K loop of a matmul
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                mask_d = offs_d < D
-                x = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
-                            mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                y = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
-                            mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                if UPCAST:
-                    x = x.to(tl.float32)
-                    y = y.to(tl.float32)
-                z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
-            zs = z * s2
-            if WITH_POS:
-                lo = nb * BLOCK_N - diag_off
-                if (lo < mb * BLOCK_M + BLOCK_M) & (mb * BLOCK_M < lo + BLOCK_N):  # tile holds positives
-                    eq = (offs_m[:, None] + diag_off) == offs_n[None, :]
-                    d = tl.sum(tl.where(eq, zs, 0.0), axis=1)
-                    has = mask_m & (offs_m + diag_off >= nb * BLOCK_N) & (offs_m + diag_off < nb * BLOCK_N + BLOCK_N)
-                    tl.store(POS + offs_m, d, mask=has)
-            zr = zs + tl.where(mask_n, 0.0, float("-inf"))[None, :]
-            m_new = tl.maximum(m_i, tl.max(zr, axis=1))
-            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(zr - m_new[:, None]), axis=1)
-            m_i = m_new
-            if WITH_COLS:
-                zc = zs + mbias[:, None]
-                cmax = tl.max(zc, axis=0)
-                csum = tl.sum(tl.exp2(zc - cmax[None, :]), axis=0)
-                tl.store(COL_M + mb * N + offs_n, cmax, mask=mask_n)
-                tl.store(COL_L + mb * N + offs_n, csum, mask=mask_n)
+        if mb * BLOCK_M + BLOCK_M <= M:
+            for nb in range(nb0, nb_full):
+                m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                     offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                     UPCAST, PRECISION, False, False, SAFE_COLS, EVEN_D)
+        else:
+            for nb in range(nb0, nb_full):
+                m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                     offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                     UPCAST, PRECISION, True, False, SAFE_COLS, EVEN_D)
+        for nb in range(tl.maximum(nb0, nb_full), nb1):  # the last column block when N % BLOCK_N != 0
+            m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                 offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                 UPCAST, PRECISION, True, True, SAFE_COLS, EVEN_D)
         tl.store(ROW_M + c * M + offs_m, m_i, mask=mask_m)
         tl.store(ROW_L + c * M + offs_m, l_i, mask=mask_m)
 
@@ -169,21 +232,26 @@ if HAS_TRITON:
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
                              HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_PARTNER: tl.constexpr,
-                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """DX[i] = cs * (sum_j P_ij Y_j - [HAS_PARTNER] pos_coef * Y_{i + diag_off}), every tile of Z = X Y^T
-        computed once, with P_ij = [HAS_A] exp(s z_ij - LSE_A[i]) + [HAS_B] exp(s z_ij - LSE_B[j]);
-        DS[i] = sum_j P_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}. The positive term is folded into P in
-        fp32 (P_ij - pos_coef at j = i + diag_off) before P is rounded to the dot's operand type, on every path:
-        in the confident regime P_ii ~ 1 and the gradient is the small difference, which a bf16 P_ii (2^-8
-        relative) would swamp. Only tiles that hold positives pay for the select.
+                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                             EVEN_D: tl.constexpr):
+        """DX[c, i] = cs * sum_{j in split c} (P_ij - [HAS_PARTNER] pos_coef [j = i + diag_off]) Y_j, each tile
+        of Z = X Y^T computed once per program, with P_ij = [HAS_A] 2^(zs_ij - mA_i - lA_i)
+        + [HAS_B] 2^(zs_ij - mB_j - lB_j) (log2 stats from the forward: LSE_A = [max; log2 sum], [2, M]);
+        DS[c, i] = sum_{j in split c} P_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}.
 
-        CHUNKED = False (D <= ACC_W, one accumulator): X_i [BLOCK_M, ACC_W] stays loaded (shared memory), each Y_j
-        tile is loaded once and serves both dots; the loop over j is the pipelined one. CHUNKED (wider D): Z by a
-        loop over narrow D chunks, then P Y by N_ACC static chunks into N_ACC register accumulators of
-        [BLOCK_M, ACC_W] that hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
-        [64, D] accumulator cannot stay in registers, splits the output columns over program_id(1) (two halves,
-        each recomputing Z: 3 U instead of 2 U per gradient kernel)."""
+        Grid: (row blocks, column splits c = program_id(1), output-column parts = program_id(2)). The positive
+        term is folded into P in fp32 before P is rounded to the dot's operand type (in the confident regime
+        P_ii ~ 1 and the gradient is the small difference, which a bf16 P_ii would swamp); only tiles that hold
+        positives pay for the select. CHUNKED = False (D <= ACC_W): X_i [BLOCK_M, ACC_W] stays loaded, each
+        Y_j tile is loaded once and serves both dots (the loop over j is the pipelined one). CHUNKED (wider D):
+        Z by the forward's pipelined loop over D chunks, then P Y for this program's ACC_W output columns
+        (N_ACC is always 1: one [BLOCK_M, ACC_W] fp32 accumulator in registers)."""
         pid = tl.program_id(0)
+        csp = tl.program_id(1)  # this program's split of the columns j (partials reduced afterwards, in order)
+        n_cb = tl.cdiv(N, BLOCK_N)
+        cb_per = tl.cdiv(n_cb, tl.num_programs(1))
+        n_lo = csp * cb_per * BLOCK_N
+        n_hi = tl.minimum(csp * cb_per + cb_per, n_cb) * BLOCK_N
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
@@ -192,52 +260,24 @@ if HAS_TRITON:
             la = tl.load(LSE_A + M + offs_m, mask=mask_m, other=0.0)
         offs_w = tl.arange(0, ACC_W)
         if SPLIT > 1:  # this program's part of the output columns
-            offs_w += tl.program_id(1) * (N_ACC * ACC_W)
+            offs_w += tl.program_id(2) * ACC_W
         acc0 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 1:
-            acc1 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 2:
-            acc2 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 3:
-            acc3 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
         ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        xp = X + offs_m[:, None] * stride_x + offs_w[None, :]
         if not CHUNKED:
-            x0 = tl.load(xp, mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
+            x0 = tl.load(X + offs_m[:, None] * stride_x + offs_w[None, :],
+                         mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
                 x0 = x0.to(tl.float32)
-        for n0 in range(0, N, BLOCK_N):
+        for n0 in range(n_lo, n_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
-            yp = Y + offs_n[:, None] * stride_y + offs_w[None, :]
-            if CHUNKED:
-                z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    mask_d = offs_d < D
-                    xc = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
-                                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                    yc = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
-                                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                    if UPCAST:
-                        xc = xc.to(tl.float32)
-                        yc = yc.to(tl.float32)
-                    z += tl.dot(xc, tl.trans(yc), input_precision=PRECISION)
-            y0 = tl.load(yp, mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
+            if CHUNKED:  # the forward's dots, in its order
+                z = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N,
+                              BLOCK_D, UPCAST, PRECISION, True, True, EVEN_D)
+            y0 = tl.load(Y + offs_n[:, None] * stride_y + offs_w[None, :],
+                         mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
                 y0 = y0.to(tl.float32)
-            if N_ACC > 1:
-                y1 = tl.load(yp + ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + ACC_W < D), other=0.0)
-                if UPCAST:
-                    y1 = y1.to(tl.float32)
-            if N_ACC > 2:
-                y2 = tl.load(yp + 2 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 2 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    y2 = y2.to(tl.float32)
-            if N_ACC > 3:
-                y3 = tl.load(yp + 3 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 3 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    y3 = y3.to(tl.float32)
             if not CHUNKED:
                 z = tl.dot(x0, tl.trans(y0), input_precision=PRECISION)
             zs = z * s2
@@ -248,7 +288,8 @@ if HAS_TRITON:
                 mb_ = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0)
                 lb = tl.load(LSE_B + N + offs_n, mask=mask_n, other=0.0)
                 p += tl.exp2((zs - mb_[None, :]) - lb[None, :])
-            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            # columns past N: Y rows are 0 there, so only a non-finite p could leak; rows past M are not stored
+            p = tl.where(mask_n[None, :], p, 0.0)
             if HAS_PARTNER:  # the positives, folded into P in fp32 before any rounding (P_ii ~ 1 - pos_coef)
                 lo = n0 - diag_off
                 if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
@@ -264,29 +305,15 @@ if HAS_TRITON:
             if UPCAST:
                 pd = pd.to(tl.float32)
             acc0 += tl.dot(pd, y0, input_precision=PRECISION)
-            if N_ACC > 1:
-                acc1 += tl.dot(pd, y1, input_precision=PRECISION)
-            if N_ACC > 2:
-                acc2 += tl.dot(pd, y2, input_precision=PRECISION)
-            if N_ACC > 3:
-                acc3 += tl.dot(pd, y3, input_precision=PRECISION)
         cs = tl.load(CS).to(tl.float32)
-        dxp = DX + offs_m[:, None] * stride_dx + offs_w[None, :]
-        out_ty = DX.dtype.element_ty
-        mk = mask_m[:, None] & (offs_w[None, :] < D)
-        tl.store(dxp, (acc0 * cs).to(out_ty), mask=mk)
-        if N_ACC > 1:
-            tl.store(dxp + ACC_W, (acc1 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + ACC_W < D))
-        if N_ACC > 2:
-            tl.store(dxp + 2 * ACC_W, (acc2 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 2 * ACC_W < D))
-        if N_ACC > 3:
-            tl.store(dxp + 3 * ACC_W, (acc3 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D))
+        dxp = DX + csp * M * stride_dx + offs_m[:, None] * stride_dx + offs_w[None, :]  # split c's slice
+        tl.store(dxp, (acc0 * cs).to(DX.dtype.element_ty), mask=mask_m[:, None] & (offs_w[None, :] < D))
         if COMPUTE_DS:
             if SPLIT > 1:
-                if tl.program_id(1) == 0:
-                    tl.store(DS + offs_m, ds_acc, mask=mask_m)
+                if tl.program_id(2) == 0:
+                    tl.store(DS + csp * M + offs_m, ds_acc, mask=mask_m)
             else:
-                tl.store(DS + offs_m, ds_acc, mask=mask_m)
+                tl.store(DS + csp * M + offs_m, ds_acc, mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,36 +322,35 @@ if HAS_TRITON:
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); BLOCK_D is 128 bytes of a row: 64 half / 32 fp32 elements
 # forward: BLOCK_M is always FWD_BLOCK_M (128), the row-block count of the column partials
 _FWD_CONFIGS = {
-    2: [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4)],
-    4: [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 4)],
+    2: [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 2)],
+    4: [(128, 128, 32, 8, 3), (128, 128, 32, 8, 4), (128, 64, 32, 4, 2)],
 }
-# gradient kernels: (operand bytes, wide) where wide = D above one accumulator chunk (N_ACC > 1). The accumulator
-# [BLOCK_M, D] fp32 sits in registers: BLOCK_M * D / (32 * num_warps) per thread, so wide D takes 64-row blocks
-# and narrow column tiles. Each list was checked with benchmarks/kernel_resources.py under triton 3.6, 3.7.1 and
-# 3.9 at D = 128, 256, 512, 768 (bf16, fp16, fp32): no spill, no stack frame, shared memory <= 227 KB.
+# gradient kernels: (operand bytes, chunked) where chunked = D wider than one accumulator (ACC_WIDTH), split over
+# program_id(2) in ACC_WIDTH-wide parts. The [BLOCK_M, ACC_W] fp32 accumulator sits in registers. Checked with
+# benchmarks/kernel_resources.py (no spill, no stack, shared memory <= 227 KB) at D = 128 ... 1024.
 _GRAD_CONFIGS = {
-    (2, False): [(128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
-    (2, True): [(64, 16, 16, 8, 2)],
+    (2, False): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 3)],
+    (2, True): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 2)],
     (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
-    (4, True): [(64, 16, 32, 8, 2), (64, 32, 32, 8, 2)],
+    (4, True): [(64, 32, 32, 8, 2), (64, 16, 32, 8, 2)],
 }
 
 
 def _grad_shape(D: int, interpreted: bool, esize: int = 2):
-    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: accumulator chunk width and count per program, whether
-    Z is computed by a loop over narrow D chunks (every D wider than one chunk) and in how many parts the output
-    columns are split (2 for fp32 wider than 2 chunks, whose accumulator would not stay in registers, else 1)."""
+    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: the accumulator's width, one accumulator per program,
+    whether Z is computed by a loop over narrow D chunks, and in how many parts the output columns are split
+    (program_id(2)). Up to ACC_WIDTH (256; 64 interpreted) one part holds all of D and Z is one dot with the
+    resident X tile. Wider D: SPLIT = ceil(D / ACC_WIDTH) parts of ACC_WIDTH columns, each recomputing Z by the
+    pipelined D loop: (SPLIT + 1) U per gradient launch instead of 2 U, but every part keeps a [BLOCK_M, 256] fp32
+    accumulator in registers with logit tiles of 64 columns (several accumulators per program spilled at
+    D = 1024 and forced 8-16-wide logit tiles)."""
     cap = INTERP_ACC_WIDTH if interpreted else ACC_WIDTH
-    # interpreted: one accumulator is always the forward's BLOCK_D wide, so both kernels take the same dots
-    dp = cap if interpreted and D <= cap else max(16, 1 << (max(D, 1) - 1).bit_length())
+    if interpreted and D <= cap:  # one accumulator is always the forward's BLOCK_D wide: the same dots
+        return cap, 1, False, 1
+    dp = max(16, 1 << (max(D, 1) - 1).bit_length())
     if dp <= cap:
         return dp, 1, False, 1
-    if esize == 4 and D > 2 * cap:  # fp32, wide: two column halves of up to 4 chunks of cap / 2
-        half = -(-D // 2)
-        w = max(cap // 2, 1 << (-(-half // 4) - 1).bit_length())
-        return w, -(-half // w), True, 2
-    w = max(cap, 1 << (-(-D // 4) - 1).bit_length())
-    return w, -(-D // w), True, 1
+    return cap, 1, True, -(-D // cap)
 
 
 def _fwd_shared(cfg, esize):
@@ -341,7 +367,7 @@ def _grad_shared(cfg, esize, D):
 
 
 def _grad_list(D, esize):
-    return _GRAD_CONFIGS[(esize, _grad_shape(D, False, esize)[1] > 1)]
+    return _GRAD_CONFIGS[(esize, _grad_shape(D, False, esize)[2])]
 
 
 def _shared_limit(device=None):
@@ -392,12 +418,12 @@ if HAS_TRITON:
     for _es in (2, 4):
         _TUNED[("fwd", _es)] = triton.autotune(
             configs=[_as_config(c) for c in _FWD_CONFIGS[_es]],
-            key=["M_BUCKET", "N_BUCKET", "D", "WITH_COLS", "WITH_POS", "PRECISION"],
+            key=["M_BUCKET", "N_BUCKET", "D", "WITH_COLS", "WITH_POS", "PRECISION", "EVEN_D"],
             prune_configs_by={"early_config_prune": _make_prune("fwd")})(_infonce_fwd_kernel)
         for _wide in (False, True):
             _TUNED[("grad", _es, _wide)] = triton.autotune(
                 configs=[_as_config(c) for c in _GRAD_CONFIGS[(_es, _wide)]],
-                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION"],
+                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION", "EVEN_D"],
                 prune_configs_by={"early_config_prune": _make_prune("grad")})(_infonce_grad_kernel)
 
 KERNELS_INTERPRETED = HAS_TRITON and interpreting()
@@ -468,6 +494,8 @@ def _tri_fwd(x, y, s, with_cols, diag_off, precision):
             _bucket(M), _bucket(N))
     meta = dict(WITH_COLS=with_cols, WITH_POS=with_pos, UPCAST=interp, PRECISION=precision)
     _FLOPS[0] += 2 * M * N * D
+    bd = INTERP_CFG[2] if interp else _FWD_CONFIGS[x.element_size()][0][2]  # one BLOCK_D per operand size
+    meta["EVEN_D"] = D % bd == 0
     with _dev_guard(x):
         if interp:
             _, bn, bd, _, _ = INTERP_CFG
@@ -490,29 +518,49 @@ def _row_losses(stats, pos):
     return ((stats[0] - pos) + stats[1]) * _LN2
 
 
+def _grad_splits(M, N, interp, device):
+    """Column splits of the gradient grid (row blocks x splits): about one wave of 128-row CTAs on every SM, each
+    split at least 8 column blocks of 32 (interpreter: 2 when there are columns for it). Independent of the
+    autotuned BLOCK_M, so the partial buffer is sized before the launch."""
+    if interp:
+        return 2 if N > 2 * INTERP_CFG[1] else 1
+    want = triton.cdiv(_sm_count(device), triton.cdiv(M, 128))
+    return max(1, min(want, N // 256))
+
+
 def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision, ds_coef=0.0):
     """cs * (P Y - pos_coef * Y[i + diag_off]) in x's dtype (no positive term when diag_off is None), and the
-    per-row sums of P * Z - ds_coef * Z[i, i + diag_off] (compute_ds)."""
+    per-row sums of P * Z - ds_coef * Z[i, i + diag_off] (compute_ds). The grid is row blocks x column splits;
+    with several splits each writes an fp32 partial, summed afterwards in split order (deterministic, no atomics)."""
     M, D = x.shape
     N = y.shape[0]
     interp = KERNELS_INTERPRETED or not x.is_cuda
-    dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
-    ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else cs
+    nsp = _grad_splits(M, N, interp, x.device)
+    if nsp > 1:
+        dx = torch.empty((nsp, M, D), device=x.device, dtype=torch.float32)
+    else:
+        dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
+    ds = torch.empty((nsp, M), device=x.device, dtype=torch.float32) if compute_ds else cs
     acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
     dummy = lse_a if lse_a is not None else lse_b
     args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
-            M, N, D, float(pos_coef), float(ds_coef), diag_off or 0, x.stride(0), y.stride(0), dx.stride(0), _bucket(M), _bucket(N))
-    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
-                HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=interp,
-                PRECISION=precision)
+            M, N, D, float(pos_coef), float(ds_coef), diag_off or 0, x.stride(0), y.stride(0), D,
+            _bucket(M), _bucket(N))
+    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None,
+                HAS_B=lse_b is not None, HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds,
+                UPCAST=interp, PRECISION=precision,
+                EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0)
     _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
     with _dev_guard(x):
         if interp:
             bm, bn, bd, _, _ = INTERP_CFG
-            _infonce_grad_kernel[(triton.cdiv(M, bm), split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("grad", x.element_size(), n_acc > 1)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), split)](*args, **meta)
-    return dx, (ds if compute_ds else None)
+            _TUNED[("grad", x.element_size(), chunked)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](
+                *args, **meta)
+    if nsp > 1:
+        dx = dx.sum(dim=0).to(x.dtype)
+    return dx, (ds.sum(dim=0) if compute_ds else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -543,9 +591,13 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
     for name, wc, wp in (("infonce_fwd_rows_cols", True, True), ("infonce_fwd_rows", False, True)):
         for c in shipped_configs("fwd", D, es):
             cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], WITH_COLS=wc, WITH_POS=wp, UPCAST=False,
-                      PRECISION=prec)
+                      PRECISION=prec, EVEN_D=D % c[2] == 0)
+            cx["SAFE_COLS"] = True
             specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
-                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD))
+                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD,
+                              # the steady-state loop: tiles off the diagonal, no column below the underflow guard
+                              hot_constexprs=dict(WITH_POS=False, SAFE_COLS=False),
+                              hot_tile=(c[0] * c[1], -(-D // c[2]))))
     acc_w, n_acc, chunked, split = _grad_shape(D, False, es)
     grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
                     DS="*fp32", **ints, pos_coef="fp32", ds_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
@@ -553,11 +605,15 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
     for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
                                   ("infonce_grad_gathered_cols", False, True, False, False)):
         for c in shipped_configs("grad", D, es):
-            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=a,
-                      HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec)
+            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked,
+                      SPLIT=split, HAS_A=a, HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec,
+                      EVEN_D=D % c[2] == 0)
             specs.append(dict(name=name, fn=_infonce_grad_kernel,
                               signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
-                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD))
+                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD,
+                              # the steady-state loop: tiles off the diagonal (no positives to subtract)
+                              hot_constexprs=dict(HAS_PARTNER=False),
+                              hot_tile=(c[0] * c[1], -(-D // c[2]) if chunked else 1)))
     return specs
 
 
