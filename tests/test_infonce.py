@@ -421,6 +421,76 @@ def test_autotune_switch_and_bucketed_keys(monkeypatch):
     assert [infonce._bucket(n) for n in (1, 1000, 1024, 1025, 16384)] == [1, 1024, 1024, 2048, 16384]
 
 
+def test_autotune_choice_cached_on_disk_and_off_switch(tmp_path, monkeypatch):
+    # the first pick of a key times (tune) once and writes the choice; a fresh process (memory cleared) reads it
+    # back without timing; MELP_AUTOTUNE=off takes the first config and never times or writes
+    from melp_kernels import autotune
+
+    monkeypatch.setenv("MELP_AUTOTUNE_CACHE", str(tmp_path / "at.json"))
+    monkeypatch.delenv("MELP_AUTOTUNE", raising=False)
+    autotune.clear_memory()
+    calls = []
+
+    def tune():
+        calls.append(1)
+        return (128, 64, 64, 8, 2)
+
+    first = (128, 128, 64, 8, 3)
+    assert autotune.pick("k", (1024, 1024, 256), tune, first) == (128, 64, 64, 8, 2) and len(calls) == 1
+    assert autotune.pick("k", (1024, 1024, 256), tune, first) == (128, 64, 64, 8, 2) and len(calls) == 1
+    autotune.clear_memory()
+    assert autotune.pick("k", (1024, 1024, 256), tune, first) == (128, 64, 64, 8, 2) and len(calls) == 1
+    import json
+    stored = json.load(open(tmp_path / "at.json"))
+    (k, v), = stored.items()
+    assert v == [128, 64, 64, 8, 2] and "triton" in k and "torch" in k and k.endswith("k | 1024,1024,256")
+    autotune.clear_memory()
+    monkeypatch.setenv("MELP_AUTOTUNE", "off")
+    assert autotune.pick("k", (1024, 1024, 256), tune, first) == first and len(calls) == 1
+    assert autotune.pick("k2", (1, 2), tune, first) == first and len(calls) == 1
+    assert list(json.load(open(tmp_path / "at.json"))) == [k]
+    autotune.clear_memory()
+
+
+def _autotune_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from melp_kernels import autotune
+
+    os.environ["MELP_AUTOTUNE_CACHE"] = os.path.join(out_dir, f"cache{rank}.json")  # as on two machines
+    os.environ.pop("MELP_AUTOTUNE", None)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        calls = []
+
+        def tune():  # each rank would time its own winner (load, noise): rank 0's must win everywhere
+            calls.append(rank)
+            return (128, 64 if rank == 0 else 32, 64, 8, 2)
+
+        got = autotune.pick("k", (4096, 4096, 256), tune, (128, 128, 64, 8, 3))
+        torch.save({"cfg": got, "calls": calls}, os.path.join(out_dir, f"at{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_autotune_rank0_choice_broadcast(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_autotune_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + 120
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("2-process autotune run timed out")
+    r0, r1 = (torch.load(tmp_path / f"at{r}.pt") for r in range(2))
+    assert r0["cfg"] == r1["cfg"] == (128, 64, 64, 8, 2)
+    assert r0["calls"] == [0] and r1["calls"] == []  # only rank 0 timed anything
+    assert (tmp_path / "cache0.json").exists() and not (tmp_path / "cache1.json").exists()
+
+
 def test_fp32_wide_configs_prune_on_shared_memory():
     # configs that cannot fit in 227 KB of shared memory are dropped before anything compiles
     for D in (128, 256, 512, 768):

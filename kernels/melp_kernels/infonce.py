@@ -55,16 +55,20 @@ zs - max is exact and the loss is the small log2 sum rather than a difference of
 against float64 on the same half inputs (loss ~3e-5): gradients within 5x of the chunked path's error.
 
 The loss is returned in fp32 whatever the input dtype; gradients come back in the inputs' dtypes.
-MELP_AUTOTUNE=off (read at launch) makes the autotuned kernels use their first config that fits.
+
+Configs (melp_kernels/autotune.py): the first launch of each (device, versions, shape bucket) times the shipped
+configs once, on rank 0, caches the choice on disk ($MELP_AUTOTUNE_CACHE, default ~/.cache/melp_fast/
+autotune.json) and broadcasts it to every rank, so all ranks and later runs launch the same config.
+MELP_AUTOTUNE=off (read at launch) takes the first shipped config that fits without timing anything: the
+bitwise-reproducible setting (the kernels use no atomics; every reduction has a fixed order).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from ._dispatch import HAS_TRITON, interpreting, resolve_impl
 
 if HAS_TRITON:
@@ -392,7 +396,7 @@ def shipped_configs(kernel: str, D: int, esize: int, shared_limit: int = SHARED_
 
 
 def _autotune_off() -> bool:
-    return os.environ.get("MELP_AUTOTUNE", "").strip().lower() in ("off", "0", "false", "no")
+    return autotune.autotune_off()
 
 
 if HAS_TRITON:
@@ -501,7 +505,17 @@ def _tri_fwd(x, y, s, with_cols, diag_off, precision):
             _, bn, bd, _, _ = INTERP_CFG
             _infonce_fwd_kernel[(n_mb, ns)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("fwd", x.element_size())][(n_mb, ns)](*args, **meta)
+            tuner = _TUNED[("fwd", x.element_size())]
+
+            def tune():
+                tuner[(n_mb, ns)](*args, **meta)
+                return _tuple_of(tuner.best_config)
+
+            key = (_bucket(M), _bucket(N), D, with_cols, with_pos, precision, meta["EVEN_D"], str(x.dtype))
+            first = shipped_configs("fwd", D, x.element_size(), _shared_limit(x.device))[0]
+            bm_, bn, bd, w, st = autotune.pick("infonce_fwd", key, tune, first, x.device)
+            _infonce_fwd_kernel[(n_mb, ns)](*args, BLOCK_M=bm_, BLOCK_N=bn, BLOCK_D=bd, num_warps=w,
+                                            num_stages=st, **meta)
     return _merge(row_m, row_l), (_merge(col_m, col_l) if with_cols else None), (pos if with_pos else None)
 
 
@@ -556,8 +570,18 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
             bm, bn, bd, _, _ = INTERP_CFG
             _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("grad", x.element_size(), chunked)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](
-                *args, **meta)
+            tuner = _TUNED[("grad", x.element_size(), chunked)]
+
+            def tune():
+                tuner[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](*args, **meta)
+                return _tuple_of(tuner.best_config)
+
+            key = (_bucket(M), _bucket(N), D, lse_a is not None, lse_b is not None, compute_ds, precision,
+                   meta["EVEN_D"], str(x.dtype))
+            first = shipped_configs("grad", D, x.element_size(), _shared_limit(x.device))[0]
+            bm, bn, bd, w, st = autotune.pick("infonce_grad", key, tune, first, x.device)
+            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                                                   num_warps=w, num_stages=st, **meta)
     if nsp > 1:
         dx = dx.sum(dim=0).to(x.dtype)
     return dx, (ds.sum(dim=0) if compute_ds else None)
