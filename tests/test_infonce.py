@@ -596,6 +596,9 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             dt = torch.cat([x[2] for x in rs]) / world
             ds = sum(x[3] for x in rs) / world  # the replicated scale: DDP averages its per-rank gradients
             _assert_close([loss, de, dt, ds], glob, 1e-5, 1e-4, scale)
+            if "open_clip" in DIST_IMPLS:  # and rank by rank: the same loss and gradients as OpenCLIP's ClipLoss
+                for r in range(world):
+                    _assert_close(per_rank[r][(impl, scale)], per_rank[r][("open_clip", scale)], 1e-5, 1e-4, scale)
 
 
 @pytest.mark.parametrize("device", DEVICES)
