@@ -26,18 +26,25 @@ The implementations give the same loss and gradients (to rounding):
                ``chunk_size`` rows, the backward recomputes the blocks; peak extra memory O(chunk_size * N).
 * "fused":     the same Function with Triton kernels (tensor cores: bf16 / fp16 operands as given, fp32 operands
                in the `precision` asked for; fp32 accumulation and statistics). Work per fwd+bwd on one process,
-               in units U = 2 B^2 D (one B x B x D matmul):
-                 forward  1 U: one pass over the tiles of Z = E T^T gives the row AND column log-sum-exp (exact
-                          max/sum in log2 units; rows merged online and reduced over column splits afterwards,
-                          columns stored per 128-row block and reduced afterwards) and the positives;
-                 backward 4 U: dE (row blocks, each tile recomputed once: Z, then P T) and dT (column blocks: Z,
-                          then P^T E). No atomics: deterministic.
-               The logit tile is computed by a loop over D in narrow chunks (64 bf16 / 32 fp32 columns, software
-               pipelined); the gradient kernels keep the [block, D] accumulator in registers, so D > 256 never
-               recomputes a logit tile per D chunk (bf16 / fp16 up to D = 1024). The one exception: fp32 inputs
-               wider than 512, whose accumulator would spill, split the gradient's columns in two halves that each
-               recompute the tile (7 U at D = 768 fp32 instead of 5 U). Compiled on CUDA; on CPU tensors only under the Triton
-               interpreter (TRITON_INTERPRET=1 before this module is imported), else impl "fused" is an error.
+               in units U = 2 B^2 D (one B x B x D matmul), for D <= 256:
+                 forward  1 U: one pass over the tiles of Z = E T^T gives the row AND column statistics and the
+                          positives. One exp2 per logit: p = 2^(zs - tile row max) feeds the row sums, and scaled
+                          by 2^(row max - tile max) the column sums of the 128-row block, stored per row block and
+                          reduced afterwards (a column that underflows takes an exact per-column path). Grid: row
+                          blocks x column splits (about two waves of CTAs).
+                 backward 4 U: dE (row blocks of E: Z recomputed, then (P - I) T) and dT (row blocks of T); grid
+                          row blocks x column splits, each split's fp32 partial summed afterwards in split order.
+               No atomics anywhere: deterministic for a fixed config (see Configs below).
+               The forward's logit tile is computed by a software-pipelined loop over D in 64-column (bf16) /
+               32-column (fp32) chunks, any D. The gradient keeps a [128, 256] fp32 accumulator in registers:
+               D <= 256 in one part (X resident, the loop over column tiles of 64 pipelined); wider D in
+               ceil(D / 256) parts over program_id(2), each recomputing Z by the forward's D loop: (parts + 1) U
+               per gradient launch, so 1 + 2 (parts + 1) U in all (D = 512: 7 U, 768: 9 U, 1024: 11 U), with no
+               spill or stack at D <= 1024 (benchmarks/results/kernel_resources_*.md). Multi-process (gathered
+               embeddings, b rows per rank, N = W b): 2 u' forward + 8 u' backward per rank (u' = 2 b N D;
+               OpenCLIP: 2 + 4, storing the [b, N] logits; benchmarks/results/infonce_work_per_rank_cpu.md).
+               Compiled on CUDA; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 before this
+               module is imported), else impl "fused" is an error.
 * "auto":      "fused" on CUDA, "chunked" elsewhere (melp_kernels/_dispatch.py).
 
 fp32 inputs and `precision` (fused only; chunked and reference always compute in IEEE fp32):
@@ -703,13 +710,17 @@ class _InfoNCE(torch.autograd.Function):
     """Inputs: e, t [b, D]; e_all, t_all [N, D] or None (single process: the square case); s (1 element);
     backend "triton" | "torch". Saves only the inputs and the LSE / positive vectors (O(b + N)).
 
-    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots:
-      dE = c s (P1 T_all - T)        dT_all = c s P1^T E        (term 1; T = T_all[o:o+b])
-      dT = c s (P2 E_all - E)        dE_all = c s P2^T T        (term 2)
-      ds = c (sum P1 * Z1 + sum P2 * Z2 - 2 sum_i E_i . T_i)
-    The identity parts of dT_all and dE_all (-E and -T at the rank's own rows) are added to dE and dT instead
-    (-2T, -2E): the all_gather backward sums the rank's slice into the local gradient, so the total is the same.
-    Square case (E_all = E, T_all = T): dE = c s ((P1 + P2^T) T - 2T), dT = c s ((P1 + P2^T)^T E - 2E).
+    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots and
+    I1, I2 the one-hot labels (1 at column o + i of row i):
+      dE = c s (P1 - I1) T_all        dT_all = c s (P1 - I1)^T E        (term 1)
+      dT = c s (P2 - I2) E_all        dE_all = c s (P2 - I2)^T T        (term 2)
+      ds = c (sum (P1 - I1) * Z1 + sum (P2 - I2) * Z2)
+    Each output gets its own positive inside P (subtracted in fp32 before anything is rounded): for confident pairs
+    P - I is small, and moving -T from dT_all's slice into dE (as this code once did) left two large, nearly
+    cancelling tensors that the all_gather backward summed after both were rounded to bf16.
+    Square case (E_all = E, T_all = T): dE = c s (P1 + P2^T - 2I) T, dT = c s (P1 + P2^T - 2I)^T E.
+    Backend "triton" saves [2, n] log2 statistics (max, log2 sum) and the positives in log2 units; "torch" the
+    natural-log LSE vectors and the raw positive dots.
     """
 
     @staticmethod
