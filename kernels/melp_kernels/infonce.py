@@ -459,12 +459,22 @@ def _sm_count(device):
     return SM_COUNT
 
 
+def _waves_split(n_rows, max_split, sms):
+    """The split count in 1..max_split whose n_rows x split CTAs (one per SM: the tile kernels hold the register
+    file) fill their waves best; ties go to fewer splits (less partial traffic)."""
+    best, best_eff = 1, 0.0
+    for k in range(1, max(1, max_split) + 1):
+        ctas = n_rows * k
+        eff = ctas / (-(-ctas // sms) * sms)
+        if eff > best_eff + 1e-9:
+            best, best_eff = k, eff
+    return best
+
+
 def _fwd_splits(n_mb, N, block_n_min, sms):
-    """Column splits of the forward grid (n_mb row blocks x splits programs): enough programs for two waves of
-    CTAs on every SM, no split narrower than two column blocks."""
-    n_nb = triton.cdiv(N, block_n_min)
-    want = triton.cdiv(2 * sms, n_mb)
-    return max(1, min(want, n_nb // 2))
+    """Column splits of the forward grid (n_mb row blocks x splits programs): the best-filled waves of CTAs, up
+    to 16 splits, none narrower than two column blocks."""
+    return _waves_split(n_mb, min(16, triton.cdiv(N, block_n_min) // 2), sms)
 
 
 def _dev_guard(x):
@@ -540,13 +550,12 @@ def _row_losses(stats, pos):
 
 
 def _grad_splits(M, N, interp, device):
-    """Column splits of the gradient grid (row blocks x splits): about one wave of 128-row CTAs on every SM, each
-    split at least 8 column blocks of 32 (interpreter: 2 when there are columns for it). Independent of the
-    autotuned BLOCK_M, so the partial buffer is sized before the launch."""
+    """Column splits of the gradient grid (row blocks x splits): the best-filled waves of 128-row CTAs, up to 8
+    splits of at least 256 columns (interpreter: 2 when there are columns for it). Independent of the autotuned
+    BLOCK_M, so the partial buffer is sized before the launch."""
     if interp:
         return 2 if N > 2 * INTERP_CFG[1] else 1
-    want = triton.cdiv(_sm_count(device), triton.cdiv(M, 128))
-    return max(1, min(want, N // 256))
+    return _waves_split(triton.cdiv(M, 128), min(8, N // 256), _sm_count(device))
 
 
 def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision, ds_coef=0.0):
