@@ -127,6 +127,102 @@ def resources(kernel) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# SASS: the hot loop of a tile kernel, counted (no GPU: cuobjdump -sass on the cubin)
+# ----------------------------------------------------------------------------------------------------------------
+ISSUE_IPC = 4  # warp-instructions per clock per SM (4 schedulers)
+TC_FLOP_PER_CLK = {"bf16": 4096, "fp16": 4096, "tf32": 2048}  # dense tensor-core FLOP per clock per SM (H100)
+MUFU_PER_CLK = 16  # MUFU lane-operations per clock per SM (ex2, rcp, ...)
+
+_SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)(.*?);")
+
+
+def sass_text(kernel) -> str:
+    """The SASS of a compiled kernel (Triton's bundled cuobjdump -sass)."""
+    import tempfile
+
+    import triton
+
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", f.name], capture_output=True, text=True)
+    return res.stdout
+
+
+def parse_sass(text: str) -> list[tuple[int, str, str]]:
+    """[(address, opcode, operands)] of every instruction (predicate dropped)."""
+    out = []
+    for ln in text.splitlines():
+        m = _SASS_LINE.match(ln)
+        if m:
+            out.append((int(m.group(1), 16), m.group(3), m.group(4).strip()))
+    return out
+
+
+def sass_loops(ins) -> list[tuple[int, int]]:
+    """Loops as (first address, address of the backward branch), from every BRA to an earlier address."""
+    loops = []
+    for a, op, rest in ins:
+        if op.startswith("BRA"):
+            m = re.match(r"`?\(?(0x[0-9a-f]+)", rest)
+            if m and int(m.group(1), 16) <= a:
+                loops.append((int(m.group(1), 16), a))
+    return sorted(set(loops))
+
+
+def hot_loop(kernel, logits_per_tile: int, num_warps: int, k_trips: int = 1, dtype: str = "bf16") -> dict:
+    """Per tile of the kernel's main loop (the loop around the innermost loop that holds the tensor-core
+    instructions, or that loop itself when nothing encloses it): warp-instructions and MUFU operations per logit,
+    the wgmma shapes, and the predicted clocks per logit (issue at ISSUE_IPC, tensor cores at TC_FLOP_PER_CLK,
+    MUFU at MUFU_PER_CLK). An inner K loop is counted k_trips times. Static counts: a rarely taken branch inside
+    the loop counts as if taken (compile a variant without it for the steady state)."""
+    ins = parse_sass(sass_text(kernel))
+    mma = [a for a, op, _ in ins if op.startswith("HGMMA") or op.startswith("HMMA")]
+    loops = sass_loops(ins)
+    out = {"wgmma_shapes": sorted({op.split(".")[1] for a, op, _ in ins if op.startswith("HGMMA")})}
+    if not mma or not loops:
+        return out
+    inner = [lp for lp in loops if any(lp[0] <= a <= lp[1] for a in mma)]
+    if not inner:
+        return out
+    k_loop = min(inner, key=lambda lp: lp[1] - lp[0])
+    outer = [lp for lp in loops if lp[0] <= k_loop[0] and k_loop[1] <= lp[1] and lp != k_loop]
+    tile = min(outer, key=lambda lp: lp[1] - lp[0]) if outer else k_loop
+    trips = k_trips if tile != k_loop else 1
+
+    def weight(a):
+        return trips if (tile != k_loop and k_loop[0] <= a <= k_loop[1]) else 1
+
+    body = [(a, op) for a, op, _ in ins if tile[0] <= a <= tile[1]]
+    n = sum(weight(a) for a, _ in body)
+    mufu = sum(weight(a) for a, op in body if op.startswith("MUFU"))
+    shfl = sum(weight(a) for a, op in body if op.startswith("SHFL"))
+    flop = 0
+    for a, op in body:
+        if op.startswith("HGMMA"):  # HGMMA.64xNx16: one per warpgroup
+            mm, nn, kk = (int(v) for v in op.split(".")[1].split("x"))
+            flop += weight(a) * 2 * mm * nn * kk * max(1, num_warps // 4)
+        elif op.startswith("HMMA"):  # HMMA.16816 / HMMA.1688: one per warp
+            shp = op.split(".")[1]
+            mm, nn, kk = int(shp[:2]), int(shp[2]), int(shp[3:])
+            flop += weight(a) * 2 * mm * nn * kk * num_warps
+    per = num_warps / logits_per_tile
+    out.update(tile_loop_instructions=n, static_loop_instructions=len(body),
+               warp_instr_per_logit=n * per, mufu_per_logit=mufu * per * 32, shfl_per_logit=shfl * per,
+               mma_flop_per_logit=flop / logits_per_tile)
+    out["issue_clk_per_logit"] = out["warp_instr_per_logit"] / ISSUE_IPC
+    out["mufu_clk_per_logit"] = out["mufu_per_logit"] / MUFU_PER_CLK
+    out["tc_clk_per_logit"] = (flop / logits_per_tile) / TC_FLOP_PER_CLK.get(dtype, 4096) if flop else None
+    cands = {"issue": out["issue_clk_per_logit"], "mufu": out["mufu_clk_per_logit"]}
+    if out["tc_clk_per_logit"]:
+        cands["tensor"] = out["tc_clk_per_logit"]
+    out["bound"] = max(cands, key=cands.get)
+    out["clk_per_logit"] = cands[out["bound"]]
+    return out
+
+
 def resource_problems(r: dict) -> list[str]:
     """What makes a compiled kernel unfit for the hot path (empty when it is fine)."""
     bad = []

@@ -4,6 +4,7 @@ OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), one process, in one
     python benchmarks/infonce.py                       # CUDA if present: B = 1k..64k, D = 256, bf16
     python benchmarks/infonce.py --device cpu          # CPU: B = 1k..8k, fp32, + memory check at 16k and 32k
     python benchmarks/infonce.py --device cpu --out benchmarks/results/infonce_cpu.md
+    python benchmarks/infonce.py --device cpu --batch-sizes 1024 --impls chunked --memory-check 0   # + u' per rank
 
 CUDA: in process; time = median of CUDA-event timings after a warm-up call (which runs the autotuner); memory =
 torch.cuda.max_memory_allocated() during fwd+bwd minus what was allocated before (inputs excluded).
@@ -15,6 +16,8 @@ CPU: every (impl, B) runs in a fresh subprocess; time = median wall time of fwd+
 (ru_maxrss) during fwd+bwd minus the RSS just before it (inputs excluded). On CPU "fused" is not timed: without
 the Triton interpreter it cannot run, and the interpreter is a correctness tool, not a fast path; its matmul
 work is still counted.
+--world W (default 2): the matmul work of one rank's local loss on W ranks, in units of u' = 2 b N D (b rows per
+rank, N = W b), forward and backward, for fused, chunked and OpenCLIP's formula (counted on CPU at b = 64).
 """
 
 from __future__ import annotations
@@ -94,6 +97,69 @@ def count_flops_u(impl, B, D, dtype, device, chunk_size):
             _step(fn, e, t, s)
         n = fc.get_total_flops()
     return n / (2.0 * B * B * D)
+
+
+def count_rank_u(impl, b, world, D, dtype, chunk_size):
+    """(forward, backward) matmul FLOPs of one rank of `world` in units of u' = 2 b N D (N = world * b): rank 1's
+    local loss against the gathered embeddings, as all_gather hands them to it (fused / chunked: the library's
+    Function with e_all, t_all given; open_clip: ClipLoss(local_loss=True)'s formula, s E T_all^T and
+    s T E_all^T with cross-entropy, counted by FlopCounterMode)."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from melp_kernels import infonce
+
+    N = world * b
+    g = torch.Generator().manual_seed(0)
+    e_all = F.normalize(torch.randn(N, D, generator=g), dim=1).to(dtype)
+    t_all = F.normalize(torch.randn(N, D, generator=g), dim=1).to(dtype)
+    o = b * min(1, world - 1)
+    leaves = [x.clone().requires_grad_(True) for x in (e_all[o:o + b], t_all[o:o + b], e_all, t_all)]
+    s = torch.tensor(1 / 0.07, requires_grad=True)
+    u = 2.0 * b * N * D
+
+    def fwd():
+        e, t, ea, ta = leaves
+        if impl == "open_clip":
+            lab = torch.arange(b) + o
+            return 0.5 * (F.cross_entropy(s * e.float() @ ta.float().T, lab)
+                          + F.cross_entropy(s * t.float() @ ea.float().T, lab))
+        return infonce._InfoNCE.apply(e, t, ea, ta, s.reshape(1), "triton" if impl == "fused" else "torch",
+                                      chunk_size, "ieee", o)
+
+    def addmm_inplace(self_shape, a_shape, b_shape, *args, out_shape=None, **kw):
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    if impl == "fused":
+        infonce.reset_matmul_flops()
+        loss = fwd()
+        nf = infonce.matmul_flops()
+        infonce.reset_matmul_flops()
+        loss.backward()
+        nb = infonce.matmul_flops()
+    else:
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
+            loss = fwd()
+        nf = fc.get_total_flops()
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
+            loss.backward()
+        nb = fc.get_total_flops()
+    return nf / u, nb / u
+
+
+def _count_rank_subprocess(impl, b, world, D, dtype_name, chunk_size, timeout=900):
+    env = dict(os.environ)
+    if impl == "fused":
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, os.path.abspath(__file__), "--_rank_flops", impl, str(b), str(world), str(D), dtype_name,
+           str(chunk_size)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return json.loads([ln for ln in p.stdout.splitlines() if ln.strip()][-1])
+    except Exception:
+        return None
 
 
 def _count_cpu_subprocess(impl, B, D, dtype_name, chunk_size, timeout=900):
@@ -200,6 +266,33 @@ def _flops_main(argv):
     print(count_flops_u(impl, int(B), int(D), DTYPES[dtype_name], "cpu", int(chunk)), flush=True)
 
 
+def _rank_flops_main(argv):
+    impl, b, world, D, dtype_name, chunk = argv
+    if impl == "fused":  # the interpreter with the accumulator width a GPU launch takes
+        from melp_kernels import infonce
+
+        infonce.INTERP_ACC_WIDTH = infonce.ACC_WIDTH
+    print(json.dumps(count_rank_u(impl, int(b), int(world), int(D), DTYPES[dtype_name], int(chunk))), flush=True)
+
+
+def rank_table(world, D, dtype_name, chunk_size, b=64, impls=("fused", "chunked", "open_clip"), log=None):
+    """Markdown rows: matmul work per rank in u' = 2 b N D for `world` ranks (counted on CPU at b = 64)."""
+    out = [f"## Work per rank on {world} ranks (u' = 2 b N D, N = {world} b; counted at b = {b}, D = {D}, "
+           f"{dtype_name})", "",
+           "| impl | forward u' | backward u' | fwd+bwd u' per rank |", "|---|---:|---:|---:|"]
+    res = {}
+    for impl in impls:
+        r = _count_rank_subprocess(impl, b, world, D, dtype_name, chunk_size)
+        res[impl] = r
+        if log:
+            log(json.dumps({"impl": impl, "world": world, "u_per_rank": r}))
+        if r is None:
+            out.append(f"| {impl} | count failed | | |")
+        else:
+            out.append(f"| {impl} | {r[0]:.2f} | {r[1]:.2f} | {r[0] + r[1]:.2f} |")
+    return out, res
+
+
 def _worker_main(argv):
     impl, B, D, dtype_name, reps, chunk, cap = argv
     cap = int(cap)
@@ -258,6 +351,8 @@ def main(argv=None):
         return _worker_main(argv[1:])
     if argv and argv[0] == "--_flops":
         return _flops_main(argv[1:])
+    if argv and argv[0] == "--_rank_flops":
+        return _rank_flops_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
@@ -274,6 +369,8 @@ def main(argv=None):
                     help="CPU: also run chunked and reference once at these B (default 16384 32768 on CPU; 0 = skip)")
     ap.add_argument("--memory-impls", nargs="+", default=["chunked", "reference"],
                     help="CPU memory check: the implementations to run at the --memory-check sizes")
+    ap.add_argument("--world", type=int, default=2,
+                    help="also count the matmul work per rank on this many ranks (u' = 2 b N D; 0 = skip)")
     ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     args = ap.parse_args(argv)
 
@@ -333,6 +430,12 @@ def main(argv=None):
         md += ["On CPU `fused` is not timed (its kernels run there only under the Triton interpreter); its matmul "
                "work is counted under the interpreter at B = min(B, 128), the others' with FlopCounterMode.", ""]
     md += [_fmt_table(rows), ""]
+    rank_res = None
+    if args.world > 1:
+        rt, rank_res = rank_table(args.world, args.dim, dtype_name, args.chunk_size,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
+        md += rt + ["", "Per rank: rank 1's local loss against the gathered embeddings (OpenCLIP `local_loss=True`, "
+                    "`gather_with_grad=True` semantics), forward and backward counted separately.", ""]
     if mem_rows:
         md += [f"## Memory check: B = {', '.join(map(str, mem_bs))}, D = {args.dim}, {dtype_name}, one fwd+bwd each "
                "in a fresh process under an address-space cap of 80% of MemAvailable", "", _fmt_table(mem_rows), ""]
@@ -359,7 +462,7 @@ def main(argv=None):
             f.write(text)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
             json.dump({"date": when, "machine": machine_line, "command": cmd.strip(),
-                       "rows": rows, "memory_check": mem_rows,
+                       "rows": rows, "memory_check": mem_rows, "u_per_rank": rank_res, "world": args.world,
                        "memory_caps_mib": {f"{k[0]}@{k[1]}": v / MIB for k, v in caps.items()}}, f, indent=1)
     return 0
 

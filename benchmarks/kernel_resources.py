@@ -1,19 +1,24 @@
 """Compile every Triton kernel of kernels/ for sm_90 (Hopper) with Triton's bundled ptxas, no GPU needed, and print
-one row per kernel and shipped config: registers, spill bytes, stack frame, shared memory, and whether the tile
-dots lower to wgmma (Hopper's tensor-core instructions).
+one row per kernel and shipped config: registers, spill bytes, stack frame, shared memory, the wgmma shapes, and
+from the SASS (cuobjdump -sass) the hot loop's warp-instructions and MUFU operations per logit with the predicted
+bound (clocks per logit: issue at 4 warp-instructions per clock per SM, tensor cores at 4,096 bf16 / 2,048 tf32
+FLOP per clock per SM, MUFU at 16 per clock per SM; the largest is the bound).
 
     python benchmarks/kernel_resources.py                          # D = 256 and 768, bf16 and fp32, every config
-    python benchmarks/kernel_resources.py --out benchmarks/results/kernel_resources.md   # + JSON beside
+    python benchmarks/kernel_resources.py --dims 128 256 512 768 1024 \
+        --out benchmarks/results/kernel_resources_triton3.7.1.md   # the committed tables (+ JSON beside)
     python benchmarks/kernel_resources.py --quick                  # the first config of each kernel only
 
 Exit status 1 if any compiled kernel spills, has a stack frame or needs more than 227 KB of shared memory.
 
-Discovery: every module kernels/<name>.py that defines `sm90_specs(D: int, dtype: str) -> list[dict]` (keys name,
-fn, signature, constexprs, num_warps, num_stages; optional config, a label, and divisible, the integer arguments
-that are multiples of 16 at such shapes). Pointer arguments are compiled as 16-byte aligned, as Triton specialises
-them for tensors from the PyTorch allocator; that alignment decides vector widths and asynchronous copies, so the
-counts here are those of a launch at the headline shapes. Run with TRITON_INTERPRET unset (this script unsets it
-for itself before importing the kernels).
+Discovery: every module kernels/melp_kernels/<name>.py that defines `sm90_specs(D: int, dtype: str) -> list[dict]`
+(keys name, fn, signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer
+arguments that are multiples of 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner
+K loop) and hot_constexprs, constexpr overrides that compile the steady-state loop for the SASS count, e.g. without
+a branch taken on one tile in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments
+are compiled as 16-byte aligned, as Triton specialises them for tensors from the PyTorch allocator; that alignment
+decides vector widths and asynchronous copies, so the counts here are those of a launch at the headline shapes.
+Run with TRITON_INTERPRET unset (this script unsets it for itself before importing the kernels).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import SHARED_LIMIT, compile_spec, machine, resource_problems, resources  # noqa: E402
+from benchmarks.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
+                               resources)
 
 
 def _kernel_package():
@@ -94,9 +100,11 @@ def run(dims, dtypes, quick=False, only=None, log=print):
                            "triton": triton.__version__}
                     t0 = time.time()
                     try:
-                        r = resources(compile_spec(spec))
+                        kern = compile_spec(spec)
+                        r = resources(kern)
                         row.update({k: r.get(k) for k in ("registers", "spills", "stack", "shared", "wgmma")})
                         row["problems"] = resource_problems(r)
+                        row.update(_hot(spec, kern, dt))
                     except Exception as ex:  # a config that does not compile is a failure too
                         row["problems"] = [f"compile error: {type(ex).__name__}: {str(ex).splitlines()[0][:160]}"]
                     row["compile_s"] = round(time.time() - t0, 1)
@@ -105,23 +113,52 @@ def run(dims, dtypes, quick=False, only=None, log=print):
     return rows, notes
 
 
+def _hot(spec, kern, dt):
+    """The SASS hot-loop figures of a spec (its steady-state variant when it names one)."""
+    prec = spec["constexprs"].get("PRECISION", "ieee")
+    tc = dt if dt != "fp32" else ("tf32" if str(prec).startswith("tf32") else "fp32")
+    out = {"wgmma_shapes": hot_loop(kern, 1, spec["num_warps"]).get("wgmma_shapes", [])}
+    if "hot_tile" not in spec:
+        return out
+    logits, trips = spec["hot_tile"]
+    if spec.get("hot_constexprs"):
+        hs = dict(spec)
+        hs["constexprs"] = dict(spec["constexprs"], **spec["hot_constexprs"])
+        kern = compile_spec(hs)
+    h = hot_loop(kern, logits, spec["num_warps"], trips, tc)
+    keep = ("warp_instr_per_logit", "mufu_per_logit", "issue_clk_per_logit", "tc_clk_per_logit",
+            "mufu_clk_per_logit", "bound", "clk_per_logit", "tile_loop_instructions")
+    out.update({k: (round(h[k], 4) if isinstance(h.get(k), float) else h.get(k)) for k in keep})
+    return out
+
+
+def _f(v, fmt="{:.3f}"):
+    return "" if v is None else fmt.format(v)
+
+
 def table(rows):
     out = ["| kernel | D | dtype | config (BMxBNxBD warps stages) | registers | spill B | stack B | shared KB | "
-           "wgmma | compile s | verdict |", "|---|---:|---|---|---:|---:|---:|---:|---|---:|---|"]
+           "wgmma shapes | warp-instr / logit | MUFU / logit | issue clk / logit | tensor clk / logit | bound | "
+           "compile s | verdict |", "|---|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if "registers" not in r:
-            out.append(f"| {r['module']}.{r['kernel']} | {r['D']} | {r['dtype']} | {r['config']} | | | | | | "
+            out.append(f"| {r['module']}.{r['kernel']} | {r['D']} | {r['dtype']} | {r['config']} | | | | | | | | | | | "
                        f"{r['compile_s']} | {'; '.join(r['problems'])} |")
             continue
+        shapes = ", ".join(r.get("wgmma_shapes") or []) or ("mma" if r.get("wgmma") is False else "")
         out.append(f"| {r['module']}.{r['kernel']} | {r['D']} | {r['dtype']} | {r['config']} | {r['registers']} | "
-                   f"{r['spills']} | {r['stack']} | {r['shared'] / 1024:.1f} | {'yes' if r['wgmma'] else 'no'} | "
+                   f"{r['spills']} | {r['stack']} | {r['shared'] / 1024:.1f} | {shapes} | "
+                   f"{_f(r.get('warp_instr_per_logit'))} | {_f(r.get('mufu_per_logit'), '{:.2f}')} | "
+                   f"{_f(r.get('issue_clk_per_logit'))} | {_f(r.get('tc_clk_per_logit'))} | {r.get('bound') or ''} | "
                    f"{r['compile_s']} | {'; '.join(r['problems']) or 'ok'} |")
     return "\n".join(out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dims", type=int, nargs="+", default=[256, 768])
+    ap.add_argument("--dims", type=int, nargs="+", default=[256, 768],
+                    help="feature widths (default 256 768, what gpu_check.sh has time for; the committed tables "
+                         "use --dims 128 256 512 768 1024)")
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true", help="only the first config of each kernel")
     ap.add_argument("--only", nargs="+", default=None, help="kernel modules to compile (default: all)")
@@ -138,7 +175,11 @@ def main(argv=None):
     md = ["# sm_90 resources of the Triton kernels (compiled with Triton's bundled ptxas, no GPU)", "",
           f"- Machine: {machine('cpu')}", f"- Command: `{cmd.strip()}`",
           f"- Limits: no spill, no stack frame, shared memory <= {SHARED_LIMIT // 1024} KB per block; "
-          "wgmma = the tile dots use Hopper's warpgroup tensor-core instructions", ""]
+          "wgmma shapes: the Hopper warpgroup tensor-core instructions in the SASS (empty: none)",
+          "- Hot loop (from the SASS): the kernel's tile loop, an inner K loop counted once per trip, per logit of "
+          "the tile: warp-instructions (x num_warps / logits), MUFU lane-operations; clocks per logit per SM: issue "
+          "= warp-instr / 4, tensor = wgmma FLOP / 4096 (bf16, fp16) or / 2048 (tf32), MUFU = MUFU / 16; bound = "
+          "the largest. Static counts of the steady-state variant (hot_constexprs) where the kernel names one.", ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
     md += [table(rows), "",
            f"{len(rows)} kernels compiled in {time.time() - t0:.0f} s; {len(bad)} with a problem."]

@@ -26,18 +26,26 @@ The implementations give the same loss and gradients (to rounding):
                ``chunk_size`` rows, the backward recomputes the blocks; peak extra memory O(chunk_size * N).
 * "fused":     the same Function with Triton kernels (tensor cores: bf16 / fp16 operands as given, fp32 operands
                in the `precision` asked for; fp32 accumulation and statistics). Work per fwd+bwd on one process,
-               in units U = 2 B^2 D (one B x B x D matmul):
-                 forward  1 U: one pass over the tiles of Z = E T^T gives the row AND column log-sum-exp (exact
-                          online max/sum; rows reduced over column splits, columns over row groups, afterwards)
-                          and the positives;
-                 backward 4 U: dE (row blocks, each tile recomputed once: Z, then P T) and dT (column blocks: Z,
-                          then P^T E). No atomics: deterministic.
-               The logit tile is computed by a loop over D in narrow chunks (64 bf16 / 32 fp32 columns, software
-               pipelined); the gradient kernels keep the [block, D] accumulator in registers, so D > 256 never
-               recomputes a logit tile per D chunk (bf16 / fp16 up to D = 1024). The one exception: fp32 inputs
-               wider than 512, whose accumulator would spill, split the gradient's columns in two halves that each
-               recompute the tile (7 U at D = 768 fp32 instead of 5 U). Compiled on CUDA; on CPU tensors only under the Triton
-               interpreter (TRITON_INTERPRET=1 before this module is imported), else impl "fused" is an error.
+               in units U = 2 B^2 D (one B x B x D matmul), for D <= 256:
+                 forward  1 U: one pass over the tiles of Z = E T^T gives the row AND column statistics and the
+                          positives. One exp2 per logit: p = 2^(zs - tile row max) feeds the row sums, and scaled
+                          by 2^(row max - tile max) the column sums of the 128-row block, stored per row block and
+                          reduced afterwards (a column that underflows takes an exact per-column path). Grid: row
+                          blocks x column splits (about two waves of CTAs).
+                 backward 4 U: dE (row blocks of E: Z recomputed, then (P - I) T) and dT (row blocks of T); grid
+                          row blocks x column splits, each split's fp32 partial summed afterwards in split order.
+               No atomics anywhere: deterministic for a fixed config (see Configs below).
+               The forward's logit tile is computed by a software-pipelined loop over D in 64-column (bf16) /
+               32-column (fp32) chunks, any D. The gradient keeps a [128, 256] fp32 accumulator in registers:
+               D <= 256 in one part (X resident, the loop over column tiles of 64 pipelined); wider D in
+               ceil(D / 256) parts over program_id(2), each recomputing Z by a pipelined D loop (32-column chunks
+               in bf16, the forward's k order in 16-wide wgmma steps): (parts + 1) U
+               per gradient launch, so 1 + 2 (parts + 1) U in all (D = 512: 7 U, 768: 9 U, 1024: 11 U), with no
+               spill or stack at D <= 1024 (benchmarks/results/kernel_resources_*.md). Multi-process (gathered
+               embeddings, b rows per rank, N = W b): 2 u' forward + 8 u' backward per rank (u' = 2 b N D;
+               OpenCLIP: 2 + 4, storing the [b, N] logits; benchmarks/results/infonce_work_per_rank_cpu.md).
+               Compiled on CUDA; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 before this
+               module is imported), else impl "fused" is an error.
 * "auto":      "fused" on CUDA, "chunked" elsewhere (melp_kernels/_dispatch.py).
 
 fp32 inputs and `precision` (fused only; chunked and reference always compute in IEEE fp32):
@@ -48,17 +56,27 @@ fp32 inputs and `precision` (fused only; chunked and reference always compute in
 bf16 / fp16 inputs: operands as given, P rounded to the input dtype for the P T / P^T E dots; against the fp32
 reference on the same half inputs the tests assert loss <= 1e-2 and gradients <= 2e-2 relative.
 
+Confident pairs (s = 100, P_ii -> 1, the regime training converges to): every path subtracts the positive inside
+P in fp32 (P - I) before any rounding, so each output is the small difference itself; the fused path keeps its
+statistics as (max, log2 sum) in log2 units and recomputes each logit by the same dots as the forward, so
+zs - max is exact and the loss is the small log2 sum rather than a difference of two numbers near s. Tested
+against float64 on the same half inputs (loss ~3e-5): gradients within 5x of the chunked path's error.
+
 The loss is returned in fp32 whatever the input dtype; gradients come back in the inputs' dtypes.
-MELP_AUTOTUNE=off (read at launch) makes the autotuned kernels use their first config that fits.
+
+Configs (melp_kernels/autotune.py): the first launch of each (device, versions, shape bucket) times the shipped
+configs once, on rank 0, caches the choice on disk ($MELP_AUTOTUNE_CACHE, default ~/.cache/melp_fast/
+autotune.json) and broadcasts it to every rank, so all ranks and later runs launch the same config.
+MELP_AUTOTUNE=off (read at launch) takes the first shipped config that fits without timing anything: the
+bitwise-reproducible setting (the kernels use no atomics; every reduction has a fixed order).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from ._dispatch import HAS_TRITON, interpreting, resolve_impl
 
 if HAS_TRITON:
@@ -96,233 +114,255 @@ def reset_matmul_flops() -> None:
 if HAS_TRITON:
 
     @triton.jit
-    def _infonce_fwd_kernel(X, Y, S, ROW_PART, COL_PART, POS, M, N, D, stride_x, stride_y, diag_off,
+    def _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                  MASK_M: tl.constexpr, MASK_N: tl.constexpr, EVEN_D: tl.constexpr):
+        """The raw dots of one tile, X[rows] Y[cols]^T, by a loop over D chunks (the forward's order)."""
+        z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):  # narrow D chunks: the pipelined K loop of a matmul
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            xp = X + offs_m[:, None] * stride_x + offs_d[None, :]
+            yp = Y + offs_n[:, None] * stride_y + offs_d[None, :]
+            if EVEN_D:  # interior tiles load unmasked
+                if MASK_M:
+                    x = tl.load(xp, mask=mask_m[:, None], other=0.0)
+                else:
+                    x = tl.load(xp)
+                if MASK_N:
+                    y = tl.load(yp, mask=mask_n[:, None], other=0.0)
+                else:
+                    y = tl.load(yp)
+            else:
+                mask_d = offs_d < D
+                x = tl.load(xp, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+                y = tl.load(yp, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+                y = y.to(tl.float32)
+            z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
+        return z
+
+    @triton.jit
+    def _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb, offs_m, mask_m,
+                  m_i, l_i, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  WITH_COLS: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                  MASK_M: tl.constexpr, MASK_N: tl.constexpr, SAFE_COLS: tl.constexpr, EVEN_D: tl.constexpr):
+        """One [BLOCK_M, BLOCK_N] tile of the forward: the row stats (m_i, l_i) merged online, the column stats
+        of this row block stored, the positives stored where the tile holds them. One exp2 per logit:
+        p = 2^(zs - mt_i) with mt_i the tile's row max serves the row sums as it is and the column sums scaled by
+        a_i = 2^(mt_i - M_t) (M_t the tile max), stored as (M_t, sum_i p_ij a_i). A column whose every value in
+        the tile lies more than 90 below M_t (its sum < 2^-90: precision lost to underflow) sends the tile down an
+        exact path (its own column max, a second exp2 per logit); SAFE_COLS = False leaves that branch out (only
+        for measuring the steady-state loop)."""
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        z = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N, BLOCK_D,
+                      UPCAST, PRECISION, MASK_M, MASK_N, EVEN_D)
+        zs = z * s2
+        if WITH_POS:
+            lo = nb * BLOCK_N - diag_off
+            if (lo < mb * BLOCK_M + BLOCK_M) & (mb * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                eq = (offs_m[:, None] + diag_off) == offs_n[None, :]
+                d = tl.sum(tl.where(eq, zs, 0.0), axis=1)
+                has = mask_m & (offs_m + diag_off >= nb * BLOCK_N) & (offs_m + diag_off < nb * BLOCK_N + BLOCK_N)
+                tl.store(POS + offs_m, d, mask=has)
+        if MASK_N:
+            zs = zs + tl.where(mask_n, 0.0, float("-inf"))[None, :]
+        mt = tl.max(zs, axis=1)
+        p = tl.exp2(zs - mt[:, None])
+        m_new = tl.maximum(m_i, mt)
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(p, axis=1) * tl.exp2(mt - m_new)
+        if WITH_COLS:
+            if MASK_M:
+                mt = tl.where(mask_m, mt, float("-inf"))
+            mtile = tl.max(mt, axis=0)
+            csum = tl.sum(p * tl.exp2(mt - mtile)[:, None], axis=0)
+            cref = tl.zeros((BLOCK_N,), dtype=tl.float32) + mtile
+            if SAFE_COLS:
+                low = tl.min(tl.where(mask_n, csum, 1.0), axis=0)
+                if low < 8.077935669463161e-28:  # 2^-90; the logits again (keeps zs out of the registers)
+                    zc = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N,
+                                   BLOCK_D, UPCAST, PRECISION, MASK_M, MASK_N, EVEN_D) * s2
+                    if MASK_N:
+                        zc = zc + tl.where(mask_n, 0.0, float("-inf"))[None, :]
+                    if MASK_M:
+                        zc = zc + tl.where(mask_m, 0.0, float("-inf"))[:, None]
+                    cref = tl.max(zc, axis=0)
+                    csum = tl.sum(tl.exp2(zc - cref[None, :]), axis=0)
+            tl.store(COL_M + mb * N + offs_n, cref, mask=mask_n)
+            tl.store(COL_L + mb * N + offs_n, csum, mask=mask_n)
+        return m_new, l_i
+
+    @triton.jit
+    def _infonce_fwd_kernel(X, Y, S, ROW_M, ROW_L, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off,
                             M_BUCKET, N_BUCKET,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                             WITH_COLS: tl.constexpr, WITH_POS: tl.constexpr, UPCAST: tl.constexpr,
-                            PRECISION: tl.constexpr):
-        """One pass over the tiles of Z = X Y^T (scaled by s, in log2 units).
+                            PRECISION: tl.constexpr, EVEN_D: tl.constexpr, SAFE_COLS: tl.constexpr = True):
+        """One pass over the tiles of Z = X Y^T, scaled to log2 units (zs = s log2(e) z).
 
-        Program (g, c) takes the row blocks of group g against the column blocks of split c and writes
-          ROW_PART[c, i] = log2 sum_{j in split c} 2^(s2 z_ij)      (s2 = s log2 e)
-          COL_PART[g, j] = log2 sum_{i in group g} 2^(s2 z_ij)      (WITH_COLS; merged block by block in place)
-          POS[i] = z_{i, i + diag_off}                              (WITH_POS; the program holding that element)
-        Reduced over splits / groups afterwards (logsumexp), so rows and columns come from the same tiles."""
-        g = tl.program_id(0)
+        Program (i, c) takes row block i against the column blocks of split c and writes
+          ROW_M[c, r], ROW_L[c, r] = max_j zs_rj, sum_j 2^(zs_rj - max)   over the columns j of split c
+          COL_M[i, j], COL_L[i, j] = a reference m_ij >= ... and sum_r 2^(zs_rj - m_ij) over the rows of block i
+                                     (WITH_COLS; m_ij is the tile max, or the column max on the exact path)
+          POS[r] = zs_{r, r + diag_off}                                    (WITH_POS; the program holding it)
+        Row stats are merged online across column tiles; column stats are per row block (nothing merged in the
+        loop) and reduced afterwards. Interior tiles (full rows and columns) compile without masks; the row
+        block past M and the column block past N take masked copies of the tile code."""
+        mb = tl.program_id(0)
         c = tl.program_id(1)
-        n_mb = tl.cdiv(M, BLOCK_M)
         n_nb = tl.cdiv(N, BLOCK_N)
-        mb_per = tl.cdiv(n_mb, tl.num_programs(0))
         nb_per = tl.cdiv(n_nb, tl.num_programs(1))
-        mb0 = g * mb_per
-        mb1 = tl.minimum(mb0 + mb_per, n_mb)
         nb0 = c * nb_per
         nb1 = tl.minimum(nb0 + nb_per, n_nb)
+        nb_full = tl.minimum(nb1, N // BLOCK_N)  # column blocks [nb0, nb_full) need no column mask
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
-        for mb in range(mb0, mb1):
-            offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-            mask_m = offs_m < M
-            m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for nb in range(nb0, nb1):
-                offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-                mask_n = offs_n < N
-                z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):  # narrow D chunks: the pipelined K loop of a matmul
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    mask_d = offs_d < D
-                    x = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
-                                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                    y = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
-                                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                    if UPCAST:
-                        x = x.to(tl.float32)
-                        y = y.to(tl.float32)
-                    z += tl.dot(x, tl.trans(y), input_precision=PRECISION)
-                if WITH_POS:
-                    lo = nb * BLOCK_N - diag_off
-                    if (lo < mb * BLOCK_M + BLOCK_M) & (mb * BLOCK_M < lo + BLOCK_N):  # tile holds positives
-                        eq = (offs_m[:, None] + diag_off) == offs_n[None, :]
-                        d = tl.sum(tl.where(eq, z, 0.0), axis=1)
-                        has = mask_m & (offs_m + diag_off >= nb * BLOCK_N) & (offs_m + diag_off < nb * BLOCK_N + BLOCK_N)
-                        tl.store(POS + offs_m, d, mask=has)
-                zs = z * s2
-                zr = tl.where(mask_n[None, :], zs, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(zr, axis=1))
-                l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(zr - m_new[:, None]), axis=1)
-                m_i = m_new
-                if WITH_COLS:
-                    zc = tl.where(mask_m[:, None], zs, float("-inf"))
-                    cmax = tl.max(zc, axis=0)
-                    part = cmax + tl.log2(tl.sum(tl.exp2(zc - cmax[None, :]), axis=0))
-                    cptr = COL_PART + g * N + offs_n
-                    old = tl.load(cptr, mask=mask_n, other=float("-inf"))
-                    old = tl.where(mb > mb0, old, float("-inf"))  # first row block of the group: no merge
-                    mx = tl.maximum(old, part)
-                    tl.store(cptr, mx + tl.log2(tl.exp2(old - mx) + tl.exp2(part - mx)), mask=mask_n)
-                    tl.debug_barrier()  # the next row block of this program reads what was just stored
-            tl.store(ROW_PART + c * M + offs_m, m_i + tl.log2(l_i), mask=mask_m)
-        if WITH_COLS:
-            if mb1 <= mb0:  # a group with no row block (the grid is sized for 128-row blocks): empty partials
-                for nb in range(nb0, nb1):
-                    offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-                    tl.store(COL_PART + g * N + offs_n, tl.full((BLOCK_N,), float("-inf"), tl.float32),
-                             mask=offs_n < N)
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        if mb * BLOCK_M + BLOCK_M <= M:
+            for nb in range(nb0, nb_full):
+                m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                     offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                     UPCAST, PRECISION, False, False, SAFE_COLS, EVEN_D)
+        else:
+            for nb in range(nb0, nb_full):
+                m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                     offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                     UPCAST, PRECISION, True, False, SAFE_COLS, EVEN_D)
+        for nb in range(tl.maximum(nb0, nb_full), nb1):  # the last column block when N % BLOCK_N != 0
+            m_i, l_i = _fwd_tile(X, Y, COL_M, COL_L, POS, M, N, D, stride_x, stride_y, diag_off, s2, mb, nb,
+                                 offs_m, mask_m, m_i, l_i, BLOCK_M, BLOCK_N, BLOCK_D, WITH_COLS, WITH_POS,
+                                 UPCAST, PRECISION, True, True, SAFE_COLS, EVEN_D)
+        tl.store(ROW_M + c * M + offs_m, m_i, mask=mask_m)
+        tl.store(ROW_L + c * M + offs_m, l_i, mask=mask_m)
 
     @triton.jit
-    def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, DX, DS, M, N, D, pos_coef, diag_off,
+    def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, DX, DS, M, N, D, pos_coef, ds_coef, diag_off,
                              stride_x, stride_y, stride_dx, M_BUCKET, N_BUCKET,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
                              HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_PARTNER: tl.constexpr,
-                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """DX[i] = cs * (sum_j P_ij Y_j - [HAS_PARTNER] pos_coef * Y_{i + diag_off}), every tile of Z = X Y^T
-        computed once, with P_ij = [HAS_A] exp(s z_ij - LSE_A[i]) + [HAS_B] exp(s z_ij - LSE_B[j]);
-        DS[i] = sum_j P_ij z_ij. The positive term is added in the epilogue for one accumulator, and folded into
-        P (P_ij - pos_coef at j = i + diag_off) when there are several, which keeps wide D off the stack.
+                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                             EVEN_D: tl.constexpr):
+        """DX[c, i] = cs * sum_{j in split c} (P_ij - [HAS_PARTNER] pos_coef [j = i + diag_off]) Y_j, each tile
+        of Z = X Y^T computed once per program, with P_ij = [HAS_A] 2^(zs_ij - mA_i - lA_i)
+        + [HAS_B] 2^(zs_ij - mB_j - lB_j) (log2 stats from the forward: LSE_A = [max; log2 sum], [2, M]);
+        DS[c, i] = sum_{j in split c} P_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}.
 
-        CHUNKED = False (D <= ACC_W, one accumulator): X_i [BLOCK_M, ACC_W] stays loaded (shared memory), each Y_j
-        tile is loaded once and serves both dots; the loop over j is the pipelined one. CHUNKED (wider D): Z by a
-        loop over narrow D chunks, then P Y by N_ACC static chunks into N_ACC register accumulators of
-        [BLOCK_M, ACC_W] that hold dX_i: no tile of Z is recomputed per D chunk. Only fp32 wider than 512, whose
-        [64, D] accumulator cannot stay in registers, splits the output columns over program_id(1) (two halves,
-        each recomputing Z: 3 U instead of 2 U per gradient kernel)."""
+        Grid: (row blocks, column splits c = program_id(1), output-column parts = program_id(2)). The positive
+        term is folded into P in fp32 before P is rounded to the dot's operand type (in the confident regime
+        P_ii ~ 1 and the gradient is the small difference, which a bf16 P_ii would swamp); only tiles that hold
+        positives pay for the select. CHUNKED = False (D <= ACC_W): X_i [BLOCK_M, ACC_W] stays loaded, each
+        Y_j tile is loaded once and serves both dots (the loop over j is the pipelined one). CHUNKED (wider D):
+        Z by the forward's pipelined loop over D chunks, then P Y for this program's ACC_W output columns
+        (N_ACC is always 1: one [BLOCK_M, ACC_W] fp32 accumulator in registers)."""
         pid = tl.program_id(0)
+        csp = tl.program_id(1)  # this program's split of the columns j (partials reduced afterwards, in order)
+        n_cb = tl.cdiv(N, BLOCK_N)
+        cb_per = tl.cdiv(n_cb, tl.num_programs(1))
+        n_lo = csp * cb_per * BLOCK_N
+        n_hi = tl.minimum(csp * cb_per + cb_per, n_cb) * BLOCK_N
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         s2 = tl.load(S).to(tl.float32) * 1.4426950408889634
-        if HAS_A:
-            la2 = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        if HAS_A:  # row stats in log2 units: max and log2 of the sum below it (kept apart: exact zs - max)
+            ma = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0)
+            la = tl.load(LSE_A + M + offs_m, mask=mask_m, other=0.0)
         offs_w = tl.arange(0, ACC_W)
         if SPLIT > 1:  # this program's part of the output columns
-            offs_w += tl.program_id(1) * (N_ACC * ACC_W)
+            offs_w += tl.program_id(2) * ACC_W
         acc0 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 1:
-            acc1 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 2:
-            acc2 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
-        if N_ACC > 3:
-            acc3 = tl.zeros((BLOCK_M, ACC_W), dtype=tl.float32)
         ds_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        xp = X + offs_m[:, None] * stride_x + offs_w[None, :]
         if not CHUNKED:
-            x0 = tl.load(xp, mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
+            x0 = tl.load(X + offs_m[:, None] * stride_x + offs_w[None, :],
+                         mask=mask_m[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
                 x0 = x0.to(tl.float32)
-        for n0 in range(0, N, BLOCK_N):
+        for n0 in range(n_lo, n_hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
-            yp = Y + offs_n[:, None] * stride_y + offs_w[None, :]
-            if CHUNKED:
-                z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for d0 in range(0, D, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    mask_d = offs_d < D
-                    xc = tl.load(X + offs_m[:, None] * stride_x + offs_d[None, :],
-                                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                    yc = tl.load(Y + offs_n[:, None] * stride_y + offs_d[None, :],
-                                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-                    if UPCAST:
-                        xc = xc.to(tl.float32)
-                        yc = yc.to(tl.float32)
-                    z += tl.dot(xc, tl.trans(yc), input_precision=PRECISION)
-            y0 = tl.load(yp, mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
+            if CHUNKED:  # the forward's dots, in its order
+                z = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N,
+                              BLOCK_D, UPCAST, PRECISION, True, True, EVEN_D)
+            y0 = tl.load(Y + offs_n[:, None] * stride_y + offs_w[None, :],
+                         mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
             if UPCAST:
                 y0 = y0.to(tl.float32)
-            if N_ACC > 1:
-                y1 = tl.load(yp + ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + ACC_W < D), other=0.0)
-                if UPCAST:
-                    y1 = y1.to(tl.float32)
-            if N_ACC > 2:
-                y2 = tl.load(yp + 2 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 2 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    y2 = y2.to(tl.float32)
-            if N_ACC > 3:
-                y3 = tl.load(yp + 3 * ACC_W, mask=mask_n[:, None] & (offs_w[None, :] + 3 * ACC_W < D), other=0.0)
-                if UPCAST:
-                    y3 = y3.to(tl.float32)
             if not CHUNKED:
                 z = tl.dot(x0, tl.trans(y0), input_precision=PRECISION)
             zs = z * s2
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             if HAS_A:
-                p += tl.exp2(zs - la2[:, None])
+                p += tl.exp2((zs - ma[:, None]) - la[:, None])
             if HAS_B:
-                lb2 = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
-                p += tl.exp2(zs - lb2[None, :])
-            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
-            if COMPUTE_DS:
+                mb_ = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0)
+                lb = tl.load(LSE_B + N + offs_n, mask=mask_n, other=0.0)
+                p += tl.exp2((zs - mb_[None, :]) - lb[None, :])
+            # columns past N: Y rows are 0 there, so only a non-finite p could leak; rows past M are not stored
+            p = tl.where(mask_n[None, :], p, 0.0)
+            if HAS_PARTNER:  # the positives, folded into P in fp32 before any rounding (P_ii ~ 1 - pos_coef)
+                lo = n0 - diag_off
+                if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                    eq = offs_n[None, :] == offs_m[:, None] + diag_off
+                    if COMPUTE_DS:
+                        ds_acc += tl.sum(tl.where(eq, p - ds_coef, p) * z, axis=1)
+                    p = tl.where(eq, p - pos_coef, p)
+                elif COMPUTE_DS:
+                    ds_acc += tl.sum(p * z, axis=1)
+            elif COMPUTE_DS:
                 ds_acc += tl.sum(p * z, axis=1)
-            if HAS_PARTNER:
-                if N_ACC > 1:
-                    p = tl.where(offs_n[None, :] == offs_m[:, None] + diag_off, p - pos_coef, p)
             pd = p.to(Y.dtype.element_ty)  # the dot operand in the input dtype (bf16 P for bf16 inputs)
             if UPCAST:
                 pd = pd.to(tl.float32)
             acc0 += tl.dot(pd, y0, input_precision=PRECISION)
-            if N_ACC > 1:
-                acc1 += tl.dot(pd, y1, input_precision=PRECISION)
-            if N_ACC > 2:
-                acc2 += tl.dot(pd, y2, input_precision=PRECISION)
-            if N_ACC > 3:
-                acc3 += tl.dot(pd, y3, input_precision=PRECISION)
         cs = tl.load(CS).to(tl.float32)
-        dxp = DX + offs_m[:, None] * stride_dx + offs_w[None, :]
-        out_ty = DX.dtype.element_ty
-        mk = mask_m[:, None] & (offs_w[None, :] < D)
-        if HAS_PARTNER:
-            if N_ACC == 1:
-                pp = Y + (offs_m[:, None] + diag_off) * stride_y + offs_w[None, :]
-                acc0 -= pos_coef * tl.load(pp, mask=mk, other=0.0).to(tl.float32)
-        tl.store(dxp, (acc0 * cs).to(out_ty), mask=mk)
-        if N_ACC > 1:
-            tl.store(dxp + ACC_W, (acc1 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + ACC_W < D))
-        if N_ACC > 2:
-            tl.store(dxp + 2 * ACC_W, (acc2 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 2 * ACC_W < D))
-        if N_ACC > 3:
-            tl.store(dxp + 3 * ACC_W, (acc3 * cs).to(out_ty), mask=mask_m[:, None] & (offs_w[None, :] + 3 * ACC_W < D))
+        dxp = DX + csp * M * stride_dx + offs_m[:, None] * stride_dx + offs_w[None, :]  # split c's slice
+        tl.store(dxp, (acc0 * cs).to(DX.dtype.element_ty), mask=mask_m[:, None] & (offs_w[None, :] < D))
         if COMPUTE_DS:
             if SPLIT > 1:
-                if tl.program_id(1) == 0:
-                    tl.store(DS + offs_m, ds_acc, mask=mask_m)
+                if tl.program_id(2) == 0:
+                    tl.store(DS + csp * M + offs_m, ds_acc, mask=mask_m)
             else:
-                tl.store(DS + offs_m, ds_acc, mask=mask_m)
+                tl.store(DS + csp * M + offs_m, ds_acc, mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configs: shipped lists per kernel and operand width, pruned on shared memory before anything compiles
 # ----------------------------------------------------------------------------------------------------------------
 # (BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages); BLOCK_D is 128 bytes of a row: 64 half / 32 fp32 elements
+# forward: BLOCK_M is always FWD_BLOCK_M (128), the row-block count of the column partials
 _FWD_CONFIGS = {
-    2: [(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)],
-    4: [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 32, 8, 4)],
+    2: [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 2)],
+    4: [(128, 128, 32, 8, 3), (128, 128, 32, 8, 4), (128, 64, 32, 4, 2)],
 }
-# gradient kernels: (operand bytes, wide) where wide = D above one accumulator chunk (N_ACC > 1). The accumulator
-# [BLOCK_M, D] fp32 sits in registers: BLOCK_M * D / (32 * num_warps) per thread, so wide D takes 64-row blocks
-# and narrow column tiles. Each list was checked with benchmarks/kernel_resources.py under triton 3.6, 3.7.1 and
-# 3.9 at D = 128, 256, 512, 768 (bf16, fp16, fp32): no spill, no stack frame, shared memory <= 227 KB.
+# gradient kernels: (operand bytes, chunked) where chunked = D wider than one accumulator (ACC_WIDTH), split over
+# program_id(2) in ACC_WIDTH-wide parts. The [BLOCK_M, ACC_W] fp32 accumulator sits in registers. Checked with
+# benchmarks/kernel_resources.py (no spill, no stack, shared memory <= 227 KB) at D = 128 ... 1024.
 _GRAD_CONFIGS = {
-    (2, False): [(128, 32, 64, 8, 3), (64, 32, 64, 16, 2)],
-    (2, True): [(64, 16, 16, 8, 2)],
+    (2, False): [(128, 64, 64, 8, 2), (128, 32, 64, 8, 3)],
+    (2, True): [(128, 64, 32, 8, 2), (128, 32, 32, 8, 2)],  # BLOCK_D 64 left 8 B of stack under triton 3.6
     (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
-    (4, True): [(64, 16, 32, 8, 2), (64, 32, 32, 8, 2)],
+    (4, True): [(64, 32, 32, 8, 2), (64, 16, 32, 8, 2)],
 }
 
 
 def _grad_shape(D: int, interpreted: bool, esize: int = 2):
-    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: accumulator chunk width and count per program, whether
-    Z is computed by a loop over narrow D chunks (every D wider than one chunk) and in how many parts the output
-    columns are split (2 for fp32 wider than 2 chunks, whose accumulator would not stay in registers, else 1)."""
+    """(ACC_W, N_ACC, CHUNKED, SPLIT) for feature width D: the accumulator's width, one accumulator per program,
+    whether Z is computed by a loop over narrow D chunks, and in how many parts the output columns are split
+    (program_id(2)). Up to ACC_WIDTH (256; 64 interpreted) one part holds all of D and Z is one dot with the
+    resident X tile. Wider D: SPLIT = ceil(D / ACC_WIDTH) parts of ACC_WIDTH columns, each recomputing Z by the
+    pipelined D loop: (SPLIT + 1) U per gradient launch instead of 2 U, but every part keeps a [BLOCK_M, 256] fp32
+    accumulator in registers with logit tiles of 64 columns (several accumulators per program spilled at
+    D = 1024 and forced 8-16-wide logit tiles)."""
     cap = INTERP_ACC_WIDTH if interpreted else ACC_WIDTH
+    if interpreted and D <= cap:  # one accumulator is always the forward's BLOCK_D wide: the same dots
+        return cap, 1, False, 1
     dp = max(16, 1 << (max(D, 1) - 1).bit_length())
     if dp <= cap:
         return dp, 1, False, 1
-    if esize == 4 and D > 2 * cap:  # fp32, wide: two column halves of up to 4 chunks of cap / 2
-        half = -(-D // 2)
-        w = max(cap // 2, 1 << (-(-half // 4) - 1).bit_length())
-        return w, -(-half // w), True, 2
-    w = max(cap, 1 << (-(-D // 4) - 1).bit_length())
-    return w, -(-D // w), True, 1
+    return cap, 1, True, -(-D // cap)
 
 
 def _fwd_shared(cfg, esize):
@@ -339,7 +379,7 @@ def _grad_shared(cfg, esize, D):
 
 
 def _grad_list(D, esize):
-    return _GRAD_CONFIGS[(esize, _grad_shape(D, False, esize)[1] > 1)]
+    return _GRAD_CONFIGS[(esize, _grad_shape(D, False, esize)[2])]
 
 
 def _shared_limit(device=None):
@@ -364,7 +404,7 @@ def shipped_configs(kernel: str, D: int, esize: int, shared_limit: int = SHARED_
 
 
 def _autotune_off() -> bool:
-    return os.environ.get("MELP_AUTOTUNE", "").strip().lower() in ("off", "0", "false", "no")
+    return autotune.autotune_off()
 
 
 if HAS_TRITON:
@@ -390,30 +430,52 @@ if HAS_TRITON:
     for _es in (2, 4):
         _TUNED[("fwd", _es)] = triton.autotune(
             configs=[_as_config(c) for c in _FWD_CONFIGS[_es]],
-            key=["M_BUCKET", "N_BUCKET", "D", "WITH_COLS", "WITH_POS", "PRECISION"],
+            key=["M_BUCKET", "N_BUCKET", "D", "WITH_COLS", "WITH_POS", "PRECISION", "EVEN_D"],
             prune_configs_by={"early_config_prune": _make_prune("fwd")})(_infonce_fwd_kernel)
         for _wide in (False, True):
             _TUNED[("grad", _es, _wide)] = triton.autotune(
                 configs=[_as_config(c) for c in _GRAD_CONFIGS[(_es, _wide)]],
-                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION"],
+                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION", "EVEN_D"],
                 prune_configs_by={"early_config_prune": _make_prune("grad")})(_infonce_grad_kernel)
 
 KERNELS_INTERPRETED = HAS_TRITON and interpreting()
 
-# Under the interpreter (one config; autotune cannot run there): small blocks, so the tests' shapes cross block,
-# group and split boundaries, loop over D chunks and take the chunked-accumulator path for D > 64.
-INTERP_CFG = (32, 32, 32, 4, 1)
+# Under the interpreter (one config; autotune cannot run there): small blocks, so the tests' shapes cross block
+# and split boundaries, loop over D chunks and take the chunked-accumulator path for D > 64. BLOCK_D equals the
+# interpreter's accumulator width so that the forward and the gradient kernels compute each logit by the same dots
+# (the confident regime needs P from the same rounded logits as the statistics; see _tri_fwd).
+INTERP_CFG = (32, 32, 64, 4, 1)
 INTERP_ACC_WIDTH = 64
-MAX_GROUPS = 16  # forward grid: up to 16 row groups x 16 column splits (partials: 16 * (M + N) fp32)
+FWD_BLOCK_M = 128  # every compiled forward config: the column partials have cdiv(M, 128) rows
+SM_COUNT = 132  # H100 SXM / H200, used when no device can be asked
 
 
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _fwd_grid(M, N, interp):
-    rows = 2 * INTERP_CFG[0] if interp else 128  # interpreter: groups of 2 blocks, to test the in-place merge
-    return min(MAX_GROUPS, triton.cdiv(M, rows)), min(MAX_GROUPS, triton.cdiv(N, rows))
+def _sm_count(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return SM_COUNT
+
+
+def _waves_split(n_rows, max_split, sms):
+    """The split count in 1..max_split whose n_rows x split CTAs (one per SM: the tile kernels hold the register
+    file) fill their waves best; ties go to fewer splits (less partial traffic)."""
+    best, best_eff = 1, 0.0
+    for k in range(1, max(1, max_split) + 1):
+        ctas = n_rows * k
+        eff = ctas / (-(-ctas // sms) * sms)
+        if eff > best_eff + 1e-9:
+            best, best_eff = k, eff
+    return best
+
+
+def _fwd_splits(n_mb, N, block_n_min, sms):
+    """Column splits of the forward grid (n_mb row blocks x splits programs): the best-filled waves of CTAs, up
+    to 16 splits, none narrower than two column blocks."""
+    return _waves_split(n_mb, min(16, triton.cdiv(N, block_n_min) // 2), sms)
 
 
 def _dev_guard(x):
@@ -429,54 +491,117 @@ class _Null:
 
 
 def _tri_fwd(x, y, s, with_cols, diag_off, precision):
-    """(row LSE [M], column LSE [N] or None, positives [M] or None) of s X Y^T in natural-log units."""
+    """Row stats [2, M], column stats [2, N] (with_cols, else None) and positives [M] (diag_off not None, else
+    None) of zs = s log2(e) X Y^T, all in log2 units: stats[0] = the max of zs along the row (column), an exact
+    zs value; stats[1] = log2 of sum 2^(zs - max). The row LSE in natural units is (max + lse2) ln 2; the
+    per-row loss (max - positive + lse2) ln 2 keeps its precision when the positive is the max (confident pairs:
+    the loss is the small lse2, not a difference of two numbers near s)."""
     M, D = x.shape
     N = y.shape[0]
     interp = KERNELS_INTERPRETED or not x.is_cuda
-    ng, ns = _fwd_grid(M, N, interp)
-    row_part = torch.empty((ns, M), device=x.device, dtype=torch.float32)
-    col_part = torch.empty((ng, N), device=x.device, dtype=torch.float32) if with_cols else row_part
+    bm = INTERP_CFG[0] if interp else FWD_BLOCK_M
+    n_mb = triton.cdiv(M, bm)
+    bn_min = INTERP_CFG[1] if interp else min(c[1] for c in _FWD_CONFIGS[x.element_size()])
+    ns = _fwd_splits(n_mb, N, bn_min, 1 if interp else _sm_count(x.device))
+    row_m = torch.empty((ns, M), device=x.device, dtype=torch.float32)
+    row_l = torch.empty((ns, M), device=x.device, dtype=torch.float32)
+    if with_cols:
+        col_m = torch.empty((n_mb, N), device=x.device, dtype=torch.float32)
+        col_l = torch.empty((n_mb, N), device=x.device, dtype=torch.float32)
+    else:
+        col_m = col_l = row_m
     with_pos = diag_off is not None
-    pos = torch.empty(M, device=x.device, dtype=torch.float32) if with_pos else row_part
-    args = (x, y, s, row_part, col_part, pos, M, N, D, x.stride(0), y.stride(0), diag_off or 0,
+    pos = torch.empty(M, device=x.device, dtype=torch.float32) if with_pos else row_m
+    args = (x, y, s, row_m, row_l, col_m, col_l, pos, M, N, D, x.stride(0), y.stride(0), diag_off or 0,
             _bucket(M), _bucket(N))
-    meta = dict(WITH_COLS=with_cols, WITH_POS=with_pos, UPCAST=interp,
-                PRECISION=precision)
+    meta = dict(WITH_COLS=with_cols, WITH_POS=with_pos, UPCAST=interp, PRECISION=precision)
     _FLOPS[0] += 2 * M * N * D
+    bd = INTERP_CFG[2] if interp else _FWD_CONFIGS[x.element_size()][0][2]  # one BLOCK_D per operand size
+    meta["EVEN_D"] = D % bd == 0
     with _dev_guard(x):
         if interp:
-            bm, bn, bd, _, _ = INTERP_CFG
-            _infonce_fwd_kernel[(ng, ns)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+            _, bn, bd, _, _ = INTERP_CFG
+            _infonce_fwd_kernel[(n_mb, ns)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("fwd", x.element_size())][(ng, ns)](*args, **meta)
-    lse_r = torch.logsumexp(row_part.mul_(_LN2), dim=0)  # parts are in log2 units
-    lse_c = torch.logsumexp(col_part.mul_(_LN2), dim=0) if with_cols else None
-    return lse_r, lse_c, (pos if with_pos else None)
+            tuner = _TUNED[("fwd", x.element_size())]
+
+            def tune():
+                tuner[(n_mb, ns)](*args, **meta)
+                return _tuple_of(tuner.best_config)
+
+            key = (_bucket(M), _bucket(N), D, with_cols, with_pos, precision, meta["EVEN_D"], str(x.dtype))
+            first = shipped_configs("fwd", D, x.element_size(), _shared_limit(x.device))[0]
+            bm_, bn, bd, w, st = autotune.pick("infonce_fwd", key, tune, first, x.device)
+            _infonce_fwd_kernel[(n_mb, ns)](*args, BLOCK_M=bm_, BLOCK_N=bn, BLOCK_D=bd, num_warps=w,
+                                            num_stages=st, **meta)
+    return _merge(row_m, row_l), (_merge(col_m, col_l) if with_cols else None), (pos if with_pos else None)
 
 
-def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision):
+def _merge(pm, pl):
+    """[2, n] (max, log2 sum) from partial maxima pm and sums pl [parts, n] (sums relative to their max)."""
+    m = pm.max(dim=0).values
+    if pm.shape[0] == 1:
+        return torch.stack([m, torch.log2(pl[0])])
+    return torch.stack([m, torch.log2((pl * torch.exp2(pm - m)).sum(dim=0))])
+
+
+def _row_losses(stats, pos):
+    """Per-row CE in natural units from log2 stats and the positives (zs): ((max - pos) + lse2) ln 2."""
+    return ((stats[0] - pos) + stats[1]) * _LN2
+
+
+def _grad_splits(M, N, interp, device):
+    """Column splits of the gradient grid (row blocks x splits): the best-filled waves of 128-row CTAs, up to 8
+    splits of at least 256 columns (interpreter: 2 when there are columns for it). Independent of the autotuned
+    BLOCK_M, so the partial buffer is sized before the launch."""
+    if interp:
+        return 2 if N > 2 * INTERP_CFG[1] else 1
+    return _waves_split(triton.cdiv(M, 128), min(8, N // 256), _sm_count(device))
+
+
+def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision, ds_coef=0.0):
     """cs * (P Y - pos_coef * Y[i + diag_off]) in x's dtype (no positive term when diag_off is None), and the
-    per-row sums of P * Z (compute_ds)."""
+    per-row sums of P * Z - ds_coef * Z[i, i + diag_off] (compute_ds). The grid is row blocks x column splits;
+    with several splits each writes an fp32 partial, summed afterwards in split order (deterministic, no atomics)."""
     M, D = x.shape
     N = y.shape[0]
     interp = KERNELS_INTERPRETED or not x.is_cuda
-    dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
-    ds = torch.empty(M, device=x.device, dtype=torch.float32) if compute_ds else cs
+    nsp = _grad_splits(M, N, interp, x.device)
+    if nsp > 1:
+        dx = torch.empty((nsp, M, D), device=x.device, dtype=torch.float32)
+    else:
+        dx = torch.empty((M, D), device=x.device, dtype=x.dtype)
+    ds = torch.empty((nsp, M), device=x.device, dtype=torch.float32) if compute_ds else cs
     acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
     dummy = lse_a if lse_a is not None else lse_b
     args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
-            M, N, D, float(pos_coef), diag_off or 0, x.stride(0), y.stride(0), dx.stride(0), _bucket(M), _bucket(N))
-    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None, HAS_B=lse_b is not None,
-                HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds, UPCAST=interp,
-                PRECISION=precision)
+            M, N, D, float(pos_coef), float(ds_coef), diag_off or 0, x.stride(0), y.stride(0), D,
+            _bucket(M), _bucket(N))
+    meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None,
+                HAS_B=lse_b is not None, HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds,
+                UPCAST=interp, PRECISION=precision,
+                EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0)
     _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
     with _dev_guard(x):
         if interp:
             bm, bn, bd, _, _ = INTERP_CFG
-            _infonce_grad_kernel[(triton.cdiv(M, bm), split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
+            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
         else:
-            _TUNED[("grad", x.element_size(), n_acc > 1)][lambda m: (triton.cdiv(M, m["BLOCK_M"]), split)](*args, **meta)
-    return dx, (ds if compute_ds else None)
+            tuner = _TUNED[("grad", x.element_size(), chunked)]
+
+            def tune():
+                tuner[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](*args, **meta)
+                return _tuple_of(tuner.best_config)
+
+            key = (_bucket(M), _bucket(N), D, lse_a is not None, lse_b is not None, compute_ds, precision,
+                   meta["EVEN_D"], str(x.dtype))
+            first = shipped_configs("grad", D, x.element_size(), _shared_limit(x.device))[0]
+            bm, bn, bd, w, st = autotune.pick("infonce_grad", key, tune, first, x.device)
+            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                                                   num_warps=w, num_stages=st, **meta)
+    if nsp > 1:
+        dx = dx.sum(dim=0).to(x.dtype)
+    return dx, (ds.sum(dim=0) if compute_ds else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -501,26 +626,35 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
     prec = "ieee" if es == 2 else "tf32"
     ints = {k: "i32" for k in ("M", "N", "D")}
     specs = []
-    fwd_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", ROW_PART="*fp32", COL_PART="*fp32", POS="*fp32", **ints,
+    fwd_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", ROW_M="*fp32", ROW_L="*fp32", COL_M="*fp32", COL_L="*fp32",
+                   POS="*fp32", **ints,
                    stride_x="i32", stride_y="i32", diag_off="i32", M_BUCKET="i32", N_BUCKET="i32")
     for name, wc, wp in (("infonce_fwd_rows_cols", True, True), ("infonce_fwd_rows", False, True)):
         for c in shipped_configs("fwd", D, es):
             cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], WITH_COLS=wc, WITH_POS=wp, UPCAST=False,
-                      PRECISION=prec)
+                      PRECISION=prec, EVEN_D=D % c[2] == 0)
+            cx["SAFE_COLS"] = True
             specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
-                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD))
+                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD,
+                              # the steady-state loop: tiles off the diagonal, no column below the underflow guard
+                              hot_constexprs=dict(WITH_POS=False, SAFE_COLS=False),
+                              hot_tile=(c[0] * c[1], -(-D // c[2]))))
     acc_w, n_acc, chunked, split = _grad_shape(D, False, es)
     grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
-                    DS="*fp32", **ints, pos_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
+                    DS="*fp32", **ints, pos_coef="fp32", ds_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
                     stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
     for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
                                   ("infonce_grad_gathered_cols", False, True, False, False)):
         for c in shipped_configs("grad", D, es):
-            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=a,
-                      HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec)
+            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked,
+                      SPLIT=split, HAS_A=a, HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec,
+                      EVEN_D=D % c[2] == 0)
             specs.append(dict(name=name, fn=_infonce_grad_kernel,
                               signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
-                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD))
+                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD,
+                              # the steady-state loop: tiles off the diagonal (no positives to subtract)
+                              hot_constexprs=dict(HAS_PARTNER=False),
+                              hot_tile=(c[0] * c[1], -(-D // c[2]) if chunked else 1)))
     return specs
 
 
@@ -542,9 +676,11 @@ def _torch_lse(x, y, s, chunk, with_cols):
     return rows, cols
 
 
-def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chunk):
-    """With P = exp(s X Y^T - lse_row[:, None]) [+ exp(s X Y^T - lse_col[None, :])], by row blocks:
-    dx = P Y, dy = P^T X, ds = sum(P * X Y^T); one recomputed [c, N] block serves all three."""
+def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chunk, diag_off=0, pos_coef=0.0):
+    """With P = exp(s X Y^T - lse_row[:, None]) [+ exp(s X Y^T - lse_col[None, :])] - pos_coef at the positives
+    (i, i + diag_off), by row blocks: dx = P Y, dy = P^T X, ds = sum(P * X Y^T); one recomputed [c, N] block
+    serves all three. The positives are subtracted in fp32 inside P (P_ii ~ 1 for confident pairs), so every
+    output is the small difference itself, never two large terms rounded apart."""
     xf, yf = x.float(), y.float()
     sf = s.float().reshape(())
     dx = torch.empty(x.shape, device=x.device, dtype=torch.float32) if need_dx else None
@@ -561,6 +697,11 @@ def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chu
             q = a.sub_(lse_col[None, :]).exp_()
             p = q if p is None else p.add_(q)
         del a
+        if pos_coef:
+            r = torch.arange(i, i + xc.shape[0], device=x.device)
+            c = r + diag_off
+            ok = (c >= 0) & (c < y.shape[0])
+            p[(r - i)[ok], c[ok]] -= pos_coef
         if need_ds:
             ds += torch.dot(p.reshape(-1), z.reshape(-1))  # no [c, N] temporary
         del z
@@ -579,24 +720,30 @@ class _InfoNCE(torch.autograd.Function):
     """Inputs: e, t [b, D]; e_all, t_all [N, D] or None (single process: the square case); s (1 element);
     backend "triton" | "torch". Saves only the inputs and the LSE / positive vectors (O(b + N)).
 
-    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots:
-      dE = c s (P1 T_all - T)        dT_all = c s P1^T E        (term 1; T = T_all[o:o+b])
-      dT = c s (P2 E_all - E)        dE_all = c s P2^T T        (term 2)
-      ds = c (sum P1 * Z1 + sum P2 * Z2 - 2 sum_i E_i . T_i)
-    The identity parts of dT_all and dE_all (-E and -T at the rank's own rows) are added to dE and dT instead
-    (-2T, -2E): the all_gather backward sums the rank's slice into the local gradient, so the total is the same.
-    Square case (E_all = E, T_all = T): dE = c s ((P1 + P2^T) T - 2T), dT = c s ((P1 + P2^T)^T E - 2E).
+    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots and
+    I1, I2 the one-hot labels (1 at column o + i of row i):
+      dE = c s (P1 - I1) T_all        dT_all = c s (P1 - I1)^T E        (term 1)
+      dT = c s (P2 - I2) E_all        dE_all = c s (P2 - I2)^T T        (term 2)
+      ds = c (sum (P1 - I1) * Z1 + sum (P2 - I2) * Z2)
+    Each output gets its own positive inside P (subtracted in fp32 before anything is rounded): for confident pairs
+    P - I is small, and moving -T from dT_all's slice into dE (as this code once did) left two large, nearly
+    cancelling tensors that the all_gather backward summed after both were rounded to bf16.
+    Square case (E_all = E, T_all = T): dE = c s (P1 + P2^T - 2I) T, dT = c s (P1 + P2^T - 2I)^T E.
+    Backend "triton" saves [2, n] log2 statistics (max, log2 sum) and the positives in log2 units; "torch" the
+    natural-log LSE vectors and the raw positive dots.
     """
 
     @staticmethod
     def forward(ctx, e, t, e_all, t_all, s, backend, chunk, precision, offset):
         square = e_all is None
-        if backend == "triton":
+        if backend == "triton":  # lse1, lse2: [2, n] log2 stats; pos: the positives in log2 units
             if square:  # one pass: rows of s E T^T, its columns (= rows of s T E^T) and the positives
                 lse1, lse2, pos = _tri_fwd(e, t, s, True, 0, precision)
+                loss = 0.5 * (_row_losses(lse1, pos).mean() + _row_losses(lse2, pos).mean())
             else:
                 lse1, _, pos = _tri_fwd(e, t_all, s, False, offset, precision)
-                lse2, _, _ = _tri_fwd(t, e_all, s, False, None, precision)
+                lse2, _, pos2 = _tri_fwd(t, e_all, s, False, offset, precision)
+                loss = 0.5 * (_row_losses(lse1, pos).mean() + _row_losses(lse2, pos2).mean())
         else:
             pos = (e.float() * t.float()).sum(1)
             if square:  # one pass: rows of s E T^T and its columns (= rows of s T E^T)
@@ -604,12 +751,7 @@ class _InfoNCE(torch.autograd.Function):
             else:
                 lse1, _ = _torch_lse(e, t_all, s, chunk, False)
                 lse2, _ = _torch_lse(t, e_all, s, chunk, False)
-        sf = s.float().reshape(())
-        if backend == "triton":  # the positive logit rounded as the kernel rounds the LSE (s log2(e) z ln 2)
-            pos_logit = (pos * (sf * _LOG2E)) * _LN2
-            loss = 0.5 * (lse1.mean() + lse2.mean()) - pos_logit.mean()
-        else:
-            loss = 0.5 * (lse1.mean() + lse2.mean()) - sf * pos.mean()
+            loss = 0.5 * (lse1.mean() + lse2.mean()) - s.float().reshape(()) * pos.mean()
         ctx.save_for_backward(e, t, e_all, t_all, s, lse1, lse2, pos)
         ctx.backend, ctx.chunk, ctx.square, ctx.precision, ctx.offset = backend, chunk, square, precision, offset
         return loss
@@ -631,12 +773,12 @@ class _InfoNCE(torch.autograd.Function):
                 fin = _keep
             else:
                 dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need,
-                                                                 ctx.square, ctx.chunk)
+                                                                 ctx.square, ctx.chunk, ctx.offset)
 
                 def fin(d, like):
                     return None if d is None else (d * cs).to(like.dtype)
 
-        ds = (c * (ds_sum - 2.0 * pos.sum())).to(s.dtype).reshape(s.shape) if need_ds else None
+        ds = (c * ds_sum).to(s.dtype).reshape(s.shape) if need_ds else None
         return (fin(dE, e), fin(dT, t), fin(dE_all, e_all), fin(dT_all, t_all), ds, None, None, None, None)
 
 
@@ -644,56 +786,49 @@ def _keep(d, like):
     return d
 
 
-def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk):
-    """Unscaled gradients (to be multiplied by c s) and sum P * Z, by row blocks."""
+def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk, offset):
+    """Unscaled gradients (to be multiplied by c s) and sum (P - I) * Z, by row blocks."""
     need_ds = need[4]
-    ef, tf = e.float(), t.float()
-    if square:
-        dE, dT, ds = _torch_block_grads(e, t, s, lse1, lse2, need[0], need[1], need_ds, chunk)
-        if dE is not None:
-            dE.sub_(tf, alpha=2.0)
-        if dT is not None:
-            dT.sub_(ef, alpha=2.0)
+    if square:  # (P1 - I) + (P2 - I)^T
+        dE, dT, ds = _torch_block_grads(e, t, s, lse1, lse2, need[0], need[1], need_ds, chunk, 0, 2.0)
         return dE, dT, None, None, ds
-    dE, dT_all, ds1 = _torch_block_grads(e, t_all, s, lse1, None, need[0], need[3], need_ds, chunk)
-    dT, dE_all, ds2 = _torch_block_grads(t, e_all, s, lse2, None, need[1], need[2], need_ds, chunk)
-    if dE is not None:
-        dE.sub_(tf, alpha=2.0)
-    if dT is not None:
-        dT.sub_(ef, alpha=2.0)
+    dE, dT_all, ds1 = _torch_block_grads(e, t_all, s, lse1, None, need[0], need[3], need_ds, chunk, offset, 1.0)
+    dT, dE_all, ds2 = _torch_block_grads(t, e_all, s, lse2, None, need[1], need[2], need_ds, chunk, offset, 1.0)
     return dE, dT, dE_all, dT_all, ds1 + ds2
 
 
 def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, cs, precision, offset):
-    """Scaled gradients (c s folded in, in the inputs' dtypes) and sum P * Z with the gradient kernel: one launch
-    per output matrix, each tile of Z recomputed once per launch (4 U in the square case)."""
+    """Scaled gradients (c s folded in, in the inputs' dtypes) and sum (P - I) * Z with the gradient kernel: one
+    launch per output matrix, each tile of Z recomputed once per launch (4 U in the square case). The positives
+    are subtracted inside P on every launch (P - I), so no output is a difference of two rounded tensors."""
     need_ds = need[4]
     dE = dT = dE_all = dT_all = None
     ds = torch.zeros((), device=e.device, dtype=torch.float32)
     if square:
-        # dE_i = sum_j (P1_ij + P2_ji) T_j - 2 T_i; dT likewise with the roles swapped; sum P * Z once
+        # dE_i = sum_j (P1_ij + P2_ji - 2 [i = j]) T_j; dT likewise with the roles swapped; sum (P - I) * Z once
         if need[0] or need_ds:
-            dx, dsp = _tri_grad(e, t, s, lse1, lse2, cs, 2.0, 0, need_ds, precision)
+            dx, dsp = _tri_grad(e, t, s, lse1, lse2, cs, 2.0, 0, need_ds, precision, ds_coef=2.0)
             dE = dx if need[0] else None
             if need_ds:
                 ds = dsp.sum()
         if need[1]:
             dT, _ = _tri_grad(t, e, s, lse2, lse1, cs, 2.0, 0, False, precision)
         return dE, dT, None, None, ds
-    if need[0] or need_ds:  # the partners T_i, E_i are rows offset + i of the gathered T_all, E_all
-        dx, dsp = _tri_grad(e, t_all, s, lse1, None, cs, 2.0, offset, need_ds, precision)
+    # term 1: rows of s E T_all^T (P1), positive at column offset + i; term 2: rows of s T E_all^T (P2)
+    if need[0] or need_ds:
+        dx, dsp = _tri_grad(e, t_all, s, lse1, None, cs, 1.0, offset, need_ds, precision, ds_coef=1.0)
         dE = dx if need[0] else None
         if need_ds:
             ds = ds + dsp.sum()
     if need[1] or need_ds:
-        dx, dsp = _tri_grad(t, e_all, s, lse2, None, cs, 2.0, offset, need_ds, precision)
+        dx, dsp = _tri_grad(t, e_all, s, lse2, None, cs, 1.0, offset, need_ds, precision, ds_coef=1.0)
         dT = dx if need[1] else None
         if need_ds:
             ds = ds + dsp.sum()
-    if need[2]:
-        dE_all, _ = _tri_grad(e_all, t, s, None, lse2, cs, 0.0, None, False, precision)
+    if need[2]:  # dE_all[k] = sum_j (P2_jk - [k = offset + j]) T_j: rows k of E_all, the column stats of P2
+        dE_all, _ = _tri_grad(e_all, t, s, None, lse2, cs, 1.0, -offset, False, precision)
     if need[3]:
-        dT_all, _ = _tri_grad(t_all, e, s, None, lse1, cs, 0.0, None, False, precision)
+        dT_all, _ = _tri_grad(t_all, e, s, None, lse1, cs, 1.0, -offset, False, precision)
     return dE, dT, dE_all, dT_all, ds
 
 
