@@ -407,7 +407,7 @@ def hard_case(kind: str, fs: float, seed: int, dur: float = 10.0):
                 ref_t.append(bt)
             sel = (t > ect - 0.5) & (t < ect + 0.9)
             u = t[sel] - ect
-            x[:, sel] += amp[:, None] * (_g(u, 0.0, sig) + 0.5 * _g(u, 0.06, sig)) - 0.35 * amp[:, None] * _g(u, 0.33, 0.06)
+            x[:, sel] += amp[:, None] * (_g(u, 0.0, sig) + 0.5 * _g(u, 0.06, sig) - 0.35 * _g(u, 0.33, 0.06))
             ref_t.append(ect)
     else:
         hr = rng.uniform(50, 100)

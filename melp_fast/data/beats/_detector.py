@@ -34,17 +34,17 @@ ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the rec
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
 ECT_Q = 0.06  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
-ECT_MAX_EW_S = 0.086  # ... an equivalent envelope width under this (T waves with a low QRS: >= 0.088 s) ...
+ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
 ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
 ECT_AGREE_NARROW = 0.25  # ... rising to ECT_AGREE_WIDE at ECT_WIDE_EW_S and wider (tall T waves: 0.07-0.088 s wide,
-ECT_WIDE_EW_S = 0.08  # steep in at most ~0.55 of the leads) ...
+ECT_WIDE_EW_S = 0.075  # steep in at most ~0.55 of the leads) ...
 ECT_AGREE_WIDE = 0.7
 ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
 ECT_GROUP_COS = 0.8  # ... and lead patterns (signed peak slope per lead) with a cosine >= 0.8
-ECT_MAX_COUPLING_S = 0.9  # the head / tail search spans at most this coupling interval
+ECT_MAX_COUPLING_S = 0.7  # the tail search spans at most this coupling interval (the head: twice it)
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -57,7 +57,7 @@ FLIP_RATIO = 2.0  # a beat whose opposite-polarity deflection is 2x larger takes
 EDGE_S = 0.01  # an R point this close to the record edge is not told apart from a cut QRS: not reported
 EDGE_MIN_SCORE = 0.5  # an edge beat needs half the record's median QRS deviation (else its R is outside)
 STEP_W_S = 0.12  # a QRS (even a wide one) rises as much as it falls within +-120 ms; a baseline step only rises
-STEP_STEEP = 0.25  # or only falls (the differences counted: >= 0.25 of the lead's QRS slope, not a nearby T wave's slow slope)
+STEP_STEEP = 0.25  # or only falls (the differences counted: >= 0.25 of the lead's QRS slope, not a T wave's slope)
 STEP_MAX = 0.4  # a candidate whose slope-weighted 1 - |rise - fall| / (rise + fall) is under 0.4 is a step
 STEP_MIN_WEIGHT = 0.01  # leads whose clipped normalised squared slope at the candidate is under this are skipped
 STEP_MIN_SPK = 0.1  # candidates under this fraction of the first signal level are not examined (they never matter)
@@ -417,8 +417,9 @@ def shape_values(cand, E, d, valid, scales, weights, h):
 @njit(cache=True, nogil=True, fastmath=True)
 def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
     """How much candidate t goes up and comes back: per lead, over [t - w, t + w], the sums P and N of the steep
-    (>= STEP_STEEP x the lead's typical QRS slope: not baseline wander, not a nearby T wave's slow slope) rising and
-    falling first differences of xd, and 1 - |P - N| / (P + N); averaged over the leads weighted
+    (>= STEP_STEEP x the lead's typical QRS slope: not a nearby T wave's slow slope) rising and falling first
+    differences of xd less the baseline wander (the slopes of the window's outer quarters, the one nearer zero
+    when they agree in sign), and 1 - |P - N| / (P + N); averaged over the leads weighted
     by their clipped normalised squared slope there. A QRS (and a T or P wave, a pacing spike) rises as much as it
     falls: ~1; a baseline step (an electrode or amplifier DC jump) only rises or only falls: ~0, though its edge is
     as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall."""
@@ -427,6 +428,7 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
         return 1.0  # cut by the record edge: not judged
     num = 0.0
     den = 0.0
+    w2 = w // 2
     for l in range(L):
         if scales[l] == 0.0:
             continue
@@ -447,10 +449,19 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
                 continue
         xl = xd[l]
         steep = STEP_STEEP * scales[l] / (2.0 * k)  # scale: the lead's typical QRS slope over +-k samples
+        # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
+        # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
+        c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
+        c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
+        c = 0.0
+        if c0 > 0.0 and c1 > 0.0:
+            c = min(c0, c1)
+        elif c0 < 0.0 and c1 < 0.0:
+            c = max(c0, c1)
         up = 0.0
         down = 0.0
         for n in range(t - w, t + w):  # the steep differences only (not a nearby T wave's slow slope)
-            v = xl[n + 1] - xl[n]
+            v = xl[n + 1] - xl[n] - c
             if v >= steep:
                 up += v
             elif v <= -steep:
@@ -463,7 +474,8 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
 
 @njit(cache=True, nogil=True)
 def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
-    """The candidates without the baseline steps among those >= min_v (see step_score)."""
+    """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
+    centred on them and in the windows half a window before and after."""
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
@@ -472,7 +484,11 @@ def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
     for ci in range(cand.shape[0]):
         c = cand[ci]
         if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
-            continue
+            # a step is unbalanced in every window that holds it; a QRS (wide, or seen from a shoulder of its
+            # envelope) is balanced in one centred on it
+            if (step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k) < STEP_MAX
+                    and step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX):
+                continue
         out[no] = c
         no += 1
     return out[:no]
@@ -747,8 +763,8 @@ def coupled_like(cand, m, F, cj, bi, min_v, fd):
 @njit(cache=True, nogil=True)
 def stands_out(cand, m, cj, lo, hi, w):
     """The wave candidate cj is on (its highest envelope peak within w) is ECT_STAND_OUT x every other wave's between
-    the beats lo and hi (candidate indices; waves within w samples of it or of either beat left out): an ectopic beat stands out of the T waves
-    around it, a noise burst does not stand out of the others."""
+    the beats lo and hi (candidate indices; waves within w samples of it or of either beat left out): an ectopic
+    beat stands out of the T waves around it, a noise burst does not stand out of the others."""
     dom = dominant(cand, m, cj, w, cand[lo], w)
     top = m[cand[dom]]
     for k in range(lo + 1, hi):
@@ -793,21 +809,21 @@ def similar(i, j, q, cpl, P, tol):
 
 @njit(cache=True, nogil=True)
 def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
-    """Ectopic beats coupled to the beat before them (bigeminy, trigeminy). In each gap between two beats, the
-    candidate of the highest shape value that lies in the gap's first half (an ectopic beat comes early and leaves
-    a longer interval after it; this also keeps an atrial pacing spike 220 ms before its QRS out), >= refr from both
-    beats, above min_v, and that looks like a QRS of a second morphology, not like the earlier beat's T wave
+    """Ectopic beats coupled to the beat before them (bigeminy, trigeminy). In each gap between two beats, the candidate
+    of the highest shape value that lies in the gap's first half (an ectopic beat comes early and leaves a longer
+    interval after it; this also keeps an atrial pacing spike 220 ms before its QRS out), >= refr from both beats,
+    above min_v, and that looks like a QRS of a second morphology, not like the earlier beat's T wave
     (coupled_like): at least ECT_Q x that beat's shape value, narrow (equivalent envelope width under ECT_MAX_EW_S:
-    a T wave's slope is broad, even where the T is tall or the QRS is low) and steep in enough leads (ECT_AGREE_NARROW
-    of them when it is as narrow as a QRS, rising to ECT_AGREE_WIDE at the width limit: a tall, narrow T wave is tall
-    in some leads), and standing out of the other waves in its gap (stands_out). Such a candidate is a beat when the record holds another beat like it (similar): another such
-    candidate, or a beat of the decisions that came early (its interval under ECT_PREMATURE of the next one), at
-    the same coupling interval (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy
-    repeats itself, a noise burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the
-    coupling interval (>= 300 ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the
-    record's head and tail are searched for one at one of the found coupling intervals, with a similar lead
-    pattern (before the first beat: at one of their intervals to the next beat). Returns the beats with the found
-    ones, in time order."""
+    a T wave's slope is broad, even where the T is tall or the QRS is low) and steep in enough leads
+    (ECT_AGREE_NARROW of them when it is as narrow as a QRS, rising to ECT_AGREE_WIDE at the width limit: a tall,
+    narrow T wave is tall in some leads), and standing out of the other waves in its gap (stands_out). Such a
+    candidate is a beat when the record holds another beat like it (similar): another such candidate, or a beat of
+    the decisions that came early (its interval under ECT_PREMATURE of the next one), at the same coupling interval
+    (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
+    burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
+    ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
+    searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
+    one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
     nb = beats.shape[0]
     nc = cand.shape[0]
     L = d.shape[0]
