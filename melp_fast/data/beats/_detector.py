@@ -43,7 +43,7 @@ ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap 
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
-ECT_GROUP_COS = 0.8  # ... and lead patterns (signed peak slope per lead) with a cosine >= 0.8
+ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
 ECT_MAX_COUPLING_S = 0.7  # the tail search spans at most this coupling interval (the head: twice it)
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
@@ -777,24 +777,29 @@ def stands_out(cand, m, cj, lo, hi, w):
 
 @njit(cache=True, nogil=True)
 def lead_pattern(d, scales, t, h, out):
-    """The signed peak band-passed slope of each lead within +-h of t, in units of the lead's typical QRS slope
-    (0 for dropped leads): the candidate's morphology across leads, into out."""
+    """The band-passed slope of each lead, in units of its typical QRS slope (0 for dropped leads), at the instant
+    within +-h of t where the leads' summed squared normalised slope peaks: the candidate's morphology across leads
+    at one phase of it, into out (a wave with two equal slopes may peak on either: compare up to sign)."""
     L, nd = d.shape
+    best = -1.0
+    nb = t
+    for n in range(max(0, t - h), min(nd, t + h + 1)):
+        acc = 0.0
+        for l in range(L):
+            if scales[l] > 0.0:
+                v = d[l, n] / scales[l]
+                acc += v * v
+        if acc > best:
+            best = acc
+            nb = n
     for l in range(L):
-        out[l] = 0.0
-        if scales[l] == 0.0:
-            continue
-        best = 0.0
-        for n in range(max(0, t - h), min(nd, t + h + 1)):
-            if abs(d[l, n]) > abs(best):
-                best = d[l, n]
-        out[l] = best / scales[l]
+        out[l] = d[l, nb] / scales[l] if scales[l] > 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True)
 def similar(i, j, q, cpl, P, tol):
     """Two coupled beats alike: coupling intervals within tol, shape values within ECT_GROUP_Q of each other and
-    lead patterns with a cosine >= ECT_GROUP_COS."""
+    lead patterns with a cosine >= ECT_GROUP_COS in size."""
     if abs(cpl[i] - cpl[j]) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
         return False
     uv = 0.0
@@ -804,7 +809,7 @@ def similar(i, j, q, cpl, P, tol):
         uv += P[i, l] * P[j, l]
         uu += P[i, l] * P[i, l]
         vv += P[j, l] * P[j, l]
-    return uu > 0.0 and vv > 0.0 and uv >= ECT_GROUP_COS * np.sqrt(uu * vv)
+    return uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv)
 
 
 @njit(cache=True, nogil=True)
@@ -941,7 +946,7 @@ def matches_pool(iv, q, v, ivs, qv, P, ok, tol):
             uv += v[l] * P[i, l]
             uu += v[l] * v[l]
             vv += P[i, l] * P[i, l]
-        if uu > 0.0 and vv > 0.0 and uv >= ECT_GROUP_COS * np.sqrt(uu * vv):
+        if uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv):
             return True
     return False
 
@@ -1268,13 +1273,20 @@ def pick_lead(x, order, amp, a, e):
 @njit(cache=True, nogil=True)
 def r_point(x, l, c, W, H, sm, sgn, lo, hi):
     """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
-    (or the opposite one when that is FLIP_RATIO x larger)."""
+    (or the opposite one when that is FLIP_RATIO x larger, or when the extremum is on the window's edge and the
+    opposite one is not)."""
     imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
     if sgn > 0.0:
         bi, bv, oi, ov = imax, vmax, imin, -vmin
     else:
         bi, bv, oi, ov = imin, -vmin, imax, vmax
     if ov > FLIP_RATIO * bv and ov > 0.0:
+        return oi, ov
+    a = max(lo, c - W)
+    e = min(hi, c + W + 1)
+    if (bi <= a or bi >= e - 1) and a < oi < e - 1:
+        # the extremum is the window's edge (the slope of a neighbouring beat, e.g. before an early ectopic beat
+        # of the other polarity): not a peak; the opposite one is
         return oi, ov
     return bi, bv
 
