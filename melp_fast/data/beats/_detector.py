@@ -1284,7 +1284,7 @@ def r_point(x, l, c, W, H, sm, sgn, lo, hi):
         return oi, ov
     a = max(lo, c - W)
     e = min(hi, c + W + 1)
-    if (bi <= a or bi >= e - 1) and a < oi < e - 1:
+    if ((bi <= a and a > 0) or (bi >= e - 1 and e < x.shape[1])) and a < oi < e - 1:  # (not the record's edge)
         # the extremum is the window's edge (the slope of a neighbouring beat, e.g. before an early ectopic beat
         # of the other polarity): not a peak; the opposite one is
         return oi, ov
