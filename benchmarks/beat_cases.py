@@ -342,3 +342,155 @@ def load_dicom_annotated(path=None):
                     and a.ConceptNameCodeSequence[0].CodeMeaning == "Fiducial Point"
                     and int(a.AnnotationGroupNumber) >= 100], np.int64)
     return x, float(ds.WaveformSequence[0].SamplingFrequency), ref
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# harder provoking records (issue 31): coupled ectopy of every morphology, baseline steps, the T-window boundary
+# ---------------------------------------------------------------------------------------------------------------
+HARD_KINDS = ("bigeminy_var", "trigeminy_var", "step_t", "step_late", "step_pair", "step_multi", "step_on_qrs",
+              "transient_t_end")
+ECTOPIC_SHAPES = ("taller", "shorter", "wider", "inverted")
+
+
+def _sinus_leads(rng, L):
+    r_amp = rng.uniform(0.6, 1.6, L) * np.where(rng.random(L) < 0.2, -1.0, 1.0)
+    return dict(r=r_amp, q=-rng.uniform(0.0, 0.15, L) * np.abs(r_amp), s=-rng.uniform(0.05, 0.5, L) * np.abs(r_amp),
+                t=rng.uniform(0.15, 0.4, L) * np.sign(r_amp), p=rng.uniform(0.05, 0.15, L),
+                r_sig=rng.uniform(0.009, 0.012), t_sig=rng.uniform(0.045, 0.06), t_lag=rng.uniform(0.26, 0.32))
+
+
+def _sinus_beat(u, a):
+    return (a["q"][:, None] * _g(u, -0.025, 0.008) + a["r"][:, None] * _g(u, 0.0, a["r_sig"])
+            + a["s"][:, None] * _g(u, 0.025, 0.009) + a["t"][:, None] * _g(u, a["t_lag"], a["t_sig"])
+            + a["p"][:, None] * _g(u, -0.16, 0.02))
+
+
+def _add_noise(rng, x, t):
+    x += rng.uniform(0.005, 0.02) * rng.normal(size=x.shape)
+    x += rng.uniform(0.05, 0.3, (x.shape[0], 1)) * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t
+                                                          + rng.uniform(0, 6.3, (x.shape[0], 1)))
+    if rng.random() < 0.3:
+        x += rng.uniform(0.005, 0.02) * np.sin(2 * np.pi * 50.0 * t + rng.uniform(0, 6.3, (x.shape[0], 1)))
+
+
+def _ramp(t, t0, rise):
+    """0 before t0, 1 after t0 + rise, linear between (a step with a linear rise; rise 0: a sharp step), as the
+    block mean over each sample so a sub-sample rise is rendered like an anti-aliased recording."""
+    if rise <= 0.0:
+        return (t >= t0).astype(np.float64)
+    return np.clip((t - t0) / rise, 0.0, 1.0)
+
+
+def hard_case(kind: str, fs: float, seed: int, dur: float = 10.0):
+    """One 12-lead record of ``kind`` (see HARD_KINDS) at ``fs`` Hz: (x mV float64 (12, n), ref int64).
+
+    - ``bigeminy_var`` / ``trigeminy_var``: every 2nd / 3rd beat ventricular ectopic, coupling interval 300-600 ms
+      (never past 0.65 of the sinus RR), the ectopic beat ``taller`` (1.5-2.5x |R|), ``shorter`` (0.4-0.7x),
+      ``wider`` (sigma 30-40 ms) or ``inverted`` (opposite polarity to the sinus R in every lead), each with its own
+      discordant T wave; the reference of an ectopic beat is its largest deflection's time.
+    - ``step_t`` / ``step_late``: regular 50-100 bpm beats plus one baseline step of k x |R| per lead (k 0.8-2.3,
+      random sign per lead) with a linear rise of 0-10 ms, 250 ms (``step_t``) or 600 ms (``step_late``, or
+      half-way to the next beat at fast rates) after an R, in one lead or in 10 of 12 leads.
+    - ``step_pair``: two opposite steps 0.4-0.9 s apart (a rectangular excursion of 1-2.3x |R|, rise 14-25 ms
+      10-90 %), 215-250 ms or > 0.85 s after a beat, in one lead or with opposite signs in two.
+    - ``step_multi``: a simultaneous step of 0.5-1x each lead's QRS amplitude in 10 of 12 leads, sub-millisecond
+      rise, in the T-wave window or late.
+    - ``step_on_qrs``: a step (0.8-2x |R|, one lead or 10 of 12) at the same instant as a real R peak: the beat
+      must stay.
+    - ``transient_t_end``: a single-lead smooth transient of ~70 % of that lead's QRS peaking 430-470 ms after an
+      R (at the end of the T-wave window).
+    """
+    if kind not in HARD_KINDS:
+        raise ValueError(f"unknown case {kind!r}; expected one of {HARD_KINDS}")
+    rng = np.random.default_rng([int(seed), 100 + HARD_KINDS.index(kind), int(fs)])
+    L = 12
+    n = int(round(dur * fs))
+    t = np.arange(n) / fs
+    x = np.zeros((L, n))
+    a = _sinus_leads(rng, L)
+    ref_t = []
+    if kind in ("bigeminy_var", "trigeminy_var"):
+        period = 2 if kind == "bigeminy_var" else 3
+        hr = rng.uniform(50, 85)
+        rr0 = 60.0 / hr
+        coupling = min(rng.uniform(0.3, 0.6), 0.65 * rr0)
+        shape = ECTOPIC_SHAPES[int(rng.integers(0, len(ECTOPIC_SHAPES)))]
+        sig = rng.uniform(0.02, 0.03)
+        if shape == "taller":
+            amp = rng.uniform(1.5, 2.5, L) * np.abs(a["r"]) * np.sign(rng.normal(size=L))
+        elif shape == "shorter":
+            amp = rng.uniform(0.4, 0.7, L) * np.abs(a["r"]) * np.sign(rng.normal(size=L))
+            sig = rng.uniform(0.012, 0.02)
+        elif shape == "wider":
+            amp = rng.uniform(0.8, 1.5, L) * np.abs(a["r"]) * np.sign(rng.normal(size=L))
+            sig = rng.uniform(0.03, 0.04)
+        else:  # inverted: the sinus R's size, opposite sign in every lead
+            amp = -rng.uniform(0.8, 1.5, L) * a["r"]
+        # sinus beats every period-1 RR (+ the compensatory pause), ectopic beats at the coupling interval
+        cycle = period * rr0
+        n_cyc = int(dur / cycle) + 3
+        starts = -rng.uniform(0, cycle) + cycle * np.arange(n_cyc) + rng.normal(0, 0.005, n_cyc)
+        for st in starts:
+            sinus = [st + j * rr0 for j in range(period - 1)]
+            ect = sinus[-1] + coupling
+            for bt in sinus:
+                sel = (t > bt - 0.5) & (t < bt + 0.9)
+                x[:, sel] += _sinus_beat(t[sel] - bt, a)
+                ref_t.append(bt)
+            sel = (t > ect - 0.5) & (t < ect + 0.9)
+            u = t[sel] - ect
+            x[:, sel] += amp[:, None] * (_g(u, 0.0, sig) + 0.5 * _g(u, 0.06, sig) - 0.35 * _g(u, 0.33, 0.06))
+            ref_t.append(ect)
+    else:
+        hr = rng.uniform(50, 100)
+        rr = _rr_sinus(rng, hr, dur)
+        times = -rng.uniform(0, rr[0]) + np.cumsum(rr)
+        for bt in times:
+            sel = (t > bt - 0.5) & (t < bt + 0.9)
+            x[:, sel] += _sinus_beat(t[sel] - bt, a)
+            ref_t.append(bt)
+        inner = times[(times > 1.0) & (times < dur - 2.0)]
+        b0 = float(inner[int(rng.integers(0, max(1, inner.size - 1)))])
+        nxt = float(times[np.searchsorted(times, b0) + 1])
+        R = np.abs(a["r"])
+        one = rng.random() < 0.5
+        if kind in ("step_t", "step_late", "step_on_qrs"):
+            leads = np.array([int(rng.integers(0, L))]) if one else rng.choice(L, size=10, replace=False)
+            k = rng.uniform(0.8, 2.3) if kind != "step_on_qrs" else rng.uniform(0.8, 2.0)
+            if kind == "step_t":
+                t0 = b0 + 0.25
+            elif kind == "step_late":
+                t0 = b0 + min(0.6, 0.5 * (nxt - b0))
+            else:
+                t0 = b0
+            rise = rng.uniform(0.0, 0.01)
+            sgn = np.sign(rng.normal(size=leads.size))
+            x[leads] += (k * R[leads] * sgn)[:, None] * _ramp(t, t0 - 0.5 * rise, rise)[None, :]
+        elif kind == "step_pair":
+            rise = rng.uniform(0.014, 0.025) / 0.8  # 10-90 % rise of a linear ramp is 0.8 of it
+            t0 = b0 + (rng.uniform(0.215, 0.25) if rng.random() < 0.5 else rng.uniform(0.85, 0.95))
+            t1 = t0 + rng.uniform(0.4, 0.9)
+            k = rng.uniform(1.0, 2.3)
+            if one:
+                leads, sgn = np.array([int(rng.integers(0, L))]), np.array([np.sign(rng.normal())])
+            else:
+                leads = rng.choice(L, size=2, replace=False)
+                s0 = np.sign(rng.normal())
+                sgn = np.array([s0, -s0])
+            step = _ramp(t, t0, rise) - _ramp(t, t1, rise)
+            x[leads] += (k * R[leads] * sgn)[:, None] * step[None, :]
+        elif kind == "step_multi":
+            leads = rng.choice(L, size=10, replace=False)
+            t0 = b0 + (rng.uniform(0.215, 0.25) if rng.random() < 0.5 else min(0.6, 0.5 * (nxt - b0)))
+            qrs = R + np.abs(a["s"])
+            k = rng.uniform(0.5, 1.0, leads.size) * qrs[leads] * np.sign(rng.normal(size=leads.size))
+            x[leads] += k[:, None] * _ramp(t, t0, 0.0008)[None, :]
+        else:  # transient_t_end
+            lead = int(rng.integers(0, L))
+            tc = b0 + rng.uniform(0.43, 0.47)
+            amp = 0.7 * (R[lead] + abs(a["s"][lead])) * np.sign(rng.normal())
+            x[lead] += amp * _g(t, tc, rng.uniform(0.012, 0.02))
+    _add_noise(rng, x, t)
+    ref = np.round(np.sort(np.asarray(ref_t)) * fs).astype(np.int64)
+    ref = ref[(ref >= 0) & (ref < n)]
+    return x, ref

@@ -9,11 +9,21 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
 2. per lead a linear-phase band-pass slope (a +-16 ms central difference minus the +-100 ms mean slope: QRS band,
    peak ~12-15 Hz; wander and most of the T-wave slope removed), normalised by the lead's typical QRS slope; noisy,
    flat or all-missing leads dropped; the leads' clipped squared slopes averaged, then integrated over 120 ms;
-3. Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms), search-back
+3. candidates: the envelope's local maxima, less the baseline steps (an electrode or amplifier DC jump: its edge is
+   as steep as a QRS, but a QRS rises as much as it falls within +-120 ms and a step only rises or only falls; the
+   balance of the steep first differences, weighted over the leads steep there, is under 0.4), so a step is never
+   a beat and never replaces one; a QRS at the same instant as a step keeps its balance and stays;
+   Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms), search-back
    after 1.66 mean RR, the record's head and tail, and a T-wave test: a peak < 450 ms after a beat is its T (or U)
    wave when, beside the beat, its integrated energy is under 1/2, or its shape value (peak squared slope x the
    agreement of leads, the fraction of leads steep there) under 0.4, or under 0.7 while 1.6x wider. An early wide
    ectopic beat taken for a T wave is recovered from the long gap it leaves when it is 3x the record's usual T wave;
+   coupled ectopy (bigeminy, trigeminy, where every gap is long and the "usual T wave" is the ectopic beat): in
+   each gap, an early candidate (first half, >= 200 ms from both beats) that is narrow (a T wave's envelope is
+   broad even where the T is tall or the QRS low), steep in enough leads, stands out of the other waves of its gap
+   and repeats at the same coupling interval with a similar shape value and lead pattern is a beat, as are those at
+   that coupling before the first and after the last beat (taller, shorter, wider or inverted ectopic beats, any
+   coupling >= 300 ms); the T-wave window includes its last sample;
 4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection, in the lead's QRS polarity
    (the opposite one when twice as large, e.g. an inverted ectopic beat), of the dominant lead: the lead with the
    largest median QRS deviation among those of the record's majority QRS polarity (so an R wave, not the deep S
@@ -24,12 +34,15 @@ Edges: an all-zero, constant, all-NaN, pure-noise (every lead noise-like and rou
 no beat; no beat is placed in a NaN run; a beat cut by the record edge is reported only when its R point is >= 10 ms
 inside and clearly formed. Invariant to a record-wide gain of either sign and to per-lead offsets; per-lead gains
 may move the R point to another lead's R peak (a few ms). Known limit: an early ectopic beat with under 0.4 of the
-previous beat's slope and no long compensatory gap after it is taken for that beat's T wave.
+previous beat's slope and no long compensatory gap after it is taken for that beat's T wave, unless it repeats
+(coupled ectopy, above); a coupled ectopic beat as broad as a T wave (equivalent envelope width >= 80 ms) is not
+told apart from one.
 
 How it is checked (there is no second, plain implementation of this detector): against expert annotations of
 real recordings (MIT-BIH record 100, the DICOM record's R fiducials, and copies of both with T waves scaled to
-1.5-2x the R wave), against synthetic records built to provoke each failure (tests/test_beats_provoking.py), and
-against NeuroKit2 on the same records in the same run (benchmarks/segmentation.py).
+1.5-2x the R wave), against synthetic records built to provoke each failure (tests/test_beats_provoking.py,
+tests/test_beats_hard.py: coupled ectopy, baseline steps), and against NeuroKit2 on the same records in the same
+run (benchmarks/segmentation.py; ``--seeds N`` draws N random records of every provoking case and rate).
 """
 
 from __future__ import annotations

@@ -33,6 +33,18 @@ ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
+ECT_Q = 0.06  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
+ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
+ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
+ECT_AGREE_NARROW = 0.25  # ... rising to ECT_AGREE_WIDE at ECT_WIDE_EW_S and wider (tall T waves: 0.07-0.088 s wide,
+ECT_WIDE_EW_S = 0.075  # steep in at most ~0.55 of the leads) ...
+ECT_AGREE_WIDE = 0.7
+ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
+ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
+ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
+ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
+ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
+ECT_MAX_COUPLING_S = 0.7  # the tail search spans at most this coupling interval (the head: twice it)
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -44,6 +56,11 @@ SMOOTH_S = 0.004  # the R point is the extremum of the +-4 ms moving average (ro
 FLIP_RATIO = 2.0  # a beat whose opposite-polarity deflection is 2x larger takes that one
 EDGE_S = 0.01  # an R point this close to the record edge is not told apart from a cut QRS: not reported
 EDGE_MIN_SCORE = 0.5  # an edge beat needs half the record's median QRS deviation (else its R is outside)
+STEP_W_S = 0.12  # a QRS (even a wide one) rises as much as it falls within +-120 ms; a baseline step only rises
+STEP_STEEP = 0.25  # or only falls (the differences counted: >= 0.25 of the lead's QRS slope, not a T wave's slope)
+STEP_MAX = 0.4  # a candidate whose slope-weighted 1 - |rise - fall| / (rise + fall) is under 0.4 is a step
+STEP_MIN_WEIGHT = 0.01  # leads whose clipped normalised squared slope at the candidate is under this are skipped
+STEP_MIN_SPK = 0.1  # candidates under this fraction of the first signal level are not examined (they never matter)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,11 +378,12 @@ def candidates(m):
 
 @njit(cache=True, nogil=True)
 def shape_values(cand, E, d, valid, scales, weights, h):
-    """(q, width) of each candidate: q = (peak p of E within +-h) x (agreement of leads), width = the number of
-    samples within +-2h where E exceeds p / 2 (see the section comment)."""
+    """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
+    width = the number of samples within +-2h where E exceeds p / 2, F[2] equivalent width = sum over +-2h of
+    min(E, p) / p (samples; a finer width, used for coupled ectopic beats), F[3] the agreement of leads (see the
+    section comment)."""
     L, nd = d.shape
-    q = np.empty(cand.shape[0], np.float64)
-    wd = np.empty(cand.shape[0], np.float64)
+    F = np.empty((4, cand.shape[0]), np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
@@ -374,9 +392,12 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         for n in range(a, b):
             p = max(p, E[n])
         cnt = 0.0
+        area = 0.0
         for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
             cnt += E[n] > 0.5 * p
-        wd[ci] = cnt
+            area += min(E[n], p)
+        F[1, ci] = cnt
+        F[2, ci] = area / p if p > 0.0 else np.inf
         agree = 0.0
         wsum = 0.0
         for l in range(L):
@@ -388,8 +409,89 @@ def shape_values(cand, E, d, valid, scales, weights, h):
             wsum += weights[l]
             if mx >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
-        q[ci] = p * agree / wsum if wsum > 0.0 else 0.0
-    return q, wd
+        F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
+        F[0, ci] = p * F[3, ci]
+    return F
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
+    """How much candidate t goes up and comes back: per lead, over [t - w, t + w], the sums P and N of the steep
+    (>= STEP_STEEP x the lead's typical QRS slope: not a nearby T wave's slow slope) rising and falling first
+    differences of xd less the baseline wander (the slopes of the window's outer quarters, the one nearer zero
+    when they agree in sign), and 1 - |P - N| / (P + N); averaged over the leads weighted
+    by their clipped normalised squared slope there. A QRS (and a T or P wave, a pacing spike) rises as much as it
+    falls: ~1; a baseline step (an electrode or amplifier DC jump) only rises or only falls: ~0, though its edge is
+    as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall."""
+    L, nd = xd.shape
+    if t - w < 0 or t + w >= nd:
+        return 1.0  # cut by the record edge: not judged
+    num = 0.0
+    den = 0.0
+    w2 = w // 2
+    for l in range(L):
+        if scales[l] == 0.0:
+            continue
+        mx = 0.0
+        for n in range(t - h, t + h + 1):
+            mx = max(mx, abs(d[l, n]))
+        e = mx / scales[l]
+        e = min(e * e, CLIP) * weights[l]
+        if e < STEP_MIN_WEIGHT:  # a lead not steep here has no say (and costs nothing)
+            continue
+        if not finite[l]:
+            ok = True
+            for n in range(t - w, t + w + 1):
+                if valid[l, n] == 0.0:
+                    ok = False
+                    break
+            if not ok:
+                continue
+        xl = xd[l]
+        steep = STEP_STEEP * scales[l] / (2.0 * k)  # scale: the lead's typical QRS slope over +-k samples
+        # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
+        # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
+        c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
+        c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
+        c = 0.0
+        if c0 > 0.0 and c1 > 0.0:
+            c = min(c0, c1)
+        elif c0 < 0.0 and c1 < 0.0:
+            c = max(c0, c1)
+        up = 0.0
+        down = 0.0
+        for n in range(t - w, t + w):  # the steep differences only (not a nearby T wave's slow slope)
+            v = xl[n + 1] - xl[n] - c
+            if v >= steep:
+                up += v
+            elif v <= -steep:
+                down -= v
+        if up + down > 0.0:
+            num += e * (1.0 - abs(up - down) / (up + down))
+            den += e
+    return num / den if den > 0.0 else 1.0
+
+
+@njit(cache=True, nogil=True)
+def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
+    """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
+    centred on them and in the windows half a window before and after."""
+    w = max(1, int(round(STEP_W_S * fd)))
+    h = max(1, int(round(0.5 * MWI_S * fd)))
+    k = max(1, int(round(SLOPE_S * fd)))
+    out = np.empty(cand.shape[0], np.int64)
+    no = 0
+    for ci in range(cand.shape[0]):
+        c = cand[ci]
+        if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
+            # a step is unbalanced in every window that holds it; a QRS (wide, or seen from a shoulder of its
+            # envelope) is balanced in one centred on it
+            if (step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k) < STEP_MAX
+                    and step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX):
+                continue
+        out[no] = c
+        no += 1
+    return out[:no]
 
 
 @njit(cache=True, nogil=True)
@@ -437,7 +539,7 @@ def is_t_wave(cand, m, F, ci, bi, twave, min_wide):
     less than T_MWI_RATIO of its integrated energy (Pan-Tompkins), less than T_SHAPE_RATIO of its shape value, or
     wide (T_WIDTH_RATIO x the beat's width and >= min_wide samples) and less than T_WIDE_SHAPE_RATIO of it."""
     dt = cand[ci] - cand[bi]
-    if dt < 0 or dt >= twave:
+    if dt < 0 or dt > twave:  # inclusive: a peak on the window's last sample is judged too
         return False
     return looks_like_t(cand, m, F, ci, bi, min_wide)
 
@@ -544,7 +646,7 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
             continue  # the T wave of a beat before the record start (its shape judged against the median beat)
         if no > 0:
             a = out[no - 1]
-            if cand[b] - cand[a] < twave:
+            if cand[b] - cand[a] <= twave:
                 if is_t_wave(cand, m, F, b, a, twave, min_wide):
                     continue
                 # a T wave before its QRS is judged by shape alone: a normal beat 250-450 ms before an early
@@ -625,7 +727,232 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
 
 
 @njit(cache=True, nogil=True)
-def decide(m, E, d, valid, scales, weights, fd):
+def dominant(cand, m, cj, w, tb, refr):
+    """The candidate of the highest envelope within w samples of candidate cj (the peak of the wave cj is on),
+    leaving out the QRS of the beat at tb (candidates within refr of it)."""
+    dom = cj
+    k = cj - 1
+    while k >= 0 and cand[cj] - cand[k] <= w:
+        if m[cand[k]] > m[cand[dom]] and abs(cand[k] - tb) >= refr:
+            dom = k
+        k -= 1
+    k = cj + 1
+    while k < cand.shape[0] and cand[k] - cand[cj] <= w:
+        if m[cand[k]] > m[cand[dom]] and abs(cand[k] - tb) >= refr:
+            dom = k
+        k += 1
+    return dom
+
+
+@njit(cache=True, nogil=True)
+def coupled_like(cand, m, F, cj, bi, min_v, fd):
+    """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled). Its
+    width and agreement are those of the wave it is on (its highest envelope peak within MWI_S: a T wave's envelope
+    has side peaks on its slopes, narrower than the wave)."""
+    if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
+        return False
+    dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
+    ew = F[2, dom] / fd
+    if ew >= ECT_MAX_EW_S:
+        return False
+    need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
+        ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
+    return F[3, dom] >= need
+
+
+@njit(cache=True, nogil=True)
+def stands_out(cand, m, cj, lo, hi, w):
+    """The wave candidate cj is on (its highest envelope peak within w) is ECT_STAND_OUT x every other wave's between
+    the beats lo and hi (candidate indices; waves within w samples of it or of either beat left out): an ectopic
+    beat stands out of the T waves around it, a noise burst does not stand out of the others."""
+    dom = dominant(cand, m, cj, w, cand[lo], w)
+    top = m[cand[dom]]
+    for k in range(lo + 1, hi):
+        tk = cand[k]
+        if (tk - cand[lo] > w and cand[hi] - tk > w and abs(tk - cand[cj]) > w and abs(tk - cand[dom]) > w
+                and ECT_STAND_OUT * m[tk] > top):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def lead_pattern(d, scales, t, h, out):
+    """The band-passed slope of each lead, in units of its typical QRS slope (0 for dropped leads), at the instant
+    within +-h of t where the leads' summed squared normalised slope peaks: the candidate's morphology across leads
+    at one phase of it, into out (a wave with two equal slopes may peak on either: compare up to sign)."""
+    L, nd = d.shape
+    best = -1.0
+    nb = t
+    for n in range(max(0, t - h), min(nd, t + h + 1)):
+        acc = 0.0
+        for l in range(L):
+            if scales[l] > 0.0:
+                v = d[l, n] / scales[l]
+                acc += v * v
+        if acc > best:
+            best = acc
+            nb = n
+    for l in range(L):
+        out[l] = d[l, nb] / scales[l] if scales[l] > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def similar(i, j, q, cpl, P, tol):
+    """Two coupled beats alike: coupling intervals within tol, shape values within ECT_GROUP_Q of each other and
+    lead patterns with a cosine >= ECT_GROUP_COS in size."""
+    if abs(cpl[i] - cpl[j]) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
+        return False
+    uv = 0.0
+    uu = 0.0
+    vv = 0.0
+    for l in range(P.shape[1]):
+        uv += P[i, l] * P[j, l]
+        uu += P[i, l] * P[i, l]
+        vv += P[j, l] * P[j, l]
+    return uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv)
+
+
+@njit(cache=True, nogil=True)
+def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
+    """Ectopic beats coupled to the beat before them (bigeminy, trigeminy). In each gap between two beats, the candidate
+    of the highest shape value that lies in the gap's first half (an ectopic beat comes early and leaves a longer
+    interval after it; this also keeps an atrial pacing spike 220 ms before its QRS out), >= refr from both beats,
+    above min_v, and that looks like a QRS of a second morphology, not like the earlier beat's T wave
+    (coupled_like): at least ECT_Q x that beat's shape value, narrow (equivalent envelope width under ECT_MAX_EW_S:
+    a T wave's slope is broad, even where the T is tall or the QRS is low) and steep in enough leads
+    (ECT_AGREE_NARROW of them when it is as narrow as a QRS, rising to ECT_AGREE_WIDE at the width limit: a tall,
+    narrow T wave is tall in some leads), and standing out of the other waves in its gap (stands_out). Such a
+    candidate is a beat when the record holds another beat like it (similar): another such candidate, or a beat of
+    the decisions that came early (its interval under ECT_PREMATURE of the next one), at the same coupling interval
+    (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
+    burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
+    ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
+    searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
+    one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
+    nb = beats.shape[0]
+    nc = cand.shape[0]
+    L = d.shape[0]
+    if nb < 2:
+        return beats
+    # the pool: per gap, its rescue candidate (kind 1) or its early beat of the decisions (kind 2)
+    idx = np.empty(nb, np.int64)
+    kind = np.zeros(nb, np.int64)
+    gap = np.empty(nb, np.int64)
+    cpl = np.empty(nb, np.float64)
+    aft = np.empty(nb, np.float64)
+    qv = np.empty(nb, np.float64)
+    P = np.zeros((nb, L), np.float64)
+    npool = 0
+    for j in range(nb - 1):
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        best = -1
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            tc = cand[cj]
+            if tc - a < refr or b - tc < refr or b - tc < tc - a:
+                continue
+            if coupled_like(cand, m, F, cj, beats[j], min_v, fd) and (best < 0 or F[0, cj] > F[0, best]):
+                best = cj
+        if best >= 0:
+            best = dominant(cand, m, best, MWI_S * fd, a, refr)  # the wave's peak (its lobes move about)
+            if cand[best] - a < refr or b - cand[best] < refr or not stands_out(cand, m, best, beats[j], beats[j + 1],
+                                                                               MWI_S * fd):
+                best = -1
+        if best >= 0:
+            idx[npool] = best
+            kind[npool] = 1
+            cpl[npool] = cand[best] - a
+            aft[npool] = b - cand[best]
+        elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
+            idx[npool] = beats[j]
+            kind[npool] = 2
+            cpl[npool] = a - cand[beats[j - 1]]
+            aft[npool] = b - a
+        else:
+            continue
+        gap[npool] = j
+        qv[npool] = F[0, idx[npool]]
+        lead_pattern(d, scales, cand[idx[npool]], h, P[npool])
+        npool += 1
+    tol = ECT_GROUP_TOL_S * fd
+    ok = np.zeros(npool, np.bool_)
+    for i in range(npool):
+        for k in range(npool):
+            if k != i and similar(i, k, qv, cpl, P, tol):
+                ok[i] = True
+                break
+    out = np.empty(nb + npool + 2, np.int64)
+    no = 1  # out[0] is left for an ectopic beat before the first beat
+    pi = 0
+    for j in range(nb):
+        out[no] = beats[j]
+        no += 1
+        while pi < npool and gap[pi] < j:
+            pi += 1
+        if pi < npool and gap[pi] == j and kind[pi] == 1 and ok[pi]:
+            out[no] = idx[pi]
+            no += 1
+    first = 1
+    v = np.empty(L, np.float64)
+    n_ok = 0
+    for i in range(npool):
+        n_ok += ok[i]
+    if n_ok >= 2:
+        # the tail: after the last beat, at one of the found coupling intervals, with that beat's lead pattern
+        a = cand[beats[nb - 1]]
+        best = -1
+        for cj in range(beats[nb - 1] + 1, nc):
+            tc = cand[cj]
+            if tc - a > ECT_MAX_COUPLING_S * fd:
+                break
+            if tc - a < refr or not coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd):
+                continue
+            dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
+            lead_pattern(d, scales, cand[dj], h, v)
+            if matches_pool(cand[dj] - a, F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+                best = dj
+        if best >= 0:
+            out[no] = best
+            no += 1
+        # the head: before the first beat, at one of the found intervals from an ectopic beat to the next beat
+        b = cand[beats[0]]
+        best = -1
+        for cj in range(beats[0] - 1, -1, -1):
+            tc = cand[cj]
+            if b - tc > 2.0 * ECT_MAX_COUPLING_S * fd + ECT_GROUP_TOL_S * fd:
+                break
+            if b - tc < refr or not coupled_like(cand, m, F, cj, beats[0], min_v, fd):
+                continue
+            dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
+            lead_pattern(d, scales, cand[dj], h, v)
+            if matches_pool(b - cand[dj], F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+                best = dj
+        if best >= 0:
+            out[0] = best
+            first = 0
+    return out[first:no].copy()
+
+
+@njit(cache=True, nogil=True)
+def matches_pool(iv, q, v, ivs, qv, P, ok, tol):
+    """A candidate at interval iv with shape value q and lead pattern v is like a found coupled beat (ok)."""
+    for i in range(ivs.shape[0] if ivs.shape[0] < ok.shape[0] else ok.shape[0]):
+        if not ok[i] or abs(iv - ivs[i]) > tol or q > ECT_GROUP_Q * qv[i] or qv[i] > ECT_GROUP_Q * q:
+            continue
+        uv = 0.0
+        uu = 0.0
+        vv = 0.0
+        for l in range(v.shape[0]):
+            uv += v[l] * P[i, l]
+            uu += v[l] * v[l]
+            vv += P[i, l] * P[i, l]
+        if uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv):
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
+def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     """Beats (decimated indices) from the integrated envelope m: adaptive signal / noise levels and threshold,
     one beat per QRS (the envelope peaks within SAME_QRS_S of where a beat was first detected: the highest is kept),
     T-wave test, search-back for missed beats, the record's head and tail, then early ectopic beats in long gaps."""
@@ -633,17 +960,14 @@ def decide(m, E, d, valid, scales, weights, fd):
     refr = max(1, int(round(REFRACTORY_S * fd)))
     same = max(1, int(round(SAME_QRS_S * fd)))
     twave = int(round(TWAVE_S * fd))
-    cand = candidates(m)
+    wlen = max(2, int(round(fd)))
+    spk = median_window_stat(m, wlen, 8, True)
+    cand = drop_steps(candidates(m), m, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
     nc = cand.shape[0]
     if nc == 0:
         return cand
-    q, wd = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
-    F = np.empty((2, nc), np.float64)
-    F[0] = q
-    F[1] = wd
+    F = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
-    wlen = max(2, int(round(fd)))
-    spk = median_window_stat(m, wlen, 8, True)
     npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
@@ -700,8 +1024,11 @@ def decide(m, E, d, valid, scales, weights, fd):
         allb[j] = head[nh - 1 - j]
     allb[nh : nh + nb] = beats[:nb]
     allb[nh + nb :] = tail[:nt]
-    keep = rescue_ectopic(cand, m, F, drop_t_waves(cand, m, F, allb, twave, min_wide), refr, twave,
-                          max(1, int(round(MWI_S * fd))), ECTOPIC_MIN_THR * threshold(spk, npk))
+    kept = drop_t_waves(cand, m, F, allb, twave, min_wide)
+    kept = rescue_coupled(cand, m, F, kept, refr, ECTOPIC_MIN_THR * threshold(spk, npk), fd, d, scales,
+                          max(1, int(round(0.5 * MWI_S * fd))))
+    keep = rescue_ectopic(cand, m, F, kept, refr, twave, max(1, int(round(MWI_S * fd))),
+                          ECTOPIC_MIN_THR * threshold(spk, npk))
     out = np.empty(keep.shape[0], np.int64)
     for j in range(keep.shape[0]):
         out[j] = cand[keep[j]]
@@ -946,13 +1273,20 @@ def pick_lead(x, order, amp, a, e):
 @njit(cache=True, nogil=True)
 def r_point(x, l, c, W, H, sm, sgn, lo, hi):
     """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
-    (or the opposite one when that is FLIP_RATIO x larger)."""
+    (or the opposite one when that is FLIP_RATIO x larger, or when the extremum is on the window's edge and the
+    opposite one is not)."""
     imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
     if sgn > 0.0:
         bi, bv, oi, ov = imax, vmax, imin, -vmin
     else:
         bi, bv, oi, ov = imin, -vmin, imax, vmax
     if ov > FLIP_RATIO * bv and ov > 0.0:
+        return oi, ov
+    a = max(lo, c - W)
+    e = min(hi, c + W + 1)
+    if ((bi <= a and a > 0) or (bi >= e - 1 and e < x.shape[1])) and a < oi < e - 1:  # (not the record's edge)
+        # the extremum is the window's edge (the slope of a neighbouring beat, e.g. before an early ectopic beat
+        # of the other polarity): not a peak; the opposite one is
         return oi, ov
     return bi, bv
 
@@ -1027,7 +1361,7 @@ def detect_core(x, fs):
     if not np.any(scales > 0.0):
         return empty
     E, m = envelope(d, valid, scales, weights, fd)
-    dets = decide(m, E, d, valid, scales, weights, fd)
+    dets = decide(m, E, d, valid, scales, weights, fd, xd, finite)
     if dets.shape[0] == 0:
         return empty
     wr = max(1, int(round(REFINE_S * fd)))

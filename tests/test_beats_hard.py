@@ -1,0 +1,202 @@
+"""Beat detection on the harder provoking records of issue 31: coupled ectopy (bigeminy, trigeminy) with ectopic beats
+taller, shorter, wider or of opposite polarity at coupling intervals down to 300 ms, baseline steps (single, paired,
+in one lead or in most leads, 250 ms or 600 ms after a beat, at the same instant as a real QRS) and a transient at
+the end of the T-wave window, at 250, 360, 500 and 1000 Hz, each judged against NeuroKit2 (lead II) on the same
+record in the same run; plus the draws that once failed, kept as fixed regression cases, and unit checks of the
+step test and the T-window boundary.
+
+Seeds are fixed (two representative draws per case and rate, listed below and printed in every failure message);
+``python benchmarks/segmentation.py --seeds 200`` runs 200 random draws of every case and rate.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from melp_fast.data.beats import _detector as det
+from melp_fast.data.beats import detect_r_peaks
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import beat_cases as bc  # noqa: E402
+from benchmarks.common import match_beats  # noqa: E402
+
+MIN_RATE = 0.995
+SEEDS = (11, 2026)  # two draws per case and rate (each case's generator mixes in the case and the rate)
+
+
+def nk_peaks(sig, fs):
+    nk = pytest.importorskip("neurokit2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            clean = nk.ecg_clean(sig, sampling_rate=fs)
+            _, info = nk.ecg_peaks(clean, sampling_rate=fs)
+        except Exception:  # NeuroKit2 gives up on some records: it found nothing
+            return np.zeros(0, np.int64)
+    return np.asarray(info["ECG_R_Peaks"], np.int64)
+
+
+def rates(ref, peaks, n, fs):
+    """(Se, +P, T-window false detections) of one record; beats within 100 ms of an edge are not required and
+    detections there are not counted."""
+    m, tol = int(0.1 * fs), int(round(0.15 * fs))
+    tp, fn, _, _ = match_beats(ref[(ref >= m) & (ref < n - m)], peaks, tol)
+    inner = peaks[(peaks >= m) & (peaks < n - m)]
+    fp = match_beats(ref, inner, tol)[2]
+    return tp / max(1, tp + fn), tp / max(1, tp + fp), bc.t_window_fp(ref, inner, fs)
+
+
+def check_draw(x, ref, fs, what):
+    """Ours >= 99.5 % Se and +P on this record, no detection in the T-wave window, never below NeuroKit2."""
+    n = x.shape[1]
+    p = detect_r_peaks(x, fs)
+    se, ppv, tfd = rates(ref, p, n, fs)
+    kse, kppv, _ = rates(ref, nk_peaks(x[1], fs), n, fs)
+    msg = (f"{what}: ours Se {100 * se:.1f} +P {100 * ppv:.1f} ({tfd} in the T-wave window), NeuroKit2 Se "
+           f"{100 * kse:.1f} +P {100 * kppv:.1f}; reference {ref.tolist()}, ours {p.tolist()}")
+    assert se >= MIN_RATE and ppv >= MIN_RATE and tfd == 0, msg
+    assert se >= kse and ppv >= kppv, msg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the hard cases, fixed draws
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fs", bc.RATES)
+@pytest.mark.parametrize("kind", bc.HARD_KINDS)
+def test_hard_case(kind, fs):
+    for seed in SEEDS:
+        x, ref = bc.hard_case(kind, fs, seed)
+        check_draw(x, ref, float(fs), f"{kind} at {fs} Hz, seed {seed} (benchmarks.beat_cases.hard_case)")
+
+
+def test_issue_bigeminy_draw():
+    """The draw of the issue: bigeminy at 250 Hz, record seed 2013483785 (the detector found 50 % of the beats,
+    NeuroKit2 91.7 %)."""
+    x, ref = bc.synth_case("bigeminy", 250, 2013483785)
+    check_draw(x, ref, 250.0, "bigeminy at 250 Hz, seed 2013483785 (benchmarks.beat_cases.synth_case)")
+
+
+# draws that failed while the rules were built, each for its own reason
+REGRESSIONS = [
+    ("bigeminy_var", 500, 7, "shorter ectopic beats (0.08 of the sinus shape value, steep in 0.41-0.58 of leads)"),
+    ("bigeminy_var", 250, 8, "the ectopic wave's envelope lobes 70 ms apart: coupling judged at the wave's peak"),
+    ("bigeminy_var", 1000, 5, "an ectopic beat before the first sinus beat and one after the last"),
+    ("trigeminy_var", 250, 3, "an ectopic beat 136 ms before the record's end"),
+]
+T_WAVE_REGRESSIONS = [
+    ("low_voltage", 360, 1, "a T wave's envelope side peaks narrower than the T wave"),
+    ("low_voltage", 1000, 11, "a T wave's side peak next to the QRS's own envelope lobe"),
+]
+
+
+# known limit: a coupled ectopic beat as broad as a T wave (equivalent envelope width >= 80 ms, or >= 75 ms and steep
+# in under 70 % of the leads) is not told apart from a tall or low-QRS T wave (those reach 71-88 ms); NeuroKit2
+# finds these on lead II
+KNOWN_LIMITS = [
+    pytest.param("trigeminy_var", 1000, 16, "wide ectopic beats, equivalent width 0.080 s",
+                 marks=pytest.mark.xfail(strict=True, reason="known limit: ectopic beat as broad as a T wave")),
+]
+
+
+@pytest.mark.parametrize("kind, fs, seed, why", REGRESSIONS + T_WAVE_REGRESSIONS + KNOWN_LIMITS)
+def test_regression_draws(kind, fs, seed, why):
+    build = bc.hard_case if kind in bc.HARD_KINDS else bc.synth_case
+    x, ref = build(kind, fs, seed)
+    check_draw(x, ref, float(fs), f"{kind} at {fs} Hz, seed {seed} ({why})")
+
+
+@pytest.mark.parametrize("seed", [28, 51])
+def test_noisy_mitbih_no_coupled_false_beats(mit, seed):
+    """Noise bursts are not coupled ectopic beats: MIT-BIH 100 windows with white noise at 10 % of the QRS and
+    mains hum (the draws of tests/test_beats.py::test_added_noise that the first coupled-ectopy rule took extra
+    beats in; they must stand out of their gap and repeat at one coupling with one lead pattern)."""
+    x0, fs, ref0 = mit
+    rng = np.random.default_rng(seed)
+    a = int(rng.uniform(0, 1700) * fs)
+    b = a + int(30 * fs)
+    x = np.ascontiguousarray(x0[:, a:b])
+    ref = ref0[(ref0 >= a) & (ref0 < b)] - a
+    qrs = np.ptp(x, axis=1, keepdims=True)
+    t = np.arange(x.shape[1]) / fs
+    y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)
+    p = detect_r_peaks(y, fs)
+    _, fn, _, _ = match_beats(ref[(ref >= 0.1 * fs) & (ref < x.shape[1] - 0.1 * fs)], p, int(0.15 * fs))
+    fp = match_beats(ref, p, int(0.15 * fs))[2]
+    assert fn == 0 and fp == 0, f"seed {seed} (window from {a / fs:.1f} s): {fn} missed, {fp} extra"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the rules themselves
+# ---------------------------------------------------------------------------------------------------------------
+def _slope_inputs(x, fs):
+    D = max(1, int(round(fs / det.TARGET_FS)))
+    fd = fs / D
+    nd = (x.shape[1] + D - 1) // D
+    k = max(1, int(round(det.SLOPE_S * fd)))
+    xd, d, valid, finite, scales, weights = det.lead_signals(x, D, nd, k, fd)
+    return xd, d, valid, finite, scales, weights, fd, k
+
+
+@pytest.mark.parametrize("fs", bc.RATES)
+def test_step_score_step_vs_qrs(fs):
+    """A step (linear rise 0-10 ms) scores ~0, a QRS ~1, a QRS with a step at the same instant stays a QRS."""
+    rng = np.random.default_rng(5)
+    n = int(6 * fs)
+    t = np.arange(n) / fs
+    beats = np.arange(0.5, 6.0, 0.9)
+    qrs = sum(np.exp(-0.5 * ((t - b) / 0.01) ** 2) - 0.3 * np.exp(-0.5 * ((t - b - 0.025) / 0.009) ** 2)
+              for b in beats)
+    x = np.stack([qrs * g for g in (1.0, 0.7, -0.5)]) + 0.005 * rng.normal(size=(3, n))
+    for t0, lead_gain in ((2.6, (1.5, -1.2, 0.0)), (beats[4], (1.5, 0.0, 1.0))):  # a lone step; one on a QRS
+        x = x + np.asarray(lead_gain)[:, None] * np.clip((t - t0) / 0.006, 0.0, 1.0)[None, :]
+    xd, d, valid, finite, scales, weights, fd, k = _slope_inputs(x, float(fs))
+    w = max(1, int(round(det.STEP_W_S * fd)))
+    h = max(1, int(round(0.5 * det.MWI_S * fd)))
+
+    def score(ts):
+        c = int(round(ts * fd))
+        return max(det.step_score(xd, d, valid, finite, scales, weights, cc, w, h, k) for cc in (c - 1, c, c + 1))
+
+    assert score(2.6) < 0.2, score(2.6)
+    for b in beats[1:-1]:
+        if b == beats[4]:  # the QRS with a step at the same instant: rises and falls less evenly, still a QRS
+            assert score(b) > det.STEP_MAX + 0.1, (b, score(b))
+        else:
+            assert score(b) > 0.8, (b, score(b))
+    p = detect_r_peaks(x, float(fs))
+    assert np.all(np.min(np.abs(p[:, None] - np.round(beats * fs)[None, :]), axis=1) <= 0.02 * fs), p
+    assert p.size == beats.size, p
+
+
+def test_t_window_boundary_inclusive():
+    """A candidate exactly TWAVE_S after a beat is judged by the T-wave test (it used to be skipped one decimated
+    sample short of it), one sample later it is not."""
+    fd = det.TARGET_FS
+    twave = int(round(det.TWAVE_S * fd))
+    cand = np.array([100, 100 + twave, 100 + twave + 1], np.int64)
+    m = np.zeros(400)
+    m[cand] = (1.0, 0.7, 0.7)
+    F = np.array([[1.0, 0.1, 0.1], [3.0, 3.0, 3.0], [4.0, 4.0, 4.0], [1.0, 0.2, 0.2]])  # q, width, ew, agreement
+    assert det.is_t_wave(cand, m, F, 1, 0, twave, 7)  # on the boundary: judged (and a T wave by its shape)
+    assert not det.is_t_wave(cand, m, F, 2, 0, twave, 7)  # past it: not judged
+
+
+def test_hard_case_generator_is_what_it_says():
+    """The provoking records hold what their names say: the ectopic beats at 300-600 ms coupling (bigeminy: every
+    2nd beat, trigeminy: every 3rd), and the steps as big as asked in the leads asked."""
+    for kind, period in (("bigeminy_var", 2), ("trigeminy_var", 3)):
+        for seed in range(6):
+            x, ref = bc.hard_case(kind, 500, seed)
+            rr = np.diff(ref) / 500.0
+            short = rr <= rr.min() + 0.02  # the coupling intervals (fixed, +-5 ms of jitter)
+            assert np.all((rr[short] >= 0.295) & (rr[short] <= 0.605)), (kind, seed, rr)
+            assert abs(short.sum() - rr.size / period) <= 1.5, (kind, seed, rr)
+    x, ref = bc.hard_case("step_t", 500, 3)
+    jump = np.abs(np.median(x[:, -400:], axis=1) - np.median(x[:, :400], axis=1))
+    assert jump.max() > 0.4, jump  # a step of >= 0.8 x |R| in one or ten leads (beside wander)
