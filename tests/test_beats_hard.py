@@ -118,10 +118,12 @@ def test_noisy_mitbih_no_coupled_false_beats(mit, seed):
     beats in; they must stand out of their gap and repeat at one coupling with one lead pattern)."""
     x0, fs, ref0 = mit
     rng = np.random.default_rng(seed)
-    a = int(rng.uniform(0, 1700) * fs)
+    a = int(rng.uniform(0, x0.shape[1] / fs - 30) * fs)  # a 30 s window inside the recording (5 min in tests/data)
+    assert a + int(30 * fs) <= x0.shape[1]
     b = a + int(30 * fs)
     x = np.ascontiguousarray(x0[:, a:b])
     ref = ref0[(ref0 >= a) & (ref0 < b)] - a
+    assert ref.size >= 20, ref.size  # about 37 annotated beats in 30 s of record 100
     qrs = np.ptp(x, axis=1, keepdims=True)
     t = np.arange(x.shape[1]) / fs
     y = x + 0.1 * qrs * rng.normal(size=x.shape) + 0.2 * qrs * np.sin(2 * np.pi * 60.0 * t)

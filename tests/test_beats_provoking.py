@@ -226,11 +226,11 @@ def test_real_mitbih_tall_t_waves(mit, fs_new):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# regression cases found by the stress command (python -m pytest -m stress): expected to fail until fixed
+# regression cases found by the stress command (python -m pytest -m stress): expected to fail until fixed, then kept
+# as plain regression cases
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="waits for the detector to find every beat of ventricular bigeminy at 250 Hz: "
-                   "this record (synth_case bigeminy, 250 Hz, seed 2013483785) loses every second beat (6 of 12)")
 def test_regression_bigeminy_250hz_seed_2013483785():
+    """Found whole since the coupled-ectopy pass (it lost every second beat, 6 of 12, before)."""
     fs = 250
     x, ref = bc.synth_case("bigeminy", fs, 2013483785)
     ours = Tally()

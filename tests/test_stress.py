@@ -11,8 +11,8 @@ Not part of CI (pyproject.toml deselects the `stress` marker by default); run it
   window); prints the failure rate per kind and rate and the failing record seeds.
 
 Each test fails when it found a failure. A failure found this way becomes a fixed-seed regression case marked
-`xfail(strict=True)` that names the behaviour it waits for (e.g. test_beats_provoking.py's
-test_regression_bigeminy_250hz_seed_2013483785).
+`xfail(strict=True)` that names the behaviour it waits for, and a plain regression case once fixed (e.g.
+test_beats_provoking.py's test_regression_bigeminy_250hz_seed_2013483785).
 """
 
 from __future__ import annotations
