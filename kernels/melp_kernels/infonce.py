@@ -697,11 +697,8 @@ def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chu
             q = a.sub_(lse_col[None, :]).exp_()
             p = q if p is None else p.add_(q)
         del a
-        if pos_coef:
-            r = torch.arange(i, i + xc.shape[0], device=x.device)
-            c = r + diag_off
-            ok = (c >= 0) & (c < y.shape[0])
-            p[(r - i)[ok], c[ok]] -= pos_coef
+        if pos_coef:  # the positives (r, r + diag_off) of this block lie on one diagonal of p: a view, no host sync
+            p.diagonal(offset=i + diag_off).sub_(pos_coef)
         if need_ds:
             ds += torch.dot(p.reshape(-1), z.reshape(-1))  # no [c, N] temporary
         del z
