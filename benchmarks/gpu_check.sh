@@ -246,8 +246,9 @@ fi
 
 # --- registers / spills -----------------------------------------------------------------------------------------
 if [ -f benchmarks/kernel_resources.py ]; then
-  # D = 256 only on the device (the full D = 128-1024 tables are compiled on a CPU machine, no GPU needed)
-  run_step kernel_resources 40 kernel_resources.md "$PY" benchmarks/kernel_resources.py --dims 256 \
+  # D = 256, first config of each kernel, on the device (the full D = 128-1024 tables of every config are compiled on
+  # a CPU machine with each triton version, no GPU needed: benchmarks/results/kernel_resources_triton*.md)
+  run_step kernel_resources 40 kernel_resources.md "$PY" benchmarks/kernel_resources.py --dims 256 --quick \
     --out "$OUT/kernel_resources.md"
 else missing_step kernel_resources benchmarks/kernel_resources.py; fi
 
