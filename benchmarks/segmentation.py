@@ -60,6 +60,7 @@ from benchmarks.beat_cases import (  # noqa: E402
     load_dicom_annotated,
     load_mitbih,
     mitbih_record,
+    nk_peaks,
     resample_to,
     scale_t_waves,
     synth_case,
@@ -142,21 +143,6 @@ def make_records(n, mit, dcm, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def nk_peaks(sig, fs):
-    import warnings
-
-    import neurokit2 as nk
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            clean = nk.ecg_clean(sig, sampling_rate=fs)
-            _, info = nk.ecg_peaks(clean, sampling_rate=fs)
-        except Exception:  # NeuroKit2 gives up on some records: scored as finding nothing
-            return np.zeros(0, np.int64)
-    return np.asarray(info["ECG_R_Peaks"], np.int64)
-
-
 def provoking(detect, mit, dcm, n_synth, n_real, seed=0):
     """Scores of ours (all leads) and NeuroKit2 (lead II; MLII for MIT-BIH) on the provoking cases of
     benchmarks/beat_cases.py at each rate: rows (recording, rate, records, ours Score, NeuroKit2 Score)."""
