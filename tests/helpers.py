@@ -138,3 +138,36 @@ def seed_for(*key, high: int = 2**31) -> int:
 def replay_hint(nodeid: str = "") -> str:
     """How to replay the current draws."""
     return f"{SEED_ENV}={base_seed()} python -m pytest {nodeid!r}" if nodeid else f"{SEED_ENV}={base_seed()}"
+
+
+def crafted_mat(path, n_sig: int, n_samples: int, data_bytes: int, int16: bool, level: int = 9) -> None:
+    """A MATLAB v5 file whose one variable 'val' says int16 (or int8) [n_sig, n_samples] and whose zlib-compressed
+    data element holds data_bytes zero bytes (about 1 KB per MB compressed): an honest record when data_bytes matches
+    the shape, a decompression bomb when it does not."""
+    import zlib
+
+    import numpy as np
+
+    def tag(mdtype, nbytes):
+        return np.array([mdtype, nbytes], "<u4").tobytes()
+
+    def pad8(b):
+        return b + b"\0" * (-len(b) % 8)
+
+    mx_class, mi_type = (10, 3) if int16 else (8, 1)  # mxINT16_CLASS / miINT16, mxINT8_CLASS / miINT8
+    head = (tag(6, 8) + np.array([mx_class, 0], "<u4").tobytes()  # array flags
+            + tag(5, 8) + np.array([n_sig, n_samples], "<i4").tobytes()  # dimensions
+            + pad8(tag(1, 3) + b"val") + tag(mi_type, data_bytes))  # name, then the data element
+    body_len = len(head) + data_bytes + (-data_bytes % 8)
+    comp = zlib.compressobj(level)
+    parts = [comp.compress(tag(14, body_len) + head)]
+    chunk = b"\0" * (1 << 24)
+    left = data_bytes + (-data_bytes % 8)
+    while left:
+        k = min(left, len(chunk))
+        parts.append(comp.compress(chunk[:k]))
+        left -= k
+    parts.append(comp.flush())
+    data = b"".join(parts)
+    header = b"MATLAB 5.0 MAT-file, crafted".ljust(116) + b"\0" * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
+    _Path(path).write_bytes(header + tag(15, len(data)) + data)

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from melp_fast.data.sources.single import read_any
 from melp_fast.data.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import crafted_mat  # noqa: E402
 from test_sources import DCM, MIT, mitbih  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,29 +120,7 @@ def dicom_with_fs(tmp_path: Path, fs) -> Path:
 
 def mat_claiming(path: Path, n_samples: int, n_sig: int = 1):
     """A MATLAB v5 file holding 'val' int8 [n_sig, n_samples] of zeros, zlib-compressed (about 1 KB per MB)."""
-    def tag(mdtype, nbytes):
-        return np.array([mdtype, nbytes], "<u4").tobytes()
-
-    def pad8(b):
-        return b + b"\0" * (-len(b) % 8)
-
-    nbytes = n_sig * n_samples
-    head = (tag(6, 8) + np.array([8, 0], "<u4").tobytes()  # array flags: class mxINT8_CLASS
-            + tag(5, 8) + np.array([n_sig, n_samples], "<i4").tobytes()  # dimensions
-            + pad8(tag(1, 3) + b"val") + tag(1, nbytes))  # name, then the miINT8 data element
-    body_len = len(head) + nbytes + (-nbytes % 8)
-    comp = zlib.compressobj(9)
-    parts = [comp.compress(tag(14, body_len) + head)]
-    chunk = b"\0" * (1 << 24)
-    left = nbytes + (-nbytes % 8)
-    while left:
-        k = min(left, len(chunk))
-        parts.append(comp.compress(chunk[:k]))
-        left -= k
-    parts.append(comp.flush())
-    data = b"".join(parts)
-    header = b"MATLAB 5.0 MAT-file, crafted".ljust(116) + b"\0" * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
-    path.write_bytes(header + tag(15, len(data)) + data)
+    crafted_mat(path, n_sig, n_samples, n_sig * n_samples, int16=False, level=9)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import crafted_mat
+
 ROOT = Path(__file__).resolve().parent.parent
 DCM = ROOT.parent / "shared" / "data" / "dicom" / "waveform_ecg.dcm"
 BOMB = 1 << 30  # inflated bytes
@@ -67,28 +69,9 @@ def child(what, path):
     return lines[0], float(lines[-1].split()[1])
 
 
-def _tag(mdtype, nbytes):
-    return np.array([mdtype, nbytes], "<u4").tobytes()
-
-
 def mat_bomb(path: Path, n_sig: int, n_samples: int, data_bytes: int):
     """A v5 .mat whose 'val' says int16 [n_sig, n_samples] and whose (compressed) data element holds data_bytes."""
-    pad8 = lambda b: b + b"\0" * (-len(b) % 8)  # noqa: E731
-    head = (_tag(6, 8) + np.array([10, 0], "<u4").tobytes()  # mxINT16_CLASS
-            + _tag(5, 8) + np.array([n_sig, n_samples], "<i4").tobytes()
-            + pad8(_tag(1, 3) + b"val") + _tag(3, data_bytes))  # miINT16 data element
-    body = len(head) + data_bytes + (-data_bytes % 8)
-    comp = zlib.compressobj(1)
-    parts = [comp.compress(_tag(14, body) + head)]
-    zeros, left = bytes(1 << 24), data_bytes + (-data_bytes % 8)
-    while left:
-        k = min(left, len(zeros))
-        parts.append(comp.compress(zeros[:k]))
-        left -= k
-    parts.append(comp.flush())
-    data = b"".join(parts)
-    header = b"MATLAB 5.0 MAT-file, crafted".ljust(116) + b"\0" * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
-    path.write_bytes(header + _tag(15, len(data)) + data)
+    crafted_mat(path, n_sig, n_samples, data_bytes, int16=True, level=1)
     (path.with_suffix(".hea")).write_text(f"{path.stem} {n_sig} 500 {n_samples}\n" + "".join(
         f"{path.name} 16+24 1000/mV 16 0 0 0 0 {lead}\n" for lead in ["I", "II", "III", "aVR", "aVL", "aVF",
                                                                      "V1", "V2", "V3", "V4", "V5", "V6"][:n_sig]))
