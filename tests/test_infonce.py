@@ -473,18 +473,22 @@ def _autotune_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_autotune_rank0_choice_broadcast(tmp_path):
+def _spawn_two(worker, args, limit_s, what):
+    """Run worker(rank, *args) on 2 spawned processes; fail the test (killing them) after limit_s seconds."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_autotune_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 120
+    ctx = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.time() + limit_s
     while not ctx.join(timeout=5):
         if time.time() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail("2-process autotune run timed out")
+            pytest.fail(f"{what} timed out")
+
+
+@pytest.mark.slow
+def test_autotune_rank0_choice_broadcast(tmp_path):
+    _spawn_two(_autotune_worker, (2, str(tmp_path / "init"), str(tmp_path)), 120, "2-process autotune run")
     r0, r1 = (torch.load(tmp_path / f"at{r}.pt") for r in range(2))
     assert r0["cfg"] == r1["cfg"] == (128, 64, 64, 8, 2)
     assert r0["calls"] == [0] and r1["calls"] == []  # only rank 0 timed anything
@@ -573,17 +577,8 @@ def _dist_worker(rank, world, init_file, out_dir):
 
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     world = 2
-    ctx = mp.start_processes(_dist_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 150
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("2-process gloo run timed out")
+    _spawn_two(_dist_worker, (world, str(tmp_path / "init"), str(tmp_path)), 150, "2-process gloo run")
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     e_all, t_all = _inputs(DIST_B_LOCAL * world, DIST_D, seed=123)
     for scale in DIST_SCALES:
