@@ -4,7 +4,7 @@
 
 1. A MIMIC-IV-ECG-layout tree of --records 12-lead, 500 Hz, 10 s WFDB records is written (the real 12-lead DICOM
    ECG (pydicom's test file), shifted, scaled and with a little noise per record; machine-style reports from the
-   synthetic corpus), then ``melp_fast.preprocess.build_store`` runs on it with 1 and 2 worker processes:
+   synthetic corpus), then ``melp_fast.data.preprocess.build_store`` runs on it with 1 and 2 worker processes:
    records/s overall and per process (read + resample + beats + high-pass + min-max + write).
 2. The DataLoader over that store, random order (shuffle), batch --batch-size, lead masking p = 0.5 and report
    tokenisation by Collate (the MiniLM tokenizer of the default text encoder, max_len 128), in several ways:

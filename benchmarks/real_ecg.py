@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine  # noqa: E402
-from melp_fast import generate  # noqa: E402
+from melp_fast.inference import generate  # noqa: E402
 from melp_fast.data.sources.single import read_record  # noqa: E402
-from melp_fast.export import load_model  # noqa: E402
+from melp_fast.inference.export import load_model  # noqa: E402
 
 FORBIDDEN = ("infarct", "st elevation", "injury", "block")
 RATE = re.compile(r"\b(?:rate|heart rate) (\d+)")

@@ -8,7 +8,7 @@
 The timed step is the training step itself: the model's own forward (MELP.forward), MELPLoss, backward and the
 optimiser step (the DeepSpeed engine, ZeRO-0, AdamW with gradient clipping 1.0, where deepspeed is installed; a
 plain torch.optim.AdamW with clip_grad_norm_ otherwise: the output says which), then the logit-scale clamp.
-Parameter groups come from melp_fast.engine.param_groups, as in training.
+Parameter groups come from melp_fast.training.engine.param_groups, as in training.
 bf16 autocast on CUDA (--dtype). Batches are prepared before timing (synthetic corpus, on the device, two of
 them used in turn), so data loading is not in the step. No synchronisation inside timed steps: the device is
 synchronised once before and once after them.
@@ -276,9 +276,9 @@ def make_optimizer(model, cfg, args, batch_size, cuda):
     plain AdamW with gradient clipping otherwise."""
     import torch
 
-    from melp_fast.engine import param_groups
+    from melp_fast.training.engine import param_groups
 
-    groups, gdesc = param_groups(model, cfg.train.weight_decay), "melp_fast.engine.param_groups"
+    groups, gdesc = param_groups(model, cfg.train.weight_decay), "melp_fast.training.engine.param_groups"
     opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
                             **({"fused": True} if cuda else {}))
     use_ds = args.optimizer in ("auto", "deepspeed")

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load_model(path, device="cpu"):
-    """Load an exported model (see melp_fast.export)."""
-    from .export import load_model as _load
+    """Load an exported model (see melp_fast.inference.export)."""
+    from .inference.export import load_model as _load
 
     return _load(path, device)

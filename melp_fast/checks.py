@@ -221,7 +221,7 @@ def check_ds_config(path) -> None:
     """The DeepSpeed JSON: readable, an object, and the values this engine reads typed and in range."""
     if path is None:
         return
-    from .engine import read_ds_json
+    from .training.engine import read_ds_json
 
     ds = read_ds_json(path)
     where = f"--ds_config {path}"
@@ -385,8 +385,8 @@ def preflight_train(cfg, args, flags=None) -> None:
     check_writable(cfg.train.out_dir, "--out")
     _check_run_dir(cfg.train.out_dir, args)
     if cfg.train.downstream:  # a store that cannot be validated on fails now, not at the first evaluation step
-        from .eval_tasks import EvalError
-        from .validation import check_downstream
+        from .eval.tasks import EvalError
+        from .eval.validation import check_downstream
 
         try:
             check_downstream(cfg.train.downstream)
@@ -395,11 +395,11 @@ def preflight_train(cfg, args, flags=None) -> None:
 
 
 def _check_run_dir(out, args, **kw) -> None:
-    from .run_dir import check_run_dir
+    from .training.run_dir import check_run_dir
 
     resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
     if resume:  # the pointer alone (the engine validates the checkpoint it names when it loads it)
-        from .engine import check_resume
+        from .training.engine import check_resume
 
         if overwrite:
             raise UserError("--resume and --overwrite contradict each other: choose one")
@@ -417,7 +417,7 @@ def preflight_text(cfg, args, flags=None) -> None:
     if not same:  # --init DIR == --out DIR continues an earlier run's encoder, which --overwrite would remove
         text_encoder_config(init, "--init")
     check_writable(out, "--out")
-    from .run_dir import TEXT_EVIDENCE
+    from .training.run_dir import TEXT_EVIDENCE
 
     _check_run_dir(out, args, evidence=TEXT_EVIDENCE)
 
@@ -504,7 +504,7 @@ def checkpoint_folder(ckpt_dir, pointer: str) -> Path:
 def check_owner(out_dir, folder, info: dict) -> None:
     """The checkpoint was written by the run that owns ``out_dir`` (its run id); folders and checkpoints of older
     versions carry none and pass."""
-    from .run_dir import RUN_ID_FILE, run_id
+    from .training.run_dir import RUN_ID_FILE, run_id
 
     mine, theirs = run_id(out_dir), info.get("run_id")
     if mine is not None and theirs is not None and mine != theirs:

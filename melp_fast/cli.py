@@ -4,12 +4,12 @@
                                    zero-shot it again, print both side by side (README command one)
     melp-fast zero-shot --model DIR --store DIR [--prompts FILE.json]
     melp-fast train ...            the training script in this process (same flags as melp_fast/train.py)
-    melp-fast preprocess ...       build a store from a dataset (melp_fast/preprocess.py)
+    melp-fast preprocess ...       build a store from a dataset (melp_fast/data/preprocess.py)
     melp-fast pretrain-text ...    stage one: continued MLM pretraining of the text encoder (melp_fast/text_pretrain.py)
-    melp-fast evaluate ...         zero-shot and linear probing on downstream tasks (melp_fast/evaluate.py)
-    melp-fast generate ...         report generation for one ECG file (melp_fast/generate.py)
+    melp-fast evaluate ...         zero-shot and linear probing on downstream tasks (melp_fast/eval/zero_shot.py)
+    melp-fast generate ...         report generation for one ECG file (melp_fast/inference/generate.py)
     melp-fast launch deepspeed|torchrun ...   a multi-process run whose launcher passes SIGTERM to every rank and
-                                   exits 128 + signal after their checkpoints (melp_fast/launch.py)
+                                   exits 128 + signal after their checkpoints (melp_fast/training/launch.py)
 Subcommands that own their flags live in their modules as main(argv); `melp-fast SUBCOMMAND --help` shows them.
 """
 
@@ -29,8 +29,8 @@ def _demo(args) -> int:
     from .config import get_preset
     from .data import synthetic
     from .data.store import build_synthetic_store
-    from .evaluate import comparison_table, save_json, zero_shot
-    from .export import load_model, untrained_model
+    from .eval.zero_shot import comparison_table, save_json, zero_shot
+    from .inference.export import load_model, untrained_model
 
     from .checks import check_demo_args
 
@@ -63,7 +63,7 @@ def _demo(args) -> int:
 def _demo_folder(out: Path) -> list[str]:
     """Extra train flags for the demo's run folder: --overwrite when it holds a previous demo's run."""
     from .errors import UserError
-    from .run_dir import demo_may_replace, holds_run, mark_demo
+    from .training.run_dir import demo_may_replace, holds_run, mark_demo
 
     if not demo_may_replace(out):
         raise UserError(f"{out} holds a training run that melp-fast demo did not make; choose another --out")
@@ -85,8 +85,8 @@ def _real_ecg(model_dir, out: Path) -> dict | None:
 
     import numpy as np
 
-    from . import generate
-    from .export import load_model
+    from .inference import generate
+    from .inference.export import load_model
     from .plots import plot_attention
 
     try:
@@ -126,8 +126,8 @@ def _real_ecg(model_dir, out: Path) -> dict | None:
 
 def _zero_shot(args) -> int:
     from .data.store import Store
-    from .evaluate import comparison_table, load_prompts, save_json, zero_shot
-    from .export import load_model
+    from .eval.zero_shot import comparison_table, load_prompts, save_json, zero_shot
+    from .inference.export import load_model
 
     from .errors import UserError
 
@@ -153,11 +153,11 @@ def _zero_shot(args) -> int:
 # subcommand -> module whose main(argv) takes the remaining arguments
 MODULE_COMMANDS = {
     "train": ("melp_fast.train", "the training script in this process (same flags as melp_fast/train.py)"),
-    "preprocess": ("melp_fast.preprocess", "build a preprocessed store from a dataset"),
+    "preprocess": ("melp_fast.data.preprocess", "build a preprocessed store from a dataset"),
     "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
-    "evaluate": ("melp_fast.evaluate", "zero-shot and linear-probe AUROC on downstream tasks"),
-    "generate": ("melp_fast.generate", "a report for one ECG file from the captioning decoder, with pictures"),
-    "launch": ("melp_fast.launch", "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
+    "evaluate": ("melp_fast.eval.zero_shot", "zero-shot and linear-probe AUROC on downstream tasks"),
+    "generate": ("melp_fast.inference.generate", "a report for one ECG file from the captioning decoder, with pictures"),
+    "launch": ("melp_fast.training.launch", "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
 }
 
 
@@ -186,7 +186,7 @@ def _main(argv=None) -> int:
     z = sub.add_parser("zero-shot", help="zero-shot AUROC of an exported model on a store")
     z.add_argument("--model", required=True)
     z.add_argument("--store", required=True)
-    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: melp_fast/prompts/synthetic.json)")
+    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: melp_fast/eval/prompts/synthetic.json)")
     z.add_argument("--out", default=None)
     if argv and argv[0] in MODULE_COMMANDS:
         import importlib

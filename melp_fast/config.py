@@ -119,7 +119,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # the most recent checkpoints kept (0: all)
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row (each one skips its batch)
     out_dir: str = "runs/melp"
-    # validation (melp_fast/validation.py): every eval_every steps (0: never) the held-out subjects' losses and the
+    # validation (melp_fast/eval/validation.py): every eval_every steps (0: never) the held-out subjects' losses and the
     # zero-shot AUROC of each downstream store; the best checkpoint is kept by best_metric ("loss" in the name:
     # lower is better, else higher; the reference's choice is "zs/mean")
     eval_every: int = 0

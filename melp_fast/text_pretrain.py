@@ -9,7 +9,7 @@
 Reads top to bottom: reports (the embedded synthetic corpus, a store's reports, or a text file with one report per
 line) -> held-out slice -> starting model (AutoModelForMaskedLM) and tokenizer -> intrinsic check "before" ->
 vocabulary growth (frequent words split into many word pieces; new rows = mean of the pieces) -> DeepSpeed engine
-(melp_fast/engine.py: torch AdamW, warmup + cosine) -> loop (DataCollatorForLanguageModeling masking, forward,
+(melp_fast/training/engine.py: torch AdamW, warmup + cosine) -> loop (DataCollatorForLanguageModeling masking, forward,
 backward, step, checkpoint) -> save the base encoder + tokenizer into --out -> intrinsic check "after".
 
 The output directory loads as the text encoder of the main training (`--text-encoder DIR`): config.json and
@@ -37,11 +37,11 @@ import torch.distributed as dist
 
 from melp_fast.checks import preflight_text
 from melp_fast.config import TextPretrainConfig, add_flags, from_args
-from melp_fast.engine import (InputNotFound, Trainer, check_batches, check_resume, init_distributed,
+from melp_fast.training.engine import (InputNotFound, Trainer, check_batches, check_resume, init_distributed,
                               shutdown_distributed)
 from melp_fast.errors import UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
-from melp_fast.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, prepare_run_dir
+from melp_fast.training.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, prepare_run_dir
 
 HEAD_FILE = "mlm_head.safetensors"
 

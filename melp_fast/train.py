@@ -7,7 +7,7 @@
     python -m melp_fast.train --preset tiny            (one process, no launcher)
 
 Reads top to bottom: config -> distributed init -> data -> model -> engine (optimiser, schedule, DeepSpeed;
-melp_fast/engine.py) -> loop (forward, three losses, backward, step, clamp the logit scale, log, checkpoint) ->
+melp_fast/training/engine.py) -> loop (forward, three losses, backward, step, clamp the logit scale, log, checkpoint) ->
 export. The exported model (out_dir/model: config.json + model.safetensors + text_encoder/) loads with
 melp_fast.load_model(path).
 """
@@ -32,13 +32,13 @@ from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_prese
 from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
-from melp_fast.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
+from melp_fast.training.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
                               check_compile, compile_model, init_distributed, shutdown_distributed)
 from melp_fast.errors import run_main
-from melp_fast.export import export_model
+from melp_fast.inference.export import export_model
 from melp_fast.losses import MELPLoss
 from melp_fast.model.melp import MELP
-from melp_fast.run_dir import prepare_run_dir
+from melp_fast.training.run_dir import prepare_run_dir
 
 FLAGS = {  # flag: (config key, help)
     "--data": ("data.source", "a preprocessed store (default: the embedded synthetic corpus)"),
@@ -154,11 +154,11 @@ def clamp_logit_scale(engine):
 
 def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: Path, rank: int):
     """The after-step hook of MELP_SPEC's validation: every ``train.eval_every`` steps the held-out subjects'
-    losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/validation.py) join the history, and the
+    losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/eval/validation.py) join the history, and the
     best model by ``train.best_metric`` is exported to out_dir/best (its score in best/best.json)."""
     if not cfg.train.eval_every:
         return lambda: None
-    from melp_fast.validation import BestTracker, held_out_indices, validate
+    from melp_fast.eval.validation import BestTracker, held_out_indices, validate
 
     val_idx = held_out_indices(store, cfg.data.val_fraction)
     best, best_file = BestTracker(cfg.train.best_metric), out_dir / "best" / "best.json"

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import melp_fast.engine as engine  # noqa: E402
+import melp_fast.training.engine as engine  # noqa: E402
 
 records = []
 train_step = engine.Trainer.train_step

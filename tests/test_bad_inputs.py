@@ -262,7 +262,7 @@ def test_a_store_refuses_a_build_from_another_source_or_root(tmp_path):
 
 
 def test_a_second_build_into_a_store_being_built_stops_at_once(tmp_path):
-    from melp_fast.preprocess import store_lock
+    from melp_fast.data.preprocess import store_lock
 
     root = tmp_path / "root"
     write_record(root, "a")
@@ -281,7 +281,7 @@ def test_a_second_build_into_a_store_being_built_stops_at_once(tmp_path):
 def exported(tmp_path_factory):
     from helpers import tiny_cfg
 
-    from melp_fast.export import export_model, untrained_model
+    from melp_fast.inference.export import export_model, untrained_model
 
     cfg = tiny_cfg()
     path = tmp_path_factory.mktemp("export") / "model"
@@ -315,7 +315,7 @@ def broken_copy(exported, tmp_path, how):
                                        ("unknown_section", ["modle"]), ("not_json", ["config.json"])])
 def test_broken_exported_models_are_one_line_errors(exported, tmp_path, how, words):
     from melp_fast.errors import UserError
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     d = broken_copy(exported, tmp_path, how)
     with pytest.raises(UserError) as e:
@@ -333,7 +333,7 @@ def test_empty_ckpt_folder_through_the_command(exported, tmp_path):
 
 
 def load_ok(path) -> bool:
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     return load_model(path).logit_scale.numel() == 1
 

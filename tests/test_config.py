@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from melp_fast.config import Config, TextPretrainConfig, apply_overrides, get_preset, valid_keys
-from melp_fast.engine import DEFAULT_DS_CONFIG, load_ds_config
+from melp_fast.training.engine import DEFAULT_DS_CONFIG, load_ds_config
 from melp_fast.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent

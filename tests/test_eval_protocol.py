@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from melp_fast import evaluate as ev
+from melp_fast.eval import zero_shot as ev
 from melp_fast.data import reference_splits as refsplits
 from melp_fast.data import tasks as tasklib
 from melp_fast.data.sources import LEADS
 from melp_fast.data.store import Store
 from melp_fast.errors import UserError
-from melp_fast.preprocess import build_store
+from melp_fast.data.preprocess import build_store
 from test_sources import DCM, SCP, dicom_12lead_500, write_cinc, write_wfdb
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "melp_reference"
@@ -287,7 +287,7 @@ def test_cli_user_errors_are_one_line_exit_2(trees, tmp_path, capsys, tiny_expor
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from helpers import tiny_cfg
-    from melp_fast.export import export_model
+    from melp_fast.inference.export import export_model
     from melp_fast.model.melp import MELP
 
     torch.manual_seed(0)
@@ -329,7 +329,7 @@ def test_end_to_end_preprocess_then_evaluate_prints_the_paper_tables(trees, tmp_
     assert rows2 == [f"| {name} (reference scoring)", f"| {name} (per-class scoring)"]
     assert "**reference**: the MELP reference's probe metric" in t2 and "**per-class**:" in t2
     res = json.loads((out / "results.json").read_text())
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
     from sklearn.metrics import roc_auc_score
 
     from test_scoring import torchmetrics_macro

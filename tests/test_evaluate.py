@@ -8,10 +8,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from melp_fast import evaluate as ev
+from melp_fast.eval import zero_shot as ev
 from melp_fast.data import synthetic
 from melp_fast.data import tasks as tasklib
-from melp_fast.linear_probe import fit_probe, linear_probe, nested_subsets, predict
+from melp_fast.eval.linear_probe import fit_probe, linear_probe, nested_subsets, predict
 from helpers import tiny_cfg
 
 # Real PTB-XL 1.0.3 class lists (scp_statements.csv): the prompt files must cover every one.
@@ -205,7 +205,7 @@ def test_every_class_of_every_task_has_a_prompt(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from melp_fast.export import export_model
+    from melp_fast.inference.export import export_model
     from melp_fast.model.melp import MELP
 
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):
     zero-shot numbers equal scikit-learn on the model's own cosine scores."""
     from melp_fast.cli import main as cli_main
     from melp_fast.data.store import Store, write_store
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     torch.set_num_threads(1)
     recs = [synthetic.generate_record(i, 5) for i in range(60)]
@@ -255,7 +255,7 @@ def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):
 
 
 def test_prompt_lists_are_averaged(tiny_export):
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     model = load_model(tiny_export)
     emb = ev.prompt_embeddings(model, {"a": ["sinus rhythm", "normal ecg"], "b": "atrial fibrillation"}, ["a", "b"])
@@ -270,7 +270,7 @@ def test_reference_probe_early_stopping_best_epoch_and_not_available():
     """The probe of --protocol melp: early stopping on validation keeps the best epoch's weights; per-class AUROC of
     its logits (no softmax) under scoring per-class; an empty sample is reported as not available, one without
     positives is trained and scored on every class (as the reference does)."""
-    from melp_fast.linear_probe import fit_probe_early_stopping, reference_probe
+    from melp_fast.eval.linear_probe import fit_probe_early_stopping, reference_probe
 
     rng = np.random.default_rng(4)
     labels = multilabel(900, 3, seed=6)

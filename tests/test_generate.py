@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from melp_fast import generate as gen
+from melp_fast.inference import generate as gen
 from helpers import DCM as DICOM  # pydicom's 12-lead test ECG
 from helpers import need_fixture, rng_for, tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from melp_fast.export import export_model
+    from melp_fast.inference.export import export_model
     from melp_fast.model.melp import MELP
 
     torch.manual_seed(1)
@@ -24,7 +24,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(exported):
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     torch.set_num_threads(1)
     return load_model(exported)

@@ -24,7 +24,7 @@ SLOW_TRAIN = """
 import sys, time
 sys.path.insert(0, {root!r})
 import melp_fast.train as t
-from melp_fast.engine import shutdown_distributed
+from melp_fast.training.engine import shutdown_distributed
 from melp_fast.errors import run_main
 orig = t.clamp_logit_scale
 def slow(engine):
@@ -57,7 +57,7 @@ def test_sigterm_to_the_launcher_reaches_every_rank(tmp_path, which):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MELP_DEBUG"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "melp_fast.launch", *launcher_args(which, free_port()), str(script),
+    cmd = [sys.executable, "-m", "melp_fast.training.launch", *launcher_args(which, free_port()), str(script),
            "--ds_config", str(ROOT / "configs/cpu_fp32.json"), *SMALL, "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -96,7 +96,7 @@ def test_sigterm_to_the_launcher_reaches_every_rank(tmp_path, which):
 
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not on PATH")
 def test_launch_names_a_bad_launcher(capsys):
-    from melp_fast.launch import main
+    from melp_fast.training.launch import main
     from melp_fast.errors import run_main
 
     assert run_main(main, ["mpirun", "x.py"]) == 2
@@ -106,7 +106,7 @@ def test_launch_names_a_bad_launcher(capsys):
 # a rank under a fake `deepspeed` runner (a script of that name that starts it): the rank loops on guard.check()
 RANK = """
 import sys, time
-from melp_fast.preemption import StopGuard, launcher_runner
+from melp_fast.training.preemption import StopGuard, launcher_runner
 guard = StopGuard(grace_s=60).__enter__()
 print("runner", launcher_runner().pid, flush=True)
 t0 = time.time()

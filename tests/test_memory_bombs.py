@@ -163,7 +163,7 @@ def test_a_listing_with_nul_bytes_is_refused(tmp_path):
 def test_a_text_encoder_asking_for_100000_layers_is_refused_before_building(tmp_path, capsys):
     from melp_fast.cli import main
     from melp_fast.errors import UserError
-    from melp_fast.export import load_model
+    from melp_fast.inference.export import load_model
 
     enc = tmp_path / "enc"
     enc.mkdir()

@@ -35,7 +35,7 @@ def hook(engine):
     time.sleep(slow)
 t.clamp_logit_scale = hook
 if os.environ.get("HANG_SAVE"):
-    import melp_fast.engine as e
+    import melp_fast.training.engine as e
     orig_save = e.Trainer.save
     def save(self):
         if self.step > 2:
@@ -144,7 +144,7 @@ def test_every_preset_checkpoints_by_default():
 
 
 def test_stop_guard_in_one_process():
-    from melp_fast.preemption import Preempted, StopGuard
+    from melp_fast.training.preemption import Preempted, StopGuard
 
     before = signal.getsignal(signal.SIGTERM)
     with StopGuard(grace_s=60, save_minutes=0) as g:

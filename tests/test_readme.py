@@ -24,7 +24,7 @@ def test_readme_shows_the_launch_forms():
 
 def test_generate_example_is_pydicoms_real_ecg():
     from melp_fast.data.sources.single import read_record
-    from melp_fast.generate import example_ecg
+    from melp_fast.inference.generate import example_ecg
 
     path = example_ecg()
     assert path.name == "waveform_ecg.dcm" and path.is_file()

@@ -24,7 +24,7 @@ RUNNER = """
 import os, signal, sys, torch
 kill = os.environ.get("KILL_AT", "")
 if kill.startswith("history:"):
-    import melp_fast.engine as t
+    import melp_fast.training.engine as t
     n = int(kill.split(":")[1]); orig = t.append_history
     def hook(path, rec):
         orig(path, rec)

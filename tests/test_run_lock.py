@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED = 30
 print(f"test_run_lock: seed {SEED}")
 
-HOLD = ("import sys, time; from melp_fast.run_dir import acquire_lock; acquire_lock(sys.argv[1]); "
+HOLD = ("import sys, time; from melp_fast.training.run_dir import acquire_lock; acquire_lock(sys.argv[1]); "
         "print('held', flush=True); time.sleep(900)")
 TRAIN = "import sys; from melp_fast.cli import main; sys.exit(main(['train', *sys.argv[1:]]))"
 SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4", "--steps", "2",
@@ -65,7 +65,7 @@ def test_a_second_run_on_a_folder_in_use_stops_naming_the_holder(tmp_path):
 
 
 def test_a_stale_lock_is_taken_over_saying_so(tmp_path):
-    from melp_fast.run_dir import LOCK_FILE, acquire_lock, release_lock
+    from melp_fast.training.run_dir import LOCK_FILE, acquire_lock, release_lock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -111,7 +111,7 @@ def test_the_pointer_must_name_a_plain_folder_of_this_run(tmp_path):
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     from melp_fast.checks import check_owner
-    from melp_fast.run_dir import run_id
+    from melp_fast.training.run_dir import run_id
 
     out = tmp_path / "run"
     mine = run_id(out, create=True)
@@ -122,7 +122,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
 
 
 def _state(tmp_path, **position):
-    from melp_fast.safe_load import save_train_state
+    from melp_fast.training.safe_load import save_train_state
 
     torch.manual_seed(SEED)
     return save_train_state(tmp_path, 0, {"step": 3, "epoch": 0, "batch": 3, "skipped": 0, **position})
@@ -147,7 +147,7 @@ def _rewrite_meta(path, edit):
     (lambda m: m["python"].__setitem__(0, 99), "Python RNG state"),
 ])
 def test_train_state_values_out_of_range_are_refused(tmp_path, edit, words):
-    from melp_fast.safe_load import read_train_state
+    from melp_fast.training.safe_load import read_train_state
 
     path = _state(tmp_path)
     read_train_state(tmp_path, 0)  # as written: fine
@@ -160,7 +160,7 @@ def test_train_state_values_out_of_range_are_refused(tmp_path, edit, words):
 
 def test_tensors_with_a_swapped_dtype_are_refused_before_loading(tmp_path):
     from melp_fast.checks import check_tensors, expected_tensors
-    from melp_fast.safe_load import deepspeed_weights_only
+    from melp_fast.training.safe_load import deepspeed_weights_only
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     exp = expected_tensors(model)
@@ -186,7 +186,7 @@ def test_tensors_with_a_swapped_dtype_are_refused_before_loading(tmp_path):
 
 
 def test_a_fifo_among_the_run_files_is_refused_before_it_can_block(tmp_path):
-    from melp_fast.run_dir import check_run_dir
+    from melp_fast.training.run_dir import check_run_dir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -1,4 +1,4 @@
-"""The two probe scorings (melp_fast/metrics.py, linear_probe.py): the reference's torchmetrics multilabel macro
+"""The two probe scorings (melp_fast/eval/metrics.py, linear_probe.py): the reference's torchmetrics multilabel macro
 AUROC of softmax scores against a hand-computed case and against a literal transcription of torchmetrics 1.6.0's
 algorithm (binary_clf_curve, zero TPR / FPR for a class without positives / negatives, trapezoid, NaN-skipping
 macro mean); the reference probe's early stopping, bf16 logits and Lightning's stopping rules; the per-class
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from melp_fast.linear_probe import fit_probe_early_stopping, macro_score, probe_logits, reference_probe
-from melp_fast.metrics import auroc, reference_auroc, reference_macro, score_set, softmax
+from melp_fast.eval.linear_probe import fit_probe_early_stopping, macro_score, probe_logits, reference_probe
+from melp_fast.eval.metrics import auroc, reference_auroc, reference_macro, score_set, softmax
 
 
 def torchmetrics_binary_auroc(preds: torch.Tensor, target: torch.Tensor) -> float:
@@ -143,7 +143,7 @@ def test_reference_probe_scores_every_class_like_the_reference():
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from helpers import tiny_cfg
-    from melp_fast.export import export_model
+    from melp_fast.inference.export import export_model
     from melp_fast.model.melp import MELP
 
     torch.manual_seed(0)
@@ -159,8 +159,8 @@ def test_prompts_are_never_truncated_under_the_tiny_preset(tiny_export):
     from pathlib import Path
 
     from melp_fast.data.tokenize import ReportTokenizer
-    from melp_fast.export import load_model
-    from melp_fast.prompts import prompt_embeddings
+    from melp_fast.inference.export import load_model
+    from melp_fast.eval.prompts import prompt_embeddings
 
     ckepe = Path("/work/shared/reference/melp_reference/prompt/CKEPE_prompt.json")
     if not ckepe.is_file():

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 
-from melp_fast import evaluate as ev
+from melp_fast.eval import zero_shot as ev
 from melp_fast.data import synthetic
 from melp_fast.data.store import Store, write_store
 from test_train import SMALL, run_train

@@ -134,7 +134,7 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case):
 def exported_tiny(tmp_path) -> Path:
     from helpers import tiny_cfg
 
-    from melp_fast.export import export_model, untrained_model
+    from melp_fast.inference.export import export_model, untrained_model
 
     cfg = tiny_cfg()
     torch.manual_seed(30)

@@ -1,4 +1,4 @@
-"""Validation during pretraining (melp_fast/validation.py): held-out losses equal the criterion on the held-out
+"""Validation during pretraining (melp_fast/eval/validation.py): held-out losses equal the criterion on the held-out
 batches, downstream zero-shot equals the evaluation's, the best-checkpoint rule, the config fields; and the
 evaluation's beat spans follow the model's own token stride (2 ** conv_layers), not a hard-coded 16."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from melp_fast import evaluate as ev
-from melp_fast import validation as val
+from melp_fast.eval import zero_shot as ev
+from melp_fast.eval import validation as val
 from melp_fast.config import Config
 from melp_fast.data import synthetic
 from melp_fast.data.dataset import Collate, ECGTextDataset

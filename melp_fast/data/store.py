@@ -22,7 +22,7 @@ Layout of a store directory (version 2)::
 Building is deterministic: the same listing and settings give byte-identical files whatever the number of worker
 processes or interruptions (a killed build is resumed by running it again: finished shards are kept, a partial
 one is rebuilt). ``write_store`` builds a store in this process from an iterable (used for the synthetic corpus);
-``build_store`` (melp_fast.preprocess) builds one from a dataset source with several processes.
+``build_store`` (melp_fast.data.preprocess) builds one from a dataset source with several processes.
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ CLASS_NAMES: dict[str, str] = {
 
 
 def _shipped_prompts() -> dict[str, str]:
-    """The zero-shot prompts of the corpus: the shipped, user-editable melp_fast/prompts/synthetic.json."""
-    d = json.loads((Path(__file__).resolve().parent.parent / "prompts" / "synthetic.json").read_text(encoding="utf-8"))
+    """The zero-shot prompts of the corpus: the shipped, user-editable melp_fast/eval/prompts/synthetic.json."""
+    d = json.loads((Path(__file__).resolve().parent.parent / "eval" / "prompts" / "synthetic.json").read_text(encoding="utf-8"))
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 

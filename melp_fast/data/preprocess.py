@@ -31,10 +31,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .data.sources import get_source, SOURCES
-from .data.sources.common import SkipRecord
-from .data.store import CHUNK, SHARD_SIZE, VERSION, ShardWriter, Store, finalize_store
-from .errors import UserError, run_main
+from .sources import get_source, SOURCES
+from .sources.common import SkipRecord
+from .store import CHUNK, SHARD_SIZE, VERSION, ShardWriter, Store, finalize_store
+from ..errors import UserError, run_main
 
 LOCK_NAME = ".build.lock"
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.tasks import train_subset
+from ..data.tasks import train_subset
 from .metrics import SCORINGS, auroc, bootstrap_ci, nanmean, reference_auroc, softmax
 
 FRACTIONS = (0.01, 0.1, 1.0)

@@ -2,7 +2,7 @@
 
     melp-fast launch deepspeed [deepspeed's options] melp_fast/train.py --ds_config ... --out DIR
     melp-fast launch torchrun  [torchrun's options]  melp_fast/train.py --ds_config ... --out DIR
-    python -m melp_fast.launch deepspeed ...         (the same, without the console script)
+    python -m melp_fast.training.launch deepspeed ...         (the same, without the console script)
 
 Schedulers (SLURM, Kubernetes) signal one process, the launcher. On its own:
 - the ``deepspeed`` runner on one node dies at SIGTERM without passing it on: the ranks train on as orphans to
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     which, rest = argv[0], argv[1:]
     if which not in LAUNCHERS:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"melp-fast launch {which}: the launcher must be one of {', '.join(LAUNCHERS)}")
     got = []
@@ -119,6 +119,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from ..errors import run_main
 
     sys.exit(run_main(main))

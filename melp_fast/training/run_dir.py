@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 # what a training run writes into its folder (config.json alone is not a run: it is rewritten at every start)
 RUN_FILES = ("checkpoints", "history.jsonl", "model", "model.partial", "model.old", "tensorboard", "config.json",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .errors import UserError
-from .model.melp import MELP
+from ..config import Config
+from ..errors import UserError
+from ..model.melp import MELP
 
 
 def full_state_dict(engine_or_model) -> dict | None:
@@ -59,12 +59,12 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     """Load an exported model for encode_ecg / encode_text / generation (eval mode)."""
     from safetensors.torch import load_file
 
-    from .model.text import load_backbone, load_tokenizer
+    from ..model.text import load_backbone, load_tokenizer
 
     path = Path(path)
     cfg = _checked_config(path)
     text_dir = str(path / "text_encoder")
-    from .checks import text_dir_bounds
+    from ..checks import text_dir_bounds
 
     text_dir_bounds(text_dir)  # e.g. 100,000 layers: refused before any model is built
     try:
@@ -77,7 +77,7 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
     except Exception as e:  # noqa: BLE001 - truncated or not a safetensors file
         raise UserError(f"{path / 'model.safetensors'} is damaged (truncated or not a safetensors file): "
                         f"{' '.join(str(e).split())[:200]}; export the model again") from None
-    from .checks import check_tensors, expected_tensors
+    from ..checks import check_tensors, expected_tensors
 
     check_tensors(weights, expected_tensors(model), path / "model.safetensors")  # a swapped dtype is refused
     try:

@@ -3,7 +3,7 @@
 Accepted files: a flat JSON {class name: prompt or [prompts]} (the MELP reference's ``CKEPE_prompt.json`` is one:
 its keys are the reference's class names, matched to ours through ``tasks.reference_name``: ``ISC_`` takes the
 text of ``ISC``, CPSC2018's ``AF`` that of ``AFIB``); a JSON {task: {class: prompt}}; or a directory of
-``<task>.json``. The shipped files (``melp_fast/prompts/<task>.json``) use our class names; "_comment" keys are
+``<task>.json``. The shipped files (``melp_fast/eval/prompts/<task>.json``) use our class names; "_comment" keys are
 documentation. ``lower=True`` lower-cases every prompt, as the reference does before tokenising.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import tasks as tasklib
-from .errors import UserError
+from ..data import tasks as tasklib
+from ..errors import UserError
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 
@@ -113,8 +113,8 @@ def encode_untruncated(model, texts: list[str], names: list[str] | None = None) 
     tok = getattr(text, "tokenizer", None)
     if tok is None or not hasattr(model, "encode_text"):
         return model.encode_prompts(texts)
-    from .data.reports import split_sentences
-    from .data.tokenize import ReportTokenizer
+    from ..data.reports import split_sentences
+    from ..data.tokenize import ReportTokenizer
 
     base = ReportTokenizer(tok, 4, PROMPT_MAX_SENTENCES)
     sentences = [base.sentences(t) for t in texts]

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import beats as beatlib
-from .data.constants import FS
-from .data.reports import split_sentences
-from .data.signal import preprocess
+from ..data import beats as beatlib
+from ..data.constants import FS
+from ..data.reports import split_sentences
+from ..data.signal import preprocess
 
 EXAMPLE = "example"  # --ecg example: the real 12-lead ECG that pydicom ships (waveform_ecg.dcm)
 
@@ -38,7 +38,7 @@ def example_ecg() -> Path:
 
 def load_ecg(path, model) -> dict:
     """An ECG file as a model batch of one (see ``ecg_batch``), with the file's meta for plotting."""
-    from .data.sources.single import read_record
+    from ..data.sources.single import read_record
 
     raw, meta = read_record(path, raw=True, max_beats=model.cfg.max_beats)
     return {**ecg_batch(raw, model), "meta": meta}
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     import json
 
     from .export import load_model
-    from .plots import plot_attention
+    from ..plots import plot_attention
 
     p = argparse.ArgumentParser(prog="melp-fast generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    from .checks import check_generate_args, check_generate_len
+    from ..checks import check_generate_args, check_generate_len
 
     check_generate_args(args)  # ranges, device, a writable --out: before the model is loaded
     if args.ecg == EXAMPLE:
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     try:
         batch = load_ecg(args.ecg, model)
     except ValueError as e:  # issue 14: a record that cannot be used (fs 0 / inf, ...) is one line, exit 2
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"melp-fast generate: {e}") from None
     greedy = generate_report(model, batch, "greedy", max_len=args.max_len)

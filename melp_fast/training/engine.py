@@ -37,9 +37,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from .checks import check_owner, checkpoint_folder, expected_tensors
-from .errors import UserError
-from .export import full_state_dict
+from ..checks import check_owner, checkpoint_folder, expected_tensors
+from ..errors import UserError
+from ..inference.export import full_state_dict
 from .preemption import StopGuard
 from .run_dir import run_id
 from .safe_load import deepspeed_weights_only, read_train_state, restore_rng, save_train_state

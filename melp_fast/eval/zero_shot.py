@@ -1,10 +1,10 @@
 """Evaluation suite: zero-shot and linear-probe AUROC on downstream tasks, with bootstrap intervals.
 
 Zero-shot: every class has a text prompt (a clinical description; a list of prompts is averaged), read from the
-task's JSON file in ``melp_fast/prompts/`` (users may edit them or pass ``--prompts``); its normalised text
+task's JSON file in ``melp_fast/eval/prompts/`` (users may edit them or pass ``--prompts``); its normalised text
 embedding is scored against the normalised rhythm (global) ECG embedding by cosine; AUROC per class on the
 multi-hot labels (no softmax across classes, as in the reference's test_zeroshot.py), and their macro mean.
-Linear probing: see ``melp_fast.linear_probe``. Intervals: percentile bootstrap over test records (seeded).
+Linear probing: see ``melp_fast.eval.linear_probe``. Intervals: percentile bootstrap over test records (seeded).
 
     melp-fast evaluate --ckpt runs/tiny/model --store synthetic --untrained --out runs/eval
     melp-fast evaluate --ckpt DIR --store stores/ptbxl --task all --store stores/cpsc2018 --store stores/csn
@@ -47,15 +47,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.dataset import Collate, ECGTextDataset
-from .data.store import Store
-from .eval_tasks import (KNOWN_TASKS, PROTOCOLS, EvalError, check_protocol, open_store, route_tasks,  # noqa: F401
+from ..data.dataset import Collate, ECGTextDataset
+from ..data.store import Store
+from .tasks import (KNOWN_TASKS, PROTOCOLS, EvalError, check_protocol, open_store, route_tasks,  # noqa: F401
                          store_protocol, store_tasks, task_key, task_sets, task_split)
 from .linear_probe import linear_probe, reference_probe
 from .metrics import (SCORING_TEXT, SCORINGS, auroc, bootstrap_ci, per_class_auroc,  # noqa: F401 (public names)
                       reference_auroc, score_set)
 from .prompts import PROMPT_DIR, load_prompts, prompt_embeddings, prompt_path, prompt_tasks, task_prompts  # noqa: F401
-from .report import TASK_TITLES, comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
+from .tables import TASK_TITLES, comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def zero_shot(model, store: Store, prompts: dict, batch_size: int = 64, progress
 
 
 def _synthetic_sets(args, cfg) -> tuple[Store, Store]:
-    from .data.store import build_synthetic_store
+    from ..data.store import build_synthetic_store
 
     d = Path(args.data_dir)
     seed, hp, mb = cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats
@@ -324,12 +324,12 @@ def parse_args(argv):
 
 def _main(argv=None) -> int:
     args = parse_args(argv)
-    from .checks import check_evaluate_args
+    from ..checks import check_evaluate_args
 
     check_evaluate_args(args)  # issue 30: ranges, device and a writable --out before any work
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .export import load_model, untrained_model
+    from ..inference.export import load_model, untrained_model
 
     try:
         fractions = tuple(float(x) for x in args.fractions.split(","))
@@ -390,7 +390,7 @@ def _main(argv=None) -> int:
                 "auroc": {"zero_shot": "per-class: " + SCORING_TEXT["per-class"] + " (raw cosine, as the reference)",
                           "linear_probe": {sc: SCORING_TEXT[sc] for sc in scorings}},
                 "minutes": (time.perf_counter() - t0) / 60}
-    from .report import load_paper_results
+    from .tables import load_paper_results
 
     save_json({"settings": settings, "results": results, "paper": load_paper_results()}, out / "results.json")
     save_scores(arrays, out / "scores.npz")
@@ -399,8 +399,8 @@ def _main(argv=None) -> int:
     (out / "results.md").write_text(md)
     written = [out / "results.json", out / "results.md", out / "scores.npz"]
     if not args.no_plots:
-        from .plots import plot_roc
-        from .report import title
+        from ..plots import plot_roc
+        from .tables import title
 
         for key, c in curves.items():
             f = out / f"roc_{key.replace(':', '_').replace('/', '_')}.png"
@@ -415,6 +415,6 @@ def _main(argv=None) -> int:
 
 def main(argv=None) -> int:
     """`melp-fast evaluate`: a user error is one line on stderr and exit code 2 (``errors.run_main``)."""
-    from .errors import run_main
+    from ..errors import run_main
 
     return run_main(_main, argv)

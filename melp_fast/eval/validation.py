@@ -4,7 +4,7 @@
 
 How the training loop uses it (train.py / the engine; rank 0, or every rank on its own share, then averaged):
 
-    from melp_fast.validation import BestTracker, held_out_indices, validate
+    from melp_fast.eval.validation import BestTracker, held_out_indices, validate
     val_idx = held_out_indices(store, cfg.data.val_fraction)             # None: the store has no subject ids
     best = BestTracker(cfg.train.best_metric)                            # state_dict() / load_state_dict() on resume
     ...
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.dataset import Collate, ECGTextDataset
-from .data.store import Store
-from .data.tasks import subject_split
+from ..data.dataset import Collate, ECGTextDataset
+from ..data.store import Store
+from ..data.tasks import subject_split
 
 
 def held_out_indices(store: Store, val_fraction: float = 0.02, seed: int = 42):
@@ -74,7 +74,7 @@ def validation_sets(stores) -> list[tuple[Store, str, dict]]:
     """(store, task, sets) of each downstream store's default task, whose "val" part is what model selection scores.
     A store without a validation record for its task is an ``EvalError`` naming it (its test records are never a
     substitute)."""
-    from .eval_tasks import EvalError, open_store, task_sets
+    from .tasks import EvalError, open_store, task_sets
 
     out = []
     for s in stores:
@@ -100,8 +100,8 @@ def check_downstream(stores) -> None:
 def downstream_zero_shot(model, stores, prompts=None, batch_size: int = 64) -> dict:
     """``zs/<task>``: zero-shot macro AUROC of each store's default task on its validation records only (the
     evaluation's default protocol and shipped prompts, or ``prompts``), and ``zs/mean``."""
-    from .eval_tasks import task_key
-    from .evaluate import embed_store, zero_shot_scores
+    from .tasks import task_key
+    from .zero_shot import embed_store, zero_shot_scores
     from .prompts import prompt_embeddings, task_prompts
 
     out = {}

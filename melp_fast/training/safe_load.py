@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def _deepspeed_globals() -> list:
@@ -101,7 +101,7 @@ def deepspeed_weights_only(allowed=None, expect=None):
             raise UserError(f"refused to load {f}: not a regular file")
         out = safe_torch_load(f, map_location=map_location, allowed=allowed)
         if expect is not None and isinstance(out, dict) and isinstance(out.get("module"), dict):
-            from .checks import check_tensors
+            from ..checks import check_tensors
 
             check_tensors(out["module"], expect, f)
         return out

@@ -1,4 +1,4 @@
-"""Which records and labels each task is evaluated on, and on which store (used by ``melp_fast.evaluate``).
+"""Which records and labels each task is evaluated on, and on which store (used by ``melp_fast.eval.zero_shot``).
 
 Protocol "melp": the MELP reference's split files (``data/reference_splits.py``), records and labels alike, on a
 store built with ``preprocess --protocol melp``. Protocol "default": the store's labels; records from split files
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import reference_splits as refsplits
-from .data import tasks as tasklib
-from .data.store import Store
-from .errors import UserError
+from ..data import reference_splits as refsplits
+from ..data import tasks as tasklib
+from ..data.store import Store
+from ..errors import UserError
 
 PROTOCOLS = ("default", "melp")
 PREPROCESS_FLAGS = {"melp": "--protocol melp", "default": "no --protocol flag (the default: 4 Hz high-pass)"}
