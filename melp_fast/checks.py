@@ -14,8 +14,11 @@ mistake costs nothing and never leaves a half-written output. What lives here:
   is downloaded) and whose config.json is within ``TEXT_BOUNDS`` (before any model is built);
 - ``check_store_dir``: a folder that is a finished store;
 - checkpoints: ``checkpoint_folder`` (the pointer's target is a plain name inside this run's checkpoints folder,
-  every file in it a regular file), ``check_owner`` (the checkpoint carries this run's id), ``check_tensors``
-  (dtypes and shapes of loaded tensors against the model's).
+  every file in it a regular file), ``check_tensors`` (dtypes and shapes of loaded tensors against the
+  model's).
+
+The training scripts' own preflight (which also checks the run folder and the downstream stores) is
+training/preflight.py.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InputNotFound, UserError
 
 # text encoder config.json: what a sane BERT-like encoder can have (a bigger one is a typo or a memory bomb)
 TEXT_BOUNDS = {"num_hidden_layers": (1, 96), "hidden_size": (8, 16384), "num_attention_heads": (1, 256),
@@ -217,12 +220,25 @@ def check_store_dir(path, flag: str = "--data"):
         raise UserError(f"{flag} {path} is not a usable store: {' '.join(str(e).split())[:300]}") from None
 
 
+def read_ds_json(path) -> dict:
+    """A DeepSpeed JSON file as a dict, or a UserError that names the file and what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFound(f"--ds_config {path}: no such file")
+    try:
+        value = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"--ds_config {path} is not a JSON file{where}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--ds_config {path}: expected a JSON object {{...}}, found {type(value).__name__}")
+    return value
+
+
 def check_ds_config(path) -> None:
     """The DeepSpeed JSON: readable, an object, and the values this engine reads typed and in range."""
     if path is None:
         return
-    from .training.engine import read_ds_json
-
     ds = read_ds_json(path)
     where = f"--ds_config {path}"
 
@@ -375,53 +391,6 @@ def check_text_encoder(cfg, flags=None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the entry points
-def preflight_train(cfg, args, flags=None) -> None:
-    """Everything train.py can check before it starts (every rank runs it: it only reads, and a probe file)."""
-    check_config(cfg, flags)
-    check_ds_config(getattr(args, "ds_config", None))
-    check_text_encoder(cfg, flags)
-    if cfg.data.source != "synthetic":
-        check_store_dir(cfg.data.source, "--data")
-    check_writable(cfg.train.out_dir, "--out")
-    _check_run_dir(cfg.train.out_dir, args)
-    if cfg.train.downstream:  # a store that cannot be validated on fails now, not at the first evaluation step
-        from .eval.tasks import EvalError
-        from .eval.validation import check_downstream
-
-        try:
-            check_downstream(cfg.train.downstream)
-        except (EvalError, OSError, ValueError) as e:
-            raise UserError(str(e)) from None
-
-
-def _check_run_dir(out, args, **kw) -> None:
-    from .training.run_dir import check_run_dir
-
-    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
-    if resume:  # the pointer alone (the engine validates the checkpoint it names when it loads it)
-        from .training.engine import check_resume
-
-        if overwrite:
-            raise UserError("--resume and --overwrite contradict each other: choose one")
-        check_resume(Path(out) / "checkpoints", True)
-        return
-    check_run_dir(out, resume=False, overwrite=overwrite, **kw)
-
-
-def preflight_text(cfg, args, flags=None) -> None:
-    """Everything text_pretrain.py can check before it starts."""
-    check_text_config(cfg, flags)
-    check_ds_config(getattr(args, "ds_config", None))
-    init, out = cfg.model.init, Path(cfg.train.out_dir)
-    same = out.exists() and Path(init).exists() and Path(init).resolve() == out.resolve()
-    if not same:  # --init DIR == --out DIR continues an earlier run's encoder, which --overwrite would remove
-        text_encoder_config(init, "--init")
-    check_writable(out, "--out")
-    from .training.run_dir import TEXT_EVIDENCE
-
-    _check_run_dir(out, args, evidence=TEXT_EVIDENCE)
-
-
 def check_evaluate_args(args) -> None:
     """melp-fast evaluate's numbers, device and output folder."""
     _num(args.n_boot, "--n-boot", 0, 10 ** 6, integer=True)
@@ -499,17 +468,6 @@ def checkpoint_folder(ckpt_dir, pointer: str) -> Path:
             raise UserError(f"--resume: {entry} is {kind}; a checkpoint holds regular files only (remove it, or "
                             f"start again with --overwrite)")
     return folder
-
-
-def check_owner(out_dir, folder, info: dict) -> None:
-    """The checkpoint was written by the run that owns ``out_dir`` (its run id); folders and checkpoints of older
-    versions carry none and pass."""
-    from .training.run_dir import RUN_ID_FILE, run_id
-
-    mine, theirs = run_id(out_dir), info.get("run_id")
-    if mine is not None and theirs is not None and mine != theirs:
-        raise UserError(f"--resume: {folder} was written by another run (run id {str(theirs)[:32]}, this folder's "
-                        f"is {mine}, in {Path(out_dir) / RUN_ID_FILE}); resume from this run's own checkpoints")
 
 
 def expected_tensors(module, shapes: dict | None = None) -> dict:

@@ -20,6 +20,10 @@ class UserError(Exception):
     """A problem with the user's input: the message is shown as one line, without a traceback."""
 
 
+class InputNotFound(UserError, FileNotFoundError):
+    """A file or directory named on the command line does not exist."""
+
+
 def debug_requested(argv=None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get("MELP_DEBUG", "") not in ("", "0")

@@ -35,13 +35,12 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher or to
 import torch
 import torch.distributed as dist
 
-from melp_fast.checks import preflight_text
 from melp_fast.config import TextPretrainConfig, add_flags, from_args
-from melp_fast.training.engine import (InputNotFound, Trainer, check_batches, check_resume, init_distributed,
-                              shutdown_distributed)
-from melp_fast.errors import UserError, run_main
+from melp_fast.errors import InputNotFound, UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
-from melp_fast.training.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, prepare_run_dir
+from melp_fast.training.engine import Trainer, check_batches, init_distributed, shutdown_distributed
+from melp_fast.training.preflight import preflight_text
+from melp_fast.training.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, check_resume, prepare_run_dir
 
 HEAD_FILE = "mlm_head.safetensors"
 

@@ -27,18 +27,18 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from melp_fast.checks import preflight_train
 from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_preset
 from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
-from melp_fast.training.engine import (InputNotFound, ResumableSampler, Trainer, check_batches, check_resume,
-                              check_compile, compile_model, init_distributed, shutdown_distributed)
-from melp_fast.errors import run_main
+from melp_fast.errors import InputNotFound, run_main
 from melp_fast.inference.export import export_model
 from melp_fast.losses import MELPLoss
 from melp_fast.model.melp import MELP
-from melp_fast.training.run_dir import prepare_run_dir
+from melp_fast.training.engine import (ResumableSampler, Trainer, check_batches, check_compile, compile_model,
+                                       init_distributed, shutdown_distributed)
+from melp_fast.training.preflight import preflight_train
+from melp_fast.training.run_dir import check_resume, prepare_run_dir
 
 FLAGS = {  # flag: (config key, help)
     "--data": ("data.source", "a preprocessed store (default: the embedded synthetic corpus)"),

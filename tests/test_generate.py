@@ -153,9 +153,9 @@ def test_flat_attention_draws_the_similarity_view(model, monkeypatch):
 
 def test_demo_ends_with_the_real_ecg(exported, tmp_path, capsys):
     need_fixture(DICOM)  # the demo reads pydicom's test ECG from the installed pydicom
-    from melp_fast.cli import _real_ecg
+    from melp_fast.demo import real_ecg
 
-    res = _real_ecg(exported, tmp_path)
+    res = real_ecg(exported, tmp_path)
     printed = capsys.readouterr().out
     assert res["device_statement"] == "ritmo sinusale. ecg normale."
     assert "the recording device says:  ritmo sinusale. ecg normale." in printed

@@ -110,7 +110,7 @@ def test_the_pointer_must_name_a_plain_folder_of_this_run(tmp_path):
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
-    from melp_fast.checks import check_owner
+    from melp_fast.training.run_dir import check_owner
     from melp_fast.training.run_dir import run_id
 
     out = tmp_path / "run"

@@ -139,18 +139,18 @@ def test_resume_with_nothing_to_resume_is_one_line(tmp_path):
 
 
 def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
-    from melp_fast.cli import _demo_folder
+    from melp_fast.demo import demo_folder
     from melp_fast.errors import UserError
 
     out = tmp_path / "demo"
-    assert _demo_folder(out) == [] and (out / ".melp_demo").is_file()  # a first demo
+    assert demo_folder(out) == [] and (out / ".melp_demo").is_file()  # a first demo
     (out / "history.jsonl").write_text('{"step": 1}\n')  # ... that trained
-    assert _demo_folder(out) == ["--overwrite"]  # a second demo replaces it, saying so
+    assert demo_folder(out) == ["--overwrite"]  # a second demo replaces it, saying so
     assert f"replacing the previous demo run in {out}" in capsys.readouterr().err
     other = tmp_path / "real"
     (other / "checkpoints").mkdir(parents=True)  # a training run the demo did not make
     with pytest.raises(UserError, match="did not make"):
-        _demo_folder(other)
+        demo_folder(other)
     assert not (other / ".melp_demo").exists()
 
 

@@ -37,14 +37,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from ..checks import check_owner, checkpoint_folder, expected_tensors
+from ..checks import checkpoint_folder, expected_tensors, read_ds_json
 from ..errors import UserError
 from ..inference.export import full_state_dict
 from .preemption import StopGuard
-from .run_dir import run_id
+from .run_dir import POINTER, check_owner, check_resume, run_id
 from .safe_load import deepspeed_weights_only, read_train_state, restore_rng, save_train_state
-
-POINTER = "complete"
 
 # What the engine decides when the JSON does not; the batch sizes always come from the run's configuration.
 DEFAULT_DS_CONFIG = {
@@ -54,14 +52,6 @@ DEFAULT_DS_CONFIG = {
     "zero_force_ds_cpu_optimizer": False,
     "steps_per_print": 1_000_000,
 }
-
-
-class NothingToResume(UserError, FileNotFoundError):
-    """--resume where no complete checkpoint exists."""
-
-
-class InputNotFound(UserError, FileNotFoundError):
-    """A file or directory named on the command line does not exist."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -89,21 +79,6 @@ def shutdown_distributed() -> None:
     still connected; seen once in CI on a 2-rank ZeRO-3 run."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def read_ds_json(path) -> dict:
-    """A DeepSpeed JSON file as a dict, or a UserError that names the file and what is wrong with it."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputNotFound(f"--ds_config {path}: no such file")
-    try:
-        value = json.loads(p.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
-        raise UserError(f"--ds_config {path} is not a JSON file{where}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"--ds_config {path}: expected a JSON object {{...}}, found {type(value).__name__}")
-    return value
 
 
 def load_ds_config(path, batch_size: int, world: int) -> dict:
@@ -145,13 +120,6 @@ def check_batches(n_batches: int, n_records: int, batch_size: int, world: int, w
     if n_batches < 1:
         raise UserError(f"{n_records} {what} cannot fill one batch of {batch_size} on each of {world} process(es); "
                         f"lower the batch size (--batch-size) or give more data")
-
-
-def check_resume(ckpt_dir, resume: bool) -> None:
-    """Before anything is built: --resume needs a complete checkpoint in ckpt_dir."""
-    if resume and not (Path(ckpt_dir) / POINTER).is_file():
-        raise NothingToResume(f"--resume: no complete checkpoint to resume from in {ckpt_dir} (no '{POINTER}' "
-                              "pointer); run without --resume to start afresh")
 
 
 class ResumableSampler(DistributedSampler):

@@ -33,6 +33,11 @@ TEXT_RUN_FILES = ("checkpoints", "history.jsonl", "tensorboard", ".export.partia
                   "mlm_head.safetensors", "intrinsic.json", "new_words.json", "pretrain_args.json", "tokenizer.json",
                   "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "added_tokens.json")
 DEMO_MARK = ".melp_demo"
+POINTER = "complete"  # checkpoints/POINTER names the last complete checkpoint (engine.py writes it)
+
+
+class NothingToResume(UserError, FileNotFoundError):
+    """--resume where no complete checkpoint exists."""
 
 
 class RunExists(UserError, FileExistsError):
@@ -77,6 +82,13 @@ def _only_plain_files(out: Path) -> None:
             raise UserError(f"{out / name} is not a regular file (a FIFO, device or socket): remove it")
 
 
+def check_resume(ckpt_dir, resume: bool) -> None:
+    """Before anything is built: --resume needs a complete checkpoint in ckpt_dir."""
+    if resume and not (Path(ckpt_dir) / POINTER).is_file():
+        raise NothingToResume(f"--resume: no complete checkpoint to resume from in {ckpt_dir} (no '{POINTER}' "
+                              "pointer); run without --resume to start afresh")
+
+
 def check_run_dir(out, *, resume: bool, overwrite: bool, evidence=EVIDENCE) -> None:
     """The checks alone (every rank may call it: it only reads)."""
     out = Path(out)
@@ -86,8 +98,6 @@ def check_run_dir(out, *, resume: bool, overwrite: bool, evidence=EVIDENCE) -> N
         raise UserError(f"--out {out} exists and is not a folder")
     _only_plain_files(out)
     if resume:
-        from .engine import check_resume
-
         check_resume(out / "checkpoints", True)
         return
     found = holds_run(out, evidence)
@@ -245,3 +255,12 @@ def run_id(out, create: bool = False) -> str | None:
         return None
     text = path.read_text()[:64].strip()
     return text or None
+
+
+def check_owner(out_dir, folder, info: dict) -> None:
+    """The checkpoint was written by the run that owns ``out_dir`` (its run id); folders and checkpoints of older
+    versions carry none and pass."""
+    mine, theirs = run_id(out_dir), info.get("run_id")
+    if mine is not None and theirs is not None and mine != theirs:
+        raise UserError(f"--resume: {folder} was written by another run (run id {str(theirs)[:32]}, this folder's "
+                        f"is {mine}, in {Path(out_dir) / RUN_ID_FILE}); resume from this run's own checkpoints")

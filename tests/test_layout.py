@@ -1,0 +1,174 @@
+"""The package map holds: the import graph of melp_fast/ and kernels/ (every import, those inside functions too,
+read with ast) has no cycle and no edge against the layering
+
+    data < model < training / eval / inference wings < the scripts (train, text_pretrain) < demo < cli
+
+- data/ imports neither model/ nor a wing; model/ imports no wing;
+- the wings: inference < eval < training (eval loads exported models; training validates on eval's tasks), never
+  the other way, and none imports the scripts, demo or cli;
+- kernels/ (melp_kernels) imports nothing from melp_fast.
+
+Each rule is also run on a planted violation, so that a rule that cannot fail is noticed.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WINGS = ("inference", "eval", "training")  # a wing imports only the wings before it
+SCRIPTS = ("train", "text_pretrain", "demo", "cli")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "kernels":
+        parts = parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def read_sources() -> dict[str, tuple[Path, str]]:
+    """{module: (path, source)} of every module under melp_fast/ and kernels/melp_kernels/."""
+    files = sorted((ROOT / "melp_fast").rglob("*.py")) + sorted((ROOT / "kernels" / "melp_kernels").rglob("*.py"))
+    return {module_name(p): (p, p.read_text(encoding="utf-8")) for p in files}
+
+
+def import_graph(sources: dict[str, tuple[Path, str]]) -> dict[str, set[str]]:
+    """{module: the project modules it imports}. ``from pkg import name`` counts as pkg.name when that is a
+    module; a package's own __init__ is not implied by importing one of its modules (it is not an edge)."""
+    graph = {}
+    for mod, (path, src) in sources.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(src, str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    origin = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    origin = node.module or ""
+                targets = [f"{origin}.{a.name}" if f"{origin}.{a.name}" in sources else origin for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in sources:  # `import melp_fast.data.store` and `from x.y import z` (z a name)
+                    t = t.rpartition(".")[0]
+                if t and t != mod and t.split(".")[0] in ("melp_fast", "melp_kernels"):
+                    edges.add(t)
+        graph[mod] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (as a path a -> ... -> a), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def _part(mod: str) -> str:
+    """The layer a module belongs to: data, model, a wing, a script, kernels, or 'core' (config, errors, ...)."""
+    parts = mod.split(".")
+    if parts[0] == "melp_kernels":
+        return "kernels"
+    if len(parts) == 1:
+        return "root"  # melp_fast/__init__.py: the public entry, above everything
+    if parts[1] in ("data", "model", *WINGS, *SCRIPTS):
+        return parts[1]
+    return "core"
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for mod, targets in sorted(graph.items()):
+        src = _part(mod)
+        for t in sorted(targets):
+            dst = _part(t)
+            if src == "kernels" and not t.startswith("melp_kernels"):
+                bad.append(f"{mod} -> {t}: kernels import nothing from melp_fast")
+            elif src == "data" and dst in ("model", *WINGS, *SCRIPTS):
+                bad.append(f"{mod} -> {t}: data/ never imports model/, a wing or a script")
+            elif src == "model" and dst in (*WINGS, *SCRIPTS):
+                bad.append(f"{mod} -> {t}: model/ never imports a wing or a script")
+            elif src == "core" and dst in (*WINGS, *SCRIPTS):
+                bad.append(f"{mod} -> {t}: the shared modules (config, errors, checks, losses, plots) import no "
+                           f"wing or script")
+            elif src in WINGS and dst in SCRIPTS:
+                bad.append(f"{mod} -> {t}: a wing never imports the scripts, demo or cli")
+            elif src in WINGS and dst in WINGS and WINGS.index(dst) > WINGS.index(src):
+                bad.append(f"{mod} -> {t}: the wings go {' < '.join(WINGS)}; {src} cannot import {dst}")
+            elif src in SCRIPTS and dst in SCRIPTS and SCRIPTS.index(dst) > SCRIPTS.index(src) and \
+                    not (src, dst) == ("train", "text_pretrain"):
+                bad.append(f"{mod} -> {t}: the scripts go train / text_pretrain < demo < cli")
+    return bad
+
+
+def test_no_import_cycle():
+    graph = import_graph(read_sources())
+    assert len(graph) > 40 and graph["melp_fast.train"], "the import graph was not read"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_layering():
+    graph = import_graph(read_sources())
+    assert violations(graph) == []
+
+
+def test_wings_are_folders():
+    for wing in ("data", "model", *WINGS):
+        assert (ROOT / "melp_fast" / wing / "__init__.py").is_file(), wing
+
+
+PLANTED = [  # (module, the line planted into it, what must be reported)
+    ("melp_fast.data.store", "from ..model.melp import MELP\n", "data/ never imports model/"),
+    ("melp_fast.model.text", "from ..training import engine\n", "model/ never imports a wing"),
+    ("melp_kernels.infonce", "import melp_fast.config\n", "kernels import nothing from melp_fast"),
+    ("melp_fast.inference.export", "def f():\n    from ..eval.zero_shot import zero_shot\n", "the wings go"),
+    ("melp_fast.eval.metrics", "from .. import cli\n", "a wing never imports the scripts"),
+    ("melp_fast.checks", "from .training.engine import Trainer\n", "the shared modules"),
+]
+
+
+@pytest.mark.parametrize("mod,line,message", PLANTED, ids=[p[0] for p in PLANTED])
+def test_planted_violation_is_reported(mod, line, message):
+    sources = read_sources()
+    path, src = sources[mod]
+    sources[mod] = (path, src + "\n" + line)
+    found = violations(import_graph(sources))
+    assert any(message in v and v.startswith(mod + " ->") for v in found), found
+
+
+def test_planted_cycle_is_found():
+    sources = read_sources()
+    path, src = sources["melp_fast.data.constants"]
+    sources["melp_fast.data.constants"] = (path, src + "\ndef f():\n    from . import store\n")  # store -> constants
+    cycle = find_cycle(import_graph(sources))
+    assert cycle is not None and "melp_fast.data.constants" in cycle and "melp_fast.data.store" in cycle, cycle
