@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 FS = 500
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -165,7 +164,7 @@ def noise_stats(x: np.ndarray, r_peaks) -> dict:
 
 def real_dicom() -> tuple[dict, dict]:
     """(statistics, device measurements) of the DICOM 12-lead ECG (pydicom's test file)."""
-    from benchmarks.beat_cases import dicom_ecg
+    from melp_fast.testing.beat_cases import dicom_ecg
     from melp_fast.data import beats as beatlib
     from melp_fast.data.sources.single import read_record
 
@@ -195,7 +194,7 @@ def real_mitbih(n_windows: int = 180, record=None) -> list[dict]:
     import wfdb
     from scipy import signal as sps
 
-    from benchmarks.beat_cases import mitbih_record
+    from melp_fast.testing.beat_cases import mitbih_record
 
     base = mitbih_record(whole=True) if record is None else record
     rec = wfdb.rdrecord(str(base))
@@ -314,7 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration.md"))
     args = p.parse_args(argv)
-    from benchmarks.common import machine
+    from melp_fast.testing.common import machine
 
     res, device = rows(args.n, args.seed)
     text = (f"# Corpus calibration\n\n`python benchmarks/calibration.py --n {args.n}` ({machine()})\n\n"

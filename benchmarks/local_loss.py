@@ -41,8 +41,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import machine  # noqa: E402
+from melp_fast.testing.common import machine  # noqa: E402
 from melp_kernels import local_loss as ll  # noqa: E402
 
 CPU_SHAPES = [(64, 16, 12, 256), (128, 16, 12, 256)]
@@ -247,7 +246,7 @@ def sass_per_element(dtype="bf16", D=256, shapes=((16, 16), (32, 16))):
     import triton
 
     os.environ.pop("TRITON_INTERPRET", None)
-    from benchmarks.common import compile_spec
+    from melp_fast.testing.common import compile_spec
 
     cuobj = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     rows = []

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from melp_fast.testing.common import machine  # noqa: E402
 from melp_fast.inference import generate  # noqa: E402
 from melp_fast.data.sources.single import read_record  # noqa: E402
 from melp_fast.inference.export import load_model  # noqa: E402

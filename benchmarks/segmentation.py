@@ -27,7 +27,7 @@ one-to-one) and the |timing error| of matched detections (median and 95th percen
 annotations; peers on their subset). Every accuracy row also counts the T-wave false detections: detections that
 match no reference beat and fall 200-450 ms after one.
 
-Provoking cases (benchmarks/beat_cases.py), at 250, 360, 500 and 1000 Hz, ours on all leads and NeuroKit2 on lead II
+Provoking cases (melp_fast/testing/beat_cases.py), at 250, 360, 500 and 1000 Hz, ours on all leads and NeuroKit2 on lead II
 (MLII) of the same records: synthetic records drawn to provoke one error each (tall peaked T waves, T taller than
 the QRS in some leads, large U waves, wide QRS, low-voltage QRS, paced, bigeminy, fast AF), records of the project's
 generator with each label, and the real recordings with T waves scaled to 1.5-2x the R wave (R-point error against
@@ -49,8 +49,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.beat_cases import (  # noqa: E402
+from melp_fast.testing.beat_cases import (  # noqa: E402
     GENERATOR_KINDS,
     HARD_KINDS,
     KINDS,
@@ -66,7 +65,7 @@ from benchmarks.beat_cases import (  # noqa: E402
     synth_case,
     t_window_fp,
 )
-from benchmarks.common import match_beats  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402
 FS = 500.0
 
 
@@ -145,7 +144,7 @@ def make_records(n, mit, dcm, seed=0):
 # ---------------------------------------------------------------------------------------------------------------
 def provoking(detect, mit, dcm, n_synth, n_real, seed=0):
     """Scores of ours (all leads) and NeuroKit2 (lead II; MLII for MIT-BIH) on the provoking cases of
-    benchmarks/beat_cases.py at each rate: rows (recording, rate, records, ours Score, NeuroKit2 Score)."""
+    melp_fast/testing/beat_cases.py at each rate: rows (recording, rate, records, ours Score, NeuroKit2 Score)."""
     rng = np.random.default_rng(seed)
     rows = []
 
@@ -505,7 +504,7 @@ def main():
     lines.append(
         f"Ours: lowest Se {worst[0]:.2f} %, lowest +P {worst[1]:.2f} %, {t_fd} T-wave false detections (FD: "
         f"detections matching no beat, 200-450 ms after one) over all provoking rows; {below} row figures below "
-        "NeuroKit2's. Cases: `benchmarks/beat_cases.py` (synthetic kinds drawn to provoke one error each, seeds "
+        "NeuroKit2's. Cases: `melp_fast/testing/beat_cases.py` (synthetic kinds drawn to provoke one error each, seeds "
         "0..n-1; the first 2n records of `melp_fast.data.synthetic` with each label; real recordings with T waves scaled to "
         "1.5-2x the R wave, R-point error p95 against their annotations). 150 ms matching; beats within 100 ms of a "
         "record edge are not required and detections there not counted."

@@ -59,8 +59,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 STAGES = ("ecg_encoder", "text_encoder", "decoder", "loss_global", "loss_local", "loss_caption", "loss", "backward",
           "optimizer")
@@ -647,7 +645,7 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return 0
 
-    from benchmarks.common import machine
+    from melp_fast.testing.common import machine
 
     impls = (args.impls or ("reference,blocks,fused" if gpu else "reference,auto")).split(",")
     kinds = ["typical", "full"] if args.reports == "both" else [args.reports]

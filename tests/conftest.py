@@ -15,23 +15,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # ------------------------------------------------------------------------------- real recordings (tests/data)
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 import helpers  # noqa: E402  (tests/ is on sys.path, as for conftest itself)
 from helpers import DCM, MIT, MIT_FILES, need_fixture  # noqa: E402,F401  (test files import the paths from here)
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def mit():
     """5 min of MIT-BIH record 100 (tests/data): (signal [2, n] in mV, fs, annotated beats)."""
     need_fixture(*MIT_FILES)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import beat_cases as bc
+    from melp_fast.testing import beat_cases as bc
 
     return bc.load_mitbih(MIT)
 
@@ -40,8 +35,7 @@ def mit():
 def dcm():
     """pydicom's annotated 12-lead test ECG: (signal [12, 10000] in microvolts, 1000 Hz, annotated beats)."""
     need_fixture(DCM)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import beat_cases as bc
+    from melp_fast.testing import beat_cases as bc
 
     return bc.load_dicom_annotated(DCM)
 

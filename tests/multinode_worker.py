@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import melp_fast.training.engine as engine  # noqa: E402
 

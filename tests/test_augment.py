@@ -1,8 +1,5 @@
 """Training augmentations (melp_fast/data/augment.py) and their hook in the dataset."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +14,7 @@ from melp_fast.data.store import write_store
 
 from helpers import rng_for, seed_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import match_beats  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402
 
 # the module's records start at a fixed index drawn from the base seed (MELP_TEST_SEED; printed on failure)
 START = seed_for("test_augment", high=5_000_000)

@@ -18,7 +18,6 @@ from melp_fast.data.sources import SkipRecord
 from melp_fast.data.sources.single import read_any
 from melp_fast.data.store import Store
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import crafted_mat  # noqa: E402
 from test_sources import DCM, MIT, mitbih  # noqa: E402
 

@@ -3,17 +3,13 @@ sampling rates, short records) and the span / batch API."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from melp_fast.data.beats import beat_spans, detect_r_peaks, segment_batch, token_spans
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import beat_cases as bc  # noqa: E402
-from benchmarks.common import match_beats  # noqa: E402  (the scoring helper lives beside the benchmarks)
+from melp_fast.testing import beat_cases as bc  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402  (the scoring helper lives beside the benchmarks)
 
 from helpers import rng_for  # noqa: E402  (fixed, printed seeds; the recordings: conftest's fixtures `mit`, `dcm`)
 

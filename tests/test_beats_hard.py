@@ -11,8 +11,6 @@ Seeds are fixed (two representative draws per case and rate, listed below and pr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,8 @@ import pytest
 from melp_fast.data.beats import _detector as det
 from melp_fast.data.beats import detect_r_peaks
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import beat_cases as bc  # noqa: E402
-from benchmarks.common import match_beats  # noqa: E402
+from melp_fast.testing import beat_cases as bc  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402
 
 MIN_RATE = 0.995
 SEEDS = (11, 2026)  # two draws per case and rate (each case's generator mixes in the case and the rate)
@@ -64,14 +60,14 @@ def check_draw(x, ref, fs, what):
 def test_hard_case(kind, fs):
     for seed in SEEDS:
         x, ref = bc.hard_case(kind, fs, seed)
-        check_draw(x, ref, float(fs), f"{kind} at {fs} Hz, seed {seed} (benchmarks.beat_cases.hard_case)")
+        check_draw(x, ref, float(fs), f"{kind} at {fs} Hz, seed {seed} (melp_fast.testing.beat_cases.hard_case)")
 
 
 def test_issue_bigeminy_draw():
     """The draw of the issue: bigeminy at 250 Hz, record seed 2013483785 (the detector found 50 % of the beats,
     NeuroKit2 91.7 %)."""
     x, ref = bc.synth_case("bigeminy", 250, 2013483785)
-    check_draw(x, ref, 250.0, "bigeminy at 250 Hz, seed 2013483785 (benchmarks.beat_cases.synth_case)")
+    check_draw(x, ref, 250.0, "bigeminy at 250 Hz, seed 2013483785 (melp_fast.testing.beat_cases.synth_case)")
 
 
 # draws that failed while the rules were built, each for its own reason

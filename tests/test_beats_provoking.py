@@ -13,18 +13,14 @@ repository's (tests/data: 5 min of MIT-BIH record 100; pydicom's 12-lead test EC
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from melp_fast.data.beats import detect_r_peaks
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import beat_cases as bc  # noqa: E402
-from benchmarks.common import match_beats  # noqa: E402
+from melp_fast.testing import beat_cases as bc  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402
 from helpers import rng_for  # noqa: E402
 
 MIN_RATE = 0.995

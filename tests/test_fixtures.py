@@ -42,8 +42,7 @@ def test_pydicom_ecg_has_its_annotated_beats():
 
     ds = pydicom.dcmread(str(DCM))
     assert ds.WaveformSequence[0].SamplingFrequency == 1000 and ds.waveform_array(0).shape == (10_000, 12)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.beat_cases import load_dicom_annotated
+    from melp_fast.testing.beat_cases import load_dicom_annotated
 
     assert load_dicom_annotated(DCM)[2].size == 10
 

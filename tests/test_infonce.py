@@ -20,9 +20,7 @@ from melp_kernels import infonce
 from melp_kernels.infonce import infonce_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from benchmarks.common import load_open_clip_loss  # noqa: E402
+from melp_fast.testing.common import load_open_clip_loss  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])

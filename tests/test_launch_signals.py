@@ -22,7 +22,6 @@ SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4
 # a training script that sleeps after each step (the signal lands mid-run; the math is unchanged)
 SLOW_TRAIN = """
 import sys, time
-sys.path.insert(0, {root!r})
 import melp_fast.train as t
 from melp_fast.training.engine import shutdown_distributed
 from melp_fast.errors import run_main

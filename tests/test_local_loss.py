@@ -451,8 +451,7 @@ def test_benchmark_script_runs(tmp_path):
 _COMPILE = """
 import json, os, sys
 os.environ.pop("TRITON_INTERPRET", None)
-sys.path.insert(0, {root!r})
-from benchmarks.common import compile_spec, resources, resource_problems
+from melp_fast.testing.common import compile_spec, resources, resource_problems
 from melp_kernels import local_loss as ll
 rows = []
 for dt in ("bf16", "fp16", "fp32"):
@@ -467,16 +466,15 @@ print(json.dumps(rows))
 def test_shipped_configs_compile_for_h100_without_gpu():
     """Every shipped config builds for sm_90 (Triton's bundled ptxas) with no spill, no stack, <= 227 KB shared
     memory and wgmma dots; the build assumes the 16-byte aligned pointers the launcher specialises on."""
-    sys.path.insert(0, ROOT)
-    from benchmarks.common import ptxas_available
+    from melp_fast.testing.common import ptxas_available
 
     if not ptxas_available():
         pytest.skip("triton ships no ptxas here")
     specs = ll.sm90_specs(256, "bf16")
     assert {"name", "fn", "signature", "constexprs", "num_warps", "num_stages"} <= set(specs[0])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _COMPILE.format(root=ROOT)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 

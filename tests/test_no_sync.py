@@ -129,10 +129,6 @@ def test_the_check_catches_host_reads():
 def test_throughput_op_counter_leaves_out_ops_that_launch_nothing():
     """benchmarks/throughput.py's launch count: views, reshapes, transposes, expand, detach, empty allocations are
     not counted; arithmetic, copies and casts are."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.throughput import op_counter
 
     x = torch.randn(4, 6)

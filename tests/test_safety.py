@@ -16,7 +16,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 from helpers import DCM as DICOM, need_fixture  # noqa: E402  (pydicom's 12-lead test ECG)
 SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "4",
          "--set", "data.n_train=20", "--set", "model.width=32", "--set", "model.ffn=64", "--set", "model.heads=2",

@@ -20,7 +20,6 @@ from melp_fast.data.sources import LEADS, get_source
 from melp_fast.data.store import Store, store_digest, write_store
 from melp_fast.data.preprocess import build_store, main as preprocess_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_sources import DCM, dicom_12lead_500, make_cinc_tree, make_mimic_tree, make_ptbxl_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,9 +29,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import beat_cases as bc  # noqa: E402
-from benchmarks.common import match_beats  # noqa: E402
+from melp_fast.testing import beat_cases as bc  # noqa: E402
+from melp_fast.testing.common import match_beats  # noqa: E402
 
 pytestmark = pytest.mark.stress
 

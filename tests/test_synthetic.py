@@ -300,12 +300,6 @@ def test_splits_disjoint_and_reproducible():
 
 
 def _calibration():
-    import sys
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
     from benchmarks import calibration
 
     return calibration

@@ -12,7 +12,7 @@ Each builder returns ``(x, ref)``: float64 ``(leads, samples)`` in mV and the in
   AF, LVOLT, STE), resampled from 500 Hz to ``fs``.
 - ``scale_t_waves(x, ref, fs, leads, factor)``: a copy of a real record whose T waves (the 120-520 ms after each
   annotated beat, never closer than 200 ms to the next one) are scaled to ``factor`` x that lead's R amplitude.
-- ``match_beats`` lives in benchmarks/common.py; ``t_window_fp(ref, det, fs)`` counts the false detections that
+- ``match_beats`` lives in melp_fast/testing/common.py; ``t_window_fp(ref, det, fs)`` counts the false detections that
   fall 200-450 ms after a true beat (the T-wave class).
 """
 
@@ -297,7 +297,7 @@ BEAT_CODES = set("NLRBAaJSVrFejnE/fQ?")  # MIT-BIH annotation symbols that mark 
 
 # The real recordings: the repository's own (tests/data, see its README: 5 min of MIT-BIH record 100; pydicom's test
 # ECG from the installed pydicom), or the whole MIT-BIH record where ../shared/data holds it (benchmarks only).
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (a checkout: tests/data is not installed)
 FIXTURE_MITBIH = ROOT / "tests" / "data" / "mitbih" / "100"
 SHARED_MITBIH = ROOT.parent / "shared" / "data" / "mitbih" / "100"
 

@@ -6,7 +6,7 @@
   and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma;
 - match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector).
 
-Import from a test or a script with the repository root on sys.path: `from benchmarks.common import ...`.
+Import from a test or a script with the repository root on sys.path: `from melp_fast.testing.common import ...`.
 The compile helpers need TRITON_INTERPRET unset when the kernels are defined: call them in a fresh process.
 """
 
