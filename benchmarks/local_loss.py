@@ -6,7 +6,7 @@
     python benchmarks/local_loss.py --sass           # warp-instructions per element of a, from sm_90 SASS (no GPU)
 
 Implementations:
-  reference  the literal per-sample loop of MELP_SPEC.md (kernels/melp_kernels/local_loss.py, impl="reference")
+  reference  the literal per-sample loop of docs/SPEC.md (kernels/melp_kernels/local_loss.py, impl="reference")
   naive      a vectorisation that forms the B x B x S x D beat contexts c_ik (defined here, the memory peer)
   batched    vectorised PyTorch on the Gram algebra: B x B x K x S intermediates, no D-wide contexts
   fused      Triton tiles of BJ ECGs x BI reports on tensor cores: forward, the masked CLIP loss in one small

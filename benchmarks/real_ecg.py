@@ -1,11 +1,11 @@
-"""What a trained model says about real normal ECGs, and about perturbed copies of them (issue 19).
+"""What a trained model says about real normal ECGs, and about perturbed copies of them.
 
     python benchmarks/real_ecg.py [--model runs/tiny/model] [--ecg FILE ...] [--no-perturb] [--write]
 
 For each ECG file (default: pydicom's real 12-lead test ECG, a normal sinus recording) and, unless --no-perturb,
 copies of it with white noise (SD 0.02-0.05 mV, two draws each), baseline wander (0.3 mV at 0.3 Hz), 50 Hz hum
 (0.05 mV) and a slower rate (the signal stretched in time x1.15 and x1.3), the model's beam-search report (width 4,
-as the demo) is checked as issue 19 checks the demo on a normal ECG:
+as the demo) is checked as a report on a normal ECG must read:
 
 - it names a sinus rhythm ("sinus ...");
 - it names no infarction, ST elevation, injury or block;
@@ -37,7 +37,7 @@ RATE = re.compile(r"\b(?:rate|heart rate) (\d+)")
 
 
 def check(report: str, rate_from_beats: float) -> dict:
-    """Issue 19's checks of a report on a normal sinus ECG: {"ok", "problems", "pvc"}."""
+    """The checks of a report on a normal sinus ECG: {"ok", "problems", "pvc"}."""
     problems = []
     if "sinus" not in report:
         problems.append("no sinus rhythm")
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     total = len(rows)
     lines = [f"`python benchmarks/real_ecg.py --model {args.model}`" + (" --no-perturb" if args.no_perturb else ""),
              "", machine("cpu"), "",
-             "| ECG | variant | bpm (beats) | issue 19's checks | PVC call | beam report |", "|---|---|---:|---|---|---|",
+             "| ECG | variant | bpm (beats) | normal-ECG checks | PVC call | beam report |", "|---|---|---:|---|---|---|",
              *rows, "",
              f"Checks met: {n_ok}/{total}; met and no PVC call: {n_clean}/{total}."]
     print(lines[-1])

@@ -55,8 +55,10 @@ MODULE_COMMANDS = {
     "preprocess": ("melp_fast.data.preprocess", "build a preprocessed store from a dataset"),
     "pretrain-text": ("melp_fast.text_pretrain", "continued MLM pretraining of the text encoder (MELP stage one)"),
     "evaluate": ("melp_fast.eval.zero_shot", "zero-shot and linear-probe AUROC on downstream tasks"),
-    "generate": ("melp_fast.inference.generate", "a report for one ECG file from the captioning decoder, with pictures"),
-    "launch": ("melp_fast.training.launch", "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
+    "generate": ("melp_fast.inference.generate",
+                 "a report for one ECG file from the captioning decoder, with pictures"),
+    "launch": ("melp_fast.training.launch",
+               "deepspeed / torchrun under a wrapper that passes SIGTERM / SIGINT to every rank"),
 }
 
 
@@ -85,7 +87,8 @@ def _main(argv=None) -> int:
     z = sub.add_parser("zero-shot", help="zero-shot AUROC of an exported model on a store")
     z.add_argument("--model", required=True)
     z.add_argument("--store", required=True)
-    z.add_argument("--prompts", default=None, help="JSON file {class: prompt} (default: melp_fast/eval/prompts/synthetic.json)")
+    z.add_argument("--prompts", default=None,
+                   help="JSON file {class: prompt} (default: melp_fast/eval/prompts/synthetic.json)")
     z.add_argument("--out", default=None)
     if argv and argv[0] in MODULE_COMMANDS:
         import importlib

@@ -1,7 +1,7 @@
 """Configuration as dataclasses, with named presets.
 
 `Config` is the main training's (train.py): `get_preset("paper")` is the reference small configuration of
-MELP_SPEC.md; `get_preset("tiny")` trains on two CPU cores in minutes. `TextPretrainConfig` is stage one's
+docs/SPEC.md ("Model"); `get_preset("tiny")` trains on two CPU cores in minutes. `TextPretrainConfig` is stage one's
 (text_pretrain.py). Any field of either can be overridden on the command line with `--set section.field=value`;
 the value is parsed as JSON where it parses and checked against the field's type (and its choices) there.
 """

@@ -32,7 +32,7 @@ def run(args) -> int:
                                  args.n_test, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
     before = zero_shot(untrained_model(cfg, cfg.train.seed), test, synthetic.PROMPTS)
     train_argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
-    train_argv += demo_folder(out)  # issue 14 hook: the demo replaces only its own folder, and says so
+    train_argv += demo_folder(out)  # the demo replaces only its own folder, and says so
     if args.ds_config:
         train_argv += ["--ds_config", args.ds_config]
     result = train_mod.main(train_argv)

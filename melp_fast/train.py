@@ -88,7 +88,7 @@ def train_dataset(cfg: Config, store: Store, rank: int = 0) -> ECGTextDataset:
 
 def pretraining_indices(store: Store, val_fraction: float, rank: int = 0):
     """The records to train on: all of them, or, where the store knows every record's subject, the subject-level
-    split of MELP_SPEC.md (98/2, seed 42) with the held-out subjects left out. None means every record."""
+    split of docs/SPEC.md (98/2 by subject, seed 42) with the held-out subjects left out. None means every record."""
     from melp_fast.data.tasks import subject_split
 
     subjects = [r.get("subject", "") for r in store.records] if hasattr(store, "records") else []
@@ -153,9 +153,9 @@ def clamp_logit_scale(engine):
 
 
 def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: Path, rank: int):
-    """The after-step hook of MELP_SPEC's validation: every ``train.eval_every`` steps the held-out subjects'
-    losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/eval/validation.py) join the history, and the
-    best model by ``train.best_metric`` is exported to out_dir/best (its score in best/best.json)."""
+    """The after-step hook of the validation (docs/SPEC.md, "Training"): every ``train.eval_every`` steps the held-out
+    subjects' losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/eval/validation.py) join the
+    history, and the best model by ``train.best_metric`` is exported to out_dir/best (its score in best/best.json)."""
     if not cfg.train.eval_every:
         return lambda: None
     from melp_fast.eval.validation import BestTracker, held_out_indices, validate

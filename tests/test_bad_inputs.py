@@ -1,4 +1,4 @@
-"""Adversarial inputs (issue 14, cases 4-8): every file a reader opens is a regular file inside --root, sizes and
+"""Adversarial inputs: every file a reader opens is a regular file inside --root, sizes and
 rates are bounded before anything is read or resampled, bad values quarantine the record, and user errors of
 `melp-fast preprocess` / `--ckpt` are one line with exit code 2."""
 

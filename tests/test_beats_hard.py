@@ -1,4 +1,4 @@
-"""Beat detection on the harder provoking records of issue 31: coupled ectopy (bigeminy, trigeminy) with ectopic beats
+"""Beat detection on the harder provoking records: coupled ectopy (bigeminy, trigeminy) with ectopic beats
 taller, shorter, wider or of opposite polarity at coupling intervals down to 300 ms, baseline steps (single, paired,
 in one lead or in most leads, 250 ms or 600 ms after a beat, at the same instant as a real QRS) and a transient at
 the end of the T-wave window, at 250, 360, 500 and 1000 Hz, each judged against NeuroKit2 (lead II) on the same

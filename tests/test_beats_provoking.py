@@ -1,4 +1,4 @@
-"""Beat detection on signals built to provoke its errors (issue 16): T waves taken for beats, beats lost beside tall
+"""Beat detection on signals built to provoke its errors: T waves taken for beats, beats lost beside tall
 T waves, wide, low-voltage, paced, bigeminal and fast irregular rhythms, at 250, 360, 500 and 1000 Hz.
 
 Each case is scored against its reference beats and against NeuroKit2 (lead II) on the same records in the same

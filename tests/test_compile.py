@@ -1,4 +1,4 @@
-"""train.compile: the model through torch.compile gives the losses of the eager model (issue 25).
+"""train.compile: the model through torch.compile gives the losses of the eager model.
 
 - a tiny DeepSpeed run of 3 steps, eager with static shapes vs compiled (backend aot_eager: Dynamo + AOT autograd,
   no code generation, ~15 s of compile on a busy 2-core machine; the same graphs inductor is handed): every loss

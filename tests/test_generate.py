@@ -96,7 +96,7 @@ def test_generate_cli_on_dicom(exported, tmp_path, capsys):
 
 @pytest.mark.parametrize("fs", [0, float("inf"), 0.2])
 def test_generate_on_a_dicom_with_an_impossible_sampling_rate_is_one_line(exported, tmp_path, capsys, fs):
-    # issue 14: a DICOM whose SamplingFrequency is 0, inf or 0.2 Hz ends with one line and exit code 2
+    # a DICOM whose SamplingFrequency is 0, inf or 0.2 Hz ends with one line and exit code 2
     need_fixture(DICOM)
     import pydicom
 
@@ -167,7 +167,7 @@ def test_demo_ends_with_the_real_ecg(exported, tmp_path, capsys):
     assert (tmp_path / "real_ecg" / "attention.png").stat().st_size > 20_000
 
 
-def test_real_ecg_benchmark_checks_issue_19_criteria():
+def test_real_ecg_benchmark_checks_a_normal_ecg_report():
     """benchmarks/real_ecg.py's check: a sinus rhythm named, no infarction / ST elevation / block, a stated rate
     within 10 bpm of the beats' rate; a PVC call reported apart."""
     from benchmarks.real_ecg import check, stretch

@@ -180,7 +180,7 @@ def test_half_inputs(impl, dtype, B, D, device):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Confident pairs: the regime training converges to (issue 24)
+# Confident pairs: the regime training converges to
 # ---------------------------------------------------------------------------------------------------------------
 CONFIDENT_SCALE, CONFIDENT_LOSS = 100.0, 3e-5
 

@@ -1,6 +1,6 @@
-"""Issue 30: SIGTERM to the launcher (as SLURM / Kubernetes send it) reaches every rank through `melp-fast launch`:
-both ranks checkpoint, none is left running, and the job exits 143 (128 + SIGTERM), for the deepspeed launcher and
-for torchrun, two CPU processes each."""
+"""Pre-emption under a launcher: SIGTERM to the launcher (as SLURM / Kubernetes send it) reaches every rank through
+`melp-fast launch`: both ranks checkpoint, none is left running, and the job exits 143 (128 + SIGTERM), for the
+deepspeed launcher and for torchrun, two CPU processes each."""
 
 import json
 import os

@@ -6,7 +6,8 @@ read with ast) has no cycle and no edge against the layering
 - data/ imports neither model/ nor a wing; model/ imports no wing;
 - the wings: inference < eval < training (eval loads exported models; training validates on eval's tasks), never
   the other way, and none imports the scripts, demo or cli;
-- kernels/ (melp_kernels) imports nothing from melp_fast.
+- kernels/ (melp_kernels) imports nothing from melp_fast;
+- the library never imports melp_fast.testing (the tests' and benchmarks' support).
 
 Each rule is also run on a planted violation, so that a rule that cannot fail is noticed.
 """
@@ -111,7 +112,9 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
         src = _part(mod)
         for t in sorted(targets):
             dst = _part(t)
-            if src == "kernels" and not t.startswith("melp_kernels"):
+            if t.startswith("melp_fast.testing") and not mod.startswith("melp_fast.testing"):
+                bad.append(f"{mod} -> {t}: the library never imports melp_fast.testing (test support)")
+            elif src == "kernels" and not t.startswith("melp_kernels"):
                 bad.append(f"{mod} -> {t}: kernels import nothing from melp_fast")
             elif src == "data" and dst in ("model", *WINGS, *SCRIPTS):
                 bad.append(f"{mod} -> {t}: data/ never imports model/, a wing or a script")
@@ -154,6 +157,7 @@ PLANTED = [  # (module, the line planted into it, what must be reported)
     ("melp_fast.inference.export", "def f():\n    from ..eval.zero_shot import zero_shot\n", "the wings go"),
     ("melp_fast.eval.metrics", "from .. import cli\n", "a wing never imports the scripts"),
     ("melp_fast.checks", "from .training.engine import Trainer\n", "the shared modules"),
+    ("melp_fast.train", "from melp_fast.testing import common\n", "never imports melp_fast.testing"),
 ]
 
 
@@ -172,3 +176,39 @@ def test_planted_cycle_is_found():
     sources["melp_fast.data.constants"] = (path, src + "\ndef f():\n    from . import store\n")  # store -> constants
     cycle = find_cycle(import_graph(sources))
     assert cycle is not None and "melp_fast.data.constants" in cycle and "melp_fast.data.store" in cycle, cycle
+
+
+# ------------------------------------------------------------------------------------------------ repository hygiene
+def _path_edits(src: str, where: str) -> list[str]:
+    """Calls that change sys.path (sys.path.insert / append / extend, and sys.path[...] = ...)."""
+    found = []
+    for node in ast.walk(ast.parse(src, where)):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func.value
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            target = next((t.value for t in targets if isinstance(t, ast.Subscript)), None)
+        if isinstance(target, ast.Attribute) and target.attr == "path" and \
+                isinstance(target.value, ast.Name) and target.value.id == "sys":
+            found.append(f"{where}:{node.lineno}")
+    return found
+
+
+def test_no_test_or_benchmark_edits_sys_path():
+    """Tests import the installed package (and melp_fast.testing); benchmarks run as scripts beside each other."""
+    files = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+    assert len(files) > 20
+    found = [hit for f in files for hit in _path_edits(f.read_text(encoding="utf-8"), str(f.relative_to(ROOT)))]
+    assert found == []
+    planted = "import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['y']\n"
+    assert len(_path_edits(planted, "planted.py")) == 2
+
+
+def test_no_citation_of_a_file_outside_the_repository():
+    """The method specification the code cites is docs/SPEC.md, inside the repository."""
+    assert (ROOT / "docs" / "SPEC.md").is_file()
+    files = [*(ROOT / "melp_fast").rglob("*.py"), *(ROOT / "kernels").rglob("*.py"), *(ROOT / "tests").glob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    spec = "MELP_" + "SPEC"  # spelled apart, so that this file does not cite it either
+    assert [str(f.relative_to(ROOT)) for f in files if spec in f.read_text(encoding="utf-8")] == []

@@ -1,4 +1,4 @@
-"""Issue 30: small files that inflate to gigabytes are refused from their headers, in bounded memory.
+"""Memory bombs: small files that inflate to gigabytes are refused from their headers, in bounded memory.
 
 Each bomb is read in a child process whose address space is capped (RLIMIT_AS: its size after imports + 1.5 GB),
 so a regression fails the test instead of exhausting the machine; the child reports its own peak RSS growth

@@ -1,4 +1,5 @@
-"""The training forward, MELPLoss and backward never read a tensor on the host and keep static shapes (issue 25).
+"""The training forward, MELPLoss and backward never read a tensor on the host and keep static shapes
+(no host sync, so CUDA graphs and torch.compile can capture the step).
 
 Run under tests/no_sync.py's HostSyncCheck: any op tagged data_dependent_output (aten._local_scalar_dense behind
 .item() / int() / bool(), aten.equal), dynamic_output_shape (nonzero, masked_select, unique, ...), boolean-mask

@@ -1,4 +1,4 @@
-"""Pre-emption (issue 14, case 2): SIGTERM / SIGINT stop a 2-process run with a complete checkpoint, and the
+"""Pre-emption: SIGTERM / SIGINT stop a 2-process run with a complete checkpoint, and the
 resumed run matches an uninterrupted one at every later step; a step or save that hangs ends within the grace."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 30: one run at a time on a run folder, and checkpoints validated on load.
+"""One run at a time on a run folder, and checkpoints validated on load.
 
 - the lock: a second run on a folder in use stops at once (exit 2, one line naming the holder's pid); a stale lock
   (its holder gone) is taken over, saying so;

@@ -1,4 +1,4 @@
-"""Loading never runs code (issue 14, case 1), and a run folder is never replaced by accident (case 3).
+"""Loading never runs code, and a run folder is never replaced by accident.
 
 A crafted pickle (its __reduce__ calls exec, which would write a marker file) is planted where a run folder holds
 pickles: our train state, DeepSpeed's model states, its optimizer states, and beside the exported model. Resuming,
@@ -165,7 +165,7 @@ def _swap_a_dtype(folder: Path):
 
 @pytest.mark.parametrize("how", ["dtype_swap", "foreign_run", "fifo", "pointer_outside"])
 def test_resume_refuses_a_tampered_or_foreign_checkpoint(base_run, tmp_path, how):
-    """Issue 30: each refusal is one line naming the file and exit 2, in seconds (a FIFO never blocks), and the
+    """Each refusal is one line naming the file and exit 2, in seconds (a FIFO never blocks), and the
     run's files are left as they were."""
     out = copy_run(base_run, tmp_path)
     folder = out / "checkpoints" / "step2"

@@ -1,6 +1,6 @@
-"""Issue 30, the smaller items: disk full is one line (exit 2), a finished store on a read-only mount is "already
-complete", a flat duplicate lead listed first never hides the real one, and skip reasons are counted by what went
-wrong, not under "FILE"."""
+"""Hostile conditions, the smaller items: disk full is one line (exit 2), a finished store on a read-only mount is
+"already complete", a flat duplicate lead listed first never hides the real one, and skip reasons are counted by what
+went wrong, not under "FILE"."""
 
 import errno
 import json

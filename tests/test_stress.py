@@ -6,7 +6,7 @@ Not part of CI (pyproject.toml deselects the `stress` marker by default); run it
 - test_stress_modules: MELP_STRESS_ROUNDS rounds, each running test_synthetic, test_augment, test_beats and
   test_beats_provoking in a fresh process under a fresh MELP_TEST_SEED (MELP_STRESS_MODULES: another list); prints
   each test's failure rate and the command that replays each failure.
-- test_stress_provoking_cases: the provoking beat cases (benchmarks/beat_cases.synth_case) on MELP_STRESS_CASES
+- test_stress_provoking_cases: the provoking beat cases (melp_fast.testing.beat_cases.synth_case) on MELP_STRESS_CASES
   fresh records per kind and sampling rate, our detector alone (Se and +P >= 99.5 %, no detection in the T-wave
   window); prints the failure rate per kind and rate and the failing record seeds.
 

@@ -182,7 +182,7 @@ def test_report_format(records, labels):
 
 
 def test_rhythm_left_out_of_some_finding_reports_of_every_rhythm(records2, labels2):
-    """Reports that state a finding without the rhythm (issue 19): about 25 % of those with a diagnostic finding,
+    """Reports that state a finding without the rhythm: about 25 % of those with a diagnostic finding,
     in every rhythm, so that a one-finding prompt is not drawn toward one rhythm."""
     rhythm_words = ("sinus", "atrial fibrillation")
     finding = np.stack([labels2[c] for c in CLASSES[4:]]).any(0)

@@ -1,6 +1,7 @@
-"""Issue 30: every user error of the issue's list is one line naming the input, exit code 2, found before any work
-(checks.py, called by each entry point right after parsing). In-process calls of the console entry point: the
-checks run before torch.distributed or any model is started, so each case takes milliseconds."""
+"""Every user error (a bad option value, a missing or unusable input, an unwritable output) is one line naming the
+input, exit code 2, found before any work (checks.py, called by each entry point right after parsing). In-process
+calls of the console entry point: the checks run before torch.distributed or any model is started, so each case takes
+milliseconds."""
 
 import json
 import os

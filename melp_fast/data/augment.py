@@ -14,7 +14,7 @@ record looks exactly like a preprocessed one:
   probability 0.3 a burst of muscle noise on one lead;
 - mains hum: with probability 0.3, a 50 or 60 Hz sine of amplitude up to ``hum`` (units of the record's range;
   default 0.02, about 0.05 mV on a typical record) with a per-lead share in [0.3, 1]: the spec's preprocessing has
-  no notch filter, and unfiltered real recordings carry more hum than the corpus (issue 19: a 0.05 mV hum on
+  no notch filter, and unfiltered real recordings carry more hum than the corpus (a 0.05 mV hum on
   pydicom's normal ECG drew an ST-elevation call from a model trained without it);
 - limb lead reversal (an option, off by default): left / right arm electrodes swapped, as happens in practice:
   I -> -I, II <-> III, aVR <-> aVL, aVF unchanged (12-lead canonical order only).

@@ -1,4 +1,4 @@
-"""The canonical signal every store holds: 12 leads in PTB-XL order, 500 Hz, 10 s (MELP_SPEC.md, "Data")."""
+"""The canonical signal every store holds: 12 leads in PTB-XL order, 500 Hz, 10 s (docs/SPEC.md, "Data")."""
 
 FS = 500  # samples per second
 N_SAMPLES = 5000  # 10 s

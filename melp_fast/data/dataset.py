@@ -6,7 +6,7 @@ lead mask in torch, and returns an already stacked batch; ``Collate`` then only 
 per-report cache, so repeated reports are tokenised once). ``dataset[i]`` still gives one item, and ``Collate``
 accepts a list of items too, so both ways give identical batches.
 
-Lead masking (training augmentation, MELP_SPEC.md): each lead of each record zeroed independently with
+Lead masking (training augmentation, docs/SPEC.md "Data"): each lead of each record zeroed independently with
 probability ``lead_mask_p``, decided by a counter-based hash of (seed, epoch, record index, lead): reproducible
 and independent of batching, workers and order.
 """

@@ -1,4 +1,4 @@
-"""Report text: the cleaning rule of MELP_SPEC.md and sentence splitting."""
+"""Report text: the cleaning rule of docs/SPEC.md ("Data") and sentence splitting."""
 
 from __future__ import annotations
 

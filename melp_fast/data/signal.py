@@ -1,4 +1,4 @@
-"""Signal preprocessing of MELP_SPEC.md: per-lead high-pass, then min-max over the whole record to [0, 1]."""
+"""Signal preprocessing of docs/SPEC.md ("Data"): per-lead high-pass, then min-max over the whole record to [0, 1]."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ J notch), the healthy J elevation of V2-V3, and marked respiratory sinus arrhyth
 Reports: a rhythm statement, the findings in random order (territory, wording, sometimes a rate or PR), a summary.
 A report with a diagnostic finding leaves out its rhythm a quarter of the time, and a third of the ST-elevation
 statements name no territory, so that a one-finding zero-shot prompt ("st elevation ...") is pulled toward that
-finding in every rhythm and territory rather than toward the most common rhythm (issue 19).
+finding in every rhythm and territory rather than toward the most common rhythm.
 
 Everything is drawn from ``np.random.default_rng([seed, index])``: a record depends on (index, seed) only.
 """
@@ -95,7 +95,8 @@ CLASS_NAMES: dict[str, str] = {
 
 def _shipped_prompts() -> dict[str, str]:
     """The zero-shot prompts of the corpus: the shipped, user-editable melp_fast/eval/prompts/synthetic.json."""
-    d = json.loads((Path(__file__).resolve().parent.parent / "eval" / "prompts" / "synthetic.json").read_text(encoding="utf-8"))
+    shipped = Path(__file__).resolve().parent.parent / "eval" / "prompts" / "synthetic.json"
+    d = json.loads(shipped.read_text(encoding="utf-8"))
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
@@ -165,7 +166,7 @@ _P_SINUS_ARRHYTHMIA = 0.2  # marked respiratory sinus arrhythmia (RR modulation 
 # what it adds: "anterior st elevation, consider acute infarct. abnormal ecg."), whatever the rhythm. Without such
 # reports every training text names a rhythm, and a one-finding zero-shot prompt lands wherever the text encoder
 # puts "no rhythm": near sinus rhythm, so that a sinus-rhythm record without the finding outscores an atrial-
-# fibrillation record with it (issue 19: STE zero-shot 0.66 where a probe on the same features gives 0.89).
+# fibrillation record with it (seen as STE zero-shot 0.66 where a probe on the same features gave 0.89).
 _P_NO_RHYTHM = 0.25
 _P_STE_NO_TERRITORY = 1 / 3  # an ST-elevation statement names no territory this often
 _NOISE_MV = (0.0075, 0.022)  # white noise SD (the real recordings: 9-28 uV above 25 Hz)

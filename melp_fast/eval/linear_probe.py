@@ -4,7 +4,7 @@ The features are the encoder's 256-d global feature before the last projection (
 Training subsets are 1%, 10% and 100% of the training split, stratified, seeded and NESTED (the 1% subset is
 drawn from the 10% subset, which is drawn from the whole split; ``data.tasks.train_subset`` does each draw).
 Scores are per-class AUROC of the probe's logits on the test split (no softmax across classes: the tasks are
-multi-label; MELP_SPEC.md names the reference's softmax as a quirk not to copy) and their macro mean.
+multi-label; docs/SPEC.md, "Evaluation", names the reference's softmax as a quirk not to copy) and their macro mean.
 
 Choices (documented, fixed): the features are standardised with the mean / std of the training subset (an affine
 map that the linear layer could absorb, so the probe is still one linear layer); the layer starts at zero (the

@@ -127,8 +127,8 @@ def paper_tables(results: dict, fractions=("1%", "10%", "100%"), paper: dict | N
         row = paper["zero_shot"][p]
         cells = [f"{row[t]:.1f}" if t in row else "" for _, _, t in cols]
         L.append(f"| {p} (paper) | " + " | ".join(cells) + f" | {row['average']:.1f} |")
-    L += ["", f"Paper rows: {src}, transcribed in melp_fast/eval/paper_results.json. Zero-shot (ours and the reference's "
-              f"test_zeroshot.py alike): per-class AUROC of the raw cosine scores (no softmax), macro-averaged over "
+    L += ["", f"Paper rows: {src}, transcribed in melp_fast/eval/paper_results.json. Zero-shot (ours and the "
+              f"reference's test_zeroshot.py alike): per-class AUROC of the raw cosine scores (no softmax), macro-averaged over "
               f"the classes with both label values on the test set."]
     return "\n".join(L) + "\n"
 

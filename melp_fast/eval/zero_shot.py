@@ -326,7 +326,7 @@ def _main(argv=None) -> int:
     args = parse_args(argv)
     from ..checks import check_evaluate_args
 
-    check_evaluate_args(args)  # issue 30: ranges, device and a writable --out before any work
+    check_evaluate_args(args)  # ranges, device and a writable --out before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..inference.export import load_model, untrained_model

@@ -92,7 +92,8 @@ def load_model(path, device: str | torch.device = "cpu") -> MELP:
 
 
 def _checked_config(path: Path) -> Config:
-    """config.json of an exported model, every section and field known and of its default's type (issue 14)."""
+    """config.json of an exported model, every section and field known and of its default's type (a tampered or
+    mistyped file is refused with one line)."""
     import dataclasses
 
     if not path.is_dir():

@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     check_generate_len(args.max_len, model)
     try:
         batch = load_ecg(args.ecg, model)
-    except ValueError as e:  # issue 14: a record that cannot be used (fs 0 / inf, ...) is one line, exit 2
+    except ValueError as e:  # a record that cannot be used (fs 0 / inf, ...) is one line, exit 2
         from ..errors import UserError
 
         raise UserError(f"melp-fast generate: {e}") from None

@@ -1,4 +1,4 @@
-"""ECG encoder (wav2vec 2.0 style, MELP_SPEC.md): conv stack -> tokens of 32 ms -> post-LN transformer."""
+"""ECG encoder (wav2vec 2.0 style, docs/SPEC.md "Model"): conv stack -> tokens of 32 ms -> post-LN transformer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks and the tests (not part of the installed library).
+"""Helpers shared by the benchmarks and the tests (melp_fast.testing: installed, never imported by the library).
 
 - machine(device): one line describing the machine and the versions, for every results table;
 - load_open_clip_loss(): OpenCLIP's open_clip/loss.py loaded on its own (the InfoNCE peer);
@@ -6,7 +6,7 @@
   and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma;
 - match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector).
 
-Import from a test or a script with the repository root on sys.path: `from melp_fast.testing.common import ...`.
+Import it the same way from a test or a benchmark script: `from melp_fast.testing.common import ...`.
 The compile helpers need TRITON_INTERPRET unset when the kernels are defined: call them in a fresh process.
 """
 

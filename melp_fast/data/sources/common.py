@@ -1,6 +1,6 @@
 """What every source shares: safe paths, WFDB / CinC .mat reading, lead mapping, resampling, 10 s windows.
 
-The rules (MELP_SPEC.md, "Data"):
+The rules (docs/SPEC.md, "Data"):
 - leads are mapped BY NAME (case-insensitive, common aliases) into the canonical PTB-XL order
   I, II, III, aVR, aVL, aVF, V1..V6; MIMIC-IV-ECG's aVF/aVL swap is undone by the names in its headers. A lead
   that is absent is zero-filled and listed in ``meta["missing_leads"]``;
