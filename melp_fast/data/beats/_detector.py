@@ -33,18 +33,20 @@ ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
-ECT_Q = 0.06  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
+ECT_Q = 0.04  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
 ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
 ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
 ECT_AGREE_NARROW = 0.25  # ... rising to ECT_AGREE_WIDE at ECT_WIDE_EW_S and wider (tall T waves: 0.07-0.088 s wide,
 ECT_WIDE_EW_S = 0.075  # steep in at most ~0.55 of the leads) ...
 ECT_AGREE_WIDE = 0.7
+ECT_ALL_LEVEL = 0.3  # ... or, however wide (under ECT_MAX_EW_S), steep at 0.3 of the lead's QRS slope in every lead
+ECT_ALL_FRAC = 0.99  # (weighted fraction of leads) ...
+ECT_ALL_AGREE = 0.5  # ... and at AGREE_LEVEL in half of them ...
 ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
 ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
-ECT_MAX_COUPLING_S = 0.7  # the tail search spans at most this coupling interval (the head: twice it)
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -381,9 +383,9 @@ def shape_values(cand, E, d, valid, scales, weights, h):
     """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
     width = the number of samples within +-2h where E exceeds p / 2, F[2] equivalent width = sum over +-2h of
     min(E, p) / p (samples; a finer width, used for coupled ectopic beats), F[3] the agreement of leads (see the
-    section comment)."""
+    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead)."""
     L, nd = d.shape
-    F = np.empty((4, cand.shape[0]), np.float64)
+    F = np.empty((5, cand.shape[0]), np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
@@ -399,6 +401,7 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         F[1, ci] = cnt
         F[2, ci] = area / p if p > 0.0 else np.inf
         agree = 0.0
+        low = 0.0
         wsum = 0.0
         for l in range(L):
             if scales[l] == 0.0 or valid[l, t] == 0.0:
@@ -409,7 +412,10 @@ def shape_values(cand, E, d, valid, scales, weights, h):
             wsum += weights[l]
             if mx >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
+            if mx >= ECT_ALL_LEVEL * scales[l]:
+                low += weights[l]
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
+        F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
     return F
 
@@ -473,22 +479,30 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
 
 
 @njit(cache=True, nogil=True)
-def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
+def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v):
     """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
-    centred on them and in the windows half a window before and after."""
+    centred on them, in the one centred on their steepest instant p (the peak of E within +-MWI/2) and in the one
+    shifted half a window towards p (both shifted ones when p is the candidate): a step is unbalanced in every
+    window that holds it, a QRS (wide, or seen from a shoulder of its envelope) is balanced in one of these. (A
+    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)"""
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
+    nd = E.shape[0]
     out = np.empty(cand.shape[0], np.int64)
     no = 0
     for ci in range(cand.shape[0]):
         c = cand[ci]
         if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
-            # a step is unbalanced in every window that holds it; a QRS (wide, or seen from a shoulder of its
-            # envelope) is balanced in one centred on it
-            if (step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k) < STEP_MAX
-                    and step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX):
-                continue
+            p = c
+            for n in range(max(0, c - h), min(nd, c + h + 1)):
+                if E[n] > E[p]:
+                    p = n
+            if p == c or step_score(xd, d, valid, finite, scales, weights, p, w, h, k) < STEP_MAX:
+                if ((p < c or step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX)
+                        and (p > c or step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k)
+                             < STEP_MAX)):
+                    continue
         out[no] = c
         no += 1
     return out[:no]
@@ -575,12 +589,13 @@ def search_back(cand, m, F, lo, hi, last, min_v, refr, twave, min_wide):
 
 
 @njit(cache=True, nogil=True)
-def search_head(cand, m, F, first, rr_avg, min_v, gap_min, twave, out):
+def search_head(cand, m, F, first, rr_avg, rr_min, min_v, gap_min, twave, out):
     """Beats missed before the first detection, walking backwards one expected RR at a time (into out, latest
-    first); returns their number."""
+    first) while the earliest beat lies further in than the mean or the shortest RR (coupled ectopy: the record
+    may start with a beat at the coupling interval); returns their number."""
     nh = 0
     ref = first
-    while cand[ref] > rr_avg:
+    while cand[ref] > min(rr_avg, rr_min):
         best = -1
         bestv = min_v
         for cj in range(ref):
@@ -630,7 +645,7 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
     later by the shape half of the test (a T wave taken before its QRS); a first beat within the T-wave window of
-    the record start is judged by its shape value against the median beat's."""
+    the record start is judged by its shape value against the lower quartile of the beats' (two morphologies)."""
     nb = beats.shape[0]
     out = np.empty(nb, np.int64)
     if nb == 0:
@@ -638,11 +653,13 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
     qv = np.empty(nb, np.float64)
     for j in range(nb):
         qv[j] = F[0, beats[j]]
-    med_q = np.median(qv)
+    # the record's beats may have two morphologies (coupled ectopy: half or a third of them taller or shorter):
+    # a beat is judged against the lower one, the lower quartile of the beats' shape values
+    low_q = np.sort(qv)[nb // 4]
     no = 0
     for j in range(nb):
         b = beats[j]
-        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * med_q:
+        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * low_q:
             continue  # the T wave of a beat before the record start (its shape judged against the median beat)
         if no > 0:
             a = out[no - 1]
@@ -650,13 +667,28 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
                 if is_t_wave(cand, m, F, b, a, twave, min_wide):
                     continue
                 # a T wave before its QRS is judged by shape alone: a normal beat 250-450 ms before an early
-                # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's
-                if looks_like_t(cand, m, F, a, b, min_wide, False):
+                # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's; and it is one
+                # only when it is unlike the kept beats before it too (a sinus beat before a taller coupled
+                # ectopic beat is like the sinus beat before it)
+                if looks_like_t(cand, m, F, a, b, min_wide, False) and not like_earlier(F[0], out, no - 1, low_q):
                     out[no - 1] = b
                     continue
         out[no] = b
         no += 1
     return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def like_earlier(q, out, j, low_q):
+    """Kept beat out[j] has T_SHAPE_RATIO of the shape value of one of the two kept beats before it (the record's
+    two morphologies, in coupled ectopy), so it is a beat; the first beat is judged against low_q (the lower
+    quartile of the record's beats)."""
+    if j == 0:
+        return q[out[0]] >= T_SHAPE_RATIO * low_q
+    for i in range(max(0, j - 2), j):
+        if q[out[j]] >= T_SHAPE_RATIO * q[out[i]]:
+            return True
+    return False
 
 
 @njit(cache=True, nogil=True)
@@ -757,7 +789,11 @@ def coupled_like(cand, m, F, cj, bi, min_v, fd):
         return False
     need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
         ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
-    return F[3, dom] >= need
+    if F[3, dom] >= need:
+        return True
+    # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T wave
+    # is tall in some leads and a normal T wave's slope in the others is far below it
+    return F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC
 
 
 @njit(cache=True, nogil=True)
@@ -901,9 +937,15 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         # the tail: after the last beat, at one of the found coupling intervals, with that beat's lead pattern
         a = cand[beats[nb - 1]]
         best = -1
+        max_cpl = 0.0
+        max_aft = 0.0
+        for i in range(npool):
+            if ok[i]:
+                max_cpl = max(max_cpl, cpl[i])
+                max_aft = max(max_aft, aft[i])
         for cj in range(beats[nb - 1] + 1, nc):
             tc = cand[cj]
-            if tc - a > ECT_MAX_COUPLING_S * fd:
+            if tc - a > max_cpl + tol:
                 break
             if tc - a < refr or not coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd):
                 continue
@@ -919,7 +961,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         best = -1
         for cj in range(beats[0] - 1, -1, -1):
             tc = cand[cj]
-            if b - tc > 2.0 * ECT_MAX_COUPLING_S * fd + ECT_GROUP_TOL_S * fd:
+            if b - tc > max_aft + tol:
                 break
             if b - tc < refr or not coupled_like(cand, m, F, cj, beats[0], min_v, fd):
                 continue
@@ -962,7 +1004,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     twave = int(round(TWAVE_S * fd))
     wlen = max(2, int(round(fd)))
     spk = median_window_stat(m, wlen, 8, True)
-    cand = drop_steps(candidates(m), m, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
+    cand = drop_steps(candidates(m), m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
     nc = cand.shape[0]
     if nc == 0:
         return cand
@@ -1014,9 +1056,12 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand[:0]
     rr_avg = rr_mean(rr, nrr, fd)
     min_v = 0.5 * threshold(spk, npk)
-    gap_min = max(refr, int(0.6 * rr_avg))
+    rr_min = rr_avg
+    for j in range(1, nb):
+        rr_min = min(rr_min, cand[beats[j]] - cand[beats[j - 1]])
+    gap_min = max(refr, int(0.6 * min(rr_avg, rr_min)))
     head = np.empty(nc, np.int64)
-    nh = search_head(cand, m, F, beats[0], rr_avg, min_v, gap_min, twave, head)
+    nh = search_head(cand, m, F, beats[0], rr_avg, rr_min, min_v, gap_min, twave, head)
     tail = np.empty(nc, np.int64)
     nt = search_tail(cand, m, F, beats[nb - 1], rr_avg, min_v, gap_min, twave, min_wide, nd, tail)
     allb = np.empty(nh + nb + nt, np.int64)
