@@ -488,16 +488,12 @@ def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v):
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
-    nd = E.shape[0]
     out = np.empty(cand.shape[0], np.int64)
     no = 0
     for ci in range(cand.shape[0]):
         c = cand[ci]
         if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
-            p = c
-            for n in range(max(0, c - h), min(nd, c + h + 1)):
-                if E[n] > E[p]:
-                    p = n
+            p = steepest(E, c, h)
             if p == c or step_score(xd, d, valid, finite, scales, weights, p, w, h, k) < STEP_MAX:
                 if ((p < c or step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX)
                         and (p > c or step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k)
@@ -849,7 +845,7 @@ def similar(i, j, q, cpl, P, tol):
 
 
 @njit(cache=True, nogil=True)
-def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
+def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     """Ectopic beats coupled to the beat before them (bigeminy, trigeminy). In each gap between two beats, the candidate
     of the highest shape value that lies in the gap's first half (an ectopic beat comes early and leaves a longer
     interval after it; this also keeps an atrial pacing spike 220 ms before its QRS out), >= refr from both beats,
@@ -860,6 +856,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
     narrow T wave is tall in some leads), and standing out of the other waves in its gap (stands_out). Such a
     candidate is a beat when the record holds another beat like it (similar): another such candidate, or a beat of
     the decisions that came early (its interval under ECT_PREMATURE of the next one), at the same coupling interval
+    (intervals are measured between the waves' steepest instants, see steepest)
     (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
     ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
@@ -897,13 +894,15 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         if best >= 0:
             idx[npool] = best
             kind[npool] = 1
-            cpl[npool] = cand[best] - a
-            aft[npool] = b - cand[best]
+            cpl[npool] = steepest(E, cand[best], h) - steepest(E, a, h)
+            aft[npool] = steepest(E, b, h) - steepest(E, cand[best], h)
         elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
-            idx[npool] = beats[j]
+            # the decisions keep a wave's highest envelope peak, which can be a lobe beside its steep part: its
+            # shape value and lead pattern are taken at the wave's lobe of the highest shape value
+            idx[npool] = best_lobe(cand, F, beats[j], 2 * h)
             kind[npool] = 2
-            cpl[npool] = a - cand[beats[j - 1]]
-            aft[npool] = b - a
+            cpl[npool] = steepest(E, cand[idx[npool]], h) - steepest(E, cand[beats[j - 1]], h)
+            aft[npool] = steepest(E, b, h) - steepest(E, cand[idx[npool]], h)
         else:
             continue
         gap[npool] = j
@@ -951,7 +950,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(cand[dj] - a, F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            if matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[no] = best
@@ -967,12 +966,40 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(b - cand[dj], F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            if matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[0] = best
             first = 0
     return out[first:no].copy()
+
+
+@njit(cache=True, nogil=True)
+def steepest(E, t, h):
+    """The instant of the highest combined squared slope E within +-h of t: where a wave is steepest, whichever of
+    its envelope lobes t is on (intervals between beats are measured there)."""
+    p = t
+    for n in range(max(0, t - h), min(E.shape[0], t + h + 1)):
+        if E[n] > E[p]:
+            p = n
+    return p
+
+
+@njit(cache=True, nogil=True)
+def best_lobe(cand, F, ci, w):
+    """The candidate of the highest shape value within w samples of candidate ci (ci itself on ties)."""
+    best = ci
+    k = ci - 1
+    while k >= 0 and cand[ci] - cand[k] <= w:
+        if F[0, k] > F[0, best]:
+            best = k
+        k -= 1
+    k = ci + 1
+    while k < cand.shape[0] and cand[k] - cand[ci] <= w:
+        if F[0, k] > F[0, best]:
+            best = k
+        k += 1
+    return best
 
 
 @njit(cache=True, nogil=True)
@@ -1071,7 +1098,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     allb[nh + nb :] = tail[:nt]
     kept = drop_t_waves(cand, m, F, allb, twave, min_wide)
     kept = rescue_coupled(cand, m, F, kept, refr, ECTOPIC_MIN_THR * threshold(spk, npk), fd, d, scales,
-                          max(1, int(round(0.5 * MWI_S * fd))))
+                          max(1, int(round(0.5 * MWI_S * fd))), E)
     keep = rescue_ectopic(cand, m, F, kept, refr, twave, max(1, int(round(MWI_S * fd))),
                           ECTOPIC_MIN_THR * threshold(spk, npk))
     out = np.empty(keep.shape[0], np.int64)
