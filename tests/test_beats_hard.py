@@ -94,6 +94,10 @@ REGRESSIONS = [
     ("bigeminy_var", 250, 191500654, "an ectopic beat 1.6 s before the first sinus beat (slow bigeminy)"),
     ("bigeminy_var", 1000, 1964708926, "a sinus beat at 0.125 s, closer to the first detection than the mean RR"),
     ("trigeminy_var", 500, 1226843171, "an ectopic beat after the last sinus beat"),
+    ("trigeminy_var", 1000, 389162916, "ectopic beats of the decisions kept at an envelope lobe 80 ms past their "
+                                       "steep part: the coupling and shape value taken there missed the tail one"),
+    ("trigeminy_var", 250, 1670079142, "wide ectopic beats steep at 0.5 of the QRS slope in only 0.41 of the leads"),
+    ("bigeminy_var", 360, 1034198221, "shorter ectopic beats at 0.03 of the sinus shape value"),
 ]
 T_WAVE_REGRESSIONS = [
     ("low_voltage", 360, 1, "a T wave's envelope side peaks narrower than the T wave"),
