@@ -99,6 +99,17 @@ REGRESSIONS = [
     ("trigeminy_var", 250, 1670079142, "wide ectopic beats steep at 0.5 of the QRS slope in only 0.41 of the leads"),
     ("bigeminy_var", 360, 1034198221, "shorter ectopic beats at 0.03 of the sinus shape value"),
 ]
+
+
+def test_head_search_not_led_by_p_waves():
+    """Project generator record LVOLT 4 (250 Hz): waves 280 ms before each QRS that the decisions take for beats
+    (then dropped as T waves before their QRS) once made the shortest RR short enough for the head search to add a
+    beat at 64 ms, which then kept every one of those waves as a second morphology (10 false beats)."""
+    x, ref = bc.generator_case("LVOLT", 250, 4)
+    p = detect_r_peaks(x, 250.0)
+    tol = int(0.15 * 250)
+    _, fn, fp, _ = match_beats(ref, p, tol)
+    assert fn == 0 and fp == 0, f"LVOLT record 4 at 250 Hz: {fn} missed, {fp} extra; reference {ref.tolist()}, ours {p.tolist()}"
 T_WAVE_REGRESSIONS = [
     ("low_voltage", 360, 1, "a T wave's envelope side peaks narrower than the T wave"),
     ("low_voltage", 1000, 11, "a T wave's side peak next to the QRS's own envelope lobe"),

@@ -26,8 +26,9 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
    and repeats at the same coupling interval with a similar shape value and lead pattern is a beat, as are those at
    that coupling before the first and after the last beat (taller, shorter, wider or inverted ectopic beats, any
    coupling >= 300 ms); a beat is dropped as "a T wave before its QRS" only when it is also unlike the two kept
-   beats before it (the record's two morphologies); the head is searched whenever the first beat lies further in
-   than the mean or the shortest RR; the T-wave window includes its last sample;
+   beats before it (the record's two morphologies) or under 0.25 of the later beat's shape value; the head is
+   searched whenever the first beat lies further in than the mean or the shortest RR (of the beats without the
+   T or P waves taken for beats); the T-wave window includes its last sample;
 4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection, in the lead's QRS polarity
    (the opposite one when twice as large, e.g. an inverted ectopic beat), of the dominant lead: the lead with the
    largest median QRS deviation among those of the record's majority QRS polarity (so an R wave, not the deep S

@@ -26,6 +26,7 @@ T_MWI_RATIO = 0.5  # ... its integrated energy at least half the beat's (Pan-Tom
 T_SHAPE_RATIO = 0.4  # ... and (peak squared slope x lead agreement) at least 0.4 of the beat's
 T_WIDE_SHAPE_RATIO = 0.7  # ... or, when it is wide (>= T_MIN_WIDTH_S and T_WIDTH_RATIO x the beat's width), 0.7
 T_WIDTH_RATIO = 1.6
+T_PROTECT_RATIO = 0.25  # a beat before a taller one is kept as the record's other morphology only above this ratio
 T_MIN_WIDTH_S = 0.06  # width: time the combined squared slope stays above half its peak, within +-MWI
 AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half its typical QRS slope
 SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
@@ -666,7 +667,8 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
                 # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's; and it is one
                 # only when it is unlike the kept beats before it too (a sinus beat before a taller coupled
                 # ectopic beat is like the sinus beat before it)
-                if looks_like_t(cand, m, F, a, b, min_wide, False) and not like_earlier(F[0], out, no - 1, low_q):
+                if looks_like_t(cand, m, F, a, b, min_wide, False) and not (
+                        F[0, a] >= T_PROTECT_RATIO * F[0, b] and like_earlier(F[0], out, no - 1, low_q)):
                     out[no - 1] = b
                     continue
         out[no] = b
@@ -1083,9 +1085,11 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand[:0]
     rr_avg = rr_mean(rr, nrr, fd)
     min_v = 0.5 * threshold(spk, npk)
+    # the shortest RR among the beats without the T (or P) waves taken for beats (they would make it short)
+    clean = drop_t_waves(cand, m, F, beats[:nb], twave, min_wide)
     rr_min = rr_avg
-    for j in range(1, nb):
-        rr_min = min(rr_min, cand[beats[j]] - cand[beats[j - 1]])
+    for j in range(1, clean.shape[0]):
+        rr_min = min(rr_min, cand[clean[j]] - cand[clean[j - 1]])
     gap_min = max(refr, int(0.6 * min(rr_avg, rr_min)))
     head = np.empty(nc, np.int64)
     nh = search_head(cand, m, F, beats[0], rr_avg, rr_min, min_v, gap_min, twave, head)
