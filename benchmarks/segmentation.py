@@ -1,9 +1,12 @@
 """Benchmark of melp_fast.data.beats (issues 7 and 16): speed and accuracy, side by side with NeuroKit2 and wfdb.
 
     python benchmarks/segmentation.py [--records 2000] [--nk-records 200] [--xqrs-records 20]
-                                      [--provoke-records 5] [--provoke-real 5] [--out FILE]
+                                      [--provoke-records 5] [--provoke-real 5] [--write [--out FILE]]
     python benchmarks/segmentation.py --seeds 200 [--cases bigeminy,step_t] [--rates 250,500] [--seed-base 0]
-                                      [--out FILE]
+                                      [--write [--out FILE]]
+
+The report is printed; it is written to a file only with ``--write`` (so a quick run never overwrites the results
+of a full one).
 
 Many-seed mode (``--seeds N``, issue 31): every provoking synthetic case (beat_cases.KINDS and HARD_KINDS) at each
 rate, N random record seeds each (31-bit, drawn from --seed-base, the case and the rate; each the seed the case
@@ -315,15 +318,22 @@ def main():
     ap.add_argument("--cases", default="", help="many-seed mode: comma-separated cases (default: all synthetic)")
     ap.add_argument("--rates", default="", help="many-seed mode: comma-separated rates (default: 250,360,500,1000)")
     ap.add_argument("--seed-base", type=int, default=0, help="many-seed mode: the base seed of the draws")
-    ap.add_argument("--out", default=None, help="report file (default: benchmarks/results/segmentation_cpu.md, "
-                    "or segmentation_seeds.md in the many-seed mode; '' writes none)")
+    ap.add_argument("--write", action="store_true", help="write the report to --out (else it is only printed)")
+    ap.add_argument("--out", default=None, help="with --write: the report file (default: "
+                    "benchmarks/results/segmentation_cpu.md, or segmentation_seeds.md in the many-seed mode)")
     args = ap.parse_args()
+    if args.out is not None and not args.write:
+        ap.error("--out needs --write (without it the report is only printed)")
     if args.seeds > 0:
-        if args.out is None:
+        if not args.write:
+            args.out = ""
+        elif args.out is None:
             args.out = str(ROOT / "benchmarks" / "results" / "segmentation_seeds.md")
         many_seeds(args)
         return
-    if args.out is None:
+    if not args.write:
+        args.out = ""
+    elif args.out is None:
         args.out = str(ROOT / "benchmarks" / "results" / "segmentation_cpu.md")
 
     import numba

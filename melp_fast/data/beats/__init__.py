@@ -11,8 +11,9 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
    flat or all-missing leads dropped; the leads' clipped squared slopes averaged, then integrated over 120 ms;
 3. candidates: the envelope's local maxima, less the baseline steps (an electrode or amplifier DC jump: its edge is
    as steep as a QRS, but a QRS rises as much as it falls within +-120 ms and a step only rises or only falls; the
-   balance of the steep first differences, weighted over the leads steep there, is under 0.4), so a step is never
-   a beat and never replaces one; a QRS at the same instant as a step keeps its balance and stays;
+   balance of the steep first differences, weighted over the leads steep there, is under 0.4 in the window centred
+   on the candidate, in the one centred on its steepest instant and in the one shifted towards that instant), so a
+   step is never a beat and never replaces one; a QRS at the same instant as a step keeps its balance and stays;
    Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms), search-back
    after 1.66 mean RR, the record's head and tail, and a T-wave test: a peak < 450 ms after a beat is its T (or U)
    wave when, beside the beat, its integrated energy is under 1/2, or its shape value (peak squared slope x the
@@ -20,10 +21,14 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
    ectopic beat taken for a T wave is recovered from the long gap it leaves when it is 3x the record's usual T wave;
    coupled ectopy (bigeminy, trigeminy, where every gap is long and the "usual T wave" is the ectopic beat): in
    each gap, an early candidate (first half, >= 200 ms from both beats) that is narrow (a T wave's envelope is
-   broad even where the T is tall or the QRS low), steep in enough leads, stands out of the other waves of its gap
+   broad even where the T is tall or the QRS low), steep in enough leads (or, a wide one, steep at 0.3 of the QRS
+   slope in every lead: a tall T wave is tall in some leads only), stands out of the other waves of its gap
    and repeats at the same coupling interval with a similar shape value and lead pattern is a beat, as are those at
    that coupling before the first and after the last beat (taller, shorter, wider or inverted ectopic beats, any
-   coupling >= 300 ms); the T-wave window includes its last sample;
+   coupling >= 300 ms); a beat is dropped as "a T wave before its QRS" only when it is also unlike the two kept
+   beats before it (the record's two morphologies) or under 0.25 of the later beat's shape value; the head is
+   searched whenever the first beat lies further in than the mean or the shortest RR (of the beats without the
+   T or P waves taken for beats); the T-wave window includes its last sample;
 4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection, in the lead's QRS polarity
    (the opposite one when twice as large, e.g. an inverted ectopic beat), of the dominant lead: the lead with the
    largest median QRS deviation among those of the record's majority QRS polarity (so an R wave, not the deep S

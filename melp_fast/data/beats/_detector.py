@@ -26,6 +26,7 @@ T_MWI_RATIO = 0.5  # ... its integrated energy at least half the beat's (Pan-Tom
 T_SHAPE_RATIO = 0.4  # ... and (peak squared slope x lead agreement) at least 0.4 of the beat's
 T_WIDE_SHAPE_RATIO = 0.7  # ... or, when it is wide (>= T_MIN_WIDTH_S and T_WIDTH_RATIO x the beat's width), 0.7
 T_WIDTH_RATIO = 1.6
+T_PROTECT_RATIO = 0.25  # a beat before a taller one is kept as the record's other morphology only above this ratio
 T_MIN_WIDTH_S = 0.06  # width: time the combined squared slope stays above half its peak, within +-MWI
 AGREE_LEVEL = 0.5  # a lead agrees on a QRS when its |slope| there reaches half its typical QRS slope
 SEARCHBACK_RR = 1.66  # search back for a missed beat after 1.66 mean RR (Pan-Tompkins)
@@ -33,18 +34,20 @@ ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
-ECT_Q = 0.06  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
+ECT_Q = 0.025  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
 ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
 ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
 ECT_AGREE_NARROW = 0.25  # ... rising to ECT_AGREE_WIDE at ECT_WIDE_EW_S and wider (tall T waves: 0.07-0.088 s wide,
 ECT_WIDE_EW_S = 0.075  # steep in at most ~0.55 of the leads) ...
 ECT_AGREE_WIDE = 0.7
+ECT_ALL_LEVEL = 0.3  # ... or, however wide (under ECT_MAX_EW_S), steep at 0.3 of the lead's QRS slope in every lead
+ECT_ALL_FRAC = 0.99  # (weighted fraction of leads) ...
+ECT_ALL_AGREE = 0.4  # ... and at AGREE_LEVEL in 0.4 of them ...
 ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
 ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
-ECT_MAX_COUPLING_S = 0.7  # the tail search spans at most this coupling interval (the head: twice it)
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
 SLOPE_S = 0.016  # half-span of the central difference (QRS band, peak ~12-15 Hz)
 WANDER_S = 0.10  # half-width of the mean slope that is subtracted (baseline wander, T-wave slope)
@@ -381,9 +384,9 @@ def shape_values(cand, E, d, valid, scales, weights, h):
     """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
     width = the number of samples within +-2h where E exceeds p / 2, F[2] equivalent width = sum over +-2h of
     min(E, p) / p (samples; a finer width, used for coupled ectopic beats), F[3] the agreement of leads (see the
-    section comment)."""
+    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead)."""
     L, nd = d.shape
-    F = np.empty((4, cand.shape[0]), np.float64)
+    F = np.empty((5, cand.shape[0]), np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
@@ -399,6 +402,7 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         F[1, ci] = cnt
         F[2, ci] = area / p if p > 0.0 else np.inf
         agree = 0.0
+        low = 0.0
         wsum = 0.0
         for l in range(L):
             if scales[l] == 0.0 or valid[l, t] == 0.0:
@@ -409,7 +413,10 @@ def shape_values(cand, E, d, valid, scales, weights, h):
             wsum += weights[l]
             if mx >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
+            if mx >= ECT_ALL_LEVEL * scales[l]:
+                low += weights[l]
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
+        F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
     return F
 
@@ -473,9 +480,12 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
 
 
 @njit(cache=True, nogil=True)
-def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
+def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v):
     """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
-    centred on them and in the windows half a window before and after."""
+    centred on them, in the one centred on their steepest instant p (the peak of E within +-MWI/2) and in the one
+    shifted half a window towards p (both shifted ones when p is the candidate): a step is unbalanced in every
+    window that holds it, a QRS (wide, or seen from a shoulder of its envelope) is balanced in one of these. (A
+    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)"""
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
@@ -484,11 +494,12 @@ def drop_steps(cand, m, xd, d, valid, finite, scales, weights, fd, min_v):
     for ci in range(cand.shape[0]):
         c = cand[ci]
         if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
-            # a step is unbalanced in every window that holds it; a QRS (wide, or seen from a shoulder of its
-            # envelope) is balanced in one centred on it
-            if (step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k) < STEP_MAX
-                    and step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX):
-                continue
+            p = steepest(E, c, h)
+            if p == c or step_score(xd, d, valid, finite, scales, weights, p, w, h, k) < STEP_MAX:
+                if ((p < c or step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX)
+                        and (p > c or step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k)
+                             < STEP_MAX)):
+                    continue
         out[no] = c
         no += 1
     return out[:no]
@@ -575,12 +586,13 @@ def search_back(cand, m, F, lo, hi, last, min_v, refr, twave, min_wide):
 
 
 @njit(cache=True, nogil=True)
-def search_head(cand, m, F, first, rr_avg, min_v, gap_min, twave, out):
+def search_head(cand, m, F, first, rr_avg, rr_min, min_v, gap_min, twave, out):
     """Beats missed before the first detection, walking backwards one expected RR at a time (into out, latest
-    first); returns their number."""
+    first) while the earliest beat lies further in than the mean or the shortest RR (coupled ectopy: the record
+    may start with a beat at the coupling interval); returns their number."""
     nh = 0
     ref = first
-    while cand[ref] > rr_avg:
+    while cand[ref] > min(rr_avg, rr_min):
         best = -1
         bestv = min_v
         for cj in range(ref):
@@ -630,7 +642,7 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
     """Final pass over the beats (candidate indices, in time order): of two beats within the T-wave window, a
     later one that is a T wave of the earlier is dropped, and so is an earlier one that would be a T wave of the
     later by the shape half of the test (a T wave taken before its QRS); a first beat within the T-wave window of
-    the record start is judged by its shape value against the median beat's."""
+    the record start is judged by its shape value against the lower quartile of the beats' (two morphologies)."""
     nb = beats.shape[0]
     out = np.empty(nb, np.int64)
     if nb == 0:
@@ -638,11 +650,13 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
     qv = np.empty(nb, np.float64)
     for j in range(nb):
         qv[j] = F[0, beats[j]]
-    med_q = np.median(qv)
+    # the record's beats may have two morphologies (coupled ectopy: half or a third of them taller or shorter):
+    # a beat is judged against the lower one, the lower quartile of the beats' shape values
+    low_q = np.sort(qv)[nb // 4]
     no = 0
     for j in range(nb):
         b = beats[j]
-        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * med_q:
+        if no == 0 and cand[b] < twave and qv[j] < T_SHAPE_RATIO * low_q:
             continue  # the T wave of a beat before the record start (its shape judged against the median beat)
         if no > 0:
             a = out[no - 1]
@@ -650,13 +664,29 @@ def drop_t_waves(cand, m, F, beats, twave, min_wide):
                 if is_t_wave(cand, m, F, b, a, twave, min_wide):
                     continue
                 # a T wave before its QRS is judged by shape alone: a normal beat 250-450 ms before an early
-                # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's
-                if looks_like_t(cand, m, F, a, b, min_wide, False):
+                # ectopic beat has a fraction of its integrated energy, but its slope is a QRS's; and it is one
+                # only when it is unlike the kept beats before it too (a sinus beat before a taller coupled
+                # ectopic beat is like the sinus beat before it)
+                if looks_like_t(cand, m, F, a, b, min_wide, False) and not (
+                        F[0, a] >= T_PROTECT_RATIO * F[0, b] and like_earlier(F[0], out, no - 1, low_q)):
                     out[no - 1] = b
                     continue
         out[no] = b
         no += 1
     return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def like_earlier(q, out, j, low_q):
+    """Kept beat out[j] has T_SHAPE_RATIO of the shape value of one of the two kept beats before it (the record's
+    two morphologies, in coupled ectopy), so it is a beat; the first beat is judged against low_q (the lower
+    quartile of the record's beats)."""
+    if j == 0:
+        return q[out[0]] >= T_SHAPE_RATIO * low_q
+    for i in range(max(0, j - 2), j):
+        if q[out[j]] >= T_SHAPE_RATIO * q[out[i]]:
+            return True
+    return False
 
 
 @njit(cache=True, nogil=True)
@@ -757,7 +787,11 @@ def coupled_like(cand, m, F, cj, bi, min_v, fd):
         return False
     need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
         ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
-    return F[3, dom] >= need
+    if F[3, dom] >= need:
+        return True
+    # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T wave
+    # is tall in some leads and a normal T wave's slope in the others is far below it
+    return F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC
 
 
 @njit(cache=True, nogil=True)
@@ -813,7 +847,7 @@ def similar(i, j, q, cpl, P, tol):
 
 
 @njit(cache=True, nogil=True)
-def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
+def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     """Ectopic beats coupled to the beat before them (bigeminy, trigeminy). In each gap between two beats, the candidate
     of the highest shape value that lies in the gap's first half (an ectopic beat comes early and leaves a longer
     interval after it; this also keeps an atrial pacing spike 220 ms before its QRS out), >= refr from both beats,
@@ -824,6 +858,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
     narrow T wave is tall in some leads), and standing out of the other waves in its gap (stands_out). Such a
     candidate is a beat when the record holds another beat like it (similar): another such candidate, or a beat of
     the decisions that came early (its interval under ECT_PREMATURE of the next one), at the same coupling interval
+    (intervals are measured between the waves' steepest instants, see steepest)
     (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
     ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
@@ -861,13 +896,15 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         if best >= 0:
             idx[npool] = best
             kind[npool] = 1
-            cpl[npool] = cand[best] - a
-            aft[npool] = b - cand[best]
+            cpl[npool] = steepest(E, cand[best], h) - steepest(E, a, h)
+            aft[npool] = steepest(E, b, h) - steepest(E, cand[best], h)
         elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
-            idx[npool] = beats[j]
+            # the decisions keep a wave's highest envelope peak, which can be a lobe beside its steep part: its
+            # shape value and lead pattern are taken at the wave's lobe of the highest shape value
+            idx[npool] = best_lobe(cand, F, beats[j], 2 * h)
             kind[npool] = 2
-            cpl[npool] = a - cand[beats[j - 1]]
-            aft[npool] = b - a
+            cpl[npool] = steepest(E, cand[idx[npool]], h) - steepest(E, cand[beats[j - 1]], h)
+            aft[npool] = steepest(E, b, h) - steepest(E, cand[idx[npool]], h)
         else:
             continue
         gap[npool] = j
@@ -901,15 +938,21 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         # the tail: after the last beat, at one of the found coupling intervals, with that beat's lead pattern
         a = cand[beats[nb - 1]]
         best = -1
+        max_cpl = 0.0
+        max_aft = 0.0
+        for i in range(npool):
+            if ok[i]:
+                max_cpl = max(max_cpl, cpl[i])
+                max_aft = max(max_aft, aft[i])
         for cj in range(beats[nb - 1] + 1, nc):
             tc = cand[cj]
-            if tc - a > ECT_MAX_COUPLING_S * fd:
+            if tc - a > max_cpl + tol:
                 break
             if tc - a < refr or not coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(cand[dj] - a, F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            if matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[no] = best
@@ -919,18 +962,46 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h):
         best = -1
         for cj in range(beats[0] - 1, -1, -1):
             tc = cand[cj]
-            if b - tc > 2.0 * ECT_MAX_COUPLING_S * fd + ECT_GROUP_TOL_S * fd:
+            if b - tc > max_aft + tol:
                 break
             if b - tc < refr or not coupled_like(cand, m, F, cj, beats[0], min_v, fd):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(b - cand[dj], F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            if matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[0] = best
             first = 0
     return out[first:no].copy()
+
+
+@njit(cache=True, nogil=True)
+def steepest(E, t, h):
+    """The instant of the highest combined squared slope E within +-h of t: where a wave is steepest, whichever of
+    its envelope lobes t is on (intervals between beats are measured there)."""
+    p = t
+    for n in range(max(0, t - h), min(E.shape[0], t + h + 1)):
+        if E[n] > E[p]:
+            p = n
+    return p
+
+
+@njit(cache=True, nogil=True)
+def best_lobe(cand, F, ci, w):
+    """The candidate of the highest shape value within w samples of candidate ci (ci itself on ties)."""
+    best = ci
+    k = ci - 1
+    while k >= 0 and cand[ci] - cand[k] <= w:
+        if F[0, k] > F[0, best]:
+            best = k
+        k -= 1
+    k = ci + 1
+    while k < cand.shape[0] and cand[k] - cand[ci] <= w:
+        if F[0, k] > F[0, best]:
+            best = k
+        k += 1
+    return best
 
 
 @njit(cache=True, nogil=True)
@@ -962,7 +1033,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     twave = int(round(TWAVE_S * fd))
     wlen = max(2, int(round(fd)))
     spk = median_window_stat(m, wlen, 8, True)
-    cand = drop_steps(candidates(m), m, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
+    cand = drop_steps(candidates(m), m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
     nc = cand.shape[0]
     if nc == 0:
         return cand
@@ -1014,9 +1085,14 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand[:0]
     rr_avg = rr_mean(rr, nrr, fd)
     min_v = 0.5 * threshold(spk, npk)
-    gap_min = max(refr, int(0.6 * rr_avg))
+    # the shortest RR among the beats without the T (or P) waves taken for beats (they would make it short)
+    clean = drop_t_waves(cand, m, F, beats[:nb], twave, min_wide)
+    rr_min = rr_avg
+    for j in range(1, clean.shape[0]):
+        rr_min = min(rr_min, cand[clean[j]] - cand[clean[j - 1]])
+    gap_min = max(refr, int(0.6 * min(rr_avg, rr_min)))
     head = np.empty(nc, np.int64)
-    nh = search_head(cand, m, F, beats[0], rr_avg, min_v, gap_min, twave, head)
+    nh = search_head(cand, m, F, beats[0], rr_avg, rr_min, min_v, gap_min, twave, head)
     tail = np.empty(nc, np.int64)
     nt = search_tail(cand, m, F, beats[nb - 1], rr_avg, min_v, gap_min, twave, min_wide, nd, tail)
     allb = np.empty(nh + nb + nt, np.int64)
@@ -1026,7 +1102,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     allb[nh + nb :] = tail[:nt]
     kept = drop_t_waves(cand, m, F, allb, twave, min_wide)
     kept = rescue_coupled(cand, m, F, kept, refr, ECTOPIC_MIN_THR * threshold(spk, npk), fd, d, scales,
-                          max(1, int(round(0.5 * MWI_S * fd))))
+                          max(1, int(round(0.5 * MWI_S * fd))), E)
     keep = rescue_ectopic(cand, m, F, kept, refr, twave, max(1, int(round(MWI_S * fd))),
                           ECTOPIC_MIN_THR * threshold(spk, npk))
     out = np.empty(keep.shape[0], np.int64)
