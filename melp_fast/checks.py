@@ -77,6 +77,9 @@ def check_train_section(t, flags=None) -> None:
     f = lambda k: _flag("train." + k, flags)  # noqa: E731
     positive_int(t.steps, f("steps"), MAX_COUNT)
     positive_int(t.batch_size, f("batch_size"), 1 << 20)
+    positive_int(getattr(t, "accum_steps", 1), "train.accum_steps", 1 << 16)
+    if getattr(t, "accum_mode", "cache") not in ("cache", "plain"):
+        raise UserError(f"train.accum_mode is {t.accum_mode!r}: it must be 'cache' or 'plain'")
     _num(t.lr, f("lr"), 0, 10, lo_open=True)
     _num(t.weight_decay, f("weight_decay"), 0, 10)
     if len(t.betas) != 2:
@@ -379,6 +382,10 @@ def preflight_train(cfg, args, flags=None) -> None:
     """Everything train.py can check before it starts (every rank runs it: it only reads, and a probe file)."""
     check_config(cfg, flags)
     check_ds_config(getattr(args, "ds_config", None))
+    if getattr(args, "ds_config", None):  # the JSON's accumulation must be train.accum_steps (engine.load_ds_config)
+        from .engine import load_ds_config
+
+        load_ds_config(args.ds_config, cfg.train.batch_size, 1, cfg.train.accum_steps)
     check_text_encoder(cfg, flags)
     if cfg.data.source != "synthetic":
         check_store_dir(cfg.data.source, "--data")
