@@ -53,7 +53,7 @@ def convert(folder: Path, saved_world: int, world: int, rank: int) -> Path:
               f"a universal checkpoint in {out} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         args = argparse.Namespace(input_folder=str(folder), output_folder=str(tmp), num_extract_workers=1,
-                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
         log = io.StringIO()
         try:
             with deepspeed_weights_only(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
