@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --device cuda            # CUDA: paper preset, batch 64, bf16 autocast,
                                                              #       reference vs blocks vs fused
     python benchmarks/throughput.py --preset tiny --batch-size 32 --impls reference,auto --out r.md
+    python benchmarks/throughput.py --preset tiny --batch-size 32 --accum 4   # big batch vs cache vs plain
 
 The timed step is the training step itself: the model's own forward (MELP.forward), MELPLoss, backward and the
 optimiser step (the DeepSpeed engine, ZeRO-0, AdamW with gradient clipping 1.0, where deepspeed is installed; a
@@ -46,6 +47,12 @@ outermost aten ops with the same exclusions (profiler_ops in the JSON, for eager
 fused losses, inductor's generated kernels) are not dispatched ops: on CUDA the profiled pass counts every device
 kernel (the launches themselves); on CPU a compiled model's generated C++ kernels are counted apart (inductor's
 cpp.enable_kernel_profile).
+
+--accum N (train.accum_steps): one batch of --batch-size per step ("big") against N micro-batches of batch / N in
+accum_mode "cache" (every contrastive loss over the whole batch: a no-grad pass, then a second forward per
+micro-batch) and "plain" (DeepSpeed's accumulation, negatives per micro-batch), on the same records, each step
+through melp_fast.engine.Trainer; step time, samples/s, peak memory, and the cache's second-forward overhead
+(cache / plain step time - 1).
 """
 
 from __future__ import annotations
@@ -514,6 +521,133 @@ def worker(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --accum N: one big batch vs "cache" vs "plain" accumulation (train.accum_steps / accum_mode)
+# ----------------------------------------------------------------------------------------------------------------
+ACCUM_VARIANTS = ("big", "cache", "plain")
+
+
+def accum_worker(args) -> dict:
+    """One row of --accum: "big" (one batch of --batch-size per step) or "cache" / "plain" (--accum micro-batches of
+    batch / accum per step; the same records), each step through melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one
+    process; bf16 weights with --dtype bf16) as train.py runs it."""
+    import tempfile
+
+    import torch
+
+    from melp_fast.accum import EmbeddingCache
+    from melp_fast.config import apply_overrides, get_preset
+    from melp_fast.engine import Trainer, init_distributed
+    from melp_fast.losses import MELPLoss
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    cfg = apply_overrides(get_preset(args.preset), args.overrides)
+    if args.text_encoder:
+        cfg.model.text_encoder = args.text_encoder
+    n = 1 if args.accum_variant == "big" else args.accum
+    micro = args.batch_size // n
+    cfg.train.batch_size, cfg.train.accum_steps = micro, n
+    cfg.train.accum_mode = "plain" if args.accum_variant == "plain" else "cache"
+    model = build_model(cfg, device).train()
+    args.batch_size = micro
+    flat = make_batches(cfg, model, args, device, n_batches=2 * n)  # records 0 .. 2 x batch - 1 in every row
+    groups = [flat[:n], flat[n:]]
+    init_distributed()
+    tmp = Path(tempfile.mkdtemp(prefix="melp-accum-bench-"))
+    ds = None
+    if args.dtype == "bf16":
+        ds = tmp / "ds.json"
+        ds.write_text(json.dumps({"bf16": {"enabled": True}}))
+    trainer = Trainer(model, cfg.train, tmp, ds, 0, 1, quiet=True)
+    criterion = MELPLoss(cfg.loss)
+    cache = EmbeddingCache(criterion) if args.accum_variant == "cache" else None
+
+    def compute(batch):
+        return criterion(trainer.engine(batch), batch)
+
+    def step(group):
+        losses = trainer.train_step(group[0], compute) if n == 1 else trainer.accum_step(group, compute, cache)
+        model.clamp_logit_scale()
+        return losses["loss"]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    for i in range(args.warmup):
+        step(groups[i % 2])
+    sync()
+    startup_rss = rss_bytes()
+    rss_reset = reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    losses = [float(step(groups[i % 2])) for i in range(args.steps)]
+    sync()
+    step_s = (time.perf_counter() - t0) / args.steps
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - (startup_rss if rss_reset else 0)
+    return {"variant": args.accum_variant, "micro": micro, "accum": n, "batch": micro * n, "step_ms": 1000 * step_s,
+            "samples_per_s": micro * n / step_s, "peak_mem_mb": peak / 2 ** 20, "losses": losses,
+            "peak_mem_kind": "cuda max_memory_allocated" if cuda else "peak RSS above the warm-up's"}
+
+
+def accum_report(args, rows: list[dict], argv) -> str:
+    from benchmarks.common import machine
+
+    by = {r["variant"]: r for r in rows if "error" not in r}
+    lines = [f"# Accumulation: one big batch vs cache vs plain ({args.device})", "",
+             f"- machine: {machine('cuda' if args.device.startswith('cuda') else 'cpu')}",
+             f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- preset {args.preset}, {args.dtype}, batch {args.batch_size} per step: big = one batch, cache / plain "
+             f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); {args.steps} timed "
+             f"steps after {args.warmup} warm-up, each row in a fresh process; peak memory: "
+             f"{rows[0].get('peak_mem_kind', '?') if rows else '?'}",
+             "- negatives per contrastive loss: big and cache the whole batch, plain one micro-batch", "",
+             "| variant | step ms | samples/s | step time / big | peak memory MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} | | | |")
+            continue
+        ratio = r["step_ms"] / by["big"]["step_ms"] if "big" in by else float("nan")
+        lines.append(f"| {r['variant']} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} | {ratio:.2f} | "
+                     f"{r['peak_mem_mb']:.0f} |")
+    if {"cache", "plain"} <= by.keys():
+        lines += ["", f"- second forward of the cache: cache / plain step time - 1 = "
+                      f"{by['cache']['step_ms'] / by['plain']['step_ms'] - 1:+.0%} (same micro-batches; cache adds "
+                      f"the no-grad pass and the whole-batch contrastive losses)"]
+    return "\n".join(lines)
+
+
+def run_accum(args, argv) -> int:
+    rows = []
+    for variant in ACCUM_VARIANTS:
+        cmd = [sys.executable, __file__, "--_accum_worker", variant, "--accum", str(args.accum), "--device",
+               args.device, "--preset", args.preset, "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--reports", "typical", "--cache", args.cache]
+        if args.text_encoder:
+            cmd += ["--text-encoder", args.text_encoder]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH"), str(ROOT)) if x)
+        env.pop("WORLD_SIZE", None)
+        if args.mmap_threshold and not args.device.startswith("cuda"):  # as run_config: RSS follows live tensors
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+                    {"variant": variant, "error": (r.stderr or r.stdout)[-2000:]})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "losses"}), file=sys.stderr, flush=True)
+    table = accum_report(args, rows, argv)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print(table)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------------
 def run_config(args, variant: str, reports: str, mode: str = "eager") -> dict:
@@ -632,7 +766,11 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 / H200 SXM: 989)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "data"))
     p.add_argument("--out", default=None, help="markdown path (JSON written beside it)")
+    p.add_argument("--accum", type=int, default=0, metavar="N",
+                   help="instead of the loss comparison: one big batch of --batch-size vs N micro-batches in "
+                        "train.accum_mode cache and plain (step time, memory, the cache's second-forward overhead)")
     p.add_argument("--_worker", dest="variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_accum_worker", dest="accum_variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
@@ -643,9 +781,17 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if gpu else "fp32")
     args.steps = args.steps or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    if args.accum_variant:
+        args.mode, args.shapes = "eager", "data"
+        print(json.dumps(accum_worker(args)))
+        return 0
     if args.variant:
         print(json.dumps(worker(args)))
         return 0
+    if args.accum:
+        if args.accum < 2 or args.batch_size % args.accum:
+            raise SystemExit(f"--accum {args.accum}: it must be >= 2 and divide --batch-size {args.batch_size}")
+        return run_accum(args, argv)
 
     from benchmarks.common import machine
 
