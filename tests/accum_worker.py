@@ -35,7 +35,9 @@ def batch_of(model, data: dict, sl: slice) -> dict:
             **model.tokenizer(data["reports"][sl])}
 
 
-def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, check_replay=False):
+def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, check_replay=False, poison=None):
+    """poison=i: first a step whose micro-batch i holds a NaN ECG (the non-finite rule must skip it and leave no
+    gradient behind), then the step on the clean batches."""
     from melp_fast.accum import EmbeddingCache
     from melp_fast.engine import Trainer
     from melp_fast.losses import MELPLoss
@@ -66,6 +68,12 @@ def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, che
         out = trainer.engine(batch)
         return {**criterion(out, batch), "logit_scale": out["logit_scale"].detach()}
 
+    if poison is not None:
+        bad = [dict(b) for b in batches]
+        bad[poison]["ecg"] = bad[poison]["ecg"].clone()
+        bad[poison]["ecg"][0, 0, 0] = float("nan")
+        got["skipped_step"] = trainer.accum_step(bad, compute, EmbeddingCache(criterion) if mode == "cache" else None)
+        got["after_skip"] = (trainer.step, trainer.skipped)
     torch.manual_seed(seed + 1)  # dropout's draws
     if accum == 1:
         losses = trainer.train_step(batches[0], compute)
@@ -85,7 +93,8 @@ def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, che
 
 
 def worker(rank, world, port, out_dir, cases):
-    """cases: (name, mode, dropout) with mode "big" (one batch of 32), "cache" or "plain" (4 micro-batches of 8)."""
+    """cases: (name, mode, dropout[, poison]) with mode "big" (one batch of 32), "cache" or "plain" (4 micro-batches
+    of 8); poison: see one_step."""
     from helpers import tiny_cfg
     from melp_fast.engine import init_distributed, shutdown_distributed
 
@@ -95,12 +104,12 @@ def worker(rank, world, port, out_dir, cases):
     init_distributed()
     try:
         results = {}
-        for name, mode, dropout in cases:
+        for name, mode, dropout, *poison in cases:
             cfg = tiny_cfg(dropout=dropout, layers=1)
             cfg.loss.impl = "auto"
             micro, accum = (32, 1) if mode == "big" else (8, 4)
             results[name] = one_step(cfg, 7, rank, world, os.path.join(out_dir, f"{name}{rank}"), 100 + rank, micro,
-                                     accum, mode, check_replay=dropout > 0)
+                                     accum, mode, check_replay=dropout > 0, poison=poison[0] if poison else None)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         shutdown_distributed()

@@ -1,7 +1,8 @@
 """Gradient accumulation (train.accum_steps, melp_fast/accum.py): 4 micro-batches of 8 in "cache" mode give the loss
 and the gradients of one batch of 32 (fp32, dropout off), on one process and on two gloo processes (against two
 processes with a batch of 32 each); with dropout on, each micro-batch's second pass reproduces its cached
-embeddings exactly; "plain" (DeepSpeed's accumulation: negatives per micro-batch) differs, and says so.
+embeddings exactly; "plain" (DeepSpeed's accumulation: negatives per micro-batch) differs, and says so; a
+non-finite loss in any micro-batch skips the whole step and leaves no gradient behind.
 
 The data and model are drawn from fixed seeds (tests/accum_worker.py: model seed 7, data seed 100 + rank)."""
 
@@ -49,7 +50,8 @@ def check_same_step(cache: dict, big: dict):
     assert err[worst] <= 1e-5, (worst, err[worst])
 
 
-CASES = [("big", "big", 0.0), ("cache", "cache", 0.0), ("plain", "plain", 0.0), ("dropout", "cache", 0.1)]
+CASES = [("big", "big", 0.0), ("cache", "cache", 0.0), ("plain", "plain", 0.0), ("dropout", "cache", 0.1),
+         ("plain_nan", "plain", 0.0, 3), ("cache_nan", "cache", 0.0, 1)]
 
 
 def test_cache_mode_is_one_big_batch_on_one_process(tmp_path):
@@ -61,6 +63,13 @@ def test_cache_mode_is_one_big_batch_on_one_process(tmp_path):
     # dropout on: the second pass replays each micro-batch's RNG state and reproduces its cached embeddings
     assert r["dropout"]["replay"] == [0.0, 0.0, 0.0, 0.0]
     assert r["dropout"]["wrong_rng"] > 1e-3  # the check can fail: another micro-batch's RNG state differs
+    # the non-finite rule per optimiser step: a NaN in one micro-batch skips the step (plain: after three
+    # micro-batches were accumulated); the next step's gradients are exactly those of a fresh one
+    for name, clean in (("plain_nan", "plain"), ("cache_nan", "cache")):
+        assert r[name]["skipped_step"] is None and r[name]["after_skip"] == (0, 1), name
+        assert r[name]["losses"] == r[clean]["losses"], name
+        for n, g in r[clean]["grads"].items():
+            assert torch.equal(r[name]["grads"][n], g), (name, n)
 
 
 def test_cache_mode_is_one_big_batch_on_two_processes(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers import free_port
+from melp_fast.engine import warmup_cosine
 
 ROOT = Path(__file__).resolve().parent.parent
 N, BATCH, SEED = 24, 4, 42  # records (no held-out split), batch per process, train.seed
@@ -164,6 +165,10 @@ def test_resume_on_another_world_size(tmp_path, world, new_world, stop_at, ds_js
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == list(range(1, steps + 1))
     assert all(h["loss"] == h["loss"] for h in hist)
+    # the schedule went on from the saved step (DeepSpeed restored it with the universal checkpoint)
+    lr = warmup_cosine(2, steps)
+    for h in hist:
+        assert h["lr"] == pytest.approx(1e-3 * lr(h["step"]), rel=1e-9, abs=1e-15), h["step"]
 
 
 @pytest.mark.parametrize("n", [23, 24])
