@@ -51,8 +51,9 @@ cpp.enable_kernel_profile).
 --accum N (train.accum_steps): one batch of --batch-size per step ("big") against N micro-batches of batch / N in
 accum_mode "cache" (every contrastive loss over the whole batch: a no-grad pass, then a second forward per
 micro-batch) and "plain" (DeepSpeed's accumulation, negatives per micro-batch), on the same records, each step
-through melp_fast.engine.Trainer; step time, samples/s, peak memory, and the cache's second-forward overhead
-(cache / plain step time - 1).
+through melp_fast.engine.Trainer; peak memory of each in its own process, step times of the three interleaved
+step by step in one process (so that a change of machine load hits them alike), and the cache's second-forward
+overhead (cache / plain step time - 1).
 """
 
 from __future__ import annotations
@@ -526,11 +527,12 @@ def worker(args) -> dict:
 ACCUM_VARIANTS = ("big", "cache", "plain")
 
 
-def accum_worker(args) -> dict:
-    """One row of --accum: "big" (one batch of --batch-size per step) or "cache" / "plain" (--accum micro-batches of
-    batch / accum per step; the same records), each step through melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one
-    process; bf16 weights with --dtype bf16) as train.py runs it."""
+def accum_setup(args, variant: str):
+    """(step(i) -> loss, micro, n) of one --accum variant: "big" (one batch of --batch-size per step) or "cache" /
+    "plain" (--accum micro-batches of batch / accum; the same records), each step through
+    melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process; bf16 weights with --dtype bf16) as train.py runs it."""
     import tempfile
+    from argparse import Namespace
 
     import torch
 
@@ -541,18 +543,16 @@ def accum_worker(args) -> dict:
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
     cfg = apply_overrides(get_preset(args.preset), args.overrides)
     if args.text_encoder:
         cfg.model.text_encoder = args.text_encoder
-    n = 1 if args.accum_variant == "big" else args.accum
+    n = 1 if variant == "big" else args.accum
     micro = args.batch_size // n
     cfg.train.batch_size, cfg.train.accum_steps = micro, n
-    cfg.train.accum_mode = "plain" if args.accum_variant == "plain" else "cache"
+    cfg.train.accum_mode = "plain" if variant == "plain" else "cache"
     model = build_model(cfg, device).train()
-    args.batch_size = micro
-    flat = make_batches(cfg, model, args, device, n_batches=2 * n)  # records 0 .. 2 x batch - 1 in every row
-    groups = [flat[:n], flat[n:]]
+    flat = make_batches(cfg, model, Namespace(**{**vars(args), "batch_size": micro}), device, n_batches=2 * n)
+    groups = [flat[:n], flat[n:]]  # records 0 .. 2 x batch - 1 in every variant
     init_distributed()
     tmp = Path(tempfile.mkdtemp(prefix="melp-accum-bench-"))
     ds = None
@@ -561,67 +561,90 @@ def accum_worker(args) -> dict:
         ds.write_text(json.dumps({"bf16": {"enabled": True}}))
     trainer = Trainer(model, cfg.train, tmp, ds, 0, 1, quiet=True)
     criterion = MELPLoss(cfg.loss)
-    cache = EmbeddingCache(criterion) if args.accum_variant == "cache" else None
+    cache = EmbeddingCache(criterion) if variant == "cache" else None
 
     def compute(batch):
         return criterion(trainer.engine(batch), batch)
 
-    def step(group):
+    def step(i: int) -> float:
+        group = groups[i % 2]
         losses = trainer.train_step(group[0], compute) if n == 1 else trainer.accum_step(group, compute, cache)
         model.clamp_logit_scale()
-        return losses["loss"]
-
-    def sync():
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.synchronize()
+        return float(losses["loss"])
 
+    return step, micro, n
+
+
+def accum_worker(args) -> dict:
+    """Peak memory of one --accum variant (its own process): over args.steps steps after the warm-up."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    step, micro, n = accum_setup(args, args.accum_variant)
     for i in range(args.warmup):
-        step(groups[i % 2])
-    sync()
+        step(i)
     startup_rss = rss_bytes()
     rss_reset = reset_peak_rss()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    losses = [float(step(groups[i % 2])) for i in range(args.steps)]
-    sync()
-    step_s = (time.perf_counter() - t0) / args.steps
+    losses = [step(i) for i in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - (startup_rss if rss_reset else 0)
-    return {"variant": args.accum_variant, "micro": micro, "accum": n, "batch": micro * n, "step_ms": 1000 * step_s,
-            "samples_per_s": micro * n / step_s, "peak_mem_mb": peak / 2 ** 20, "losses": losses,
+    return {"variant": args.accum_variant, "micro": micro, "accum": n, "batch": micro * n, "losses": losses,
+            "peak_mem_mb": peak / 2 ** 20,
             "peak_mem_kind": "cuda max_memory_allocated" if cuda else "peak RSS above the warm-up's"}
 
 
-def accum_report(args, rows: list[dict], argv) -> str:
+def accum_timing(args) -> dict:
+    """Step times of the three variants in one process, interleaved step by step (a change of machine load hits
+    all three alike): the median of args.steps steps each after the warm-up."""
+    import statistics
+
+    steps = {v: accum_setup(args, v)[0] for v in ACCUM_VARIANTS}
+    for i in range(args.warmup):
+        for v in ACCUM_VARIANTS:
+            steps[v](i)
+    times = {v: [] for v in ACCUM_VARIANTS}
+    for i in range(args.steps):
+        for v in ACCUM_VARIANTS:
+            t0 = time.perf_counter()
+            steps[v](i)
+            times[v].append(time.perf_counter() - t0)
+    return {v: {"step_ms": 1000 * statistics.median(t), "all_ms": [1000 * x for x in t]} for v, t in times.items()}
+
+
+def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
     from benchmarks.common import machine
 
-    by = {r["variant"]: r for r in rows if "error" not in r}
     lines = [f"# Accumulation: one big batch vs cache vs plain ({args.device})", "",
              f"- machine: {machine('cuda' if args.device.startswith('cuda') else 'cpu')}",
+             f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
              f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
              f"- preset {args.preset}, {args.dtype}, batch {args.batch_size} per step: big = one batch, cache / plain "
-             f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); {args.steps} timed "
-             f"steps after {args.warmup} warm-up, each row in a fresh process; peak memory: "
-             f"{rows[0].get('peak_mem_kind', '?') if rows else '?'}",
+             f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); each step through "
+             f"melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process)",
+             f"- step time: the three in one process, interleaved step by step, median of {args.steps} steps after "
+             f"{args.warmup} warm-up; peak memory: each in its own process "
+             f"({rows[0].get('peak_mem_kind', '?') if rows else '?'})",
              "- negatives per contrastive loss: big and cache the whole batch, plain one micro-batch", "",
              "| variant | step ms | samples/s | step time / big | peak memory MB |", "|---|---|---|---|---|"]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} | | | |")
-            continue
-        ratio = r["step_ms"] / by["big"]["step_ms"] if "big" in by else float("nan")
-        lines.append(f"| {r['variant']} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} | {ratio:.2f} | "
-                     f"{r['peak_mem_mb']:.0f} |")
-    if {"cache", "plain"} <= by.keys():
-        lines += ["", f"- second forward of the cache: cache / plain step time - 1 = "
-                      f"{by['cache']['step_ms'] / by['plain']['step_ms'] - 1:+.0%} (same micro-batches; cache adds "
-                      f"the no-grad pass and the whole-batch contrastive losses)"]
+        v = r["variant"]
+        t = timing.get(v, {}).get("step_ms", float("nan"))
+        big = timing.get("big", {}).get("step_ms", float("nan"))
+        mem = f"{r['peak_mem_mb']:.0f}" if "error" not in r else "error: " + r["error"].splitlines()[-1][:100]
+        lines.append(f"| {v} | {t:.0f} | {args.batch_size * 1000 / t:.1f} | {t / big:.2f} | {mem} |")
+    if {"cache", "plain"} <= timing.keys():
+        over = timing["cache"]["step_ms"] / timing["plain"]["step_ms"] - 1
+        lines += ["", f"- second forward of the cache: cache / plain step time - 1 = {over:+.0%} (the same "
+                      f"micro-batches; the cache adds the no-grad pass and the whole-batch contrastive losses)"]
     return "\n".join(lines)
 
 
 def run_accum(args, argv) -> int:
-    rows = []
-    for variant in ACCUM_VARIANTS:
+    rows, timing = [], {}
+    for variant in (*ACCUM_VARIANTS, "timing"):
         cmd = [sys.executable, __file__, "--_accum_worker", variant, "--accum", str(args.accum), "--device",
                args.device, "--preset", args.preset, "--batch-size", str(args.batch_size), "--dtype", args.dtype,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--reports", "typical", "--cache", args.cache]
@@ -635,16 +658,21 @@ def run_accum(args, argv) -> int:
         if args.mmap_threshold and not args.device.startswith("cuda"):  # as run_config: RSS follows live tensors
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
-                    {"variant": variant, "error": (r.stderr or r.stdout)[-2000:]})
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "losses"}), file=sys.stderr, flush=True)
-    table = accum_report(args, rows, argv)
+        res = (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+               {"variant": variant, "error": (r.stderr or r.stdout)[-2000:]})
+        print(json.dumps({k: v for k, v in res.items() if k != "losses"}), file=sys.stderr, flush=True)
+        if variant == "timing":
+            timing = res if "error" not in res else {}
+        else:
+            rows.append(res)
+    table = accum_report(args, rows, timing, argv)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows, "timing": timing},
+                                                                  indent=1))
     print(table)
-    return 0 if all("error" not in r for r in rows) else 1
+    return 0 if timing and all("error" not in r for r in rows) else 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -783,7 +811,7 @@ def main(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     if args.accum_variant:
         args.mode, args.shapes = "eager", "data"
-        print(json.dumps(accum_worker(args)))
+        print(json.dumps(accum_timing(args) if args.accum_variant == "timing" else accum_worker(args)))
         return 0
     if args.variant:
         print(json.dumps(worker(args)))

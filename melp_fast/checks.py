@@ -383,9 +383,13 @@ def preflight_train(cfg, args, flags=None) -> None:
     check_config(cfg, flags)
     check_ds_config(getattr(args, "ds_config", None))
     if getattr(args, "ds_config", None):  # the JSON's accumulation must be train.accum_steps (engine.load_ds_config)
-        from .engine import load_ds_config
+        from .engine import read_ds_json
 
-        load_ds_config(args.ds_config, cfg.train.batch_size, 1, cfg.train.accum_steps)
+        given = read_ds_json(args.ds_config).get("gradient_accumulation_steps", cfg.train.accum_steps)
+        if given != cfg.train.accum_steps:
+            raise UserError(f"--ds_config {args.ds_config}: gradient_accumulation_steps is {given}, but "
+                            f"train.accum_steps is {cfg.train.accum_steps}; set the accumulation with --set "
+                            f"train.accum_steps=N and remove gradient_accumulation_steps from the file")
     check_text_encoder(cfg, flags)
     if cfg.data.source != "synthetic":
         check_store_dir(cfg.data.source, "--data")

@@ -116,3 +116,17 @@ def test_deepspeed_json_accumulation_must_agree(tmp_path):
     ds = load_ds_config(f, batch_size=8, world=3, accum=2)
     assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 48
     assert load_ds_config(None, 8, 1, accum=4)["gradient_accumulation_steps"] == 4
+    # train.py refuses the disagreement before any work
+    from melp_fast.checks import preflight_train
+    from melp_fast.config import from_args, get_preset
+    from melp_fast.train import FLAGS, parse_args
+
+    common = ["--ds_config", str(f), "--text-encoder", "random:tiny", "--out", str(tmp_path / "run"),
+              "--set", "model.text_freeze_layers=1"]
+    args = parse_args([*common, "--set", "train.accum_steps=4"])
+    with pytest.raises(UserError, match=r"gradient_accumulation_steps is 2, but train.accum_steps is 4"):
+        preflight_train(from_args(get_preset("tiny"), args, FLAGS), args, FLAGS)
+    args = parse_args([*common, "--set", "train.accum_steps=2", "--set", "train.accum_mode=plain"])
+    preflight_train(from_args(get_preset("tiny"), args, FLAGS), args, FLAGS)  # agreeing is fine
+    with pytest.raises(UserError, match=r"train.accum_mode must be one of cache, plain"):
+        from_args(get_preset("tiny"), parse_args(["--set", "train.accum_mode=big"]), FLAGS)

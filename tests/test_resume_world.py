@@ -19,10 +19,10 @@ from melp_fast.engine import warmup_cosine
 ROOT = Path(__file__).resolve().parent.parent
 N, BATCH, SEED = 24, 4, 42  # records (no held-out split), batch per process, train.seed
 SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", str(BATCH),
-         "--set", f"data.n_train={N}", "--set", "data.val_fraction=0", "--set", "model.width=32", "--set", "model.ffn=64",
-         "--set", "model.heads=2", "--set", "model.layers=1", "--set", "model.conv_channels=16",
-         "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=2", "--set", "model.dropout=0.1",
-         "--quiet"]
+         "--set", f"data.n_train={N}", "--set", "data.val_fraction=0", "--set", "model.width=32",
+         "--set", "model.ffn=64", "--set", "model.heads=2", "--set", "model.layers=1",
+         "--set", "model.conv_channels=16", "--set", "model.text_freeze_layers=1", "--set", "train.warmup_steps=2",
+         "--set", "model.dropout=0.1", "--quiet"]
 
 # STOP_AT=k: rank 0 sends itself SIGTERM after optimiser step k (the run saves and stops: a pre-emption);
 # RECORDS: every rank appends (epoch, record ids) of each batch it trains on to RECORDS/rank<r>.jsonl;
@@ -129,8 +129,14 @@ EXTRA = json.loads(os.environ.get("MELP_RESUME_WORLD_CASE", "null"))  # one more
 CASES += [tuple(EXTRA)] if EXTRA else []
 
 
+def case_id(case) -> str:
+    world, new_world, _, ds = case
+    prec = "-bf16" if ds.get("bf16", {}).get("enabled") else ""
+    return f"{world}to{new_world}-zero{ds.get('zero_optimization', {}).get('stage', 0)}{prec}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("world,new_world,stop_at,ds_json", CASES)
+@pytest.mark.parametrize("world,new_world,stop_at,ds_json", CASES, ids=[case_id(c) for c in CASES])
 def test_resume_on_another_world_size(tmp_path, world, new_world, stop_at, ds_json):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps(ds_json))
