@@ -5,17 +5,21 @@ The pieces, each written once:
   world of one; under ``deepspeed`` or ``torchrun`` (one node or many) the launcher's RANK / WORLD_SIZE /
   MASTER_ADDR / MASTER_PORT are used as they are; the scripts call ``shutdown_distributed`` on the way out;
 - ``load_ds_config``: the DeepSpeed JSON holds what it decides (precision, ZeRO stage, clipping, accumulation); the
-  batch sizes come from the run's configuration, and a JSON value that says otherwise is a ``UserError``;
+  batch sizes and the accumulation (train.accum_steps) come from the run's configuration, and a JSON value that
+  says otherwise is a ``UserError``;
 - ``param_groups`` (no weight decay on biases, norms, the logit scale, learned queries) and ``warmup_cosine``;
 - ``ResumableSampler``: how the data is split across ranks (every epoch a permutation seeded by (seed, epoch);
   rank r takes every world-th record of it; the tail that does not fill all ranks is dropped), able to start an
-  epoch part-way;
+  epoch part-way, after any number of records (a run resumed on another world size);
 - ``Trainer``: the DeepSpeed engine of one run and its position; ``train_step`` with THE non-finite rule,
+  ``accum_step`` (train.accum_steps micro-batches per optimiser step: DeepSpeed's accumulation, or the embedding
+  cache of accum.py),
   ``fit`` (the loop, with the one place a stop request is checked), ``save`` / ``load`` (the only two functions
   that write and read checkpoints, with one atomic pointer), history logging (history.jsonl, TensorBoard, bar).
 
 Checkpoints: out_dir/checkpoints/step<N>/ holds DeepSpeed's files (model, optimiser, schedule) and one
-train_state_rank<r>.safetensors per rank (data position, RNG states, parameter shapes; no pickle). The pointer out_dir/checkpoints/
+train_state_rank<r>.safetensors per rank (data position, also in records of the epoch; RNG states; parameter
+shapes; no pickle); one written by another number of processes is loaded through resharding.py. The pointer out_dir/checkpoints/
 complete names the last checkpoint whose every file is written; it is replaced atomically (os.replace), so a kill
 at any moment leaves it naming a loadable checkpoint. DeepSpeed's own `latest` is not written.
 """
