@@ -606,12 +606,16 @@ def accum_timing(args) -> dict:
         for v in ACCUM_VARIANTS:
             steps[v](i)
     times = {v: [] for v in ACCUM_VARIANTS}
+    cpu = {v: [] for v in ACCUM_VARIANTS}
     for i in range(args.steps):
         for v in ACCUM_VARIANTS:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             steps[v](i)
             times[v].append(time.perf_counter() - t0)
-    return {v: {"step_ms": 1000 * statistics.median(t), "all_ms": [1000 * x for x in t]} for v, t in times.items()}
+            cpu[v].append(time.process_time() - c0)
+    return {v: {"step_ms": 1000 * statistics.median(t), "all_ms": [1000 * x for x in t],
+                "cpu_ms": 1000 * statistics.median(cpu[v]), "all_cpu_ms": [1000 * x for x in cpu[v]]}
+            for v, t in times.items()}
 
 
 def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
@@ -627,18 +631,25 @@ def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
              f"- step time: the three in one process, interleaved step by step, median of {args.steps} steps after "
              f"{args.warmup} warm-up; peak memory: each in its own process "
              f"({rows[0].get('peak_mem_kind', '?') if rows else '?'})",
-             "- negatives per contrastive loss: big and cache the whole batch, plain one micro-batch", "",
-             "| variant | step ms | samples/s | step time / big | peak memory MB |", "|---|---|---|---|---|"]
+             "- negatives per contrastive loss: big and cache the whole batch, plain one micro-batch",
+             "- CPU time: the process's (time.process_time) per step, less sensitive than wall time to other "
+             "processes on a shared machine (run with OMP_NUM_THREADS=1 there)", "",
+             "| variant | step ms | samples/s | step time / big | CPU ms | CPU time / big | peak memory MB |",
+             "|---|---|---|---|---|---|---|"]
+    nan = {"step_ms": float("nan"), "cpu_ms": float("nan")}
+    big = timing.get("big", nan)
     for r in rows:
-        v = r["variant"]
-        t = timing.get(v, {}).get("step_ms", float("nan"))
-        big = timing.get("big", {}).get("step_ms", float("nan"))
+        t = timing.get(r["variant"], nan)
         mem = f"{r['peak_mem_mb']:.0f}" if "error" not in r else "error: " + r["error"].splitlines()[-1][:100]
-        lines.append(f"| {v} | {t:.0f} | {args.batch_size * 1000 / t:.1f} | {t / big:.2f} | {mem} |")
+        lines.append(f"| {r['variant']} | {t['step_ms']:.0f} | {args.batch_size * 1000 / t['step_ms']:.1f} | "
+                     f"{t['step_ms'] / big['step_ms']:.2f} | {t['cpu_ms']:.0f} | {t['cpu_ms'] / big['cpu_ms']:.2f} | "
+                     f"{mem} |")
     if {"cache", "plain"} <= timing.keys():
-        over = timing["cache"]["step_ms"] / timing["plain"]["step_ms"] - 1
-        lines += ["", f"- second forward of the cache: cache / plain step time - 1 = {over:+.0%} (the same "
-                      f"micro-batches; the cache adds the no-grad pass and the whole-batch contrastive losses)"]
+        wall = timing["cache"]["step_ms"] / timing["plain"]["step_ms"] - 1
+        cpu = timing["cache"]["cpu_ms"] / timing["plain"]["cpu_ms"] - 1
+        lines += ["", f"- second forward of the cache: cache / plain - 1 = {cpu:+.0%} in CPU time, {wall:+.0%} in wall "
+                      f"time (the same micro-batches; the cache adds the no-grad pass, with its caption head, and "
+                      f"the whole-batch contrastive losses)"]
     return "\n".join(lines)
 
 
