@@ -621,10 +621,13 @@ def accum_timing(args) -> dict:
 def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
     from benchmarks.common import machine
 
+    omp = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+
     lines = [f"# Accumulation: one big batch vs cache vs plain ({args.device})", "",
              f"- machine: {machine('cuda' if args.device.startswith('cuda') else 'cpu')}",
              f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
-             f"- command: `python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- command: `{omp}python benchmarks/throughput.py "
+             f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
              f"- preset {args.preset}, {args.dtype}, batch {args.batch_size} per step: big = one batch, cache / plain "
              f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); each step through "
              f"melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process)",
