@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --device cuda            # CUDA: paper preset, batch 64, bf16 autocast,
                                                              #       reference vs blocks vs fused
     python benchmarks/throughput.py --preset tiny --batch-size 32 --impls reference,auto --out r.md
+    python benchmarks/throughput.py --preset tiny --batch-size 32 --accum 4   # big batch vs cache vs plain
 
 The timed step is the training step itself: the model's own forward (MELP.forward), MELPLoss, backward and the
 optimiser step (the DeepSpeed engine, ZeRO-0, AdamW with gradient clipping 1.0, where deepspeed is installed; a
@@ -46,6 +47,13 @@ outermost aten ops with the same exclusions (profiler_ops in the JSON, for eager
 fused losses, inductor's generated kernels) are not dispatched ops: on CUDA the profiled pass counts every device
 kernel (the launches themselves); on CPU a compiled model's generated C++ kernels are counted apart (inductor's
 cpp.enable_kernel_profile).
+
+--accum N (train.accum_steps): one batch of --batch-size per step ("big") against N micro-batches of batch / N in
+accum_mode "cache" (every contrastive loss over the whole batch: a no-grad pass, then a second forward per
+micro-batch) and "plain" (DeepSpeed's accumulation, negatives per micro-batch), on the same records, each step
+through melp_fast.engine.Trainer; peak memory of each in its own process, step times of the three interleaved
+step by step in one process (so that a change of machine load hits them alike), and the cache's second-forward
+overhead (cache / plain step time - 1).
 """
 
 from __future__ import annotations
@@ -512,6 +520,174 @@ def worker(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --accum N: one big batch vs "cache" vs "plain" accumulation (train.accum_steps / accum_mode)
+# ----------------------------------------------------------------------------------------------------------------
+ACCUM_VARIANTS = ("big", "cache", "plain")
+
+
+def accum_setup(args, variant: str):
+    """(step(i) -> loss, micro, n) of one --accum variant: "big" (one batch of --batch-size per step) or "cache" /
+    "plain" (--accum micro-batches of batch / accum; the same records), each step through
+    melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process; bf16 weights with --dtype bf16) as train.py runs it."""
+    import tempfile
+    from argparse import Namespace
+
+    import torch
+
+    from melp_fast.training.accum import EmbeddingCache
+    from melp_fast.config import apply_overrides, get_preset
+    from melp_fast.engine import Trainer, init_distributed
+    from melp_fast.losses import MELPLoss
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    cfg = apply_overrides(get_preset(args.preset), args.overrides)
+    if args.text_encoder:
+        cfg.model.text_encoder = args.text_encoder
+    n = 1 if variant == "big" else args.accum
+    micro = args.batch_size // n
+    cfg.train.batch_size, cfg.train.accum_steps = micro, n
+    cfg.train.accum_mode = "plain" if variant == "plain" else "cache"
+    model = build_model(cfg, device).train()
+    flat = make_batches(cfg, model, Namespace(**{**vars(args), "batch_size": micro}), device, n_batches=2 * n)
+    groups = [flat[:n], flat[n:]]  # records 0 .. 2 x batch - 1 in every variant
+    init_distributed()
+    tmp = Path(tempfile.mkdtemp(prefix="melp-accum-bench-"))
+    ds = None
+    if args.dtype == "bf16":
+        ds = tmp / "ds.json"
+        ds.write_text(json.dumps({"bf16": {"enabled": True}}))
+    trainer = Trainer(model, cfg.train, tmp, ds, 0, 1, quiet=True)
+    criterion = MELPLoss(cfg.loss)
+    cache = EmbeddingCache(criterion) if variant == "cache" else None
+
+    def compute(batch):
+        return criterion(trainer.engine(batch), batch)
+
+    def step(i: int) -> float:
+        group = groups[i % 2]
+        losses = trainer.train_step(group[0], compute) if n == 1 else trainer.accum_step(group, compute, cache)
+        model.clamp_logit_scale()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return float(losses["loss"])
+
+    return step, micro, n
+
+
+def accum_worker(args) -> dict:
+    """Peak memory of one --accum variant (its own process): over args.steps steps after the warm-up."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    step, micro, n = accum_setup(args, args.accum_variant)
+    for i in range(args.warmup):
+        step(i)
+    startup_rss = rss_bytes()
+    rss_reset = reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    losses = [step(i) for i in range(args.steps)]
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - (startup_rss if rss_reset else 0)
+    return {"variant": args.accum_variant, "micro": micro, "accum": n, "batch": micro * n, "losses": losses,
+            "peak_mem_mb": peak / 2 ** 20,
+            "peak_mem_kind": "cuda max_memory_allocated" if cuda else "peak RSS above the warm-up's"}
+
+
+def accum_timing(args) -> dict:
+    """Step times of the three variants in one process, interleaved step by step (a change of machine load hits
+    all three alike): the median of args.steps steps each after the warm-up."""
+    import statistics
+
+    steps = {v: accum_setup(args, v)[0] for v in ACCUM_VARIANTS}
+    for i in range(args.warmup):
+        for v in ACCUM_VARIANTS:
+            steps[v](i)
+    times = {v: [] for v in ACCUM_VARIANTS}
+    cpu = {v: [] for v in ACCUM_VARIANTS}
+    for i in range(args.steps):
+        for v in ACCUM_VARIANTS:
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[v](i)
+            times[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)
+    return {v: {"step_ms": 1000 * statistics.median(t), "all_ms": [1000 * x for x in t],
+                "cpu_ms": 1000 * statistics.median(cpu[v]), "all_cpu_ms": [1000 * x for x in cpu[v]]}
+            for v, t in times.items()}
+
+
+def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
+    from benchmarks.common import machine
+
+    omp = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+
+    lines = [f"# Accumulation: one big batch vs cache vs plain ({args.device})", "",
+             f"- machine: {machine('cuda' if args.device.startswith('cuda') else 'cpu')}",
+             f"- load average at end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
+             f"- command: `{omp}python benchmarks/throughput.py "
+             f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- preset {args.preset}, {args.dtype}, batch {args.batch_size} per step: big = one batch, cache / plain "
+             f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); each step through "
+             f"melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process)",
+             f"- step time: the three in one process, interleaved step by step, median of {args.steps} steps after "
+             f"{args.warmup} warm-up; peak memory: each in its own process "
+             f"({rows[0].get('peak_mem_kind', '?') if rows else '?'})",
+             "- negatives per contrastive loss: big and cache the whole batch, plain one micro-batch",
+             "- CPU time: the process's (time.process_time) per step, less sensitive than wall time to other "
+             "processes on a shared machine (run with OMP_NUM_THREADS=1 there)", "",
+             "| variant | step ms | samples/s | step time / big | CPU ms | CPU time / big | peak memory MB |",
+             "|---|---|---|---|---|---|---|"]
+    nan = {"step_ms": float("nan"), "cpu_ms": float("nan")}
+    big = timing.get("big", nan)
+    for r in rows:
+        t = timing.get(r["variant"], nan)
+        mem = f"{r['peak_mem_mb']:.0f}" if "error" not in r else "error: " + r["error"].splitlines()[-1][:100]
+        lines.append(f"| {r['variant']} | {t['step_ms']:.0f} | {args.batch_size * 1000 / t['step_ms']:.1f} | "
+                     f"{t['step_ms'] / big['step_ms']:.2f} | {t['cpu_ms']:.0f} | {t['cpu_ms'] / big['cpu_ms']:.2f} | "
+                     f"{mem} |")
+    if {"cache", "plain"} <= timing.keys():
+        wall = timing["cache"]["step_ms"] / timing["plain"]["step_ms"] - 1
+        cpu = timing["cache"]["cpu_ms"] / timing["plain"]["cpu_ms"] - 1
+        lines += ["", f"- second forward of the cache: cache / plain - 1 = {cpu:+.0%} in CPU time, {wall:+.0%} in wall "
+                      f"time (the same micro-batches; the cache adds the no-grad pass, with its caption head, and "
+                      f"the whole-batch contrastive losses)"]
+    return "\n".join(lines)
+
+
+def run_accum(args, argv) -> int:
+    rows, timing = [], {}
+    for variant in (*ACCUM_VARIANTS, "timing"):
+        cmd = [sys.executable, __file__, "--_accum_worker", variant, "--accum", str(args.accum), "--device",
+               args.device, "--preset", args.preset, "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--reports", "typical", "--cache", args.cache]
+        if args.text_encoder:
+            cmd += ["--text-encoder", args.text_encoder]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH"), str(ROOT)) if x)
+        env.pop("WORLD_SIZE", None)
+        if args.mmap_threshold and not args.device.startswith("cuda"):  # as run_config: RSS follows live tensors
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        res = (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else
+               {"variant": variant, "error": (r.stderr or r.stdout)[-2000:]})
+        print(json.dumps({k: v for k, v in res.items() if k != "losses"}), file=sys.stderr, flush=True)
+        if variant == "timing":
+            timing = res if "error" not in res else {}
+        else:
+            rows.append(res)
+    table = accum_report(args, rows, timing, argv)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows, "timing": timing},
+                                                                  indent=1))
+    print(table)
+    return 0 if timing and all("error" not in r for r in rows) else 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------------
 def run_config(args, variant: str, reports: str, mode: str = "eager") -> dict:
@@ -630,7 +806,11 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 / H200 SXM: 989)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "data"))
     p.add_argument("--out", default=None, help="markdown path (JSON written beside it)")
+    p.add_argument("--accum", type=int, default=0, metavar="N",
+                   help="instead of the loss comparison: one big batch of --batch-size vs N micro-batches in "
+                        "train.accum_mode cache and plain (step time, memory, the cache's second-forward overhead)")
     p.add_argument("--_worker", dest="variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_accum_worker", dest="accum_variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
@@ -641,9 +821,17 @@ def main(argv=None):
     args.dtype = args.dtype or ("bf16" if gpu else "fp32")
     args.steps = args.steps or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    if args.accum_variant:
+        args.mode, args.shapes = "eager", "data"
+        print(json.dumps(accum_timing(args) if args.accum_variant == "timing" else accum_worker(args)))
+        return 0
     if args.variant:
         print(json.dumps(worker(args)))
         return 0
+    if args.accum:
+        if args.accum < 2 or args.batch_size % args.accum:
+            raise SystemExit(f"--accum {args.accum}: it must be >= 2 and divide --batch-size {args.batch_size}")
+        return run_accum(args, argv)
 
     from melp_fast.testing.common import machine
 

@@ -80,6 +80,9 @@ def check_train_section(t, flags=None) -> None:
     f = lambda k: _flag("train." + k, flags)  # noqa: E731
     positive_int(t.steps, f("steps"), MAX_COUNT)
     positive_int(t.batch_size, f("batch_size"), 1 << 20)
+    positive_int(getattr(t, "accum_steps", 1), "train.accum_steps", 1 << 16)
+    if getattr(t, "accum_mode", "cache") not in ("cache", "plain"):
+        raise UserError(f"train.accum_mode is {t.accum_mode!r}: it must be 'cache' or 'plain'")
     _num(t.lr, f("lr"), 0, 10, lo_open=True)
     _num(t.weight_decay, f("weight_decay"), 0, 10)
     if len(t.betas) != 2:

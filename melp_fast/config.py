@@ -105,6 +105,12 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # per process (micro batch)
+    # gradient accumulation: one optimiser step = accum_steps micro-batches of batch_size per process. accum_mode
+    # "cache" (melp_fast/accum.py): the contrastive losses see the whole accumulated batch (an embedding cache and
+    # a second forward per micro-batch with its RNG replayed); "plain": DeepSpeed's accumulation, negatives per
+    # micro-batch. A DeepSpeed JSON gradient_accumulation_steps must agree with accum_steps.
+    accum_steps: int = 1
+    accum_mode: str = "cache"
     steps: int = 1000
     lr: float = 2e-4
     weight_decay: float = 0.2
@@ -242,7 +248,7 @@ def get_preset(name: str) -> Config:
 
 
 # fields whose values are names: --set checks them against these
-CHOICES = {"loss.impl": LOSS_IMPLS, "model.beat_pooling": ("beats", "queries"), "model.attention": ("sdpa", "flash_attn")}
+CHOICES = {"loss.impl": LOSS_IMPLS, "train.accum_mode": ("cache", "plain"), "model.beat_pooling": ("beats", "queries"), "model.attention": ("sdpa", "flash_attn")}
 
 
 def valid_keys(cfg) -> list[str]:

@@ -152,6 +152,30 @@ def clamp_logit_scale(engine):
         engine.module.clamp_logit_scale()
 
 
+def accumulation(cfg: Config, model: MELP, world: int, rank: int, criterion: MELPLoss):
+    """train.accum_steps > 1: the embedding cache (accum_mode "cache", melp_fast/accum.py) or None (one batch, or
+    DeepSpeed's "plain" accumulation); says which, with the negatives each contrastive loss sees."""
+    n, b = cfg.train.accum_steps, cfg.train.batch_size
+    if n == 1:
+        return None
+    if cfg.train.accum_mode == "plain":
+        if rank == 0:
+            print(f"accumulation: plain ({n} micro-batches of {b} per step): the contrastive losses see one "
+                  f"micro-batch at a time: InfoNCE {b * world} candidates, beat-sentence {b} (one batch of {n * b} "
+                  f"would give {n * b * world} and {n * b}); train.accum_mode=cache keeps them all")
+        return None
+    from melp_fast.training.accum import EmbeddingCache, cache_bytes
+
+    if rank == 0:
+        m = cfg.model
+        k = m.beat_queries if m.beat_pooling == "queries" else m.max_beats
+        mib = cache_bytes(n * b, k, m.max_sentences, m.embed_dim) / 2 ** 20
+        print(f"accumulation: cache ({n} micro-batches of {b} per step): the contrastive losses see the whole batch "
+              f"(InfoNCE {n * b * world} candidates, beat-sentence {n * b}); a second forward per micro-batch; "
+              f"cache <= {mib:.1f} MiB per process (fp32 embeddings and gradients)")
+    return EmbeddingCache(criterion)
+
+
 def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: Path, rank: int):
     """The after-step hook of the validation (docs/SPEC.md, "Training"): every ``train.eval_every`` steps the held-out
     subjects' losses and zero-shot AUROC on ``train.downstream`` stores (melp_fast/eval/validation.py) join the
@@ -202,10 +226,13 @@ def main(argv=None) -> dict:
                         # its own generator: starting an epoch must not draw from the global RNG (dropout's),
                         # or a resumed run would diverge from an uninterrupted one
                         generator=torch.Generator().manual_seed(cfg.train.seed))
-    check_batches(len(loader), len(dataset), batch_size, world)
+    accum = cfg.train.accum_steps
+    check_batches(len(loader) // accum, len(dataset), batch_size * accum, world)
 
     def epoch_batches(epoch: int, start: int):
-        sampler.set_epoch(epoch, start=start * batch_size)
+        # the records of the epoch consumed before batch `start`: on a run resumed on another world size the
+        # checkpoint's records (trainer.offset) come first
+        sampler.set_epoch(epoch, consumed=trainer.offset + start * batch_size * world)
         dataset.set_epoch(epoch)
         return loader
 
@@ -221,8 +248,9 @@ def main(argv=None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(cfg.to_json())
     if args.resume:
-        trainer.load()
+        trainer.load(other_world=True)
     criterion = MELPLoss(cfg.loss)
+    cache = accumulation(cfg, model, world, rank, criterion)
 
     def compute(batch: dict) -> dict:
         out = trainer.engine(batch)
@@ -235,7 +263,7 @@ def main(argv=None) -> dict:
         clamp_logit_scale(trainer.engine)
         return validate()
 
-    history = trainer.fit(epoch_batches, compute, after_step=after_step)
+    history = trainer.fit(epoch_batches, compute, after_step=after_step, cache=cache)
     export_dir = export_model(trainer.engine, cfg, out_dir / "model", rank)
     dist.barrier()
     return {"export": str(export_dir), "history": history, "skipped": trainer.skipped, "config": cfg}

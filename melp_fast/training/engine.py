@@ -5,17 +5,21 @@ The pieces, each written once:
   world of one; under ``deepspeed`` or ``torchrun`` (one node or many) the launcher's RANK / WORLD_SIZE /
   MASTER_ADDR / MASTER_PORT are used as they are; the scripts call ``shutdown_distributed`` on the way out;
 - ``load_ds_config``: the DeepSpeed JSON holds what it decides (precision, ZeRO stage, clipping, accumulation); the
-  batch sizes come from the run's configuration, and a JSON value that says otherwise is a ``UserError``;
+  batch sizes and the accumulation (train.accum_steps) come from the run's configuration, and a JSON value that
+  says otherwise is a ``UserError``;
 - ``param_groups`` (no weight decay on biases, norms, the logit scale, learned queries) and ``warmup_cosine``;
 - ``ResumableSampler``: how the data is split across ranks (every epoch a permutation seeded by (seed, epoch);
   rank r takes every world-th record of it; the tail that does not fill all ranks is dropped), able to start an
-  epoch part-way;
+  epoch part-way, after any number of records (a run resumed on another world size);
 - ``Trainer``: the DeepSpeed engine of one run and its position; ``train_step`` with THE non-finite rule,
+  ``accum_step`` (train.accum_steps micro-batches per optimiser step: DeepSpeed's accumulation, or the embedding
+  cache of accum.py),
   ``fit`` (the loop, with the one place a stop request is checked), ``save`` / ``load`` (the only two functions
   that write and read checkpoints, with one atomic pointer), history logging (history.jsonl, TensorBoard, bar).
 
 Checkpoints: out_dir/checkpoints/step<N>/ holds DeepSpeed's files (model, optimiser, schedule) and one
-train_state_rank<r>.safetensors per rank (data position, RNG states, parameter shapes; no pickle). The pointer out_dir/checkpoints/
+train_state_rank<r>.safetensors per rank (data position, also in records of the epoch; RNG states; parameter
+shapes; no pickle); one written by another number of processes is loaded through resharding.py. The pointer out_dir/checkpoints/
 complete names the last checkpoint whose every file is written; it is replaced atomically (os.replace), so a kill
 at any moment leaves it naming a loadable checkpoint. DeepSpeed's own `latest` is not written.
 """
@@ -41,7 +45,7 @@ from ..checks import checkpoint_folder, expected_tensors, read_ds_json
 from ..errors import UserError
 from ..inference.export import full_state_dict
 from .preemption import StopGuard
-from .run_dir import POINTER, check_owner, check_resume, run_id
+from .run_dir import POINTER, RUN_FORMAT, check_owner, check_resume, check_run_format, run_id
 from .safe_load import deepspeed_weights_only, read_train_state, restore_rng, save_train_state
 
 # What the engine decides when the JSON does not; the batch sizes always come from the run's configuration.
@@ -81,10 +85,18 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def load_ds_config(path, batch_size: int, world: int) -> dict:
+def load_ds_config(path, batch_size: int, world: int, accum: int | None = None) -> dict:
     """DEFAULT_DS_CONFIG, then the JSON file (if any), then the batch sizes of the run. A batch size in the file
-    that differs from the run's is refused (UserError) rather than overwritten."""
-    ds = {**DEFAULT_DS_CONFIG, **(read_ds_json(path) if path else {})}
+    that differs from the run's is refused (UserError) rather than overwritten. ``accum``: the run's
+    train.accum_steps (a JSON gradient_accumulation_steps that disagrees is a UserError); None takes the JSON's."""
+    given = read_ds_json(path) if path else {}
+    ds = {**DEFAULT_DS_CONFIG, **given}
+    if accum is not None:
+        if given.get("gradient_accumulation_steps", accum) != accum:
+            raise UserError(f"--ds_config {path}: gradient_accumulation_steps is {ds['gradient_accumulation_steps']}, "
+                            f"but train.accum_steps is {accum}; set the accumulation with --set train.accum_steps=N "
+                            f"and remove gradient_accumulation_steps from the file")
+        ds["gradient_accumulation_steps"] = accum
     accum = ds["gradient_accumulation_steps"]
     decided = {"train_micro_batch_size_per_gpu": batch_size, "train_batch_size": batch_size * accum * world}
     for key, value in decided.items():
@@ -123,19 +135,34 @@ def check_batches(n_batches: int, n_records: int, batch_size: int, world: int, w
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way (the data position of a resumed run)."""
+    """DistributedSampler that can start an epoch part-way (the data position of a resumed run).
 
-    start = 0
+    Every epoch is a permutation of the records seeded by (seed, epoch), whatever the world size. ``consumed``
+    records of it (all ranks together: the first ``consumed`` of the permutation) are left out; rank r of W takes
+    records r, r + W, ... of the rest, and the tail of fewer than W records is dropped. With consumed = 0 this is
+    DistributedSampler(drop_last=True); ``start`` (records per rank) is consumed = start x W. A run resumed on
+    another world size passes the records its predecessor consumed: none is seen twice, none skipped but the tail."""
 
-    def set_epoch(self, epoch: int, start: int = 0):
+    consumed = 0
+
+    def set_epoch(self, epoch: int, start: int = 0, consumed: int | None = None):
         super().set_epoch(epoch)
-        self.start = start
+        self.consumed = start * self.num_replicas if consumed is None else consumed
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.dataset)))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)  # DistributedSampler's own seeding: the same permutation
+        return torch.randperm(len(self.dataset), generator=g).tolist()
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        rest = self._order()[self.consumed:]
+        n = len(rest) // self.num_replicas
+        return iter(rest[self.rank:n * self.num_replicas:self.num_replicas])
 
     def __len__(self):
-        return self.num_samples - self.start
+        return max(len(self.dataset) - self.consumed, 0) // self.num_replicas
 
 
 def check_compile(tcfg) -> str | None:
@@ -211,11 +238,15 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas))
         warmup = tcfg.warmup_steps if tcfg.warmup_steps is not None else max(1, round(0.06 * tcfg.steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, tcfg.steps, tcfg.min_lr_ratio))
+        self.accum = int(getattr(tcfg, "accum_steps", 1))  # micro-batches per optimiser step
         self.engine, self.optimizer, _, self.schedule = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule,
-            config=load_ds_config(ds_config_path, tcfg.batch_size, world))
+            config=load_ds_config(ds_config_path, tcfg.batch_size, world, self.accum))
         self.device = self.engine.device
         self.step = self.epoch = self.position = self.skipped = self.bad_in_row = 0
+        # records of the current epoch consumed (all ranks) before ``position`` counts micro-batches: non-zero only
+        # in an epoch resumed from a checkpoint of another world size or batch size (see records(), load)
+        self.offset = 0
         self.stopped = False  # set when a SIGTERM / SIGINT stopped fit() (see fit)
 
     # -------------------------------------------------------------------------------------------- checkpoints
@@ -230,8 +261,10 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         # our state as safetensors + JSON: loading a checkpoint never unpickles it (safe_load.py)
         save_train_state(folder, self.rank,
-                         {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped},
-                         {"shapes": self.shapes, "world": self.world, "run_id": run_id(self.out_dir)})
+                         {"step": self.step, "epoch": self.epoch, "batch": self.position, "skipped": self.skipped,
+                          "offset": self.offset, "records": self.records(), "batch_size": self.cfg.batch_size},
+                         {"shapes": self.shapes, "world": self.world, "run_id": run_id(self.out_dir),
+                          "format": RUN_FORMAT})
         dist.barrier()
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
         dist.barrier()
@@ -251,21 +284,30 @@ class Trainer:
             if d.name != current:
                 shutil.rmtree(d, ignore_errors=True)
 
-    def load(self) -> str:
+    def records(self) -> int:
+        """Records of the current epoch consumed so far, all ranks together (the data position on any world)."""
+        return self.offset + self.position * self.cfg.batch_size * self.world
+
+    def load(self, other_world: bool = False) -> str:
         """THE checkpoint reader: the checkpoint the pointer names (model, optimiser, schedule, data position,
-        RNG states). A checkpoint of another model shape or world size is a UserError. Returns its folder."""
+        RNG states). A checkpoint of another model shape is a UserError; one of another world size too, unless
+        ``other_world`` (train.py): then DeepSpeed's universal checkpoint path re-partitions the ZeRO states
+        (resharding.py) and the data position is carried over in records. Returns its folder."""
         check_resume(self.ckpt_dir, True)
+        check_run_format(self.out_dir)
         folder = checkpoint_folder(self.ckpt_dir, POINTER)  # inside this run, regular files only (checks.py)
         tag = folder.name
-        if not any(folder.glob(f"train_state_rank{self.rank}.*")):
-            raise UserError(f"--resume: {folder} has no state for rank {self.rank} (written by fewer processes?); "
-                            f"resume with the number of processes that wrote it")
-        state = read_train_state(folder, self.rank)
+        if not any(folder.glob("train_state_rank0.*")):
+            raise UserError(f"--resume: {folder} has no state for rank 0: an incomplete checkpoint")
+        state = read_train_state(folder, 0)  # the data position (every rank's is the same)
         info = state["info"]
         check_owner(self.out_dir, folder, info)  # written by this run (its run id)
-        if info.get("world", self.world) != self.world:
-            raise UserError(f"--resume: {folder} was written by {info['world']} processes, this run has "
-                            f"{self.world}; resume with {info['world']}")
+        saved_world = int(info.get("world", self.world))
+        if saved_world != self.world and not other_world:
+            raise UserError(f"--resume: {folder} was written by {saved_world} processes, this run has "
+                            f"{self.world}; resume with {saved_world}")
+        if saved_world == self.world and not any(folder.glob(f"train_state_rank{self.rank}.*")):
+            raise UserError(f"--resume: {folder} has no state for rank {self.rank}; an incomplete checkpoint")
         saved = info.get("shapes")
         if saved is not None and saved != self.shapes:
             diff = [f"{k}: {saved.get(k)} there, {self.shapes.get(k)} here"
@@ -273,13 +315,27 @@ class Trainer:
             raise UserError(f"--resume: {folder} holds a model of another shape ({len(diff)} parameters differ, e.g. "
                             f"{diff[0]}); resume with the settings that wrote it, or start a new --out")
         # DeepSpeed's torch.load runs weights-only (a crafted pickle is refused); model dtypes / shapes checked
-        with deepspeed_weights_only(expect=expected_tensors(self.engine.module, self.shapes)):
-            path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        expect = expected_tensors(self.engine.module, self.shapes)
+        if saved_world == self.world:
+            with deepspeed_weights_only(expect=expect):
+                path, _ = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        else:
+            from .resharding import load_other_world
+
+            path = load_other_world(self.engine, folder, saved_world, self.world, self.rank, expect)
         if path is None:
             raise UserError(f"--resume: checkpoint {folder} could not be loaded")
-        restore_rng(state)
         pos = state["position"]
-        self.step, self.epoch, self.position, self.skipped = pos["step"], pos["epoch"], pos["batch"], pos.get("skipped", 0)
+        self.step, self.epoch, self.skipped = pos["step"], pos["epoch"], pos.get("skipped", 0)
+        saved_batch = pos.get("batch_size", self.cfg.batch_size)
+        if saved_world == self.world and saved_batch == self.cfg.batch_size:
+            restore_rng(read_train_state(folder, self.rank) if self.rank else state)
+            self.position, self.offset = pos["batch"], pos.get("offset", 0)
+        else:  # the data position in records of the epoch; this process's RNG streams start afresh
+            from .resharding import reseed
+
+            reseed(folder, self.rank, saved_world, self.cfg.seed, self.step, restore_rng)
+            self.position, self.offset = 0, pos.get("records", pos["batch"] * saved_batch * saved_world)
         return str(folder)
 
     # -------------------------------------------------------------------------------------------- one step
@@ -290,34 +346,88 @@ class Trainer:
         are dropped, no optimiser step is taken and the step counter and schedule stay (the batch is consumed and
         counted in ``skipped``). After ``max_nonfinite`` such batches in a row the run saves a checkpoint (the
         model before them) and raises NonFiniteLoss. Returns the losses, or None for a skipped batch."""
-        # non_blocking: from pinned memory (train.py's loader on CUDA) the copy does not wait for the previous step
-        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = self._to_device(batch)
         if getattr(self.cfg, "cuda_graph", False):  # a new step: the graphs' previous outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         losses = compute(batch)
-        finite = torch.tensor([float(torch.isfinite(losses["loss"].detach()).all())], device=self.device)
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1:
-            self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
-            self.engine.zero_grad()
-            if self.bad_in_row >= self.cfg.max_nonfinite:
-                tag = self.save()
-                raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses in a row at step {self.step}: stopping. The "
-                                    f"model before them is saved in {self.ckpt_dir / tag} (resume with --resume).")
-            return None
+        if not self._finite(losses["loss"]):
+            return self._skip()
         self.bad_in_row = 0
         self.engine.backward(losses["loss"])
         self.engine.step()
         self.step += 1
         return losses
 
+    def _to_device(self, batch: dict) -> dict:
+        # non_blocking: from pinned memory (train.py's loader on CUDA) the copy does not wait for the previous step
+        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (collective)."""
+        finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return finite.item() >= 1
+
+    def _skip(self) -> None:
+        """The non-finite rule's skip: gradients dropped, no step; a checkpoint and NonFiniteLoss after
+        max_nonfinite in a row."""
+        self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
+        self.engine.zero_grad()
+        if hasattr(self.engine.optimizer, "zero_grad"):  # ZeRO's partitioned accumulation buffers too
+            self.engine.optimizer.zero_grad()
+        if self.bad_in_row >= self.cfg.max_nonfinite:
+            tag = self.save()
+            raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses in a row at step {self.step}: stopping. The "
+                                f"model before them is saved in {self.ckpt_dir / tag} (resume with --resume).")
+        return None
+
+    def accum_step(self, batches: list[dict], compute: Callable[[dict], dict], cache=None) -> dict | None:
+        """One optimiser step over train.accum_steps micro-batches. ``cache`` (accum.EmbeddingCache, accum_mode
+        "cache"): its first pass gives every loss of the whole batch before any backward, then one backward per
+        micro-batch with the cached embeddings' gradients. Without it ("plain"): DeepSpeed's accumulation, each
+        micro-batch's loss on its own (its negatives: that micro-batch), the mean of their gradients.
+
+        The non-finite rule holds per optimiser step: a non-finite loss on any rank in any micro-batch skips the
+        step (gradients of the micro-batches before it dropped). The boundary is set by hand (DeepSpeed's
+        set_gradient_accumulation_boundary) and engine.step() called once, so that a skipped step leaves DeepSpeed
+        no half-counted accumulation. Returns the step's losses (the whole batch's; "plain": the mean of the
+        micro-batches') or None for a skipped step."""
+        batches = [self._to_device(b) for b in batches]
+        eng, n = self.engine, len(batches)
+        if getattr(self.cfg, "cuda_graph", False):
+            torch.compiler.cudagraph_mark_step_begin()
+        if cache is not None:
+            losses, state = cache.first_pass(eng, batches)
+            if not self._finite(losses["loss"]):
+                return self._skip()
+            for i in range(n):
+                eng.set_gradient_accumulation_boundary(i == n - 1)
+                eng.backward(cache.second_pass(eng, state, i), scale_wrt_gas=False)
+        else:
+            losses = {}
+            for i, batch in enumerate(batches):
+                eng.set_gradient_accumulation_boundary(i == n - 1)
+                out = compute(batch)
+                if not self._finite(out["loss"]):
+                    return self._skip()
+                eng.backward(out["loss"])  # DeepSpeed divides by gradient_accumulation_steps: the mean
+                for k, v in out.items():
+                    v = v.detach() if torch.is_tensor(v) else v
+                    losses[k] = losses.get(k, 0) + v / n
+        eng.step()
+        self.bad_in_row = 0
+        self.step += 1
+        return losses
+
     # -------------------------------------------------------------------------------------------- the loop
     def fit(self, epoch_batches: Callable[[int, int], Iterable[dict]], compute: Callable[[dict], dict],
-            after_step: Callable[[], dict | None] | None = None) -> list[dict]:
+            after_step: Callable[[], dict | None] | None = None, cache=None) -> list[dict]:
         """Train from the current position to ``tcfg.steps``. ``epoch_batches(epoch, start)``: this rank's batches
         of an epoch from batch ``start`` on. ``after_step()`` runs after each optimiser step; a dict it returns
         (validation metrics) joins that step's history record. Saves every ``save_every`` steps and at the end; returns the history
-        (rank 0: the whole run's, resumed runs included; other ranks: [])."""
+        (rank 0: the whole run's, resumed runs included; other ranks: []). With train.accum_steps = N every N
+        micro-batches make one step (accum_step; ``cache``: accum_mode "cache"); an epoch's last micro-batches that
+        do not fill N are dropped."""
         from tqdm import tqdm
 
         cfg, rank = self.cfg, self.rank
@@ -332,9 +442,16 @@ class Trainer:
         guard = StopGuard(cfg.stop_grace_s, cfg.save_minutes, rank).__enter__()
         try:
             while self.step < cfg.steps and not self.stopped:
+                group = []
                 for batch in epoch_batches(self.epoch, self.position):
                     self.position += 1
-                    losses = self.train_step(batch, compute)
+                    if self.accum > 1:
+                        group.append(batch)
+                        if len(group) < self.accum:
+                            continue
+                        losses, group = self.accum_step(group, compute, cache), []
+                    else:
+                        losses = self.train_step(batch, compute)
                     if losses is None:
                         continue
                     extra = after_step() if after_step is not None else None  # e.g. validation metrics, logged
@@ -343,7 +460,8 @@ class Trainer:
                     rec.update(step=self.step, lr=self.schedule.get_last_lr()[0], skipped=self.skipped)
                     if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                         now = time.perf_counter()
-                        rec["samples_per_s"] = (self.step - n_last) * cfg.batch_size * self.world / (now - t_last)
+                        rec["samples_per_s"] = ((self.step - n_last) * cfg.batch_size * self.accum * self.world
+                                                / (now - t_last))
                         t_last, n_last = now, self.step
                         bar.set_postfix({k: f"{rec[k]:.4g}" for k in (*self.show, "samples_per_s") if k in rec})
                         if writer is not None:
@@ -364,7 +482,7 @@ class Trainer:
                     if self.step >= cfg.steps:
                         break
                 else:
-                    self.epoch, self.position = self.epoch + 1, 0
+                    self.epoch, self.position, self.offset = self.epoch + 1, 0, 0
             bar.close()
             if writer is not None:
                 writer.close()

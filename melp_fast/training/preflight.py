@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checks import check_config, check_ds_config, check_store_dir, check_text_config, check_text_encoder, \
-    check_writable, text_encoder_config
+    check_writable, read_ds_json, text_encoder_config
 from ..errors import UserError
 from .run_dir import TEXT_EVIDENCE, check_resume, check_run_dir
 
@@ -19,6 +19,12 @@ def preflight_train(cfg, args, flags=None) -> None:
     """Everything train.py can check before it starts (every rank runs it: it only reads, and a probe file)."""
     check_config(cfg, flags)
     check_ds_config(getattr(args, "ds_config", None))
+    if getattr(args, "ds_config", None):  # the JSON's accumulation must be train.accum_steps (engine.load_ds_config)
+        given = read_ds_json(args.ds_config).get("gradient_accumulation_steps", cfg.train.accum_steps)
+        if given != cfg.train.accum_steps:
+            raise UserError(f"--ds_config {args.ds_config}: gradient_accumulation_steps is {given}, but "
+                            f"train.accum_steps is {cfg.train.accum_steps}; set the accumulation with --set "
+                            f"train.accum_steps=N and remove gradient_accumulation_steps from the file")
     check_text_encoder(cfg, flags)
     if cfg.data.source != "synthetic":
         check_store_dir(cfg.data.source, "--data")

@@ -99,6 +99,7 @@ def check_run_dir(out, *, resume: bool, overwrite: bool, evidence=EVIDENCE) -> N
     _only_plain_files(out)
     if resume:
         check_resume(out / "checkpoints", True)
+        run_format(out)  # a folder of a later version: one line, before anything is built
         return
     found = holds_run(out, evidence)
     if found and not overwrite:
@@ -124,6 +125,7 @@ def prepare_run_dir(out, *, resume: bool, overwrite: bool, rank: int = 0, barrie
             clear_run(out, say=lambda m: print(m, file=sys.stderr, flush=True), run_files=run_files)
         if not resume:  # a resumed folder keeps its id (an older version's has none: its checkpoints carry none)
             run_id(out, create=True)
+            write_run_format(out)
     if barrier is not None:
         barrier()
 
@@ -264,3 +266,38 @@ def check_owner(out_dir, folder, info: dict) -> None:
     if mine is not None and theirs is not None and mine != theirs:
         raise UserError(f"--resume: {folder} was written by another run (run id {str(theirs)[:32]}, this folder's "
                         f"is {mine}, in {Path(out_dir) / RUN_ID_FILE}); resume from this run's own checkpoints")
+
+
+# ------------------------------------------------------------------------------------------------ the format
+# The layout of a run folder and its checkpoints. 1: the first (a folder without FORMAT_FILE); 2: checkpoints carry
+# the data position in records of the epoch (resumable on another world size). A folder of a later version is
+# refused with one line rather than misread.
+RUN_FORMAT = 2
+FORMAT_FILE = ".melp_format"
+
+
+def write_run_format(out) -> None:
+    import os
+
+    path = Path(out) / FORMAT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{RUN_FORMAT}\n")
+    os.replace(tmp, path)
+
+
+def run_format(out) -> int:
+    """The format version of the run in ``out`` (1 for a folder without FORMAT_FILE); a UserError for a file that
+    does not hold a version this code reads."""
+    path = Path(out) / FORMAT_FILE
+    if not path.exists():
+        return 1
+    text = path.read_text(errors="replace")[:64].strip() if path.is_file() and not path.is_symlink() else "?"
+    if not text.isdigit() or not 1 <= int(text) <= RUN_FORMAT:
+        raise UserError(f"{path}: run format {text[:20]!r} is unknown to this version of melp_fast (it reads 1 to "
+                        f"{RUN_FORMAT}); resume it with the version that wrote it, or start a new --out")
+    return int(text)
+
+
+def check_run_format(out) -> None:
+    run_format(out)
