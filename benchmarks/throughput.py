@@ -51,7 +51,7 @@ cpp.enable_kernel_profile).
 --accum N (train.accum_steps): one batch of --batch-size per step ("big") against N micro-batches of batch / N in
 accum_mode "cache" (every contrastive loss over the whole batch: a no-grad pass, then a second forward per
 micro-batch) and "plain" (DeepSpeed's accumulation, negatives per micro-batch), on the same records, each step
-through melp_fast.engine.Trainer; peak memory of each in its own process, step times of the three interleaved
+through melp_fast.training.engine.Trainer; peak memory of each in its own process, step times of the three interleaved
 step by step in one process (so that a change of machine load hits them alike), and the cache's second-forward
 overhead (cache / plain step time - 1).
 """
@@ -528,7 +528,7 @@ ACCUM_VARIANTS = ("big", "cache", "plain")
 def accum_setup(args, variant: str):
     """(step(i) -> loss, micro, n) of one --accum variant: "big" (one batch of --batch-size per step) or "cache" /
     "plain" (--accum micro-batches of batch / accum; the same records), each step through
-    melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process; bf16 weights with --dtype bf16) as train.py runs it."""
+    melp_fast.training.engine.Trainer (DeepSpeed ZeRO-0, one process; bf16 weights with --dtype bf16) as train.py runs it."""
     import tempfile
     from argparse import Namespace
 
@@ -536,7 +536,7 @@ def accum_setup(args, variant: str):
 
     from melp_fast.training.accum import EmbeddingCache
     from melp_fast.config import apply_overrides, get_preset
-    from melp_fast.engine import Trainer, init_distributed
+    from melp_fast.training.engine import Trainer, init_distributed
     from melp_fast.losses import MELPLoss
 
     torch.manual_seed(0)
@@ -628,7 +628,7 @@ def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
              f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
              f"- preset {args.preset}, {args.dtype}, batch {args.batch_size} per step: big = one batch, cache / plain "
              f"= {args.accum} micro-batches of {args.batch_size // args.accum} (the same records); each step through "
-             f"melp_fast.engine.Trainer (DeepSpeed ZeRO-0, one process)",
+             f"melp_fast.training.engine.Trainer (DeepSpeed ZeRO-0, one process)",
              f"- step time: the three in one process, interleaved step by step, median of {args.steps} steps after "
              f"{args.warmup} warm-up; peak memory: each in its own process "
              f"({rows[0].get('peak_mem_kind', '?') if rows else '?'})",

@@ -39,7 +39,7 @@ def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, che
     """poison=i: first a step whose micro-batch i holds a NaN ECG (the non-finite rule must skip it and leave no
     gradient behind), then the step on the clean batches."""
     from melp_fast.training.accum import EmbeddingCache
-    from melp_fast.engine import Trainer
+    from melp_fast.training.engine import Trainer
     from melp_fast.losses import MELPLoss
     from melp_fast.model.melp import MELP
 
@@ -96,7 +96,7 @@ def worker(rank, world, port, out_dir, cases):
     """cases: (name, mode, dropout[, poison]) with mode "big" (one batch of 32), "cache" or "plain" (4 micro-batches
     of 8); poison: see one_step."""
     from helpers import tiny_cfg
-    from melp_fast.engine import init_distributed, shutdown_distributed
+    from melp_fast.training.engine import init_distributed, shutdown_distributed
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

@@ -108,7 +108,7 @@ def test_modes_say_what_the_negatives_are(capsys):
 def test_deepspeed_json_accumulation_must_agree(tmp_path):
     import json
 
-    from melp_fast.engine import load_ds_config
+    from melp_fast.training.engine import load_ds_config
     from melp_fast.errors import UserError
 
     f = tmp_path / "ds.json"
@@ -119,7 +119,7 @@ def test_deepspeed_json_accumulation_must_agree(tmp_path):
     assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 48
     assert load_ds_config(None, 8, 1, accum=4)["gradient_accumulation_steps"] == 4
     # train.py refuses the disagreement before any work
-    from melp_fast.checks import preflight_train
+    from melp_fast.training.preflight import preflight_train
     from melp_fast.config import from_args, get_preset
     from melp_fast.train import FLAGS, parse_args
 

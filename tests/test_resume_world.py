@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import free_port
-from melp_fast.engine import warmup_cosine
+from melp_fast.training.engine import warmup_cosine
 
 ROOT = Path(__file__).resolve().parent.parent
 N, BATCH, SEED = 24, 4, 42  # records (no held-out split), batch per process, train.seed
@@ -31,7 +31,7 @@ SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", st
 RUNNER = """
 import json, os, signal, sys
 import torch
-import melp_fast.engine as e
+import melp_fast.training.engine as e
 import melp_fast.train as t
 rank, stop_at = int(os.environ.get("RANK", "0")), int(os.environ.get("STOP_AT", "0"))
 records, dump = os.environ["RECORDS"], os.environ["DUMP"]
@@ -183,7 +183,7 @@ def test_sampler_positions_in_records(n):
     change of world size, the records not yet consumed, each once, over the new ranks (the tail dropped)."""
     from torch.utils.data import DistributedSampler
 
-    from melp_fast.engine import ResumableSampler
+    from melp_fast.training.engine import ResumableSampler
 
     data = list(range(n))
     for world in (1, 2, 3):
@@ -214,7 +214,7 @@ def test_sampler_positions_in_records(n):
 
 def test_run_format_version(tmp_path):
     from melp_fast.errors import UserError
-    from melp_fast.run_dir import FORMAT_FILE, RUN_FORMAT, prepare_run_dir, release_lock, run_format
+    from melp_fast.training.run_dir import FORMAT_FILE, RUN_FORMAT, prepare_run_dir, release_lock, run_format
 
     assert run_format(tmp_path) == 1  # a folder of a version before the format file
     out = tmp_path / "run"
