@@ -315,15 +315,22 @@ def main():
     ap.add_argument("--cases", default="", help="many-seed mode: comma-separated cases (default: all synthetic)")
     ap.add_argument("--rates", default="", help="many-seed mode: comma-separated rates (default: 250,360,500,1000)")
     ap.add_argument("--seed-base", type=int, default=0, help="many-seed mode: the base seed of the draws")
-    ap.add_argument("--out", default=None, help="report file (default: benchmarks/results/segmentation_cpu.md, "
-                    "or segmentation_seeds.md in the many-seed mode; '' writes none)")
+    ap.add_argument("--write", action="store_true", help="write the report to --out (else it is only printed)")
+    ap.add_argument("--out", default=None, help="with --write: the report file (default: "
+                    "benchmarks/results/segmentation_cpu.md, or segmentation_seeds.md in the many-seed mode)")
     args = ap.parse_args()
+    if args.out is not None and not args.write:
+        ap.error("--out needs --write (without it the report is only printed)")
     if args.seeds > 0:
-        if args.out is None:
+        if not args.write:
+            args.out = ""
+        elif args.out is None:
             args.out = str(ROOT / "benchmarks" / "results" / "segmentation_seeds.md")
         many_seeds(args)
         return
-    if args.out is None:
+    if not args.write:
+        args.out = ""
+    elif args.out is None:
         args.out = str(ROOT / "benchmarks" / "results" / "segmentation_cpu.md")
 
     import numba
