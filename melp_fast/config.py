@@ -224,7 +224,10 @@ class TextPretrainConfig(Sections):
     train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"  # a preset is a recipe file: NAME.json
+# a preset is a recipe file NAME.json: configs/presets/ of the clone, or its copy in an installed wheel (pyproject.toml)
+PRESET_DIR = next((d for d in (Path(__file__).resolve().parents[1] / "configs" / "presets",
+                               Path(__file__).resolve().parent / "presets") if d.is_dir()),
+                  Path(__file__).resolve().parents[1] / "configs" / "presets")
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.json")))
 
 
