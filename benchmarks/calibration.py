@@ -1,6 +1,6 @@
 """Calibration of the embedded synthetic corpus against real recordings and published normal ranges.
 
-    python benchmarks/calibration.py [--n 600] [--out benchmarks/results/calibration.md]
+    python benchmarks/calibration.py [--n 600] [--write]      (--write: into benchmarks/results/calibration.md)
 
 Measures the same statistics, with the same code, on
 - the corpus (records of the train split; the normal class, i.e. sinus rhythm without any finding, for the
@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from melp_fast.testing.common import add_output, output_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -311,8 +313,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=600, help="corpus records measured (train split)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "calibration.md"))
+    add_output(p)
     args = p.parse_args(argv)
+    args.out = output_path(args, "calibration.md")
     from melp_fast.testing.common import machine
 
     res, device = rows(args.n, args.seed)
@@ -323,8 +326,9 @@ def main(argv=None) -> int:
             "recordings are normal sinus rhythms: they widen the ranges of the normal groups only (their values are "
             "shown on the other rows for comparison). 'normal' = sinus rhythm 60-100 bpm without any finding or axis deviation (normal variants included); 'sinus' = no AF, PVC or bundle branch block.\n\n"
             + table(res, device) + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
     print(text)
     bad = [r["stat"] for r in res if not r["ok"]]
     print("all inside" if not bad else f"outside: {', '.join(bad)}")

@@ -21,6 +21,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from datetime import date  # noqa: E402
+
+from melp_fast.testing.common import add_output, command, output_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,13 +110,14 @@ def main(argv=None):
     p.add_argument("--vocab", type=int, default=30522)
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--reps", type=int, default=None, help="timed fwd+bwd (default 20 CUDA, 3 CPU)")
-    p.add_argument("--out", default=None, help="markdown path (JSON written beside it)")
+    add_output(p)
     p.add_argument("--_worker", dest="worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.out = output_path(args, f"caption_head_{args.device}.md")
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
     args.reps = args.reps or (20 if cuda else 3)
@@ -168,7 +172,7 @@ def main(argv=None):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
         Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {"args": vars(args), "machine": machine('cuda' if cuda else 'cpu'), "rows": rows}, indent=1))
+            {"args": {k: v for k, v in vars(args).items() if k not in ("out", "cache", "write")}, "command": command(), "date": str(date.today()), "machine": machine('cuda' if cuda else 'cpu'), "rows": rows}, indent=1))
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -30,6 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from datetime import date  # noqa: E402
+
+from melp_fast.testing.common import add_output, machine, output_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,8 +181,9 @@ def main(argv=None):
     p.add_argument("--records", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seconds", type=float, default=12.0, help="per loader configuration (3 rounds)")
-    p.add_argument("--out", default=None, help="write the results as markdown here")
+    add_output(p)
     args = p.parse_args(argv)
+    args.out = output_path(args, "data_loading_cpu.md")
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="melp-bench-"))
     try:
@@ -199,7 +203,8 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     lines = [f"# Data loading on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__})", "",
-             f"Command: `python benchmarks/data_loading.py --records {args.records} --batch-size {args.batch_size} "
+             f"- date: {date.today()}", f"- machine: {machine('cpu')}",
+             f"- command: `python benchmarks/data_loading.py --records {args.records} --batch-size {args.batch_size} "
              f"--seconds {args.seconds:g}`", "",
              "## Preprocessing (MIMIC-IV-ECG layout, 12-lead 500 Hz 10 s WFDB records)", "",
              "`melp-fast preprocess` in a subprocess; rates net of start-up (the same command on 8 records is "

@@ -40,6 +40,7 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MIB = 1 << 20
 
 from melp_fast.testing.common import load_open_clip_loss, machine  # noqa: E402
+from melp_fast.testing.common import add_output, output_path  # noqa: E402
 
 
 def _loss_fn(impl, chunk_size):
@@ -366,8 +367,9 @@ def main(argv=None):
                     help="CPU memory check: the implementations to run at the --memory-check sizes")
     ap.add_argument("--world", type=int, default=2,
                     help="also count the matmul work per rank on this many ranks (u' = 2 b N D; 0 = skip)")
-    ap.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
+    add_output(ap)
     args = ap.parse_args(argv)
+    args.out = output_path(args, f"infonce_{args.device}.md")
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from melp_fast.testing.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
                                resources)
+from melp_fast.testing.common import add_output, output_path  # noqa: E402
 
 
 def _kernel_package():
@@ -160,8 +161,9 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--quick", action="store_true", help="only the first config of each kernel")
     ap.add_argument("--only", nargs="+", default=None, help="kernel modules to compile (default: all)")
-    ap.add_argument("--out", default=None, help="write the markdown table here and the JSON beside it")
+    add_output(ap)
     args = ap.parse_args(argv)
+    args.out = output_path(args, f"kernel_resources_triton{importlib.import_module('triton').__version__}.md")
 
     def log(*a, file=None):
         print(*a, file=file or sys.stdout, flush=True)

@@ -43,6 +43,7 @@ import torch
 
 from melp_fast.testing.common import machine  # noqa: E402
 from melp_kernels import local_loss as ll  # noqa: E402
+from melp_fast.testing.common import add_output, output_path  # noqa: E402
 
 CPU_SHAPES = [(64, 16, 12, 256), (128, 16, 12, 256)]
 CUDA_SHAPES = [(64, 16, 12, 256), (128, 16, 12, 256), (256, 16, 16, 256)]
@@ -276,7 +277,7 @@ def sass_per_element(dtype="bf16", D=256, shapes=((16, 16), (32, 16))):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", default=None, help="write the markdown table here")
+    add_output(p)
     p.add_argument("--repeat", type=int, default=5, help="timed runs per implementation (the loop: 1)")
     p.add_argument("--shapes", default=None, help="override, e.g. 64,16,12,256;128,16,12,256")
     p.add_argument("--no-memory", action="store_true")
@@ -293,6 +294,7 @@ def main(argv=None):
                    help="input dtype(s), comma-separated: float32, bfloat16, float16 (default: float32 on CPU, "
                         "float32,bfloat16 on CUDA)")
     args = p.parse_args(argv)
+    args.out = output_path(args, f"local_loss_{args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}.md")
     if args.sass:
         print("| kernel | tile | warps | loop SASS | kernel SASS | warp-instr / element of a |")
         print("|---|---|---:|---:|---:|---:|")

@@ -65,6 +65,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from datetime import date  # noqa: E402
+
+from melp_fast.testing.common import add_output, command, output_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -805,7 +808,7 @@ def main(argv=None):
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-stage profiler pass")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 / H200 SXM: 989)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "data"))
-    p.add_argument("--out", default=None, help="markdown path (JSON written beside it)")
+    add_output(p)
     p.add_argument("--accum", type=int, default=0, metavar="N",
                    help="instead of the loss comparison: one big batch of --batch-size vs N micro-batches in "
                         "train.accum_mode cache and plain (step time, memory, the cache's second-forward overhead)")
@@ -816,6 +819,7 @@ def main(argv=None):
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.out = output_path(args, f"accum_{args.device}_{args.preset}.md" if args.accum else f"throughput_{args.device}.md")
     gpu = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (64 if args.preset == "paper" else 32)
     args.dtype = args.dtype or ("bf16" if gpu else "fp32")
@@ -866,7 +870,7 @@ def main(argv=None):
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(table + "\n")
             Path(args.out).with_suffix(".json").write_text(json.dumps(
-                {"args": vars(args), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm,
+                {"args": {k: v for k, v in vars(args).items() if k not in ("out", "cache", "write")}, "command": command(), "date": str(date.today()), "machine": machine('cuda' if gpu else 'cpu'), "matmul_tflops": mm,
                  "rows": rows, "complete": len(rows) == len(kinds) * len(impls) * len(modes)}, indent=1))
         return table
 

@@ -1,9 +1,12 @@
 """Configuration as dataclasses, with named presets.
 
-`Config` is the main training's (train.py): `get_preset("paper")` is the reference small configuration of
-docs/SPEC.md ("Model"); `get_preset("tiny")` trains on two CPU cores in minutes. `TextPretrainConfig` is stage one's
-(text_pretrain.py). Any field of either can be overridden on the command line with `--set section.field=value`;
-the value is parsed as JSON where it parses and checked against the field's type (and its choices) there.
+`Config` is the main training's (train.py), `TextPretrainConfig` stage one's (text_pretrain.py). A run starts from
+a recipe: a JSON or YAML file of sections and fields (`--config FILE`; a run folder's `config.json` is one, so
+`--config runs/x/config.json` runs it again), or a named preset, which is a recipe file in configs/presets/
+(`--preset paper`: the reference small configuration of docs/SPEC.md ("Model"); `--preset tiny`: two CPU cores, minutes).
+A recipe's values are checked against the fields' types and choices; a field it leaves out takes the dataclass
+default. Any field can then be overridden on the command line with `--set section.field=value`; the value is parsed
+as JSON where it parses and checked the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -219,32 +223,31 @@ class TextTrainConfig(TrainConfig):
 
 @dataclass
 class TextPretrainConfig(Sections):
+    NOTES = ("reports_stats",)  # written beside the recipe in pretrain_args.json; ignored when it is read back
     model: TextModelConfig = field(default_factory=TextModelConfig)
     data: TextDataConfig = field(default_factory=TextDataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
 
-def _tiny() -> Config:
-    cfg = Config()
-    cfg.model = ModelConfig(
-        conv_channels=64, width=128, layers=2, heads=4, ffn=256, dropout=0.0, pos_conv_kernel=32,
-        caption_queries=16, caption_pool_heads=4, decoder_layers=1, decoder_heads=4, tie_caption_head=True,
-        text_freeze_layers=5, max_text_len=64,
-    )
-    cfg.data = DataConfig(n_train=3000, n_test=600, lead_mask_p=0.1, augment=True)
-    cfg.train = TrainConfig(batch_size=32, steps=600, lr=1e-3, weight_decay=0.05, warmup_steps=30, out_dir="runs/tiny",
-                            save_minutes=5.0)
-    return cfg
+# a preset is a recipe file NAME.json: configs/presets/ of the clone, or its copy in an installed wheel (pyproject.toml)
+PRESET_DIR = next((d for d in (Path(__file__).resolve().parents[1] / "configs" / "presets",
+                               Path(__file__).resolve().parent / "presets") if d.is_dir()),
+                  Path(__file__).resolve().parents[1] / "configs" / "presets")
+PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.json")))
 
 
-PRESETS = {"paper": Config, "tiny": _tiny}
+def preset_path(name: str) -> Path:
+    """The recipe file of a named preset (configs/presets/NAME.json)."""
+    if name not in PRESETS:
+        found = ", ".join(PRESETS) or f"none: {PRESET_DIR} holds no recipe file"
+        raise UserError(f"unknown preset {name!r}; choose one of {found} (or give a recipe file with --config)")
+    return PRESET_DIR / f"{name}.json"
 
 
 def get_preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()
+    """A named preset: the recipe file configs/presets/NAME.json (every field written out)."""
+    return load_recipe(preset_path(name), Config)
 
 
 # fields whose values are names: --set checks them against these
@@ -304,13 +307,98 @@ def apply_overrides(cfg, overrides: list[str]):
     return cfg
 
 
-def add_flags(parser, flags: dict[str, tuple[str, str]]) -> None:
-    """Command-line flags that stand for config keys: {"--steps": ("train.steps", "help"), ...}."""
-    for flag, (key, helptext) in flags.items():
-        parser.add_argument(flag, dest=key, default=None, metavar=key.split(".")[1].upper(), help=f"{helptext} ({key})")
-
-
 def from_args(cfg, args, flags: dict[str, tuple[str, str]]):
     """cfg with args.overrides (--set) applied, then the flags given (a flag wins over --set of the same key)."""
     given = [f"{key}={getattr(args, key)}" for key, _ in flags.values() if getattr(args, key) is not None]
     return apply_overrides(cfg, [*args.overrides, *given])
+
+
+def _recipe_value(where: str, key: str, value, hint) -> Any:
+    """A recipe's value (already parsed) as a value of type `hint`, or a UserError naming the file and key."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for t in options:
+        if t is type(None) and value is None:
+            return None
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+        if t in (tuple, list) and isinstance(value, (list, tuple)) and \
+                all(isinstance(v, (int, float, str)) for v in value):
+            return t(value)
+    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
+    raise UserError(f"{where}: {key} takes {names}, not {value!r}")
+
+
+def read_recipe(path) -> dict:
+    """The mapping in a recipe file: JSON (.json) or YAML (.yaml, .yml)."""
+    path = Path(path)
+    if not path.is_file():
+        from .errors import InputNotFound
+
+        raise InputNotFound(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {path} is not a YAML file: {' '.join(str(e).split())}") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config {path} is not a JSON file (line {e.lineno}: {e.msg})") from None
+    else:
+        raise UserError(f"--config {path}: a recipe is a .json, .yaml or .yml file")
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of sections, found {type(data).__name__}")
+    return data
+
+
+def load_recipe(path, cls=Config):
+    """A configuration of class `cls` (Config or TextPretrainConfig) from a recipe file: every section and field
+    named must exist (an unknown one is an error naming the file and key), each value is checked against the field's
+    type and choices, and the fields it leaves out take their defaults."""
+    data, cfg = read_recipe(path), cls()
+    sections = [s.name for s in dataclasses.fields(cls)]
+    for section, values in data.items():
+        if section in getattr(cls, "NOTES", ()):
+            continue
+        if section not in sections:
+            raise UserError(f"--config {path}: unknown section {section!r}; sections: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise UserError(f"--config {path}: section {section!r} must be a mapping of fields, found "
+                            f"{type(values).__name__}")
+        sub = getattr(cfg, section)
+        hints = typing.get_type_hints(type(sub))
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if name not in hints or name not in {f.name for f in dataclasses.fields(sub)}:
+                keys = [k for k in valid_keys(cfg) if k.startswith(section + ".")]
+                raise UserError(f"--config {path}: unknown key {key!r}; valid keys: {', '.join(keys)}")
+            value = _recipe_value(f"--config {path}", key, value, hints[name])
+            if key in CHOICES and value not in CHOICES[key]:
+                raise UserError(f"--config {path}: {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
+            setattr(sub, name, value)
+    return cfg
+
+
+def base_config(args, cls=Config, default_preset: str | None = None):
+    """The configuration a command starts from, before --set and the flags: the recipe file of --config, else the
+    preset named by --preset (configs/presets/NAME.json), else `default_preset`, else the class's defaults."""
+    recipe, preset = getattr(args, "config", None), getattr(args, "preset", None)
+    if recipe and preset:
+        raise UserError(f"--config {recipe} and --preset {preset}: give one recipe (a preset is the recipe file "
+                        f"{PRESET_DIR.name}/{preset}.json)")
+    if recipe:
+        return load_recipe(recipe, cls)
+    if preset or default_preset:
+        return load_recipe(preset_path(preset or default_preset), cls)
+    return cls()

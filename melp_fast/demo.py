@@ -3,7 +3,7 @@
 It builds a held-out synthetic test store, scores the untrained tiny model zero-shot, trains the tiny preset
 (train.py, in this process), scores the trained model again and prints both side by side; then it shows the
 trained model on a real 12-lead recording (pydicom's test ECG): its generated report beside the recording device's
-statement, and the beat-attention picture. The argument parsing is cli.py's.
+statement, and the beat-attention picture. The argument parsing is melp_fast/options.py's.
 """
 
 from __future__ import annotations

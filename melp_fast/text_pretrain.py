@@ -1,10 +1,11 @@
 """MELP stage one: adapt the text encoder to cardiology language by continued masked-language-model pretraining.
 
-    melp-fast pretrain-text --reports synthetic --init minilm --out runs/heart_minilm --steps 300
-    melp-fast pretrain-text --reports STORE_DIR --init bert-base-uncased --out DIR --ds_config configs/cpu_bf16.json
-    melp-fast pretrain-text --reports reports.txt --out DIR --resume          (continue from DIR/checkpoints)
-    deepspeed melp_fast/text_pretrain.py --ds_config configs/cpu_fp32.json --reports synthetic --out DIR
-    melp-fast pretrain-text --reports synthetic --out DIR --set train.lr=5e-5 --set vocab.min_count=10
+    melp-fast pretrain-text --data synthetic --init minilm --out runs/heart_minilm --steps 300
+    melp-fast pretrain-text --data STORE_DIR --init bert-base-uncased --out DIR --ds-config configs/cpu_bf16.json
+    melp-fast pretrain-text --data reports.txt --out DIR --resume          (continue from DIR/checkpoints)
+    deepspeed melp_fast/text_pretrain.py --ds_config configs/cpu_fp32.json --data synthetic --out DIR
+    melp-fast pretrain-text --data synthetic --out DIR --set train.lr=5e-5 --set vocab.min_count=10
+    melp-fast pretrain-text --config DIR/pretrain_args.json --out DIR2      (a past run's recipe, run again)
 
 Reads top to bottom: reports (the embedded synthetic corpus, a store's reports, or a text file with one report per
 line) -> held-out slice -> starting model (AutoModelForMaskedLM) and tokenizer -> intrinsic check "before" ->
@@ -20,7 +21,6 @@ Masking, dropout and the data order are functions of (seed, data position), so `
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,53 +35,21 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher or to
 import torch
 import torch.distributed as dist
 
-from melp_fast.config import TextPretrainConfig, add_flags, from_args
+from melp_fast.config import TextPretrainConfig, base_config, from_args
 from melp_fast.errors import InputNotFound, UserError, run_main
 from melp_fast.model.vocab import grow_vocabulary, select_new_words
+from melp_fast.options import TEXT_FLAGS, parse
 from melp_fast.training.engine import Trainer, check_batches, init_distributed, shutdown_distributed
 from melp_fast.training.preflight import preflight_text
 from melp_fast.training.run_dir import TEXT_EVIDENCE, TEXT_RUN_FILES, check_resume, prepare_run_dir
 
 HEAD_FILE = "mlm_head.safetensors"
 
-FLAGS = {  # flag: (config key, help); every key also takes --set
-    "--reports": ("data.reports", "'synthetic' (the embedded corpus), a store directory, or a text file with one "
-                                  "report a line"),
-    "--n-synthetic": ("data.n_synthetic", "reports of the synthetic train split"),
-    "--init": ("model.init", "minilm | Hugging Face name or path | random:<size>"),
-    "--out": ("train.out_dir", "output directory (the adapted encoder, checkpoints, logs)"),
-    "--steps": ("train.steps", "optimiser steps"),
-    "--batch-size": ("train.batch_size", "per process"),
-    "--lr": ("train.lr", "peak learning rate"),
-    "--weight-decay": ("train.weight_decay", "AdamW weight decay"),
-    "--warmup-steps": ("train.warmup_steps", "default: 6%% of the steps"),
-    "--max-len": ("data.max_len", "tokens per report (longer ones are truncated)"),
-    "--mlm-probability": ("data.mlm_probability", "share of tokens masked"),
-    "--min-count": ("vocab.min_count", "vocabulary growth: minimum word frequency"),
-    "--min-pieces": ("vocab.min_pieces", "vocabulary growth: minimum word pieces of a word"),
-    "--max-new-tokens": ("vocab.max_new_tokens", "vocabulary growth: at most this many (0: none)"),
-    "--heldout": ("data.heldout", "fraction of reports held out for the intrinsic check"),
-    "--max-heldout": ("data.max_heldout", "at most this many held-out reports"),
-    "--probe-steps": ("train.probe_steps", "baseline: fit the MLM head alone (encoder frozen) for N steps; 0: none"),
-    "--save-every": ("train.save_every", "checkpoint every N steps (0: only at the end)"),
-    "--keep-checkpoints": ("train.keep_checkpoints", "most recent checkpoints kept (0: all)"),
-    "--seed": ("train.seed", "seed of the held-out slice, data order, masking and dropout"),
-}
+FLAGS = TEXT_FLAGS  # flag: (config key, help); every key also takes --set (melp_fast/options.py)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="melp-fast pretrain-text", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, FLAGS)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field (sections model, data, vocab, train), e.g. --set train.lr=5e-5")
-    p.add_argument("--ds_config", default=None, help="DeepSpeed JSON config (default: ZeRO-0, fp32)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the encoder already in --out (its checkpoints, history, weights are removed first)")
-    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return parse("pretrain-text", argv)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,7 +62,7 @@ def read_text_file(path) -> tuple[list[str], dict]:
     reports, empty, bad = [], [], []
     with open(path, "rb") as f:
         if b"\0" in f.read(8192):
-            raise UserError(f"--reports {path} looks binary (it holds NUL bytes); give a text file with one report "
+            raise UserError(f"--data {path} looks binary (it holds NUL bytes); give a text file with one report "
                             "a line, a store directory, or 'synthetic'")
         f.seek(0)
         for n, raw in enumerate(f, 1):
@@ -117,7 +85,7 @@ def read_reports(source: str, n_synthetic: int = 4000, seed: int = 0) -> tuple[l
     without any report is a UserError."""
     reports, stats = _read_reports(source, n_synthetic, seed)
     if not reports:
-        raise UserError(f"--reports {source}: no report in it ({stats['lines']} lines: {stats['empty']} empty, "
+        raise UserError(f"--data {source}: no report in it ({stats['lines']} lines: {stats['empty']} empty, "
                         f"{stats['not_utf8']} not UTF-8); give a text file with one report a line")
     return reports, stats
 
@@ -137,7 +105,7 @@ def _read_reports(source: str, n_synthetic: int, seed: int) -> tuple[list[str], 
         return reports, {"lines": len(texts), "empty": len(texts) - len(reports), "not_utf8": 0}
     if path.is_file():
         return read_text_file(path)
-    raise InputNotFound(f"--reports {source!r}: not 'synthetic', a store directory or a text file")
+    raise InputNotFound(f"--data {source!r}: not 'synthetic', a store directory or a text file")
 
 
 def split_heldout(reports: list[str], frac: float, max_n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -402,7 +370,7 @@ def export_encoder(trainer: Trainer, config, tokenizer, out: Path):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = from_args(TextPretrainConfig(), args, FLAGS)
+    cfg = from_args(base_config(args, TextPretrainConfig), args, FLAGS)
     d, t, out = cfg.data, cfg.train, Path(cfg.train.out_dir)
     preflight_text(cfg, args, FLAGS)  # every option, the DeepSpeed JSON, --init and --out checked before any work
     if args.overwrite and Path(cfg.model.init).exists() and out.exists() and \

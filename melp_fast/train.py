@@ -5,6 +5,7 @@
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         melp_fast/train.py --ds_config configs/zero2_bf16.json --preset paper --data STORE   (see README)
     python -m melp_fast.train --preset tiny            (one process, no launcher)
+    python -m melp_fast.train --config runs/tiny/config.json --out runs/again   (a past run's recipe, run again)
 
 Reads top to bottom: config -> distributed init -> data -> model -> engine (optimiser, schedule, DeepSpeed;
 melp_fast/training/engine.py) -> loop (forward, three losses, backward, step, clamp the logit scale, log, checkpoint) ->
@@ -14,9 +15,7 @@ melp_fast.load_model(path).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from melp_fast.config import LOSS_IMPLS, Config, add_flags, from_args, get_preset
+from melp_fast.config import Config, base_config, from_args
 from melp_fast.data.augment import Augment
 from melp_fast.data.dataset import Collate, ECGTextDataset
 from melp_fast.data.store import Store, build_synthetic_store
@@ -35,34 +34,17 @@ from melp_fast.errors import InputNotFound, run_main
 from melp_fast.inference.export import export_model
 from melp_fast.losses import MELPLoss
 from melp_fast.model.melp import MELP
+from melp_fast.options import TRAIN_FLAGS, parse
 from melp_fast.training.engine import (ResumableSampler, Trainer, check_batches, check_compile, compile_model,
                                        init_distributed, shutdown_distributed)
 from melp_fast.training.preflight import preflight_train
 from melp_fast.training.run_dir import check_resume, prepare_run_dir
 
-FLAGS = {  # flag: (config key, help)
-    "--data": ("data.source", "a preprocessed store (default: the embedded synthetic corpus)"),
-    "--out": ("train.out_dir", "output directory (default: the preset's)"),
-    "--steps": ("train.steps", "optimiser steps"),
-    "--batch-size": ("train.batch_size", "per process"),
-    "--loss-impl": ("loss.impl", " | ".join(LOSS_IMPLS)),
-    "--text-encoder": ("model.text_encoder", "minilm | Hugging Face name or path | random:<size>"),
-}
+FLAGS = TRAIN_FLAGS  # flag: (config key, help); melp_fast/options.py holds every command's options
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ds_config", default=None, help="DeepSpeed JSON config (default: ZeRO-0, fp32)")
-    p.add_argument("--preset", default="tiny", help="config preset: tiny | paper")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
-    add_flags(p, FLAGS)
-    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (its checkpoints, history and model are removed first)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return parse("train", argv)
 
 
 def train_store(cfg: Config, rank: int) -> Store:
@@ -205,7 +187,7 @@ def validation(cfg: Config, store: Store, criterion, trainer: Trainer, out_dir: 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = from_args(get_preset(args.preset), args, FLAGS)
+    cfg = from_args(base_config(args, Config, default_preset="tiny"), args, FLAGS)
     preflight_train(cfg, args, FLAGS)  # every option, the DeepSpeed JSON, inputs and --out checked before any work
     out_dir, batch_size = Path(cfg.train.out_dir), cfg.train.batch_size
     check_resume(out_dir / "checkpoints", args.resume)

@@ -1,7 +1,7 @@
 """The package map holds: the import graph of melp_fast/ and kernels/ (every import, those inside functions too,
 read with ast) has no cycle and no edge against the layering
 
-    errors, config < data < model < checks, losses, plots, testing < the wings (inference < eval < training)
+    errors, config, options < data < model < checks, losses, plots, testing < the wings (inference < eval < training)
         < the scripts (train, text_pretrain) < demo < cli
 
 - data/ imports neither model/ nor a wing; model/ imports no wing;
@@ -95,11 +95,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-BASE = ("melp_fast.errors", "melp_fast.config")  # below data/: they import nothing else of the project
+# below data/: they import nothing else of the project (options: every command's parser, built from config alone, so
+# that data/preprocess.py and the wings parse with it and `--help` imports nothing heavy)
+BASE = ("melp_fast.errors", "melp_fast.config", "melp_fast.options")
 
 
 def _part(mod: str) -> str:
-    """The layer a module belongs to: base (errors, config), data, model, core (the shared modules above model:
+    """The layer a module belongs to: base (errors, config, options), data, model, core (the shared modules above model:
     checks, losses, plots, testing), a wing, a script, kernels, or root."""
     parts = mod.split(".")
     if parts[0] == "melp_kernels":
@@ -122,7 +124,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
             if t.startswith("melp_fast.testing") and not mod.startswith("melp_fast.testing"):
                 bad.append(f"{mod} -> {t}: the library never imports melp_fast.testing (test support)")
             elif src == "base" and dst != "base":
-                bad.append(f"{mod} -> {t}: errors and config import nothing else of the project")
+                bad.append(f"{mod} -> {t}: errors, config and options import nothing else of the project")
             elif src in ("data", "model") and dst == "core":
                 bad.append(f"{mod} -> {t}: data/ and model/ import only errors and config of the shared modules")
             elif src == "kernels" and not t.startswith("melp_kernels"):
@@ -169,7 +171,8 @@ PLANTED = [  # (module, the line planted into it, what must be reported)
     ("melp_fast.eval.metrics", "from .. import cli\n", "a wing never imports the scripts"),
     ("melp_fast.checks", "from .training.engine import Trainer\n", "the shared modules"),
     ("melp_fast.train", "from melp_fast.testing import common\n", "never imports melp_fast.testing"),
-    ("melp_fast.config", "from .data import constants\n", "errors and config import nothing else"),
+    ("melp_fast.config", "from .data import constants\n", "errors, config and options import nothing else"),
+    ("melp_fast.options", "from .checks import check_device\n", "errors, config and options import nothing else"),
     ("melp_fast.data.signal", "from ..checks import check_device\n", "data/ and model/ import only errors"),
 ]
 

@@ -149,9 +149,9 @@ def test_zero_shot_on_a_store_without_labels(tmp_path, capsys):
     meta = json.loads((store.path / "meta.json").read_text())
     meta["task"], meta["classes"] = None, []
     (store.path / "meta.json").write_text(json.dumps(meta))
-    assert cli(["zero-shot", "--model", str(exported_tiny(tmp_path)), "--store", str(store.path)]) == 2
+    assert cli(["zero-shot", "--model", str(exported_tiny(tmp_path)), "--data", str(store.path)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("error: --store") and "has no labels" in line, line
+    assert line.startswith("error: --data") and "has no labels" in line, line
 
 
 def test_pretrain_text_follows_the_run_folder_rules(tmp_path, capsys):

@@ -19,7 +19,6 @@ window, and the evaluation checks it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import math
@@ -43,23 +42,9 @@ PROTOCOL_WINDOWS = {"default": {}, "melp": {"cpsc2018": 2500}}  # protocol -> {s
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="melp-fast preprocess", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", required=True, choices=list(SOURCES))
-    p.add_argument("--root", required=True, help="the dataset's top directory")
-    p.add_argument("--out", required=True, help="the store directory to create (or resume)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="listing entries per shard")
-    p.add_argument("--limit", type=int, default=0, help="only the first N listing entries (0: all)")
-    p.add_argument("--task", default=None, help="default label task (default: the source's)")
-    p.add_argument("--nan", choices=["drop", "repair"], default="drop",
-                   help="records holding NaN/Inf: drop (spec) or repair by linear interpolation per lead")
-    p.add_argument("--max-beats", type=int, default=32)
-    p.add_argument("--highpass-hz", type=float, default=None, help="default 4 (0 under --protocol melp)")
-    p.add_argument("--protocol", choices=list(PROTOCOL_WINDOWS), default="default",
-                   help="melp: no high-pass, CPSC2018 first 5 s zero-padded (the MELP reference's downstream reading)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    from ..options import parse  # melp_fast/options.py holds every command's options
+
+    return parse("preprocess", argv)
 
 
 def _item_row(it) -> dict:

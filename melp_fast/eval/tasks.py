@@ -31,9 +31,9 @@ def open_store(path) -> Store:
     try:
         return Store(path)
     except FileNotFoundError as e:
-        raise EvalError(f"--store {path}: {e}" if Path(path).exists() else f"--store {path} does not exist") from None
+        raise EvalError(f"--data {path}: {e}" if Path(path).exists() else f"--data {path} does not exist") from None
     except ValueError as e:
-        raise EvalError(f"--store {path}: {e}") from None
+        raise EvalError(f"--data {path}: {e}") from None
 
 
 def store_protocol(store: Store) -> str:
@@ -102,7 +102,7 @@ def route_tasks(stores: list[Store], wanted: list[str] | None, protocol: str = "
         if holder is None:
             given = ", ".join(f"{s.path} ({s.meta.get('source') or 'no source'})" for s in stores)
             raise EvalError(f"task {t} needs a store built with `melp-fast preprocess --source {src or t}`; the "
-                            f"--store given: {given}")
+                            f"--data given: {given}")
         plan.setdefault(id(holder), [holder, []])[1].append(t)
     return [(s, ts) for s, ts in plan.values()]
 

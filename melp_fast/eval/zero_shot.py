@@ -6,11 +6,11 @@ embedding is scored against the normalised rhythm (global) ECG embedding by cosi
 multi-hot labels (no softmax across classes, as in the reference's test_zeroshot.py), and their macro mean.
 Linear probing: see ``melp_fast.eval.linear_probe``. Intervals: percentile bootstrap over test records (seeded).
 
-    melp-fast evaluate --ckpt runs/tiny/model --store synthetic --untrained --out runs/eval
-    melp-fast evaluate --ckpt DIR --store stores/ptbxl --task all --store stores/cpsc2018 --store stores/csn
-    melp-fast evaluate --ckpt DIR --protocol melp --splits MELP/src/melp/data_split \\
-        --prompts MELP/src/melp/prompt/CKEPE_prompt.json --store stores/ptbxl-melp --store stores/cpsc2018-melp \\
-        --store stores/csn-melp --task ptbxl-super --task ptbxl-sub --task ptbxl-form --task ptbxl-rhythm \\
+    melp-fast evaluate --model runs/tiny/model --data synthetic --untrained --out runs/eval
+    melp-fast evaluate --model DIR --data stores/ptbxl --task all --data stores/cpsc2018 --data stores/csn
+    melp-fast evaluate --model DIR --protocol melp --splits MELP/src/melp/data_split \\
+        --prompts MELP/src/melp/prompt/CKEPE_prompt.json --data stores/ptbxl-melp --data stores/cpsc2018-melp \\
+        --data stores/csn-melp --task ptbxl-super --task ptbxl-sub --task ptbxl-form --task ptbxl-rhythm \\
         --task cpsc2018 --task csn-38
 
 Each task is evaluated on the store whose source holds it (PTB-XL tasks on a PTB-XL store, cpsc2018 on a CPSC2018
@@ -24,7 +24,7 @@ random_state=42)`` of the train split with early stopping on its validation spli
 the store's own preprocessing and labels; records from ``--splits`` (the reference layout, or files
 ``<task>_train.csv`` / ``<task>_test.csv``), else PTB-XL's ``strat_fold`` (train 1-8, test 10), else a seeded
 stratified 70/10/20 split; records without a label in the task are dropped; nested stratified probe subsets,
-fixed epochs. ``--store synthetic`` builds the embedded corpus' held-out test split and a training split.
+fixed epochs. ``--data synthetic`` builds the embedded corpus' held-out test split and a training split.
 
 Scoring (``--scoring``; every result names the scoring that produced it). Zero-shot is always the per-class AUROC
 of the raw cosine scores, macro-averaged: that is also what the reference's ``test_zeroshot.py`` computes (it
@@ -280,46 +280,9 @@ def _model_name(ckpt: str) -> str:
 
 
 def parse_args(argv):
-    import argparse
+    from ..options import parse  # melp_fast/options.py holds every command's options
 
-    p = argparse.ArgumentParser(prog="melp-fast evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, metavar="DIR",
-                   help="an exported model directory (repeatable: one row per model)")
-    p.add_argument("--store", action="append", required=True, metavar="PATH",
-                   help="a preprocessed store, or 'synthetic' for the embedded corpus (repeatable; each task runs on "
-                        "the store whose source holds it)")
-    p.add_argument("--task", action="append", default=None,
-                   help=f"task to evaluate (repeatable; 'all' = every task of every store; default: each store's "
-                        f"own); one of {', '.join(KNOWN_TASKS)}")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="default",
-                   help="melp: the MELP reference's splits, labels, preprocessing, prompts and probe (see above)")
-    p.add_argument("--splits", "--split-dir", dest="splits", default=None, metavar="DIR",
-                   help="split files: a copy of the MELP reference's data_split, or <task>_train.csv / _test.csv")
-    p.add_argument("--untrained", action="store_true",
-                   help="also evaluate the untrained model (the first --ckpt's config, its training seed)")
-    p.add_argument("--prompts", default=None, metavar="FILE",
-                   help="prompt JSON ({class: text}, e.g. the reference's CKEPE_prompt.json; or {task: {class: "
-                        "text}}) or directory of <task>.json (default: shipped; required under --protocol melp)")
-    p.add_argument("--scoring", choices=(*SCORINGS, "both"), default=None,
-                   help="linear-probe AUROC: reference = the MELP reference's softmax-then-torchmetrics macro AUROC "
-                        "(--protocol melp only), per-class = ours, both (default under --protocol melp; the "
-                        "default protocol scores per class)")
-    p.add_argument("--fractions", default="0.01,0.1,1.0", help="linear-probe training fractions")
-    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs (melp: the most epochs)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--n-test", type=int, default=600, help="synthetic: held-out test records")
-    p.add_argument("--n-train", type=int, default=3000, help="synthetic: training records for probing")
-    p.add_argument("--data-dir", default="runs/data", help="synthetic: where its stores are built / reused")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default="runs/eval", help="output directory (results.json, results.md, roc_*.png)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--verbose", action="store_true", help="name every listed record missing from a store")
-    return p.parse_args(argv)
+    return parse("evaluate", argv)
 
 
 def _main(argv=None) -> int:
@@ -344,29 +307,29 @@ def _main(argv=None) -> int:
         if args.splits is None:
             raise EvalError("--protocol melp needs --splits DIR, a copy of the reference's split files (e.g. MELP/src/"
                             "melp/data_split)")
-        if "synthetic" in args.store:
-            raise EvalError("--store synthetic has no reference split: use it with --protocol default")
+        if "synthetic" in args.data:
+            raise EvalError("--data synthetic has no reference split: use it with --protocol default")
     scorings = scorings_of(args.protocol, args.scoring)
     for p in (args.prompts, args.splits):
         if p is not None and not Path(p).exists():
             raise EvalError(f"{p} does not exist")
-    stores = [open_store(s) for s in args.store if s != "synthetic"]
+    stores = [open_store(s) for s in args.data if s != "synthetic"]
     wanted = [t for t in (args.task or []) if t != "synthetic"] or None
     models = {}
-    for ck in args.ckpt:
+    for ck in args.model:
         name = _model_name(ck)
         while name in models:
             name += "'"
         try:
             models[name] = load_model(ck, args.device)
         except FileNotFoundError as e:
-            raise EvalError(f"--ckpt {ck}: {e}") from None
+            raise EvalError(f"--model {ck}: {e}") from None
     first = next(iter(models.values()))
     if args.untrained:
         cfg = first.config
         models["untrained"] = untrained_model(cfg, cfg.train.seed).to(args.device)
     datasets = []
-    if "synthetic" in args.store:
+    if "synthetic" in args.data:
         train, test = _synthetic_sets(args, first.config)
         datasets.append({"name": "synthetic", "test": test, "train": train, "tasks": ["labels"]})
     if stores or wanted:
@@ -384,7 +347,7 @@ def _main(argv=None) -> int:
              "1e-5, bf16 autocast, early stopping on the validation macro AUROC of the scoring (patience 5)"
              if args.protocol == "melp" else
              "linear layer on standardised frozen features, BCE with logits, AdamW lr 1e-3, zero init, fixed epochs")
-    settings = {"ckpt": args.ckpt, "stores": args.store, "protocol": args.protocol, "splits": args.splits,
+    settings = {"ckpt": args.model, "stores": args.data, "protocol": args.protocol, "splits": args.splits,
                 "prompts": args.prompts, "fractions": list(fractions), "epochs": args.epochs, "n_boot": args.n_boot,
                 "seed": args.seed, "probe": probe, "scorings": list(scorings),
                 "auroc": {"zero_shot": "per-class: " + SCORING_TEXT["per-class"] + " (raw cosine, as the reference)",

@@ -97,7 +97,7 @@ def _checked_config(path: Path) -> Config:
     import dataclasses
 
     if not path.is_dir():
-        raise UserError(f"--ckpt {path} is not a folder (an exported model: config.json, model.safetensors, "
+        raise UserError(f"--model {path} is not a folder (an exported model: config.json, model.safetensors, "
                         f"text_encoder/)")
     for need in ("model.safetensors", "config.json"):
         if not (path / need).is_file():

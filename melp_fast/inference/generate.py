@@ -1,7 +1,7 @@
 """Report generation for one ECG file (WFDB .hea or DICOM .dcm) with the captioning decoder, and the picture of
 the beat attention of each report sentence.
 
-    melp-fast generate --ckpt runs/tiny/model --ecg record.dcm|example [--beam-width 4] [--report "..."] [--out DIR]
+    melp-fast generate --model runs/tiny/model --ecg record.dcm|example [--beam-width 4] [--report "..."] [--out DIR]
 
 Generation is autoregressive as in training (MELP.forward): the text encoder (causal) runs on the token prefix,
 the decoder runs on its states with cross-attention to the pooled ECG tokens, and the last position's logits give
@@ -210,28 +210,13 @@ def attention_for_picture(model, batch: dict, report: str, kind: str = "local"):
 
 
 def main(argv=None) -> int:
-    import argparse
     import json
 
     from .export import load_model
+    from ..options import parse
     from ..plots import plot_attention
 
-    p = argparse.ArgumentParser(prog="melp-fast generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="an exported model directory")
-    p.add_argument("--ecg", required=True,
-                   help="a WFDB header (.hea) or a DICOM ECG (.dcm); 'example': pydicom's real 12-lead ECG")
-    p.add_argument("--beam-width", type=int, default=4, help="beam width of beam search (1: greedy only)")
-    p.add_argument("--max-len", type=int, default=None, help="maximum generated tokens (default: the model's)")
-    p.add_argument("--length-penalty", type=float, default=1.0)
-    p.add_argument("--report", default=None,
-                   help="draw the attention of this report's sentences (default: the beam-search report)")
-    p.add_argument("--attention", choices=["local", "similarity"], default="local",
-                   help="local: A2 of the local loss (default); similarity: softmax over beats of t1 * cosine")
-    p.add_argument("--out", default=None, help="output directory (default: runs/generate/<record>)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    args = parse("generate", argv)  # melp_fast/options.py holds every command's options
     from ..checks import check_generate_args, check_generate_len
 
     check_generate_args(args)  # ranges, device, a writable --out: before the model is loaded
@@ -239,7 +224,7 @@ def main(argv=None) -> int:
         args.ecg = example_ecg()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.ckpt, args.device)
+    model = load_model(args.model, args.device)
     check_generate_len(args.max_len, model)
     try:
         batch = load_ecg(args.ecg, model)

@@ -18,6 +18,7 @@ import platform
 import re
 import subprocess
 from datetime import date
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -262,3 +263,37 @@ def match_beats(ref, det, tol: int):
             errs.append(det[best] - r)
     tp = len(errs)
     return tp, len(ref) - tp, len(det) - tp, np.asarray(errs, float)
+
+
+# ------------------------------------------------------------------------------------------- where tables are written
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # the committed results
+
+
+def add_output(parser) -> None:
+    """--out and --write, the same in every benchmark script: a table is only printed unless one of them is given."""
+    parser.add_argument("--out", default=None,
+                        help="write the table here (the JSON beside it, where the script writes one); a path under "
+                             "benchmarks/results/ needs --write")
+    parser.add_argument("--write", action="store_true",
+                        help="write the table into benchmarks/results/ (the committed results) under its usual name")
+
+
+def command() -> str:
+    """The command line of this run as a user would type it: the script's path from the repository root."""
+    import shlex
+    import sys
+
+    script = Path(sys.argv[0]).resolve()
+    root = RESULTS.parents[1]
+    shown = script.relative_to(root).as_posix() if root in script.parents else script.name
+    return " ".join(["python", shown, *map(shlex.quote, sys.argv[1:])])
+
+
+def output_path(args, name: str) -> str | None:
+    """Where a script writes its table: --out, else benchmarks/results/NAME with --write, else nowhere. The committed
+    results are replaced only with --write."""
+    if args.out is None:
+        return str(RESULTS / name) if args.write else None
+    if not args.write and RESULTS in Path(args.out).resolve().parents:
+        raise SystemExit(f"--out {args.out} is under benchmarks/results/ (the committed results): add --write")
+    return args.out

@@ -12,6 +12,9 @@ Here the launcher runs inside this process: a SIGTERM / SIGINT to it is passed t
 launcher's own helpers and every rank; each rank's StopGuard saves a checkpoint and exits 128 + signal), this
 process waits until they have all ended, and exits 128 + signal with one line, so the job's exit code says it was
 pre-empted and ``--resume`` continues it. Without a signal the launcher's own exit code is returned.
+
+Every argument after the launcher's name is the launcher's own. --debug (anywhere on the line) or MELP_DEBUG=1: a
+failure shows its traceback instead of one line and exit 2.
 """
 
 from __future__ import annotations
