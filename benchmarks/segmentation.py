@@ -209,7 +209,9 @@ def many_seeds(args):
     lines = ["# Beat detection over many random draws of each provoking case (ours: all leads; NeuroKit2: lead II)",
              "", f"- command: `{' '.join(['python benchmarks/segmentation.py'] + sys.argv[1:])}`",
              f"- {args.seeds} draws per case and rate; seeds from --seed-base {args.seed_base}, the case and the rate "
-             "(`benchmarks.segmentation.case_seeds`); each draw is one 10 s, 12-lead record", "",
+             "(`benchmarks.segmentation.case_seeds`); each draw is one 10 s, 12-lead record",
+             f"- machine: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+             f"{datetime.date.today().isoformat()}", "",
              "| case | Hz | draws | ours Se min / p5 / median % | ours +P min / p5 / median % | NeuroKit2 Se min / "
              "p5 / median % | NeuroKit2 +P min / p5 / median % | ours < 99.5 % | ours < NeuroKit2 | worst draws "
              "(seed: Se, +P; NeuroKit2) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

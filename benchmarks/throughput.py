@@ -684,7 +684,9 @@ def run_accum(args, argv) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(table + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows, "timing": timing},
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+                                                                           if k not in ("out", "cache", "write")},
+                                                                  "rows": rows, "timing": timing},
                                                                   indent=1))
     print(table)
     return 0 if timing and all("error" not in r for r in rows) else 1
