@@ -110,7 +110,7 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 64  # per process (micro batch)
     # gradient accumulation: one optimiser step = accum_steps micro-batches of batch_size per process. accum_mode
-    # "cache" (melp_fast/accum.py): the contrastive losses see the whole accumulated batch (an embedding cache and
+    # "cache" (melp_fast/training/accum.py): the contrastive losses see the whole accumulated batch (an embedding cache and
     # a second forward per micro-batch with its RNG replayed); "plain": DeepSpeed's accumulation, negatives per
     # micro-batch. A DeepSpeed JSON gradient_accumulation_steps must agree with accum_steps.
     accum_steps: int = 1
