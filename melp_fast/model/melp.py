@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,9 +17,12 @@ from .pooling import BeatPooler
 from .text import TextEncoder
 
 
-@dataclass
-class ModelOutput:
-    """What MELP.forward gives the losses (melp_fast.losses): tensors only.
+class ModelOutput(NamedTuple):
+    """What MELP.forward gives the losses (melp_fast.losses): tensors only, by name (out.rhythm, ...).
+
+    A NamedTuple rather than a dataclass: DeepSpeed's ZeRO-3 hooks find the tensors of a module's output only in
+    tuples, lists and dicts; with a dataclass the root module's backward hooks are left out (DeepSpeed warns) and a
+    ZeRO-3 run's gradient norm drifted from ZeRO-1's at the first step (tests/test_engine.py: ZeRO stages agree).
 
     rhythm [B, E], text [B, E]: the global embeddings; beats [B, K, E] + beat_mask [B, K], sents [B, S, E] +
     sent_mask [B, S]: the local ones; caption_hidden [N, H], caption_targets [N] (-100: no target), caption_weight
@@ -81,15 +84,15 @@ class MELP(nn.Module):
     def forward(self, batch: dict) -> ModelOutput:
         e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
-        hidden = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
         # the caption head runs in the loss on (hidden, the head's weight and bias, targets), with or without
-        # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0. Under
-        # ZeRO-3 DeepSpeed sees the head's parameters in the output and keeps them gathered for the loss.
+        # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0. The
+        # decoder returns the head's parameters so that ZeRO-3 keeps them gathered for the loss (model/decoder.py)
+        hidden, weight, bias = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"],
+                                            project=False, with_head=True)
         hidden, targets, dropped = self.caption_rows(hidden, batch["caption_labels"])
-        head = self.decoder.head
         return ModelOutput(rhythm=e["rhythm"], beats=e["beats"], beat_mask=e["beat_mask"], text=t["text"],
                            sents=t["sents"], sent_mask=t["sent_mask"], caption_hidden=hidden,
-                           caption_targets=targets, caption_weight=head.weight, caption_bias=head.bias,
+                           caption_targets=targets, caption_weight=weight, caption_bias=bias,
                            logit_scale=self.scale(), caption_dropped=dropped)
 
     def caption_rows(self, hidden: torch.Tensor, targets: torch.Tensor):
