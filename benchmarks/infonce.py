@@ -10,8 +10,8 @@ CUDA: in process; time = median of CUDA-event timings after a warm-up call (whic
 torch.cuda.max_memory_allocated() during fwd+bwd minus what was allocated before (inputs excluded).
 Matmul work: the FLOPs of one fwd+bwd in units of U = 2 B^2 D (one B x B x D matmul), counted from what each
 implementation launches: the fused kernels' launches (melp_fast.testing.infonce_tools.count_matmul_flops) and
-PyTorch's FlopCounterMode for the others. On CPU it is counted in a separate process at B = min(B, 128) (the fused kernels
-under the Triton interpreter); the count per U does not depend on B.
+PyTorch's FlopCounterMode for the others. On CPU it is counted in a separate process at B = min(B, 128) (the fused
+kernels under the Triton interpreter); the count per U does not depend on B.
 CPU: every (impl, B) runs in a fresh subprocess; time = median wall time of fwd+bwd; memory = peak RSS
 (ru_maxrss) during fwd+bwd minus the RSS just before it (inputs excluded). On CPU "fused" is not timed: without
 the Triton interpreter it cannot run, and the interpreter is a correctness tool, not a fast path; its matmul

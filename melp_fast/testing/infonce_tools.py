@@ -79,8 +79,9 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
             cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], WITH_COLS=wc, WITH_POS=wp, UPCAST=False,
                       PRECISION=prec, EVEN_D=D % c[2] == 0)
             cx["SAFE_COLS"] = True
-            specs.append(dict(name=name, fn=kern._infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
-                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD,
+            specs.append(dict(name=name, fn=kern._infonce_fwd_kernel,
+                              signature=dict(fwd_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
+                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD,
                               # the steady-state loop: tiles off the diagonal, no column below the underflow guard
                               hot_constexprs=dict(WITH_POS=False, SAFE_COLS=False),
                               hot_tile=(c[0] * c[1], -(-D // c[2]))))
