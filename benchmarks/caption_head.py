@@ -1,4 +1,4 @@
-"""Caption head alone: vocabulary projection + cross-entropy, plain (reference) vs chunked fused, fwd+bwd.
+"""Caption head alone: vocabulary projection + cross-entropy, plain (reference) vs chunked, fwd+bwd.
 
     python benchmarks/caption_head.py                                   # CPU, paper shapes, fp32
     python benchmarks/caption_head.py --device cuda --dtype bf16 --out benchmarks/results/caption_head_cuda.md

@@ -9,9 +9,9 @@ OpenCLIP's ClipLoss(local_loss=True, gather_with_grad=True), one process, in one
 CUDA: in process; time = median of CUDA-event timings after a warm-up call (which runs the autotuner); memory =
 torch.cuda.max_memory_allocated() during fwd+bwd minus what was allocated before (inputs excluded).
 Matmul work: the FLOPs of one fwd+bwd in units of U = 2 B^2 D (one B x B x D matmul), counted from what each
-implementation launches: the fused kernels' launch counter (melp_kernels.infonce.matmul_flops) and PyTorch's
-FlopCounterMode for the others. On CPU it is counted in a separate process at B = min(B, 128) (the fused kernels
-under the Triton interpreter); the count per U does not depend on B.
+implementation launches: the fused kernels' launches (melp_fast.testing.infonce_tools.count_matmul_flops) and
+PyTorch's FlopCounterMode for the others. On CPU it is counted in a separate process at B = min(B, 128) (the fused
+kernels under the Triton interpreter); the count per U does not depend on B.
 CPU: every (impl, B) runs in a fresh subprocess; time = median wall time of fwd+bwd; memory = peak RSS
 (ru_maxrss) during fwd+bwd minus the RSS just before it (inputs excluded). On CPU "fused" is not timed: without
 the Triton interpreter it cannot run, and the interpreter is a correctness tool, not a fast path; its matmul
@@ -77,11 +77,11 @@ def count_flops_u(impl, B, D, dtype, device, chunk_size):
     fn = _loss_fn(impl, chunk_size)
     e, t, s = _inputs(B, D, dtype, device)
     if impl == "fused":
-        from melp_kernels import infonce
+        from melp_fast.testing.infonce_tools import count_matmul_flops
 
-        infonce.reset_matmul_flops()
-        _step(fn, e, t, s)
-        n = infonce.matmul_flops()
+        with count_matmul_flops() as work:
+            _step(fn, e, t, s)
+        n = work.flops
     else:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -127,12 +127,14 @@ def count_rank_u(impl, b, world, D, dtype, chunk_size):
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
     if impl == "fused":
-        infonce.reset_matmul_flops()
-        loss = fwd()
-        nf = infonce.matmul_flops()
-        infonce.reset_matmul_flops()
-        loss.backward()
-        nb = infonce.matmul_flops()
+        from melp_fast.testing.infonce_tools import count_matmul_flops
+
+        with count_matmul_flops() as work:
+            loss = fwd()
+        nf = work.flops
+        with count_matmul_flops() as work:
+            loss.backward()
+        nb = work.flops
     else:
         with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
             loss = fwd()

@@ -11,13 +11,14 @@ FLOP per clock per SM, MUFU at 16 per clock per SM; the largest is the bound).
 
 Exit status 1 if any compiled kernel spills, has a stack frame or needs more than 227 KB of shared memory.
 
-Discovery: every module kernels/melp_kernels/<name>.py that defines `sm90_specs(D: int, dtype: str) -> list[dict]`
-(keys name, fn, signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer
-arguments that are multiples of 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner
-K loop) and hot_constexprs, constexpr overrides that compile the steady-state loop for the SASS count, e.g. without
-a branch taken on one tile in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments
-are compiled as 16-byte aligned, as Triton specialises them for tensors from the PyTorch allocator; that alignment
-decides vector widths and asynchronous copies, so the counts here are those of a launch at the headline shapes.
+Discovery: every module kernels/melp_kernels/<name>.py with a `sm90_specs(D: int, dtype: str) -> list[dict]`,
+defined in the module or, kept out of the kernel file, in melp_fast.testing.<name>_tools (keys name, fn, signature,
+constexprs, num_warps, num_stages; optional config, a label; divisible, the integer arguments that are multiples of
+16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner K loop) and hot_constexprs,
+constexpr overrides that compile the steady-state loop for the SASS count, e.g. without a branch taken on one tile
+in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments are compiled as 16-byte
+aligned, as Triton specialises them for tensors from the PyTorch allocator; that alignment decides vector widths and
+asynchronous copies, so the counts here are those of a launch at the headline shapes.
 Run with TRITON_INTERPRET unset (this script unsets it for itself before importing the kernels).
 """
 
@@ -53,16 +54,25 @@ def _kernel_package():
     return pkg
 
 
+def _tool_specs(name):
+    """sm90_specs of kernel module `name` from its benchmark tooling module melp_fast.testing.<name>_tools, if any."""
+    try:
+        return importlib.import_module(f"melp_fast.testing.{name}_tools").sm90_specs
+    except (ImportError, AttributeError):
+        return None
+
+
 def discover(only=None):
-    """[(module name, module)] of kernel modules with sm90_specs; notes for those without."""
+    """[(module name, its sm90_specs)] of kernel modules with compile specs; notes for those without."""
     pkg = _kernel_package()
     found, notes = [], []
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name.startswith("_") or (only and info.name not in only):
             continue
         mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        if hasattr(mod, "sm90_specs"):
-            found.append((info.name, mod))
+        specs = getattr(mod, "sm90_specs", None) or _tool_specs(info.name)
+        if specs is not None:
+            found.append((info.name, specs))
         elif any(hasattr(getattr(mod, a), "fn") or type(getattr(mod, a)).__name__ == "JITFunction"
                  for a in dir(mod)):
             notes.append(f"note: kernels/{info.name}.py has Triton kernels but no sm90_specs(D, dtype); skipped")
@@ -85,10 +95,10 @@ def run(dims, dtypes, quick=False, only=None, log=print):
     for n in notes:
         log(n)
     rows = []
-    for mod_name, mod in found:
+    for mod_name, sm90_specs in found:
         for D in dims:
             for dt in dtypes:
-                specs = mod.sm90_specs(D, dt)
+                specs = sm90_specs(D, dt)
                 if quick:
                     first = {}
                     for s in specs:

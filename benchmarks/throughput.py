@@ -185,22 +185,10 @@ def count_launches(fwd, criterion, backward, batch, amp, cuda, mark_step=None, c
 
 
 def loss_switch() -> tuple[str, ...]:
-    """The values MELPLoss accepts for loss.impl (today ("reference", "fused"); soon with "auto")."""
-    from melp_fast import losses
+    """The values of the run-wide switch loss.impl."""
+    from melp_fast.config import LOSS_IMPLS
 
-    impls = getattr(losses, "IMPLS", None)
-    if impls:
-        return tuple(impls)
-    from melp_fast.config import LossConfig
-
-    ok = []
-    for name in ("reference", "fused", "auto"):
-        try:
-            losses.MELPLoss(LossConfig(impl=name))
-            ok.append(name)
-        except Exception:
-            pass
-    return tuple(ok)
+    return tuple(LOSS_IMPLS)
 
 
 def loss_impl_for(variant: str, switch: tuple[str, ...]) -> str:
@@ -372,7 +360,7 @@ def profile_stages(model, criterion, fwd, backward, opt_step, batch, amp, cuda) 
         hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     saved = {}
     for fn, name in (("infonce_loss", "loss_global"), ("local_alignment_loss", "loss_local"),
-                     ("caption_term", "loss_caption"), ("caption_loss", "loss_caption")):
+                     ("caption_term", "loss_caption")):
         if hasattr(L, fn):
             orig = saved[fn] = getattr(L, fn)
 

@@ -75,8 +75,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    # "auto": the Triton kernels on CUDA, their PyTorch-block paths elsewhere; "fused": the kernels or an error
-    # saying why they cannot run; "reference": the literal PyTorch formulas (melp_kernels/_dispatch.py)
+    # the run-wide switch of the three loss ops (melp_kernels/_dispatch.py, op_impl): "auto": the Triton kernels on
+    # CUDA, the PyTorch-block paths elsewhere; "fused": the fastest path each op has (the Triton kernels, or an error
+    # saying why they cannot run; the caption head, which has no kernels: chunked); "reference": the literal
+    # PyTorch formulas. Checked here (--set, CHOICES); each op checks the impl it is given
     impl: str = "auto"
     global_weight: float = 1.0
     caption_weight: float = 2.0

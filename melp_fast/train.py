@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
 
     def compute(batch: dict) -> dict:
         out = trainer.engine(batch)
-        return {**criterion(out, batch), "logit_scale": out["logit_scale"].detach()}
+        return {**criterion(out, batch), "logit_scale": out.logit_scale.detach()}
 
     # loop, then export
     validate = validation(cfg, store, criterion, trainer, out_dir, rank)

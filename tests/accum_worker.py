@@ -66,7 +66,7 @@ def one_step(cfg, seed, rank, world, out_dir, data_seed, micro, accum, mode, che
 
     def compute(batch):
         out = trainer.engine(batch)
-        return {**criterion(out, batch), "logit_scale": out["logit_scale"].detach()}
+        return {**criterion(out, batch), "logit_scale": out.logit_scale.detach()}
 
     if poison is not None:
         bad = [dict(b) for b in batches]

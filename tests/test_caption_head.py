@@ -111,7 +111,7 @@ def test_only_the_inputs_that_need_grad_get_one_and_no_grad_mode_works():
     torch.testing.assert_close(loss.detach(), ref)
     assert ww.grad is not None and ww.grad.any()
     with torch.no_grad():
-        torch.testing.assert_close(caption_head_loss(x, w, t, impl="fused"), ref)
+        torch.testing.assert_close(caption_head_loss(x, w, t, impl="chunked"), ref)
 
 
 class _Largest(TorchDispatchMode):
@@ -152,6 +152,10 @@ def test_bad_shapes_and_impl_are_refused():
     x, w, _, t = _inputs(6, 8, 10, torch.float32, False, seed=1)
     with pytest.raises(ValueError, match="unknown impl"):
         caption_head_loss(x, w, t, impl="triton")
+    # no Triton kernels: "fused" is refused by name, with the impls the op has
+    with pytest.raises(ValueError, match=r"caption head: unknown impl 'fused' \(it has no Triton kernels\); "
+                                         r"choose one of reference, chunked, auto"):
+        caption_head_loss(x, w, t, impl="fused")
     with pytest.raises(ValueError, match="targets"):
         caption_head_loss(x, w, t[:4], impl="chunked")
     with pytest.raises(ValueError, match="weight"):
@@ -164,6 +168,7 @@ def test_model_caption_term_matches_plain_head_tied_and_untied(tied):
     parameters get the same gradients from the fused head as from the plain logits."""
     from melp_fast.losses import MELPLoss, caption_term
     from melp_fast.model.melp import MELP
+    from melp_kernels._dispatch import op_impl
     from test_model import make_batch
 
     torch.manual_seed(1)
@@ -176,7 +181,8 @@ def test_model_caption_term_matches_plain_head_tied_and_untied(tied):
         cfg.loss.impl = impl
         model.zero_grad()
         out = model(batch)
-        cap = caption_term(out, impl)  # the caption term alone: the other losses' switch is not under test here
+        # the caption term alone, with the impl the run-wide switch gives the caption head ("fused": chunked)
+        cap = caption_term(out, op_impl("caption head", impl))
         assert MELPLoss(cfg.loss)(out, batch)["caption"].item() == pytest.approx(cap.item(), rel=1e-6)
         cap.backward()
         res[impl] = (cap.detach(), model.decoder.head.weight.grad.clone(), model.decoder.norm.weight.grad.clone())

@@ -21,6 +21,7 @@ from melp_kernels.infonce import infonce_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from melp_fast.testing.common import load_open_clip_loss  # noqa: E402
+from melp_fast.testing.infonce_tools import count_matmul_flops  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
@@ -346,9 +347,9 @@ def test_fused_runs_the_kernels_with_5U_of_matmul(B, D, dtype, device):
     units = 1 + 2 * (split + 1)
     assert units == (5 if device == "cuda" else {40: 5, 130: 9}[D])
     e, t = _inputs(B, D, seed=6, device=device, dtype=dtype)
-    infonce.reset_matmul_flops()
-    got = _run(_impl("fused", **_ieee("fused", device)), e, t, 20.0)
-    assert infonce.matmul_flops() == units * 2 * B * B * D
+    with count_matmul_flops() as work:
+        got = _run(_impl("fused", **_ieee("fused", device)), e, t, 20.0)
+    assert work.flops == units * 2 * B * B * D
     tol = (1e-5, 1e-4) if dtype == torch.float32 else HALF_TOL[dtype]
     _assert_close(got, _run(_impl("reference"), e.float(), t.float(), 20.0), *tol, 20.0)
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from melp_fast.losses import MELPLoss, caption_loss
+from melp_fast.losses import MELPLoss
+from melp_kernels.caption_head import caption_head_loss
 from melp_fast.model.melp import MELP
 from melp_fast.model.pooling import span_mean
 from helpers import tiny_cfg
@@ -49,20 +50,20 @@ def test_rows_are_independent_and_empty_rows_masked(pooling):
     batch = make_batch(model, reports, [5, 3, 0, 4], seed=3)
     with torch.no_grad():
         full = model(batch)
-    assert not full["sent_mask"][1].any() and full["sent_mask"][0].sum() == 2
+    assert not full.sent_mask[1].any() and full.sent_mask[0].sum() == 2
     if pooling == "beats":
-        assert not full["beat_mask"][2].any() and full["beat_mask"][0].sum() == 5
+        assert not full.beat_mask[2].any() and full.beat_mask[0].sum() == 5
     for key in ("rhythm", "text"):
-        assert torch.isfinite(full[key]).all()
+        assert torch.isfinite(getattr(full, key)).all()
     # rows 0 and 3 computed in a batch of their own give the same outputs
     with torch.no_grad():
         pick = {k: v[[0, 3]] for k, v in batch.items()}
         pick.update(model.tokenizer([reports[0], reports[3]]))
         alone = model(pick)
-    torch.testing.assert_close(alone["rhythm"], full["rhythm"][[0, 3]], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(alone["text"], full["text"][[0, 3]], rtol=1e-4, atol=1e-5)
-    n = full["sents"].shape[1]
-    torch.testing.assert_close(alone["sents"][:, :n], full["sents"][[0, 3]][:, : alone["sents"].shape[1]], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone.rhythm, full.rhythm[[0, 3]], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone.text, full.text[[0, 3]], rtol=1e-4, atol=1e-5)
+    n = full.sents.shape[1]
+    torch.testing.assert_close(alone.sents[:, :n], full.sents[[0, 3]][:, : alone.sents.shape[1]], rtol=1e-4, atol=1e-5)
 
 
 def test_text_encoder_is_causal():
@@ -78,14 +79,16 @@ def test_text_encoder_is_causal():
     assert not torch.allclose(s1[0, 6:], s2[0, 6:])
 
 
-def test_caption_loss_by_hand():
-    # two targets over a vocabulary of 3; logits chosen so the softmax is easy to write down
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_caption_loss_by_hand(impl):
+    # two targets over a vocabulary of 3; logits chosen so the softmax is easy to write down (the head's weight is
+    # the identity, so the states are the logits)
     logits = torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0], [5.0, 1.0, 2.0]])
     labels = torch.tensor([2, 0, -100])
     # -log(1/3) and -log(2/4)
     want = 0.5 * (math.log(3.0) + math.log(2.0))
-    assert abs(caption_loss(logits, labels).item() - want) < 1e-6
-    assert caption_loss(logits, torch.full((3,), -100)).item() == 0.0
+    assert abs(caption_head_loss(logits, torch.eye(3), labels, impl=impl).item() - want) < 1e-6
+    assert caption_head_loss(logits, torch.eye(3), torch.full((3,), -100), impl=impl).item() == 0.0
 
 
 def test_loss_impls_agree_on_model_outputs():
@@ -126,8 +129,8 @@ def test_paper_preset_matches_the_reference_small_configuration():
     batch = make_batch(model, ["sinus rhythm. normal ecg.", "atrial fibrillation."], [3, 2])
     with torch.no_grad():
         out = model(batch)
-    assert out["rhythm"].shape == (2, 256) and out["beats"].shape == (2, 3, 256)
-    assert model.decoder.head(out["caption_hidden"]).shape[-1] == model.text.vocab_size
+    assert out.rhythm.shape == (2, 256) and out.beats.shape == (2, 3, 256)
+    assert model.decoder.head(out.caption_hidden).shape[-1] == model.text.vocab_size
     # the conv stack has 12*256*2 + 3 * 256*256*2 weights (no bias) and GroupNorm's 2*256
     conv = sum(p.numel() for p in model.ecg.features.parameters())
     assert conv == 12 * 256 * 2 + 3 * 256 * 256 * 2 + 2 * 256

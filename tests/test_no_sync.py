@@ -60,7 +60,7 @@ def test_forward_loss_backward_never_sync_with_the_host(preset, n, device):
     assert check.ops > 500  # the mode saw the step
     assert check.found == [], "\n".join(f"{what} at {where}" for what, where in check.found)
     assert torch.isfinite(losses["loss"]).item()
-    assert not out["sent_mask"][1].any() and not out["beat_mask"][2].any()
+    assert not out.sent_mask[1].any() and not out.beat_mask[2].any()
 
 
 def test_shapes_depend_only_on_the_input_shapes():
@@ -79,9 +79,9 @@ def test_shapes_depend_only_on_the_input_shapes():
     with torch.no_grad():
         oa, ob = model(a), model(b)
     for key in ("rhythm", "beats", "text", "sents", "sent_mask", "caption_hidden", "caption_targets"):
-        assert oa[key].shape == ob[key].shape, key
-    assert oa["sents"].shape[1] == cfg.model.max_sentences
-    assert oa["caption_hidden"].shape[0] == 3 * L
+        assert getattr(oa, key).shape == getattr(ob, key).shape, key
+    assert oa.sents.shape[1] == cfg.model.max_sentences
+    assert oa.caption_hidden.shape[0] == 3 * L
 
 
 def test_caption_tokens_packs_targets_without_changing_the_loss():
@@ -98,7 +98,7 @@ def test_caption_tokens_packs_targets_without_changing_the_loss():
         for n, dropped in ((longest, 0), (2, n_targets - 2 * 4)):
             model.cfg.caption_tokens = n
             out = model(batch)
-            assert out["caption_hidden"].shape[0] == 4 * n
+            assert out.caption_hidden.shape[0] == 4 * n
             losses = MELPLoss(cfg.loss)(out, batch)
             assert int(losses["caption_dropped"]) == dropped
             if dropped == 0:

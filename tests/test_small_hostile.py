@@ -28,7 +28,8 @@ def test_disk_full_is_one_line(capsys):
 
 def test_a_finished_store_on_a_read_only_mount_is_already_complete(tmp_path, monkeypatch, capsys):
     from melp_fast.data import preprocess
-    from melp_fast.data.store import build_synthetic_store, store_digest
+    from melp_fast.data.store import build_synthetic_store
+    from melp_fast.testing.common import store_digest
 
     store = build_synthetic_store(tmp_path / "store", "test", 4, SEED)
     (tmp_path / "root").mkdir()

@@ -47,4 +47,4 @@ def test_beat_spans_follow_the_conv_stack(store, conv_layers):
                 checked += 1
     assert checked > 20
     out = model(batch)  # the model runs on these spans (beat pooling over real token ranges)
-    assert torch.isfinite(out["beats"]).all()
+    assert torch.isfinite(out.beats).all()

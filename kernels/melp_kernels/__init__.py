@@ -1,5 +1,6 @@
 """Fused kernels of melp_fast, installed as the import package `melp_kernels`.
 
-Each op lives in one file holding its Triton kernels, its autograd Function, a plain PyTorch reference and a
-CPU-capable fallback, selected by an `impl` argument.
+Each op lives in one file holding its PyTorch reference, its fast PyTorch path and, where it has them, its Triton
+kernels (infonce.py, local_loss.py; caption_head.py has none), selected by an `impl` argument by the one rule of
+_dispatch.py.
 """

@@ -8,24 +8,26 @@ with -100 = ignored. With no valid target the loss is 0 and every gradient is 0.
 impl:
 - "reference": the plain path, F.linear then F.cross_entropy on fp32 logits: holds the [N, V] logits, their fp32
   copy, the saved log-softmax and, in backward, the [N, V] gradient.
-- "chunked" (= "fused" = "auto"): Liger-Kernel's fused linear cross-entropy in PyTorch ops. Token chunks of C rows:
-  z_c = x_c W^T in fp32 (16-bit operands on tensor cores with an fp32 result on CUDA), lp = log_softmax(z_c), the
-  target's lp gathered for the loss, and right away g_c = (softmax(z_c) - onehot(t_c)) * valid * P (in place),
+- "chunked" (= "auto" on every device): Liger-Kernel's fused linear cross-entropy in PyTorch ops. Token chunks of C
+  rows: z_c = x_c W^T in fp32 (16-bit operands on tensor cores with an fp32 result on CUDA), lp = log_softmax(z_c),
+  the target's lp gathered for the loss, and right away g_c = (softmax(z_c) - onehot(t_c)) * valid * P (in place),
   which gives dx_c = g_c W (into an fp32 buffer) and dW += g_c^T x_c (fp32 accumulator), db += sum g_c. Only one
   [C, V] chunk exists at a time (two for a moment: z and lp); the gradients are computed in the forward and the
   backward only scales them (in place) by upstream / (#valid * P) in fp32 and casts each once to its dtype, so a
-  graph through this head can be backpropagated once (a second backward raises). P = 2^15 for fp16 (else 1):
-  fp16's normal range starts at 6e-5, below which softmax probabilities over a 30k vocabulary, and all the more
-  (softmax - onehot) / #valid, would round to subnormals or 0; the loss scale (DeepSpeed starts at 2^16) never
-  meets fp16 before the last cast. 8 dispatched ops per chunk for fp32 (was 17), 10 for 16-bit on CUDA (was 21),
-  11 on the CPU (its 16-bit GEMM operands are upcast to fp32). C defaults to Liger's
-  choice (the chunk's logits about as large as x: C ~ N / ceil(V / D)), a power of two clamped to [64, 1024].
-  No host synchronisation (the valid count stays on the device).
+  graph through this head can be backpropagated once (a second backward raises). P = 2^15 for fp16 (else 1): fp16's
+  normal range starts at 6e-5, below which softmax probabilities over a 30k vocabulary, and all the more (softmax -
+  onehot) / #valid, would round to subnormals or 0; the loss scale (DeepSpeed starts at 2^16) never meets fp16
+  before the last cast. 8 dispatched ops per chunk for fp32 (was 17), 10 for 16-bit on CUDA (was 21), 11 on the CPU
+  (its 16-bit GEMM operands are upcast to fp32). C defaults to Liger's choice (the chunk's logits about as large as
+  x: C ~ N / ceil(V / D)), a power of two clamped to [64, 1024]. No host synchronisation (the valid count stays on
+  the device).
 
-Why no Triton kernel: the work is three GEMMs of N x D x V (the logits, dx, dW), which cuBLAS runs at tensor-core
-rate; the rest is a few elementwise passes over one [C, V] chunk (31 MB fp32 at C = 256, V = 30522: it fits the
-H100 / H200 L2). A fused epilogue would save those passes, about as much time as one GEMM at the paper shape, but
-the memory saving, the point of this op, is already there. Liger's own kernel fuses only the elementwise part.
+No impl "fused": the op has no Triton kernels, and asking for them is an error (melp_kernels/_dispatch.py; the
+run-wide loss.impl "fused" gives this op "chunked"). Why no Triton kernel: the work is three GEMMs of N x D x V (the
+logits, dx, dW), which cuBLAS runs at tensor-core rate; the rest is a few elementwise passes over one [C, V] chunk
+(31 MB fp32 at C = 256, V = 30522: it fits the H100 / H200 L2). A fused epilogue would save those passes, about as
+much time as one GEMM at the paper shape, but the memory saving, the point of this op, is already there. Liger's own
+kernel fuses only the elementwise part.
 
 Under autocast (CUDA bf16 training) the inputs are cast to the autocast dtype first, as F.linear would be.
 Precision: fp32 inputs are computed in fp32; bf16 / fp16 inputs get low-precision GEMM operands with fp32 logits,
@@ -38,8 +40,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._dispatch import OPS, resolve_impl
+
 IGNORE_INDEX = -100
-IMPLS = ("reference", "chunked", "fused", "auto")
+IMPLS = OPS["caption head"].choices  # reference, chunked, auto (melp_kernels/_dispatch.py)
 
 __all__ = ["IMPLS", "IGNORE_INDEX", "caption_head_loss", "caption_head_reference", "default_chunk_size"]
 
@@ -154,7 +158,7 @@ class _FusedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         # the stored gradients are scaled in place (no second [V, D] buffer), so they serve one backward only
         if getattr(ctx, "used", False):
-            raise RuntimeError("caption_head_loss: a second backward through the fused caption head is not "
+            raise RuntimeError("caption_head_loss: a second backward through the chunked caption head is not "
                                "supported (its gradients are computed in the forward and scaled in place)")
         ctx.used = True
         gx, gw, gb, count = ctx.saved_tensors
@@ -181,8 +185,7 @@ def caption_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
                       impl: str = "reference", chunk_size: int | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of the states x [..., D] projected by weight [V, D] (+ bias) against
     targets [...] (-100 ignored; 0 when no target is valid). impl: see the module docstring."""
-    if impl not in IMPLS:
-        raise ValueError(f"caption_head_loss: unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    impl = resolve_impl("caption head", impl, x.device)
     x = x.reshape(-1, x.shape[-1])
     targets = targets.reshape(-1)
     _check(x, weight, targets, bias)

@@ -77,36 +77,21 @@ import torch
 import torch.nn.functional as F
 
 from . import autotune
-from ._dispatch import HAS_TRITON, interpreting, resolve_impl
+from ._dispatch import HAS_TRITON, KERNELS_INTERPRETED, OPS, resolve_impl
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-__all__ = ["infonce_loss", "IMPLS", "PRECISIONS", "sm90_specs", "matmul_flops", "reset_matmul_flops"]
+__all__ = ["infonce_loss", "IMPLS", "PRECISIONS"]
 
-IMPLS = ("reference", "chunked", "fused", "auto")
+IMPLS = OPS["infonce"].choices  # reference, chunked, fused, auto (melp_kernels/_dispatch.py)
 PRECISIONS = ("tf32", "tf32x3", "ieee")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 SHARED_BUDGET = 227 * 1024  # bytes of shared memory per block (H100 / H200), used when no device can be asked
 ACC_WIDTH = 256  # widest [BLOCK_M, ACC_WIDTH] fp32 accumulator of the gradient kernels; up to 4 of them (D <= 1024)
-
-# ----------------------------------------------------------------------------------------------------------------
-# Matmul work counter (benchmarks): FLOPs of the tile dots each launch executes (2 per multiply-add)
-# ----------------------------------------------------------------------------------------------------------------
-_FLOPS = [0]
-
-
-def matmul_flops() -> int:
-    """Matmul FLOPs issued by the fused kernels since the last reset (2 * M * N * D per tile pass)."""
-    return _FLOPS[0]
-
-
-def reset_matmul_flops() -> None:
-    _FLOPS[0] = 0
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton kernels
@@ -438,8 +423,6 @@ if HAS_TRITON:
                 key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION", "EVEN_D"],
                 prune_configs_by={"early_config_prune": _make_prune("grad")})(_infonce_grad_kernel)
 
-KERNELS_INTERPRETED = HAS_TRITON and interpreting()
-
 # Under the interpreter (one config; autotune cannot run there): small blocks, so the tests' shapes cross block
 # and split boundaries, loop over D chunks and take the chunked-accumulator path for D > 64. BLOCK_D equals the
 # interpreter's accumulator width so that the forward and the gradient kernels compute each logit by the same dots
@@ -515,7 +498,6 @@ def _tri_fwd(x, y, s, with_cols, diag_off, precision):
     args = (x, y, s, row_m, row_l, col_m, col_l, pos, M, N, D, x.stride(0), y.stride(0), diag_off or 0,
             _bucket(M), _bucket(N))
     meta = dict(WITH_COLS=with_cols, WITH_POS=with_pos, UPCAST=interp, PRECISION=precision)
-    _FLOPS[0] += 2 * M * N * D
     bd = INTERP_CFG[2] if interp else _FWD_CONFIGS[x.element_size()][0][2]  # one BLOCK_D per operand size
     meta["EVEN_D"] = D % bd == 0
     with _dev_guard(x):
@@ -581,7 +563,6 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
                 HAS_B=lse_b is not None, HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds,
                 UPCAST=interp, PRECISION=precision,
                 EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0)
-    _FLOPS[0] += 2 * M * N * D * (split + 1)  # Z once per column part, P Y once
     with _dev_guard(x):
         if interp:
             bm, bn, bd, _, _ = INTERP_CFG
@@ -602,60 +583,6 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
     if nsp > 1:
         dx = dx.sum(dim=0).to(x.dtype)
     return dx, (ds.sum(dim=0) if compute_ds else None)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# sm_90 compile specs (benchmarks/kernel_resources.py): one dict per kernel variant and shipped config
-# ----------------------------------------------------------------------------------------------------------------
-_DT = {"bf16": ("bf16", 2), "fp16": ("fp16", 2), "fp32": ("fp32", 4)}
-
-
-# integer arguments that are multiples of 16 at the headline shapes (B a power of two, D = 256 or 768, contiguous
-# rows): Triton specialises them so at launch, which decides vector widths and async copies
-_DIV_FWD = ["M", "N", "D", "stride_x", "stride_y", "diag_off", "M_BUCKET", "N_BUCKET"]
-_DIV_GRAD = ["M", "N", "D", "diag_off", "stride_x", "stride_y", "stride_dx", "M_BUCKET", "N_BUCKET"]
-
-
-def sm90_specs(D: int, dtype: str) -> list[dict]:
-    """Every shipped (pruned) config of every kernel variant the fused path launches, at feature width D and
-    input dtype "bf16" | "fp16" | "fp32": dicts with name, fn, signature, constexprs, num_warps, num_stages
-    (and config, the tuple; divisible, the integer arguments Triton sees as multiples of 16 at such shapes)."""
-    if not HAS_TRITON:
-        return []
-    ty, es = _DT[dtype]
-    prec = "ieee" if es == 2 else "tf32"
-    ints = {k: "i32" for k in ("M", "N", "D")}
-    specs = []
-    fwd_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", ROW_M="*fp32", ROW_L="*fp32", COL_M="*fp32", COL_L="*fp32",
-                   POS="*fp32", **ints,
-                   stride_x="i32", stride_y="i32", diag_off="i32", M_BUCKET="i32", N_BUCKET="i32")
-    for name, wc, wp in (("infonce_fwd_rows_cols", True, True), ("infonce_fwd_rows", False, True)):
-        for c in shipped_configs("fwd", D, es):
-            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], WITH_COLS=wc, WITH_POS=wp, UPCAST=False,
-                      PRECISION=prec, EVEN_D=D % c[2] == 0)
-            cx["SAFE_COLS"] = True
-            specs.append(dict(name=name, fn=_infonce_fwd_kernel, signature=dict(fwd_sig, **{k: "constexpr" for k in cx}),
-                              constexprs=cx, num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_FWD,
-                              # the steady-state loop: tiles off the diagonal, no column below the underflow guard
-                              hot_constexprs=dict(WITH_POS=False, SAFE_COLS=False),
-                              hot_tile=(c[0] * c[1], -(-D // c[2]))))
-    acc_w, n_acc, chunked, split = _grad_shape(D, False, es)
-    grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
-                    DS="*fp32", **ints, pos_coef="fp32", ds_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
-                    stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
-    for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
-                                  ("infonce_grad_gathered_cols", False, True, False, False)):
-        for c in shipped_configs("grad", D, es):
-            cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked,
-                      SPLIT=split, HAS_A=a, HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec,
-                      EVEN_D=D % c[2] == 0)
-            specs.append(dict(name=name, fn=_infonce_grad_kernel,
-                              signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
-                              num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD,
-                              # the steady-state loop: tiles off the diagonal (no positives to subtract)
-                              hot_constexprs=dict(HAS_PARTNER=False),
-                              hot_tile=(c[0] * c[1], -(-D // c[2]) if chunked else 1)))
-    return specs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -893,10 +820,7 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
         raise ValueError(f"infonce_loss: chunk_size must be a positive int; got {chunk_size!r}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"infonce_loss: unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    impl = resolve_impl("infonce_loss", impl, ecg_emb.device, IMPLS, "chunked")
-    if impl == "fused" and ecg_emb.device.type != "cuda" and not KERNELS_INTERPRETED:
-        raise RuntimeError("infonce_loss: impl 'fused' on CPU tensors needs the Triton interpreter active when "
-                           "melp_kernels.infonce was imported (TRITON_INTERPRET=1 before the import); use 'auto'")
+    impl = resolve_impl("infonce", impl, ecg_emb.device)
     if ecg_emb.dtype != torch.float32:
         prec = "ieee"  # half operands: the tensor-core dot whatever the flag says
     else:

@@ -201,7 +201,7 @@ def _zero_loss(beats, sents, dtype):
 
 def _resolve(impl, device, K, S, t1=4.0):
     asked = impl
-    impl = resolve_impl("local loss", impl, device, IMPLS, "batched")
+    impl = resolve_impl("local loss", impl, device)
     if impl == "fused" and asked == "auto" and not abs(float(t1)) <= 80.0:
         return "batched"  # the fused softmax over beats takes |t1| <= 80
     if impl == "fused" and not fused_supported(K, S):

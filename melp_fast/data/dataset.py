@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.utils.data
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .store import Store
 from .tokenize import ROW_KEYS, ReportTokenizer, pad_rows
@@ -181,32 +181,3 @@ class Collate:
                 self._cache[rep] = {k: out[k][r, :L].clone() for k in ROW_KEYS}
                 self._cache[rep]["eos_pos"] = int(out["eos_pos"][r])
         return pad_rows([self._cache[r] for r in reports], self.tokenizer.pad)
-
-
-class ShardChunkSampler(Sampler):
-    """Indices in chunks of ``chunk`` consecutive store records (chunk order and order inside each chunk shuffled
-    per epoch, seeded), for stores larger than the page cache: a batch then reads a few contiguous runs instead of
-    scattered records. Distributed: chunks are dealt to ranks round-robin. Records of one chunk are neighbours in
-    the listing (e.g. the same MIMIC subject), so keep ``chunk`` well below the batch size or shuffle the listing."""
-
-    def __init__(self, n: int, chunk: int = 16, seed: int = 0, rank: int = 0, world: int = 1):
-        self.n, self.chunk, self.seed, self.rank, self.world, self.epoch = n, chunk, seed, rank, world, 0
-        self.n_chunks = -(-n // chunk)
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def _mine(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n_chunks)
-        return order[self.rank::self.world], rng
-
-    def __iter__(self):
-        chunks, rng = self._mine()
-        for c in chunks:
-            idx = np.arange(c * self.chunk, min(self.n, (c + 1) * self.chunk))
-            yield from rng.permutation(idx).tolist()
-
-    def __len__(self):
-        chunks, _ = self._mine()
-        return int(sum(min(self.n, (c + 1) * self.chunk) - c * self.chunk for c in chunks))

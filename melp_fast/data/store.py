@@ -27,7 +27,6 @@ one is rebuilt). ``write_store`` builds a store in this process from an iterable
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -437,18 +436,6 @@ def _atomic_write(path: Path, data: bytes):
     tmp = path.with_name(path.name + ".tmp")
     _fsync_write(tmp, data)
     os.replace(tmp, path)
-
-
-def store_digest(path) -> str:
-    """sha256 over every file of a store (relative path and bytes), to compare two builds."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def write_store(path, records, n: int | None = None, *, fs: int = FS, n_samples: int = N_SAMPLES, leads=None,

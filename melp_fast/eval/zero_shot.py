@@ -50,12 +50,11 @@ from tqdm import tqdm
 from ..data.dataset import Collate, ECGTextDataset
 from ..data.store import Store
 from .tasks import (KNOWN_TASKS, PROTOCOLS, EvalError, check_protocol, open_store, route_tasks,  # noqa: F401
-                         store_protocol, store_tasks, task_key, task_sets, task_split)
+                    store_tasks, task_key, task_sets, task_split)
 from .linear_probe import linear_probe, reference_probe
-from .metrics import (SCORING_TEXT, SCORINGS, auroc, bootstrap_ci, per_class_auroc,  # noqa: F401 (public names)
-                      reference_auroc, score_set)
-from .prompts import PROMPT_DIR, load_prompts, prompt_embeddings, prompt_path, prompt_tasks, task_prompts  # noqa: F401
-from .tables import TASK_TITLES, comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
+from .metrics import SCORING_TEXT, SCORINGS, auroc, bootstrap_ci, per_class_auroc, score_set  # noqa: F401
+from .prompts import load_prompts, prompt_embeddings, prompt_path, prompt_tasks, task_prompts  # noqa: F401
+from .tables import comparison_table, markdown_report, paper_tables, save_json  # noqa: F401
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -14,6 +15,33 @@ from .decoder import CaptionDecoder
 from .ecg_encoder import ECGEncoder
 from .pooling import BeatPooler
 from .text import TextEncoder
+
+
+class ModelOutput(NamedTuple):
+    """What MELP.forward gives the losses (melp_fast.losses): tensors only, by name (out.rhythm, ...).
+
+    A NamedTuple rather than a dataclass: DeepSpeed's ZeRO-3 hooks find the tensors of a module's output only in
+    tuples, lists and dicts; with a dataclass the root module's backward hooks are left out (DeepSpeed warns) and a
+    ZeRO-3 run's gradient norm drifted from ZeRO-1's at the first step (tests/test_engine.py: ZeRO stages agree).
+
+    rhythm [B, E], text [B, E]: the global embeddings; beats [B, K, E] + beat_mask [B, K], sents [B, S, E] +
+    sent_mask [B, S]: the local ones; caption_hidden [N, H], caption_targets [N] (-100: no target), caption_weight
+    [V, H] and caption_bias ([V] or None): the caption head's input and parameters (the head runs in the loss, with
+    or without [N, V] logits); logit_scale: exp(logit scale), 0-d; caption_dropped: the targets left out when
+    model.caption_tokens > 0 (0-d), else None."""
+
+    rhythm: torch.Tensor
+    beats: torch.Tensor
+    beat_mask: torch.Tensor
+    text: torch.Tensor
+    sents: torch.Tensor
+    sent_mask: torch.Tensor
+    caption_hidden: torch.Tensor
+    caption_targets: torch.Tensor
+    caption_weight: torch.Tensor
+    caption_bias: torch.Tensor | None
+    logit_scale: torch.Tensor
+    caption_dropped: torch.Tensor | None = None
 
 
 class MELP(nn.Module):
@@ -53,22 +81,19 @@ class MELP(nn.Module):
     def encode_text(self, input_ids, attention_mask, sent_ids, eos_pos, **_) -> dict:
         return self.text(input_ids, attention_mask, sent_ids, eos_pos)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict) -> ModelOutput:
         e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
-        hidden = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"], project=False)
-        # the caption head runs in the loss (out["caption_head"](hidden, targets, impl)), with or without
-        # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0
+        # the caption head runs in the loss on (hidden, the head's weight and bias, targets), with or without
+        # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0. The
+        # decoder returns the head's parameters so that ZeRO-3 keeps them gathered for the loss (model/decoder.py)
+        hidden, weight, bias = self.decoder(t["states"], self.caption_pool(e["tokens"]), batch["attention_mask"],
+                                            project=False, with_head=True)
         hidden, targets, dropped = self.caption_rows(hidden, batch["caption_labels"])
-        out = {
-            "rhythm": e["rhythm"], "beats": e["beats"], "beat_mask": e["beat_mask"],
-            "text": t["text"], "sents": t["sents"], "sent_mask": t["sent_mask"],
-            "caption_hidden": hidden, "caption_targets": targets, "caption_head": self.decoder.head,
-            "logit_scale": self.scale(),
-        }
-        if dropped is not None:
-            out["caption_dropped"] = dropped
-        return out
+        return ModelOutput(rhythm=e["rhythm"], beats=e["beats"], beat_mask=e["beat_mask"], text=t["text"],
+                           sents=t["sents"], sent_mask=t["sent_mask"], caption_hidden=hidden,
+                           caption_targets=targets, caption_weight=weight, caption_bias=bias,
+                           logit_scale=self.scale(), caption_dropped=dropped)
 
     def caption_rows(self, hidden: torch.Tensor, targets: torch.Tensor):
         """The decoder states [N, D] and targets [N] the caption head scores, with N fixed by the batch shape (no

@@ -4,7 +4,8 @@
 - load_open_clip_loss(): OpenCLIP's open_clip/loss.py loaded on its own (the InfoNCE peer);
 - compile_spec(spec) / resources(...): build a Triton kernel config for Hopper with Triton's bundled ptxas (no GPU needed)
   and read its registers, spill bytes, stack, shared memory and whether its dots lower to wgmma;
-- match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector).
+- match_beats(ref, det, tol): EC57-style one-to-one beat matching (Se, +P and timing errors of a beat detector);
+- store_digest(path): sha256 over every file of a store, to compare two builds.
 
 Import it the same way from a test or a benchmark script: `from melp_fast.testing.common import ...`.
 The compile helpers need TRITON_INTERPRET unset when the kernels are defined: call them in a fresh process.
@@ -12,6 +13,7 @@ The compile helpers need TRITON_INTERPRET unset when the kernels are defined: ca
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import platform
@@ -297,3 +299,18 @@ def output_path(args, name: str) -> str | None:
     if not args.write and RESULTS in Path(args.out).resolve().parents:
         raise SystemExit(f"--out {args.out} is under benchmarks/results/ (the committed results): add --write")
     return args.out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stores
+# ----------------------------------------------------------------------------------------------------------------
+def store_digest(path) -> str:
+    """sha256 over every file of a store (relative path and bytes), to compare two builds."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

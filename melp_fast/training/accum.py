@@ -70,18 +70,18 @@ class EmbeddingCache:
         self.criterion, self.check_replay, self.replay_diffs = criterion, check_replay, []
 
     def first_pass(self, engine, batches: list[dict]) -> tuple[dict, dict]:
-        c = self.criterion.cfg
+        c, impl = self.criterion.cfg, self.criterion.impl
         device = engine.device
         rng, cached, caps, counts, dropped = [], [], [], [], []
         with torch.no_grad():
             for batch in batches:
                 rng.append(rng_state(device))
                 out = engine(batch)
-                cached.append({k: out[k].detach() for k in (*EMBEDDINGS, "beat_mask", "sent_mask", "logit_scale")})
-                caps.append(caption_term(out, c.impl).float())
-                counts.append((out["caption_targets"] != -100).sum().float())
-                if "caption_dropped" in out:
-                    dropped.append(out["caption_dropped"].float())
+                cached.append({k: getattr(out, k).detach() for k in (*EMBEDDINGS, "beat_mask", "sent_mask", "logit_scale")})
+                caps.append(caption_term(out, impl["caption head"]).float())
+                counts.append((out.caption_targets != -100).sum().float())
+                if out.caption_dropped is not None:
+                    dropped.append(out.caption_dropped.float())
         k = max(x["beats"].shape[1] for x in cached)
         leaves = {"rhythm": torch.cat([x["rhythm"] for x in cached]), "text": torch.cat([x["text"] for x in cached]),
                   "beats": pad_beats([x["beats"] for x in cached], k),
@@ -91,9 +91,9 @@ class EmbeddingCache:
         beat_mask = pad_beats([x["beat_mask"] for x in cached], k, value=False)
         sent_mask = torch.cat([x["sent_mask"] for x in cached])
         with torch.enable_grad():
-            g = infonce_loss(leaves["rhythm"], leaves["text"].to(leaves["rhythm"].dtype), scale, impl=c.impl)
+            g = infonce_loss(leaves["rhythm"], leaves["text"].to(leaves["rhythm"].dtype), scale, impl=impl["infonce"])
             loc = local_alignment_loss(leaves["beats"], beat_mask, leaves["sents"], sent_mask,
-                                       t1=c.t1, t2=c.t2, t3=c.t3, impl=c.impl)
+                                       t1=c.t1, t2=c.t2, t3=c.t3, impl=impl["local loss"])
             contrastive = c.global_weight * g + c.local_weight * loc
             grads = torch.autograd.grad(contrastive, [*leaves.values(), scale], allow_unused=True)
         grads = [torch.zeros_like(t) if d is None else d for d, t in zip(grads, [*leaves.values(), scale])]
@@ -124,11 +124,11 @@ class EmbeddingCache:
         set_rng_state(state["rng"][i], engine.device)
         out = engine(state["batches"][i])
         grads = state["grads"][i]
-        sur = sum((out[k].float() * grads[k].float()).sum() for k in EMBEDDINGS)
+        sur = sum((getattr(out, k).float() * grads[k].float()).sum() for k in EMBEDDINGS)
         if i == 0:  # the logit scale is one parameter of the whole batch: its gradient enters once
-            sur = sur + (out["logit_scale"].float() * state["scale_grad"].float()).sum()
-        sur = sur + c.caption_weight * state["weights"][i] * caption_term(out, c.impl).float()
+            sur = sur + (out.logit_scale.float() * state["scale_grad"].float()).sum()
+        sur = sur + c.caption_weight * state["weights"][i] * caption_term(out, self.criterion.impl["caption head"]).float()
         if self.check_replay:
             was = state["cached"][i]
-            self.replay_diffs.append(max(float((out[k].detach() - was[k]).abs().max()) for k in EMBEDDINGS))
+            self.replay_diffs.append(max(float((getattr(out, k).detach() - was[k]).abs().max()) for k in EMBEDDINGS))
         return sur

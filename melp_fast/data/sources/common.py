@@ -139,12 +139,6 @@ def check_file_bytes(path: Path, limit: int = MAX_FILE_BYTES):
         raise SkipRecord(f"{path.name} is {size} bytes, more than the {limit} read for one record")
 
 
-def safe_file(root, rel, suffix: str) -> Path:
-    """safe_path of ``rel + suffix`` (both the record stem and the actual file are checked)."""
-    safe_path(root, rel)
-    return safe_path(root, str(rel) + suffix)
-
-
 # ------------------------------------------------------------------------------------------------- reading
 # bytes per sample of the WFDB formats read natively (single data file, channels interleaved by frame)
 _BYTES = {"16": 2.0, "212": 1.5, "80": 1.0, "24": 3.0, "32": 4.0, "61": 2.0, "8": 1.0, "160": 2.0, "310": 4 / 3,
