@@ -1,4 +1,4 @@
-"""Benchmark of melp_fast.data.beats (issues 7 and 16): speed and accuracy, side by side with NeuroKit2 and wfdb.
+"""Benchmark of melp_fast.data.beats: speed and accuracy, side by side with NeuroKit2 and wfdb.
 
     python benchmarks/segmentation.py [--records 2000] [--nk-records 200] [--xqrs-records 20]
                                       [--provoke-records 5] [--provoke-real 5] [--write [--out FILE]]
@@ -8,7 +8,7 @@
 The report is printed; it is written to a file only with ``--write`` (so a quick run never overwrites the results
 of a full one).
 
-Many-seed mode (``--seeds N``, issue 31): every provoking synthetic case (beat_cases.KINDS and HARD_KINDS) at each
+Many-seed mode (``--seeds N``): every provoking synthetic case (beat_cases.KINDS and HARD_KINDS) at each
 rate, N random record seeds each (31-bit, drawn from --seed-base, the case and the rate; each the seed the case
 builder receives), ours on all leads and NeuroKit2 on lead II of the same record in the same run; prints per case
 and rate the distribution of the per-draw Se and +P (min, 5th percentile, median) beside NeuroKit2's, the number of

@@ -16,6 +16,7 @@ Each rule is also run on a planted violation, so that a rule that cannot fail is
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,24 @@ def test_no_citation_of_a_file_outside_the_repository():
              *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
     spec = "MELP_" + "SPEC"  # spelled apart, so that this file does not cite it either
     assert [str(f.relative_to(ROOT)) for f in files if spec in f.read_text(encoding="utf-8")] == []
+
+
+ISSUE_NUMBER = re.compile(r"\b[Ii]ssues? #?\d+")
+UPSTREAM = re.compile(r"\b(?:[Tt]riton|DeepSpeed|PyTorch|torch) issue #?\d+")  # public upstream bugs stay named
+
+
+def issue_numbers(text: str) -> list[str]:
+    """The project-issue numbers a text cites (a reader of a clone cannot follow them); upstream bugs are allowed."""
+    return [m.group(0) for m in ISSUE_NUMBER.finditer(UPSTREAM.sub("", text))]
+
+
+def test_no_issue_numbers():
+    """Code, tests, docs and results name the behaviour, not the tracker entry that asked for it."""
+    files = [*(ROOT / "melp_fast").rglob("*.py"), *(ROOT / "kernels").rglob("*.py"), *(ROOT / "tests").glob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "benchmarks" / "results").rglob("*.md"),
+             *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    found = {str(f.relative_to(ROOT)): issue_numbers(f.read_text(encoding="utf-8")) for f in files}
+    assert {k: v for k, v in found.items() if v} == {}
+    planted = "as " + "issue 24 asked; see " + "issues 3"  # spelled apart, so that this file does not cite them
+    assert issue_numbers(planted) == ["issue 24", "issues 3"]
+    assert issue_numbers("triton issue 11584 and DeepSpeed issue 5443") == []

@@ -1,4 +1,4 @@
-"""Provoking test cases for the beat detector (issue 16), shared by tests/test_beats_provoking.py and
+"""Provoking test cases for the beat detector, shared by tests/test_beats_provoking.py and
 benchmarks/segmentation.py (not part of the installed library).
 
 Each builder returns ``(x, ref)``: float64 ``(leads, samples)`` in mV and the int64 reference R-peak samples.
@@ -362,7 +362,7 @@ def load_dicom_annotated(path=None):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# harder provoking records (issue 31): coupled ectopy of every morphology, baseline steps, the T-window boundary
+# harder provoking records: coupled ectopy of every morphology, baseline steps, the T-window boundary
 # ---------------------------------------------------------------------------------------------------------------
 HARD_KINDS = ("bigeminy_var", "trigeminy_var", "step_t", "step_late", "step_pair", "step_multi", "step_on_qrs",
               "transient_t_end")
