@@ -261,29 +261,40 @@ def valid_keys(cfg) -> list[str]:
     return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
 
 
+def _as_type(value, hint, raw: str | None = None) -> tuple[bool, Any]:
+    """(True, `value` as a value of type `hint`) or (False, the names of the types the field takes). `raw`: the
+    --set string the value was parsed from (a str field takes it as typed); None for a recipe file's value."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for t in options:
+        if t is type(None) and value is None:
+            return True, None
+        if t is bool and isinstance(value, bool):
+            return True, value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if t is str and raw is not None and raw != "":
+            return True, raw if not isinstance(value, str) else value
+        if t is str and raw is None and isinstance(value, str):
+            return True, value
+        if t in (tuple, list) and isinstance(value, (list, tuple)) and \
+                all(isinstance(v, (int, float, str)) for v in value):
+            return True, t(value)
+    return False, " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
+
+
 def _typed(key: str, raw: str, hint) -> Any:
     """`raw` (a --set value) as a value of type `hint`, or a UserError that says what the field takes."""
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    for t in options:
-        if t is type(None) and value is None:
-            return None
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is str and raw != "":
-            return raw if not isinstance(value, str) else value
-        if t in (tuple, list) and isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
-            return t(value)
-    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
-    raise UserError(f"--set {key}={raw}: {key} takes {names}, not {raw!r}")
+    ok, got = _as_type(value, hint, raw)
+    if not ok:
+        raise UserError(f"--set {key}={raw}: {key} takes {got}, not {raw!r}")
+    return got
 
 
 def apply_overrides(cfg, overrides: list[str]):
@@ -317,24 +328,10 @@ def from_args(cfg, args, flags: dict[str, tuple[str, str]]):
 
 def _recipe_value(where: str, key: str, value, hint) -> Any:
     """A recipe's value (already parsed) as a value of type `hint`, or a UserError naming the file and key."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    for t in options:
-        if t is type(None) and value is None:
-            return None
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is str and isinstance(value, str):
-            return value
-        if t in (tuple, list) and isinstance(value, (list, tuple)) and \
-                all(isinstance(v, (int, float, str)) for v in value):
-            return t(value)
-    names = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in options)
-    raise UserError(f"{where}: {key} takes {names}, not {value!r}")
+    ok, got = _as_type(value, hint)
+    if not ok:
+        raise UserError(f"{where}: {key} takes {got}, not {value!r}")
+    return got
 
 
 def read_recipe(path) -> dict:
