@@ -171,3 +171,19 @@ def crafted_mat(path, n_sig: int, n_samples: int, data_bytes: int, int16: bool, 
     data = b"".join(parts)
     header = b"MATLAB 5.0 MAT-file, crafted".ljust(116) + b"\0" * 8 + np.array([0x0100], "<u2").tobytes() + b"IM"
     _Path(path).write_bytes(header + tag(15, len(data)) + data)
+
+
+def spawn(worker, args, nprocs: int, limit_s: float, what: str) -> None:
+    """Run worker(rank, *args) on `nprocs` spawned processes; fail the test (killing them) after limit_s seconds."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.time() + limit_s
+    while not ctx.join(timeout=2):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{what} timed out after {limit_s:.0f} s")

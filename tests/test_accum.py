@@ -1,4 +1,4 @@
-"""Gradient accumulation (train.accum_steps, melp_fast/accum.py): 4 micro-batches of 8 in "cache" mode give the loss
+"""Gradient accumulation (train.accum_steps, melp_fast/training/accum.py): 4 micro-batches of 8 in "cache" mode give the loss
 and the gradients of one batch of 32 (fp32, dropout off), on one process and on two gloo processes (against two
 processes with a batch of 32 each); with dropout on, each micro-batch's second pass reproduces its cached
 embeddings exactly; "plain" (DeepSpeed's accumulation: negatives per micro-batch) differs, and says so; a
@@ -6,30 +6,20 @@ non-finite loss in any micro-batch skips the whole step and leaves no gradient b
 
 The data and model are drawn from fixed seeds (tests/accum_worker.py: model seed 7, data seed 100 + rank)."""
 
-import time
 
 import pytest
 import torch
 
-from helpers import free_port
+from helpers import free_port, spawn
 
 pytestmark = pytest.mark.slow
 
 
-def spawn(world: int, out, cases, limit_s: int = 240) -> dict:
+def run_workers(world: int, out, cases, limit_s: int = 240) -> dict:
     """accum_worker.worker on `world` spawned processes; their results by rank."""
-    import torch.multiprocessing as mp
-
     from accum_worker import worker
 
-    ctx = mp.start_processes(worker, args=(world, free_port(), str(out), cases), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=2):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{world}-process accumulation run timed out")
+    spawn(worker, (world, free_port(), str(out), cases), world, limit_s, f"{world}-process accumulation run")
     return {r: torch.load(out / f"rank{r}.pt") for r in range(world)}
 
 
@@ -56,7 +46,7 @@ CASES = [("big", "big", 0.0), ("cache_nan", "cache", 0.0, 1), ("plain", "plain",
 
 
 def test_cache_mode_is_one_big_batch_on_one_process(tmp_path):
-    r = spawn(1, tmp_path, CASES)[0]
+    r = run_workers(1, tmp_path, CASES)[0]
     # the cache step (after a skipped one, which must have left no gradient behind) is the big batch's
     assert r["cache_nan"]["skipped_step"] is None and r["cache_nan"]["after_skip"] == (0, 1)
     check_same_step(r["cache_nan"], r["big"])
@@ -75,7 +65,7 @@ def test_cache_mode_is_one_big_batch_on_one_process(tmp_path):
 
 
 def test_cache_mode_is_one_big_batch_on_two_processes(tmp_path):
-    r = spawn(2, tmp_path, [("big", "big", 0.0), ("cache", "cache", 0.0)])
+    r = run_workers(2, tmp_path, [("big", "big", 0.0), ("cache", "cache", 0.0)])
     for rank in (0, 1):
         check_same_step(r[rank]["cache"], r[rank]["big"])
     # the ranks had different data, and DeepSpeed handed both the same all-reduced gradients

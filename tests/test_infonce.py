@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from melp_kernels.infonce import infonce_loss
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from melp_fast.testing.common import load_open_clip_loss  # noqa: E402
 from melp_fast.testing.infonce_tools import count_matmul_flops  # noqa: E402
+from helpers import spawn  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
@@ -472,22 +472,9 @@ def _autotune_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def _spawn_two(worker, args, limit_s, what):
-    """Run worker(rank, *args) on 2 spawned processes; fail the test (killing them) after limit_s seconds."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
-    deadline = time.time() + limit_s
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{what} timed out")
-
-
 @pytest.mark.slow
 def test_autotune_rank0_choice_broadcast(tmp_path):
-    _spawn_two(_autotune_worker, (2, str(tmp_path / "init"), str(tmp_path)), 120, "2-process autotune run")
+    spawn(_autotune_worker, (2, str(tmp_path / "init"), str(tmp_path)), 2, 120, "2-process autotune run")
     r0, r1 = (torch.load(tmp_path / f"at{r}.pt") for r in range(2))
     assert r0["cfg"] == r1["cfg"] == (128, 64, 64, 8, 2)
     assert r0["calls"] == [0] and r1["calls"] == []  # only rank 0 timed anything
@@ -577,7 +564,7 @@ def _dist_worker(rank, world, init_file, out_dir):
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
     world = 2
-    _spawn_two(_dist_worker, (world, str(tmp_path / "init"), str(tmp_path)), 150, "2-process gloo run")
+    spawn(_dist_worker, (world, str(tmp_path / "init"), str(tmp_path)), 2, 150, "2-process gloo run")
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     e_all, t_all = _inputs(DIST_B_LOCAL * world, DIST_D, seed=123)
     for scale in DIST_SCALES:
