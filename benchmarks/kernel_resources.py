@@ -104,7 +104,7 @@ def run(dims, dtypes, quick=False, only=None, log=print):
                         r = resources(kern)
                         row.update({k: r.get(k) for k in ("registers", "spills", "stack", "shared", "wgmma")})
                         row["problems"] = resource_problems(r)
-                        row.update(_hot(spec, kern, dt))
+                        row.update(hot_figures(spec, kern, dt))
                     except Exception as ex:  # a config that does not compile is a failure too
                         row["problems"] = [f"compile error: {type(ex).__name__}: {str(ex).splitlines()[0][:160]}"]
                     row["compile_s"] = round(time.time() - t0, 1)
@@ -113,7 +113,7 @@ def run(dims, dtypes, quick=False, only=None, log=print):
     return rows, notes
 
 
-def _hot(spec, kern, dt):
+def hot_figures(spec, kern, dt):
     """The SASS hot-loop figures of a spec (its steady-state variant when it names one)."""
     prec = spec["constexprs"].get("PRECISION", "ieee")
     tc = dt if dt != "fp32" else ("tf32" if str(prec).startswith("tf32") else "fp32")

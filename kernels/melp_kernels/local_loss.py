@@ -939,16 +939,24 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
         cx = _fwd_meta(cfg, f32dot, prec, prec)
         sig = dict(ptrs, FLAGS="*i32", OUT="*fp32", **ints, n_ib="i32", n_split="i32", **temps,
                    **{k: "constexpr" for k in cx})
+        rows, cols = cfg.BJ * cfg.KP, cfg.BI_F * cfg.SP
+        trips = cfg.DP // cfg.BD  # the a = E S^T loop over D chunks (1: whole-D tiles)
         out.append(dict(name=f"local_fwd_K{K}_S{S}_D{D}_{dtype}", fn=_local_fwd_kernel, signature=sig,
-                        constexprs=cx, num_warps=FWD_WARPS, num_stages=NUM_STAGES, divisible=div))
+                        constexprs=cx, num_warps=FWD_WARPS, num_stages=NUM_STAGES, divisible=div,
+                        config=(rows, cols, cfg.BD), hot_tile=(rows * cols, trips)))
         for for_s in (False, True):
             cx = _bwd_meta(cfg, for_s, True, dtype != "bf16", f32dot, prec, prec)
             sig = dict(ptrs, GS="*fp32", GOUT="*fp32", GX="*fp32" if not for_s else f"*{dtype}", **ints, n_ob="i32",
                        n_sk="i32", **temps,
                        **{k: "constexpr" for k in cx})
+            rows, cols = cx["BJ"] * cfg.KP, cx["BI"] * cfg.SP
+            # each of the DP / BDO output-column programs recomputes the tile: per element of a over the whole
+            # pass, the loop's count is taken that many times (hot_tile's elements divided by it)
+            n_col = cfg.DP // cx["BDO"]
             out.append(dict(name=f"local_bwd_{'dS' if for_s else 'dE'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_bwd_kernel,
                             signature=sig, constexprs=cx, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
-                            divisible=div))
+                            divisible=div, config=(rows, cols, cx["BDO"]),
+                            hot_tile=(rows * cols / n_col, cfg.DP // cfg.BD)))
     BB = 1024  # the CLIP kernel at B = 1024 (its tile is CLIP_ELEMS at any B)
     out.append(dict(name=f"local_clip_B{BB}_{dtype}", fn=_clip_kernel,
                     signature={"SIM": "*fp32", "FLAGS": "*i32", "LOSS": "*fp32", "DSIM": "*fp32", "RLSE": "*fp32",
