@@ -12,7 +12,7 @@ FLOP per clock per SM, MUFU at 16 per clock per SM; the largest is the bound).
 Exit status 1 if any compiled kernel spills, has a stack frame or needs more than 227 KB of shared memory.
 
 Discovery: every module kernels/melp_kernels/<name>.py that defines `sm90_specs(D: int, dtype: str) -> list[dict]`
-(keys name, fn, signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer
+(optionally SM90_DTYPES, the input dtypes it ships, compiled when --dtypes is not given; spec keys name, fn, signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer
 arguments that are multiples of 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner
 K loop) and hot_constexprs, constexpr overrides that compile the steady-state loop for the SASS count, e.g. without
 a branch taken on one tile in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments
@@ -38,6 +38,9 @@ if ROOT not in sys.path:
 
 from benchmarks.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
                                resources)
+
+
+DTYPES = ("bf16", "fp32")  # the input dtypes compiled by default (a module's SM90_DTYPES replaces them)
 
 
 def _kernel_package():
@@ -80,6 +83,7 @@ def _label(spec):
 
 
 def run(dims, dtypes, quick=False, only=None, log=print):
+    """dtypes None: per module its SM90_DTYPES (the input dtypes it ships) when it names them, else DTYPES."""
     import triton
 
     found, notes = discover(only)
@@ -88,7 +92,7 @@ def run(dims, dtypes, quick=False, only=None, log=print):
     rows = []
     for mod_name, mod in found:
         for D in dims:
-            for dt in dtypes:
+            for dt in dtypes or getattr(mod, "SM90_DTYPES", DTYPES):
                 specs = mod.sm90_specs(D, dt)
                 if quick:
                     first = {}
@@ -159,10 +163,14 @@ def main(argv=None):
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 768],
                     help="feature widths (default 256 768, what gpu_check.sh has time for; the committed tables "
                          "use --dims 128 256 512 768 1024)")
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=["bf16", "fp16", "fp32"],
+                    help="input dtypes (default: a module's SM90_DTYPES, else bf16 fp32)")
     ap.add_argument("--quick", action="store_true", help="only the first config of each kernel")
     ap.add_argument("--only", nargs="+", default=None, help="kernel modules to compile (default: all)")
     ap.add_argument("--out", default=None, help="write the markdown table here and the JSON beside it")
+    ap.add_argument("--keep", default=None,
+                    help="a JSON this script wrote (same Triton): its rows of the modules not compiled now are kept "
+                         "(with --only: refresh one module's rows of a committed table)")
     args = ap.parse_args(argv)
 
     def log(*a, file=None):
@@ -170,6 +178,16 @@ def main(argv=None):
 
     t0 = time.time()
     rows, notes = run(args.dims, args.dtypes, args.quick, args.only, log)
+    if args.keep:
+        import triton
+
+        with open(args.keep) as f:
+            old = json.load(f)["rows"]
+        fresh = {r["module"] for r in rows}
+        kept = [r for r in old if r["module"] not in fresh]
+        if any(r.get("triton") != triton.__version__ for r in kept):
+            raise SystemExit(f"kernel_resources: {args.keep} holds rows of another Triton than {triton.__version__}")
+        rows = sorted(kept + rows, key=lambda r: r["module"])  # stable: each module's rows keep their order
     bad = [r for r in rows if r["problems"]]
     cmd = "python benchmarks/kernel_resources.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = ["# sm_90 resources of the Triton kernels (compiled with Triton's bundled ptxas, no GPU)", "",
@@ -179,7 +197,10 @@ def main(argv=None):
           "- Hot loop (from the SASS): the kernel's tile loop, an inner K loop counted once per trip, per logit of "
           "the tile: warp-instructions (x num_warps / logits), MUFU lane-operations; clocks per logit per SM: issue "
           "= warp-instr / 4, tensor = wgmma FLOP / 4096 (bf16, fp16) or / 2048 (tf32), MUFU = MUFU / 16; bound = "
-          "the largest. Static counts of the steady-state variant (hot_constexprs) where the kernel names one.", ""]
+          "the largest. Static counts of the steady-state variant (hot_constexprs) where the kernel names one.",
+          "- local_loss rows: a logit is an element of a (the B x B x K x S beat-sentence dot products); a backward "
+          "pass's figures count the tile's recompute by each of its DP / BDO output-column programs (config: tile "
+          "rows x columns x BDO).", ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
     md += [table(rows), "",
            f"{len(rows)} kernels compiled in {time.time() - t0:.0f} s; {len(bad)} with a problem."]

@@ -166,8 +166,8 @@ def test_fused_chunks_and_splits(device, out_d, monkeypatch):
     _fused_device(device)
     if out_d:
         monkeypatch.setattr(ll, "OUT_D", out_d)
-    e, bm, s, sm = make(20, 3, 4, 150, seed=11, device=device)
-    cfg = ll._tile_cfg(20, 3, 4, 150, wide16=False)
+    e, bm, s, sm = make(20, 3, 6, 150, seed=11, device=device)
+    cfg = ll._tile_cfg(20, 3, 6, 150, wide16=False)
     assert -(-20 // cfg.BJ) > 1 and -(-20 // cfg.BI_F) >= 3 and cfg.DP // cfg.BD > 1 and (20 % cfg.BJ or 20 % cfg.BI_F)
     assert -(-20 // cfg.BJ_B) > 1 and -(-20 // cfg.BI_B) > 1 and cfg.DP // cfg.BDO_E > (3 if out_d else 1)
     bm_eff, sm_eff, _, _ = ll._effective_masks(bm, sm)
@@ -427,11 +427,12 @@ def test_fused_float64_inputs_compute_in_fp32(device):
 
 def test_flop_counts():
     """fused: 5 u of D-wide dots at K = S = 16 (u = 2 B^2 K S D: a in the forward and in both backward passes,
-    the dE and dS accumulations), the K x K Gram dots (8 KP / D u) a smaller extra."""
+    the dE and dS accumulations), the Gram dots (block-diagonal, about N / D u each for N beat columns of a
+    tile: 0.59 u here) a smaller extra."""
     B, K, S, D = 256, 16, 16, 256
     u = 2.0 * B * B * K * S * D
     wide, gram = ll.matmul_flops(B, K, S, D, "fused")
-    assert wide == 5 * u and gram <= 0.52 * u
+    assert wide == 5 * u and gram <= 0.6 * u
     assert ll.matmul_flops(B, K, S, D, "batched")[0] == 3 * u
     # padding counts: K = 9 runs in 16 slots
     assert ll.matmul_flops(B, 9, S, D, "fused")[0] > 5 * 2.0 * B * B * 9 * S * D
