@@ -12,10 +12,11 @@ FLOP per clock per SM, MUFU at 16 per clock per SM; the largest is the bound).
 Exit status 1 if any compiled kernel spills, has a stack frame or needs more than 227 KB of shared memory.
 
 Discovery: every module kernels/melp_kernels/<name>.py that defines `sm90_specs(D: int, dtype: str) -> list[dict]`
-(optionally SM90_DTYPES, the input dtypes it ships, compiled when --dtypes is not given; spec keys name, fn, signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer
-arguments that are multiples of 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner
-K loop) and hot_constexprs, constexpr overrides that compile the steady-state loop for the SASS count, e.g. without
-a branch taken on one tile in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments
+(optionally SM90_DTYPES, the input dtypes it ships, compiled when --dtypes is not given; spec keys name, fn,
+signature, constexprs, num_warps, num_stages; optional config, a label; divisible, the integer arguments that are
+multiples of 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner K loop) and
+hot_constexprs, constexpr overrides that compile the steady-state loop for the SASS count, e.g. without a branch
+taken on one tile in N / 128). Without hot_tile the per-logit figures are left empty. Pointer arguments
 are compiled as 16-byte aligned, as Triton specialises them for tensors from the PyTorch allocator; that alignment
 decides vector widths and asynchronous copies, so the counts here are those of a launch at the headline shapes.
 Run with TRITON_INTERPRET unset (this script unsets it for itself before importing the kernels).

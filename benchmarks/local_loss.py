@@ -313,7 +313,8 @@ def main(argv=None):
     p.add_argument("--impls", default="reference,naive,batched,fused",
                    help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
     p.add_argument("--sass", action="store_true",
-                   help="per bf16 kernel at D = 256: warp-instructions and MUFU per element of a (sm_90 SASS, no GPU) and "
+                   help="per bf16 kernel at D = 256: warp-instructions and MUFU per element of a (sm_90 SASS, no "
+                        "GPU) and "
                         "the predicted times at the headline and training shapes")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)

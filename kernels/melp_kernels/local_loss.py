@@ -435,8 +435,7 @@ if HAS_TRITON:
         x1 = tl.where(sm6, a6, float("-inf"))
         m1 = tl.max(x1, axis=1) * LOG2E
         p1 = tl.exp2(x1 * LOG2E - m1[:, None])
-        r1 = _rcp(tl.sum(p1, axis=1), FAST)
-        A1 = p1 * r1[:, None]
+        A1 = p1 * _rcp(tl.sum(p1, axis=1), FAST)[:, None]
         # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 effective beat). |t1 A1| <= |t1| <=
         # 80 (the wrapper checks): exp neither overflows nor flushes, so no segment max is needed; masked beats:
         # bb6 = -inf in the exponent's fused multiply-add (0 for the others)
@@ -453,7 +452,7 @@ if HAS_TRITON:
         x = tl.where(sm3, t2 * (num * rden), float("-inf"))
         mx = tl.max(x, axis=1)
         lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, None, :]), axis=1))  # [BI, BJ]
-        return a6, m1, r1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse
+        return a6, A1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse
 
     @triton.jit
     def _tile_backward(a, Gb, bb6, sm6, sm3, ns3, gs, t1, t2, t3, BJ: tl.constexpr, KP: tl.constexpr,
@@ -462,7 +461,7 @@ if HAS_TRITON:
         tile's share of dL/dG_j (as A2 * gnc2 and A2: dG_j = sum (A2 gnc2) A2^T) and of dL/d||s|| ([BI, SP, BJ]).
         sum_q A2 dL/dA2 = gnum num + 2 gnc2 nc2 per segment, and G_j (gnc2 A2) = gnc2 (G_j A2): no reduction over
         beats and no Gram dot beyond the forward's."""
-        a6, m1, r1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse = _tile_forward(a, Gb, bb6, sm6, sm3, ns3, t1, t2, BJ,
+        a6, A1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse = _tile_forward(a, Gb, bb6, sm6, sm3, ns3, t1, t2, BJ,
                                                                               KP, BI, SP, GPREC, FAST)
         w = tl.exp(x - lse[:, None, :])  # softmax over the valid k of t2 * cos
         gcos = gs[:, None, :] * (t3 * t2) * w
@@ -471,8 +470,6 @@ if HAS_TRITON:
         gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 * _rcp(nc, FAST), 0.0)
         s1 = gnum * num + 2.0 * gnc2 * nc2  # sum_q A2 gA2
         # gA2 = gnum a + 2 gnc2 G_j A2; gA1 = t1 A2 (gA2 - s1)
-        # A1 again from a (its exponentials recomputed: fewer tile-sized values live at once)
-        A1 = tl.exp2(tl.where(sm6, a6, float("-inf")) * 1.4426950408889634 - m1[:, None]) * r1[:, None]
         gA1 = (t1 * A2) * (_per_beat(gnum) * a6 + _per_beat(2.0 * gnc2) * GA6 - _per_beat(s1))
         ga6 = _per_beat(gnum) * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=1)[:, None])
         ga = tl.reshape(ga6, [BI * SP, BJ * KP])
@@ -586,7 +583,7 @@ if HAS_TRITON:
         else:
             gscale = 1.0
         if FOR_S:
-            hr, h_eff, hhas = _slot_masks(SMK, hb_, n, S, BI, SP)
+            hr, h_eff, _ = _slot_masks(SMK, hb_, n, S, BI, SP)
             sm6 = tl.reshape(h_eff, [BI, SP, 1, 1, 1, 1]) != 0
             sm3 = tl.reshape(h_eff, [BI, SP, 1]) != 0
             ns = tl.load(NS + hb_ * BM + tl.arange(0, BM))
@@ -596,7 +593,7 @@ if HAS_TRITON:
             if BD == DP:
                 h_all = _load_tile(Sn, hb_, S, D, hr, BI, SP, 0, DP, F32DOT)
         else:
-            jn, qn, hr, h_eff, hhas = _beat_cols(BMK, hb_, n, K, BJ, KP)
+            jn, qn, hr, h_eff, _ = _beat_cols(BMK, hb_, n, K, BJ, KP)
             bb6 = tl.reshape(tl.where(h_eff, 0.0, float("-inf")), [1, 1, NG, BJ, LPE, 2])
             Gb = _load_gram(G, hb_, jn, qn, BJ, KP)
             acc = tl.zeros([BDO, BN], dtype=tl.float32)  # dE^T: BDO rows, so its size does not follow BN
@@ -761,7 +758,7 @@ class _Cfg(NamedTuple):
     ST_F: int  # pipeline stages of the forward
     ST_E: int  # pipeline stages of the dE pass (1: its next S tile's addresses and masks are not held in
     # registers beside the tile state, which would spill)
-    ST_S: int  # pipeline stages of the dS pass
+    ST_S: int  # pipeline stages of the dS pass (2 with whole-D 16-bit tiles, else 1: no stack frame)
 
 
 def _warps(rows):
@@ -802,7 +799,7 @@ def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
     # cover theirs)
     assert BJ % f["BJ_B"] == 0 and BJ % f["BJ_S"] == 0 and BI_F % f["BI_B"] == 0 and BI_F % f["BI_E"] == 0, f
     w = dict(W_F=_warps(BI_F * SP), W_E=_warps(f["BI_E"] * SP), W_S=_warps(f["BI_B"] * SP),
-             ST_F=NUM_STAGES if wide16 else 1, ST_E=1, ST_S=NUM_STAGES if wide16 else 1)
+             ST_F=NUM_STAGES if wide16 else 1, ST_E=1, ST_S=NUM_STAGES if wide16 and BD == DP else 1)
     w.update({k: v for k, v in _BWD_OVERRIDE.items() if k in w})
     return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f, **w)
 
