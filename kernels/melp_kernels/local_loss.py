@@ -583,7 +583,7 @@ if HAS_TRITON:
         else:
             gscale = 1.0
         if FOR_S:
-            hr, h_eff, _ = _slot_masks(SMK, hb_, n, S, BI, SP)
+            hr, h_eff, h_has = _slot_masks(SMK, hb_, n, S, BI, SP)
             sm6 = tl.reshape(h_eff, [BI, SP, 1, 1, 1, 1]) != 0
             sm3 = tl.reshape(h_eff, [BI, SP, 1]) != 0
             ns = tl.load(NS + hb_ * BM + tl.arange(0, BM))
@@ -593,7 +593,7 @@ if HAS_TRITON:
             if BD == DP:
                 h_all = _load_tile(Sn, hb_, S, D, hr, BI, SP, 0, DP, F32DOT)
         else:
-            jn, qn, hr, h_eff, _ = _beat_cols(BMK, hb_, n, K, BJ, KP)
+            jn, qn, hr, h_eff, h_has = _beat_cols(BMK, hb_, n, K, BJ, KP)
             bb6 = tl.reshape(tl.where(h_eff, 0.0, float("-inf")), [1, 1, NG, BJ, LPE, 2])
             Gb = _load_gram(G, hb_, jn, qn, BJ, KP)
             acc = tl.zeros([BDO, BN], dtype=tl.float32)  # dE^T: BDO rows, so its size does not follow BN
