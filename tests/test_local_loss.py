@@ -158,11 +158,11 @@ def test_extreme_scales(scale, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("out_d", [None, 32])
+@pytest.mark.parametrize("out_d", [None, 64])
 def test_fused_chunks_and_splits(device, out_d, monkeypatch):
     """Several ECG and report blocks (forward and both backward passes), D over several chunks (fp32: 64-wide),
     padding of B, K, S and D, the report blocks split over 1, 3 and 4 forward programs per ECG block, and (out_d
-    = 32: more of them) the backward's output columns over several programs, as at D > 256."""
+    = 64: more of them) the backward's output columns over several programs, as at D > 256."""
     _fused_device(device)
     if out_d:
         monkeypatch.setattr(ll, "OUT_D", out_d)
