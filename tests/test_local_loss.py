@@ -461,7 +461,7 @@ for dt in ("bf16", "fp16", "fp32"):
     for sp in ll.sm90_specs(256, dt):
         k = compile_spec(sp)
         r = resources(k)
-        hot = hot_figures(sp, k, dt) if dt == "bf16" else {}
+        hot = hot_figures(sp, k, dt) if dt == "bf16" else dict()
         rows.append(dict(name=sp["name"], problems=resource_problems(r), hot=hot.get("warp_instr_per_logit"), **r))
 print(json.dumps(rows))
 """
