@@ -12,7 +12,8 @@ FLOP per clock per SM, MUFU at 16 per clock per SM; the largest is the bound).
 Exit status 1 if any compiled kernel spills, has a stack frame or needs more than 227 KB of shared memory.
 
 Discovery: every module kernels/melp_kernels/<name>.py with a `sm90_specs(D: int, dtype: str) -> list[dict]`,
-defined in the module or, kept out of the kernel file, in melp_fast.testing.<name>_tools (keys name, fn, signature,
+defined in the module or, kept out of the kernel file, in melp_fast.testing.<name>_tools (optionally SM90_DTYPES
+in the module, the input dtypes it ships, compiled when --dtypes is not given; spec keys name, fn, signature,
 constexprs, num_warps, num_stages; optional config, a label; divisible, the integer arguments that are multiples of
 16 at such shapes; hot_tile = (logits per tile-loop iteration, trips of an inner K loop) and hot_constexprs,
 constexpr overrides that compile the steady-state loop for the SASS count, e.g. without a branch taken on one tile
@@ -35,9 +36,12 @@ import time
 os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be defined as compilable functions
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from melp_fast.testing.common import (SHARED_LIMIT, compile_spec, hot_loop, machine, resource_problems,  # noqa: E402
-                               resources)
+from melp_fast.testing.common import (SHARED_LIMIT, compile_spec, hot_figures, machine,  # noqa: E402
+                                      resource_problems, resources)
 from melp_fast.testing.common import add_output, output_path  # noqa: E402
+
+
+DTYPES = ("bf16", "fp32")  # the input dtypes compiled by default (a module's SM90_DTYPES replaces them)
 
 
 def _kernel_package():
@@ -63,7 +67,8 @@ def _tool_specs(name):
 
 
 def discover(only=None):
-    """[(module name, its sm90_specs)] of kernel modules with compile specs; notes for those without."""
+    """[(module name, its sm90_specs, its SM90_DTYPES or None)] of kernel modules with compile specs; notes for those
+    without."""
     pkg = _kernel_package()
     found, notes = [], []
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -72,7 +77,7 @@ def discover(only=None):
         mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
         specs = getattr(mod, "sm90_specs", None) or _tool_specs(info.name)
         if specs is not None:
-            found.append((info.name, specs))
+            found.append((info.name, specs, getattr(mod, "SM90_DTYPES", None)))
         elif any(hasattr(getattr(mod, a), "fn") or type(getattr(mod, a)).__name__ == "JITFunction"
                  for a in dir(mod)):
             notes.append(f"note: kernels/{info.name}.py has Triton kernels but no sm90_specs(D, dtype); skipped")
@@ -89,15 +94,16 @@ def _label(spec):
 
 
 def run(dims, dtypes, quick=False, only=None, log=print):
+    """dtypes None: per module its SM90_DTYPES (the input dtypes it ships) when it names them, else DTYPES."""
     import triton
 
     found, notes = discover(only)
     for n in notes:
         log(n)
     rows = []
-    for mod_name, sm90_specs in found:
+    for mod_name, sm90_specs, shipped in found:
         for D in dims:
-            for dt in dtypes:
+            for dt in dtypes or shipped or DTYPES:
                 specs = sm90_specs(D, dt)
                 if quick:
                     first = {}
@@ -113,32 +119,13 @@ def run(dims, dtypes, quick=False, only=None, log=print):
                         r = resources(kern)
                         row.update({k: r.get(k) for k in ("registers", "spills", "stack", "shared", "wgmma")})
                         row["problems"] = resource_problems(r)
-                        row.update(_hot(spec, kern, dt))
+                        row.update(hot_figures(spec, kern, dt))
                     except Exception as ex:  # a config that does not compile is a failure too
                         row["problems"] = [f"compile error: {type(ex).__name__}: {str(ex).splitlines()[0][:160]}"]
                     row["compile_s"] = round(time.time() - t0, 1)
                     rows.append(row)
                     log(json.dumps(row), file=sys.stderr)
     return rows, notes
-
-
-def _hot(spec, kern, dt):
-    """The SASS hot-loop figures of a spec (its steady-state variant when it names one)."""
-    prec = spec["constexprs"].get("PRECISION", "ieee")
-    tc = dt if dt != "fp32" else ("tf32" if str(prec).startswith("tf32") else "fp32")
-    out = {"wgmma_shapes": hot_loop(kern, 1, spec["num_warps"]).get("wgmma_shapes", [])}
-    if "hot_tile" not in spec:
-        return out
-    logits, trips = spec["hot_tile"]
-    if spec.get("hot_constexprs"):
-        hs = dict(spec)
-        hs["constexprs"] = dict(spec["constexprs"], **spec["hot_constexprs"])
-        kern = compile_spec(hs)
-    h = hot_loop(kern, logits, spec["num_warps"], trips, tc)
-    keep = ("warp_instr_per_logit", "mufu_per_logit", "issue_clk_per_logit", "tc_clk_per_logit",
-            "mufu_clk_per_logit", "bound", "clk_per_logit", "tile_loop_instructions")
-    out.update({k: (round(h[k], 4) if isinstance(h.get(k), float) else h.get(k)) for k in keep})
-    return out
 
 
 def _f(v, fmt="{:.3f}"):
@@ -168,10 +155,14 @@ def main(argv=None):
     ap.add_argument("--dims", type=int, nargs="+", default=[256, 768],
                     help="feature widths (default 256 768, what gpu_check.sh has time for; the committed tables "
                          "use --dims 128 256 512 768 1024)")
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=["bf16", "fp16", "fp32"],
+                    help="input dtypes (default: a module's SM90_DTYPES, else bf16 fp32)")
     ap.add_argument("--quick", action="store_true", help="only the first config of each kernel")
     ap.add_argument("--only", nargs="+", default=None, help="kernel modules to compile (default: all)")
     add_output(ap)
+    ap.add_argument("--keep", default=None,
+                    help="a JSON this script wrote (same Triton): its rows of the modules not compiled now are kept "
+                         "(with --only: refresh one module's rows of a committed table)")
     args = ap.parse_args(argv)
     args.out = output_path(args, f"kernel_resources_triton{importlib.import_module('triton').__version__}.md")
 
@@ -180,6 +171,16 @@ def main(argv=None):
 
     t0 = time.time()
     rows, notes = run(args.dims, args.dtypes, args.quick, args.only, log)
+    if args.keep:
+        import triton
+
+        with open(args.keep) as f:
+            old = json.load(f)["rows"]
+        fresh = {r["module"] for r in rows}
+        kept = [r for r in old if r["module"] not in fresh]
+        if any(r.get("triton") != triton.__version__ for r in kept):
+            raise SystemExit(f"kernel_resources: {args.keep} holds rows of another Triton than {triton.__version__}")
+        rows = sorted(kept + rows, key=lambda r: r["module"])  # stable: each module's rows keep their order
     bad = [r for r in rows if r["problems"]]
     cmd = "python benchmarks/kernel_resources.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = ["# sm_90 resources of the Triton kernels (compiled with Triton's bundled ptxas, no GPU)", "",
@@ -189,7 +190,10 @@ def main(argv=None):
           "- Hot loop (from the SASS): the kernel's tile loop, an inner K loop counted once per trip, per logit of "
           "the tile: warp-instructions (x num_warps / logits), MUFU lane-operations; clocks per logit per SM: issue "
           "= warp-instr / 4, tensor = wgmma FLOP / 4096 (bf16, fp16) or / 2048 (tf32), MUFU = MUFU / 16; bound = "
-          "the largest. Static counts of the steady-state variant (hot_constexprs) where the kernel names one.", ""]
+          "the largest. Static counts of the steady-state variant (hot_constexprs) where the kernel names one.",
+          "- local_loss rows: a logit is an element of a (the B x B x K x S beat-sentence dot products); a backward "
+          "pass's figures count the tile's recompute by each of its DP / BDO output-column programs (config: tile "
+          "rows x columns x BDO).", ""]
     md += [f"- {n}" for n in notes] + ([""] if notes else [])
     md += [table(rows), "",
            f"{len(rows)} kernels compiled in {time.time() - t0:.0f} s; {len(bad)} with a problem."]

@@ -236,42 +236,67 @@ def fused_floors(shape, dtype):
     return (wide + gram) / rate * 1e6, byts, byts / HBM_BYTES * 1e6
 
 
+SMS, CLOCK_HZ = 132, 1.75e9  # H100 SXM / H200: multiprocessors and a sustained boost clock (predicted times)
+SASS_SHAPES = ((256, 16, 16, 256), (1024, 32, 16, 256))  # the headline shape and the training shape (B, K, S, D)
+
+
 def sass_per_element(dtype="bf16", D=256, shapes=((16, 16), (32, 16))):
-    """Warp-instructions per element of a in the hot loop of each local-loss kernel, from its sm_90 SASS (Triton's
-    bundled ptxas and cuobjdump, no GPU): the static count of the largest loop body (the walk over partner
-    blocks) x num_warps / elements of one tile. Issue-bound estimate: elements x this / (SMs x 4 x clock).
-    Rows: (name, tile rows, tile columns, warps, loop instructions, kernel instructions, per element)."""
-    import re
-    import tempfile
-
-    import triton
-
+    """Per local-loss kernel (forward, dE pass, dS pass) at each (K, S), from its sm_90 SASS (Triton's bundled
+    ptxas, no GPU), through the hot-loop count kernel_resources.py uses (melp_fast.testing.common.hot_figures): the
+    hot loop's warp-instructions and MUFU operations per element of a, and the predicted clocks per element per SM
+    (the largest of issue, tensor cores, MUFU). A backward pass's figures count each of its output-column
+    programs' recompute of the tile. Rows: dicts (kernel_resources row keys plus K, S, tile)."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from melp_fast.testing.common import compile_spec
+    from melp_fast.testing.common import compile_spec, hot_figures, resources
 
-    cuobj = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     rows = []
-    for sp in ll.sm90_specs(D, dtype, shapes=shapes):
-        if "clip" in sp["name"]:
-            continue
-        k = compile_spec(sp)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(k.asm["cubin"])
-            f.flush()
-            text = subprocess.run([cuobj, "-sass", f.name], capture_output=True, text=True).stdout
-        ins = [(int(m.group(1), 16), m.group(2)) for m in
-               (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in text.splitlines()) if m]
-        ins = [(a, o) for a, o in ins if not o.startswith("NOP")]
-        loop = 0
-        for addr, op in ins:
-            t = re.search(r"0x([0-9a-f]+)", op) if "BRA" in op else None
-            if t and int(t.group(1), 16) < addr:
-                lo = int(t.group(1), 16)
-                loop = max(loop, sum(1 for a, _ in ins if lo <= a <= addr))
-        cx = sp["constexprs"]
-        rows_, cols = cx["BJ"] * cx["KP"], cx["BI"] * cx["SP"]
-        rows.append((sp["name"], rows_, cols, sp["num_warps"], loop, len(ins), loop * sp["num_warps"] / (rows_ * cols)))
+    for (K, S), sp in zip([ks for ks in shapes for _ in range(3)],
+                          [x for x in ll.sm90_specs(D, dtype, shapes=shapes) if "clip" not in x["name"]]):
+        kern = compile_spec(sp)
+        r = resources(kern)
+        row = dict(kernel=sp["name"], K=K, S=S, tile="x".join(map(str, sp["config"][:2])), warps=sp["num_warps"],
+                   registers=r["registers"], stack=r["stack"], shared=r["shared"])
+        row.update(hot_figures(sp, kern, dtype))
+        rows.append(row)
     return rows
+
+
+def predicted_ms(rows, B, K, S, D, dtype=torch.bfloat16):
+    """{kernel kind: ms} of the fused kernels at one shape: padded elements of a x predicted clocks per element /
+    (SMS x CLOCK_HZ); full occupancy, no memory or tail effects (the CLIP kernel, B x B, is left out)."""
+    c = ll._tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
+    pad = lambda n, b: -(-n // b) * b  # noqa: E731
+    elems = {"fwd": pad(B, c.BJ) * c.KP * pad(B, c.BI_F) * c.SP,
+             "dE": pad(B, c.BJ_B) * c.KP * pad(B, c.BI_E) * c.SP,
+             "dS": pad(B, c.BJ_S) * c.KP * pad(B, c.BI_B) * c.SP}
+    out = {}
+    for r in rows:
+        if (r["K"], r["S"]) != (K, S) or not r.get("clk_per_logit"):
+            continue
+        kind = "fwd" if "_fwd_" in r["kernel"] else ("dE" if "_dE_" in r["kernel"] else "dS")
+        out[kind] = elems[kind] * r["clk_per_logit"] / (SMS * CLOCK_HZ) * 1e3
+    return out
+
+
+def sass_report(dtype="bf16", D=256):
+    rows = sass_per_element(dtype, D)
+    lines = ["| kernel | tile | warps | registers | stack B | shared KB | wgmma | warp-instr / element of a | "
+             "MUFU / element | clk / element (bound) |", "|---|---|---:|---:|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['kernel']} | {r['tile']} | {r['warps']} | {r['registers']} | {r['stack']} | "
+                     f"{r['shared'] / 1024:.1f} | {', '.join(r.get('wgmma_shapes') or [])} | "
+                     f"{r.get('warp_instr_per_logit', 0):.2f} | {r.get('mufu_per_logit', 0):.2f} | "
+                     f"{r.get('clk_per_logit', 0):.3f} ({r.get('bound')}) |")
+    lines.append("")
+    for B, K, S, Dp in SASS_SHAPES:
+        if Dp != D:
+            continue
+        ms = predicted_ms(rows, B, K, S, D)
+        if ms:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in ms.items())
+            lines.append(f"- predicted at B = {B}, K = {K}, S = {S}, D = {D} {dtype} on {SMS} SMs at "
+                         f"{CLOCK_HZ / 1e9:.2f} GHz: {sum(ms.values()):.3f} ms ({parts})")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -287,7 +312,9 @@ def main(argv=None):
     p.add_argument("--impls", default="reference,naive,batched,fused",
                    help="subset to run (the loop at B >= 512 takes minutes; naive runs out of memory at B = 1024)")
     p.add_argument("--sass", action="store_true",
-                   help="print the warp-instructions per element of a of each shipped bf16 kernel (sm_90 SASS, no GPU)")
+                   help="per bf16 kernel at D = 256: warp-instructions and MUFU per element of a (sm_90 SASS, no "
+                        "GPU) and "
+                        "the predicted times at the headline and training shapes")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--shape", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default=None,
@@ -296,10 +323,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.out = output_path(args, f"local_loss_{args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}.md")
     if args.sass:
-        print("| kernel | tile | warps | loop SASS | kernel SASS | warp-instr / element of a |")
-        print("|---|---|---:|---:|---:|---:|")
-        for name, r, c, w, loop, total, per in sass_per_element():
-            print(f"| {name} | {r} x {c} | {w} | {loop} | {total} | {per:.2f} |")
+        print(sass_report())
         return 0
     if args.worker and args.worker.startswith("ops:"):
         n = count_ops(args.worker[4:], tuple(args.shape), torch.device("cuda" if torch.cuda.is_available() else "cpu"),

@@ -608,7 +608,7 @@ def accum_timing(args) -> dict:
 
 
 def accum_report(args, rows: list[dict], timing: dict, argv) -> str:
-    from benchmarks.common import machine
+    from melp_fast.testing.common import machine
 
     omp = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
 

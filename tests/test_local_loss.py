@@ -158,16 +158,16 @@ def test_extreme_scales(scale, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("out_d", [None, 32])
+@pytest.mark.parametrize("out_d", [None, 64])
 def test_fused_chunks_and_splits(device, out_d, monkeypatch):
     """Several ECG and report blocks (forward and both backward passes), D over several chunks (fp32: 64-wide),
     padding of B, K, S and D, the report blocks split over 1, 3 and 4 forward programs per ECG block, and (out_d
-    = 32: more of them) the backward's output columns over several programs, as at D > 256."""
+    = 64: more of them) the backward's output columns over several programs, as at D > 256."""
     _fused_device(device)
     if out_d:
         monkeypatch.setattr(ll, "OUT_D", out_d)
-    e, bm, s, sm = make(20, 3, 4, 150, seed=11, device=device)
-    cfg = ll._tile_cfg(20, 3, 4, 150, wide16=False)
+    e, bm, s, sm = make(20, 3, 6, 150, seed=11, device=device)
+    cfg = ll._tile_cfg(20, 3, 6, 150, wide16=False)
     assert -(-20 // cfg.BJ) > 1 and -(-20 // cfg.BI_F) >= 3 and cfg.DP // cfg.BD > 1 and (20 % cfg.BJ or 20 % cfg.BI_F)
     assert -(-20 // cfg.BJ_B) > 1 and -(-20 // cfg.BI_B) > 1 and cfg.DP // cfg.BDO_E > (3 if out_d else 1)
     bm_eff, sm_eff, _, _ = ll._effective_masks(bm, sm)
@@ -427,11 +427,12 @@ def test_fused_float64_inputs_compute_in_fp32(device):
 
 def test_flop_counts():
     """fused: 5 u of D-wide dots at K = S = 16 (u = 2 B^2 K S D: a in the forward and in both backward passes,
-    the dE and dS accumulations), the K x K Gram dots (8 KP / D u) a smaller extra."""
+    the dE and dS accumulations), the Gram dots (block-diagonal, about N / D u each for N beat columns of a
+    tile: 0.59 u here) a smaller extra."""
     B, K, S, D = 256, 16, 16, 256
     u = 2.0 * B * B * K * S * D
     wide, gram = ll.matmul_flops(B, K, S, D, "fused")
-    assert wide == 5 * u and gram <= 0.52 * u
+    assert wide == 5 * u and gram <= 0.6 * u
     assert ll.matmul_flops(B, K, S, D, "batched")[0] == 3 * u
     # padding counts: K = 9 runs in 16 slots
     assert ll.matmul_flops(B, 9, S, D, "fused")[0] > 5 * 2.0 * B * B * 9 * S * D
@@ -451,13 +452,15 @@ def test_benchmark_script_runs(tmp_path):
 _COMPILE = """
 import json, os, sys
 os.environ.pop("TRITON_INTERPRET", None)
-from melp_fast.testing.common import compile_spec, resources, resource_problems
+from melp_fast.testing.common import compile_spec, hot_figures, resources, resource_problems
 from melp_kernels import local_loss as ll
 rows = []
 for dt in ("bf16", "fp16", "fp32"):
     for sp in ll.sm90_specs(256, dt):
-        r = resources(compile_spec(sp))
-        rows.append(dict(name=sp["name"], problems=resource_problems(r), **r))
+        k = compile_spec(sp)
+        r = resources(k)
+        hot = hot_figures(sp, k, dt) if dt == "bf16" else dict()
+        rows.append(dict(name=sp["name"], problems=resource_problems(r), hot=hot.get("warp_instr_per_logit"), **r))
 print(json.dumps(rows))
 """
 
@@ -489,6 +492,8 @@ def test_shipped_configs_compile_for_h100_without_gpu():
         # larger ones build with a stack frame), below wgmma's 64-row minimum: mma.sync there
         small_tile = "bwd" in r["name"] and ("K32" in r["name"] or "fp32" in r["name"])
         assert (r["wgmma"] or r["mma"]) if small_tile else r["wgmma"], r
+        # the SASS hot-loop count (benchmarks/kernel_resources.py) finds each bf16 kernel's tile loop
+        assert "bf16" not in r["name"] or r["hot"] > 0, r
 
 
 # ----------------------------------------------------------------------------------------------------------------

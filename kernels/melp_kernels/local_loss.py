@@ -23,33 +23,41 @@ over the valid rows, so it equals the loss of the batch without those samples an
 are unchanged; invalid samples get zero gradient. With no valid sample the loss is a zero that still carries a
 graph (all gradients zero).
 
-Fused design (FlashAttention-shaped), 4 Triton launches and no other PyTorch op per fwd+bwd besides allocations
+Fused design (FlashAttention-shaped), 5 Triton launches and no other PyTorch op per fwd+bwd besides allocations
 (autograd's own seed of backward() aside; on CUDA at small batches, where the dE pass splits, 2 more: the sum of
-its partials and the cast; was about 85-100 ops of padding, masks, Gram, norms and CLIP glue):
-- forward kernel, program (ECG block, split): its tile rows are BJ ECGs x KP beat slots of the inputs as they are
-  ([B, K, D] contiguous, masks read as int8 views of the bool masks, masked slots and rows past the batch never
-  loaded), G_j = E_j E_j^T from its E tile (the diagonal blocks of one [BM, BM] tensor-core dot), the report
-  blocks walked in turn: a = E_tile S_tile^T is one (BJ KP) x (BI SP) tensor-core dot (128 x 64 at K = S = 16,
-  bf16; the E tile loaded once for D <= 256), ||s|| from the S tile, the two softmaxes as segmented reductions
-  over the 4-d view [BJ, KP, BI, SP] of a (exp2 of fused multiply-adds; the softmax over beats of t1 A1 needs no
-  max since |t1 A1| <= |t1| <= 80), ||c||^2 = A2^T G_j A2 a batched K x K dot, the log-sum-exp over sentences
-  gives S[j, i]. It also writes G, ||s|| and has-a-beat / has-a-sentence flags (small workspaces) for the rest.
+its partials and the cast; was about 85-100 ops of padding, masks, Gram, norms and CLIP glue). Every tile is
+a^T = S_tile E_tile^T: rows BI reports x SP sentence slots, columns BJ ECGs x KP beat slots in the order of
+_beat_cols, which puts the beats of an ECG in one thread's registers (the wgmma accumulator's column pattern), so
+the softmax over beats and the three sums over beats (A2's normaliser, s . c, ||c||^2) are in-register adds and
+the per-(j, i, k) epilogue (cosine, log-sum-exp) is not replicated across lanes; the softmax over sentences
+reduces across 8 lanes. Inputs as they are ([B, K, D] contiguous, masks read as int8 views of the bool masks,
+masked slots and rows past the batch never loaded).
+- norms kernel: ||s|| of every sentence slot, once (the tile loops would otherwise reduce every S tile over D).
+- forward kernel, program (ECG block, split): G_j = E_j E_j^T from its E tile (one [N, N] tensor-core dot masked
+  to its diagonal blocks, loaded once for D <= 256), the report blocks walked in turn: a^T one (BI SP) x (BJ KP)
+  tensor-core dot (128 x 64 at K = S = 16, bf16), the two softmaxes as segmented reductions over the 6-d view
+  [BI, SP, NG, BJ, LPE, 2] of a^T (exp2 of fused multiply-adds, masked beats as -inf in the exponent, one
+  reciprocal per segment; the softmax over beats of t1 A1 needs no max since |t1 A1| <= |t1| <= 80),
+  ||c||^2 = A2^T G_j A2 through one 2-d dot with the block-diagonal Gram matrix, the log-sum-exp over sentences
+  gives S[j, i]. It also writes G and has-a-beat / has-a-sentence flags (small workspaces) for the rest.
 - CLIP kernel (one program): the masked 0.5 * (CE rows + CE columns) over the valid x valid submatrix and its
   gradient dL/dS [B, B] (row and online column log-sum-exps, two sweeps).
 - backward: two passes recompute every tile; no dL/da tensor (B^2 K S, 1 GB at B = 1024, K = 32, S = 16) ever
-  exists. The dE pass (program: ECG block x output-column chunk) walks all report blocks, accumulating
-  ga S_i in fp32 registers and dL/dG_j, then adds 2 dG_j E_j (block-diagonal dot) and writes dE; the dS pass
-  (program: report block x column chunk) walks all ECG blocks accumulating ga^T E_j and dL/d||s||, then adds
-  (dL/d||s|| / ||s||) s and writes dS. No atomics. Extra memory: S and dL/dS [B, B] fp32, G [B, KP, KP], ||s||,
-  flags, and at small batches fp32 partial sums of the split dE pass (12.1 MB at B = 1024, K = 32, S = 16;
-  8.8 MB at B = 256, K = S = 16, D = 256 on 132 SMs; fused_workspace_bytes).
+  exists. sum_q A2 dL/dA2 has a closed form per segment and G_j (gnc2 A2) = gnc2 (G_j A2), so the backward adds
+  no reduction over beats and no Gram dot to the recompute. The dE pass (program: ECG block x output-column
+  chunk) walks all report blocks, accumulating (S_i^T ga^T) in fp32 registers as dE^T [BDO, BJ KP] and dL/dG_j,
+  then adds 2 dG_j E_j (block-diagonal dot) and writes dE; the dS pass (program: report block x column chunk)
+  walks all ECGs accumulating ga E_j and dL/d||s||, then adds (dL/d||s|| / ||s||) s and writes dS. No atomics.
+  Extra memory: S and dL/dS [B, B] fp32, G [B, KP, KP], ||s||, flags, and at small batches fp32 partial sums of
+  the split dE pass (12.1 MB at B = 1024, K = 32, S = 16; fused_workspace_bytes).
 Matmul work per fwd+bwd, u = 2 B^2 K S D: 5 u D-wide at K = 16, D = 256, bf16 (a three times, the two
-accumulations; the backward tiles that split D over programs recompute a once per split) plus the K x K dots.
+accumulations; the backward tiles that split D over programs recompute a once per split) plus the Gram dots.
 bf16 inputs: tensor-core dots with fp32 accumulation, ga rounded to bf16 for the accumulating dots; fp16 and fp32
 inputs: those dots on fp32 operands (fp16's range would flush small ga); fp32 inputs: "tf32x3" dots (3-pass
 split, about fp32 accuracy) or precision="ieee". Under TRITON_INTERPRET=1 every dot operand is cast to fp32
-(triton issue 11584) and computed exactly. The sm_90 builds (sm90_specs) have no stack frame: 64 x 16 dE tiles
-and 128 x 16 dS tiles at K = 16 (16-bit), smaller at K = 32 and in fp32.
+(triton issue 11584) and computed exactly. The sm_90 builds (sm90_specs) have no stack frame: 128 x 32 dE tiles
+and 128 x KP dS tiles (16-bit; 64-row tiles in fp32); benchmarks/kernel_resources.py lists their instruction
+counts.
 
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
@@ -303,16 +311,16 @@ def _masked_clip_loss(sim, valid):
 # fused: Triton, tiles of BJ ECGs x BI reports = one (BJ*KP) x (BI*SP) tile of E_flat S_flat^T on tensor cores
 # ----------------------------------------------------------------------------------------------------------------
 MAX_KS = 128  # the fused tiles hold whole ECGs and reports: K and S up to this ("auto" uses "batched" above)
-TILE_ROWS = 128  # rows of a forward tile (BJ ECGs x KP beat slots)
-FWD_COLS = 64  # columns of a forward tile (BI reports x SP sentence slots)
-BWD_ROWS = 64  # rows of a backward tile (bf16 / fp16, K <= 16; half that otherwise): the dE pass holds a
+BEAT_COLS = 64  # columns of a tile: BJ ECGs x KP beat slots (BJ = 64 / KP: 4 at K <= 16, 2 at K = 32; 1 to 4)
+FWD_ROWS = 128  # rows of a forward tile (BI reports x SP sentence slots; fp32 inputs: half)
+BWD_ROWS = 128  # rows of a backward tile (fp32 inputs: half); the dE pass holds a [BDO, BJ KP] and the dS pass a
 # [rows, BDO] fp32 accumulator in registers beside the tile
-BWD_COLS = 16  # columns of a backward tile (the dS pass holds a [BWD_COLS, BDO] accumulator)
-FWD_WARPS = BWD_WARPS = 8
+BE_COLS = 32  # beat columns of a dE tile (BJ = 32 / KP ECGs: 2 at K <= 16, 1 at K = 32)
 NUM_STAGES = 2
 WHOLE_D = 256  # 16-bit inputs with D up to this: whole-D tiles (the held tile loaded once per program)
 OUT_D = 256  # the backward passes accumulate dE / dS over output column chunks of at most this width (bf16,
 # K <= 16; half that otherwise: fp32 and fp16 take fp32 operands in the accumulating dots, K = 32 a larger tile state)
+NORM_ROWS = 64  # sentence slots per program of the ||s|| kernel
 CLIP_ELEMS = 4096  # elements of the B x B similarity matrix one step of the CLIP kernel holds
 
 
@@ -338,217 +346,298 @@ if HAS_TRITON:
         """Rows of block blk of X [n, L, DIM] (contiguous), columns [d0, d0 + BD): [R * LP, BD]. Masked slots and
         rows past the batch are not read (0), so garbage there (NaN, inf) never enters a dot."""
         r = tl.arange(0, R * LP)
-        row = (blk * R + r // LP).to(tl.int64) * L + r % LP
+        base = X + tl.cast(blk * R, tl.int64) * L * DIM  # 64-bit block base, 32-bit offsets inside the block (loop
+        # invariant: computed once, not per tile)
         offs_d = d0 + tl.arange(0, BD)
-        x = tl.load(X + row[:, None] * DIM + offs_d[None, :], mask=raw[:, None] & (offs_d < DIM)[None, :],
-                    other=0.0)
+        x = tl.load(base + ((r // LP * L + r % LP) * DIM)[:, None] + offs_d[None, :],
+                    mask=raw[:, None] & (offs_d < DIM)[None, :], other=0.0)
         if F32DOT:
             x = x.to(tl.float32)
         return x
 
     @triton.jit
-    def _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ: tl.constexpr, KP: tl.constexpr, BI: tl.constexpr,
-                      SP: tl.constexpr, GPREC: tl.constexpr):
-        """From a = E_tile S_tile^T ([BJ * KP, BI * SP] fp32): the two softmaxes as segmented reductions over its
-        4-d view, s . c and ||c||^2 (Gram form), the cosines and the log-sum-exp over sentences."""
+    def _beat_cols(BMK, jb, n, K, BJ: tl.constexpr, KP: tl.constexpr):
+        """The beat slots of ECG block jb (BJ ECGs, 1, 2 or 4) in the column order of a tile, N = BJ KP columns:
+        column c = 8 g + 2 l + b (g < N / 8, l < 4, b < 2) holds ECG j = l // LPE, beat q = 2 LPE g + 2 (l % LPE)
+        + b (LPE = 4 / BJ). In the wgmma accumulator lane l % 4 holds the columns 8 g + 2 l + {0, 1} of every g,
+        so a thread holds all the beats of its ECG (LPE = 1) or a half / quarter of them, and the reductions over
+        beats run in registers (a shuffle or two for LPE = 2, 4). Any order is correct; this one is fast.
+        Returns (j [N], q [N], raw [N] bool: valid slot of a real sample, eff [N] bool: raw, or slot 0 of an ECG
+        with no valid beat, has [BJ] int32: the ECG has a valid beat)."""
+        NG: tl.constexpr = BJ * KP // 8
+        LPE: tl.constexpr = 4 // BJ
+        N: tl.constexpr = BJ * KP
+        g = tl.arange(0, NG)[:, None, None, None]
+        j = tl.arange(0, BJ)[None, :, None, None]
+        l2 = tl.arange(0, LPE)[None, None, :, None]
+        b = tl.arange(0, 2)[None, None, None, :]
+        q4 = g * (2 * LPE) + l2 * 2 + b + j * 0
+        j4 = j + q4 * 0
+        smp = jb * BJ + j4
+        raw4 = tl.load(BMK + smp * K + q4, mask=(smp < n) & (q4 < K), other=0) != 0
+        has = tl.max(tl.max(tl.max(raw4.to(tl.int32), axis=3), axis=2), axis=0)  # [BJ]
+        eff4 = raw4 | ((q4 == 0) & (has[None, :, None, None] == 0))
+        return (tl.reshape(j4, [N]), tl.reshape(q4, [N]), tl.reshape(raw4, [N]), tl.reshape(eff4, [N]), has)
+
+    @triton.jit
+    def _load_beats(E, jb, K, DIM, jn, qn, raw, BJ: tl.constexpr, d0, BD: tl.constexpr, F32DOT: tl.constexpr):
+        """Beat rows of ECG block jb in column order (_beat_cols), columns [d0, d0 + BD) of E [n, K, DIM]:
+        [BJ KP, BD]; masked slots and rows past the batch are not read (0)."""
+        base = E + tl.cast(jb * BJ, tl.int64) * K * DIM
+        offs_d = d0 + tl.arange(0, BD)
+        x = tl.load(base + ((jn * K + qn) * DIM)[:, None] + offs_d[None, :],
+                    mask=raw[:, None] & (offs_d < DIM)[None, :], other=0.0)
+        if F32DOT:
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _load_gram(G, jb, jn, qn, BJ: tl.constexpr, KP: tl.constexpr):
+        """The block-diagonal [N, N] matrix of the Gram matrices G_j of ECG block jb in column order (0 between
+        different ECGs), from G [n_jb BJ, KP, KP]."""
+        same = jn[:, None] == jn[None, :]
+        off = (jb * BJ + jn[:, None]).to(tl.int64) * (KP * KP) + qn[:, None] * KP + qn[None, :]
+        return tl.load(G + off, mask=same, other=0.0)
+
+    @triton.jit
+    def _rcp(x, FAST: tl.constexpr):
+        """1 / x: one MUFU reciprocal compiled (rcp.approx.ftz, about 1 ulp; the arguments here are sums >= 1, norms
+        >= 1e-8 and sums of exponentials >= e^-80, all normal), exact division under the interpreter."""
+        if FAST:
+            return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return 1.0 / x
+
+    @triton.jit
+    def _beat_sum(x6):
+        """Sum over the beats q of a [BI, SP, NG, BJ, LPE, 2] view: [BI, SP, BJ]."""
+        return tl.sum(tl.sum(tl.sum(x6, axis=5), axis=4), axis=2)
+
+    @triton.jit
+    def _per_beat(y):
+        """[BI, SP, BJ] -> broadcastable against the [BI, SP, NG, BJ, LPE, 2] view."""
+        return y[:, :, None, :, None, None]
+
+    @triton.jit
+    def _tile_forward(a, Gb, bb6, sm6, sm3, ns3, t1, t2, BJ: tl.constexpr, KP: tl.constexpr, BI: tl.constexpr,
+                      SP: tl.constexpr, GPREC: tl.constexpr, FAST: tl.constexpr):
+        """From a^T = S_tile E_tile^T ([BI SP, BJ KP] fp32, rows sentences (i, k), columns beats (j, q) in
+        _beat_cols order): the two softmaxes as segmented reductions over its 6-d view [BI, SP, NG, BJ, LPE, 2]
+        (sentences: axis 1, across lanes; beats: axes 2, 4, 5, in registers), s . c and ||c||^2 (Gram form, one
+        2-d dot with the block-diagonal Gb), the cosines and the log-sum-exp over sentences, [BI, BJ]."""
         LOG2E: tl.constexpr = 1.4426950408889634
-        a4 = tl.reshape(a, [BJ, KP, BI, SP])
-        # A1: softmax over the sentences k of report i (each report has >= 1 effective sentence); exp2 of a fused
-        # multiply-add (exp would add a multiply by log2 e per element)
-        x1 = tl.where(sm4, a4, float("-inf"))
-        m1 = tl.max(x1, axis=3) * LOG2E
-        p1 = tl.exp2(x1 * LOG2E - m1[:, :, :, None])
-        A1 = p1 * (1.0 / tl.sum(p1, axis=3))[:, :, :, None]  # one division per segment
+        NG: tl.constexpr = BJ * KP // 8
+        LPE: tl.constexpr = 4 // BJ
+        a6 = tl.reshape(a, [BI, SP, NG, BJ, LPE, 2])
+        # A1: softmax over the sentences k of report i (each report has >= 1 effective sentence): exp2 of a fused
+        # multiply-add, one reciprocal per segment
+        x1 = tl.where(sm6, a6, float("-inf"))
+        m1 = tl.max(x1, axis=1) * LOG2E
+        p1 = tl.exp2(x1 * LOG2E - m1[:, None])
+        A1 = p1 * _rcp(tl.sum(p1, axis=1), FAST)[:, None]
         # A2: softmax over the beats q of ECG j of t1 * A1 (each ECG has >= 1 effective beat). |t1 A1| <= |t1| <=
-        # 80 (the wrapper checks): exp neither overflows nor flushes, so no segment max is needed; masked beats: 0
-        p2 = tl.where(bm4, tl.exp2(A1 * (t1 * LOG2E)), 0.0)
-        A2 = p2 * (1.0 / tl.sum(p2, axis=1))[:, None, :, :]
-        num = tl.sum(A2 * a4, axis=1)  # s_ik . c_ik, [BJ, BI, SP]
-        A2_3 = tl.reshape(A2, [BJ, KP, BI * SP])
-        GA4 = tl.reshape(tl.dot(G3, A2_3, input_precision=GPREC), [BJ, KP, BI, SP])  # G_j A2
-        nc2 = tl.sum(A2 * GA4, axis=1)  # ||c_ik||^2
+        # 80 (the wrapper checks): exp neither overflows nor flushes, so no segment max is needed; masked beats:
+        # bb6 = -inf in the exponent's fused multiply-add (0 for the others)
+        p2 = tl.exp2(A1 * (t1 * LOG2E) + bb6)
+        A2 = p2 * _per_beat(_rcp(_beat_sum(p2), FAST))
+        num = _beat_sum(A2 * a6)  # s_ik . c_ik, [BI, SP, BJ]
+        A2f = tl.reshape(A2, [BI * SP, BJ * KP])
+        GA6 = tl.reshape(tl.dot(A2f, Gb, input_precision=GPREC), [BI, SP, NG, BJ, LPE, 2])  # G_j A2 (G symmetric)
+        nc2 = _beat_sum(A2 * GA6)  # ||c_ik||^2
         nc = tl.sqrt(tl.maximum(nc2, 1e-30))
         prod = ns3 * nc
         den = tl.maximum(prod, 1e-8)
-        x = tl.where(sm3, t2 * (num / den), float("-inf"))
-        mx = tl.max(x, axis=2)
-        lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, :, None]), axis=2))  # [BJ, BI]
-        return a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse
+        rden = _rcp(den, FAST)
+        x = tl.where(sm3, t2 * (num * rden), float("-inf"))
+        mx = tl.max(x, axis=1)
+        lse = mx + tl.log(tl.sum(tl.exp(x - mx[:, None, :]), axis=1))  # [BI, BJ]
+        return a6, A1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse
 
     @triton.jit
-    def _tile_backward(a, G3, bm4, sm4, sm3, ns3, gs, t1, t2, t3, BJ: tl.constexpr, KP: tl.constexpr,
-                       BI: tl.constexpr, SP: tl.constexpr, GPREC: tl.constexpr):
-        """Recompute the tile, then from gs = dL/dS[j, i] ([BJ, BI]): ga = dL/da ([BJ * KP, BI * SP] fp32), the
-        tile's share of dL/dG_j (as A2 * gnc2 and A2: dG_j = sum (A2 gnc2) A2^T) and of dL/d||s|| ([BJ, BI, SP])."""
-        a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse = _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ, KP,
-                                                                          BI, SP, GPREC)
-        w = tl.exp(x - lse[:, :, None])  # softmax over the valid k of t2 * cos
-        gcos = gs[:, :, None] * (t3 * t2) * w
-        gnum = gcos / den
-        gprod = tl.where(prod >= 1e-8, -gcos * num / (den * den), 0.0)
-        gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 / nc, 0.0)
-        gnum4 = gnum[:, None, :, :]
-        gnc24 = gnc2[:, None, :, :]
-        # gA2 = gnum * a + 2 gnc2 * (G_j A2) = gnum * a + G_j (2 gnc2 A2)
-        gA2 = gnum4 * a4 + tl.reshape(tl.dot(G3, tl.reshape(2.0 * gnc24 * A2, [BJ, KP, BI * SP]),
-                                             input_precision=GPREC), [BJ, KP, BI, SP])
-        gA1 = t1 * (A2 * (gA2 - tl.sum(A2 * gA2, axis=1)[:, None, :, :]))
-        ga4 = gnum4 * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=3)[:, :, :, None])
-        ga = tl.reshape(ga4, [BJ * KP, BI * SP])
-        return ga, tl.reshape(A2 * gnc24, [BJ, KP, BI * SP]), A2_3, gprod * nc
+    def _tile_backward(a, Gb, bb6, sm6, sm3, ns3, gs, t1, t2, t3, BJ: tl.constexpr, KP: tl.constexpr,
+                       BI: tl.constexpr, SP: tl.constexpr, GPREC: tl.constexpr, FAST: tl.constexpr):
+        """Recompute the tile, then from gs = dL/dS[j, i] ([BI, BJ]): ga^T = dL/da^T ([BI SP, BJ KP] fp32), the
+        tile's share of dL/dG_j (as A2 * gnc2 and A2: dG_j = sum (A2 gnc2) A2^T) and of dL/d||s|| ([BI, SP, BJ]).
+        sum_q A2 dL/dA2 = gnum num + 2 gnc2 nc2 per segment, and G_j (gnc2 A2) = gnc2 (G_j A2): no reduction over
+        beats and no Gram dot beyond the forward's."""
+        a6, A1, A2, A2f, GA6, num, nc2, nc, prod, rden, x, lse = _tile_forward(a, Gb, bb6, sm6, sm3, ns3, t1, t2, BJ,
+                                                                              KP, BI, SP, GPREC, FAST)
+        w = tl.exp(x - lse[:, None, :])  # softmax over the valid k of t2 * cos
+        gcos = gs[:, None, :] * (t3 * t2) * w
+        gnum = gcos * rden
+        gprod = tl.where(prod >= 1e-8, -gnum * num * rden, 0.0)
+        gnc2 = tl.where(nc2 >= 1e-30, gprod * ns3 * 0.5 * _rcp(nc, FAST), 0.0)
+        s1 = gnum * num + 2.0 * gnc2 * nc2  # sum_q A2 gA2
+        # gA2 = gnum a + 2 gnc2 G_j A2; gA1 = t1 A2 (gA2 - s1)
+        gA1 = (t1 * A2) * (_per_beat(gnum) * a6 + _per_beat(2.0 * gnc2) * GA6 - _per_beat(s1))
+        ga6 = _per_beat(gnum) * A2 + A1 * (gA1 - tl.sum(A1 * gA1, axis=1)[:, None])
+        ga = tl.reshape(ga6, [BI * SP, BJ * KP])
+        return ga, tl.reshape(A2 * _per_beat(gnc2), [BI * SP, BJ * KP]), A2f, gprod * nc
 
     @triton.jit
     def _local_fwd_kernel(E, Sn, BMK, SMK, G, NS, FLAGS, OUT, n, K, S, D, n_ib, n_split, t1, t2, t3,
                           KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr,
-                          BD: tl.constexpr, F32DOT: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr):
+                          BD: tl.constexpr, F32DOT: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
+                          FAST: tl.constexpr):
         """E [n, K, D], Sn [n, S, D] (contiguous, input dtype), masks BMK [n, K], SMK [n, S] (bool read as int8).
-        Program (jb, sp): ECG block jb (BJ ECGs, KP beat slots) against report blocks sp, sp + n_split, ...
-        (BI reports, SP sentence slots). G_j = E_j E_j^T comes from the E tile (a batched K x K dot), ||s|| from
-        the S tiles; the masks are read as they are. Writes OUT[j, i] = S[j, i] ([n, n] fp32), G [n_jb * BJ, KP,
-        KP] (programs sp = 0), NS [n_ib * BI * SP] (programs jb = 0) for the backward, FLAGS [2, n] int32:
-        has-a-beat (sp = 0) and has-a-sentence (jb = 0)."""
-        BM: tl.constexpr = BJ * KP
-        BN: tl.constexpr = BI * SP
+        Program (jb, sp): ECG block jb (BJ ECGs, KP beat slots: the tile's columns) against report blocks sp,
+        sp + n_split, ... (BI reports, SP sentence slots: its rows). G_j = E_j E_j^T comes from the E tile (one
+        [N, N] dot, masked to the diagonal blocks), ||s|| from the S tiles; the masks are read as they are. Writes
+        OUT[j, i] = S[j, i] ([n, n] fp32), G [n_jb * BJ, KP, KP] (programs sp = 0) for the backward, FLAGS [2, n]
+        int32: has-a-beat (sp = 0) and has-a-sentence (jb = 0). Reads NS = ||s|| (_norms_kernel)."""
+        BN: tl.constexpr = BJ * KP
+        BM: tl.constexpr = BI * SP
+        NG: tl.constexpr = BJ * KP // 8
+        LPE: tl.constexpr = 4 // BJ
         jb = tl.program_id(0)
         sp = tl.program_id(1)
-        bmr, bm_eff, hb = _slot_masks(BMK, jb, n, K, BJ, KP)
-        bm4 = tl.reshape(bm_eff, [BJ, KP, 1, 1]) != 0
-        jl = tl.arange(0, BJ)
-        gq = tl.arange(0, KP)
-        g_off = (jb * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + gq[None, None, :]
-        # Gram matrices of the block's ECGs from the E tile (loaded once for all report blocks when D fits): the
-        # diagonal K x K blocks of the tile's [BM, BM] Gram matrix, one 2-d tensor-core dot
+        jn, qn, bmr, bme, hb = _beat_cols(BMK, jb, n, K, BJ, KP)
+        bb6 = tl.reshape(tl.where(bme, 0.0, float("-inf")), [1, 1, NG, BJ, LPE, 2])
+        same = jn[:, None] == jn[None, :]
+        # the block's Gram matrices from the E tile (loaded once for all report blocks when D fits)
         if BD == DP:
-            e_all = _load_tile(E, jb, K, D, bmr, BJ, KP, 0, DP, F32DOT)
+            e_all = _load_beats(E, jb, K, D, jn, qn, bmr, BJ, 0, DP, F32DOT)
             Gf = tl.dot(e_all, tl.trans(e_all), input_precision=GPREC)
         else:
-            Gf = tl.zeros([BM, BM], dtype=tl.float32)
+            Gf = tl.zeros([BN, BN], dtype=tl.float32)
             for d0 in range(0, DP, BD):
-                e = _load_tile(E, jb, K, D, bmr, BJ, KP, d0, BD, F32DOT)
+                e = _load_beats(E, jb, K, D, jn, qn, bmr, BJ, d0, BD, F32DOT)
                 Gf = tl.dot(e, tl.trans(e), Gf, input_precision=GPREC)
-        same = (jl[:, None, None, None] == jl[None, None, :, None])
-        G3 = tl.sum(tl.where(same, tl.reshape(Gf, [BJ, KP, BJ, KP]), 0.0), axis=2)
+        Gb = tl.where(same, Gf, 0.0)
+        jl = tl.arange(0, BJ)
         if sp == 0:
-            tl.store(G + g_off, G3)
+            g_off = (jb * BJ + jn[:, None]).to(tl.int64) * (KP * KP) + qn[:, None] * KP + qn[None, :]
+            tl.store(G + g_off, Gb, mask=same)
             jg = jb * BJ + jl
             tl.store(FLAGS + jg, hb, mask=jg < n)
         for ib in range(sp, n_ib, n_split):
             smr, sm_eff, hs = _slot_masks(SMK, ib, n, S, BI, SP)
             if BD == DP:
                 s = _load_tile(Sn, ib, S, D, smr, BI, SP, 0, DP, F32DOT)
-                a = tl.dot(e_all, tl.trans(s), input_precision=PREC)
-                sf = s.to(tl.float32)
-                ns2 = tl.sum(sf * sf, axis=1)
+                a = tl.dot(s, tl.trans(e_all), input_precision=PREC)
             else:
                 a = tl.zeros([BM, BN], dtype=tl.float32)
-                ns2 = tl.zeros([BN], dtype=tl.float32)
                 for d0 in range(0, DP, BD):
-                    e = _load_tile(E, jb, K, D, bmr, BJ, KP, d0, BD, F32DOT)
+                    e = _load_beats(E, jb, K, D, jn, qn, bmr, BJ, d0, BD, F32DOT)
                     s = _load_tile(Sn, ib, S, D, smr, BI, SP, d0, BD, F32DOT)
-                    a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
-                    sf = s.to(tl.float32)
-                    ns2 += tl.sum(sf * sf, axis=1)
-            ns = tl.sqrt(ns2)
-            sm4 = tl.reshape(sm_eff, [1, 1, BI, SP]) != 0
-            sm3 = tl.reshape(sm_eff, [1, BI, SP]) != 0
-            ns3 = tl.reshape(ns, [1, BI, SP])
-            a4, A1, A2, A2_3, num, nc2, nc, prod, den, x, lse = _tile_forward(a, G3, bm4, sm4, sm3, ns3, t1, t2, BJ,
-                                                                              KP, BI, SP, GPREC)
+                    a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
+            sm6 = tl.reshape(sm_eff, [BI, SP, 1, 1, 1, 1]) != 0
+            sm3 = tl.reshape(sm_eff, [BI, SP, 1]) != 0
+            ns3 = tl.reshape(tl.load(NS + ib * BM + tl.arange(0, BM)), [BI, SP, 1])
+            lse = _tile_forward(a, Gb, bb6, sm6, sm3, ns3, t1, t2, BJ, KP, BI, SP, GPREC, FAST)[-1]
             jg = jb * BJ + jl
             ig = ib * BI + tl.arange(0, BI)
-            tl.store(OUT + jg[:, None].to(tl.int64) * n + ig[None, :], t3 * lse,
-                     mask=(jg < n)[:, None] & (ig < n)[None, :])
+            tl.store(OUT + jg[None, :].to(tl.int64) * n + ig[:, None], t3 * lse,
+                     mask=(jg < n)[None, :] & (ig < n)[:, None])
             if jb == 0:
-                tl.store(NS + ib * BN + tl.arange(0, BN), ns)
                 tl.store(FLAGS + n + ig, hs, mask=ig < n)
+
+    @triton.jit
+    def _norms_kernel(Sn, SMK, NS, n, S, D, R: tl.constexpr, SP: tl.constexpr, BD: tl.constexpr):
+        """||s|| of R sentence slots per program (report r // SP, slot r % SP): NS [n_ib * BI * SP] fp32, 0 for
+        masked slots and padding (never loaded). Once per forward: the tile loops read it rather than reduce their
+        S tiles over D (a cross-lane reduction per row, per tile: a quarter of the forward's instructions)."""
+        r = tl.program_id(0) * R + tl.arange(0, R)
+        smp = r // SP
+        slot = r % SP
+        raw = tl.load(SMK + smp * S + slot, mask=(smp < n) & (slot < S), other=0) != 0
+        row = smp.to(tl.int64) * S + slot
+        acc = tl.zeros([R], dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            offs_d = d0 + tl.arange(0, BD)
+            x = tl.load(Sn + row[:, None] * D + offs_d[None, :], mask=raw[:, None] & (offs_d < D)[None, :],
+                        other=0.0).to(tl.float32)
+            acc += tl.sum(x * x, axis=1)
+        tl.store(NS + r, tl.sqrt(acc))
 
     @triton.jit
     def _local_bwd_kernel(E, Sn, BMK, SMK, G, NS, GS, GOUT, GX, n, K, S, D, n_ob, n_sk, t1, t2, t3,
                           KP: tl.constexpr, SP: tl.constexpr, DP: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr,
                           BD: tl.constexpr, BDO: tl.constexpr, FOR_S: tl.constexpr, SCALED: tl.constexpr,
-                          F32DOT: tl.constexpr, OPF32: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr):
-        """One backward pass, recomputing every tile; no dL/da leaves the program.
+                          F32DOT: tl.constexpr, OPF32: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
+                          FAST: tl.constexpr):
+        """One backward pass, recomputing every tile (rows sentences, columns beats in _beat_cols order); no dL/da
+        leaves the program.
         FOR_S = False: program (jb, dc) holds ECG block jb, walks all n_ob report blocks and accumulates
-        dE_tile[:, dc-th BDO columns] = sum_i ga S_i + 2 dG_j E_j (dG_j = sum_i dL/dG_j, symmetric), written to GX
-        (= dE [n, K, D], input dtype). FOR_S = True: program (ib, dc) holds report block ib, walks all n_ob ECG
-        blocks and accumulates dS_tile = sum_j ga^T E_j + (dL/d||s|| / ||s||) s, written to GX (= dS [n, S, D]).
+        dE_tile[:, dc-th BDO columns] = sum_i ga^T S_i + 2 dG_j E_j (dG_j = sum_i dL/dG_j, symmetric), written to
+        GX (= dE [n, K, D], input dtype). FOR_S = True: program (ib, dc) holds report block ib, walks all n_ob ECG
+        blocks and accumulates dS_tile = sum_j ga E_j + (dL/d||s|| / ||s||) s, written to GX (= dS [n, S, D]).
         gs = GS[j, i] (* GOUT[0] when SCALED: the loss's dL/dS times the upstream gradient). Masked slots get 0.
         OPF32: the accumulating dots take fp32 operands (fp32 and fp16 inputs), else ga is rounded to bf16.
         Program axis 2 (dE pass only): split sk of n_sk walks the partner blocks sk, sk + n_sk, ... and writes its
         fp32 partial sum (dG_j term included, it is linear) to GX + sk n K D (the caller adds the partials) when
         n_sk > 1: more programs than ECG blocks when the batch is small."""
-        BM: tl.constexpr = BJ * KP
-        BN: tl.constexpr = BI * SP
+        BN: tl.constexpr = BJ * KP
+        BM: tl.constexpr = BI * SP
+        NG: tl.constexpr = BJ * KP // 8
+        LPE: tl.constexpr = 4 // BJ
         hb_ = tl.program_id(0)  # the held block
         dc = tl.program_id(1)
         sk = tl.program_id(2)
         d_out = dc * BDO
         jl = tl.arange(0, BJ)
         il = tl.arange(0, BI)
-        gq = tl.arange(0, KP)
         if SCALED:
             gscale = tl.load(GOUT).to(tl.float32)
         else:
             gscale = 1.0
         if FOR_S:
-            hr, h_eff, hhas = _slot_masks(SMK, hb_, n, S, BI, SP)
-            sm4 = tl.reshape(h_eff, [1, 1, BI, SP]) != 0
-            sm3 = tl.reshape(h_eff, [1, BI, SP]) != 0
-            ns = tl.load(NS + hb_ * BN + tl.arange(0, BN))
-            ns3 = tl.reshape(ns, [1, BI, SP])
-            acc = tl.zeros([BN, BDO], dtype=tl.float32)
-            gns = tl.zeros([BN], dtype=tl.float32)
+            hr, h_eff, h_has = _slot_masks(SMK, hb_, n, S, BI, SP)
+            sm6 = tl.reshape(h_eff, [BI, SP, 1, 1, 1, 1]) != 0
+            sm3 = tl.reshape(h_eff, [BI, SP, 1]) != 0
+            ns = tl.load(NS + hb_ * BM + tl.arange(0, BM))
+            ns3 = tl.reshape(ns, [BI, SP, 1])
+            acc = tl.zeros([BM, BDO], dtype=tl.float32)
+            gns = tl.zeros([BM], dtype=tl.float32)
             if BD == DP:
                 h_all = _load_tile(Sn, hb_, S, D, hr, BI, SP, 0, DP, F32DOT)
         else:
-            hr, h_eff, hhas = _slot_masks(BMK, hb_, n, K, BJ, KP)
-            bm4 = tl.reshape(h_eff, [BJ, KP, 1, 1]) != 0
-            g_off = (hb_ * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + \
-                gq[None, None, :]
-            G3 = tl.load(G + g_off)
-            acc = tl.zeros([BM, BDO], dtype=tl.float32)
-            dG = tl.zeros([BJ, KP, KP], dtype=tl.float32)
+            jn, qn, hr, h_eff, h_has = _beat_cols(BMK, hb_, n, K, BJ, KP)
+            bb6 = tl.reshape(tl.where(h_eff, 0.0, float("-inf")), [1, 1, NG, BJ, LPE, 2])
+            Gb = _load_gram(G, hb_, jn, qn, BJ, KP)
+            acc = tl.zeros([BDO, BN], dtype=tl.float32)  # dE^T: BDO rows, so its size does not follow BN
+            dG = tl.zeros([BN, BN], dtype=tl.float32)
             if BD == DP:
-                h_all = _load_tile(E, hb_, K, D, hr, BJ, KP, 0, DP, F32DOT)
+                h_all = _load_beats(E, hb_, K, D, jn, qn, hr, BJ, 0, DP, F32DOT)
         for ob in range(sk, n_ob, n_sk):
             if FOR_S:
                 jb = ob
                 ib = hb_
-                er, e_eff, _ = _slot_masks(BMK, jb, n, K, BJ, KP)
-                bm4 = tl.reshape(e_eff, [BJ, KP, 1, 1]) != 0
-                g_off = (jb * BJ + jl[:, None, None]).to(tl.int64) * (KP * KP) + gq[None, :, None] * KP + \
-                    gq[None, None, :]
-                G3 = tl.load(G + g_off)
+                jn, qn, er, e_eff, _ = _beat_cols(BMK, jb, n, K, BJ, KP)
+                bb6 = tl.reshape(tl.where(e_eff, 0.0, float("-inf")), [1, 1, NG, BJ, LPE, 2])
+                Gb = _load_gram(G, jb, jn, qn, BJ, KP)
                 if BD == DP:
-                    e_t = _load_tile(E, jb, K, D, er, BJ, KP, 0, DP, F32DOT)
-                    a = tl.dot(e_t, tl.trans(h_all), input_precision=PREC)
+                    e_t = _load_beats(E, jb, K, D, jn, qn, er, BJ, 0, DP, F32DOT)
+                    a = tl.dot(h_all, tl.trans(e_t), input_precision=PREC)
                 else:
                     a = tl.zeros([BM, BN], dtype=tl.float32)
                     for d0 in range(0, DP, BD):
-                        e = _load_tile(E, jb, K, D, er, BJ, KP, d0, BD, F32DOT)
+                        e = _load_beats(E, jb, K, D, jn, qn, er, BJ, d0, BD, F32DOT)
                         s = _load_tile(Sn, ib, S, D, hr, BI, SP, d0, BD, F32DOT)
-                        a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
+                        a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
             else:
                 jb = hb_
                 ib = ob
                 sr, s_eff, _ = _slot_masks(SMK, ib, n, S, BI, SP)
-                sm4 = tl.reshape(s_eff, [1, 1, BI, SP]) != 0
-                sm3 = tl.reshape(s_eff, [1, BI, SP]) != 0
-                ns3 = tl.reshape(tl.load(NS + ib * BN + tl.arange(0, BN)), [1, BI, SP])
+                sm6 = tl.reshape(s_eff, [BI, SP, 1, 1, 1, 1]) != 0
+                sm3 = tl.reshape(s_eff, [BI, SP, 1]) != 0
+                ns3 = tl.reshape(tl.load(NS + ib * BM + tl.arange(0, BM)), [BI, SP, 1])
                 if BD == DP:
                     s_t = _load_tile(Sn, ib, S, D, sr, BI, SP, 0, DP, F32DOT)
-                    a = tl.dot(h_all, tl.trans(s_t), input_precision=PREC)
+                    a = tl.dot(s_t, tl.trans(h_all), input_precision=PREC)
                 else:
                     a = tl.zeros([BM, BN], dtype=tl.float32)
                     for d0 in range(0, DP, BD):
-                        e = _load_tile(E, jb, K, D, hr, BJ, KP, d0, BD, F32DOT)
+                        e = _load_beats(E, jb, K, D, jn, qn, hr, BJ, d0, BD, F32DOT)
                         s = _load_tile(Sn, ib, S, D, sr, BI, SP, d0, BD, F32DOT)
-                        a = tl.dot(e, tl.trans(s), a, input_precision=PREC)
+                        a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
             jg = jb * BJ + jl
             ig = ib * BI + il
-            gs = tl.load(GS + jg[:, None].to(tl.int64) * n + ig[None, :], mask=(jg < n)[:, None] & (ig < n)[None, :],
+            gs = tl.load(GS + jg[None, :].to(tl.int64) * n + ig[:, None], mask=(jg < n)[None, :] & (ig < n)[:, None],
                          other=0.0) * gscale
-            ga, A2g, A2_3, gns3 = _tile_backward(a, G3, bm4, sm4, sm3, ns3, gs, t1, t2, t3, BJ, KP, BI, SP, GPREC)
+            ga, A2g, A2f, gns3 = _tile_backward(a, Gb, bb6, sm6, sm3, ns3, gs, t1, t2, t3, BJ, KP, BI, SP, GPREC,
+                                                FAST)
             if OPF32:
                 ga_op = ga
             else:
@@ -557,13 +646,13 @@ if HAS_TRITON:
                 if BD == DP and BDO == DP:
                     part = e_t
                 else:
-                    part = _load_tile(E, jb, K, D, er, BJ, KP, d_out, BDO, F32DOT)
+                    part = _load_beats(E, jb, K, D, jn, qn, er, BJ, d_out, BDO, F32DOT)
                 if OPF32:
                     part = part.to(tl.float32)
                 else:
                     part = part.to(tl.bfloat16)
-                acc = tl.dot(tl.trans(ga_op), part, acc, input_precision=PREC)
-                gns += tl.reshape(tl.sum(gns3, axis=0), [BN])
+                acc = tl.dot(ga_op, part, acc, input_precision=PREC)
+                gns += tl.reshape(tl.sum(gns3, axis=2), [BM])
             else:
                 if BD == DP and BDO == DP:
                     part = s_t
@@ -573,14 +662,14 @@ if HAS_TRITON:
                     part = part.to(tl.float32)
                 else:
                     part = part.to(tl.bfloat16)
-                acc = tl.dot(ga_op, part, acc, input_precision=PREC)
-                dG = tl.dot(A2g, tl.permute(A2_3, (0, 2, 1)), dG, input_precision=GPREC)
+                acc = tl.dot(tl.trans(part), ga_op, acc, input_precision=PREC)
+                dG = tl.dot(tl.trans(A2g), A2f, dG, input_precision=GPREC)
         offs_d = d_out + tl.arange(0, BDO)
         if FOR_S:
             # reloaded (L2) rather than kept alive in registers through the loop
             own = _load_tile(Sn, hb_, S, D, hr, BI, SP, d_out, BDO, True)
             acc += tl.where(ns > 0, gns / ns, 0.0)[:, None] * own  # d||s|| / ds = s / ||s||
-            r = tl.arange(0, BN)
+            r = tl.arange(0, BM)
             smp = hb_ * BI + r // SP
             slot = r % SP
             row = smp.to(tl.int64) * S + slot
@@ -589,18 +678,14 @@ if HAS_TRITON:
                      mask=((smp < n) & (slot < S))[:, None] & (offs_d < D)[None, :])
         else:
             # reloaded (L2) rather than kept alive in registers through the loop
-            own = _load_tile(E, hb_, K, D, hr, BJ, KP, d_out, BDO, True)
-            # 2 dG_j E_j for the BJ ECGs as one 2-d dot with the block-diagonal [BM, BM] matrix of the dG_j
-            same = (jl[:, None, None, None] == jl[None, None, :, None])
-            dGb = tl.reshape(tl.where(same, 2.0 * dG[:, :, None, :], 0.0), [BM, BM])
-            acc = tl.dot(dGb, own, acc, input_precision=GPREC)
-            r = tl.arange(0, BM)
-            smp = hb_ * BJ + r // KP
-            slot = r % KP
-            row = smp.to(tl.int64) * K + slot + sk.to(tl.int64) * n * K
-            tl.store(GX + row[:, None] * D + offs_d[None, :],
-                     tl.where(hr[:, None], acc, 0.0).to(GX.dtype.element_ty),
-                     mask=((smp < n) & (slot < K))[:, None] & (offs_d < D)[None, :])
+            own = _load_beats(E, hb_, K, D, jn, qn, hr, BJ, d_out, BDO, True)
+            # 2 dG_j E_j for the BJ ECGs as one 2-d dot with the block-diagonal [BN, BN] matrix of the dG_j
+            dGb = tl.where(jn[:, None] == jn[None, :], 2.0 * dG, 0.0)
+            acc = tl.dot(tl.trans(own), dGb, acc, input_precision=GPREC)  # dG symmetric
+            smp = hb_ * BJ + jn
+            row = smp.to(tl.int64) * K + qn + sk.to(tl.int64) * n * K
+            tl.store(GX + row[None, :] * D + offs_d[:, None], tl.where(hr[None, :], acc, 0.0).to(GX.dtype.element_ty),
+                     mask=((smp < n) & (qn < K))[None, :] & (offs_d < D)[:, None])
 
     @triton.jit
     def _clip_kernel(SIM, FLAGS, LOSS, DSIM, RLSE, n, RB: tl.constexpr, BB: tl.constexpr):
@@ -655,18 +740,29 @@ def _next_pow2(n):
 
 
 class _Cfg(NamedTuple):
-    KP: int  # beat slots per ECG (pow2 >= 16: the batched Gram dots need 16-wide operands)
+    KP: int  # beat slots per ECG (pow2 >= 16: the Gram dots need 16-wide operands)
     SP: int  # sentence slots per report (pow2)
     DP: int  # D padded to a multiple of BD
-    BJ: int  # ECGs per forward tile
-    BI_F: int  # reports per forward tile
-    BD: int  # D-chunk of the a = E S^T loop
-    BJ_B: int  # ECGs per tile of the dE pass (its [BJ_B KP, BDO_E] fp32 accumulator lives beside the tile)
+    BJ: int  # ECGs per tile (all three kernels: the tile's columns, in _beat_cols order)
+    BI_F: int  # reports per forward tile (its rows)
+    BD: int  # D-chunk of the a = S E^T loop
+    BJ_B: int  # ECGs per tile of the dE pass (= BJ; its [BJ KP, BDO_E] fp32 accumulator lives beside the tile)
     BI_E: int  # reports per tile of the dE pass
     BDO_E: int  # output columns per dE program (DP / BDO_E programs per ECG block, each recomputing its tiles)
-    BJ_S: int  # ECGs per tile of the dS pass
+    BJ_S: int  # ECGs per tile of the dS pass (= BJ)
     BI_B: int  # reports per tile of the dS pass (its accumulator is [BI_B SP, BDO_S])
     BDO_S: int  # output columns per dS program
+    W_F: int  # warps of the forward (4 per 64 tile rows, one wgmma warpgroup each)
+    W_E: int  # warps of the dE pass
+    W_S: int  # warps of the dS pass
+    ST_F: int  # pipeline stages of the forward
+    ST_E: int  # pipeline stages of the dE pass (1: its next S tile's addresses and masks are not held in
+    # registers beside the tile state, which would spill)
+    ST_S: int  # pipeline stages of the dS pass (2 with whole-D 16-bit tiles, else 1: no stack frame)
+
+
+def _warps(rows):
+    return max(4, min(8, rows // 16))
 
 
 def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
@@ -677,26 +773,35 @@ def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
     KP = max(16, _next_pow2(K))
     SP = _next_pow2(S)
     nb = _next_pow2(B)
-    BJ = max(1, min((TILE_ROWS if wide16 else TILE_ROWS // 2) // KP, nb))
-    shrink = 1 if wide16 else 2  # fp32: tf32x3 dots hold split operands, half the columns
-    bi = lambda cols: max(1, min(cols // SP, nb), 16 // SP)  # noqa: E731 (>= 16 columns)
-    BI_F = bi(FWD_COLS // shrink // max(1, KP // 16))
+    shrink = 1 if wide16 else 2  # fp32: tf32x3 dots hold split operands, half the rows and columns
+    BJ = max(1, min(4, BEAT_COLS // shrink // KP, nb))
+    bi = lambda rows: max(1, min(rows // SP, nb), 16 // SP)  # noqa: E731 (>= 16 rows)
+    BI_F = bi(FWD_ROWS // shrink)
     BD = max(16, _next_pow2(D)) if wide16 and D <= WHOLE_D else min(64, max(16, _next_pow2(D)))
     DP = -(-D // BD) * BD
     small = KP <= 16
-    BJ_B = max(1, min((BWD_ROWS if wide16 and small else BWD_ROWS // 2) // KP, nb))
-    # dS pass rows: 128 (16-bit, K <= 16), 64 (16-bit, K = 32), 32 (fp32)
-    BJ_S = max(1, min(((2 * BWD_ROWS if small else BWD_ROWS) if wide16 else BWD_ROWS // 2) // KP, nb))
-    BI_B = bi(BWD_COLS)
-    out_d = OUT_D if bf16 and small else OUT_D // 2
-    BDO = min(BD, out_d)  # the widest power of two <= out_d that divides DP (a multiple of BD, a power of two)
-    while BDO * 2 <= out_d and DP % (BDO * 2) == 0:
-        BDO *= 2
-    f = dict(BJ_B=BJ_B, BI_E=BI_B, BDO_E=BDO, BJ_S=BJ_S, BI_B=BI_B, BDO_S=BDO)
+    BI_B = bi(BWD_ROWS // shrink)
+
+    def bdo(out_d):  # the widest power of two <= out_d that divides DP (a multiple of BD, a power of two)
+        b = min(BD, out_d)
+        while b * 2 <= out_d and DP % (b * 2) == 0:
+            b *= 2
+        return b
+
+    # dE pass: BE_COLS beat columns (its accumulator is dE^T [BDO_E, BJ_B KP], BDO_E rows: as wide as bf16 allows
+    # at any K); dS pass: one ECG per tile (its [rows, BDO_S] accumulator takes BDO_S / 2 registers per thread)
+    # fp32 inputs (tf32x3 dots split their fp32 operands in registers): 64 and 32 output columns, one stage
+    f = dict(BJ_B=max(1, min(BJ, BE_COLS // shrink // KP)), BI_E=BI_B,
+             BDO_E=bdo((OUT_D if bf16 else OUT_D // 2) if wide16 else OUT_D // 4), BJ_S=1, BI_B=BI_B,
+             BDO_S=bdo((OUT_D if bf16 and small else OUT_D // 2) if wide16 else OUT_D // 8))
     f.update({k: v for k, v in _BWD_OVERRIDE.items() if k in f})
-    # the backward blocks index G and ||s|| as the forward wrote them (its blocks cover theirs)
+    # the backward blocks index G and ||s|| as the forward wrote them (the same ECG blocks; its report blocks
+    # cover theirs)
     assert BJ % f["BJ_B"] == 0 and BJ % f["BJ_S"] == 0 and BI_F % f["BI_B"] == 0 and BI_F % f["BI_E"] == 0, f
-    return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f)
+    w = dict(W_F=_warps(BI_F * SP), W_E=_warps(f["BI_E"] * SP), W_S=_warps(f["BI_B"] * SP),
+             ST_F=NUM_STAGES if wide16 else 1, ST_E=1, ST_S=NUM_STAGES if wide16 and BD == DP else 1)
+    w.update({k: v for k, v in _BWD_OVERRIDE.items() if k in w})
+    return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f, **w)
 
 
 _BWD_OVERRIDE: dict = {}  # tile experiments (benchmarks, sm_90 builds): fields of _Cfg to force
@@ -736,13 +841,13 @@ def _device_guard(device):
 
 def _fwd_meta(cfg, f32dot, prec, gprec):
     return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ, BI=cfg.BI_F, BD=cfg.BD, F32DOT=f32dot, PREC=prec,
-                GPREC=gprec)
+                GPREC=gprec, FAST=not interpreting())
 
 
 def _bwd_meta(cfg, for_s, scaled, opf32, f32dot, prec, gprec):
     return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ_S if for_s else cfg.BJ_B,
                 BI=cfg.BI_B if for_s else cfg.BI_E, BD=cfg.BD, BDO=cfg.BDO_S if for_s else cfg.BDO_E, FOR_S=for_s,
-                SCALED=scaled, F32DOT=f32dot, OPF32=opf32, PREC=prec, GPREC=gprec)
+                SCALED=scaled, F32DOT=f32dot, OPF32=opf32, PREC=prec, GPREC=gprec, FAST=not interpreting())
 
 
 def _cdiv(a, b):
@@ -795,13 +900,16 @@ class _Fused:
         n_sp = max(1, min(n_ib, self.n_split or _programs_per_block(dev, n_jb, n_ib)))
         f32 = torch.float32
         self.G = torch.empty((n_jb * cfg.BJ, cfg.KP, cfg.KP), dtype=f32, device=dev)
-        self.NS = torch.empty((n_ib * cfg.BI_F * cfg.SP,), dtype=f32, device=dev)
+        self.NS = torch.empty((_cdiv(n_ib * cfg.BI_F * cfg.SP, NORM_ROWS) * NORM_ROWS,), dtype=f32, device=dev)
         self.flags = torch.empty((2, B), dtype=torch.int32, device=dev)
         sim = torch.empty((B, B), dtype=f32, device=dev)
+        n_ns = self.NS.numel()
         with _device_guard(dev), _launching():
+            _norms_kernel[(_cdiv(n_ns, NORM_ROWS),)](self.Sn, self.sm8, self.NS, B, self.S, self.D, R=NORM_ROWS,
+                                                     SP=cfg.SP, BD=min(128, _next_pow2(self.D)), num_warps=4)
             _local_fwd_kernel[(n_jb, n_sp)](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, self.flags, sim,
-                                            B, self.K, self.S, self.D, n_ib, n_sp, *self.t, num_warps=FWD_WARPS,
-                                            num_stages=NUM_STAGES, **_fwd_meta(cfg, *self.dots))
+                                            B, self.K, self.S, self.D, n_ib, n_sp, *self.t, num_warps=cfg.W_F,
+                                            num_stages=cfg.ST_F, **_fwd_meta(cfg, *self.dots))
         return sim
 
     def backward(self, gsim, gout=None):
@@ -819,8 +927,10 @@ class _Fused:
         with _device_guard(dev), _launching():
             for for_s, grid, out, n_ob in ((False, (n_jb, n_de, n_sk), part, n_ie), (True, (n_ib, n_ds, 1), gS, n_js)):
                 _local_bwd_kernel[grid](self.E, self.Sn, self.bm8, self.sm8, self.G, self.NS, gsim, gout, out, B,
-                                        self.K, self.S, self.D, n_ob, grid[2], t1, t2, t3, num_warps=BWD_WARPS,
-                                        num_stages=NUM_STAGES, **_bwd_meta(cfg, for_s, scaled, opf32, *self.dots))
+                                        self.K, self.S, self.D, n_ob, grid[2], t1, t2, t3,
+                                        num_warps=cfg.W_S if for_s else cfg.W_E,
+                                        num_stages=cfg.ST_S if for_s else cfg.ST_E,
+                                        **_bwd_meta(cfg, for_s, scaled, opf32, *self.dots))
         if n_sk > 1:  # 2 ops (1 for fp32 inputs): the partial sums of the split dE pass
             gE = part.sum(0) if gE.dtype == torch.float32 else part.sum(0).to(gE.dtype)
         return gE, gS
@@ -844,7 +954,7 @@ def fused_workspace_bytes(B, K, S, D, dtype=torch.bfloat16, sms=132):
     ||s||, flags, the CLIP scratch, and the dE pass's fp32 partial sums when it splits (small batches only)."""
     cfg = _tile_cfg(B, K, S, D, dtype != torch.float32, dtype == torch.bfloat16)
     n_jb, n_ib = _cdiv(B, cfg.BJ), _cdiv(B, cfg.BI_F)
-    ns = n_ib * cfg.BI_F * cfg.SP
+    ns = _cdiv(n_ib * cfg.BI_F * cfg.SP, NORM_ROWS) * NORM_ROWS
     n_sk = _de_splits(None, _cdiv(B, cfg.BJ_B) * (cfg.DP // cfg.BDO_E), _cdiv(B, cfg.BI_E), B * K * D, sms=sms)
     part = n_sk * B * K * D if n_sk > 1 else 0
     return 4 * (2 * B * B + n_jb * cfg.BJ * cfg.KP * cfg.KP + ns + 2 * B + _next_pow2(B) + part)
@@ -917,6 +1027,7 @@ def fused_supported(K, S):
 # ----------------------------------------------------------------------------------------------------------------
 # (K, S) of the shipped configs: K = S = 16, and the default max_beats 32 for the 16-bit training dtypes
 SHIPPED_SHAPES = {"bf16": ((16, 16), (32, 16)), "fp16": ((16, 16), (32, 16)), "fp32": ((16, 16),)}
+SM90_DTYPES = tuple(SHIPPED_SHAPES)  # benchmarks/kernel_resources.py compiles every one of them
 
 
 def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
@@ -939,16 +1050,25 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
         cx = _fwd_meta(cfg, f32dot, prec, prec)
         sig = dict(ptrs, FLAGS="*i32", OUT="*fp32", **ints, n_ib="i32", n_split="i32", **temps,
                    **{k: "constexpr" for k in cx})
+        rows, cols = cfg.BI_F * cfg.SP, cfg.BJ * cfg.KP
+        trips = cfg.DP // cfg.BD  # the a = E S^T loop over D chunks (1: whole-D tiles)
         out.append(dict(name=f"local_fwd_K{K}_S{S}_D{D}_{dtype}", fn=_local_fwd_kernel, signature=sig,
-                        constexprs=cx, num_warps=FWD_WARPS, num_stages=NUM_STAGES, divisible=div))
+                        constexprs=cx, num_warps=cfg.W_F, num_stages=cfg.ST_F, divisible=div,
+                        config=(rows, cols, cfg.BD), hot_tile=(rows * cols, trips)))
         for for_s in (False, True):
             cx = _bwd_meta(cfg, for_s, True, dtype != "bf16", f32dot, prec, prec)
             sig = dict(ptrs, GS="*fp32", GOUT="*fp32", GX="*fp32" if not for_s else f"*{dtype}", **ints, n_ob="i32",
                        n_sk="i32", **temps,
                        **{k: "constexpr" for k in cx})
+            rows, cols = cx["BI"] * cfg.SP, cx["BJ"] * cfg.KP
+            # each of the DP / BDO output-column programs recomputes the tile: per element of a over the whole
+            # pass, the loop's count is taken that many times (hot_tile's elements divided by it)
+            n_col = cfg.DP // cx["BDO"]
             out.append(dict(name=f"local_bwd_{'dS' if for_s else 'dE'}_K{K}_S{S}_D{D}_{dtype}", fn=_local_bwd_kernel,
-                            signature=sig, constexprs=cx, num_warps=BWD_WARPS, num_stages=NUM_STAGES,
-                            divisible=div))
+                            signature=sig, constexprs=cx, num_warps=cfg.W_S if for_s else cfg.W_E,
+                            num_stages=cfg.ST_S if for_s else cfg.ST_E,
+                            divisible=div, config=(rows, cols, cx["BDO"]),
+                            hot_tile=(rows * cols / n_col, cfg.DP // cfg.BD)))
     BB = 1024  # the CLIP kernel at B = 1024 (its tile is CLIP_ELEMS at any B)
     out.append(dict(name=f"local_clip_B{BB}_{dtype}", fn=_clip_kernel,
                     signature={"SIM": "*fp32", "FLAGS": "*i32", "LOSS": "*fp32", "DSIM": "*fp32", "RLSE": "*fp32",
@@ -960,9 +1080,10 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
 def matmul_flops(B, K, S, D, impl, dtype=torch.bfloat16):
     """(D-wide, Gram) matmul FLOPs one fwd+bwd of `impl` executes, padding included. In units of
     u = 2 B^2 K S D: fused 5 u D-wide (a in the forward, a again in each of the two backward passes, the dE and dS
-    accumulations ga S and ga^T E) plus the K x K Gram dots (G A2 once in the forward and twice in each backward
-    pass, dG once, KP / D u each; G_j and 2 dG_j E_j); batched 3 u (a and its two gradients); the reference loop
-    and the naive vectorisation 6 u (they also form the D-wide contexts c = A2^T E, and their two gradients)."""
+    accumulations ga S and ga^T E) plus the Gram dots, 2-d dots with the block-diagonal [N, N] matrix of a tile's
+    N = BJ KP beat columns (N / D u each: G A2 in the forward and in each backward pass, dG in the dE pass; G_j and
+    2 dG_j E_j); batched 3 u (a and its two gradients); the reference loop and the naive vectorisation 6 u (they
+    also form the D-wide contexts c = A2^T E, and their two gradients)."""
     u = 2.0 * B * B * K * S * D
     gram_e = 3 * 2.0 * B * K * K * D  # G = E E^T and its two gradients
     if impl == "fused":
@@ -973,8 +1094,9 @@ def matmul_flops(B, K, S, D, impl, dtype=torch.bfloat16):
         fwd = 2.0 * Bj * c.KP * Bi * c.SP
         # recomputed a per output-column program, plus one accumulation each
         wide = fwd * c.DP + pe * (c.DP // c.BDO_E + 1) * c.DP + ps * (c.DP // c.BDO_S + 1) * c.DP
-        gram = (fwd + 3.5 * pe * (c.DP // c.BDO_E) + 3.5 * ps * (c.DP // c.BDO_S)) * c.KP + \
-            2 * 2.0 * Bj * c.KP * c.KP * c.DP
+        ne, ns = c.BJ_B * c.KP, c.BJ_S * c.KP  # beat columns of the backward tiles
+        gram = fwd * c.BJ * c.KP + 2 * pe * (c.DP // c.BDO_E) * ne + ps * (c.DP // c.BDO_S) * ns + \
+            2.0 * Bj * c.KP * (c.BJ * c.KP + ne) * c.DP
         return wide, gram
     if impl == "batched":
         return 3 * u, 3 * 2.0 * B * B * K * K * S + gram_e

@@ -226,6 +226,25 @@ def hot_loop(kernel, logits_per_tile: int, num_warps: int, k_trips: int = 1, dty
     return out
 
 
+def hot_figures(spec, kern, dt):
+    """The SASS hot-loop figures of a spec (its steady-state variant when it names one)."""
+    prec = spec["constexprs"].get("PRECISION", "ieee")
+    tc = dt if dt != "fp32" else ("tf32" if str(prec).startswith("tf32") else "fp32")
+    out = {"wgmma_shapes": hot_loop(kern, 1, spec["num_warps"]).get("wgmma_shapes", [])}
+    if "hot_tile" not in spec:
+        return out
+    logits, trips = spec["hot_tile"]
+    if spec.get("hot_constexprs"):
+        hs = dict(spec)
+        hs["constexprs"] = dict(spec["constexprs"], **spec["hot_constexprs"])
+        kern = compile_spec(hs)
+    h = hot_loop(kern, logits, spec["num_warps"], trips, tc)
+    keep = ("warp_instr_per_logit", "mufu_per_logit", "issue_clk_per_logit", "tc_clk_per_logit",
+            "mufu_clk_per_logit", "bound", "clk_per_logit", "tile_loop_instructions")
+    out.update({k: (round(h[k], 4) if isinstance(h.get(k), float) else h.get(k)) for k in keep})
+    return out
+
+
 def resource_problems(r: dict) -> list[str]:
     """What makes a compiled kernel unfit for the hot path (empty when it is fine)."""
     bad = []
