@@ -162,7 +162,7 @@ def test_extreme_scales(scale, device):
 def test_fused_chunks_and_splits(device, out_d, monkeypatch):
     """Several ECG and report blocks (forward and both backward passes), D over several chunks (fp32: 64-wide),
     padding of B, K, S and D, the report blocks split over 1, 3 and 4 forward programs per ECG block, and (out_d
-    = 64: more of them) the backward's output columns over several programs, as at D > 256."""
+    = 64: more of them, with one forward split) the backward's output columns over several programs, as at D > 256."""
     _fused_device(device)
     if out_d:
         monkeypatch.setattr(ll, "OUT_D", out_d)
@@ -175,8 +175,9 @@ def test_fused_chunks_and_splits(device, out_d, monkeypatch):
     w = torch.randn(20, 20, generator=torch.Generator().manual_seed(0)).to(device)
     grads = []
     fns = [lambda a, b: ll._batched_sim(a.double(), b.double(), bm_eff, sm_eff, 4.0, 5.0, 10.0)]
+    splits = (1,) if out_d else (1, 3, 4)  # the forward's splits once (the interpreter takes minutes per run)
     fns += [lambda a, b, n=n: ll._fused_sim(a, b, bm_eff, sm_eff, 4.0, 5.0, 10.0, n_split=n, precision="ieee")
-            for n in (1, 3, 4)]
+            for n in splits]
     for fn in fns:
         a, b = e.clone().requires_grad_(), s.clone().requires_grad_()
         sim = fn(a, b)
@@ -187,7 +188,8 @@ def test_fused_chunks_and_splits(device, out_d, monkeypatch):
         assert rel(got[0], grads[0][0]) <= 1e-6
         assert rel(got[1], grads[0][1]) <= 1e-5
         assert rel(got[2], grads[0][2]) <= 1e-5
-    assert torch.equal(grads[1][1], grads[2][1]) or rel(grads[1][1], grads[2][1]) <= 1e-6
+    if len(grads) > 2:
+        assert torch.equal(grads[1][1], grads[2][1]) or rel(grads[1][1], grads[2][1]) <= 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
