@@ -26,6 +26,6 @@ def load(root, item: Item, nan_policy: str = "drop"):
         safe_path(root, item.path)
         p = safe_path(root, item.path + ".hea")
     x, meta = read_any(p, nan_policy=nan_policy, root=root)
-    keep = {k: meta[k] for k in ("orig_fs", "orig_samples", "leads_found", "missing_leads", "padded",
+    keep = {k: meta[k] for k in ("orig_fs", "orig_samples", "leads_found", "missing_leads", "derived_leads", "padded",
                                  "repaired_samples", "unknown_leads", "codes", "report") if k in meta}
     return x, keep

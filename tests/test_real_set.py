@@ -1,0 +1,103 @@
+"""The real 12-lead ECG set (tests/data/real, melp_fast/realset.py) and the readers of its formats: GE MUSE XML
+(muse_xml.py), Philips Sierra XML (philips_xml.py), CinC WFDB .mat and DICOM, each on a real file."""
+
+import numpy as np
+import pytest
+
+from helpers import FIXTURES
+from melp_fast.data.constants import LEADS
+from melp_fast.data.sources.common import SkipRecord, read_wfdb
+from melp_fast.data.sources.single import read_any, read_record
+from melp_fast.realset import check_report, load_set, stated_rates
+
+REAL = FIXTURES / "real"
+
+
+def test_the_set_has_ten_real_ecgs_from_three_sources_with_the_findings_asked_for():
+    recs = load_set()
+    assert len(recs) >= 10 and len({r["source"] for r in recs}) >= 3
+    statements = " ".join(r["statement"] for r in recs)
+    for finding in ("sinus rhythm", "atrial fibrillation", "bundle branch block", "st depression", "infarct"):
+        assert finding in statements, finding
+    readme = (FIXTURES / "README.md").read_text()
+    for r in recs:
+        stem = r["file"].split("/")[-1].split(":")[-1].rsplit(".", 1)[0]
+        assert stem in readme, f"{r['file']} is not listed in tests/data/README.md"
+        assert all(w in r["statement"] for w in r["expect"]), r["id"]  # what is expected is what the source says
+
+
+@pytest.mark.parametrize("rec", load_set(), ids=lambda r: r["id"])
+def test_every_record_reads_with_12_leads_present_or_named_missing(rec):
+    x, meta = read_record(rec["path"], raw=True)
+    assert x.shape == (12, 5000) and np.isfinite(x).all()
+    derived, missing = set(meta.get("derived_leads", {})), set(meta["missing_leads"])
+    stored = {lead for lead in LEADS if lead not in derived | missing}
+    assert stored | derived | missing == set(LEADS) and not derived & missing
+    for lead in stored | derived:
+        assert np.ptp(x[LEADS.index(lead)]) > 0.05, f"{rec['id']}: lead {lead} is flat"
+    for lead in missing:
+        assert not np.any(x[LEADS.index(lead)])
+    assert len(meta["beat_spans"]) >= 5
+
+
+def test_muse_xml_reader_on_the_real_muse_export():
+    """GE MUSE 9 export, stored I, II, V1-V6: the four limb leads derived; 97 bpm by the device."""
+    from melp_fast.grounding import measure_rr
+    from melp_fast.data.beats import detect_r_peaks
+
+    x, meta = read_any(REAL / "muse" / "guangxi_teaching_sinus_rhythm.xml")
+    assert meta["format"] == "muse-xml" and meta["lead_names"] == ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert sorted(meta["derived_leads"]) == ["III", "aVF", "aVL", "aVR"] and meta["missing_leads"] == []
+    assert meta["orig_fs"] == 500 and meta["padded"] == 0
+    assert meta["report"].startswith("窦性心律")  # "sinus rhythm", the confirmed statement
+    rr = measure_rr(detect_r_peaks(x, 500), 500)
+    assert rr.n_beats == 16 and abs(rr.rate_bpm - 97) < 3 and rr.regular
+    assert 0.5 < np.ptp(x[LEADS.index("II")]) < 5.0  # millivolts: 4.88 uV per bit applied
+
+
+def test_muse_xml_reader_equals_the_wfdb_reader_on_the_same_recording():
+    """CPSC A0001 stored both as CinC WFDB (.mat, 1 uV steps) and as MUSE-style XML (converted, with a baseline
+    shift): the same samples within the XML's quantisation step."""
+    from melp_fast.data.sources.muse_xml import read_muse_xml
+
+    a, fs, names, _ = read_muse_xml(REAL / "cpsc2018" / "A0001.xml")
+    b, fs2, names2, _ = read_wfdb(REAL / "cpsc2018" / "A0001")
+    assert fs == fs2 == 500 and names == names2 and a.shape == b.shape == (12, 7500)
+    assert np.abs(a - b).max() < 5e-5  # mV; the .mat's own step is 1e-3
+
+
+def test_philips_xml_reader_on_the_real_sierra_file():
+    x, meta = read_any(REAL / "philips" / "129DYPRG.xml")
+    assert meta["format"] == "philips-xml" and meta["missing_leads"] == [] and "derived_leads" not in meta
+    assert meta["orig_fs"] == 500 and meta["orig_samples"] == 5500
+    assert meta["report"].startswith("sinus bradycardia. nonspecific intraventricular conduction delay. inferior infarct")
+    i, ii, iii = (x[LEADS.index(n)] for n in ("I", "II", "III"))
+    assert np.abs(iii - (ii - i)).max() < 0.02  # Einthoven holds on the decoded leads (5 uV steps, resampled)
+    assert 0.3 < np.ptp(ii) < 5.0
+
+
+def test_an_xml_that_is_no_ecg_is_one_line_naming_the_file(tmp_path):
+    p = tmp_path / "notes.xml"
+    p.write_text("<?xml version='1.0'?><notes><a>1</a></notes>")
+    with pytest.raises(SkipRecord, match="notes.xml: an XML file that is neither"):
+        read_any(p)
+    q = tmp_path / "broken.xml"
+    q.write_text("<RestingECG><Waveform>")
+    with pytest.raises(SkipRecord, match="unreadable MUSE XML file broken.xml"):
+        read_any(q)
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_text('<?xml version="1.0"?><!DOCTYPE RestingECG [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]>'
+                    "<RestingECG>&b;</RestingECG>")
+    with pytest.raises(SkipRecord, match="bomb.xml"):
+        read_any(bomb)
+
+
+def test_check_report():
+    normal = {"expect": ["sinus"], "forbid": ["infarct", "st elevation", "block", "atrial fibrillation"]}
+    assert check_report("sinus rhythm. ventricular rate 97 bpm. normal ecg.", normal, 96.0) == []
+    assert check_report("sinus rhythm. rate 76 bpm.", normal, 96.0) == ["rate 76 vs 96 measured"]
+    assert check_report("atrial fibrillation. right bundle branch block.", normal, 96.0) == [
+        "no 'sinus'", "says 'block'", "says 'atrial fibrillation'"]
+    af = {"expect": ["atrial fibrillation"], "forbid": []}
+    assert check_report("atrial fibrillation with rapid ventricular response. abnormal ecg.", af, 120.0) == []
+    assert stated_rates("heart rate 80. atrial rate 300. 81 bpm") == [80, 81]
