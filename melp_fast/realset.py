@@ -58,14 +58,14 @@ def check_report(report: str, rec: dict, rate_bpm: float) -> list[str]:
     return problems
 
 
-def score_record(model, rec: dict, beam_width: int = 4) -> dict:
+def score_record(model, rec: dict, beam_width: int = 4, max_len: int | None = None) -> dict:
     from . import generate
     from .data.sources.single import read_record
     from .grounding import ground_report
 
     raw, meta = read_record(rec["path"], raw=True, max_beats=model.cfg.max_beats)
     batch = generate.ecg_batch(raw, model)
-    text = generate.generate_report(model, batch, "beam", beam_width=beam_width)
+    text = generate.generate_report(model, batch, "beam", beam_width=beam_width, max_len=max_len)
     g = ground_report(text, batch["r_peaks"], generate.FS)
     problems = check_report(g.text, rec, g.rate_bpm)
     raw_rate_err = [abs(n - g.rate_bpm) for n in stated_rates(g.raw)]
@@ -78,11 +78,11 @@ def score_record(model, rec: dict, beam_width: int = 4) -> dict:
             "finding_named": None if not finding else finding in g.text.lower()}
 
 
-def score_set(model, set_dir=None, beam_width: int = 4, progress=None) -> list[dict]:
+def score_set(model, set_dir=None, beam_width: int = 4, progress=None, max_len: int | None = None) -> list[dict]:
     model.eval()
     rows = []
     for rec in load_set(set_dir):
-        rows.append(score_record(model, rec, beam_width))
+        rows.append(score_record(model, rec, beam_width, max_len))
         if progress:
             progress(rows[-1])
     return rows

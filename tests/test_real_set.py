@@ -101,3 +101,56 @@ def test_check_report():
     af = {"expect": ["atrial fibrillation"], "forbid": []}
     assert check_report("atrial fibrillation with rapid ventricular response. abnormal ecg.", af, 120.0) == []
     assert stated_rates("heart rate 80. atrial rate 300. 81 bpm") == [80, 81]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import torch
+
+    from helpers import tiny_cfg
+    from melp_fast.export import export_model
+    from melp_fast.model.melp import MELP
+
+    torch.manual_seed(1)
+    cfg = tiny_cfg()
+    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("rs") / "model")
+
+
+def test_score_set_grounds_every_rate_and_builds_the_table(exported):
+    """An untrained model's reports: whatever they say, no grounded report states a rate more than 5 bpm off."""
+    import torch
+
+    from melp_fast import realset
+    from melp_fast.export import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(exported)
+    rows = realset.score_set(model, beam_width=1, max_len=12)
+    assert [r["id"] for r in rows] == [r["id"] for r in load_set()]
+    for r in rows:
+        assert not any(p.startswith("rate ") for p in r["problems"]), r
+        assert r["ok"] == (r["problems"] == []) and r["rate_bpm"] > 30
+    muse = next(r for r in rows if r["id"] == "muse-guangxi")
+    assert muse["derived_leads"] == ["III", "aVF", "aVL", "aVR"] and muse["n_beats"] == 16
+    text = realset.table(rows)
+    assert text.count("\n| ") == len(rows) and f"/{len(rows)} real ECGs" in text and "4 sources" in text
+
+
+def test_generate_cli_grounds_prints_raw_and_names_derived_leads(exported, tmp_path, capsys, monkeypatch):
+    from melp_fast import generate
+
+    monkeypatch.setattr(generate, "generate_report", lambda *a, **k: "atrial fibrillation. ventricular rate 76 bpm.")
+    out = tmp_path / "g"
+    assert generate.main(["--ckpt", str(exported), "--ecg", str(REAL / "muse" / "guangxi_teaching_sinus_rhythm.xml"),
+                          "--beam-width", "2", "--raw", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "derived: III, aVR, aVL, aVF" in printed
+    assert "generated (greedy):          atrial fibrillation. ventricular rate 97 bpm." in printed
+    assert "raw model text:            atrial fibrillation. ventricular rate 76 bpm." in printed
+    assert "grounded: rate 76 -> 97 bpm" in printed
+    assert "FLAG (contradicted by the RR intervals): 'atrial fibrillation' stated" in printed
+    import json
+
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["beam"] == "atrial fibrillation. ventricular rate 97 bpm."
+    assert saved["beam_grounded"]["raw"].endswith("76 bpm.") and saved["beam_grounded"]["flags"]
