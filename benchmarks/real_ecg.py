@@ -8,11 +8,11 @@ melp_fast/realset.py), the model's beam report (width 4) grounded in the detecte
 on every sinus record, atrial fibrillation on every AF record, no infarction / ST elevation / block on a normal
 record, no atrial fibrillation on a record without it, a stated rate within 5 bpm of the measured one; the raw
 model text, its rate error and the rhythm flags beside it. --write puts the table in
-benchmarks/results/real_ecg_set.md (--seed-label names the run in it).
+benchmarks/results/real_ecg_set.md (--label names the run in it).
 
-With --ecg: for each ECG file (default: pydicom's real 12-lead test ECG, a normal sinus recording) and, unless --no-perturb,
-copies of it with white noise (SD 0.02-0.05 mV, two draws each), baseline wander (0.3 mV at 0.3 Hz), 50 Hz hum
-(0.05 mV) and a slower rate (the signal stretched in time x1.15 and x1.3), the model's beam-search report (width 4,
+With --ecg: for each ECG file ('example': pydicom's real 12-lead test ECG, a normal sinus recording) and, unless
+--no-perturb, copies of it with white noise (SD 0.02-0.05 mV, two draws each), baseline wander (0.3 mV at 0.3 Hz),
+50 Hz hum (0.05 mV) and a slower rate (the signal stretched in time x1.15 and x1.3), the model's beam-search report (width 4,
 as the demo) is checked as issue 19 checks the demo on a normal ECG:
 
 - it names a sinus rhythm ("sinus ...");

@@ -110,3 +110,26 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['id']} | {r['statement']} | {r['n_beats']} | {r['rate_bpm']:.0f} | {leads} | {verdict} | "
                      f"{'; '.join(r['flags']) or '-'} | {r['report']} | {raw} |")
     return "\n".join(lines) + "\n\n" + summary(rows)
+
+
+def demo_report(model, out_dir, beam_width: int = 4, max_len: int | None = None) -> list[dict] | None:
+    """What ``melp-fast demo`` prints after pydicom's example: the model's score on the real set (one line per
+    record and the summary), the table written to ``out_dir/real_set.md``; None (with a note) without the set."""
+    try:
+        recs = load_set()
+    except FileNotFoundError as e:
+        print(f"\n(the real-ECG set is skipped: {e})")
+        return None
+    print(f"\nThe real 12-lead ECG set ({len(recs)} recordings the model never saw, {len({r['source'] for r in recs})} "
+          f"sources; reports grounded in the detected beats):")
+    def line(r):
+        problems = f"   [{'; '.join(r['problems'])}]" if r["problems"] else ""
+        print(f"  {r['id']:<17} {'ok ' if r['ok'] else 'NO '} {r['report']}{problems}")
+
+    rows = score_set(model, beam_width=beam_width, max_len=max_len, progress=line)
+    print("  " + summary(rows))
+    out = Path(out_dir) / "real_set.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# The demo model on the real 12-lead ECG set\n\n" + table(rows) + "\n")
+    print(f"  table: {out}")
+    return rows

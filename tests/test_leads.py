@@ -9,7 +9,8 @@ from melp_fast.data.leads import absent_leads, complete_leads
 from melp_fast.data.sources.common import canonical_lead, to_canonical
 from melp_fast.data.sources.single import read_dicom
 
-LIMB_DERIVED = {"8-lead (I, II, V1-V6)": ["III", "aVR", "aVL", "aVF"], "9-lead (I, II, III, V1-V6)": ["aVR", "aVL", "aVF"]}
+LIMB_DERIVED = {"8-lead (I, II, V1-V6)": ["III", "aVR", "aVL", "aVF"],
+                "9-lead (I, II, III, V1-V6)": ["aVR", "aVL", "aVF"]}
 
 
 def _pydicom_ecg():

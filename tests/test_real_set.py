@@ -70,7 +70,8 @@ def test_philips_xml_reader_on_the_real_sierra_file():
     x, meta = read_any(REAL / "philips" / "129DYPRG.xml")
     assert meta["format"] == "philips-xml" and meta["missing_leads"] == [] and "derived_leads" not in meta
     assert meta["orig_fs"] == 500 and meta["orig_samples"] == 5500
-    assert meta["report"].startswith("sinus bradycardia. nonspecific intraventricular conduction delay. inferior infarct")
+    assert meta["report"].startswith("sinus bradycardia. nonspecific intraventricular conduction delay. "
+                                     "inferior infarct")
     i, ii, iii = (x[LEADS.index(n)] for n in ("I", "II", "III"))
     assert np.abs(iii - (ii - i)).max() < 0.02  # Einthoven holds on the decoded leads (5 uV steps, resampled)
     assert 0.3 < np.ptp(ii) < 5.0
@@ -116,8 +117,9 @@ def exported(tmp_path_factory):
     return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("rs") / "model")
 
 
-def test_score_set_grounds_every_rate_and_builds_the_table(exported):
-    """An untrained model's reports: whatever they say, no grounded report states a rate more than 5 bpm off."""
+def test_score_set_grounds_every_rate_and_builds_the_table(exported, tmp_path, capsys):
+    """An untrained model's reports (as the demo prints them): whatever they say, no grounded report states a rate
+    more than 5 bpm off."""
     import torch
 
     from melp_fast import realset
@@ -125,7 +127,11 @@ def test_score_set_grounds_every_rate_and_builds_the_table(exported):
 
     torch.set_num_threads(1)
     model = load_model(exported)
-    rows = realset.score_set(model, beam_width=1, max_len=12)
+    rows = realset.demo_report(model, tmp_path, beam_width=1, max_len=12)
+    printed = capsys.readouterr().out
+    assert "The real 12-lead ECG set (13 recordings the model never saw, 4 sources" in printed
+    assert realset.summary(rows) in printed
+    assert (tmp_path / "real_set.md").read_text().count("\n| ") == len(rows) + 1  # and the header
     assert [r["id"] for r in rows] == [r["id"] for r in load_set()]
     for r in rows:
         assert not any(p.startswith("rate ") for p in r["problems"]), r

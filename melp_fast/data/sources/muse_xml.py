@@ -4,9 +4,9 @@
 waveform (``<WaveformType>Rhythm``): each lead is base64 little-endian int16 (``LeadSampleSize`` 2) scaled by
 ``LeadAmplitudeUnitsPerBit`` in ``LeadAmplitudeUnits`` (MUSE: 4.88 MICROVOLTS), less ``FirstSampleBaseline`` (0 in
 MUSE's own exports; converters that shift a lead into the int16 range record the shift there). MUSE stores I, II
-and V1-V6 only; the limb leads it leaves out are derived by the reader's common path (``data.leads``). The report is the device's
-(or the over-reader's) statements (``<Diagnosis>`` / ``<StmtText>``, else ``<OriginalDiagnosis>``). The XML is
-parsed with defusedxml (no entity expansion, no external references).
+and V1-V6 only; the limb leads it leaves out are derived by the reader's common path (``data.leads``). The report
+is the device's (or the over-reader's) statements (``<Diagnosis>`` / ``<StmtText>``, else
+``<OriginalDiagnosis>``). The XML is parsed with defusedxml (no entity expansion, no external references).
 """
 
 from __future__ import annotations

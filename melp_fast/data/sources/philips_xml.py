@@ -40,7 +40,8 @@ def read_philips_xml(path) -> tuple[np.ndarray, float, list[str], str]:
     try:
         import sierraecg
     except ImportError:
-        raise SkipRecord(f"{path.name}: reading Philips XML needs the sierraecg package (pip install sierraecg)") from None
+        raise SkipRecord(f"{path.name}: reading Philips XML needs the sierraecg package (pip install sierraecg)"
+                         ) from None
     try:
         f = sierraecg.read_file(str(path))
     except Exception as e:  # noqa: BLE001  (the library raises its own errors and struct / index errors)
