@@ -160,3 +160,14 @@ def test_generate_cli_grounds_prints_raw_and_names_derived_leads(exported, tmp_p
     saved = json.loads((out / "report.json").read_text())
     assert saved["beam"] == "atrial fibrillation. ventricular rate 97 bpm."
     assert saved["beam_grounded"]["raw"].endswith("76 bpm.") and saved["beam_grounded"]["flags"]
+
+
+def test_wfdb_dir_source_walks_the_xml_ecgs_and_keeps_the_derived_leads():
+    from melp_fast.data.sources import wfdb_dir
+
+    items = {it.record_id: it for it in wfdb_dir.list_items(REAL)}
+    assert sorted(items) == sorted([f"A{k:04d}" for k in range(1, 11)] + ["guangxi_teaching_sinus_rhythm", "129DYPRG"])
+    assert items["A0001"].path == "cpsc2018/A0001"  # the WFDB record, not its XML copy
+    x, keep = wfdb_dir.load(REAL, items["guangxi_teaching_sinus_rhythm"])
+    assert x.shape == (12, 5000) and sorted(keep["derived_leads"]) == ["III", "aVF", "aVL", "aVR"]
+    assert keep["report"].startswith("窦性心律")
