@@ -99,16 +99,17 @@ def summary(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| record | source's statement | beats | bpm | leads derived / missing | checks | flags | report "
-             "(grounded) | raw model text |", "|---|---|---:|---:|---|---|---|---|---|"]
+    lines = ["| record | source's statement | beats | bpm | leads derived / missing | checks | finding named (not "
+             "scored) | flags | report (grounded) | raw model text |", "|---|---|---:|---:|---|---|---|---|---|---|"]
     for r in rows:
         leads = ", ".join(r["derived_leads"]) or "-"
         if r["missing_leads"]:
             leads += " / missing " + ", ".join(r["missing_leads"])
         verdict = "ok" if r["ok"] else "; ".join(r["problems"])
         raw = "same" if r["raw"] == r["report"] else r["raw"]
+        finding = f"{r['finding']}: {'yes' if r['finding_named'] else 'no'}" if r["finding"] else "-"
         lines.append(f"| {r['id']} | {r['statement']} | {r['n_beats']} | {r['rate_bpm']:.0f} | {leads} | {verdict} | "
-                     f"{'; '.join(r['flags']) or '-'} | {r['report']} | {raw} |")
+                     f"{finding} | {'; '.join(r['flags']) or '-'} | {r['report']} | {raw} |")
     return "\n".join(lines) + "\n\n" + summary(rows)
 
 
