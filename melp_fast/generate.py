@@ -1,5 +1,5 @@
-"""Report generation for one ECG file (WFDB .hea or DICOM .dcm) with the captioning decoder, and the picture of
-the beat attention of each report sentence.
+"""Report generation for one ECG file (WFDB .hea, DICOM .dcm, MUSE / Philips .xml) with the captioning decoder, and
+the picture of the beat attention of each report sentence.
 
     melp-fast generate --ckpt runs/tiny/model --ecg record.dcm|.hea|.xml|example [--beam-width 4] [--report "..."]
                        [--raw] [--out DIR]
