@@ -216,7 +216,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p = new_parser("generate", "inference/generate.py")
     add_model(p)
     p.add_argument("--ecg", required=True,
-                   help="a WFDB header (.hea) or a DICOM ECG (.dcm); 'example': pydicom's real 12-lead ECG")
+                   help="a WFDB header (.hea), a DICOM ECG (.dcm) or a GE MUSE / Philips XML ECG (.xml); "
+                        "'example': pydicom's real 12-lead ECG")
     p.add_argument("--beam-width", type=int, default=4, help="beam width of beam search (1: greedy only)")
     p.add_argument("--max-len", type=int, default=None, help="maximum generated tokens (default: the model's)")
     p.add_argument("--length-penalty", type=float, default=1.0,
@@ -226,6 +227,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["local", "similarity"], default="local",
                    help="local: A2 of the local loss (default); similarity: softmax over beats of t1 * cosine")
     p.add_argument("--out", default=None, help="output directory (default: runs/generate/<record>)")
+    p.add_argument("--raw", action="store_true",
+                   help="also print the model's raw text (the report printed has its stated rate set to the rate "
+                        "measured from the detected beats; report.json holds both)")
     add_device(p)
     return p
 

@@ -95,7 +95,8 @@ def _process_shard(job) -> dict:
     return w.close()
 
 
-_INFO_KEYS = ("orig_fs", "orig_samples", "missing_leads", "unknown_leads", "padded", "repaired_samples", "age", "sex")
+_INFO_KEYS = ("orig_fs", "orig_samples", "missing_leads", "derived_leads", "unknown_leads", "padded", "repaired_samples",
+              "age", "sex")
 _progress_queue = None
 
 

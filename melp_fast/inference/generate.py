@@ -1,13 +1,18 @@
-"""Report generation for one ECG file (WFDB .hea or DICOM .dcm) with the captioning decoder, and the picture of
-the beat attention of each report sentence.
+"""Report generation for one ECG file (WFDB .hea, DICOM .dcm, MUSE / Philips .xml) with the captioning decoder, and
+the picture of the beat attention of each report sentence.
 
-    melp-fast generate --model runs/tiny/model --ecg record.dcm|example [--beam-width 4] [--report "..."] [--out DIR]
+    melp-fast generate --model runs/tiny/model --ecg record.dcm|.hea|.xml|example [--beam-width 4] [--report "..."]
+                       [--raw] [--out DIR]
 
 Generation is autoregressive as in training (MELP.forward): the text encoder (causal) runs on the token prefix,
 the decoder runs on its states with cross-attention to the pooled ECG tokens, and the last position's logits give
 the next token. It starts from [CLS] and stops at [SEP] or the maximum length. Greedy search takes the most
 likely token; beam search keeps ``beam_width`` prefixes ranked by their summed log-probability divided by
 length ** length_penalty.
+
+Each report is grounded in the detected beats (``grounding.py``): a stated ventricular rate is set to the rate
+measured from the R peaks (the change is printed; ``--raw`` prints the model's text too), and rhythm statements
+that the RR intervals contradict are flagged in the output.
 
 The ECG goes through the store's pipeline: ``read_record`` (canonical leads, 500 Hz, 5000 samples), R-peak
 detection and beat spans on the raw signal, then high-pass + min-max (``data.signal.preprocess``); beat spans in
@@ -47,8 +52,13 @@ def load_ecg(path, model) -> dict:
 def ecg_batch(raw: np.ndarray, model) -> dict:
     """A raw 12-lead signal (mV, 500 Hz, [12, 5000], canonical lead order) as a model batch of one, the way the
     store makes it: ecg [1, 12, 5000] (high-pass + min-max), beat_spans [1, K, 2] (token units), beat_mask [1, K];
-    with the raw signal, the beat spans in samples and the R peaks for plotting."""
+    with the raw signal, the beat spans in samples and the R peaks for plotting. Limb leads that are all zero are
+    derived from the others first (``data.leads.complete_leads``; ``missing_leads``, ``derived_leads``)."""
+    from ..data.leads import complete_leads
+
     cfg = model.cfg
+    raw = np.array(raw, dtype=np.float32)  # a copy: the caller's signal is not changed
+    missing, derived = complete_leads(raw)  # zero-filled limb leads derived from I and II (as every reader does)
     highpass_hz = getattr(getattr(model, "config", None), "data", None)
     highpass_hz = highpass_hz.highpass_hz if highpass_hz is not None else 4.0
     r_peaks = beatlib.detect_r_peaks(raw, FS)
@@ -63,7 +73,8 @@ def ecg_batch(raw: np.ndarray, model) -> dict:
         mask[: len(spans)] = True
     device = model.logit_scale.device
     return {"ecg": torch.from_numpy(x)[None].float().to(device), "beat_spans": torch.from_numpy(tok)[None].to(device),
-            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks}
+            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks,
+            "missing_leads": missing, "derived_leads": derived}
 
 
 def rate_bpm(r_peaks) -> float:
@@ -232,20 +243,33 @@ def main(argv=None) -> int:
         from ..errors import UserError
 
         raise UserError(f"melp-fast generate: {e}") from None
-    greedy = generate_report(model, batch, "greedy", max_len=args.max_len)
-    out = {"ecg": str(args.ecg), "n_beats": int(len(batch["spans"])), "greedy": greedy}
+    from .grounding import ground_report
+
+    meta = batch["meta"]
+    derived = meta.get("derived_leads") or batch["derived_leads"]
+    out = {"ecg": str(args.ecg), "n_beats": int(len(batch["spans"])), "missing_leads": meta.get("missing_leads", []),
+           "derived_leads": derived}
     print(f"ECG: {args.ecg}  ({len(batch['spans'])} beats detected; leads missing: "
-          f"{batch['meta'].get('missing_leads') or 'none'})")
-    if batch["meta"].get("report"):
-        print(f"report in the file:          {batch['meta']['report']}")
-        out["file_report"] = batch["meta"]["report"]
-    print(f"generated (greedy):          {greedy}")
-    chosen = greedy
+          f"{meta.get('missing_leads') or 'none'}" + (f"; derived: {', '.join(derived)}" if derived else "") + ")")
+    if meta.get("report"):
+        print(f"report in the file:          {meta['report']}")
+        out["file_report"] = meta["report"]
+    runs = [("greedy", "generated (greedy):         ", {})]
     if args.beam_width > 1:
-        beam = generate_report(model, batch, "beam", args.beam_width, args.max_len, args.length_penalty)
-        out["beam"], out["beam_width"] = beam, args.beam_width
-        print(f"generated (beam, width {args.beam_width}):  {beam}")
-        chosen = beam
+        runs.append(("beam", f"generated (beam, width {args.beam_width}): ",
+                     {"beam_width": args.beam_width, "length_penalty": args.length_penalty}))
+        out["beam_width"] = args.beam_width
+    for method, label, kw in runs:
+        g = ground_report(generate_report(model, batch, method, max_len=args.max_len, **kw), batch["r_peaks"], FS)
+        out[method], out[f"{method}_grounded"] = g.text, g.as_dict()
+        print(f"{label} {g.text}")
+        if args.raw:
+            print(f"  raw model text:            {g.raw}")
+        for c in g.changes:
+            print(f"  grounded: {c}")
+        for f in g.flags:
+            print(f"  FLAG (contradicted by the RR intervals): {f}")
+        chosen = g.text
     report = args.report if args.report is not None else chosen
     sentences, A2, kind, note = attention_for_picture(model, batch, report, args.attention)
     if note:

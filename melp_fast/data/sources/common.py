@@ -2,8 +2,10 @@
 
 The rules (docs/SPEC.md, "Data"):
 - leads are mapped BY NAME (case-insensitive, common aliases) into the canonical PTB-XL order
-  I, II, III, aVR, aVL, aVF, V1..V6; MIMIC-IV-ECG's aVF/aVL swap is undone by the names in its headers. A lead
-  that is absent is zero-filled and listed in ``meta["missing_leads"]``;
+  I, II, III, aVR, aVL, aVF, V1..V6; MIMIC-IV-ECG's aVF/aVL swap is undone by the names in its headers. An
+  absent limb lead is derived from the stored ones (``data.leads.complete_leads``: III, aVR, aVL, aVF from I and
+  II, listed in ``meta["derived_leads"]``); any other absent lead is zero-filled and listed in
+  ``meta["missing_leads"]``;
 - resampled to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``, exact rational ratio);
 - the first 10 s kept (5000 samples); a shorter record is zero-padded at the end (``meta["padded"]``);
 - non-finite samples (NaN / Inf): ``nan_policy="drop"`` (default, as the spec) skips the record;
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import FS, LEADS, N_SAMPLES
+from ..leads import complete_leads
 
 # Bounds checked before anything is read or resampled (a header, a DICOM tag or a .mat variable may claim anything)
 MIN_FS, MAX_FS = 50.0, 20_000.0  # sampling rates an ECG may have (Hz)
@@ -560,6 +563,9 @@ def to_canonical(sig: np.ndarray, fs: float, names, *, nan_policy: str = "drop",
         if nan_policy != "repair":
             raise SkipRecord(f"{int(bad.sum())} NaN/Inf samples")
         meta["repaired_samples"] = _repair_nonfinite(out, missing)
+    missing, derived = complete_leads(out, missing)  # III, aVR, aVL, aVF (and I or II) from the stored limb leads
+    if derived:
+        meta["derived_leads"] = derived
     if not np.any(out):
         raise SkipRecord("all samples are zero")
     if np.all(np.ptp(out, axis=1) == 0):

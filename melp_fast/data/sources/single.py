@@ -1,4 +1,5 @@
-"""One record from a WFDB header (.hea, with .dat or CinC .mat data) or a DICOM waveform file (.dcm).
+"""One record from a WFDB header (.hea, with .dat or CinC .mat data), a DICOM waveform file (.dcm) or a GE MUSE /
+Philips Sierra XML file (.xml: ``muse_xml.py``, ``philips_xml.py``).
 
 ``read_record(path)`` -> (signal float32 [12, 5000] at 500 Hz, meta). By default the signal is model-ready
 (per-lead 4 Hz high-pass, then min-max to [0, 1], as in the store); ``raw=True`` gives the canonical physical
@@ -129,9 +130,31 @@ def check_dicom_inflated(path, limit: int = MAX_FILE_BYTES) -> None:
                 return
 
 
+def xml_kind(path) -> str:
+    """'muse-xml' or 'philips-xml', from the root element named in the file's first 4 KB; SkipRecord otherwise."""
+    regular_file(path, "XML file")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"<RestingECG" in head:
+        return "muse-xml"
+    if b"<restingecgdata" in head:
+        return "philips-xml"
+    raise SkipRecord(f"{Path(path).name}: an XML file that is neither a GE MUSE (<RestingECG>) nor a Philips "
+                     f"(<restingecgdata>) resting ECG")
+
+
+def read_xml(path) -> tuple[np.ndarray, float, list[str], str]:
+    """(physical signal in mV, fs, lead names, report) of a GE MUSE or Philips Sierra XML ECG."""
+    from .muse_xml import read_muse_xml
+    from .philips_xml import read_philips_xml
+
+    return (read_muse_xml if xml_kind(path) == "muse-xml" else read_philips_xml)(path)
+
+
 def read_any(path, nan_policy: str = "drop", root=None) -> tuple[np.ndarray, dict]:
-    """Canonical raw signal (float32 [12, 5000] at 500 Hz, physical units) and meta of a .hea / .dcm file (with
-    ``root``: every data file a header names must stay inside it)."""
+    """Canonical raw signal (float32 [12, 5000] at 500 Hz, physical units) and meta of a .hea / .dcm / .xml file
+    (with ``root``: every data file a header names must stay inside it). Absent limb leads are derived
+    (``meta["derived_leads"]``), other absent leads named in ``meta["missing_leads"]``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
@@ -145,8 +168,12 @@ def read_any(path, nan_policy: str = "drop", root=None) -> tuple[np.ndarray, dic
         meta = {"format": "wfdb", "comments": comments}
         if "Dx" in info:
             meta["codes"] = [c.strip() for c in info["Dx"].split(",") if c.strip()]
+    elif suffix == ".xml":
+        sig, fs, names, report = read_xml(path)
+        meta = {"format": xml_kind(path)}
     else:
-        raise ValueError(f"{path}: unknown record type (expected a WFDB .hea or a DICOM .dcm file)")
+        raise ValueError(f"{path}: unknown record type (expected a WFDB .hea, a DICOM .dcm, or a GE MUSE / "
+                         f"Philips .xml file)")
     x, m = to_canonical(sig, fs, names, nan_policy=nan_policy)
     meta.update(m)
     meta.update(record_id=path.stem, path=str(path), report=report, lead_names=list(names))
