@@ -187,3 +187,14 @@ def spawn(worker, args, nprocs: int, limit_s: float, what: str) -> None:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"{what} timed out after {limit_s:.0f} s")
+
+
+def run_python(code: str, args: list[str], timeout: float = 600):
+    """`python -c code args...` from the repository root with one OpenMP thread; the CompletedProcess (text)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=_Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -8,18 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from melp_fast.data.sources import SkipRecord
 from melp_fast.data.sources.single import read_any
 from melp_fast.data.store import Store
 
 from helpers import crafted_mat  # noqa: E402
-from test_sources import DCM, MIT, mitbih  # noqa: E402
+from test_sources import DCM, mitbih  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("recordings")

@@ -4,13 +4,13 @@ recipe files (--config, presets), and a past run re-run from its folder's config
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import run_python
 from melp_fast import options
 from melp_fast.config import (PRESET_DIR, PRESETS, Config, TextPretrainConfig, base_config, get_preset, load_recipe,
                               valid_keys)
@@ -208,10 +208,7 @@ COMPARED = ("loss", "global", "local", "caption", "lr", "logit_scale")
 
 
 def run_train(args):
-    code = "import sys; from melp_fast.cli import main; sys.exit(main(['train', *sys.argv[1:]]))"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_python("import sys; from melp_fast.cli import main; sys.exit(main(['train', *sys.argv[1:]]))", args)
 
 
 def history(out):

@@ -3,12 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port, rng_for
+from helpers import free_port, rng_for, run_python
 
 from melp_fast import load_model
 from melp_fast.data.dataset import Collate, ECGTextDataset
@@ -22,10 +21,7 @@ SMALL = ["--preset", "tiny", "--text-encoder", "random:tiny", "--batch-size", "8
 
 
 def run_train(args):
-    code = "import sys; from melp_fast.train import main; main(sys.argv[1:])"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_python("import sys; from melp_fast.train import main; main(sys.argv[1:])", args)
 
 
 def test_one_process_trains_exports_and_reloads(tmp_path):

@@ -30,7 +30,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .sources import get_source, SOURCES
+from .sources import get_source
 from .sources.common import SkipRecord
 from .store import CHUNK, SHARD_SIZE, VERSION, ShardWriter, Store, finalize_store
 from ..errors import UserError, run_main

@@ -29,14 +29,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler

@@ -19,10 +19,8 @@ failure shows its traceback instead of one line and exit 2.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-import time
 
 LAUNCHERS = ("deepspeed", "torchrun")
 WAIT_S = 120.0  # after a signal: the longest the ranks are given to save and end before they are killed
