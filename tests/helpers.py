@@ -198,3 +198,15 @@ def run_python(code: str, args: list[str], timeout: float = 600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", code, *args], cwd=_Path(__file__).resolve().parent.parent, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def export_tiny(folder, seed: int):
+    """An untrained tiny model (torch seed `seed`) exported to `folder`; the exported folder."""
+    import torch
+
+    from melp_fast.inference.export import export_model
+    from melp_fast.model.melp import MELP
+
+    torch.manual_seed(seed)
+    cfg = tiny_cfg()
+    return export_model(MELP(cfg.model), cfg, folder)

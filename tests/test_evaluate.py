@@ -12,7 +12,7 @@ from melp_fast.eval import zero_shot as ev
 from melp_fast.data import synthetic
 from melp_fast.data import tasks as tasklib
 from melp_fast.eval.linear_probe import fit_probe, linear_probe, nested_subsets, predict
-from helpers import tiny_cfg
+from helpers import export_tiny
 
 # Real PTB-XL 1.0.3 class lists (scp_statements.csv): the prompt files must cover every one.
 PTBXL_CLASSES = {
@@ -205,12 +205,7 @@ def test_every_class_of_every_task_has_a_prompt(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from melp_fast.inference.export import export_model
-    from melp_fast.model.melp import MELP
-
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("m") / "model")
+    return export_tiny(tmp_path_factory.mktemp("m") / "model", seed=0)
 
 
 def test_evaluate_cli_on_miniature_stores(tmp_path, tiny_export, capsys):

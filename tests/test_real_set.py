@@ -106,15 +106,9 @@ def test_check_report():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import torch
+    from helpers import export_tiny
 
-    from helpers import tiny_cfg
-    from melp_fast.inference.export import export_model
-    from melp_fast.model.melp import MELP
-
-    torch.manual_seed(1)
-    cfg = tiny_cfg()
-    return export_model(MELP(cfg.model), cfg, tmp_path_factory.mktemp("rs") / "model")
+    return export_tiny(tmp_path_factory.mktemp("rs") / "model", seed=1)
 
 
 def test_score_set_grounds_every_rate_and_builds_the_table(exported, tmp_path, capsys):
