@@ -519,3 +519,21 @@ def test_cuda_bf16(B, K, S, D):
     got = run("fused", e, bm, s, sm)
     assert got[1].dtype == torch.bfloat16
     assert_close(got, want, tol_loss=2e-2, tol_grad=2e-2)
+
+
+@pytest.mark.parametrize("dtype,K,D", [(torch.bfloat16, 16, 512), (torch.float16, 32, 256)])
+def test_fused_triton39_tiles(dtype, K, D, monkeypatch):
+    """The backward tiles taken under Triton >= 3.9 (_triton39_tiles: halved dS / dE tiles and the dS a loop in
+    256-wide D chunks at bf16 D = 512; the fp16 dE a loop in 128-wide chunks at K = 32, D = 256) match the
+    reference, whichever Triton runs the test."""
+    _fused_device("cpu")
+    monkeypatch.setattr(ll, "_TRITON39", True)
+    cfg = ll._tile_cfg(3, K, 3, D, True, dtype == torch.bfloat16)
+    if dtype == torch.bfloat16:
+        assert cfg.BD_S == 256 and cfg.BD_E == cfg.BD == 64 and cfg.BI_E == cfg.BI_B == cfg.BI_F // 2
+    else:
+        assert cfg.BD_E == 128 and cfg.BD_S == cfg.BD == cfg.DP == 256
+    e, bm, s, sm = make(3, K, 3, D, seed=K + D, dtype=dtype)
+    got = run("fused", e, bm, s, sm)
+    assert got[1].dtype == dtype and got[2].dtype == dtype
+    assert_close(got, run("batched", e.double(), bm, s.double(), sm), tol_loss=2e-2, tol_grad=2e-2)

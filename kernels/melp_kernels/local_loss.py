@@ -56,8 +56,8 @@ bf16 inputs: tensor-core dots with fp32 accumulation, ga rounded to bf16 for the
 inputs: those dots on fp32 operands (fp16's range would flush small ga); fp32 inputs: "tf32x3" dots (3-pass
 split, about fp32 accuracy) or precision="ieee". Under TRITON_INTERPRET=1 every dot operand is cast to fp32
 (triton issue 11584) and computed exactly. The sm_90 builds (sm90_specs) have no stack frame: 128 x 32 dE tiles
-and 128 x KP dS tiles (16-bit; 64-row tiles in fp32); benchmarks/kernel_resources.py lists their instruction
-counts.
+and 128 x KP dS tiles (16-bit; 64-row tiles in fp32; under Triton >= 3.9 some 16-bit ones are 64-row tiles or
+take another D chunk or one stage: _triton39_tiles); benchmarks/kernel_resources.py lists their instruction counts.
 
 Precision: float32 and bfloat16 (and float16) inputs are computed with float32 accumulation and give a float32
 loss; float64 inputs are computed in float64 by "reference" and "batched", in float32 by "fused".
@@ -759,6 +759,8 @@ class _Cfg(NamedTuple):
     ST_E: int  # pipeline stages of the dE pass (1: its next S tile's addresses and masks are not held in
     # registers beside the tile state, which would spill)
     ST_S: int  # pipeline stages of the dS pass (2 with whole-D 16-bit tiles, else 1: no stack frame)
+    BD_E: int  # D-chunk of the dE pass's a = S E^T loop (BD but under _triton39_tiles)
+    BD_S: int  # D-chunk of the dS pass's a loop
 
 
 def _warps(rows):
@@ -768,7 +770,8 @@ def _warps(rows):
 def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
     """Tile shapes for a batch; wide16: 16-bit operands (bf16 / fp16), whose whole-D tiles fit in shared memory;
     bf16 (default: wide16): the backward's accumulating dots take bf16 operands (fp16 and fp32 take fp32). The
-    backward sizes are those that build for sm_90 with no stack frame (benchmarks/kernel_resources.py)."""
+    backward sizes are those that build for sm_90 with no stack frame (benchmarks/kernel_resources.py; under
+    Triton >= 3.9 with the changes of _triton39_tiles)."""
     bf16 = wide16 if bf16 is None else bf16
     KP = max(16, _next_pow2(K))
     SP = _next_pow2(S)
@@ -800,8 +803,37 @@ def _tile_cfg(B, K, S, D, wide16=True, bf16=None):
     assert BJ % f["BJ_B"] == 0 and BJ % f["BJ_S"] == 0 and BI_F % f["BI_B"] == 0 and BI_F % f["BI_E"] == 0, f
     w = dict(W_F=_warps(BI_F * SP), W_E=_warps(f["BI_E"] * SP), W_S=_warps(f["BI_B"] * SP),
              ST_F=NUM_STAGES if wide16 else 1, ST_E=1, ST_S=NUM_STAGES if wide16 and BD == DP else 1)
+    w.update(BD_E=BD, BD_S=BD)
+    if _TRITON39:
+        _triton39_tiles(f, w, wide16, bf16, KP, BD, DP)
     w.update({k: v for k, v in _BWD_OVERRIDE.items() if k in w})
     return _Cfg(KP, SP, DP, BJ, BI_F, BD, **f, **w)
+
+
+def _triton_at_least(major, minor):
+    if not HAS_TRITON:
+        return False
+    return tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (major, minor)
+
+
+_TRITON39 = _triton_at_least(3, 9)
+
+
+def _triton39_tiles(f, w, wide16, bf16, KP, BD, DP):
+    """Backward tiles for Triton >= 3.9, whose sm_90 builds of some 16-bit configs of _tile_cfg keep 8-48 B on a
+    stack frame at 255 registers (3.6 and 3.7 build them with none; benchmarks/kernel_resources.py). Changes f and w
+    (_tile_cfg's fields) in place. dS, bf16, K <= 16: whole-D tiles (D = 256) in one stage; D > 256: 64-row tiles
+    on 8 warps, the a loop in 256-wide D chunks. dE, bf16, D > 256: 64-row tiles on 8 warps; fp16, K = 32, D = 256:
+    the a loop in two 128-wide chunks instead of whole-D tiles."""
+    if bf16 and KP <= 16 and f["BDO_S"] == 256:
+        if BD == DP:
+            w["ST_S"] = 1
+        else:  # half the reports per tile (64 rows at training batches), the warps kept
+            f["BI_B"], w["BD_S"] = max(1, f["BI_B"] // 2), 256 if DP % 256 == 0 else BD
+    if bf16 and BD < DP:  # (bf16 implies wide16) half the reports per tile, the warps kept
+        f["BI_E"] = max(1, f["BI_E"] // 2)
+    if wide16 and not bf16 and BD == DP == 256 and KP == 32:
+        w["BD_E"] = 128
 
 
 _BWD_OVERRIDE: dict = {}  # tile experiments (benchmarks, sm_90 builds): fields of _Cfg to force
@@ -846,7 +878,8 @@ def _fwd_meta(cfg, f32dot, prec, gprec):
 
 def _bwd_meta(cfg, for_s, scaled, opf32, f32dot, prec, gprec):
     return dict(KP=cfg.KP, SP=cfg.SP, DP=cfg.DP, BJ=cfg.BJ_S if for_s else cfg.BJ_B,
-                BI=cfg.BI_B if for_s else cfg.BI_E, BD=cfg.BD, BDO=cfg.BDO_S if for_s else cfg.BDO_E, FOR_S=for_s,
+                BI=cfg.BI_B if for_s else cfg.BI_E, BD=cfg.BD_S if for_s else cfg.BD_E,
+                BDO=cfg.BDO_S if for_s else cfg.BDO_E, FOR_S=for_s,
                 SCALED=scaled, F32DOT=f32dot, OPF32=opf32, PREC=prec, GPREC=gprec, FAST=not interpreting())
 
 
@@ -1068,7 +1101,7 @@ def sm90_specs(D: int, dtype: str, shapes=None) -> list[dict]:
                             signature=sig, constexprs=cx, num_warps=cfg.W_S if for_s else cfg.W_E,
                             num_stages=cfg.ST_S if for_s else cfg.ST_E,
                             divisible=div, config=(rows, cols, cx["BDO"]),
-                            hot_tile=(rows * cols / n_col, cfg.DP // cfg.BD)))
+                            hot_tile=(rows * cols / n_col, cfg.DP // cx["BD"])))
     BB = 1024  # the CLIP kernel at B = 1024 (its tile is CLIP_ELEMS at any B)
     out.append(dict(name=f"local_clip_B{BB}_{dtype}", fn=_clip_kernel,
                     signature={"SIM": "*fp32", "FLAGS": "*i32", "LOSS": "*fp32", "DSIM": "*fp32", "RLSE": "*fp32",
