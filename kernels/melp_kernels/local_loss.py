@@ -392,6 +392,18 @@ if HAS_TRITON:
         return x
 
     @triton.jit
+    def _sim_chunks(E, Sn, jb, ib, K, S, DIM, jn, qn, braw, sraw, BJ: tl.constexpr, BI: tl.constexpr,
+                    SP: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    F32DOT: tl.constexpr, PREC: tl.constexpr):
+        """a = S_tile E_tile^T [BM, BN] accumulated over column chunks of BD (the tiles that do not hold all of D)."""
+        a = tl.zeros([BM, BN], dtype=tl.float32)
+        for d0 in range(0, DP, BD):
+            e = _load_beats(E, jb, K, DIM, jn, qn, braw, BJ, d0, BD, F32DOT)
+            s = _load_tile(Sn, ib, S, DIM, sraw, BI, SP, d0, BD, F32DOT)
+            a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
+        return a
+
+    @triton.jit
     def _load_gram(G, jb, jn, qn, BJ: tl.constexpr, KP: tl.constexpr):
         """The block-diagonal [N, N] matrix of the Gram matrices G_j of ECG block jb in column order (0 between
         different ECGs), from G [n_jb BJ, KP, KP]."""
@@ -517,11 +529,7 @@ if HAS_TRITON:
                 s = _load_tile(Sn, ib, S, D, smr, BI, SP, 0, DP, F32DOT)
                 a = tl.dot(s, tl.trans(e_all), input_precision=PREC)
             else:
-                a = tl.zeros([BM, BN], dtype=tl.float32)
-                for d0 in range(0, DP, BD):
-                    e = _load_beats(E, jb, K, D, jn, qn, bmr, BJ, d0, BD, F32DOT)
-                    s = _load_tile(Sn, ib, S, D, smr, BI, SP, d0, BD, F32DOT)
-                    a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
+                a = _sim_chunks(E, Sn, jb, ib, K, S, D, jn, qn, bmr, smr, BJ, BI, SP, DP, BD, BM, BN, F32DOT, PREC)
             sm6 = tl.reshape(sm_eff, [BI, SP, 1, 1, 1, 1]) != 0
             sm3 = tl.reshape(sm_eff, [BI, SP, 1]) != 0
             ns3 = tl.reshape(tl.load(NS + ib * BM + tl.arange(0, BM)), [BI, SP, 1])
@@ -611,11 +619,8 @@ if HAS_TRITON:
                     e_t = _load_beats(E, jb, K, D, jn, qn, er, BJ, 0, DP, F32DOT)
                     a = tl.dot(h_all, tl.trans(e_t), input_precision=PREC)
                 else:
-                    a = tl.zeros([BM, BN], dtype=tl.float32)
-                    for d0 in range(0, DP, BD):
-                        e = _load_beats(E, jb, K, D, jn, qn, er, BJ, d0, BD, F32DOT)
-                        s = _load_tile(Sn, ib, S, D, hr, BI, SP, d0, BD, F32DOT)
-                        a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
+                    a = _sim_chunks(E, Sn, jb, ib, K, S, D, jn, qn, er, hr, BJ, BI, SP, DP, BD, BM, BN, F32DOT,
+                                    PREC)
             else:
                 jb = hb_
                 ib = ob
@@ -627,11 +632,8 @@ if HAS_TRITON:
                     s_t = _load_tile(Sn, ib, S, D, sr, BI, SP, 0, DP, F32DOT)
                     a = tl.dot(s_t, tl.trans(h_all), input_precision=PREC)
                 else:
-                    a = tl.zeros([BM, BN], dtype=tl.float32)
-                    for d0 in range(0, DP, BD):
-                        e = _load_beats(E, jb, K, D, jn, qn, hr, BJ, d0, BD, F32DOT)
-                        s = _load_tile(Sn, ib, S, D, sr, BI, SP, d0, BD, F32DOT)
-                        a = tl.dot(s, tl.trans(e), a, input_precision=PREC)
+                    a = _sim_chunks(E, Sn, jb, ib, K, S, D, jn, qn, hr, sr, BJ, BI, SP, DP, BD, BM, BN, F32DOT,
+                                    PREC)
             jg = jb * BJ + jl
             ig = ib * BI + il
             gs = tl.load(GS + jg[None, :].to(tl.int64) * n + ig[:, None], mask=(jg < n)[None, :] & (ig < n)[:, None],
