@@ -287,17 +287,9 @@ def make_optimizer(model, cfg, args, batch_size, cuda):
                 raise
             use_ds = False
     if use_ds:
-        import socket
+        from melp_fast.training.engine import init_distributed
 
-        import torch.distributed as dist
-
-        if "WORLD_SIZE" not in os.environ:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        if not dist.is_initialized():
-            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        init_distributed()
         ds_cfg = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": 1,
                   "gradient_clipping": 1.0, "zero_optimization": {"stage": 0}, "zero_force_ds_cpu_optimizer": False,
                   "steps_per_print": 10 ** 9}

@@ -72,7 +72,33 @@ def init_distributed() -> tuple[int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        release_deepspeed_shm()
     return dist.get_rank(), dist.get_world_size()
+
+
+def deepspeed_shm_path(rank: int) -> Path:
+    """The POSIX shared-memory file DeepSpeed's CPU all-reduce makes for `rank` (its ops/csrc/cpu/comm/shm.cpp names
+    it after the user id, MASTER_ADDR and MASTER_PORT)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_deepspeed_shm() -> None:
+    """Unlink this rank's DeepSpeed shared-memory segment once every rank has mapped it.
+
+    On CPU, ``deepspeed.init_distributed`` creates a 64 MiB segment per rank in /dev/shm (which is RAM) and never
+    unlinks it: every CPU run, and every multi-process test, left 64 MiB per rank behind (12 GB on a machine that had
+    run the suite a few dozen times). Each rank maps all the others' segments during the init, so after a barrier the
+    names can go: the mappings live on until the processes exit, and a killed run leaves nothing behind."""
+    path = deepspeed_shm_path(dist.get_rank())
+    if not path.parent.is_dir():
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    try:
+        path.unlink()
+    except FileNotFoundError:  # not a CPU backend, or a DeepSpeed that cleans up itself
+        pass
 
 
 def shutdown_distributed() -> None:
