@@ -224,17 +224,19 @@ if HAS_TRITON:
         tl.store(ROW_L + c * M + offs_m, l_i, mask=mask_m)
 
     @triton.jit
-    def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, DX, DS, M, N, D, pos_coef, ds_coef, diag_off,
+    def _infonce_grad_kernel(X, Y, S, LSE_A, LSE_B, CS, WA, WB, DX, DS, M, N, D, pos_coef, ds_coef, diag_off,
                              stride_x, stride_y, stride_dx, M_BUCKET, N_BUCKET,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
-                             HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_PARTNER: tl.constexpr,
-                             COMPUTE_DS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                             EVEN_D: tl.constexpr):
-        """DX[c, i] = cs * sum_{j in split c} (P_ij - [HAS_PARTNER] pos_coef [j = i + diag_off]) Y_j, each tile
-        of Z = X Y^T computed once per program, with P_ij = [HAS_A] 2^(zs_ij - mA_i - lA_i)
-        + [HAS_B] 2^(zs_ij - mB_j - lB_j) (log2 stats from the forward: LSE_A = [max; log2 sum], [2, M]);
-        DS[c, i] = sum_{j in split c} P_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}.
+                             HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_W: tl.constexpr,
+                             HAS_PARTNER: tl.constexpr, COMPUTE_DS: tl.constexpr, DS_ROWS: tl.constexpr,
+                             UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
+        """DX[c, i] = cs * sum_{j in split c} (P_ij - [HAS_PARTNER] pos_coef wa [j = i + diag_off]) Y_j, each tile
+        of Z = X Y^T computed once per program, with P_ij = [HAS_A] wa 2^(zs_ij - mA_i - lA_i)
+        + [HAS_B] wb_j 2^(zs_ij - mB_j - lB_j) (log2 stats from the forward: LSE_A = [max; log2 sum], [2, M];
+        wa = WA[0] and wb = WB[N] with HAS_W, else 1);
+        DS[c, i] = sum_{j in split c} Q_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}, with Q = P (unweighted
+        row + column parts), or only the row part 2^(zs_ij - mA_i - lA_i) when DS_ROWS.
 
         Grid: (row blocks, column splits c = program_id(1), output-column parts = program_id(2)). The positive
         term is folded into P in fp32 before P is rounded to the dot's operand type (in the confident regime
@@ -255,6 +257,9 @@ if HAS_TRITON:
         if HAS_A:  # row stats in log2 units: max and log2 of the sum below it (kept apart: exact zs - max)
             ma = tl.load(LSE_A + offs_m, mask=mask_m, other=0.0)
             la = tl.load(LSE_A + M + offs_m, mask=mask_m, other=0.0)
+        wa = 1.0
+        if HAS_W:
+            wa = tl.load(WA).to(tl.float32)
         offs_w = tl.arange(0, ACC_W)
         if SPLIT > 1:  # this program's part of the output columns
             offs_w += tl.program_id(2) * ACC_W
@@ -280,24 +285,38 @@ if HAS_TRITON:
             zs = z * s2
             p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             if HAS_A:
-                p += tl.exp2((zs - ma[:, None]) - la[:, None])
+                pa = tl.exp2((zs - ma[:, None]) - la[:, None])
+                if HAS_W:
+                    p += wa * pa
+                else:
+                    p += pa
             if HAS_B:
                 mb_ = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0)
                 lb = tl.load(LSE_B + N + offs_n, mask=mask_n, other=0.0)
-                p += tl.exp2((zs - mb_[None, :]) - lb[None, :])
+                pb = tl.exp2((zs - mb_[None, :]) - lb[None, :])
+                if HAS_W:
+                    wb = tl.load(WB + offs_n, mask=mask_n, other=0.0)
+                    p += wb[None, :] * pb
+                else:
+                    p += pb
             # columns past N: Y rows are 0 there, so only a non-finite p could leak; rows past M are not stored
             p = tl.where(mask_n[None, :], p, 0.0)
+            if COMPUTE_DS:
+                if DS_ROWS:
+                    q = tl.where(mask_n[None, :], pa, 0.0)
+                else:
+                    q = p
             if HAS_PARTNER:  # the positives, folded into P in fp32 before any rounding (P_ii ~ 1 - pos_coef)
                 lo = n0 - diag_off
                 if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
                     eq = offs_n[None, :] == offs_m[:, None] + diag_off
                     if COMPUTE_DS:
-                        ds_acc += tl.sum(tl.where(eq, p - ds_coef, p) * z, axis=1)
-                    p = tl.where(eq, p - pos_coef, p)
+                        ds_acc += tl.sum(tl.where(eq, q - ds_coef, q) * z, axis=1)
+                    p = tl.where(eq, p - pos_coef * wa, p)
                 elif COMPUTE_DS:
-                    ds_acc += tl.sum(p * z, axis=1)
+                    ds_acc += tl.sum(q * z, axis=1)
             elif COMPUTE_DS:
-                ds_acc += tl.sum(p * z, axis=1)
+                ds_acc += tl.sum(q * z, axis=1)
             pd = p.to(Y.dtype.element_ty)  # the dot operand in the input dtype (bf16 P for bf16 inputs)
             if UPCAST:
                 pd = pd.to(tl.float32)
@@ -541,10 +560,13 @@ def _grad_splits(M, N, interp, device):
     return _waves_split(triton.cdiv(M, 128), min(8, N // 256), _sm_count(device))
 
 
-def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision, ds_coef=0.0):
-    """cs * (P Y - pos_coef * Y[i + diag_off]) in x's dtype (no positive term when diag_off is None), and the
-    per-row sums of P * Z - ds_coef * Z[i, i + diag_off] (compute_ds). The grid is row blocks x column splits;
-    with several splits each writes an fp32 partial, summed afterwards in split order (deterministic, no atomics)."""
+def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precision, ds_coef=0.0, wa=None, wb=None,
+              ds_rows=False):
+    """cs * (P Y - pos_coef * wa * Y[i + diag_off]) in x's dtype (no positive term when diag_off is None), and the
+    per-row sums of Q * Z - ds_coef * Z[i, i + diag_off] (compute_ds; Q = P unweighted, or only its row part with
+    ds_rows). wa (1 element) and wb ([N]) weight P's row and column parts (both or neither; fp32 tensors on the
+    device, never read on the host). The grid is row blocks x column splits; with several splits each writes an
+    fp32 partial, summed afterwards in split order (deterministic, no atomics)."""
     M, D = x.shape
     N = y.shape[0]
     interp = KERNELS_INTERPRETED or not x.is_cuda
@@ -556,12 +578,14 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
     ds = torch.empty((nsp, M), device=x.device, dtype=torch.float32) if compute_ds else cs
     acc_w, n_acc, chunked, split = _grad_shape(D, interp, x.element_size())
     dummy = lse_a if lse_a is not None else lse_b
-    args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs, dx, ds,
+    has_w = wa is not None
+    args = (x, y, s, lse_a if lse_a is not None else dummy, lse_b if lse_b is not None else dummy, cs,
+            wa if has_w else cs, wb if has_w else cs, dx, ds,
             M, N, D, float(pos_coef), float(ds_coef), diag_off or 0, x.stride(0), y.stride(0), D,
             _bucket(M), _bucket(N))
     meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None,
-                HAS_B=lse_b is not None, HAS_PARTNER=diag_off is not None and pos_coef != 0, COMPUTE_DS=compute_ds,
-                UPCAST=interp, PRECISION=precision,
+                HAS_B=lse_b is not None, HAS_W=has_w, HAS_PARTNER=diag_off is not None and pos_coef != 0,
+                COMPUTE_DS=compute_ds, DS_ROWS=ds_rows, UPCAST=interp, PRECISION=precision,
                 EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0)
     with _dev_guard(x):
         if interp:
@@ -574,7 +598,7 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
                 tuner[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](*args, **meta)
                 return _tuple_of(tuner.best_config)
 
-            key = (_bucket(M), _bucket(N), D, lse_a is not None, lse_b is not None, compute_ds, precision,
+            key = (_bucket(M), _bucket(N), D, lse_a is not None, lse_b is not None, has_w, compute_ds, precision,
                    meta["EVEN_D"], str(x.dtype))
             first = shipped_configs("grad", D, x.element_size(), _shared_limit(x.device))[0]
             bm, bn, bd, w, st = autotune.pick("infonce_grad", key, tune, first, x.device)
@@ -603,16 +627,21 @@ def _torch_lse(x, y, s, chunk, with_cols):
     return rows, cols
 
 
-def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chunk, diag_off=0, pos_coef=0.0):
-    """With P = exp(s X Y^T - lse_row[:, None]) [+ exp(s X Y^T - lse_col[None, :])] - pos_coef at the positives
-    (i, i + diag_off), by row blocks: dx = P Y, dy = P^T X, ds = sum(P * X Y^T); one recomputed [c, N] block
-    serves all three. The positives are subtracted in fp32 inside P (P_ii ~ 1 for confident pairs), so every
-    output is the small difference itself, never two large terms rounded apart."""
+def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chunk, diag_off=0, pos_coef=0.0,
+                       wa=None, wb=None):
+    """With P = wa exp(s X Y^T - lse_row[:, None]) [+ wb[None, :] exp(s X Y^T - lse_col[None, :])] - pos_coef wa at
+    the positives (i, i + diag_off), by row blocks: dx = P Y, dy = P^T X; one recomputed [c, N] block serves all.
+    wa (1 element) and wb ([N]) are the rows' and columns' weights (both or neither; none: 1). ds: without weights
+    sum(P * X Y^T) over the whole P, positives subtracted (the square case); with them, only the row part
+    sum((exp(s X Y^T - lse_row) - I) * X Y^T) (this rank's own loss). The positives are subtracted in fp32 inside
+    P (P_ii ~ 1 for confident pairs), so every output is the small difference itself, never two large terms
+    rounded apart."""
     xf, yf = x.float(), y.float()
     sf = s.float().reshape(())
     dx = torch.empty(x.shape, device=x.device, dtype=torch.float32) if need_dx else None
     dy = torch.zeros(y.shape, device=x.device, dtype=torch.float32) if need_dy else None
     ds = torch.zeros((), device=x.device, dtype=torch.float32)
+    weighted = wa is not None
     for i in range(0, x.shape[0], chunk):
         xc = xf[i:i + chunk]
         z = xc @ yf.T  # raw dots [c, N]
@@ -620,13 +649,19 @@ def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chu
         p = None
         if lse_row is not None:
             p = (a - lse_row[i:i + chunk, None]).exp_()
+            if weighted and need_ds:  # this rank's loss: the row part, its positives subtracted once
+                ds += torch.dot(p.reshape(-1), z.reshape(-1)) - z.diagonal(offset=i + diag_off).sum()
+            if weighted:
+                p.mul_(wa)
         if lse_col is not None:
             q = a.sub_(lse_col[None, :]).exp_()
+            if weighted:
+                q.mul_(wb[None, :])
             p = q if p is None else p.add_(q)
         del a
         if pos_coef:  # the positives (r, r + diag_off) of this block lie on one diagonal of p: a view, no host sync
-            p.diagonal(offset=i + diag_off).sub_(pos_coef)
-        if need_ds:
+            p.diagonal(offset=i + diag_off).sub_(pos_coef * wa if weighted else pos_coef)
+        if need_ds and not weighted:
             ds += torch.dot(p.reshape(-1), z.reshape(-1))  # no [c, N] temporary
         del z
         if need_dx:
@@ -641,24 +676,33 @@ def _torch_block_grads(x, y, s, lse_row, lse_col, need_dx, need_dy, need_ds, chu
 # The autograd Function shared by "fused" and "chunked"
 # ----------------------------------------------------------------------------------------------------------------
 class _InfoNCE(torch.autograd.Function):
-    """Inputs: e, t [b, D]; e_all, t_all [N, D] or None (single process: the square case); s (1 element);
-    backend "triton" | "torch". Saves only the inputs and the LSE / positive vectors (O(b + N)).
+    """Inputs: e, t [b, D] (this rank's rows); e_all, t_all [N, D] all ranks' rows, gathered WITHOUT autograd, or
+    None (single process: the square case); s (1 element); backend "triton" | "torch"; offset = rank * b; group.
+    Saves only the inputs and the LSE / positive vectors (O(b + N)).
 
-    With c = grad * 0.5 / b, P1 = softmax_rows(s E T_all^T), P2 = softmax_rows(s T E_all^T), Z the raw dots and
-    I1, I2 the one-hot labels (1 at column o + i of row i):
-      dE = c s (P1 - I1) T_all        dT_all = c s (P1 - I1)^T E        (term 1)
-      dT = c s (P2 - I2) E_all        dE_all = c s (P2 - I2)^T T        (term 2)
-      ds = c (sum (P1 - I1) * Z1 + sum (P2 - I2) * Z2)
-    Each output gets its own positive inside P (subtracted in fp32 before anything is rounded): for confident pairs
-    P - I is small, and moving -T from dT_all's slice into dE (as this code once did) left two large, nearly
-    cancelling tensors that the all_gather backward summed after both were rounded to bf16.
+    With c_r = grad_r * 0.5 / b (grad_r: the upstream gradient of rank r's loss), P1 = softmax_rows(s E T_all^T),
+    P2 = softmax_rows(s T E_all^T) on each rank, Z the raw dots and I the one-hot labels, the gradient of
+    sum_r c_r (CE terms of rank r) with respect to THIS rank's rows, with j over all N global rows:
+
+      dE_i = s sum_j (c_r P1_ij + c_{r(j)} P2[j, i] - 2 c_r [j = o + i]) T_all_j
+      dT_i = s sum_j (c_r P2_ij + c_{r(j)} P1[j, i] - 2 c_r [j = o + i]) E_all_j
+      ds   = c_r (sum (P1 - I) * Z1 + sum (P2 - I) * Z2)             (this rank's loss only: s is replicated)
+
+    P2[j, i] (rank r(j)'s row j against our E_i) is a column of our own tile s E T_all^T, weighted by the column
+    statistics of rank r(j): the backward all-gathers the row statistics (2 x b numbers per direction) and c_r of
+    every rank, one small collective, and recomputes each tile of s E T_all^T and s T E_all^T once. Work per rank:
+    2 u' forward + 4 u' backward (u' = 2 b N D), OpenCLIP's 6 u' without its [b, N] logits, and no reduce-scatter
+    of [N, D] gradients: what each rank gets is what OpenCLIP's all_gather backward would hand it (the sum over
+    ranks of the gathered embeddings' gradients), computed where it lands. Every rank must run the backward (as
+    with any gather-with-gradient loss). The positives are subtracted inside P in fp32 before anything is rounded:
+    for confident pairs P - I is small.
     Square case (E_all = E, T_all = T): dE = c s (P1 + P2^T - 2I) T, dT = c s (P1 + P2^T - 2I)^T E.
     Backend "triton" saves [2, n] log2 statistics (max, log2 sum) and the positives in log2 units; "torch" the
     natural-log LSE vectors and the raw positive dots.
     """
 
     @staticmethod
-    def forward(ctx, e, t, e_all, t_all, s, backend, chunk, precision, offset):
+    def forward(ctx, e, t, e_all, t_all, s, backend, chunk, precision, offset, group):
         square = e_all is None
         if backend == "triton":  # lse1, lse2: [2, n] log2 stats; pos: the positives in log2 units
             if square:  # one pass: rows of s E T^T, its columns (= rows of s T E^T) and the positives
@@ -678,6 +722,7 @@ class _InfoNCE(torch.autograd.Function):
             loss = 0.5 * (lse1.mean() + lse2.mean()) - s.float().reshape(()) * pos.mean()
         ctx.save_for_backward(e, t, e_all, t_all, s, lse1, lse2, pos)
         ctx.backend, ctx.chunk, ctx.square, ctx.precision, ctx.offset = backend, chunk, square, precision, offset
+        ctx.group = group
         return loss
 
     @staticmethod
@@ -686,49 +731,83 @@ class _InfoNCE(torch.autograd.Function):
         need = ctx.needs_input_grad
         b = e.shape[0]
         sf = s.float().reshape(())
-        c = g.float() * (0.5 / b)  # d loss / d(sum of the 2b CE terms)
-        cs = c * sf
+        c = g.float().reshape(()) * (0.5 / b)  # d loss / d(sum of the 2b CE terms)
         need_ds = need[4]
         with torch.autocast(device_type=e.device.type, enabled=False):
+            if ctx.square:
+                cs, wts = c * sf, None
+            else:  # every rank's statistics and c_r; weights relative to kappa (c_r, or 1 if c_r = 0)
+                lse1_all, lse2_all, c_all = _exchange(lse1, lse2, c, ctx.group)
+                kappa = torch.where(c != 0, c, torch.ones_like(c))
+                wa = (c / kappa).reshape(1)
+                wb = (c_all / kappa).repeat_interleave(b)
+                cs = kappa * sf
+                wts = (lse1_all, lse2_all, wa, wb)
             if ctx.backend == "triton":
-                dE, dT, dE_all, dT_all, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, ctx.square,
-                                                               cs.reshape(1).contiguous(), ctx.precision,
-                                                               ctx.offset)
+                dE, dT, ds_sum = _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, wts,
+                                               cs.reshape(1).contiguous(), ctx.precision, ctx.offset)
                 fin = _keep
             else:
-                dE, dT, dE_all, dT_all, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need,
-                                                                 ctx.square, ctx.chunk, ctx.offset)
+                dE, dT, ds_sum = _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, wts, ctx.chunk,
+                                                 ctx.offset)
 
                 def fin(d, like):
                     return None if d is None else (d * cs).to(like.dtype)
 
         ds = (c * ds_sum).to(s.dtype).reshape(s.shape) if need_ds else None
-        return (fin(dE, e), fin(dT, t), fin(dE_all, e_all), fin(dT_all, t_all), ds, None, None, None, None)
+        return fin(dE, e), fin(dT, t), None, None, ds, None, None, None, None, None
 
 
 def _keep(d, like):
     return d
 
 
-def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, chunk, offset):
-    """Unscaled gradients (to be multiplied by c s) and sum (P - I) * Z, by row blocks."""
+def _exchange(lse1, lse2, c, group):
+    """All ranks' row statistics of both directions and their c_r, in one all_gather of (2 n + 1) floats per rank:
+    lse1_all, lse2_all shaped like the local ones with the row axis N = W b long (rank order), and c_all [W]."""
+    import torch.distributed as dist
+
+    flat = torch.cat([lse1.reshape(-1).float(), lse2.reshape(-1).float(), c.reshape(1)])
+    world = dist.get_world_size(group)
+    out = torch.empty(world * flat.numel(), device=flat.device, dtype=torch.float32)
+    dist.all_gather_into_tensor(out, flat, group=group)
+    return _unpack(out.view(world, -1), lse1.shape)
+
+
+def _unpack(rows, shape):
+    """[W, 2 n + 1] exchanged rows -> (lse1_all, lse2_all, c_all); shape: the local [n] or [2, n] statistics."""
+    world, n = rows.shape[0], shape[-1]
+    k = n * (2 if len(shape) == 2 else 1)
+
+    def cat_rows(x):  # [W, (2,) n] -> [(2,) W n]: each statistic's rows in rank order
+        return x.reshape(world, -1, n).transpose(0, 1).reshape(*shape[:-1], world * n).contiguous()
+
+    return cat_rows(rows[:, :k]), cat_rows(rows[:, k:2 * k]), rows[:, 2 * k].contiguous()
+
+
+def _torch_backward(e, t, e_all, t_all, s, lse1, lse2, need, wts, chunk, offset):
+    """Unscaled gradients dE, dT (to be multiplied by cs) and sum (P - I) * Z, by row blocks."""
     need_ds = need[4]
-    if square:  # (P1 - I) + (P2 - I)^T
+    if wts is None:  # square: (P1 - I) + (P2 - I)^T
         dE, dT, ds = _torch_block_grads(e, t, s, lse1, lse2, need[0], need[1], need_ds, chunk, 0, 2.0)
-        return dE, dT, None, None, ds
-    dE, dT_all, ds1 = _torch_block_grads(e, t_all, s, lse1, None, need[0], need[3], need_ds, chunk, offset, 1.0)
-    dT, dE_all, ds2 = _torch_block_grads(t, e_all, s, lse2, None, need[1], need[2], need_ds, chunk, offset, 1.0)
-    return dE, dT, dE_all, dT_all, ds1 + ds2
+        return dE, dT, ds
+    lse1_all, lse2_all, wa, wb = wts
+    dE, _, ds1 = _torch_block_grads(e, t_all, s, lse1, lse2_all, need[0], False, need_ds, chunk, offset, 2.0,
+                                    wa, wb)
+    dT, _, ds2 = _torch_block_grads(t, e_all, s, lse2, lse1_all, need[1], False, need_ds, chunk, offset, 2.0,
+                                    wa, wb)
+    return dE, dT, ds1 + ds2
 
 
-def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, cs, precision, offset):
-    """Scaled gradients (c s folded in, in the inputs' dtypes) and sum (P - I) * Z with the gradient kernel: one
-    launch per output matrix, each tile of Z recomputed once per launch (4 U in the square case). The positives
-    are subtracted inside P on every launch (P - I), so no output is a difference of two rounded tensors."""
+def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, wts, cs, precision, offset):
+    """Scaled gradients (cs folded in, in the inputs' dtypes) and sum (P - I) * Z with the gradient kernel: one
+    launch per output matrix, each tile of Z recomputed once per launch (4 U in the square case, 4 u' per rank
+    with gathered embeddings). The positives are subtracted inside P on every launch (P - I), so no output is a
+    difference of two rounded tensors."""
     need_ds = need[4]
-    dE = dT = dE_all = dT_all = None
+    dE = dT = None
     ds = torch.zeros((), device=e.device, dtype=torch.float32)
-    if square:
+    if wts is None:
         # dE_i = sum_j (P1_ij + P2_ji - 2 [i = j]) T_j; dT likewise with the roles swapped; sum (P - I) * Z once
         if need[0] or need_ds:
             dx, dsp = _tri_grad(e, t, s, lse1, lse2, cs, 2.0, 0, need_ds, precision, ds_coef=2.0)
@@ -737,23 +816,23 @@ def _tri_backward(e, t, e_all, t_all, s, lse1, lse2, need, square, cs, precision
                 ds = dsp.sum()
         if need[1]:
             dT, _ = _tri_grad(t, e, s, lse2, lse1, cs, 2.0, 0, False, precision)
-        return dE, dT, None, None, ds
-    # term 1: rows of s E T_all^T (P1), positive at column offset + i; term 2: rows of s T E_all^T (P2)
+        return dE, dT, ds
+    # rows of s E T_all^T: P1 by our row stats, P2 of every rank by its column stats; then s T E_all^T likewise.
+    # ds: each launch's row part only (this rank's loss)
+    lse1_all, lse2_all, wa, wb = wts
     if need[0] or need_ds:
-        dx, dsp = _tri_grad(e, t_all, s, lse1, None, cs, 1.0, offset, need_ds, precision, ds_coef=1.0)
+        dx, dsp = _tri_grad(e, t_all, s, lse1, lse2_all, cs, 2.0, offset, need_ds, precision, ds_coef=1.0,
+                            wa=wa, wb=wb, ds_rows=True)
         dE = dx if need[0] else None
         if need_ds:
             ds = ds + dsp.sum()
     if need[1] or need_ds:
-        dx, dsp = _tri_grad(t, e_all, s, lse2, None, cs, 1.0, offset, need_ds, precision, ds_coef=1.0)
+        dx, dsp = _tri_grad(t, e_all, s, lse2, lse1_all, cs, 2.0, offset, need_ds, precision, ds_coef=1.0,
+                            wa=wa, wb=wb, ds_rows=True)
         dT = dx if need[1] else None
         if need_ds:
             ds = ds + dsp.sum()
-    if need[2]:  # dE_all[k] = sum_j (P2_jk - [k = offset + j]) T_j: rows k of E_all, the column stats of P2
-        dE_all, _ = _tri_grad(e_all, t, s, None, lse2, cs, 1.0, -offset, False, precision)
-    if need[3]:
-        dT_all, _ = _tri_grad(t_all, e, s, None, lse1, cs, 1.0, -offset, False, precision)
-    return dE, dT, dE_all, dT_all, ds
+    return dE, dT, ds
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -839,8 +918,11 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
 
             rank = dist.get_rank(grp)
             offset = rank * e.shape[0]
-            e_all = torch.cat(all_gather(e, grp), dim=0)
-            t_all = torch.cat(all_gather(t, grp), dim=0)
+            if impl == "reference":  # OpenCLIP's way: the all_gather's backward reduce-scatters [N, D] gradients
+                e_all = torch.cat(all_gather(e, grp), dim=0)
+                t_all = torch.cat(all_gather(t, grp), dim=0)
+            else:  # no autograd through the gather: _InfoNCE's backward computes each rank's rows' gradient
+                e_all, t_all = _gather(e, grp, world), _gather(t, grp, world)
 
     # fp32 math whatever autocast says (an autocast bf16 matmul would round the logits themselves)
     with torch.autocast(device_type=e.device.type, enabled=False):
@@ -849,4 +931,11 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
         sc = s.reshape(1) if s.dim() != 1 else s
         sc = sc if sc.is_contiguous() else sc.contiguous()
         return _InfoNCE.apply(e, t, e_all, t_all, sc, "triton" if impl == "fused" else "torch", chunk_size,
-                              prec, offset)
+                              prec, offset, grp if e_all is not None else None)
+
+
+def _gather(x, group, world):
+    """All ranks' [b, D] rows in rank order ([W b, D]), detached: one all_gather_into_tensor."""
+    out = torch.empty((world * x.shape[0], x.shape[1]), device=x.device, dtype=x.dtype)
+    torch.distributed.all_gather_into_tensor(out, x.detach().contiguous(), group=group)
+    return out
