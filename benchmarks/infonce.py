@@ -97,9 +97,9 @@ def count_flops_u(impl, B, D, dtype, device, chunk_size):
 
 def count_rank_u(impl, b, world, D, dtype, chunk_size):
     """(forward, backward) matmul FLOPs of one rank of `world` in units of u' = 2 b N D (N = world * b): rank 1's
-    local loss against the gathered embeddings, as all_gather hands them to it (fused / chunked: the library's
-    Function with e_all, t_all given; open_clip: ClipLoss(local_loss=True)'s formula, s E T_all^T and
-    s T E_all^T with cross-entropy, counted by FlopCounterMode)."""
+    local loss against the gathered embeddings (fused / chunked: the library's Function with e_all, t_all given
+    and its backward's statistics exchange answered in-process; open_clip: ClipLoss(local_loss=True)'s formula,
+    s E T_all^T and s T E_all^T with cross-entropy, counted by FlopCounterMode)."""
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,7 +110,9 @@ def count_rank_u(impl, b, world, D, dtype, chunk_size):
     e_all = F.normalize(torch.randn(N, D, generator=g), dim=1).to(dtype)
     t_all = F.normalize(torch.randn(N, D, generator=g), dim=1).to(dtype)
     o = b * min(1, world - 1)
-    leaves = [x.clone().requires_grad_(True) for x in (e_all[o:o + b], t_all[o:o + b], e_all, t_all)]
+    grad_all = impl == "open_clip"  # the library's Function takes the gathered rows without autograd
+    leaves = [x.clone().requires_grad_(True) for x in (e_all[o:o + b], t_all[o:o + b])]
+    leaves += [x.clone().requires_grad_(grad_all) for x in (e_all, t_all)]
     s = torch.tensor(1 / 0.07, requires_grad=True)
     u = 2.0 * b * N * D
 
@@ -121,25 +123,26 @@ def count_rank_u(impl, b, world, D, dtype, chunk_size):
             return 0.5 * (F.cross_entropy(s * e.float() @ ta.float().T, lab)
                           + F.cross_entropy(s * t.float() @ ea.float().T, lab))
         return infonce._InfoNCE.apply(e, t, ea, ta, s.reshape(1), "triton" if impl == "fused" else "torch",
-                                      chunk_size, "ieee", o)
+                                      chunk_size, "ieee", o, None)
 
     def addmm_inplace(self_shape, a_shape, b_shape, *args, out_shape=None, **kw):
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
-    if impl == "fused":
-        from melp_fast.testing.infonce_tools import count_matmul_flops
+    from melp_fast.testing.infonce_tools import count_matmul_flops, local_exchange
 
+    if impl == "fused":
         with count_matmul_flops() as work:
             loss = fwd()
         nf = work.flops
-        with count_matmul_flops() as work:
+        with count_matmul_flops() as work, local_exchange(world):
             loss.backward()
         nb = work.flops
     else:
         with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
             loss = fwd()
         nf = fc.get_total_flops()
-        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc:
+        with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as fc, \
+                local_exchange(world):
             loss.backward()
         nb = fc.get_total_flops()
     return nf / u, nb / u

@@ -8,9 +8,12 @@ s the logit scale (already exponentiated) and o = rank * b,
 
 Single process (or world size 1): E_g = E, T_g = T and the loss is the usual symmetric CLIP loss.
 
-Distributed semantics (every impl): the embeddings are gathered with ``torch.distributed.nn.functional.all_gather``
-whose backward sums the gradients of all ranks into each rank's slice (reduce-scatter). Let L be the 1-process loss
-on the global batch (the concatenation of the ranks' batches, in rank order). Then
+Distributed semantics (every impl): those of embeddings gathered with ``torch.distributed.nn.functional.all_gather``,
+whose backward sums the gradients of all ranks into each rank's slice (reduce-scatter). "reference" does exactly
+that; "chunked" and "fused" gather without autograd and compute, in each rank's backward, the gradient that sum
+would hand its rows (from every rank's row statistics, one all_gather of 2 b + 1 numbers per direction; see
+_InfoNCE), so no [N, D] gradient is reduce-scattered. Let L be the 1-process loss on the global batch (the
+concatenation of the ranks' batches, in rank order). Then
 
 * mean over ranks of loss_r == L (each loss_r averages over b rows, L over N = W b rows);
 * the gradient arriving at rank r's local embeddings is d(sum_r' loss_r')/dE_r = W * dL/dE[rank r rows];
@@ -42,8 +45,10 @@ The implementations give the same loss and gradients (to rounding):
                in bf16, the forward's k order in 16-wide wgmma steps): (parts + 1) U
                per gradient launch, so 1 + 2 (parts + 1) U in all (D = 512: 7 U, 768: 9 U, 1024: 11 U), with no
                spill or stack at D <= 1024 (benchmarks/results/kernel_resources_*.md). Multi-process (gathered
-               embeddings, b rows per rank, N = W b): 2 u' forward + 8 u' backward per rank (u' = 2 b N D;
-               OpenCLIP: 2 + 4, storing the [b, N] logits; benchmarks/results/infonce_work_per_rank_cpu.md).
+               embeddings, b rows per rank, N = W b): 2 u' forward + 4 u' backward per rank (u' = 2 b N D; the
+               same 2 + 4 as OpenCLIP, which stores the [b, N] logits; benchmarks/results/
+               infonce_work_per_rank_cpu.md): each rank's two tiles s E T_all^T and s T E_all^T are recomputed
+               once, each feeding its own rows' gradient through its row and column statistics (_InfoNCE).
                Compiled on CUDA; on CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1 before this
                module is imported), else impl "fused" is an error.
 * "auto":      "fused" on CUDA, "chunked" elsewhere (melp_kernels/_dispatch.py).

@@ -4,7 +4,8 @@ compile specs of every shipped config (benchmarks/kernel_resources.py) and the m
 
 - sm90_specs(D, dtype): one dict per kernel variant and shipped config, as melp_fast.testing.common.compile_spec
   takes it;
-- count_matmul_flops(): a context manager counting the FLOPs of the tile dots each fused launch executes.
+- count_matmul_flops(): a context manager counting the FLOPs of the tile dots each fused launch executes;
+- local_exchange(world): the gathered-embedding backward's statistics exchange answered in-process (counting).
 """
 
 from __future__ import annotations
@@ -47,6 +48,28 @@ def count_matmul_flops():
         kern._tri_fwd, kern._tri_grad = fwd, grad
 
 
+@contextmanager
+def local_exchange(world: int):
+    """Inside the block, the gathered-embedding backward's one collective (melp_kernels.infonce._exchange) is
+    answered in-process as if every one of `world` ranks had this rank's statistics and upstream gradient: the
+    work it launches is the real one, the values are not (for counting work without a process group)."""
+    import torch
+
+    from melp_kernels import infonce as kern
+
+    real = kern._exchange
+
+    def exchange(lse1, lse2, c, group):
+        row = torch.cat([lse1.reshape(-1).float(), lse2.reshape(-1).float(), c.reshape(1).float()])
+        return kern._unpack(row.expand(world, -1), lse1.shape)
+
+    kern._exchange = exchange
+    try:
+        yield
+    finally:
+        kern._exchange = real
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sm_90 compile specs (benchmarks/kernel_resources.py): one dict per kernel variant and shipped config
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,15 +109,16 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
                               hot_constexprs=dict(WITH_POS=False, SAFE_COLS=False),
                               hot_tile=(c[0] * c[1], -(-D // c[2]))))
     acc_w, n_acc, chunked, split = kern._grad_shape(D, False, es)
-    grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", DX=f"*{ty}",
-                    DS="*fp32", **ints, pos_coef="fp32", ds_coef="fp32", diag_off="i32", stride_x="i32", stride_y="i32",
-                    stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
-    for name, a, b, part, dsf in (("infonce_grad_square", True, True, True, True),
-                                  ("infonce_grad_gathered_cols", False, True, False, False)):
+    grad_sig = dict(X=f"*{ty}", Y=f"*{ty}", S="*fp32", LSE_A="*fp32", LSE_B="*fp32", CS="*fp32", WA="*fp32",
+                    WB="*fp32", DX=f"*{ty}", DS="*fp32", **ints, pos_coef="fp32", ds_coef="fp32", diag_off="i32",
+                    stride_x="i32", stride_y="i32", stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
+    # square: one process (dE with ds, the launch with the most work); gathered: a rank's dE / dT launch, rows
+    # and every rank's columns weighted, ds over the row part
+    for name, w in (("infonce_grad_square", False), ("infonce_grad_gathered", True)):
         for c in kern.shipped_configs("grad", D, es):
             cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked,
-                      SPLIT=split, HAS_A=a, HAS_B=b, HAS_PARTNER=part, COMPUTE_DS=dsf, UPCAST=False, PRECISION=prec,
-                      EVEN_D=D % c[2] == 0)
+                      SPLIT=split, HAS_A=True, HAS_B=True, HAS_W=w, HAS_PARTNER=True, COMPUTE_DS=True, DS_ROWS=w,
+                      UPCAST=False, PRECISION=prec, EVEN_D=D % c[2] == 0)
             specs.append(dict(name=name, fn=kern._infonce_grad_kernel,
                               signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
                               num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD,
