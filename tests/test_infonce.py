@@ -313,14 +313,16 @@ def test_confident_pairs_half_gradients(dtype, D, gathered, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("world,gains", [(2, [0.5, 2.0]), (3, [1.0, 0.0, 1.0]), (3, [0.0, 1.0, -0.5])])
-def test_gathered_backward_per_rank_gains(backend, world, gains, device):
+@pytest.mark.parametrize("world,gains,D", [(2, [0.5, 2.0], 20), (3, [1.0, 0.0, 1.0], 20),
+                                           (3, [0.0, 1.0, -0.5], 20), (2, [1.0, 3.0], 100)])
+def test_gathered_backward_per_rank_gains(backend, world, gains, D, device):
     # each rank's backward computes its rows' gradient of sum_r g_r loss_r from every rank's statistics and g_r
     # (one small all_gather): unequal, zero and negative upstream gradients, worlds of 2 and 3, every rank; fp32
-    # against float64 autograd through the gathered embeddings (OpenCLIP's semantics)
+    # against float64 autograd through the gathered embeddings (OpenCLIP's semantics). D = 100 takes the wide-D
+    # kernel path under the interpreter (several accumulator parts, the row-part DS launch of its own).
     if backend == "triton" and device == "cpu" and not FUSED_ON_CPU:
         pytest.skip("fused on CPU tensors needs the Triton interpreter")
-    b, D, seed = 6, 20, 77 + world
+    b, seed = 6, 77 + world + D
     print(f"seed {seed}, world {world}, b {b}, D {D}, gains {gains}")
     e_all, t_all = _inputs(world * b, D, seed=seed, device=device)
     for rank in range(world):

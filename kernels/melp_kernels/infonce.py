@@ -235,13 +235,17 @@ if HAS_TRITON:
                              ACC_W: tl.constexpr, N_ACC: tl.constexpr, CHUNKED: tl.constexpr, SPLIT: tl.constexpr,
                              HAS_A: tl.constexpr, HAS_B: tl.constexpr, HAS_W: tl.constexpr,
                              HAS_PARTNER: tl.constexpr, COMPUTE_DS: tl.constexpr, DS_ROWS: tl.constexpr,
-                             UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
+                             UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
+                             DS_ONLY: tl.constexpr = False):
         """DX[c, i] = cs * sum_{j in split c} (P_ij - [HAS_PARTNER] pos_coef wa [j = i + diag_off]) Y_j, each tile
         of Z = X Y^T computed once per program, with P_ij = [HAS_A] wa 2^(zs_ij - mA_i - lA_i)
         + [HAS_B] wb_j 2^(zs_ij - mB_j - lB_j) (log2 stats from the forward: LSE_A = [max; log2 sum], [2, M];
         wa = WA[0] and wb = WB[N] with HAS_W, else 1);
         DS[c, i] = sum_{j in split c} Q_ij z_ij - [HAS_PARTNER] ds_coef z_{i, i + diag_off}, with Q = P (unweighted
-        row + column parts), or only the row part 2^(zs_ij - mA_i - lA_i) when DS_ROWS.
+        row + column parts), or only the row part 2^(zs_ij - mA_i - lA_i) when DS_ROWS (summed against zs as it
+        is made, so it needs no tile of its own, and divided by s2 at the end). DS_ONLY (with CHUNKED and
+        DS_ROWS): that row-part DS alone, no accumulator and no DX: beside a wide-D accumulator the weighted P and
+        the row sums left a stack frame (104 B at D = 1024), so wide D takes it as a launch of its own.
 
         Grid: (row blocks, column splits c = program_id(1), output-column parts = program_id(2)). The positive
         term is folded into P in fp32 before P is rounded to the dot's operand type (in the confident regime
@@ -281,55 +285,68 @@ if HAS_TRITON:
             if CHUNKED:  # the forward's dots, in its order
                 z = _fwd_dots(X, Y, D, stride_x, stride_y, offs_m, mask_m, offs_n, mask_n, BLOCK_M, BLOCK_N,
                               BLOCK_D, UPCAST, PRECISION, True, True, EVEN_D)
-            y0 = tl.load(Y + offs_n[:, None] * stride_y + offs_w[None, :],
-                         mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
-            if UPCAST:
-                y0 = y0.to(tl.float32)
+            if not DS_ONLY:
+                y0 = tl.load(Y + offs_n[:, None] * stride_y + offs_w[None, :],
+                             mask=mask_n[:, None] & (offs_w[None, :] < D), other=0.0)
+                if UPCAST:
+                    y0 = y0.to(tl.float32)
             if not CHUNKED:
                 z = tl.dot(x0, tl.trans(y0), input_precision=PRECISION)
             zs = z * s2
-            p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            if HAS_A:
+            if DS_ONLY:  # the row part's sum of P * Z, positives subtracted; nothing else
                 pa = tl.exp2((zs - ma[:, None]) - la[:, None])
-                if HAS_W:
-                    p += wa * pa
-                else:
-                    p += pa
-            if HAS_B:
-                mb_ = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0)
-                lb = tl.load(LSE_B + N + offs_n, mask=mask_n, other=0.0)
-                pb = tl.exp2((zs - mb_[None, :]) - lb[None, :])
-                if HAS_W:
-                    wb = tl.load(WB + offs_n, mask=mask_n, other=0.0)
-                    p += wb[None, :] * pb
-                else:
-                    p += pb
-            # columns past N: Y rows are 0 there, so only a non-finite p could leak; rows past M are not stored
-            p = tl.where(mask_n[None, :], p, 0.0)
-            if COMPUTE_DS:
-                if DS_ROWS:
-                    q = tl.where(mask_n[None, :], pa, 0.0)
-                else:
-                    q = p
-            if HAS_PARTNER:  # the positives, folded into P in fp32 before any rounding (P_ii ~ 1 - pos_coef)
-                lo = n0 - diag_off
-                if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
-                    eq = offs_n[None, :] == offs_m[:, None] + diag_off
-                    if COMPUTE_DS:
-                        ds_acc += tl.sum(tl.where(eq, q - ds_coef, q) * z, axis=1)
-                    p = tl.where(eq, p - pos_coef * wa, p)
-                elif COMPUTE_DS:
-                    ds_acc += tl.sum(q * z, axis=1)
-            elif COMPUTE_DS:
-                ds_acc += tl.sum(q * z, axis=1)
-            pd = p.to(Y.dtype.element_ty)  # the dot operand in the input dtype (bf16 P for bf16 inputs)
-            if UPCAST:
-                pd = pd.to(tl.float32)
-            acc0 += tl.dot(pd, y0, input_precision=PRECISION)
-        cs = tl.load(CS).to(tl.float32)
-        dxp = DX + csp * M * stride_dx + offs_m[:, None] * stride_dx + offs_w[None, :]  # split c's slice
-        tl.store(dxp, (acc0 * cs).to(DX.dtype.element_ty), mask=mask_m[:, None] & (offs_w[None, :] < D))
+                ds_acc += tl.sum(pa * zs, axis=1)
+                if HAS_PARTNER:
+                    lo = n0 - diag_off
+                    if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                        eq = offs_n[None, :] == offs_m[:, None] + diag_off
+                        ds_acc -= tl.sum(tl.where(eq, ds_coef * zs, 0.0), axis=1)
+            else:
+                p = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                if HAS_A:
+                    pa = tl.exp2((zs - ma[:, None]) - la[:, None])
+                    if COMPUTE_DS and DS_ROWS:  # the row part's sum at once (zs units, / s2 at the end): pa dies
+                        ds_acc += tl.sum(pa * zs, axis=1)
+                    if HAS_W:
+                        p += wa * pa
+                    else:
+                        p += pa
+                if HAS_B:
+                    mb_ = tl.load(LSE_B + offs_n, mask=mask_n, other=0.0)
+                    lb = tl.load(LSE_B + N + offs_n, mask=mask_n, other=0.0)
+                    pb = tl.exp2((zs - mb_[None, :]) - lb[None, :])
+                    if HAS_W:
+                        wb = tl.load(WB + offs_n, mask=mask_n, other=0.0)
+                        p += wb[None, :] * pb
+                    else:
+                        p += pb
+                # columns past N: Y rows are 0 there, so only a non-finite p could leak; rows past M are not stored
+                p = tl.where(mask_n[None, :], p, 0.0)
+                if HAS_PARTNER:  # the positives, folded into P in fp32 before any rounding (P_ii ~ 1 - pos_coef)
+                    lo = n0 - diag_off
+                    if (lo < pid * BLOCK_M + BLOCK_M) & (pid * BLOCK_M < lo + BLOCK_N):  # tile holds positives
+                        eq = offs_n[None, :] == offs_m[:, None] + diag_off
+                        if COMPUTE_DS:
+                            if DS_ROWS:
+                                ds_acc -= tl.sum(tl.where(eq, ds_coef * zs, 0.0), axis=1)
+                            else:
+                                ds_acc += tl.sum(tl.where(eq, p - ds_coef, p) * z, axis=1)
+                        p = tl.where(eq, p - pos_coef * wa, p)
+                    elif COMPUTE_DS and not DS_ROWS:
+                        ds_acc += tl.sum(p * z, axis=1)
+                elif COMPUTE_DS and not DS_ROWS:
+                    ds_acc += tl.sum(p * z, axis=1)
+                pd = p.to(Y.dtype.element_ty)  # the dot operand in the input dtype (bf16 P for bf16 inputs)
+                if UPCAST:
+                    pd = pd.to(tl.float32)
+                acc0 += tl.dot(pd, y0, input_precision=PRECISION)
+        if not DS_ONLY:
+            cs = tl.load(CS).to(tl.float32)
+            dxp = DX + csp * M * stride_dx + offs_m[:, None] * stride_dx + offs_w[None, :]  # split c's slice
+            tl.store(dxp, (acc0 * cs).to(DX.dtype.element_ty), mask=mask_m[:, None] & (offs_w[None, :] < D))
         if COMPUTE_DS:
+            if DS_ROWS:
+                ds_acc = ds_acc / s2
             if SPLIT > 1:
                 if tl.program_id(2) == 0:
                     tl.store(DS + csp * M + offs_m, ds_acc, mask=mask_m)
@@ -444,7 +461,8 @@ if HAS_TRITON:
         for _wide in (False, True):
             _TUNED[("grad", _es, _wide)] = triton.autotune(
                 configs=[_as_config(c) for c in _GRAD_CONFIGS[(_es, _wide)]],
-                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "COMPUTE_DS", "PRECISION", "EVEN_D"],
+                key=["M_BUCKET", "N_BUCKET", "D", "HAS_A", "HAS_B", "HAS_W", "COMPUTE_DS", "DS_ONLY", "PRECISION",
+                     "EVEN_D"],
                 prune_configs_by={"early_config_prune": _make_prune("grad")})(_infonce_grad_kernel)
 
 # Under the interpreter (one config; autotune cannot run there): small blocks, so the tests' shapes cross block
@@ -591,24 +609,33 @@ def _tri_grad(x, y, s, lse_a, lse_b, cs, pos_coef, diag_off, compute_ds, precisi
     meta = dict(ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked, SPLIT=split, HAS_A=lse_a is not None,
                 HAS_B=lse_b is not None, HAS_W=has_w, HAS_PARTNER=diag_off is not None and pos_coef != 0,
                 COMPUTE_DS=compute_ds, DS_ROWS=ds_rows, UPCAST=interp, PRECISION=precision,
-                EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0)
-    with _dev_guard(x):
+                EVEN_D=D % (INTERP_CFG[2] if interp else _GRAD_CONFIGS[(x.element_size(), chunked)][0][2]) == 0,
+                DS_ONLY=False)
+
+    def launch(meta, parts):
         if interp:
             bm, bn, bd, _, _ = INTERP_CFG
-            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, **meta)
-        else:
-            tuner = _TUNED[("grad", x.element_size(), chunked)]
+            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, parts)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                                                   **meta)
+            return
+        tuner = _TUNED[("grad", x.element_size(), chunked)]
 
-            def tune():
-                tuner[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, split)](*args, **meta)
-                return _tuple_of(tuner.best_config)
+        def tune():
+            tuner[lambda m: (triton.cdiv(M, m["BLOCK_M"]), nsp, parts)](*args, **meta)
+            return _tuple_of(tuner.best_config)
 
-            key = (_bucket(M), _bucket(N), D, lse_a is not None, lse_b is not None, has_w, compute_ds, precision,
-                   meta["EVEN_D"], str(x.dtype))
-            first = shipped_configs("grad", D, x.element_size(), _shared_limit(x.device))[0]
-            bm, bn, bd, w, st = autotune.pick("infonce_grad", key, tune, first, x.device)
-            _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, split)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                                                                   num_warps=w, num_stages=st, **meta)
+        key = (_bucket(M), _bucket(N), D, meta["HAS_A"], meta["HAS_B"], has_w, meta["COMPUTE_DS"],
+               meta["DS_ONLY"], precision, meta["EVEN_D"], str(x.dtype))
+        first = shipped_configs("grad", D, x.element_size(), _shared_limit(x.device))[0]
+        bm, bn, bd, w, st = autotune.pick("infonce_grad", key, tune, first, x.device)
+        _infonce_grad_kernel[(triton.cdiv(M, bm), nsp, parts)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                                                               num_warps=w, num_stages=st, **meta)
+
+    with _dev_guard(x):
+        if compute_ds and ds_rows and chunked:  # wide D: the row-part DS in a launch of its own (+1 U)
+            launch(dict(meta, DS_ONLY=True), 1)
+            meta["COMPUTE_DS"] = False
+        launch(meta, split)
     if nsp > 1:
         dx = dx.sum(dim=0).to(x.dtype)
     return dx, (ds.sum(dim=0) if compute_ds else None)

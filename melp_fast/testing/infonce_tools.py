@@ -21,7 +21,7 @@ class FlopCount:
 def count_matmul_flops():
     """Matmul FLOPs (2 per multiply-add) of the fused kernels launched inside the block: the forward kernel's one
     pass over its tiles (2 M N D) and each gradient launch's Z recomputed once per column part plus P Y once
-    (2 M N D (parts + 1)). Counted at the launch functions (_tri_fwd, _tri_grad), which are wrapped for the block.
+    (2 M N D (parts + 1)), plus Z once more for the row-part DS launch of a wide-D gathered gradient. Counted at the launch functions (_tri_fwd, _tri_grad), which are wrapped for the block.
 
         with count_matmul_flops() as c:
             loss = infonce_loss(e, t, s, "fused"); loss.backward()
@@ -37,8 +37,10 @@ def count_matmul_flops():
         return fwd(x, y, *a, **kw)
 
     def tri_grad(x, y, *a, **kw):
-        parts = kern._grad_shape(x.shape[1], kern.KERNELS_INTERPRETED or not x.is_cuda, x.element_size())[3]
-        count.flops += 2 * x.shape[0] * y.shape[0] * x.shape[1] * (parts + 1)
+        _, _, chunked, parts = kern._grad_shape(x.shape[1], kern.KERNELS_INTERPRETED or not x.is_cuda,
+                                                x.element_size())
+        ds_launch = chunked and a[6] and kw.get("ds_rows", False)  # compute_ds: wide D's row-part DS launch
+        count.flops += 2 * x.shape[0] * y.shape[0] * x.shape[1] * (parts + 1 + ds_launch)
         return grad(x, y, *a, **kw)
 
     kern._tri_fwd, kern._tri_grad = tri_fwd, tri_grad
@@ -114,11 +116,15 @@ def sm90_specs(D: int, dtype: str) -> list[dict]:
                     stride_x="i32", stride_y="i32", stride_dx="i32", M_BUCKET="i32", N_BUCKET="i32")
     # square: one process (dE with ds, the launch with the most work); gathered: a rank's dE / dT launch, rows
     # and every rank's columns weighted, ds over the row part
-    for name, w in (("infonce_grad_square", False), ("infonce_grad_gathered", True)):
+    # (wide D: the gathered gradient takes its row-part DS in a DS_ONLY launch of its own)
+    variants = [("infonce_grad_square", False, True, False), ("infonce_grad_gathered", True, not chunked, False)]
+    if chunked:
+        variants.append(("infonce_grad_gathered_ds", True, True, True))
+    for name, w, ds, ds_only in variants:
         for c in kern.shipped_configs("grad", D, es):
             cx = dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=c[2], ACC_W=acc_w, N_ACC=n_acc, CHUNKED=chunked,
-                      SPLIT=split, HAS_A=True, HAS_B=True, HAS_W=w, HAS_PARTNER=True, COMPUTE_DS=True, DS_ROWS=w,
-                      UPCAST=False, PRECISION=prec, EVEN_D=D % c[2] == 0)
+                      SPLIT=split, HAS_A=True, HAS_B=True, HAS_W=w, HAS_PARTNER=True, COMPUTE_DS=ds, DS_ROWS=w,
+                      UPCAST=False, PRECISION=prec, EVEN_D=D % c[2] == 0, DS_ONLY=ds_only)
             specs.append(dict(name=name, fn=kern._infonce_grad_kernel,
                               signature=dict(grad_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
                               num_warps=c[3], num_stages=c[4], config=c, divisible=_DIV_GRAD,
