@@ -372,6 +372,11 @@ _GRAD_CONFIGS = {
     (4, False): [(64, 16, 32, 8, 2), (64, 16, 32, 8, 3)],
     (4, True): [(64, 32, 32, 8, 2), (64, 16, 32, 8, 2)],
 }
+if HAS_TRITON and tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9):
+    # Triton 3.9 gives the gathered gradient (row and weighted column parts, row-part DS sums) 24-32 B of stack at
+    # 128 x 64 logit tiles; 128 x 32 builds with none and stays tensor-bound (0.84-0.87 warp-instructions per
+    # logit: 0.21 issue clocks against 0.25 tensor clocks; benchmarks/results/kernel_resources_triton3.9.0.md)
+    _GRAD_CONFIGS[(2, False)] = [(128, 32, 64, 8, 3), (128, 32, 64, 8, 2)]
 
 
 def _grad_shape(D: int, interpreted: bool, esize: int = 2):
