@@ -922,9 +922,12 @@ def infonce_loss(ecg_emb, text_emb, logit_scale, impl: str = "reference", *, gro
     logit_scale: s itself (already exponentiated), a one-element tensor that may require grad (or a float).
     impl: "reference" | "chunked" | "fused" | "auto" (see the module docstring; melp_kernels/_dispatch.py).
     group: the process group to gather over when torch.distributed is initialised (default: the world);
-    embeddings are gathered with gradient, labels = arange(B_local) + rank * B_local; every rank must have the same
-    B_local. Mean over ranks of the returned losses = the 1-process loss on the global batch; embedding gradients
-    are W times the global-loss gradients, so averaging over ranks (DDP) gives the 1-process gradients.
+    embeddings are gathered as with gradient (OpenCLIP's gather_with_grad; "chunked" / "fused" gather without
+    autograd and hand each rank's rows the same gradient from its backward, which all-gathers 2 B_local + 1 numbers
+    per direction, so every rank must run the backward), labels = arange(B_local) + rank * B_local; every rank must
+    have the same B_local. Mean over ranks of the returned losses = the 1-process loss on the global batch;
+    embedding gradients are W times the global-loss gradients, so averaging over ranks (DDP) gives the 1-process
+    gradients.
     chunk_size: rows per block for "chunked" (peak extra memory about 5 * chunk_size * B_global * 4 bytes;
     605 MiB measured at B = 32768 with the default 1024).
     precision: fp32 dots of "fused": "tf32" (default on CUDA) | "tf32x3" | "ieee" (default off CUDA); ignored
