@@ -34,6 +34,7 @@ ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
+ECTOPIC_MIN_Q = 0.02  # ... and its shape value this fraction of the beats' median (not a flat stretch's ripple)
 ECT_Q = 0.025  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
 ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
 ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
@@ -44,6 +45,11 @@ ECT_ALL_LEVEL = 0.3  # ... or, however wide (under ECT_MAX_EW_S), steep at 0.3 o
 ECT_ALL_FRAC = 0.99  # (weighted fraction of leads) ...
 ECT_ALL_AGREE = 0.4  # ... and at AGREE_LEVEL in 0.4 of them ...
 ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
+ECT_BROAD_EW_S = 0.095  # a broad one (ECT_MAX_EW_S up to this: a T wave beside a low QRS is as broad), steep in
+ECT_BROAD_AGREE = 0.7  # ECT_BROAD_AGREE of the leads and at ECT_ALL_LEVEL in every lead, only with the rhythm's
+ECT_RESET = 1.3  # evidence: absent after the beats followed by shorter gaps (>= ECT_RESET x shorter than every gap
+# holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere
+ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
@@ -734,6 +740,10 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
     for j in range(nb - 1):
         rr[j] = cand[beats[j + 1]] - cand[beats[j]]
     rr_med = np.median(rr)
+    qb = np.empty(nb, np.float64)
+    for j in range(nb):
+        qb[j] = F[0, beats[j]]
+    min_q = ECTOPIC_MIN_Q * np.median(qb)
     out = np.empty(2 * nb, np.int64)
     no = 0
     for j in range(nb):
@@ -746,7 +756,7 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
         best = -1
         for cj in range(beats[j] + 1, beats[j + 1]):
             tc = cand[cj]
-            if tc - a < refr or b - tc < refr or m[tc] < min_v:
+            if tc - a < refr or b - tc < refr or m[tc] < min_v or F[0, cj] < min_q:
                 continue
             if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
@@ -775,23 +785,26 @@ def dominant(cand, m, cj, w, tb, refr):
 
 
 @njit(cache=True, nogil=True)
-def coupled_like(cand, m, F, cj, bi, min_v, fd):
-    """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled). Its
-    width and agreement are those of the wave it is on (its highest envelope peak within MWI_S: a T wave's envelope
-    has side peaks on its slopes, narrower than the wave)."""
+def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
+    """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled): 1;
+    broad (an equivalent envelope width of ECT_MAX_EW_S up to ECT_BROAD_EW_S) and steep in nearly every lead, like
+    a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's evidence, see
+    absent_elsewhere); else 0. Its width and agreement are those of the wave it is on (its highest envelope peak
+    within MWI_S: a T wave's envelope has side peaks on its slopes, narrower than the wave)."""
     if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
-        return False
+        return 0
     dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
     ew = F[2, dom] / fd
-    if ew >= ECT_MAX_EW_S:
-        return False
-    need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
-        ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
-    if F[3, dom] >= need:
-        return True
-    # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T wave
-    # is tall in some leads and a normal T wave's slope in the others is far below it
-    return F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC
+    if ew < max_ew:
+        need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
+            ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
+        # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T
+        # wave is tall in some leads and a normal T wave's slope in the others is far below it
+        if F[3, dom] >= need or (F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC):
+            return 1
+    if ew < ECT_BROAD_EW_S and F[3, dom] >= ECT_BROAD_AGREE and F[4, dom] >= ECT_ALL_FRAC:
+        return 2
+    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -861,7 +874,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     (intervals are measured between the waves' steepest instants, see steepest)
     (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
-    ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
+    ms) and however the earlier T-wave tests judged them beside the sinus beat. One as broad as a T wave beside a
+    low QRS (coupled_like: 2) needs the rhythm's evidence too (absent_elsewhere). Then the record's head and tail are
     searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
     one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
     nb = beats.shape[0]
@@ -882,12 +896,19 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         a = cand[beats[j]]
         b = cand[beats[j + 1]]
         best = -1
+        broad = -1
         for cj in range(beats[j] + 1, beats[j + 1]):
             tc = cand[cj]
             if tc - a < refr or b - tc < refr or b - tc < tc - a:
                 continue
-            if coupled_like(cand, m, F, cj, beats[j], min_v, fd) and (best < 0 or F[0, cj] > F[0, best]):
+            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd)
+            if c == 1 and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
+            elif c == 2 and (broad < 0 or F[0, cj] > F[0, broad]):
+                broad = cj
+        is_broad = best < 0 and broad >= 0
+        if is_broad:
+            best = broad
         if best >= 0:
             best = dominant(cand, m, best, MWI_S * fd, a, refr)  # the wave's peak (its lobes move about)
             if cand[best] - a < refr or b - cand[best] < refr or not stands_out(cand, m, best, beats[j], beats[j + 1],
@@ -895,7 +916,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 best = -1
         if best >= 0:
             idx[npool] = best
-            kind[npool] = 1
+            kind[npool] = 3 if is_broad else 1
             cpl[npool] = steepest(E, cand[best], h) - steepest(E, a, h)
             aft[npool] = steepest(E, b, h) - steepest(E, cand[best], h)
         elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
@@ -912,12 +933,22 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         lead_pattern(d, scales, cand[idx[npool]], h, P[npool])
         npool += 1
     tol = ECT_GROUP_TOL_S * fd
+    # alike pairs; a broad one (kind 3) needs the rhythm's evidence too, and counts as a partner only then
     ok = np.zeros(npool, np.bool_)
     for i in range(npool):
         for k in range(npool):
-            if k != i and similar(i, k, qv, cpl, P, tol):
+            if k != i and (kind[k] != 3 or kind[i] == 3) and similar(i, k, qv, cpl, P, tol):
                 ok[i] = True
                 break
+    for i in range(npool):
+        if ok[i] and kind[i] == 3:
+            ok[i] = absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr)
+    for i in range(npool):
+        if not ok[i] and kind[i] != 3:
+            for k in range(npool):
+                if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, P, tol):
+                    ok[i] = True
+                    break
     out = np.empty(nb + npool + 2, np.int64)
     no = 1  # out[0] is left for an ectopic beat before the first beat
     pi = 0
@@ -926,7 +957,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         no += 1
         while pi < npool and gap[pi] < j:
             pi += 1
-        if pi < npool and gap[pi] == j and kind[pi] == 1 and ok[pi]:
+        if pi < npool and gap[pi] == j and kind[pi] != 2 and ok[pi]:
             out[no] = idx[pi]
             no += 1
     first = 1
@@ -948,7 +979,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if tc - a > max_cpl + tol:
                 break
-            if tc - a < refr or not coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd):
+            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
@@ -964,7 +995,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if b - tc > max_aft + tol:
                 break
-            if b - tc < refr or not coupled_like(cand, m, F, cj, beats[0], min_v, fd):
+            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
@@ -974,6 +1005,59 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             out[0] = best
             first = 0
     return out[first:no].copy()
+
+
+@njit(cache=True, nogil=True)
+def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr):
+    """The rhythm's evidence for broad coupled beat i of the pool (see coupled_like): a T wave follows every beat at
+    its lag with its lead pattern, an ectopic beat follows only some and leaves a longer gap (trigeminy: the beat
+    before it is followed by a shorter gap without it). True when the gaps that hold a wave like it (a pool entry
+    similar to it) are each >= ECT_RESET x longer than every gap without one, and >= 2 and >= 1/4 of the inner
+    gaps (long enough to hold it) have none: no candidate there at its coupling (within tol) with a similar shape
+    value and lead pattern."""
+    nb = beats.shape[0]
+    L = d.shape[0]
+    v = np.empty(L, np.float64)
+    min_hold = np.inf
+    for k in range(npool):
+        if k == i or similar(i, k, qv, cpl, P, tol):
+            min_hold = min(min_hold, cand[beats[gap[k] + 1]] - cand[beats[gap[k]]])
+    n_gaps = 0
+    n_without = 0
+    for j in range(nb - 1):
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        if b - a < cpl[i] + refr:
+            continue  # too short to hold it
+        n_gaps += 1
+        held = False
+        for k in range(npool):
+            if gap[k] == j and (k == i or similar(i, k, qv, cpl, P, tol)):
+                held = True
+        if held:
+            continue
+        sa = steepest(E, a, h)
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            iv = steepest(E, cand[cj], h) - sa
+            if abs(iv - cpl[i]) > tol or F[0, cj] > ECT_GROUP_Q * qv[i] or qv[i] > ECT_GROUP_Q * F[0, cj]:
+                continue
+            lead_pattern(d, scales, cand[cj], h, v)
+            uv = 0.0
+            uu = 0.0
+            vv = 0.0
+            for l in range(L):
+                uv += v[l] * P[i, l]
+                uu += v[l] * v[l]
+                vv += P[i, l] * P[i, l]
+            if uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv):
+                held = True
+                break
+        if held:
+            return False  # a gap without a pool entry holds a wave like it: the record's T wave
+        n_without += 1
+        if ECT_RESET * (b - a) > min_hold:
+            return False
+    return n_without >= 2 and 4 * n_without >= n_gaps
 
 
 @njit(cache=True, nogil=True)
@@ -1039,6 +1123,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand
     F = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
+    hs = max(1, int(round(0.5 * MWI_S * fd)))
     npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
@@ -1053,9 +1138,11 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
                 beats[nb - 1] = ci
             ci += 1
             continue
-        if nb > 0 and cand[ci] - cand[beats[nb - 1]] < refr and v <= m[cand[beats[nb - 1]]]:
-            # a lower peak within the refractory period of the kept one: the tail lobe of a wide QRS's envelope,
-            # never a beat (taken for one, it would claim the early ectopic beat that follows as part of itself).
+        if (nb > 0 and cand[ci] - cand[beats[nb - 1]] < refr and v <= m[cand[beats[nb - 1]]]
+                and steepest(E, cand[ci], hs) - steepest(E, cand[beats[nb - 1]], hs) < refr):
+            # a lower peak within the refractory period of the kept one, at their steepest instants too (an
+            # envelope's highest lobe can lie 30 ms past its QRS's steepest instant): the tail lobe of a wide QRS's
+            # envelope, never a beat (taken for one, it would claim the early ectopic beat that follows as part of itself).
             # A higher one goes on to the tests below (the leading lobe of an early ectopic beat).
             ci += 1
             continue
