@@ -497,12 +497,12 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
             c = max(c0, c1)
         up = 0.0
         down = 0.0
-        for n in range(t - w, t + w):  # the steep differences only (not a nearby T wave's slow slope)
-            v = xl[n + 1] - xl[n] - c
-            if v >= steep:
-                up += v
-            elif v <= -steep:
-                down -= v
+        xa = xl[t - w : t + w]
+        xb = xl[t - w + 1 : t + w + 1]
+        for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
+            v = xb[i] - xa[i] - c
+            up += v if v >= steep else 0.0
+            down += -v if v <= -steep else 0.0
         if up + down > 0.0:
             num += e * (1.0 - abs(up - down) / (up + down))
             den += e
