@@ -110,6 +110,8 @@ REGRESSIONS = [
                                   "ectopic beat"),
     ("low_voltage", 250, 247292838, "T waves beside a low QRS, broad and steep in every lead, in every gap: not "
                                     "coupled ectopic beats"),
+    ("bigeminy_var", 250, 1572638876, "wide ectopic beats, equivalent width 0.080-0.082 s, after every sinus beat: "
+                                      "a lead pattern unlike the sinus beat's (a T wave's is its QRS's up to sign)"),
 ]
 
 
@@ -128,17 +130,7 @@ T_WAVE_REGRESSIONS = [
 ]
 
 
-# known limit: in bigeminy, a coupled ectopic beat as broad as a T wave (equivalent envelope width >= 80 ms) follows
-# every sinus beat at one lag, like the T wave beside a low QRS does (those reach 80-97 ms, steep in every lead): the
-# rhythm gives no evidence (in trigeminy the beats followed by the shorter gaps lack it); NeuroKit2 finds these on
-# lead II
-KNOWN_LIMITS = [
-    pytest.param("bigeminy_var", 250, 1572638876, "wide ectopic beats, equivalent width 0.080-0.082 s",
-                 marks=pytest.mark.xfail(strict=True, reason="known limit: ectopic beat as broad as a T wave")),
-]
-
-
-@pytest.mark.parametrize("kind, fs, seed, why", REGRESSIONS + T_WAVE_REGRESSIONS + KNOWN_LIMITS)
+@pytest.mark.parametrize("kind, fs, seed, why", REGRESSIONS + T_WAVE_REGRESSIONS)
 def test_regression_draws(kind, fs, seed, why):
     build = bc.hard_case if kind in bc.HARD_KINDS else bc.synth_case
     x, ref = build(kind, fs, seed)

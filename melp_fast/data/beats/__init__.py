@@ -29,7 +29,10 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
    shorter, wider or inverted ectopic beats, any coupling >= 300 ms); one as broad as a T wave beside a low QRS (an
    equivalent envelope width of 80-95 ms, steep in 0.7 of the leads and at 0.3 of the QRS slope in every lead)
    only with the rhythm's evidence: a T wave follows every beat, an ectopic beat only some and leaves a longer gap
-   (the gaps holding it >= 1.3x longer than every gap without it; >= 2 and a quarter of the gaps without it); a
+   (the gaps holding it >= 1.3x longer than every gap without it; >= 2 and a quarter of the gaps without it), or,
+   where every gap holds one (bigeminy), the morphologies' evidence: a T wave's lead pattern is its QRS's up to sign,
+   an ectopic beat's is its own (|cosine| under 0.7 with the beat before it, for >= 3 of them) and it leaves a
+   pause (>= 1.5x its coupling interval); a
    beat is dropped as "a T wave before its QRS" only when it is also unlike the two kept beats before it (the
    record's two morphologies) or under 0.25 of the later beat's shape value; the head is searched whenever the
    first beat lies further in than the mean or the shortest RR (of the beats without the T or P waves taken for
@@ -46,7 +49,7 @@ inside and clearly formed. Invariant to a record-wide gain of either sign and to
 may move the R point to another lead's R peak (a few ms). Known limit: an early ectopic beat with under 0.4 of the
 previous beat's slope and no long compensatory gap after it is taken for that beat's T wave, unless it repeats
 (coupled ectopy, above); in bigeminy a coupled ectopic beat as broad as a T wave (equivalent envelope width
->= 80 ms) follows every sinus beat, as a T wave does, and is not told apart from one.
+>= 80 ms) whose lead pattern is like the sinus beat's (up to sign) is not told apart from a T wave.
 
 How it is checked (there is no second, plain implementation of this detector): against expert annotations of
 real recordings (MIT-BIH record 100, the DICOM record's R fiducials, and copies of both with T waves scaled to

@@ -48,7 +48,9 @@ ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap 
 ECT_BROAD_EW_S = 0.095  # a broad one (ECT_MAX_EW_S up to this: a T wave beside a low QRS is as broad), steep in
 ECT_BROAD_AGREE = 0.7  # ECT_BROAD_AGREE of the leads and at ECT_ALL_LEVEL in every lead, only with the rhythm's
 ECT_RESET = 1.3  # evidence: absent after the beats followed by shorter gaps (>= ECT_RESET x shorter than every gap
-# holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere
+# holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere ...
+ECT_UNLIKE_COS = 0.7  # ... or, every gap holding one (bigeminy), a lead pattern unlike its beat's (|cosine| under
+ECT_PAUSE = 1.5  # this) and an interval to the next beat >= ECT_PAUSE x its coupling, see unlike_its_beats
 ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
@@ -812,9 +814,10 @@ def dominant(cand, m, cj, w, tb, refr):
 def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
     """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled): 1;
     broad (an equivalent envelope width of ECT_MAX_EW_S up to ECT_BROAD_EW_S) and steep in nearly every lead, like
-    a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's evidence, see
-    absent_elsewhere); else 0. Its width and agreement are those of the wave it is on (its highest envelope peak
-    within MWI_S: a T wave's envelope has side peaks on its slopes, narrower than the wave)."""
+    a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's or the
+    morphologies' evidence, see absent_elsewhere and unlike_its_beats); else 0. Its width and agreement are those
+    of the wave it is on (its highest envelope peak within MWI_S: a T wave's envelope has side peaks on its slopes,
+    narrower than the wave)."""
     if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
         return 0
     dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
@@ -899,7 +902,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
     ms) and however the earlier T-wave tests judged them beside the sinus beat. One as broad as a T wave beside a
-    low QRS (coupled_like: 2) needs the rhythm's evidence too (absent_elsewhere). Then the record's head and tail are
+    low QRS (coupled_like: 2) needs the rhythm's or the morphologies' evidence too (absent_elsewhere,
+    unlike_its_beats). Then the record's head and tail are
     searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
     one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
     nb = beats.shape[0]
@@ -966,7 +970,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 break
     for i in range(npool):
         if ok[i] and kind[i] == 3:
-            ok[i] = absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr)
+            ok[i] = (absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr)
+                     or unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, tol))
     for i in range(npool):
         if not ok[i] and kind[i] != 3:
             for k in range(npool):
@@ -1085,6 +1090,35 @@ def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E,
 
 
 @njit(cache=True, nogil=True)
+def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, tol):
+    """The morphologies' evidence for broad coupled beat i of the pool where every gap holds one (bigeminy): a T
+    wave's lead pattern is its QRS's up to sign (concordant or discordant in most leads: |cosine| >= 0.87 beside a
+    low QRS), an ectopic beat's is its own; and an ectopic beat leaves a pause. True when i and the >= 2 others
+    like it each have a lead pattern with a |cosine| under ECT_UNLIKE_COS with the beat before them and an interval
+    to the next beat >= ECT_PAUSE x their coupling interval."""
+    L = d.shape[0]
+    v = np.empty(L, np.float64)
+    n = 0
+    for k in range(npool):
+        if k != i and not similar(i, k, qv, cpl, P, tol):
+            continue
+        if aft[k] < ECT_PAUSE * cpl[k]:
+            return False
+        lead_pattern(d, scales, cand[beats[gap[k]]], h, v)
+        uv = 0.0
+        uu = 0.0
+        vv = 0.0
+        for l in range(L):
+            uv += v[l] * P[k, l]
+            uu += v[l] * v[l]
+            vv += P[k, l] * P[k, l]
+        if not (uu > 0.0 and vv > 0.0) or abs(uv) >= ECT_UNLIKE_COS * np.sqrt(uu * vv):
+            return False
+        n += 1
+    return n >= 3
+
+
+@njit(cache=True, nogil=True)
 def steepest(E, t, h):
     """The instant of the highest combined squared slope E within +-h of t: where a wave is steepest, whichever of
     its envelope lobes t is on (intervals between beats are measured there)."""
@@ -1166,7 +1200,8 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
                 and steepest(E, cand[ci], hs) - steepest(E, cand[beats[nb - 1]], hs) < refr):
             # a lower peak within the refractory period of the kept one, at their steepest instants too (an
             # envelope's highest lobe can lie 30 ms past its QRS's steepest instant): the tail lobe of a wide QRS's
-            # envelope, never a beat (taken for one, it would claim the early ectopic beat that follows as part of itself).
+            # envelope, never a beat (taken for one, it would claim the early ectopic beat that follows as part of
+            # itself).
             # A higher one goes on to the tests below (the leading lobe of an early ectopic beat).
             ci += 1
             continue
