@@ -124,6 +124,22 @@ def test_head_search_not_led_by_p_waves():
     tol = int(0.15 * 250)
     _, fn, fp, _ = match_beats(ref, p, tol)
     assert fn == 0 and fp == 0, f"LVOLT record 4 at 250 Hz: {fn} missed, {fp} extra; reference {ref.tolist()}, ours {p.tolist()}"
+@pytest.mark.parametrize("kind, index, why", [
+    ("LBBB", 6, "T waves 0.3 s after a low, wide QRS, as narrow and steep: the next beat comes 1-1.5x their "
+                "interval after them, no compensatory pause"),
+    ("LVOLT", 18, "T waves 0.26 s after a low QRS, steep in most leads"),
+    ("STE", 14, "waves 0.43 s after the beats"),
+])
+def test_generator_t_waves_not_coupled_beats(kind, index, why):
+    """Project generator records (250 Hz) whose T waves repeat at one interval after every beat with one shape, as
+    coupled ectopic beats do, but leave no pause after them: not beats."""
+    x, ref = bc.generator_case(kind, 250, index)
+    p = detect_r_peaks(x, 250.0)
+    _, fn, fp, _ = match_beats(ref, p, int(0.15 * 250))
+    assert fn == 0 and fp == 0, (f"{kind} record {index} at 250 Hz ({why}): {fn} missed, {fp} extra; reference "
+                                 f"{ref.tolist()}, ours {p.tolist()}")
+
+
 T_WAVE_REGRESSIONS = [
     ("low_voltage", 360, 1, "a T wave's envelope side peaks narrower than the T wave"),
     ("low_voltage", 1000, 11, "a T wave's side peak next to the QRS's own envelope lobe"),

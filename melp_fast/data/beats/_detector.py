@@ -51,6 +51,8 @@ ECT_RESET = 1.3  # evidence: absent after the beats followed by shorter gaps (>=
 # holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere ...
 ECT_UNLIKE_COS = 0.7  # ... or, every gap holding one (bigeminy), a lead pattern unlike its beat's (|cosine| under
 ECT_PAUSE = 1.5  # this) and an interval to the next beat >= ECT_PAUSE x its coupling, see unlike_its_beats
+ECT_MIN_PAUSE = 1.5  # rescued ones leave a pause: their median interval to the next beat >= this x their coupling
+# (a compensatory pause: >= 1.86x at couplings up to 0.7 RR; a T wave beside a low, wide QRS at 1-1.5x)
 ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
 ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
@@ -978,6 +980,18 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, P, tol):
                     ok[i] = True
                     break
+    # rescued ones leave a pause after them (the median over those alike): the next beat comes soon after a T wave
+    # as steep and as narrow as a low, wide QRS
+    ratio = np.empty(npool, np.float64)
+    for i in range(npool):
+        if not (ok[i] and kind[i] == 1):
+            continue
+        n = 0
+        for k in range(npool):
+            if k == i or similar(i, k, qv, cpl, P, tol):
+                ratio[n] = aft[k] / max(cpl[k], 1.0)
+                n += 1
+        ok[i] = median_of(ratio[:n]) >= ECT_MIN_PAUSE
     out = np.empty(nb + npool + 2, np.int64)
     no = 1  # out[0] is left for an ectopic beat before the first beat
     pi = 0
@@ -1090,10 +1104,23 @@ def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E,
 
 
 @njit(cache=True, nogil=True)
+def pattern_cos(u, v):
+    """|cosine| of two lead patterns (0 when either is all zero)."""
+    uv = 0.0
+    uu = 0.0
+    vv = 0.0
+    for l in range(u.shape[0]):
+        uv += u[l] * v[l]
+        uu += u[l] * u[l]
+        vv += v[l] * v[l]
+    return abs(uv) / np.sqrt(uu * vv) if uu > 0.0 and vv > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
 def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, tol):
-    """The morphologies' evidence for broad coupled beat i of the pool where every gap holds one (bigeminy): a T
-    wave's lead pattern is its QRS's up to sign (concordant or discordant in most leads: |cosine| >= 0.87 beside a
-    low QRS), an ectopic beat's is its own; and an ectopic beat leaves a pause. True when i and the >= 2 others
+    """The morphologies' evidence for broad coupled beat i of the pool where every gap holds one (bigeminy): the T
+    waves as broad and as steep beside a low QRS had a lead pattern like their QRS's up to sign (|cosine| >= 0.87
+    in the provoking records and the generator's), an ectopic beat has its own; and an ectopic beat leaves a pause. True when i and the >= 2 others
     like it each have a lead pattern with a |cosine| under ECT_UNLIKE_COS with the beat before them and an interval
     to the next beat >= ECT_PAUSE x their coupling interval."""
     L = d.shape[0]
@@ -1105,14 +1132,8 @@ def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, 
         if aft[k] < ECT_PAUSE * cpl[k]:
             return False
         lead_pattern(d, scales, cand[beats[gap[k]]], h, v)
-        uv = 0.0
-        uu = 0.0
-        vv = 0.0
-        for l in range(L):
-            uv += v[l] * P[k, l]
-            uu += v[l] * v[l]
-            vv += P[k, l] * P[k, l]
-        if not (uu > 0.0 and vv > 0.0) or abs(uv) >= ECT_UNLIKE_COS * np.sqrt(uu * vv):
+        c = pattern_cos(v, P[k])
+        if c == 0.0 or c >= ECT_UNLIKE_COS:
             return False
         n += 1
     return n >= 3
