@@ -228,9 +228,9 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
         finite = abs(tot) < np.inf
     nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
-        for n in range(nd):
-            valid[n] = 1.0
-            nz += d[n] == 0.0
+        valid[:] = 1.0
+        for n in range(nd):  # (an int64 count in its own loop vectorises; a bool one beside the fill did not)
+            nz += np.int64(d[n] == 0.0)
     else:
         for n in range(nd):
             v = d[n]
