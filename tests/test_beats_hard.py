@@ -112,6 +112,9 @@ REGRESSIONS = [
                                     "coupled ectopic beats"),
     ("bigeminy_var", 250, 1572638876, "wide ectopic beats, equivalent width 0.080-0.082 s, after every sinus beat: "
                                       "a lead pattern unlike the sinus beat's (a T wave's is its QRS's up to sign)"),
+    ("bigeminy_var", 250, 1369290023, "an ectopic beat whose steepest instant lies on its other flank (72 ms off): "
+                                      "coupling intervals compared between envelope peaks too"),
+    ("bigeminy", 250, 1347562282, "coupling intervals 0.47-0.58 s (sinus arrhythmia): alike within 100 ms"),
 ]
 
 

@@ -55,7 +55,7 @@ ECT_MIN_PAUSE = 1.5  # rescued ones leave a pause: their median interval to the 
 # (a compensatory pause: >= 1.86x at couplings up to 0.7 RR; a T wave beside a low, wide QRS at 1-1.5x)
 ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
-ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
+ECT_GROUP_TOL_S = 0.1  # coupled beats alike: coupling intervals within 100 ms (sinus arrhythmia moves them), ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
 ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
@@ -873,10 +873,12 @@ def lead_pattern(d, scales, t, h, out):
 
 
 @njit(cache=True, nogil=True)
-def similar(i, j, q, cpl, P, tol):
-    """Two coupled beats alike: coupling intervals within tol, shape values within ECT_GROUP_Q of each other and
-    lead patterns with a cosine >= ECT_GROUP_COS in size."""
-    if abs(cpl[i] - cpl[j]) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
+def similar(i, j, q, cpl, cpd, P, tol):
+    """Two coupled beats alike: coupling intervals within tol (between the waves' steepest instants, cpl, or their
+    envelope peaks, cpd: a symmetric wave's two flanks are about as steep, so its steepest instant can move from one
+    to the other between beats), shape values within ECT_GROUP_Q of each other and lead patterns with a cosine >=
+    ECT_GROUP_COS in size."""
+    if min(abs(cpl[i] - cpl[j]), abs(cpd[i] - cpd[j])) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
         return False
     uv = 0.0
     uu = 0.0
@@ -918,6 +920,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     kind = np.zeros(nb, np.int64)
     gap = np.empty(nb, np.int64)
     cpl = np.empty(nb, np.float64)
+    cpd = np.empty(nb, np.float64)
+    apd = np.empty(nb, np.float64)
     aft = np.empty(nb, np.float64)
     qv = np.empty(nb, np.float64)
     P = np.zeros((nb, L), np.float64)
@@ -948,14 +952,18 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             idx[npool] = best
             kind[npool] = 3 if is_broad else 1
             cpl[npool] = steepest(E, cand[best], h) - steepest(E, a, h)
+            cpd[npool] = cand[best] - a
             aft[npool] = steepest(E, b, h) - steepest(E, cand[best], h)
+            apd[npool] = b - cand[best]
         elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
             # the decisions keep a wave's highest envelope peak, which can be a lobe beside its steep part: its
             # shape value and lead pattern are taken at the wave's lobe of the highest shape value
             idx[npool] = best_lobe(cand, F, beats[j], 2 * h)
             kind[npool] = 2
             cpl[npool] = steepest(E, cand[idx[npool]], h) - steepest(E, cand[beats[j - 1]], h)
+            cpd[npool] = a - cand[beats[j - 1]]
             aft[npool] = steepest(E, b, h) - steepest(E, cand[idx[npool]], h)
+            apd[npool] = b - a
         else:
             continue
         gap[npool] = j
@@ -967,28 +975,28 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     ok = np.zeros(npool, np.bool_)
     for i in range(npool):
         for k in range(npool):
-            if k != i and (kind[k] != 3 or kind[i] == 3) and similar(i, k, qv, cpl, P, tol):
+            if k != i and (kind[k] != 3 or kind[i] == 3) and similar(i, k, qv, cpl, cpd, P, tol):
                 ok[i] = True
                 break
     for i in range(npool):
         if ok[i] and kind[i] == 3:
-            ok[i] = (absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr)
-                     or unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, tol))
+            ok[i] = (absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, cpd, P, F, d, scales, h, E, tol, refr)
+                     or unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales, h, tol))
     for i in range(npool):
         if not ok[i] and kind[i] != 3:
             for k in range(npool):
-                if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, P, tol):
+                if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, cpd, P, tol):
                     ok[i] = True
                     break
     # rescued ones leave a pause after them (the median over those alike): the next beat comes soon after a T wave
-    # as steep and as narrow as a low, wide QRS
+    # as steep and as narrow as a low, wide QRS (one of a higher shape value than the beat before it is no T wave)
     ratio = np.empty(npool, np.float64)
     for i in range(npool):
-        if not (ok[i] and kind[i] == 1):
+        if not (ok[i] and kind[i] == 1) or qv[i] > F[0, beats[gap[i]]]:
             continue
         n = 0
         for k in range(npool):
-            if k == i or similar(i, k, qv, cpl, P, tol):
+            if k == i or similar(i, k, qv, cpl, cpd, P, tol):
                 ratio[n] = aft[k] / max(cpl[k], 1.0)
                 n += 1
         ok[i] = median_of(ratio[:n]) >= ECT_MIN_PAUSE
@@ -1016,8 +1024,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         max_aft = 0.0
         for i in range(npool):
             if ok[i]:
-                max_cpl = max(max_cpl, cpl[i])
-                max_aft = max(max_aft, aft[i])
+                max_cpl = max(max_cpl, cpl[i], cpd[i])
+                max_aft = max(max_aft, aft[i], apd[i])
         for cj in range(beats[nb - 1] + 1, nc):
             tc = cand[cj]
             if tc - a > max_cpl + tol:
@@ -1026,7 +1034,9 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            alike = (matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol)
+                     or matches_pool(cand[dj] - a, F[0, dj], v, cpd, qv, P, ok, tol))
+            if alike and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[no] = best
@@ -1042,7 +1052,9 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            alike = (matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol)
+                     or matches_pool(b - cand[dj], F[0, dj], v, apd, qv, P, ok, tol))
+            if alike and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[0] = best
@@ -1051,7 +1063,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
 
 
 @njit(cache=True, nogil=True)
-def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E, tol, refr):
+def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, cpd, P, F, d, scales, h, E, tol, refr):
     """The rhythm's evidence for broad coupled beat i of the pool (see coupled_like): a T wave follows every beat at
     its lag with its lead pattern, an ectopic beat follows only some and leaves a longer gap (trigeminy: the beat
     before it is followed by a shorter gap without it). True when the gaps that hold a wave like it (a pool entry
@@ -1063,7 +1075,7 @@ def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E,
     v = np.empty(L, np.float64)
     min_hold = np.inf
     for k in range(npool):
-        if k == i or similar(i, k, qv, cpl, P, tol):
+        if k == i or similar(i, k, qv, cpl, cpd, P, tol):
             min_hold = min(min_hold, cand[beats[gap[k] + 1]] - cand[beats[gap[k]]])
     n_gaps = 0
     n_without = 0
@@ -1075,7 +1087,7 @@ def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, P, F, d, scales, h, E,
         n_gaps += 1
         held = False
         for k in range(npool):
-            if gap[k] == j and (k == i or similar(i, k, qv, cpl, P, tol)):
+            if gap[k] == j and (k == i or similar(i, k, qv, cpl, cpd, P, tol)):
                 held = True
         if held:
             continue
@@ -1117,17 +1129,17 @@ def pattern_cos(u, v):
 
 
 @njit(cache=True, nogil=True)
-def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, aft, P, d, scales, h, tol):
+def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales, h, tol):
     """The morphologies' evidence for broad coupled beat i of the pool where every gap holds one (bigeminy): the T
     waves as broad and as steep beside a low QRS had a lead pattern like their QRS's up to sign (|cosine| >= 0.87
-    in the provoking records and the generator's), an ectopic beat has its own; and an ectopic beat leaves a pause. True when i and the >= 2 others
-    like it each have a lead pattern with a |cosine| under ECT_UNLIKE_COS with the beat before them and an interval
-    to the next beat >= ECT_PAUSE x their coupling interval."""
+    in the provoking records and the generator's), an ectopic beat has its own; and an ectopic beat leaves a pause.
+    True when i and the >= 2 others like it each have a lead pattern with a |cosine| under ECT_UNLIKE_COS with the
+    beat before them and an interval to the next beat >= ECT_PAUSE x their coupling interval."""
     L = d.shape[0]
     v = np.empty(L, np.float64)
     n = 0
     for k in range(npool):
-        if k != i and not similar(i, k, qv, cpl, P, tol):
+        if k != i and not similar(i, k, qv, cpl, cpd, P, tol):
             continue
         if aft[k] < ECT_PAUSE * cpl[k]:
             return False
