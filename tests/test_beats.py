@@ -323,3 +323,34 @@ def test_real_record_token_spans(dcm):
     tk = token_spans(beat_spans(p, y.shape[1]))
     assert tk.shape == (10, 2) and np.all(tk[:, 1] > tk[:, 0]) and tk[:, 1].max() <= 312
     assert np.all((p // 16 >= tk[:, 0]) & (p // 16 < tk[:, 1]))  # the token of each R peak is in its beat
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the detector's fast helpers against their plain references
+# ---------------------------------------------------------------------------------------------------------------
+def test_fast_helpers_match_references():
+    """median_of (insertion sort) equals np.median, abs_max equals max |v[a:b]|, and deviation_finite gives the
+    extremum values of extrema_finite (the lead ranking's reduction without indices), on random inputs."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_fast_helpers_match_references")
+    for n in range(1, 40):
+        a = rng.normal(size=n)
+        if n > 3:
+            a[rng.integers(0, n, 2)] = a[0]  # ties
+        assert det.median_of(a) == np.median(a), (n, a.tolist())
+    assert np.isnan(det.median_of(np.zeros(0)))
+    for _ in range(200):
+        v = rng.normal(size=int(rng.integers(1, 60)))
+        a = int(rng.integers(0, v.size))
+        b = int(rng.integers(a, v.size + 1))
+        ref = float(np.max(np.abs(v[a:b]))) if b > a else 0.0
+        assert det.abs_max(v, a, b) == ref, (a, b, v.tolist())
+    for _ in range(200):
+        xl = np.cumsum(rng.normal(size=300))
+        c = int(rng.integers(0, 300))
+        w, h = int(rng.integers(1, 15)), int(rng.integers(15, 30))
+        lo = int(rng.integers(0, c + 1))
+        hi = int(rng.integers(c + 1, 301))
+        _, vmax, _, vmin = det.extrema_finite(xl, c, w, h, lo, hi)
+        assert np.allclose(det.deviation_finite(xl, c, w, h, lo, hi), (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)

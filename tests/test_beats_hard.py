@@ -94,6 +94,27 @@ REGRESSIONS = [
                                        "steep part: the coupling and shape value taken there missed the tail one"),
     ("trigeminy_var", 250, 1670079142, "wide ectopic beats steep at 0.5 of the QRS slope in only 0.41 of the leads"),
     ("bigeminy_var", 360, 1034198221, "shorter ectopic beats at 0.03 of the sinus shape value"),
+    ("trigeminy_var", 1000, 16, "wide ectopic beats, equivalent width 0.080 s, steep in 0.75 of the leads: absent "
+                                "after the beats followed by the shorter gaps"),
+    ("trigeminy_var", 360, 297152929, "wide ectopic beats, equivalent width 0.080-0.083 s"),
+    ("trigeminy_var", 250, 458642238, "wide ectopic beats, equivalent width 0.078-0.080 s"),
+    ("trigeminy_var", 250, 401794961, "wide ectopic beats as broad as a T wave, steep in 0.74 of the leads"),
+    ("trigeminy_var", 250, 825497598, "wide ectopic beats as broad as a T wave"),
+    ("trigeminy_var", 360, 1616785010, "wide ectopic beats as broad as a T wave"),
+    ("trigeminy_var", 1000, 99539938, "wide ectopic beats as broad as a T wave"),
+    ("bigeminy_var", 1000, 1647601513, "an ectopic beat 117 ms before the record's end, its envelope 0.082 s broad "
+                                       "(the edge cuts it): judged by its likeness to the found ones"),
+    ("af_fast", 250, 1896047064, "a QRS 248 ms after the previous one, whose highest envelope lobe lies 32 ms past "
+                                 "its steepest instant: the refractory period measured between steepest instants"),
+    ("af_fast", 1000, 1155719256, "a flat stretch's ripple (shape value 0.002 of a beat's) in a long gap is no "
+                                  "ectopic beat"),
+    ("low_voltage", 250, 247292838, "T waves beside a low QRS, broad and steep in every lead, in every gap: not "
+                                    "coupled ectopic beats"),
+    ("bigeminy_var", 250, 1572638876, "wide ectopic beats, equivalent width 0.080-0.082 s, after every sinus beat: "
+                                      "a lead pattern unlike the sinus beat's (a T wave's is its QRS's up to sign)"),
+    ("bigeminy_var", 250, 1369290023, "an ectopic beat whose steepest instant lies on its other flank (72 ms off): "
+                                      "coupling intervals compared between envelope peaks too"),
+    ("bigeminy", 250, 1347562282, "coupling intervals 0.47-0.58 s (sinus arrhythmia): alike within 100 ms"),
 ]
 
 
@@ -106,24 +127,29 @@ def test_head_search_not_led_by_p_waves():
     tol = int(0.15 * 250)
     _, fn, fp, _ = match_beats(ref, p, tol)
     assert fn == 0 and fp == 0, f"LVOLT record 4 at 250 Hz: {fn} missed, {fp} extra; reference {ref.tolist()}, ours {p.tolist()}"
+@pytest.mark.parametrize("kind, index, why", [
+    ("LBBB", 6, "T waves 0.3 s after a low, wide QRS, as narrow and steep: the next beat comes 1-1.5x their "
+                "interval after them, no compensatory pause"),
+    ("LVOLT", 18, "T waves 0.26 s after a low QRS, steep in most leads"),
+    ("STE", 14, "waves 0.43 s after the beats"),
+])
+def test_generator_t_waves_not_coupled_beats(kind, index, why):
+    """Project generator records (250 Hz) whose T waves repeat at one interval after every beat with one shape, as
+    coupled ectopic beats do, but leave no pause after them: not beats."""
+    x, ref = bc.generator_case(kind, 250, index)
+    p = detect_r_peaks(x, 250.0)
+    _, fn, fp, _ = match_beats(ref, p, int(0.15 * 250))
+    assert fn == 0 and fp == 0, (f"{kind} record {index} at 250 Hz ({why}): {fn} missed, {fp} extra; reference "
+                                 f"{ref.tolist()}, ours {p.tolist()}")
+
+
 T_WAVE_REGRESSIONS = [
     ("low_voltage", 360, 1, "a T wave's envelope side peaks narrower than the T wave"),
     ("low_voltage", 1000, 11, "a T wave's side peak next to the QRS's own envelope lobe"),
 ]
 
 
-# known limit: a coupled ectopic beat as broad as a T wave (equivalent envelope width >= 80 ms, or >= 75 ms and steep
-# in under 70 % of the leads) is not told apart from a tall or low-QRS T wave (those reach 71-88 ms); NeuroKit2
-# finds these on lead II
-KNOWN_LIMITS = [
-    pytest.param("trigeminy_var", 1000, 16, "wide ectopic beats, equivalent width 0.080 s",
-                 marks=pytest.mark.xfail(strict=True, reason="known limit: ectopic beat as broad as a T wave")),
-    pytest.param("trigeminy_var", 360, 297152929, "wide ectopic beats, equivalent width 0.080-0.083 s",
-                 marks=pytest.mark.xfail(strict=True, reason="known limit: ectopic beat as broad as a T wave")),
-]
-
-
-@pytest.mark.parametrize("kind, fs, seed, why", REGRESSIONS + T_WAVE_REGRESSIONS + KNOWN_LIMITS)
+@pytest.mark.parametrize("kind, fs, seed, why", REGRESSIONS + T_WAVE_REGRESSIONS)
 def test_regression_draws(kind, fs, seed, why):
     build = bc.hard_case if kind in bc.HARD_KINDS else bc.synth_case
     x, ref = build(kind, fs, seed)

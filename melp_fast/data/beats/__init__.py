@@ -14,21 +14,30 @@ Method (``_detector.py``, every loop ``@njit(cache=True)``):
    balance of the steep first differences, weighted over the leads steep there, is under 0.4 in the window centred
    on the candidate, in the one centred on its steepest instant and in the one shifted towards that instant), so a
    step is never a beat and never replaces one; a QRS at the same instant as a step keeps its balance and stays;
-   Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms), search-back
+   Pan-Tompkins decisions on that envelope: adaptive signal / noise levels, one beat per QRS (160 ms; a lower peak
+   within 200 ms of a beat, also between their steepest instants, is its tail lobe), search-back
    after 1.66 mean RR, the record's head and tail, and a T-wave test: a peak < 450 ms after a beat is its T (or U)
    wave when, beside the beat, its integrated energy is under 1/2, or its shape value (peak squared slope x the
    agreement of leads, the fraction of leads steep there) under 0.4, or under 0.7 while 1.6x wider. An early wide
-   ectopic beat taken for a T wave is recovered from the long gap it leaves when it is 3x the record's usual T wave;
-   coupled ectopy (bigeminy, trigeminy, where every gap is long and the "usual T wave" is the ectopic beat): in
-   each gap, an early candidate (first half, >= 200 ms from both beats) that is narrow (a T wave's envelope is
-   broad even where the T is tall or the QRS low), steep in enough leads (or, a wide one, steep at 0.3 of the QRS
-   slope in every lead: a tall T wave is tall in some leads only), stands out of the other waves of its gap
-   and repeats at the same coupling interval with a similar shape value and lead pattern is a beat, as are those at
-   that coupling before the first and after the last beat (taller, shorter, wider or inverted ectopic beats, any
-   coupling >= 300 ms); a beat is dropped as "a T wave before its QRS" only when it is also unlike the two kept
-   beats before it (the record's two morphologies) or under 0.25 of the later beat's shape value; the head is
-   searched whenever the first beat lies further in than the mean or the shortest RR (of the beats without the
-   T or P waves taken for beats); the T-wave window includes its last sample;
+   ectopic beat taken for a T wave is recovered from the long gap it leaves when it is 3x the record's usual T wave
+   (and >= 0.02 of the beats' median shape value); coupled ectopy (bigeminy, trigeminy, where every gap is long and
+   the "usual T wave" is the ectopic beat): in each gap, an early candidate (first half, >= 200 ms from both beats)
+   that is narrow (a T wave's envelope is broad even where the T is tall or the QRS low), steep in enough leads (or,
+   a wide one, steep at 0.3 of the QRS slope in every lead: a tall T wave is tall in some leads only), stands out of
+   the other waves of its gap and repeats at the same coupling interval (within 100 ms) with a similar shape value
+   and lead pattern is a beat, as are those at that coupling before the first and after the last beat (taller,
+   shorter, wider or inverted ectopic beats, any coupling >= 300 ms), when they leave a pause or are steeper than the
+   beat before them (the median interval to the next beat >= 1.5x the coupling: a T wave beside a low, wide QRS is
+   followed by the next beat at 1-1.5x); one as broad as a T wave beside a low QRS (an equivalent envelope width of
+   80-95 ms, steep in 0.7 of the leads and at 0.3 of the QRS slope in every lead) only with the rhythm's evidence: a
+   T wave follows every beat, an ectopic beat only some and leaves a longer gap (the gaps holding it >= 1.3x longer
+   than every gap without it; >= 2 and a quarter of the gaps without it), or, where every gap holds one (bigeminy),
+   the morphologies' evidence: a lead pattern unlike the beat before it (|cosine| under 0.7, for >= 3 of them; the T
+   waves that broad and steep beside a low QRS had >= 0.87 in the provoking records and the generator's) and a pause
+   (>= 1.5x its coupling interval); a beat is dropped as "a T wave before its QRS" only when it is also unlike the
+   two kept beats before it (the record's two morphologies) or under 0.25 of the later beat's shape value; the head
+   is searched whenever the first beat lies further in than the mean or the shortest RR (of the beats without the T
+   or P waves taken for beats); the T-wave window includes its last sample;
 4. the R point (the fiducial): the R peak, i.e. the largest baseline-removed deflection, in the lead's QRS polarity
    (the opposite one when twice as large, e.g. an inverted ectopic beat), of the dominant lead: the lead with the
    largest median QRS deviation among those of the record's majority QRS polarity (so an R wave, not the deep S
@@ -40,8 +49,8 @@ no beat; no beat is placed in a NaN run; a beat cut by the record edge is report
 inside and clearly formed. Invariant to a record-wide gain of either sign and to per-lead offsets; per-lead gains
 may move the R point to another lead's R peak (a few ms). Known limit: an early ectopic beat with under 0.4 of the
 previous beat's slope and no long compensatory gap after it is taken for that beat's T wave, unless it repeats
-(coupled ectopy, above); a coupled ectopic beat as broad as a T wave (equivalent envelope width >= 80 ms) is not
-told apart from one.
+(coupled ectopy, above); in bigeminy a coupled ectopic beat as broad as a T wave (equivalent envelope width
+>= 80 ms) whose lead pattern is like the sinus beat's (up to sign) is not told apart from a T wave.
 
 How it is checked (there is no second, plain implementation of this detector): against expert annotations of
 real recordings (MIT-BIH record 100, the DICOM record's R fiducials, and copies of both with T waves scaled to

@@ -34,6 +34,7 @@ ECTOPIC_GAP_RR = 1.5  # in a gap this long (x median RR) ...
 ECTOPIC_VS_T = 3.0  # ... a peak with this many times the shape value of the record's usual T wave ...
 ECTOPIC_MWI_VS_T = 1.4  # ... and this many times its energy is a beat ...
 ECTOPIC_MIN_THR = 0.25  # ... when its envelope reaches this fraction of the detection threshold
+ECTOPIC_MIN_Q = 0.02  # ... and its shape value this fraction of the beats' median (not a flat stretch's ripple)
 ECT_Q = 0.025  # a coupled ectopic beat (bigeminy, trigeminy) has this fraction of the earlier beat's shape value ...
 ECT_MAX_EW_S = 0.08  # ... an equivalent envelope width under this (T waves beside a low QRS: 0.083 s and up) ...
 ECT_NARROW_EW_S = 0.05  # ... and is steep in ECT_AGREE_NARROW of the leads when this narrow (a QRS: 0.03-0.04 s),
@@ -44,8 +45,17 @@ ECT_ALL_LEVEL = 0.3  # ... or, however wide (under ECT_MAX_EW_S), steep at 0.3 o
 ECT_ALL_FRAC = 0.99  # (weighted fraction of leads) ...
 ECT_ALL_AGREE = 0.4  # ... and at AGREE_LEVEL in 0.4 of them ...
 ECT_STAND_OUT = 2.0  # ... and its envelope is 2x every other wave's in its gap (not a noise burst among others)
+ECT_BROAD_EW_S = 0.095  # a broad one (ECT_MAX_EW_S up to this: a T wave beside a low QRS is as broad), steep in
+ECT_BROAD_AGREE = 0.7  # ECT_BROAD_AGREE of the leads and at ECT_ALL_LEVEL in every lead, only with the rhythm's
+ECT_RESET = 1.3  # evidence: absent after the beats followed by shorter gaps (>= ECT_RESET x shorter than every gap
+# holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere ...
+ECT_UNLIKE_COS = 0.7  # ... or, every gap holding one (bigeminy), a lead pattern unlike its beat's (|cosine| under
+ECT_PAUSE = 1.5  # this) and an interval to the next beat >= ECT_PAUSE x its coupling, see unlike_its_beats
+ECT_MIN_PAUSE = 1.5  # rescued ones leave a pause: their median interval to the next beat >= this x their coupling
+# (a compensatory pause: >= 1.86x at couplings up to 0.7 RR; a T wave beside a low, wide QRS at 1-1.5x)
+ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
 ECT_PREMATURE = 0.8  # a beat of the decisions counts as coupled when its interval is under 0.8 of the next one
-ECT_GROUP_TOL_S = 0.06  # coupled beats alike: coupling intervals within 60 ms, ...
+ECT_GROUP_TOL_S = 0.1  # coupled beats alike: coupling intervals within 100 ms (sinus arrhythmia moves them), ...
 ECT_GROUP_Q = 1.6  # ... shape values within 1.6x of each other ...
 ECT_GROUP_COS = 0.8  # ... and lead patterns (slope per lead at one instant) with a |cosine| >= 0.8
 MWI_S = 0.12  # moving-window integral (Pan-Tompkins: ~ the widest QRS)
@@ -64,6 +74,26 @@ STEP_STEEP = 0.25  # or only falls (the differences counted: >= 0.25 of the lead
 STEP_MAX = 0.4  # a candidate whose slope-weighted 1 - |rise - fall| / (rise + fall) is under 0.4 is a step
 STEP_MIN_WEIGHT = 0.01  # leads whose clipped normalised squared slope at the candidate is under this are skipped
 STEP_MIN_SPK = 0.1  # candidates under this fraction of the first signal level are not examined (they never matter)
+
+
+@njit(cache=True, nogil=True)
+def median_of(a):
+    """np.median of a short 1-D array (the mean of the two middle values for an even length), by an insertion sort
+    of a copy: Numba's np.median costs ~170 ns on a dozen values, this a fraction of it."""
+    n = a.shape[0]
+    if n == 0:
+        return np.nan
+    b = np.empty(n, np.float64)
+    for i in range(n):
+        v = a[i]
+        j = i
+        while j > 0 and b[j - 1] > v:
+            b[j] = b[j - 1]
+            j -= 1
+        b[j] = v
+    if n % 2 == 1:
+        return b[n // 2]
+    return (b[n // 2 - 1] + b[n // 2]) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,9 +228,9 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
         finite = abs(tot) < np.inf
     nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
-        for n in range(nd):
-            valid[n] = 1.0
-            nz += d[n] == 0.0
+        valid[:] = 1.0
+        for n in range(nd):  # (an int64 count in its own loop vectorises; a bool one beside the fill did not)
+            nz += np.int64(d[n] == 0.0)
     else:
         for n in range(nd):
             v = d[n]
@@ -259,7 +289,7 @@ def lead_scale(d, valid, wlen):
             m += 1
     if m == 0 or cnt == 0.0:
         return 0.0, 0.0
-    scale = np.median(vals[:m])
+    scale = median_of(vals[:m])
     mean = tot / cnt
     if not (scale > 0.0) or not (mean > 0.0):
         return 0.0, 0.0
@@ -379,6 +409,16 @@ def candidates(m):
     return cand[:nc]
 
 
+@njit(cache=True, nogil=True, fastmath=True)  # a max reduction (exact in any order), so it vectorises
+def abs_max(v, a, b):
+    """max |v[a:b]| (0 for an empty range); v finite."""
+    mx = 0.0
+    seg = v[a:b]
+    for i in range(b - a):
+        mx = max(mx, abs(seg[i]))
+    return mx
+
+
 @njit(cache=True, nogil=True)
 def shape_values(cand, E, d, valid, scales, weights, h):
     """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
@@ -391,9 +431,7 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         t = cand[ci]
         a = max(0, t - h)
         b = min(nd, t + h + 1)
-        p = 0.0
-        for n in range(a, b):
-            p = max(p, E[n])
+        p = abs_max(E, a, b)  # E >= 0
         cnt = 0.0
         area = 0.0
         for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
@@ -407,9 +445,7 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         for l in range(L):
             if scales[l] == 0.0 or valid[l, t] == 0.0:
                 continue
-            mx = 0.0
-            for n in range(a, b):
-                mx = max(mx, abs(d[l, n]))
+            mx = abs_max(d[l], a, b)
             wsum += weights[l]
             if mx >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
@@ -439,9 +475,7 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
     for l in range(L):
         if scales[l] == 0.0:
             continue
-        mx = 0.0
-        for n in range(t - h, t + h + 1):
-            mx = max(mx, abs(d[l, n]))
+        mx = abs_max(d[l], t - h, t + h + 1)
         e = mx / scales[l]
         e = min(e * e, CLIP) * weights[l]
         if e < STEP_MIN_WEIGHT:  # a lead not steep here has no say (and costs nothing)
@@ -467,12 +501,12 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
             c = max(c0, c1)
         up = 0.0
         down = 0.0
-        for n in range(t - w, t + w):  # the steep differences only (not a nearby T wave's slow slope)
-            v = xl[n + 1] - xl[n] - c
-            if v >= steep:
-                up += v
-            elif v <= -steep:
-                down -= v
+        xa = xl[t - w : t + w]
+        xb = xl[t - w + 1 : t + w + 1]
+        for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
+            v = xb[i] - xa[i] - c
+            up += v if v >= steep else 0.0
+            down += -v if v <= -steep else 0.0
         if up + down > 0.0:
             num += e * (1.0 - abs(up - down) / (up + down))
             den += e
@@ -521,7 +555,7 @@ def median_window_stat(m, wlen, n_windows, use_max):
             if m[n] > mx:
                 mx = m[n]
         vals[w] = mx if use_max else acc / max(1, b - a)
-    return np.median(vals)
+    return median_of(vals)
 
 
 @njit(cache=True, nogil=True)
@@ -714,7 +748,7 @@ def median_t_wave(cand, m, F, beats, refr, twave, guard):
             n += 1
     if n < 3:
         return 0.0, 0.0
-    return np.median(tm[:n]), np.median(tq[:n])
+    return median_of(tm[:n]), median_of(tq[:n])
 
 
 @njit(cache=True, nogil=True)
@@ -733,7 +767,11 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
     rr = np.empty(nb - 1, np.float64)
     for j in range(nb - 1):
         rr[j] = cand[beats[j + 1]] - cand[beats[j]]
-    rr_med = np.median(rr)
+    rr_med = median_of(rr)
+    qb = np.empty(nb, np.float64)
+    for j in range(nb):
+        qb[j] = F[0, beats[j]]
+    min_q = ECTOPIC_MIN_Q * median_of(qb)
     out = np.empty(2 * nb, np.int64)
     no = 0
     for j in range(nb):
@@ -746,7 +784,7 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
         best = -1
         for cj in range(beats[j] + 1, beats[j + 1]):
             tc = cand[cj]
-            if tc - a < refr or b - tc < refr or m[tc] < min_v:
+            if tc - a < refr or b - tc < refr or m[tc] < min_v or F[0, cj] < min_q:
                 continue
             if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
@@ -775,23 +813,27 @@ def dominant(cand, m, cj, w, tb, refr):
 
 
 @njit(cache=True, nogil=True)
-def coupled_like(cand, m, F, cj, bi, min_v, fd):
-    """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled). Its
-    width and agreement are those of the wave it is on (its highest envelope peak within MWI_S: a T wave's envelope
-    has side peaks on its slopes, narrower than the wave)."""
+def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
+    """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled): 1;
+    broad (an equivalent envelope width of ECT_MAX_EW_S up to ECT_BROAD_EW_S) and steep in nearly every lead, like
+    a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's or the
+    morphologies' evidence, see absent_elsewhere and unlike_its_beats); else 0. Its width and agreement are those
+    of the wave it is on (its highest envelope peak within MWI_S: a T wave's envelope has side peaks on its slopes,
+    narrower than the wave)."""
     if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
-        return False
+        return 0
     dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
     ew = F[2, dom] / fd
-    if ew >= ECT_MAX_EW_S:
-        return False
-    need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
-        ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
-    if F[3, dom] >= need:
-        return True
-    # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T wave
-    # is tall in some leads and a normal T wave's slope in the others is far below it
-    return F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC
+    if ew < max_ew:
+        need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
+            ECT_WIDE_EW_S - ECT_NARROW_EW_S)))
+        # a wide ectopic beat (a slow depolarisation) is steep in every lead at a lower level; a tall or peaked T
+        # wave is tall in some leads and a normal T wave's slope in the others is far below it
+        if F[3, dom] >= need or (F[3, dom] >= ECT_ALL_AGREE and F[4, dom] >= ECT_ALL_FRAC):
+            return 1
+    if ew < ECT_BROAD_EW_S and F[3, dom] >= ECT_BROAD_AGREE and F[4, dom] >= ECT_ALL_FRAC:
+        return 2
+    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -831,10 +873,12 @@ def lead_pattern(d, scales, t, h, out):
 
 
 @njit(cache=True, nogil=True)
-def similar(i, j, q, cpl, P, tol):
-    """Two coupled beats alike: coupling intervals within tol, shape values within ECT_GROUP_Q of each other and
-    lead patterns with a cosine >= ECT_GROUP_COS in size."""
-    if abs(cpl[i] - cpl[j]) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
+def similar(i, j, q, cpl, cpd, P, tol):
+    """Two coupled beats alike: coupling intervals within tol (between the waves' steepest instants, cpl, or their
+    envelope peaks, cpd: a symmetric wave's two flanks are about as steep, so its steepest instant can move from one
+    to the other between beats), shape values within ECT_GROUP_Q of each other and lead patterns with a cosine >=
+    ECT_GROUP_COS in size."""
+    if min(abs(cpl[i] - cpl[j]), abs(cpd[i] - cpd[j])) > tol or q[i] > ECT_GROUP_Q * q[j] or q[j] > ECT_GROUP_Q * q[i]:
         return False
     uv = 0.0
     uu = 0.0
@@ -861,7 +905,9 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     (intervals are measured between the waves' steepest instants, see steepest)
     (within ECT_GROUP_TOL_S), of a similar shape value and lead pattern: coupled ectopy repeats itself, a noise
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
-    ms) and however the earlier T-wave tests judged them beside the sinus beat. Then the record's head and tail are
+    ms) and however the earlier T-wave tests judged them beside the sinus beat. One as broad as a T wave beside a
+    low QRS (coupled_like: 2) needs the rhythm's or the morphologies' evidence too (absent_elsewhere,
+    unlike_its_beats). Then the record's head and tail are
     searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
     one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
     nb = beats.shape[0]
@@ -874,6 +920,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     kind = np.zeros(nb, np.int64)
     gap = np.empty(nb, np.int64)
     cpl = np.empty(nb, np.float64)
+    cpd = np.empty(nb, np.float64)
+    apd = np.empty(nb, np.float64)
     aft = np.empty(nb, np.float64)
     qv = np.empty(nb, np.float64)
     P = np.zeros((nb, L), np.float64)
@@ -882,12 +930,19 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         a = cand[beats[j]]
         b = cand[beats[j + 1]]
         best = -1
+        broad = -1
         for cj in range(beats[j] + 1, beats[j + 1]):
             tc = cand[cj]
             if tc - a < refr or b - tc < refr or b - tc < tc - a:
                 continue
-            if coupled_like(cand, m, F, cj, beats[j], min_v, fd) and (best < 0 or F[0, cj] > F[0, best]):
+            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd)
+            if c == 1 and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
+            elif c == 2 and (broad < 0 or F[0, cj] > F[0, broad]):
+                broad = cj
+        is_broad = best < 0 and broad >= 0
+        if is_broad:
+            best = broad
         if best >= 0:
             best = dominant(cand, m, best, MWI_S * fd, a, refr)  # the wave's peak (its lobes move about)
             if cand[best] - a < refr or b - cand[best] < refr or not stands_out(cand, m, best, beats[j], beats[j + 1],
@@ -895,16 +950,20 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 best = -1
         if best >= 0:
             idx[npool] = best
-            kind[npool] = 1
+            kind[npool] = 3 if is_broad else 1
             cpl[npool] = steepest(E, cand[best], h) - steepest(E, a, h)
+            cpd[npool] = cand[best] - a
             aft[npool] = steepest(E, b, h) - steepest(E, cand[best], h)
+            apd[npool] = b - cand[best]
         elif j > 0 and a - cand[beats[j - 1]] < ECT_PREMATURE * (b - a):
             # the decisions keep a wave's highest envelope peak, which can be a lobe beside its steep part: its
             # shape value and lead pattern are taken at the wave's lobe of the highest shape value
             idx[npool] = best_lobe(cand, F, beats[j], 2 * h)
             kind[npool] = 2
             cpl[npool] = steepest(E, cand[idx[npool]], h) - steepest(E, cand[beats[j - 1]], h)
+            cpd[npool] = a - cand[beats[j - 1]]
             aft[npool] = steepest(E, b, h) - steepest(E, cand[idx[npool]], h)
+            apd[npool] = b - a
         else:
             continue
         gap[npool] = j
@@ -912,12 +971,35 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         lead_pattern(d, scales, cand[idx[npool]], h, P[npool])
         npool += 1
     tol = ECT_GROUP_TOL_S * fd
+    # alike pairs; a broad one (kind 3) needs the rhythm's evidence too, and counts as a partner only then
     ok = np.zeros(npool, np.bool_)
     for i in range(npool):
         for k in range(npool):
-            if k != i and similar(i, k, qv, cpl, P, tol):
+            if k != i and (kind[k] != 3 or kind[i] == 3) and similar(i, k, qv, cpl, cpd, P, tol):
                 ok[i] = True
                 break
+    for i in range(npool):
+        if ok[i] and kind[i] == 3:
+            ok[i] = (absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, cpd, P, F, d, scales, h, E, tol, refr)
+                     or unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales, h, tol))
+    for i in range(npool):
+        if not ok[i] and kind[i] != 3:
+            for k in range(npool):
+                if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, cpd, P, tol):
+                    ok[i] = True
+                    break
+    # rescued ones leave a pause after them (the median over those alike): the next beat comes soon after a T wave
+    # as steep and as narrow as a low, wide QRS (one of a higher shape value than the beat before it is no T wave)
+    ratio = np.empty(npool, np.float64)
+    for i in range(npool):
+        if not (ok[i] and kind[i] == 1) or qv[i] > F[0, beats[gap[i]]]:
+            continue
+        n = 0
+        for k in range(npool):
+            if k == i or similar(i, k, qv, cpl, cpd, P, tol):
+                ratio[n] = aft[k] / max(cpl[k], 1.0)
+                n += 1
+        ok[i] = median_of(ratio[:n]) >= ECT_MIN_PAUSE
     out = np.empty(nb + npool + 2, np.int64)
     no = 1  # out[0] is left for an ectopic beat before the first beat
     pi = 0
@@ -926,7 +1008,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         no += 1
         while pi < npool and gap[pi] < j:
             pi += 1
-        if pi < npool and gap[pi] == j and kind[pi] == 1 and ok[pi]:
+        if pi < npool and gap[pi] == j and kind[pi] != 2 and ok[pi]:
             out[no] = idx[pi]
             no += 1
     first = 1
@@ -942,17 +1024,19 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
         max_aft = 0.0
         for i in range(npool):
             if ok[i]:
-                max_cpl = max(max_cpl, cpl[i])
-                max_aft = max(max_aft, aft[i])
+                max_cpl = max(max_cpl, cpl[i], cpd[i])
+                max_aft = max(max_aft, aft[i], apd[i])
         for cj in range(beats[nb - 1] + 1, nc):
             tc = cand[cj]
             if tc - a > max_cpl + tol:
                 break
-            if tc - a < refr or not coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd):
+            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            alike = (matches_pool(steepest(E, cand[dj], h) - steepest(E, a, h), F[0, dj], v, cpl, qv, P, ok, tol)
+                     or matches_pool(cand[dj] - a, F[0, dj], v, cpd, qv, P, ok, tol))
+            if alike and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[no] = best
@@ -964,16 +1048,107 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if b - tc > max_aft + tol:
                 break
-            if b - tc < refr or not coupled_like(cand, m, F, cj, beats[0], min_v, fd):
+            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
-            if matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol) and (best < 0 or F[0, dj] > F[0, best]):
+            alike = (matches_pool(steepest(E, b, h) - steepest(E, cand[dj], h), F[0, dj], v, aft, qv, P, ok, tol)
+                     or matches_pool(b - cand[dj], F[0, dj], v, apd, qv, P, ok, tol))
+            if alike and (best < 0 or F[0, dj] > F[0, best]):
                 best = dj
         if best >= 0:
             out[0] = best
             first = 0
     return out[first:no].copy()
+
+
+@njit(cache=True, nogil=True)
+def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, cpd, P, F, d, scales, h, E, tol, refr):
+    """The rhythm's evidence for broad coupled beat i of the pool (see coupled_like): a T wave follows every beat at
+    its lag with its lead pattern, an ectopic beat follows only some and leaves a longer gap (trigeminy: the beat
+    before it is followed by a shorter gap without it). True when the gaps that hold a wave like it (a pool entry
+    similar to it) are each >= ECT_RESET x longer than every gap without one, and >= 2 and >= 1/4 of the inner
+    gaps (long enough to hold it) have none: no candidate there at its coupling (within tol) with a similar shape
+    value and lead pattern."""
+    nb = beats.shape[0]
+    L = d.shape[0]
+    v = np.empty(L, np.float64)
+    min_hold = np.inf
+    for k in range(npool):
+        if k == i or similar(i, k, qv, cpl, cpd, P, tol):
+            min_hold = min(min_hold, cand[beats[gap[k] + 1]] - cand[beats[gap[k]]])
+    n_gaps = 0
+    n_without = 0
+    for j in range(nb - 1):
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        if b - a < cpl[i] + refr:
+            continue  # too short to hold it
+        n_gaps += 1
+        held = False
+        for k in range(npool):
+            if gap[k] == j and (k == i or similar(i, k, qv, cpl, cpd, P, tol)):
+                held = True
+        if held:
+            continue
+        sa = steepest(E, a, h)
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            iv = steepest(E, cand[cj], h) - sa
+            if abs(iv - cpl[i]) > tol or F[0, cj] > ECT_GROUP_Q * qv[i] or qv[i] > ECT_GROUP_Q * F[0, cj]:
+                continue
+            lead_pattern(d, scales, cand[cj], h, v)
+            uv = 0.0
+            uu = 0.0
+            vv = 0.0
+            for l in range(L):
+                uv += v[l] * P[i, l]
+                uu += v[l] * v[l]
+                vv += P[i, l] * P[i, l]
+            if uu > 0.0 and vv > 0.0 and abs(uv) >= ECT_GROUP_COS * np.sqrt(uu * vv):
+                held = True
+                break
+        if held:
+            return False  # a gap without a pool entry holds a wave like it: the record's T wave
+        n_without += 1
+        if ECT_RESET * (b - a) > min_hold:
+            return False
+    return n_without >= 2 and 4 * n_without >= n_gaps
+
+
+@njit(cache=True, nogil=True)
+def pattern_cos(u, v):
+    """|cosine| of two lead patterns (0 when either is all zero)."""
+    uv = 0.0
+    uu = 0.0
+    vv = 0.0
+    for l in range(u.shape[0]):
+        uv += u[l] * v[l]
+        uu += u[l] * u[l]
+        vv += v[l] * v[l]
+    return abs(uv) / np.sqrt(uu * vv) if uu > 0.0 and vv > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales, h, tol):
+    """The morphologies' evidence for broad coupled beat i of the pool where every gap holds one (bigeminy): the T
+    waves as broad and as steep beside a low QRS had a lead pattern like their QRS's up to sign (|cosine| >= 0.87
+    in the provoking records and the generator's), an ectopic beat has its own; and an ectopic beat leaves a pause.
+    True when i and the >= 2 others like it each have a lead pattern with a |cosine| under ECT_UNLIKE_COS with the
+    beat before them and an interval to the next beat >= ECT_PAUSE x their coupling interval."""
+    L = d.shape[0]
+    v = np.empty(L, np.float64)
+    n = 0
+    for k in range(npool):
+        if k != i and not similar(i, k, qv, cpl, cpd, P, tol):
+            continue
+        if aft[k] < ECT_PAUSE * cpl[k]:
+            return False
+        lead_pattern(d, scales, cand[beats[gap[k]]], h, v)
+        c = pattern_cos(v, P[k])
+        if c == 0.0 or c >= ECT_UNLIKE_COS:
+            return False
+        n += 1
+    return n >= 3
 
 
 @njit(cache=True, nogil=True)
@@ -1039,6 +1214,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand
     F = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
+    hs = max(1, int(round(0.5 * MWI_S * fd)))
     npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
@@ -1053,9 +1229,12 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
                 beats[nb - 1] = ci
             ci += 1
             continue
-        if nb > 0 and cand[ci] - cand[beats[nb - 1]] < refr and v <= m[cand[beats[nb - 1]]]:
-            # a lower peak within the refractory period of the kept one: the tail lobe of a wide QRS's envelope,
-            # never a beat (taken for one, it would claim the early ectopic beat that follows as part of itself).
+        if (nb > 0 and cand[ci] - cand[beats[nb - 1]] < refr and v <= m[cand[beats[nb - 1]]]
+                and steepest(E, cand[ci], hs) - steepest(E, cand[beats[nb - 1]], hs) < refr):
+            # a lower peak within the refractory period of the kept one, at their steepest instants too (an
+            # envelope's highest lobe can lie 30 ms past its QRS's steepest instant): the tail lobe of a wide QRS's
+            # envelope, never a beat (taken for one, it would claim the early ectopic beat that follows as part of
+            # itself).
             # A higher one goes on to the tests below (the leading lobe of an early ectopic beat).
             ci += 1
             continue
@@ -1169,6 +1348,50 @@ def extrema_finite(xl, c, w, h, lo, hi):
     return imax, vmax, imin, vmin
 
 
+@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+def deviation_finite(xl, c, w, h, lo, hi):
+    """(v_max, v_min) of extrema_finite without their indices (a max / min reduction, which vectorises)."""
+    a = max(lo, c - w)
+    e = min(hi, c + w + 1)
+    l0 = max(lo, c - h)
+    r1 = min(hi, c + h + 1)
+    nl = a - l0
+    nr = r1 - e
+    sl = 0.0
+    seg = xl[l0:a]
+    for i in range(nl):
+        sl += seg[i]
+    sr = 0.0
+    seg = xl[e:r1]
+    for i in range(nr):
+        sr += seg[i]
+    slope = 0.0
+    t0 = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        t0 = 0.5 * (l0 + a - 1)
+        slope = (sr / nr - ml) / (0.5 * (e + r1 - 1) - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+    elif nr > 0:
+        b0 = sr / nr
+    else:
+        b0 = 0.0
+        seg = xl[a:e]
+        for i in range(e - a):
+            b0 += seg[i]
+        b0 /= max(1, e - a)
+    vmax = -np.inf
+    vmin = np.inf
+    seg = xl[a:e]
+    for i in range(e - a):
+        v = seg[i] - (b0 + slope * (a + i - t0))
+        vmax = max(vmax, v)
+        vmin = min(vmin, v)
+    return vmax, vmin
+
+
 @njit(cache=True, nogil=True)
 def extrema(xl, c, w, h, lo, hi, m=0):
     """Baseline-removed extrema of xl within [c - w, c + w] (clipped to [lo, hi): the record, or the half-way
@@ -1279,7 +1502,8 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
         for b in range(nb):
             lo, hi = bounds(dets, b, xl.shape[0], 0)
             if finite[l]:
-                imax, vmax, imin, vmin = extrema_finite(xl, dets[b], wr, wb, lo, hi)
+                vmax, vmin = deviation_finite(xl, dets[b], wr, wb, lo, hi)
+                imax = 0
             else:
                 imax, vmax, imin, vmin = extrema(xl, dets[b], wr, wb, lo, hi)
             if imax >= 0:
@@ -1288,8 +1512,8 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
                 adev[nv] = abs(best)
                 nv += 1
         if nv > 0:
-            amp[l] = np.median(adev[:nv])
-            sgn[l] = 1.0 if np.median(dev[:nv]) >= 0.0 else -1.0
+            amp[l] = median_of(adev[:nv])
+            sgn[l] = 1.0 if median_of(dev[:nv]) >= 0.0 else -1.0
     return amp, sgn
 
 
