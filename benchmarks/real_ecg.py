@@ -7,7 +7,8 @@ Without --ecg: every record of the real set (tests/data/real/records.json: 13 re
 melp_fast/eval/real_set.py), the model's beam report (width 4) grounded in the detected beats and checked: sinus named
 on every sinus record, atrial fibrillation on every AF record, no infarction / ST elevation / block on a normal
 record, no atrial fibrillation on a record without it, a stated rate within 5 bpm of the measured one; the raw
-model text, its rate error and the rhythm flags beside it. --write puts the table in
+model text, its rate error and the rhythm flags beside it. --set-dir names the set's folder where this is no clone
+of the repository (a missing set is one line and exit status 2). --write puts the table in
 benchmarks/results/real_ecg_set.md (--label names the run in it).
 
 With --ecg: for each ECG file ('example': pydicom's real 12-lead test ECG, a normal sinus recording) and, unless
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +85,21 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="runs/tiny/model", help="an exported model directory (the demo's by default)")
     ap.add_argument("--ecg", action="append", help="a normal sinus ECG file (.hea / .dcm / .xml) and perturbed "
                     "copies of it; repeatable ('example': pydicom's test ECG); default: the real set instead")
+    ap.add_argument("--set-dir", default=None, metavar="DIR", help="the real set's folder (default: tests/data/real "
+                    "of this repository)")
     ap.add_argument("--label", default="", help="a name for the model in the set's results file (e.g. 'seed 1')")
     ap.add_argument("--no-perturb", action="store_true", help="only the files as recorded")
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/real_ecg.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if not args.ecg:
+        from melp_fast.eval import real_set as realset
+
+        try:  # before the model: a missing set is one line, not a traceback after loading
+            realset.load_set(args.set_dir)
+        except FileNotFoundError as e:
+            print(f"real_ecg.py: {e}", file=sys.stderr)
+            return 2
     model = load_model(args.model)
     model.eval()
     if not args.ecg:
@@ -125,7 +137,7 @@ def main(argv=None) -> int:
 def score_real_set(model, args) -> int:
     from melp_fast.eval import real_set as realset
 
-    rows = realset.score_set(model, progress=lambda r: print(f"{r['id']}: {'ok' if r['ok'] else r['problems']} | "
+    rows = realset.score_set(model, args.set_dir, progress=lambda r: print(f"{r['id']}: {'ok' if r['ok'] else r['problems']} | "
                                                              f"{r['report']}", flush=True))
     text = realset.table(rows)
     print(text)

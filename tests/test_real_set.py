@@ -1,6 +1,8 @@
 """The real 12-lead ECG set (tests/data/real, melp_fast/eval/real_set.py) and the readers of its formats: GE MUSE XML
 (muse_xml.py), Philips Sierra XML (philips_xml.py), CinC WFDB .mat and DICOM, each on a real file."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,17 @@ def test_wfdb_dir_source_walks_the_xml_ecgs_and_keeps_the_derived_leads():
     x, keep = wfdb_dir.load(REAL, items["guangxi_teaching_sinus_rhythm"])
     assert x.shape == (12, 5000) and sorted(keep["derived_leads"]) == ["III", "aVF", "aVL", "aVR"]
     assert keep["report"].startswith("窦性心律")
+
+
+def test_a_missing_set_is_one_line_naming_the_folder(tmp_path, capsys):
+    from benchmarks import real_ecg
+
+    gone = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"not in {re.escape(str(gone))} \\(no folder\\)"):
+        load_set(gone)
+    with pytest.raises(FileNotFoundError, match="no records.json in it"):
+        load_set(tmp_path)
+    # the benchmark says it in one line before it loads any model (this one does not exist either)
+    assert real_ecg.main(["--set-dir", str(gone), "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(gone) in err and "tests/data/real" in err, err
