@@ -208,7 +208,8 @@ def score_real_set(args) -> int:
     print(head)
     if args.write:
         out = ROOT / "benchmarks" / "results" / "real_ecg_set.md"
-        cmd = "python benchmarks/real_ecg.py " + " ".join(f"--model {m}" for m in args.model) + " --write"
+        cmd = "python benchmarks/real_ecg.py " + " ".join(f"--model {m}" for m in args.model) \
+            + "".join(f" --label '{lab}'" for lab in args.label or []) + " --write"
         out.write_text("# Trained models on the real 12-lead ECG set\n\n" + f"`{cmd}`\n\n" + machine("cpu") + "\n\n"
                        + head + "\n\n" + "\n\n".join(tables) + "\n")
         print(f"written: {out}")
