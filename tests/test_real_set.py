@@ -1,6 +1,8 @@
 """The real 12-lead ECG set (tests/data/real, melp_fast/eval/real_set.py) and the readers of its formats: GE MUSE XML
 (muse_xml.py), Philips Sierra XML (philips_xml.py), CinC WFDB .mat and DICOM, each on a real file."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,46 @@ def test_wfdb_dir_source_walks_the_xml_ecgs_and_keeps_the_derived_leads():
     x, keep = wfdb_dir.load(REAL, items["guangxi_teaching_sinus_rhythm"])
     assert x.shape == (12, 5000) and sorted(keep["derived_leads"]) == ["III", "aVF", "aVL", "aVR"]
     assert keep["report"].startswith("窦性心律")
+
+
+def test_a_missing_set_is_one_line_naming_the_folder(tmp_path, capsys):
+    from benchmarks import real_ecg
+
+    gone = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"not in {re.escape(str(gone))} \\(no folder\\)"):
+        load_set(gone)
+    with pytest.raises(FileNotFoundError, match="no records.json in it"):
+        load_set(tmp_path)
+    # the benchmark says it in one line before it loads any model (this one does not exist either)
+    assert real_ecg.main(["--set-dir", str(gone), "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(gone) in err and "tests/data/real" in err, err
+
+
+def test_benchmark_summary_rows_and_spread(tmp_path):
+    """The several-model summary of benchmarks/real_ecg.py: counts from the rows, zero-shot from <run>/zero_shot.json."""
+    import json
+
+    from benchmarks import real_ecg
+
+    def row(ok, report, flags=(), expect=(), err=None):
+        return {"ok": ok, "report": report, "flags": list(flags), "expect": list(expect), "raw_rate_error": err}
+
+    pvc_flag = "premature complexes stated, but no premature beat among the 11 detected"
+    a = [row(True, "atrial fibrillation.", expect=["atrial fibrillation"]),
+         row(False, "sinus tachycardia.", ["a sinus rhythm stated, but the RR intervals are irregular"],
+             ["atrial fibrillation"], 7.0),
+         row(True, "sinus rhythm. pvcs.", [pvc_flag], ["sinus"], 2.0)]
+    m = real_ecg.set_summary(a)
+    assert m == {"ok": 2, "n": 3, "af": 1, "n_af": 2, "pvc_no_premature": 1, "far_rate": 1, "flagged": 2}
+    run = tmp_path / "s1"
+    (run / "model").mkdir(parents=True)
+    (run / "zero_shot.json").write_text(json.dumps({"per_class": {"SR": 0.9, "AF": 0.72, "PVC": float("nan")},
+                                                    "mean": 0.81}))
+    assert real_ecg.zero_shot_of(str(run / "model"))["mean"] == 0.81
+    assert real_ecg.zero_shot_of(str(tmp_path / "none" / "model")) is None
+    b = dict(m, ok=3)
+    text = real_ecg.summary_table(["seed 0", "seed 1"], [m, b], [None, real_ecg.zero_shot_of(str(run / "model"))])
+    assert "| seed 0 | 2/3 (67 %) | 1/2 | 1 | 1 | 2 | - | - |" in text
+    assert "| seed 1 | 3/3 (100 %) | 1/2 | 1 | 1 | 2 | 0.810 | 0.720 (AF) |" in text
+    assert "2-3 of 3 (mean 2.5, spread 1); at least 80 % on 1 of 2." in text

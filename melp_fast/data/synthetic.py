@@ -12,7 +12,8 @@ dipole is projected onto I, II and V1..V6 with Dower's inverse transform; III, a
 from I and II exactly (as an ECG cart does), so Einthoven's and Goldberger's relations hold to rounding.
 
 Rhythm (exactly one): SR 60-100 bpm, SB 40-59, STACH 101-150 (all with respiratory sinus arrhythmia and small
-jitter), AF (irregularly irregular RR, no P waves, 4-9 Hz fibrillatory baseline). Add-ons, independent with
+jitter), AF (60-160 bpm, most over 100; irregularly irregular RR, no P waves, fine to coarse, irregular 4-9 Hz
+fibrillatory waves). Every beat's QRS-T axis and amplitude swing a little with respiration. Add-ons, independent with
 some exclusivity: IAVB (PR 220-320 ms; never with AF), LBBB / RBBB (never both), PVC (1-4 early wide beats,
 no P, compensatory pause, discordant T), STE (anterior, inferior or lateral ST elevation with reciprocal
 depression and R-wave loss in the territory; never with LBBB), LVOLT (QRS amplitude below 0.5 mV in every limb
@@ -67,7 +68,11 @@ from .constants import FS, LEADS, N_SAMPLES
 #    record ST elevation 0.12-0.2 mV (was 0.15-0.25), so its measured limb QRS stays under 0.5 mV.
 # 4: a report with a diagnostic finding leaves out its rhythm statement 25 % of the time, and one ST-elevation
 #    statement in three names no territory (signals unchanged; reports only).
-CORPUS_VERSION = 4
+# 5: atrial fibrillation as resting ECGs show it: 60 % with a rapid ventricular response (100-160 bpm, the rest
+#    60-100), RR variation 10-32 % (was 16-30 %, at 70-150 bpm), fibrillatory waves fine to coarse (0.02-0.12 mV,
+#    was 0.04-0.09) and irregular (band-limited noise mixed with the wandering oscillation, not a near-pure tone);
+#    every beat's QRS-T axis and amplitude swing with respiration (axis 1-5 deg, amplitude 3-10 %; was 5 % amplitude).
+CORPUS_VERSION = 5
 
 
 def corpus_id() -> str:
@@ -170,6 +175,20 @@ _P_SINUS_ARRHYTHMIA = 0.2  # marked respiratory sinus arrhythmia (RR modulation 
 _P_NO_RHYTHM = 0.25
 _P_STE_NO_TERRITORY = 1 / 3  # an ST-elevation statement names no territory this often
 _NOISE_MV = (0.0075, 0.022)  # white noise SD (the real recordings: 9-28 uV above 25 Hz)
+# Atrial fibrillation (Goldberger 2017; Mason 2007): the ventricular response of untreated AF is typically 100-160
+# bpm ("rapid"), slower on rate control; the RR intervals are irregularly irregular (coefficient of variation
+# 10-35 % at rest, the lower values at fast rates); fibrillatory waves 350-600 / min (4-10 Hz), "fine" (< 0.1 mV,
+# often hard to see) to "coarse" (>= 0.1 mV). With the f-waves always clearly visible the corpus lets a model read
+# AF from them alone, and fast AF with fine waves from real recordings then looks like sinus tachycardia.
+_P_AF_RAPID = 0.6
+_AF_RATE_RAPID = (100.0, 160.0)
+_AF_RATE_CONTROLLED = (60.0, 100.0)
+_AF_RR_CV = (0.10, 0.32)
+_AF_F_MV = (0.02, 0.12)  # f-wave peak amplitude in the lead that shows it best, drawn log-uniform
+# respiration turns the heart's electrical axis and changes the QRS amplitude beat to beat (the basis of
+# ECG-derived respiration): a few degrees and some per cent
+_RESP_AXIS_DEG = (1.0, 5.0)
+_RESP_AMP = (0.03, 0.10)
 
 REFERENCE_RANGES: dict[str, tuple[str, float, float, str, str]] = {
     # statistic (benchmarks/calibration.py): (corpus group, low, high, unit, source); nan = no published bound
@@ -305,11 +324,13 @@ def _sinus_times(rng: np.random.Generator, hr: float, marked_rsa: bool = False) 
 
 
 def _af_times(rng: np.random.Generator, hr: float) -> np.ndarray:
+    """Irregularly irregular beat times: independent log-normal RR intervals (CV in ``_AF_RR_CV``) above the AV
+    node's refractory period (0.26-0.31 s)."""
     base = 60.0 / hr
-    cv = rng.uniform(0.16, 0.30)
+    cv = rng.uniform(*_AF_RR_CV)
     n = int((_DURATION + 2.5) / (0.6 * base)) + 3
     rr = base * rng.lognormal(-0.5 * cv * cv, cv, n)
-    rr = np.maximum(rr, 0.28 + 0.05 * rng.random(n))
+    rr = np.maximum(rr, 0.26 + 0.05 * rng.random(n))
     t = -1.0 - rng.uniform(0.0, base) + np.cumsum(rr)
     return t[t < _DURATION + 1.0]
 
@@ -335,6 +356,16 @@ def _insert_pvcs(rng: np.random.Generator, times: np.ndarray):
         times[k] = times[k - 1] + max(rng.uniform(0.5, 0.68) * rr, 0.3)
         is_pvc[k] = True
     return times, is_pvc
+
+
+def _resp_rotations(rng: np.random.Generator, resp: np.ndarray) -> np.ndarray:
+    """Rotation matrices [beats, 3, 3] about one random axis by ``resp`` (in [-1, 1]) times an angle drawn from
+    ``_RESP_AXIS_DEG`` (Rodrigues' formula)."""
+    axis = _unit(*rng.normal(size=3))
+    kx = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    ang = np.deg2rad(rng.uniform(*_RESP_AXIS_DEG)) * np.asarray(resp, dtype=np.float64)
+    return (np.eye(3)[None] + np.sin(ang)[:, None, None] * kx[None]
+            + (1.0 - np.cos(ang))[:, None, None] * (kx @ kx)[None])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -549,19 +580,32 @@ def _build_templates(rng, lab, rr_mean):
 # noise
 
 
+def _band_noise(rng: np.random.Generator, n: int, f0: float, sd_hz: float) -> np.ndarray:
+    """Gaussian noise band-limited around ``f0`` (a Gaussian spectral window of SD ``sd_hz``), scaled so its RMS
+    is that of a unit sine (1 / sqrt 2)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1.0 / FS)
+    x = np.fft.irfft(spec * np.exp(-0.5 * ((f - f0) / sd_hz) ** 2), n)
+    return x / max(float(x.std()) * np.sqrt(2.0), 1e-12)
+
+
 def _af_waves(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
-    """Fibrillatory waves in 3-D: two wandering 4-9 Hz oscillations, strongest in V1 and II."""
+    """Fibrillatory waves in 3-D, strongest in V1 and II: two components, each a wandering 4-9 Hz oscillation mixed
+    with band-limited noise around its frequency (irregular in shape and amplitude, as real f-waves are); fine to
+    coarse (``_AF_F_MV``)."""
     out = np.zeros((3, t.size))
     knots = np.linspace(t[0], t[-1], 24)
-    target = rng.uniform(0.04, 0.09)  # peak amplitude in the lead that shows it best (V1 or II)
+    target = float(np.exp(rng.uniform(*np.log(_AF_F_MV))))  # peak amplitude in the lead that shows it best
     for c in range(2):
         f0 = rng.uniform(4.5, 8.5)
         f = f0 + np.interp(t, knots, rng.normal(0.0, 0.5, knots.size))
         phase = 2 * np.pi * np.cumsum(f) / FS + rng.uniform(0, 2 * np.pi)
         a = 1.0 + 0.35 * np.interp(t, knots, rng.uniform(-1, 1, knots.size))
+        tone = rng.uniform(0.0, 1.0)  # share of the oscillation; the rest is band-limited noise
+        wave = tone * a * np.sin(phase) + (1.0 - tone) * _band_noise(rng, t.size, f0, rng.uniform(0.6, 1.5))
         v = _unit(-0.3, 0.6, -0.75) + 0.2 * rng.normal(size=3)
         v *= (target if c == 0 else 0.4 * target) / np.abs(_leads(v)).max()
-        out += np.outer(v, a * np.sin(phase))
+        out += np.outer(v, wave)
     return out
 
 
@@ -716,7 +760,7 @@ def generate_record(index: int, seed: int = 0) -> SyntheticRecord:
     elif rhythm == "STACH":
         hr = rng.uniform(102.0, 120.0 if lab["IAVB"] else 148.0)
     else:
-        hr = rng.uniform(70.0, 150.0)
+        hr = rng.uniform(*(_AF_RATE_RAPID if rng.random() < _P_AF_RAPID else _AF_RATE_CONTROLLED))
     times = _af_times(rng, hr) if rhythm == "AF" else _sinus_times(rng, hr, lab["RSA"])
     rr_mean = 60.0 / hr
     is_pvc = np.zeros(len(times), dtype=bool)
@@ -728,8 +772,10 @@ def generate_record(index: int, seed: int = 0) -> SyntheticRecord:
 
     dipole = np.zeros((3, N_SAMPLES + 2 * _PAD))
     pos = np.rint(times * FS).astype(np.int64)
-    amp_mod = 1.0 + 0.05 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * times + rng.uniform(0, 6.3))
+    resp = np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * times + rng.uniform(0, 6.3))  # respiration at each beat
+    amp_mod = 1.0 + rng.uniform(*_RESP_AMP) * resp
     amp_mod *= 1.0 + rng.normal(0.0, 0.01, len(times))
+    turn = _resp_rotations(rng, resp)  # [beats, 3, 3]: the QRS-T axis turning with respiration
     p_shift = int(round(p_offset * FS))
     n_t, n_p = _T.size, _TP.size
     for k in range(len(times)):
@@ -739,7 +785,7 @@ def generate_record(index: int, seed: int = 0) -> SyntheticRecord:
         if is_pvc[k]:
             dipole[:, a:a + n_t] += pvc
         else:
-            dipole[:, a:a + n_t] += amp_mod[k] * beat
+            dipole[:, a:a + n_t] += amp_mod[k] * (turn[k] @ beat)
             if rhythm != "AF":
                 b = pos[k] + _PAD + p_shift - _P_HALF
                 if b >= 0:

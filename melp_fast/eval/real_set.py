@@ -21,6 +21,8 @@ import json
 import re
 from pathlib import Path
 
+# the set ships in the repository (tests/data/real), not in the installed package: found from an editable install
+# or a clone; elsewhere pass its folder (``set_dir``, ``benchmarks/real_ecg.py --set-dir``)
 SET_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real"
 RATE_TOL_BPM = 5.0
 _STATED_RATE = re.compile(r"\b(?:(?<!atrial )(?:ventricular |heart )?rate(?: of)?:? (\d{1,3})|(\d{1,3}) ?bpm)\b")
@@ -31,7 +33,9 @@ def load_set(set_dir=None) -> list[dict]:
     d = Path(set_dir) if set_dir else SET_DIR
     listing = d / "records.json"
     if not listing.is_file():
-        raise FileNotFoundError(f"{listing}: the real-ECG set is not here (it ships in a clone of the repository)")
+        what = "no folder" if not d.is_dir() else "no records.json in it"
+        raise FileNotFoundError(f"the real-ECG set is not in {d} ({what}): it ships in a clone of the repository "
+                                "(tests/data/real); pass that folder")
     recs = json.loads(listing.read_text())["records"]
     for r in recs:
         if r["file"].startswith("pydicom:"):
@@ -119,7 +123,7 @@ def demo_report(model, out_dir, beam_width: int = 4, max_len: int | None = None)
     try:
         recs = load_set()
     except FileNotFoundError as e:
-        print(f"\n(the real-ECG set is skipped: {e})")
+        print(f"\n(skipped: {e})")
         return None
     print(f"\nThe real 12-lead ECG set ({len(recs)} recordings the model never saw, {len({r['source'] for r in recs})} "
           f"sources; reports grounded in the detected beats):")
