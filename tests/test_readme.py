@@ -72,5 +72,5 @@ def test_a_module_missing_from_what_is_where_is_reported():
     assert row in README
     without = "\n".join(line for line in README.splitlines() if not line.startswith(row))
     assert unlisted(without) == ["melp_fast/data/store.py: no row with its test file"]
-    wrong = README.replace("`tests/test_synthetic.py` |", "`tests/test_nowhere.py` |")
+    wrong = README.replace("`tests/test_synthetic.py`", "`tests/test_nowhere.py`")
     assert unlisted(wrong) == ["melp_fast/data/synthetic.py: tests/test_nowhere.py does not exist"]
