@@ -31,12 +31,9 @@ def run(args) -> int:
     steps = args.steps or cfg.train.steps
     test = build_synthetic_store(out.parent / "data" / f"synthetic-test-{args.n_test}-seed{cfg.data.seed}", "test",
                                  args.n_test, cfg.data.seed, cfg.data.highpass_hz, cfg.model.max_beats)
-    before = zero_shot(untrained_model(cfg, cfg.train.seed), test, synthetic.PROMPTS)
-    train_argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
-    train_argv += demo_folder(out)  # the demo replaces only its own folder, and says so
-    if args.ds_config:
-        train_argv += ["--ds_config", args.ds_config]
-    result = train_mod.main(train_argv)
+    seed = cfg.train.seed if args.seed is None else args.seed
+    before = zero_shot(untrained_model(cfg, seed), test, synthetic.PROMPTS)
+    result = train_mod.main(train_argv(args, out, steps) + demo_folder(out))  # demo_folder: replaces only its own
     after = zero_shot(load_model(result["export"]), test, synthetic.PROMPTS)
     results = {"untrained": before, "trained": after}
     table = comparison_table(results, synthetic.CLASS_NAMES)
@@ -49,6 +46,16 @@ def run(args) -> int:
     demo_report(load_model(result["export"]), out)  # the real 12-lead set: recordings the model never saw
     print(f"\nwritten: {out / 'zero_shot.json'}, model: {result['export']}  ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
+
+
+def train_argv(args, out: Path, steps: int) -> list[str]:
+    """train.py's arguments for the demo's run: the tiny preset, its folder, steps, loss impl, seed, DeepSpeed JSON."""
+    argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
+    if getattr(args, "seed", None) is not None:
+        argv += ["--set", f"train.seed={args.seed}"]
+    if args.ds_config:
+        argv += ["--ds_config", args.ds_config]
+    return argv
 
 
 def demo_folder(out: Path) -> list[str]:

@@ -250,6 +250,8 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/tiny", help="the run folder (a previous demo's run there is replaced)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the tiny preset's)")
     p.add_argument("--n-test", type=int, default=600, help="held-out synthetic records scored zero-shot")
+    p.add_argument("--seed", type=int, default=None,
+                   help="train.seed of the run: model initialisation and data order (default: the tiny preset's)")
     p.add_argument("--loss-impl", choices=LOSS_IMPLS, default="auto",
                    help="auto: the Triton kernels on CUDA, PyTorch blocks elsewhere; fused: the kernels or an error")
     add_ds_config(p)

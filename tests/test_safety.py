@@ -153,6 +153,22 @@ def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
     assert not (other / ".melp_demo").exists()
 
 
+def test_demo_seed_reaches_the_training_run(tmp_path):
+    # melp-fast demo --seed N trains with train.seed = N (the seed a table of demo runs names); without it, the
+    # tiny preset's seed
+    from melp_fast.config import Config, base_config, from_args
+    from melp_fast.demo import train_argv
+    from melp_fast.options import TRAIN_FLAGS, parse
+
+    def seed_of(demo_argv):
+        args = parse("demo", demo_argv)
+        targs = parse("train", train_argv(args, tmp_path / "demo", 5))
+        return from_args(base_config(targs, Config, default_preset="tiny"), targs, TRAIN_FLAGS).train.seed
+
+    preset = seed_of([])
+    assert seed_of(["--seed", str(preset + 7)]) == preset + 7
+
+
 def _swap_a_dtype(folder: Path):
     """A same-size dtype swap in DeepSpeed's model states (float -> int of the same width), as a tampered file."""
     f = folder / "mp_rank_00_model_states.pt"
