@@ -1298,9 +1298,10 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
 # deflection when it is twice as large (a beat of inverted morphology, e.g. a ventricular ectopic beat).
 
 
-@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
-def extrema_finite(xl, c, w, h, lo, hi):
-    """extrema for an all-finite lead (no NaN checks; sums over views vectorise)."""
+@njit(cache=True, nogil=True, fastmath=True, inline="always")  # inlined: as fast as written out in each caller
+def _baseline_finite(xl, c, w, h, lo, hi):
+    """The window [a, e) around c and the straight baseline through the means of the flanks [c - h, a) and
+    [e, c + h]: (a, e, b0, slope, t0), baseline(i) = b0 + slope * (i - t0) (sums over views vectorise)."""
     a = max(lo, c - w)
     e = min(hi, c + w + 1)
     l0 = max(lo, c - h)
@@ -1332,6 +1333,13 @@ def extrema_finite(xl, c, w, h, lo, hi):
         for i in range(e - a):
             b0 += seg[i]
         b0 /= max(1, e - a)
+    return a, e, b0, slope, t0
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+def extrema_finite(xl, c, w, h, lo, hi):
+    """extrema for an all-finite lead (no NaN checks)."""
+    a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
     imax = a
     imin = a
     vmax = -np.inf
@@ -1351,37 +1359,7 @@ def extrema_finite(xl, c, w, h, lo, hi):
 @njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
 def deviation_finite(xl, c, w, h, lo, hi):
     """(v_max, v_min) of extrema_finite without their indices (a max / min reduction, which vectorises)."""
-    a = max(lo, c - w)
-    e = min(hi, c + w + 1)
-    l0 = max(lo, c - h)
-    r1 = min(hi, c + h + 1)
-    nl = a - l0
-    nr = r1 - e
-    sl = 0.0
-    seg = xl[l0:a]
-    for i in range(nl):
-        sl += seg[i]
-    sr = 0.0
-    seg = xl[e:r1]
-    for i in range(nr):
-        sr += seg[i]
-    slope = 0.0
-    t0 = 0.0
-    if nl > 0 and nr > 0:
-        ml = sl / nl
-        t0 = 0.5 * (l0 + a - 1)
-        slope = (sr / nr - ml) / (0.5 * (e + r1 - 1) - t0)
-        b0 = ml
-    elif nl > 0:
-        b0 = sl / nl
-    elif nr > 0:
-        b0 = sr / nr
-    else:
-        b0 = 0.0
-        seg = xl[a:e]
-        for i in range(e - a):
-            b0 += seg[i]
-        b0 /= max(1, e - a)
+    a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
     vmax = -np.inf
     vmin = np.inf
     seg = xl[a:e]
