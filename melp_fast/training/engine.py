@@ -71,9 +71,27 @@ def init_distributed() -> tuple[int, int]:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if not dist.is_initialized():
+        if not torch.cuda.is_available():
+            skip_deepspeed_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         release_deepspeed_shm()
     return dist.get_rank(), dist.get_world_size()
+
+
+def skip_deepspeed_shm_op() -> None:
+    """Keep DeepSpeed from JIT-building and loading its CPU shared-memory all-reduce op (deepspeed_shm_comm).
+
+    The engine's collectives are torch.distributed's (gloo on CPU); the op only serves DeepSpeed's inference
+    all-reduce. Building it costs a C++ compile on the first run in every new environment, and a run stopped during
+    that compile (Ctrl-C on a first `melp-fast demo`) leaves torch's extension lock behind, on which every later run
+    waits forever without a word; loaded, it maps 64 MiB of /dev/shm per rank. Marked incompatible, DeepSpeed skips
+    it and uses torch.distributed for everything."""
+    import deepspeed.ops
+
+    try:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    except (AttributeError, TypeError):  # a DeepSpeed without the table: it builds the op, release_deepspeed_shm
+        pass
 
 
 def deepspeed_shm_path(rank: int) -> Path:
