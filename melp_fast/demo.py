@@ -51,7 +51,7 @@ def run(args) -> int:
 def train_argv(args, out: Path, steps: int) -> list[str]:
     """train.py's arguments for the demo's run: the tiny preset, its folder, steps, loss impl, seed, DeepSpeed JSON."""
     argv = ["--preset", "tiny", "--out", str(out), "--steps", str(steps), "--loss-impl", args.loss_impl]
-    if getattr(args, "seed", None) is not None:
+    if args.seed is not None:
         argv += ["--set", f"train.seed={args.seed}"]
     if args.ds_config:
         argv += ["--ds_config", args.ds_config]

@@ -90,12 +90,16 @@ def test_zero3_keeps_pretrained_frozen_text_encoder(tmp_path):
 
 _SHM_PROBE = """
 import os
+from pathlib import Path
 import deepspeed.comm.comm as dscomm, torch.distributed as dist
-from melp_fast.training.engine import deepspeed_shm_path, init_distributed
+from melp_fast.training.engine import init_distributed
 # LOCAL_SIZE as the deepspeed launcher sets it: all ranks on this machine, where DeepSpeed would map shared memory
 os.environ["LOCAL_SIZE"] = "1"
 init_distributed()
-print("op", dscomm.cdb.shm_comm_op is None, "left", deepspeed_shm_path(0).exists())
+# the segment DeepSpeed's ops/csrc/cpu/comm/shm.cpp would name after the user id, MASTER_ADDR and MASTER_PORT
+seg = Path("/dev/shm") / ("deepspeed_allreduce_buffer_%d_%s_%s_0"
+                          % (os.getuid(), os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]))
+print("op", dscomm.cdb.shm_comm_op is None, "left", seg.exists())
 dist.destroy_process_group()
 """
 

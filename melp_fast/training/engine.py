@@ -74,7 +74,6 @@ def init_distributed() -> tuple[int, int]:
         if not torch.cuda.is_available():
             skip_deepspeed_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        release_deepspeed_shm()
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -84,39 +83,12 @@ def skip_deepspeed_shm_op() -> None:
     The engine's collectives are torch.distributed's (gloo on CPU); the op only serves DeepSpeed's inference
     all-reduce. Building it costs a C++ compile on the first run in every new environment, and a run stopped during
     that compile (Ctrl-C on a first `melp-fast demo`) leaves torch's extension lock behind, on which every later run
-    waits forever without a word; loaded, it maps 64 MiB of /dev/shm per rank. Marked incompatible, DeepSpeed skips
-    it and uses torch.distributed for everything."""
+    waits forever without a word; loaded, it maps a 64 MiB /dev/shm segment per rank that nothing ever unlinks (12 GB
+    of RAM on a machine that had run the suite a few dozen times). Marked incompatible, DeepSpeed skips it and uses
+    torch.distributed for everything."""
     import deepspeed.ops
 
-    try:
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    except (AttributeError, TypeError):  # a DeepSpeed without the table: it builds the op, release_deepspeed_shm
-        pass
-
-
-def deepspeed_shm_path(rank: int) -> Path:
-    """The POSIX shared-memory file DeepSpeed's CPU all-reduce makes for `rank` (its ops/csrc/cpu/comm/shm.cpp names
-    it after the user id, MASTER_ADDR and MASTER_PORT)."""
-    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
-    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
-
-
-def release_deepspeed_shm() -> None:
-    """Unlink this rank's DeepSpeed shared-memory segment once every rank has mapped it.
-
-    On CPU, ``deepspeed.init_distributed`` creates a 64 MiB segment per rank in /dev/shm (which is RAM) and never
-    unlinks it: every CPU run, and every multi-process test, left 64 MiB per rank behind (12 GB on a machine that had
-    run the suite a few dozen times). Each rank maps all the others' segments during the init, so after a barrier the
-    names can go: the mappings live on until the processes exit, and a killed run leaves nothing behind."""
-    path = deepspeed_shm_path(dist.get_rank())
-    if not path.parent.is_dir():
-        return
-    if dist.get_world_size() > 1:
-        dist.barrier()
-    try:
-        path.unlink()
-    except FileNotFoundError:  # not a CPU backend, or a DeepSpeed that cleans up itself
-        pass
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def shutdown_distributed() -> None:
