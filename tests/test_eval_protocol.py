@@ -23,7 +23,7 @@ from melp_fast.data.sources import LEADS
 from melp_fast.data.store import Store
 from melp_fast.errors import UserError
 from melp_fast.data.preprocess import build_store
-from test_sources import DCM, SCP, dicom_12lead_500, write_cinc, write_wfdb
+from test_sources import SCP, dicom_12lead_500, write_cinc, write_wfdb
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "melp_reference"
 if not REF.is_dir():

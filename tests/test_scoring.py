@@ -98,7 +98,7 @@ def _data(seed=4, n=700, d=10, c=4):
 
 def test_reference_scoring_probe_selects_on_softmax_auroc_with_bf16_logits():
     x, y = _data()
-    tr, va, te = np.arange(400), np.arange(400, 550), np.arange(550, 700)
+    tr, va = np.arange(400), np.arange(400, 550)
     p = fit_probe_early_stopping(x[tr], y[tr], x[va], y[va], max_epochs=30, seed=3, scoring="reference", bf16=True)
     z = probe_logits(p, x[va])
     np.testing.assert_array_equal(z, torch.from_numpy(z).bfloat16().float().numpy())  # bf16 logits

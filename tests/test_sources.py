@@ -302,7 +302,7 @@ def test_cpsc2018_and_csn_cinc_layout(tmp_path):
     assert "7500" in skipped["A0005"] and "lies about its length" in skipped["A0005"]
     assert "unreadable MATLAB" in skipped["A0006"]
     assert "header missing" in skipped["A0007"]
-    x1, m1 = kept["A0001"][1], kept["A0001"][2]
+    x1 = kept["A0001"][1]
     np.testing.assert_allclose(x1, dicom_12lead_500(), atol=1e-3)  # gain 1000/mV
     task = src.tasks(root)["cpsc2018"]
     assert task["classes"] == ["NORM", "AF", "IAVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE"]

@@ -3,7 +3,6 @@ the Dataset / DataLoader over it (batched reads, lead masking, tokenisation cach
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import torch
 
 from melp_fast.data.dataset import Collate, ECGTextDataset, lead_mask
 from melp_fast.data.signal import preprocess as preprocess_signal
-from melp_fast.data.sources import LEADS, get_source
 from melp_fast.data.store import Store, write_store
 from melp_fast.testing.common import store_digest
 from melp_fast.data.preprocess import build_store, main as preprocess_main

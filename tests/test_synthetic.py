@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from melp_fast.data import synthetic as syn
 from melp_fast.data.synthetic import (
     CLASS_NAMES,
     CLASSES,
