@@ -102,54 +102,110 @@ def median_of(a):
 FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-inf assumptions
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _block_means(xa, xb, oa, ob, D, nfull, inv):
+    """Block means of D samples of two leads at once, into oa and ob (the same arithmetic per block as one lead at a
+    time; reading two leads' streams at once keeps more memory reads in flight: ~30 us instead of ~36 us for a
+    480 KB record out of cache). The common factors are unrolled (a plain accumulation loop is latency-bound)."""
+    if D == 1:
+        for n in range(nfull):
+            oa[n] = xa[n]
+            ob[n] = xb[n]
+    elif D == 2:
+        for n in range(nfull):
+            b = 2 * n
+            oa[n] = (xa[b] + xa[b + 1]) * 0.5
+            ob[n] = (xb[b] + xb[b + 1]) * 0.5
+    elif D == 3:
+        for n in range(nfull):
+            b = 3 * n
+            oa[n] = (xa[b] + xa[b + 1] + xa[b + 2]) * inv
+            ob[n] = (xb[b] + xb[b + 1] + xb[b + 2]) * inv
+    elif D == 4:
+        for n in range(nfull):
+            b = 4 * n
+            oa[n] = ((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3])) * 0.25
+            ob[n] = ((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3])) * 0.25
+    elif D == 6:
+        for n in range(nfull):
+            b = 6 * n
+            oa[n] = ((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3]) + (xa[b + 4] + xa[b + 5])) * inv
+            ob[n] = ((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3]) + (xb[b + 4] + xb[b + 5])) * inv
+    elif D == 8:
+        for n in range(nfull):
+            b = 8 * n
+            oa[n] = (((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3]))
+                     + ((xa[b + 4] + xa[b + 5]) + (xa[b + 6] + xa[b + 7]))) * 0.125
+            ob[n] = (((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3]))
+                     + ((xb[b + 4] + xb[b + 5]) + (xb[b + 6] + xb[b + 7]))) * 0.125
+    else:
+        for n in range(nfull):
+            b = D * n
+            acc = 0.0
+            acc2 = 0.0
+            for j in range(D):
+                acc += xa[b + j]
+                acc2 += xb[b + j]
+            oa[n] = acc * inv
+            ob[n] = acc2 * inv
+
+
 @njit(cache=True, nogil=True)
 def decimate(x, D, nd):
-    """Block means of D samples: (L, S) -> (L, nd). NaN/inf in a block make the block non-finite.
-
-    The common factors are unrolled (a plain accumulation loop is latency-bound and ~6x slower)."""
+    """Block means of D samples: (L, S) -> (L, nd), float64 (float32 input is read as is, no float64 copy); the
+    last block may be partial. NaN/inf in a block make the block non-finite. Leads are read two at a time."""
     L, S = x.shape
     out = np.empty((L, nd), np.float64)
     nfull = S // D
     inv = 1.0 / D
-    for l in range(L):
-        xl = x[l]
-        o = out[l]
-        if D == 1:
-            for n in range(nfull):
-                o[n] = xl[n]
-        elif D == 2:
-            for n in range(nfull):
-                b = 2 * n
-                o[n] = (xl[b] + xl[b + 1]) * 0.5
-        elif D == 3:
-            for n in range(nfull):
-                b = 3 * n
-                o[n] = (xl[b] + xl[b + 1] + xl[b + 2]) * inv
-        elif D == 4:
-            for n in range(nfull):
-                b = 4 * n
-                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3])) * 0.25
-        elif D == 6:
-            for n in range(nfull):
-                b = 6 * n
-                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]) + (xl[b + 4] + xl[b + 5])) * inv
-        elif D == 8:
-            for n in range(nfull):
-                b = 8 * n
-                o[n] = (((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]))
-                        + ((xl[b + 4] + xl[b + 5]) + (xl[b + 6] + xl[b + 7]))) * 0.125
-        else:
-            for n in range(nfull):
-                b = D * n
-                acc = 0.0
-                for j in range(D):
-                    acc += xl[b + j]
-                o[n] = acc * inv
-        if nd > nfull:  # partial last block
+    for l in range(0, L - 1, 2):
+        _block_means(x[l], x[l + 1], out[l], out[l + 1], D, nfull, inv)
+    if L % 2 == 1:  # the odd lead alone (written twice, the same values)
+        _block_means(x[L - 1], x[L - 1], out[L - 1], out[L - 1], D, nfull, inv)
+    if nd > nfull:  # partial last block
+        for l in range(L):
             acc = 0.0
             for t in range(nfull * D, S):
-                acc += xl[t]
-            o[nfull] = acc / (S - nfull * D)
+                acc += x[l, t]
+            out[l, nfull] = acc / (S - nfull * D)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def decimate_reference(x, D, nd):
+    """decimate written plainly, one lead and one block at a time (the parity reference; the same sums per block)."""
+    L, S = x.shape
+    out = np.empty((L, nd), np.float64)
+    inv = 1.0 / D
+    for l in range(L):
+        for n in range(nd):
+            b = n * D
+            e = min(S, b + D)
+            v = np.empty(e - b, x.dtype)  # (float32 input: float32 block sums, as in decimate)
+            for j in range(e - b):
+                v[j] = x[l, b + j]
+            if e - b < D:
+                acc = 0.0
+                for j in range(e - b):
+                    acc += v[j]
+                out[l, n] = acc / (e - b)
+            elif D == 1:
+                out[l, n] = v[0]
+            elif D == 2:
+                out[l, n] = (v[0] + v[1]) * 0.5
+            elif D == 3:
+                out[l, n] = (v[0] + v[1] + v[2]) * inv
+            elif D == 4:
+                out[l, n] = ((v[0] + v[1]) + (v[2] + v[3])) * 0.25
+            elif D == 6:
+                out[l, n] = ((v[0] + v[1]) + (v[2] + v[3]) + (v[4] + v[5])) * inv
+            elif D == 8:
+                out[l, n] = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) * 0.125
+            else:
+                acc = 0.0
+                for j in range(D):
+                    acc += v[j]
+                out[l, n] = acc * inv
     return out
 
 
