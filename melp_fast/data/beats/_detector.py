@@ -1427,6 +1427,48 @@ def deviation_finite(xl, c, w, h, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def moving_average(xl, a, e, m):
+    """The centred moving average over +-m samples of xl at samples a..e-1 (float64), shrunk symmetrically at the
+    record edges: per sample the sum xl[n - mm] + ... + xl[n + mm] from 0.0 in that order, over 2 mm + 1. Inside the
+    record it is summed as 2m + 1 passes over the window (the same sums per sample; the passes vectorise), at the
+    edges one sample at a time."""
+    nd = xl.shape[0]
+    xs = np.zeros(max(0, e - a), np.float64)
+    ia = min(max(a, m), e)
+    ib = max(min(e, nd - m), ia)
+    dst = xs[ia - a : ib - a]
+    for j in range(2 * m + 1):
+        src = xl[ia - m + j : ib - m + j]
+        for i in range(ib - ia):
+            dst[i] += src[i]
+    for i in range(ib - ia):
+        dst[i] = dst[i] / (2 * m + 1)
+    for n in range(a, e):
+        if ia <= n < ib:
+            continue
+        mm = min(m, n, nd - 1 - n)
+        acc = 0.0
+        for j in range(n - mm, n + mm + 1):
+            acc += xl[j]
+        xs[n - a] = acc / (2 * mm + 1)
+    return xs
+
+
+@njit(cache=True, nogil=True)
+def moving_average_reference(xl, a, e, m):
+    """moving_average written plainly, one sample at a time (the parity reference)."""
+    nd = xl.shape[0]
+    xs = np.zeros(max(0, e - a), np.float64)
+    for n in range(a, e):
+        mm = min(m, n, nd - 1 - n)
+        acc = 0.0
+        for j in range(n - mm, n + mm + 1):
+            acc += xl[j]
+        xs[n - a] = acc / (2 * mm + 1)
+    return xs
+
+
+@njit(cache=True, nogil=True)
 def extrema(xl, c, w, h, lo, hi, m=0):
     """Baseline-removed extrema of xl within [c - w, c + w] (clipped to [lo, hi): the record, or the half-way
     points to the neighbouring detections, so that at fast rates no flank reaches into the next QRS).
@@ -1483,15 +1525,9 @@ def extrema(xl, c, w, h, lo, hi, m=0):
     imin = -1
     vmax = -np.inf
     vmin = np.inf
+    xs = moving_average(xl, a, e, m) if m > 0 else np.zeros(0, np.float64)
     for n in range(a, e):
-        if m > 0:  # centred moving average over +-m samples (noise), shrunk symmetrically at the record edges
-            mm = min(m, n, nd - 1 - n)
-            acc = 0.0
-            for j in range(n - mm, n + mm + 1):
-                acc += xl[j]
-            xv = acc / (2 * mm + 1)
-        else:
-            xv = xl[n]
+        xv = xs[n - a] if m > 0 else xl[n]
         v = xv - (b0 + slope * (n - t0))
         if v > vmax:  # NaN compares False
             vmax = v
