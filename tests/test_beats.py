@@ -392,3 +392,19 @@ def test_moving_average_matches_reference():
         e = int(rng.integers(a, nd + 1))
         got, ref = det.moving_average(xl, a, e, m), det.moving_average_reference(xl, a, e, m)
         assert np.array_equal(got, ref, equal_nan=True), (nd, m, a, e, xl.dtype)
+
+
+def test_equivalent_width_matches_reference():
+    """equivalent_width (computed on demand for the coupled-ectopy rule) equals sum(min(E, p)) / p over +-2h, p the
+    peak of E within +-h, on random envelopes, at and across the record edges."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_equivalent_width_matches_reference")
+    for _ in range(300):
+        nd = int(rng.integers(1, 60))
+        E = rng.exponential(size=nd) * (rng.random(size=nd) < 0.8)
+        t, h = int(rng.integers(0, nd)), int(rng.integers(1, 10))
+        p = E[max(0, t - h) : t + h + 1].max()
+        win = E[max(0, t - 2 * h) : t + 2 * h + 1]
+        ref = np.minimum(win, p).sum() / p if p > 0 else np.inf
+        assert np.isclose(det.equivalent_width(E, t, h), ref, rtol=1e-12), (nd, t, h)

@@ -478,8 +478,8 @@ def abs_max(v, a, b):
 @njit(cache=True, nogil=True)
 def shape_values(cand, E, d, valid, scales, weights, h):
     """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
-    width = the number of samples within +-2h where E exceeds p / 2, F[2] equivalent width = sum over +-2h of
-    min(E, p) / p (samples; a finer width, used for coupled ectopic beats), F[3] the agreement of leads (see the
+    width = the number of samples within +-2h where E exceeds p / 2, F[2] the equivalent width (equivalent_width; a
+    finer width, used for coupled ectopic beats only: -1 here, filled on demand), F[3] the agreement of leads (see the
     section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead)."""
     L, nd = d.shape
     F = np.empty((5, cand.shape[0]), np.float64)
@@ -488,13 +488,12 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         a = max(0, t - h)
         b = min(nd, t + h + 1)
         p = abs_max(E, a, b)  # E >= 0
-        cnt = 0.0
-        area = 0.0
+        cnt = 0  # (an integer count vectorises)
+        half = 0.5 * p
         for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
-            cnt += E[n] > 0.5 * p
-            area += min(E[n], p)
+            cnt += E[n] > half
         F[1, ci] = cnt
-        F[2, ci] = area / p if p > 0.0 else np.inf
+        F[2, ci] = -1.0  # filled on demand (equivalent_width)
         agree = 0.0
         low = 0.0
         wsum = 0.0
@@ -511,6 +510,18 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
     return F
+
+
+@njit(cache=True, nogil=True)
+def equivalent_width(E, t, h):
+    """The equivalent width of the envelope wave at t: sum over +-2h of min(E, p) / p, p the peak of E within +-h
+    (samples; inf when p is 0). Asked for a few candidates only (coupled_like), so not computed for all of them."""
+    nd = E.shape[0]
+    p = abs_max(E, max(0, t - h), min(nd, t + h + 1))  # E >= 0
+    area = 0.0
+    for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
+        area += min(E[n], p)
+    return area / p if p > 0.0 else np.inf
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -869,7 +880,7 @@ def dominant(cand, m, cj, w, tb, refr):
 
 
 @njit(cache=True, nogil=True)
-def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
+def coupled_like(cand, m, F, cj, bi, min_v, fd, E, h, max_ew=ECT_MAX_EW_S):
     """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled): 1;
     broad (an equivalent envelope width of ECT_MAX_EW_S up to ECT_BROAD_EW_S) and steep in nearly every lead, like
     a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's or the
@@ -879,6 +890,8 @@ def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
     if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
         return 0
     dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
+    if F[2, dom] < 0.0:  # not yet computed
+        F[2, dom] = equivalent_width(E, cand[dom], h)
     ew = F[2, dom] / fd
     if ew < max_ew:
         need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
@@ -991,7 +1004,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if tc - a < refr or b - tc < refr or b - tc < tc - a:
                 continue
-            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd)
+            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd, E, h)
             if c == 1 and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
             elif c == 2 and (broad < 0 or F[0, cj] > F[0, broad]):
@@ -1086,7 +1099,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if tc - a > max_cpl + tol:
                 break
-            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, ECT_EDGE_EW_S) != 1:
+            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, E, h, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
@@ -1104,7 +1117,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if b - tc > max_aft + tol:
                 break
-            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, ECT_EDGE_EW_S) != 1:
+            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, E, h, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
