@@ -21,6 +21,8 @@ from melp_fast.data.beats import detect_r_peaks
 from melp_fast.testing import beat_cases as bc  # noqa: E402
 from melp_fast.testing.common import match_beats  # noqa: E402
 
+from helpers import rng_for  # noqa: E402  (fixed, printed seeds)
+
 MIN_RATE = 0.995
 SEEDS = (11, 2026)  # two draws per case and rate (each case's generator mixes in the case and the rate)
 
@@ -219,6 +221,38 @@ def test_step_score_step_vs_qrs(fs):
     p = detect_r_peaks(x, float(fs))
     assert np.all(np.min(np.abs(p[:, None] - np.round(beats * fs)[None, :]), axis=1) <= 0.02 * fs), p
     assert p.size == beats.size, p
+
+
+@pytest.mark.parametrize("fs", (250, 500))
+def test_is_step_matches_step_score(fs):
+    """is_step (the early answer, with lead_peaks shared with the shape values) gives step_score < STEP_MAX at every
+    candidate and at +-1 and +-half a window of it, on the step and coupled-ectopy records and on noise; lead_peaks
+    equals abs_max per candidate and lead."""
+    rng = rng_for(f"test_is_step_matches_step_score_{fs}")
+    records = [bc.hard_case(kind, float(fs), int(rng.integers(0, 2**31)))[0]
+               for kind in ("step_t", "step_pair", "step_multi", "step_on_qrs", "bigeminy_var")]
+    noise = rng.normal(size=(4, int(4 * fs))).cumsum(axis=1) * 0.01
+    noise[1, int(2 * fs):] += 1.0  # a bare step
+    records.append(noise)
+    n_step = n_balanced = 0
+    for x in records:
+        xd, d, valid, finite, scales, weights, fd, k = _slope_inputs(x, float(fs))
+        E, m = det.envelope(d, valid, scales, weights, fd)
+        cand = det.candidates(m)
+        w = max(1, int(round(det.STEP_W_S * fd)))
+        h = max(1, int(round(0.5 * det.MWI_S * fd)))
+        mx = det.lead_peaks(cand, d, scales, h)
+        for ci, c in enumerate(cand):
+            for l in range(d.shape[0]):
+                ref = det.abs_max(d[l], max(0, c - h), min(d.shape[1], c + h + 1)) if scales[l] else 0.0
+                assert mx[ci, l] == ref, (fs, c, l)
+            for t in (c, c - 1, c + 1, c - w // 2, c + w // 2):
+                row = det.lead_peaks(np.array([t]), d, scales, h)[0]
+                ref = det.step_score(xd, d, valid, finite, scales, weights, t, w, h, k) < det.STEP_MAX
+                assert det.is_step(xd, row, valid, finite, scales, weights, t, w, k) == ref, (fs, t)
+                n_step += ref
+                n_balanced += not ref
+    assert n_step >= 5 and n_balanced >= 100, (n_step, n_balanced)  # both answers were asked
 
 
 def test_t_window_boundary_inclusive():

@@ -476,12 +476,14 @@ def abs_max(v, a, b):
 
 
 @njit(cache=True, nogil=True)
-def shape_values(cand, E, d, valid, scales, weights, h):
-    """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
+def shape_values(cand, E, mx, valid, scales, weights, h):
+    """Shape values of the candidates, F (5, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
     width = the number of samples within +-2h where E exceeds p / 2, F[2] the equivalent width (equivalent_width; a
     finer width, used for coupled ectopic beats only: -1 here, filled on demand), F[3] the agreement of leads (see the
-    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead)."""
-    L, nd = d.shape
+    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead). mx:
+    lead_peaks of cand (each lead's max |slope| within +-h)."""
+    L = mx.shape[1]
+    nd = E.shape[0]
     F = np.empty((5, cand.shape[0]), np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
@@ -500,11 +502,10 @@ def shape_values(cand, E, d, valid, scales, weights, h):
         for l in range(L):
             if scales[l] == 0.0 or valid[l, t] == 0.0:
                 continue
-            mx = abs_max(d[l], a, b)
             wsum += weights[l]
-            if mx >= AGREE_LEVEL * scales[l]:
+            if mx[ci, l] >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
-            if mx >= ECT_ALL_LEVEL * scales[l]:
+            if mx[ci, l] >= ECT_ALL_LEVEL * scales[l]:
                 low += weights[l]
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
         F[4, ci] = low / wsum if wsum > 0.0 else 0.0
@@ -524,6 +525,58 @@ def equivalent_width(E, t, h):
     return area / p if p > 0.0 else np.inf
 
 
+@njit(cache=True, nogil=True)
+def lead_peaks(cand, d, scales, h):
+    """Per candidate and lead, max |d[l]| within +-h of the candidate (clipped to the record), (nc, L); 0 for dropped
+    leads. The step test and the shape values both need it: computed once."""
+    L, nd = d.shape
+    out = np.zeros((cand.shape[0], L), np.float64)
+    for ci in range(cand.shape[0]):
+        t = cand[ci]
+        a = max(0, t - h)
+        b = min(nd, t + h + 1)
+        for l in range(L):
+            if scales[l] != 0.0:
+                out[ci, l] = abs_max(d[l], a, b)
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _balance(xl, t, w, steep):
+    """(P, N) of step_score for one lead: the steep rising and falling first differences of xl over [t - w, t + w]
+    less the baseline wander (see step_score)."""
+    w2 = w // 2
+    # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
+    # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
+    c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
+    c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
+    c = 0.0
+    if c0 > 0.0 and c1 > 0.0:
+        c = min(c0, c1)
+    elif c0 < 0.0 and c1 < 0.0:
+        c = max(c0, c1)
+    up = 0.0
+    down = 0.0
+    xa = xl[t - w : t + w]
+    xb = xl[t - w + 1 : t + w + 1]
+    for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
+        v = xb[i] - xa[i] - c
+        up += v if v >= steep else 0.0
+        down += -v if v <= -steep else 0.0
+    return up, down
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _judged(valid, finite, l, t, w):
+    """Lead l is valid over [t - w, t + w] (always when it is all finite)."""
+    if finite[l]:
+        return True
+    for n in range(t - w, t + w + 1):
+        if valid[l, n] == 0.0:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
     """How much candidate t goes up and comes back: per lead, over [t - w, t + w], the sums P and N of the steep
@@ -532,76 +585,95 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
     when they agree in sign), and 1 - |P - N| / (P + N); averaged over the leads weighted
     by their clipped normalised squared slope there. A QRS (and a T or P wave, a pacing spike) rises as much as it
     falls: ~1; a baseline step (an electrode or amplifier DC jump) only rises or only falls: ~0, though its edge is
-    as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall."""
+    as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall. (The detector asks is_step, the
+    same test with an early answer; this is its reference.)"""
     L, nd = xd.shape
     if t - w < 0 or t + w >= nd:
         return 1.0  # cut by the record edge: not judged
     num = 0.0
     den = 0.0
-    w2 = w // 2
     for l in range(L):
         if scales[l] == 0.0:
             continue
         mx = abs_max(d[l], t - h, t + h + 1)
         e = mx / scales[l]
         e = min(e * e, CLIP) * weights[l]
-        if e < STEP_MIN_WEIGHT:  # a lead not steep here has no say (and costs nothing)
+        if e < STEP_MIN_WEIGHT or not _judged(valid, finite, l, t, w):  # a lead not steep here has no say
             continue
-        if not finite[l]:
-            ok = True
-            for n in range(t - w, t + w + 1):
-                if valid[l, n] == 0.0:
-                    ok = False
-                    break
-            if not ok:
-                continue
-        xl = xd[l]
-        steep = STEP_STEEP * scales[l] / (2.0 * k)  # scale: the lead's typical QRS slope over +-k samples
-        # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
-        # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
-        c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
-        c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
-        c = 0.0
-        if c0 > 0.0 and c1 > 0.0:
-            c = min(c0, c1)
-        elif c0 < 0.0 and c1 < 0.0:
-            c = max(c0, c1)
-        up = 0.0
-        down = 0.0
-        xa = xl[t - w : t + w]
-        xb = xl[t - w + 1 : t + w + 1]
-        for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
-            v = xb[i] - xa[i] - c
-            up += v if v >= steep else 0.0
-            down += -v if v <= -steep else 0.0
+        up, down = _balance(xd[l], t, w, STEP_STEEP * scales[l] / (2.0 * k))  # (steep: of the typical QRS slope)
         if up + down > 0.0:
             num += e * (1.0 - abs(up - down) / (up + down))
             den += e
     return num / den if den > 0.0 else 1.0
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def is_step(xd, mx, valid, finite, scales, weights, t, w, k):
+    """step_score(..., t, ...) < STEP_MAX, answered as soon as the leads left cannot bring the score under it (a
+    QRS is balanced in most leads: about half of them settle it). mx: each lead's max |slope| within +-MWI/2 of t
+    (lead_peaks). The bound is conservative (a relative margin far above rounding), so the answer is step_score's."""
+    L, nd = xd.shape
+    if t - w < 0 or t + w >= nd:
+        return False  # cut by the record edge: not judged
+    rest = 0.0  # the weights of the leads not yet counted (an upper bound on what they can add to den)
+    for l in range(L):
+        if scales[l] != 0.0:
+            e = mx[l] / scales[l]
+            e = min(e * e, CLIP) * weights[l]
+            if e >= STEP_MIN_WEIGHT:
+                rest += e
+    margin = 1e-9 * rest
+    num = 0.0
+    den = 0.0
+    for l in range(L):
+        if scales[l] == 0.0:
+            continue
+        e = mx[l] / scales[l]
+        e = min(e * e, CLIP) * weights[l]
+        if e < STEP_MIN_WEIGHT:
+            continue
+        rest -= e
+        if not _judged(valid, finite, l, t, w):
+            continue
+        up, down = _balance(xd[l], t, w, STEP_STEEP * scales[l] / (2.0 * k))
+        if up + down > 0.0:
+            num += e * (1.0 - abs(up - down) / (up + down))
+            den += e
+        if num >= STEP_MAX * (den + max(rest, 0.0)) + margin:
+            return False  # num / den stays >= STEP_MAX whatever the leads left give
+    return (num / den if den > 0.0 else 1.0) < STEP_MAX
+
+
 @njit(cache=True, nogil=True)
-def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v):
-    """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
+def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx):
+    """The positions in cand of the candidates left after dropping the baseline steps among those >= min_v (see
+    step_score): unbalanced in the window
     centred on them, in the one centred on their steepest instant p (the peak of E within +-MWI/2) and in the one
     shifted half a window towards p (both shifted ones when p is the candidate): a step is unbalanced in every
     window that holds it, a QRS (wide, or seen from a shoulder of its envelope) is balanced in one of these. (A
-    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)"""
+    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)
+    mx: lead_peaks of cand."""
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
+    L = d.shape[0]
+    one = np.empty(1, np.int64)
     out = np.empty(cand.shape[0], np.int64)
     no = 0
     for ci in range(cand.shape[0]):
         c = cand[ci]
-        if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
+        if m[c] >= min_v and is_step(xd, mx[ci], valid, finite, scales, weights, c, w, k):
             p = steepest(E, c, h)
-            if p == c or step_score(xd, d, valid, finite, scales, weights, p, w, h, k) < STEP_MAX:
-                if ((p < c or step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX)
-                        and (p > c or step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k)
-                             < STEP_MAX)):
-                    continue
-        out[no] = c
+            one[0] = p
+            if p == c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights, p, w, k):
+                one[0] = c + w // 2
+                if p < c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights, c + w // 2,
+                                    w, k):
+                    one[0] = c - w // 2
+                    if p > c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights,
+                                        c - w // 2, w, k):
+                        continue
+        out[no] = ci
         no += 1
     return out[:no]
 
@@ -1277,13 +1349,16 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     twave = int(round(TWAVE_S * fd))
     wlen = max(2, int(round(fd)))
     spk = median_window_stat(m, wlen, 8, True)
-    cand = drop_steps(candidates(m), m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
+    hs = max(1, int(round(0.5 * MWI_S * fd)))
+    cand = candidates(m)
+    mx = lead_peaks(cand, d, scales, hs)
+    keep = drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk, mx)
+    cand = cand[keep]
     nc = cand.shape[0]
     if nc == 0:
         return cand
-    F = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
+    F = shape_values(cand, E, mx[keep], valid, scales, weights, hs)
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
-    hs = max(1, int(round(0.5 * MWI_S * fd)))
     npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
