@@ -408,3 +408,33 @@ def test_equivalent_width_matches_reference():
         win = E[max(0, t - 2 * h) : t + 2 * h + 1]
         ref = np.minimum(win, p).sum() / p if p > 0 else np.inf
         assert np.isclose(det.equivalent_width(E, t, h), ref, rtol=1e-12), (nd, t, h)
+
+
+def test_envelope_window_and_window_stats_match_references():
+    """The envelope's moving-window integral (unclamped inside the record, clamped at the edges) equals the plain
+    prefix-sum formula, 0 where no lead is valid; median_window_stats equals the medians of the windows' max and
+    mean; on random slopes, validity masks and short records."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_envelope_window_and_window_stats_match_references")
+    for _ in range(100):
+        L, nd = int(rng.integers(1, 5)), int(rng.integers(1, 400))
+        fd = float(rng.choice([120.0, 125.0]))
+        d = rng.normal(size=(L, nd))
+        valid = (rng.random(size=(L, nd)) < 0.9).astype(np.float64)
+        d *= valid
+        scales = rng.uniform(0.5, 2.0, L) * (rng.random(L) < 0.8)
+        weights = rng.uniform(0.1, 1.0, L)
+        E, m = det.envelope(d, valid, scales, weights, fd)
+        h = max(1, int(round(0.5 * det.MWI_S * fd)))
+        c = np.concatenate([[0.0], np.cumsum(E)])
+        n = np.arange(nd)
+        ref = (c[np.minimum(n + h + 1, nd)] - c[np.maximum(n - h, 0)]) / (2 * h + 1)
+        ref[((scales > 0)[:, None] * valid).sum(axis=0) == 0] = 0.0
+        assert np.allclose(m, ref, rtol=1e-12, atol=1e-15), (L, nd, fd)
+        wlen = int(rng.integers(2, 60))
+        nw = max(1, min(8, nd // wlen))
+        wins = [m[w * wlen : min(nd, w * wlen + wlen)] for w in range(nw)]
+        got = det.median_window_stats(m, wlen, 8)
+        assert np.isclose(got[0], np.median([max(0.0, w.max()) if w.size else 0.0 for w in wins]), rtol=1e-12)
+        assert np.isclose(got[1], np.median([w.mean() if w.size else 0.0 for w in wins]), rtol=1e-12)

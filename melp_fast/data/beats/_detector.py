@@ -381,7 +381,16 @@ def envelope(d, valid, scales, weights, fd):
     for n in range(nd):
         c[n + 1] = c[n] + E[n]
     inv_w = 1.0 / (2 * h + 1)
-    for n in range(nd):
+    lo = min(h, nd)  # inside [lo, hi) the window needs no clamping (a plain loop over views vectorises)
+    hi = max(lo, nd - h - 1)
+    for n in range(lo):
+        m[n] = (c[min(n + h + 1, nd)] - c[max(n - h, 0)]) * inv_w
+    mi = m[lo:hi]
+    cp = c[lo + h + 1 : hi + h + 1]
+    cm = c[lo - h : hi - h]
+    for i in range(hi - lo):
+        mi[i] = (cp[i] - cm[i]) * inv_w
+    for n in range(hi, nd):
         m[n] = (c[min(n + h + 1, nd)] - c[max(n - h, 0)]) * inv_w
     for n in range(nd):
         m[n] = m[n] if cnt[n] > 0.0 else 0.0
@@ -679,11 +688,13 @@ def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx)
 
 
 @njit(cache=True, nogil=True)
-def median_window_stat(m, wlen, n_windows, use_max):
-    """Median over the first n_windows windows of wlen samples of the window max (or mean) of m."""
+def median_window_stats(m, wlen, n_windows):
+    """Medians over the first n_windows windows of wlen samples of the window max and of the window mean of m (one
+    pass for both)."""
     nd = m.shape[0]
     nw = max(1, min(n_windows, nd // wlen))
-    vals = np.empty(nw, np.float64)
+    maxs = np.empty(nw, np.float64)
+    means = np.empty(nw, np.float64)
     for w in range(nw):
         a = w * wlen
         b = min(nd, a + wlen)
@@ -693,8 +704,9 @@ def median_window_stat(m, wlen, n_windows, use_max):
             acc += m[n]
             if m[n] > mx:
                 mx = m[n]
-        vals[w] = mx if use_max else acc / max(1, b - a)
-    return median_of(vals)
+        maxs[w] = mx
+        means[w] = acc / max(1, b - a)
+    return median_of(maxs), median_of(means)
 
 
 @njit(cache=True, nogil=True)
@@ -1348,7 +1360,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     same = max(1, int(round(SAME_QRS_S * fd)))
     twave = int(round(TWAVE_S * fd))
     wlen = max(2, int(round(fd)))
-    spk = median_window_stat(m, wlen, 8, True)
+    spk, mean_level = median_window_stats(m, wlen, 8)
     hs = max(1, int(round(0.5 * MWI_S * fd)))
     cand = candidates(m)
     mx = lead_peaks(cand, d, scales, hs)
@@ -1359,7 +1371,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
         return cand
     F = shape_values(cand, E, mx[keep], valid, scales, weights, hs)
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
-    npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
+    npk = min(mean_level, 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
     rr = np.zeros(8, np.float64)
@@ -1652,13 +1664,18 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
     sgn = np.ones(L, np.float64)
     dev = np.empty(nb, np.float64)
     adev = np.empty(nb, np.float64)
+    los = np.empty(nb, np.int64)
+    his = np.empty(nb, np.int64)
+    for b in range(nb):
+        los[b], his[b] = bounds(dets, b, xd.shape[1], 0)
     for l in range(L):
         if scales[l] == 0.0:
             continue
         xl = xd[l]
         nv = 0
         for b in range(nb):
-            lo, hi = bounds(dets, b, xl.shape[0], 0)
+            lo = los[b]
+            hi = his[b]
             if finite[l]:
                 vmax, vmin = deviation_finite(xl, dets[b], wr, wb, lo, hi)
                 imax = 0
