@@ -1512,7 +1512,7 @@ def extrema_finite(xl, c, w, h, lo, hi):
     return imax, vmax, imin, vmin
 
 
-@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+@njit(cache=True, nogil=True, fastmath=True, inline="always")  # xl is all finite (checked by the caller); inlined
 def deviation_finite(xl, c, w, h, lo, hi):
     """(v_max, v_min) of extrema_finite without their indices (a max / min reduction, which vectorises)."""
     a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
