@@ -21,8 +21,9 @@ noise, and the 12-lead DICOM record resampled to 500 Hz with small noise). Ours 
 NeuroKit2 (``ecg_clean`` then ``ecg_peaks``, default method) and wfdb (``xqrs_detect``) run on one lead (II / MLII)
 of a subset, in the same process and run; ours' Python loop and NeuroKit2 take turns in each of the --repeats
 passes (the same load on shared cores for both; the "vs NeuroKit2" column divides by NeuroKit2's median). Times by
-``time.perf_counter``, warm-up excluded; the median of the passes is reported (the best in brackets). The Numba compile cost is reported apart: cold (an empty cache, in a
-subprocess) and this process's first call (a disk-cache load when the cache is warm).
+``time.perf_counter``, warm-up excluded; the median of the passes is reported (the best in brackets). The Numba
+compile cost is reported apart: cold (an empty cache, in a subprocess) and this process's first call (a disk-cache
+load when the cache is warm).
 
 Accuracy: sensitivity Se and positive predictivity +P (a detection matches a reference beat within 150 ms,
 one-to-one) and the |timing error| of matched detections (median and 95th percentile, ms) on MIT-BIH record 100

@@ -665,7 +665,6 @@ def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx)
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
-    L = d.shape[0]
     one = np.empty(1, np.int64)
     out = np.empty(cand.shape[0], np.int64)
     no = 0
@@ -1576,7 +1575,6 @@ def extrema(xl, c, w, h, lo, hi, m=0):
     The baseline is the line through the means of the two flanks [c - h, c - w) and (c + w, c + h] (non-finite
     samples left out; one flank only -> a constant; none -> the window mean), so a linear trend (baseline wander)
     is removed exactly. Returns (i_max, v_max, i_min, v_min) of xl - baseline; i = -1 when no sample is finite."""
-    nd = xl.shape[0]
     a = max(lo, c - w)
     e = min(hi, c + w + 1)
     sl = 0.0
