@@ -354,3 +354,87 @@ def test_fast_helpers_match_references():
         hi = int(rng.integers(c + 1, 301))
         _, vmax, _, vmin = det.extrema_finite(xl, c, w, h, lo, hi)
         assert np.allclose(det.deviation_finite(xl, c, w, h, lo, hi), (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)
+
+
+def test_decimate_matches_reference():
+    """decimate (two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
+    bit, at every factor the rates give, odd lead counts, partial last blocks, NaN / inf and float32 input."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_decimate_matches_reference")
+    for D in (1, 2, 3, 4, 5, 6, 8, 11):
+        for L in (1, 2, 3, 12):
+            S = int(rng.integers(D, 40 * D))
+            x = rng.normal(size=(L, S)) * 10.0 ** rng.uniform(-3, 3)
+            x[rng.random(size=x.shape) < 0.02] = rng.choice([np.nan, np.inf, -np.inf])
+            nd = (S + D - 1) // D
+            for a in (x, x.astype(np.float32)):
+                got, ref = det.decimate(a, D, nd), det.decimate_reference(a, D, nd)
+                assert got.dtype == np.float64 and got.shape == (L, nd)
+                assert np.array_equal(got, ref, equal_nan=True), (D, L, S, a.dtype)
+
+
+def test_moving_average_matches_reference():
+    """moving_average (2m + 1 vectorised passes inside the record) equals the plain per-sample sums bit for bit,
+    windows at and across both record edges, NaN, float32."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_moving_average_matches_reference")
+    for _ in range(300):
+        nd = int(rng.integers(1, 80))
+        xl = rng.normal(size=nd) * 10.0 ** rng.uniform(-3, 3)
+        if rng.random() < 0.3:
+            xl[rng.integers(0, nd)] = np.nan
+        if rng.random() < 0.3:
+            xl = xl.astype(np.float32)
+        m = int(rng.integers(1, 6))
+        a = int(rng.integers(0, nd))
+        e = int(rng.integers(a, nd + 1))
+        got, ref = det.moving_average(xl, a, e, m), det.moving_average_reference(xl, a, e, m)
+        assert np.array_equal(got, ref, equal_nan=True), (nd, m, a, e, xl.dtype)
+
+
+def test_equivalent_width_matches_reference():
+    """equivalent_width (computed on demand for the coupled-ectopy rule) equals sum(min(E, p)) / p over +-2h, p the
+    peak of E within +-h, on random envelopes, at and across the record edges."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_equivalent_width_matches_reference")
+    for _ in range(300):
+        nd = int(rng.integers(1, 60))
+        E = rng.exponential(size=nd) * (rng.random(size=nd) < 0.8)
+        t, h = int(rng.integers(0, nd)), int(rng.integers(1, 10))
+        p = E[max(0, t - h) : t + h + 1].max()
+        win = E[max(0, t - 2 * h) : t + 2 * h + 1]
+        ref = np.minimum(win, p).sum() / p if p > 0 else np.inf
+        assert np.isclose(det.equivalent_width(E, t, h), ref, rtol=1e-12), (nd, t, h)
+
+
+def test_envelope_window_and_window_stats_match_references():
+    """The envelope's moving-window integral (unclamped inside the record, clamped at the edges) equals the plain
+    prefix-sum formula, 0 where no lead is valid; median_window_stats equals the medians of the windows' max and
+    mean; on random slopes, validity masks and short records."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_envelope_window_and_window_stats_match_references")
+    for _ in range(100):
+        L, nd = int(rng.integers(1, 5)), int(rng.integers(1, 400))
+        fd = float(rng.choice([120.0, 125.0]))
+        d = rng.normal(size=(L, nd))
+        valid = (rng.random(size=(L, nd)) < 0.9).astype(np.float64)
+        d *= valid
+        scales = rng.uniform(0.5, 2.0, L) * (rng.random(L) < 0.8)
+        weights = rng.uniform(0.1, 1.0, L)
+        E, m = det.envelope(d, valid, scales, weights, fd)
+        h = max(1, int(round(0.5 * det.MWI_S * fd)))
+        c = np.concatenate([[0.0], np.cumsum(E)])
+        n = np.arange(nd)
+        ref = (c[np.minimum(n + h + 1, nd)] - c[np.maximum(n - h, 0)]) / (2 * h + 1)
+        ref[((scales > 0)[:, None] * valid).sum(axis=0) == 0] = 0.0
+        assert np.allclose(m, ref, rtol=1e-12, atol=1e-15), (L, nd, fd)
+        wlen = int(rng.integers(2, 60))
+        nw = max(1, min(8, nd // wlen))
+        wins = [m[w * wlen : min(nd, w * wlen + wlen)] for w in range(nw)]
+        got = det.median_window_stats(m, wlen, 8)
+        assert np.isclose(got[0], np.median([max(0.0, w.max()) if w.size else 0.0 for w in wins]), rtol=1e-12)
+        assert np.isclose(got[1], np.median([w.mean() if w.size else 0.0 for w in wins]), rtol=1e-12)

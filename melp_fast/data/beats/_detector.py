@@ -102,54 +102,110 @@ def median_of(a):
 FM = {"reassoc", "contract", "arcp", "nsz"}  # fast-math without the no-NaN/no-inf assumptions
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _block_means(xa, xb, oa, ob, D, nfull, inv):
+    """Block means of D samples of two leads at once, into oa and ob (the same arithmetic per block as one lead at a
+    time; reading two leads' streams at once keeps more memory reads in flight: ~30 us instead of ~36 us for a
+    480 KB record out of cache). The common factors are unrolled (a plain accumulation loop is latency-bound)."""
+    if D == 1:
+        for n in range(nfull):
+            oa[n] = xa[n]
+            ob[n] = xb[n]
+    elif D == 2:
+        for n in range(nfull):
+            b = 2 * n
+            oa[n] = (xa[b] + xa[b + 1]) * 0.5
+            ob[n] = (xb[b] + xb[b + 1]) * 0.5
+    elif D == 3:
+        for n in range(nfull):
+            b = 3 * n
+            oa[n] = (xa[b] + xa[b + 1] + xa[b + 2]) * inv
+            ob[n] = (xb[b] + xb[b + 1] + xb[b + 2]) * inv
+    elif D == 4:
+        for n in range(nfull):
+            b = 4 * n
+            oa[n] = ((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3])) * 0.25
+            ob[n] = ((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3])) * 0.25
+    elif D == 6:
+        for n in range(nfull):
+            b = 6 * n
+            oa[n] = ((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3]) + (xa[b + 4] + xa[b + 5])) * inv
+            ob[n] = ((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3]) + (xb[b + 4] + xb[b + 5])) * inv
+    elif D == 8:
+        for n in range(nfull):
+            b = 8 * n
+            oa[n] = (((xa[b] + xa[b + 1]) + (xa[b + 2] + xa[b + 3]))
+                     + ((xa[b + 4] + xa[b + 5]) + (xa[b + 6] + xa[b + 7]))) * 0.125
+            ob[n] = (((xb[b] + xb[b + 1]) + (xb[b + 2] + xb[b + 3]))
+                     + ((xb[b + 4] + xb[b + 5]) + (xb[b + 6] + xb[b + 7]))) * 0.125
+    else:
+        for n in range(nfull):
+            b = D * n
+            acc = 0.0
+            acc2 = 0.0
+            for j in range(D):
+                acc += xa[b + j]
+                acc2 += xb[b + j]
+            oa[n] = acc * inv
+            ob[n] = acc2 * inv
+
+
 @njit(cache=True, nogil=True)
 def decimate(x, D, nd):
-    """Block means of D samples: (L, S) -> (L, nd). NaN/inf in a block make the block non-finite.
-
-    The common factors are unrolled (a plain accumulation loop is latency-bound and ~6x slower)."""
+    """Block means of D samples: (L, S) -> (L, nd), float64 (float32 input is read as is, no float64 copy); the
+    last block may be partial. NaN/inf in a block make the block non-finite. Leads are read two at a time."""
     L, S = x.shape
     out = np.empty((L, nd), np.float64)
     nfull = S // D
     inv = 1.0 / D
-    for l in range(L):
-        xl = x[l]
-        o = out[l]
-        if D == 1:
-            for n in range(nfull):
-                o[n] = xl[n]
-        elif D == 2:
-            for n in range(nfull):
-                b = 2 * n
-                o[n] = (xl[b] + xl[b + 1]) * 0.5
-        elif D == 3:
-            for n in range(nfull):
-                b = 3 * n
-                o[n] = (xl[b] + xl[b + 1] + xl[b + 2]) * inv
-        elif D == 4:
-            for n in range(nfull):
-                b = 4 * n
-                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3])) * 0.25
-        elif D == 6:
-            for n in range(nfull):
-                b = 6 * n
-                o[n] = ((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]) + (xl[b + 4] + xl[b + 5])) * inv
-        elif D == 8:
-            for n in range(nfull):
-                b = 8 * n
-                o[n] = (((xl[b] + xl[b + 1]) + (xl[b + 2] + xl[b + 3]))
-                        + ((xl[b + 4] + xl[b + 5]) + (xl[b + 6] + xl[b + 7]))) * 0.125
-        else:
-            for n in range(nfull):
-                b = D * n
-                acc = 0.0
-                for j in range(D):
-                    acc += xl[b + j]
-                o[n] = acc * inv
-        if nd > nfull:  # partial last block
+    for l in range(0, L - 1, 2):
+        _block_means(x[l], x[l + 1], out[l], out[l + 1], D, nfull, inv)
+    if L % 2 == 1:  # the odd lead alone (written twice, the same values)
+        _block_means(x[L - 1], x[L - 1], out[L - 1], out[L - 1], D, nfull, inv)
+    if nd > nfull:  # partial last block
+        for l in range(L):
             acc = 0.0
             for t in range(nfull * D, S):
-                acc += xl[t]
-            o[nfull] = acc / (S - nfull * D)
+                acc += x[l, t]
+            out[l, nfull] = acc / (S - nfull * D)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def decimate_reference(x, D, nd):
+    """decimate written plainly, one lead and one block at a time (the parity reference; the same sums per block)."""
+    L, S = x.shape
+    out = np.empty((L, nd), np.float64)
+    inv = 1.0 / D
+    for l in range(L):
+        for n in range(nd):
+            b = n * D
+            e = min(S, b + D)
+            v = np.empty(e - b, x.dtype)  # (float32 input: float32 block sums, as in decimate)
+            for j in range(e - b):
+                v[j] = x[l, b + j]
+            if e - b < D:
+                acc = 0.0
+                for j in range(e - b):
+                    acc += v[j]
+                out[l, n] = acc / (e - b)
+            elif D == 1:
+                out[l, n] = v[0]
+            elif D == 2:
+                out[l, n] = (v[0] + v[1]) * 0.5
+            elif D == 3:
+                out[l, n] = (v[0] + v[1] + v[2]) * inv
+            elif D == 4:
+                out[l, n] = ((v[0] + v[1]) + (v[2] + v[3])) * 0.25
+            elif D == 6:
+                out[l, n] = ((v[0] + v[1]) + (v[2] + v[3]) + (v[4] + v[5])) * inv
+            elif D == 8:
+                out[l, n] = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) * 0.125
+            else:
+                acc = 0.0
+                for j in range(D):
+                    acc += v[j]
+                out[l, n] = acc * inv
     return out
 
 
@@ -325,7 +381,16 @@ def envelope(d, valid, scales, weights, fd):
     for n in range(nd):
         c[n + 1] = c[n] + E[n]
     inv_w = 1.0 / (2 * h + 1)
-    for n in range(nd):
+    lo = min(h, nd)  # inside [lo, hi) the window needs no clamping (a plain loop over views vectorises)
+    hi = max(lo, nd - h - 1)
+    for n in range(lo):
+        m[n] = (c[min(n + h + 1, nd)] - c[max(n - h, 0)]) * inv_w
+    mi = m[lo:hi]
+    cp = c[lo + h + 1 : hi + h + 1]
+    cm = c[lo - h : hi - h]
+    for i in range(hi - lo):
+        mi[i] = (cp[i] - cm[i]) * inv_w
+    for n in range(hi, nd):
         m[n] = (c[min(n + h + 1, nd)] - c[max(n - h, 0)]) * inv_w
     for n in range(nd):
         m[n] = m[n] if cnt[n] > 0.0 else 0.0
@@ -420,41 +485,105 @@ def abs_max(v, a, b):
 
 
 @njit(cache=True, nogil=True)
-def shape_values(cand, E, d, valid, scales, weights, h):
-    """Shape values of the candidates, F (4, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
-    width = the number of samples within +-2h where E exceeds p / 2, F[2] equivalent width = sum over +-2h of
-    min(E, p) / p (samples; a finer width, used for coupled ectopic beats), F[3] the agreement of leads (see the
-    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead)."""
-    L, nd = d.shape
+def shape_values(cand, E, mx, valid, scales, weights, h):
+    """Shape values of the candidates, F (5, nc): F[0] q = (peak p of E within +-h) x (agreement of leads), F[1]
+    width = the number of samples within +-2h where E exceeds p / 2, F[2] the equivalent width (equivalent_width; a
+    finer width, used for coupled ectopic beats only: -1 here, filled on demand), F[3] the agreement of leads (see the
+    section comment), F[4] the agreement at the lower level ECT_ALL_LEVEL (a wide ectopic beat: every lead). mx:
+    lead_peaks of cand (each lead's max |slope| within +-h)."""
+    L = mx.shape[1]
+    nd = E.shape[0]
     F = np.empty((5, cand.shape[0]), np.float64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
         b = min(nd, t + h + 1)
         p = abs_max(E, a, b)  # E >= 0
-        cnt = 0.0
-        area = 0.0
+        cnt = 0  # (an integer count vectorises)
+        half = 0.5 * p
         for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
-            cnt += E[n] > 0.5 * p
-            area += min(E[n], p)
+            cnt += E[n] > half
         F[1, ci] = cnt
-        F[2, ci] = area / p if p > 0.0 else np.inf
+        F[2, ci] = -1.0  # filled on demand (equivalent_width)
         agree = 0.0
         low = 0.0
         wsum = 0.0
         for l in range(L):
             if scales[l] == 0.0 or valid[l, t] == 0.0:
                 continue
-            mx = abs_max(d[l], a, b)
             wsum += weights[l]
-            if mx >= AGREE_LEVEL * scales[l]:
+            if mx[ci, l] >= AGREE_LEVEL * scales[l]:
                 agree += weights[l]
-            if mx >= ECT_ALL_LEVEL * scales[l]:
+            if mx[ci, l] >= ECT_ALL_LEVEL * scales[l]:
                 low += weights[l]
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
         F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
     return F
+
+
+@njit(cache=True, nogil=True)
+def equivalent_width(E, t, h):
+    """The equivalent width of the envelope wave at t: sum over +-2h of min(E, p) / p, p the peak of E within +-h
+    (samples; inf when p is 0). Asked for a few candidates only (coupled_like), so not computed for all of them."""
+    nd = E.shape[0]
+    p = abs_max(E, max(0, t - h), min(nd, t + h + 1))  # E >= 0
+    area = 0.0
+    for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
+        area += min(E[n], p)
+    return area / p if p > 0.0 else np.inf
+
+
+@njit(cache=True, nogil=True)
+def lead_peaks(cand, d, scales, h):
+    """Per candidate and lead, max |d[l]| within +-h of the candidate (clipped to the record), (nc, L); 0 for dropped
+    leads. The step test and the shape values both need it: computed once."""
+    L, nd = d.shape
+    out = np.zeros((cand.shape[0], L), np.float64)
+    for ci in range(cand.shape[0]):
+        t = cand[ci]
+        a = max(0, t - h)
+        b = min(nd, t + h + 1)
+        for l in range(L):
+            if scales[l] != 0.0:
+                out[ci, l] = abs_max(d[l], a, b)
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _balance(xl, t, w, steep):
+    """(P, N) of step_score for one lead: the steep rising and falling first differences of xl over [t - w, t + w]
+    less the baseline wander (see step_score)."""
+    w2 = w // 2
+    # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
+    # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
+    c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
+    c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
+    c = 0.0
+    if c0 > 0.0 and c1 > 0.0:
+        c = min(c0, c1)
+    elif c0 < 0.0 and c1 < 0.0:
+        c = max(c0, c1)
+    up = 0.0
+    down = 0.0
+    xa = xl[t - w : t + w]
+    xb = xl[t - w + 1 : t + w + 1]
+    for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
+        v = xb[i] - xa[i] - c
+        up += v if v >= steep else 0.0
+        down += -v if v <= -steep else 0.0
+    return up, down
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _judged(valid, finite, l, t, w):
+    """Lead l is valid over [t - w, t + w] (always when it is all finite)."""
+    if finite[l]:
+        return True
+    for n in range(t - w, t + w + 1):
+        if valid[l, n] == 0.0:
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -465,86 +594,106 @@ def step_score(xd, d, valid, finite, scales, weights, t, w, h, k):
     when they agree in sign), and 1 - |P - N| / (P + N); averaged over the leads weighted
     by their clipped normalised squared slope there. A QRS (and a T or P wave, a pacing spike) rises as much as it
     falls: ~1; a baseline step (an electrode or amplifier DC jump) only rises or only falls: ~0, though its edge is
-    as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall."""
+    as steep as a QRS. A QRS at the same instant as a step keeps its rise and fall. (The detector asks is_step, the
+    same test with an early answer; this is its reference.)"""
     L, nd = xd.shape
     if t - w < 0 or t + w >= nd:
         return 1.0  # cut by the record edge: not judged
     num = 0.0
     den = 0.0
-    w2 = w // 2
     for l in range(L):
         if scales[l] == 0.0:
             continue
         mx = abs_max(d[l], t - h, t + h + 1)
         e = mx / scales[l]
         e = min(e * e, CLIP) * weights[l]
-        if e < STEP_MIN_WEIGHT:  # a lead not steep here has no say (and costs nothing)
+        if e < STEP_MIN_WEIGHT or not _judged(valid, finite, l, t, w):  # a lead not steep here has no say
             continue
-        if not finite[l]:
-            ok = True
-            for n in range(t - w, t + w + 1):
-                if valid[l, n] == 0.0:
-                    ok = False
-                    break
-            if not ok:
-                continue
-        xl = xd[l]
-        steep = STEP_STEEP * scales[l] / (2.0 * k)  # scale: the lead's typical QRS slope over +-k samples
-        # baseline wander: the slopes of the window's outer quarters (a step or a QRS lies between them), the one
-        # nearer zero when they agree in sign, else none (a wide QRS's tails there slope opposite ways)
-        c0 = (xl[t - w2] - xl[t - w]) / (w - w2)
-        c1 = (xl[t + w] - xl[t + w2]) / (w - w2)
-        c = 0.0
-        if c0 > 0.0 and c1 > 0.0:
-            c = min(c0, c1)
-        elif c0 < 0.0 and c1 < 0.0:
-            c = max(c0, c1)
-        up = 0.0
-        down = 0.0
-        xa = xl[t - w : t + w]
-        xb = xl[t - w + 1 : t + w + 1]
-        for i in range(2 * w):  # the steep differences only (not a nearby T wave's slow slope); selects vectorise
-            v = xb[i] - xa[i] - c
-            up += v if v >= steep else 0.0
-            down += -v if v <= -steep else 0.0
+        up, down = _balance(xd[l], t, w, STEP_STEEP * scales[l] / (2.0 * k))  # (steep: of the typical QRS slope)
         if up + down > 0.0:
             num += e * (1.0 - abs(up - down) / (up + down))
             den += e
     return num / den if den > 0.0 else 1.0
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def is_step(xd, mx, valid, finite, scales, weights, t, w, k):
+    """step_score(..., t, ...) < STEP_MAX, answered as soon as the leads left cannot bring the score under it (a
+    QRS is balanced in most leads: about half of them settle it). mx: each lead's max |slope| within +-MWI/2 of t
+    (lead_peaks). The bound is conservative (a relative margin far above rounding), so the answer is step_score's."""
+    L, nd = xd.shape
+    if t - w < 0 or t + w >= nd:
+        return False  # cut by the record edge: not judged
+    rest = 0.0  # the weights of the leads not yet counted (an upper bound on what they can add to den)
+    for l in range(L):
+        if scales[l] != 0.0:
+            e = mx[l] / scales[l]
+            e = min(e * e, CLIP) * weights[l]
+            if e >= STEP_MIN_WEIGHT:
+                rest += e
+    margin = 1e-9 * rest
+    num = 0.0
+    den = 0.0
+    for l in range(L):
+        if scales[l] == 0.0:
+            continue
+        e = mx[l] / scales[l]
+        e = min(e * e, CLIP) * weights[l]
+        if e < STEP_MIN_WEIGHT:
+            continue
+        rest -= e
+        if not _judged(valid, finite, l, t, w):
+            continue
+        up, down = _balance(xd[l], t, w, STEP_STEEP * scales[l] / (2.0 * k))
+        if up + down > 0.0:
+            num += e * (1.0 - abs(up - down) / (up + down))
+            den += e
+        if num >= STEP_MAX * (den + max(rest, 0.0)) + margin:
+            return False  # num / den stays >= STEP_MAX whatever the leads left give
+    return (num / den if den > 0.0 else 1.0) < STEP_MAX
+
+
 @njit(cache=True, nogil=True)
-def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v):
-    """The candidates without the baseline steps among those >= min_v (see step_score): unbalanced in the window
+def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx):
+    """The positions in cand of the candidates left after dropping the baseline steps among those >= min_v (see
+    step_score): unbalanced in the window
     centred on them, in the one centred on their steepest instant p (the peak of E within +-MWI/2) and in the one
     shifted half a window towards p (both shifted ones when p is the candidate): a step is unbalanced in every
     window that holds it, a QRS (wide, or seen from a shoulder of its envelope) is balanced in one of these. (A
-    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)"""
+    window shifted away from p could take in the neighbouring beat's QRS instead of the candidate's own wave.)
+    mx: lead_peaks of cand."""
     w = max(1, int(round(STEP_W_S * fd)))
     h = max(1, int(round(0.5 * MWI_S * fd)))
     k = max(1, int(round(SLOPE_S * fd)))
+    one = np.empty(1, np.int64)
     out = np.empty(cand.shape[0], np.int64)
     no = 0
     for ci in range(cand.shape[0]):
         c = cand[ci]
-        if m[c] >= min_v and step_score(xd, d, valid, finite, scales, weights, c, w, h, k) < STEP_MAX:
+        if m[c] >= min_v and is_step(xd, mx[ci], valid, finite, scales, weights, c, w, k):
             p = steepest(E, c, h)
-            if p == c or step_score(xd, d, valid, finite, scales, weights, p, w, h, k) < STEP_MAX:
-                if ((p < c or step_score(xd, d, valid, finite, scales, weights, c + w // 2, w, h, k) < STEP_MAX)
-                        and (p > c or step_score(xd, d, valid, finite, scales, weights, c - w // 2, w, h, k)
-                             < STEP_MAX)):
-                    continue
-        out[no] = c
+            one[0] = p
+            if p == c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights, p, w, k):
+                one[0] = c + w // 2
+                if p < c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights, c + w // 2,
+                                    w, k):
+                    one[0] = c - w // 2
+                    if p > c or is_step(xd, lead_peaks(one, d, scales, h)[0], valid, finite, scales, weights,
+                                        c - w // 2, w, k):
+                        continue
+        out[no] = ci
         no += 1
     return out[:no]
 
 
 @njit(cache=True, nogil=True)
-def median_window_stat(m, wlen, n_windows, use_max):
-    """Median over the first n_windows windows of wlen samples of the window max (or mean) of m."""
+def median_window_stats(m, wlen, n_windows):
+    """Medians over the first n_windows windows of wlen samples of the window max and of the window mean of m (one
+    pass for both)."""
     nd = m.shape[0]
     nw = max(1, min(n_windows, nd // wlen))
-    vals = np.empty(nw, np.float64)
+    maxs = np.empty(nw, np.float64)
+    means = np.empty(nw, np.float64)
     for w in range(nw):
         a = w * wlen
         b = min(nd, a + wlen)
@@ -554,8 +703,9 @@ def median_window_stat(m, wlen, n_windows, use_max):
             acc += m[n]
             if m[n] > mx:
                 mx = m[n]
-        vals[w] = mx if use_max else acc / max(1, b - a)
-    return median_of(vals)
+        maxs[w] = mx
+        means[w] = acc / max(1, b - a)
+    return median_of(maxs), median_of(means)
 
 
 @njit(cache=True, nogil=True)
@@ -813,7 +963,7 @@ def dominant(cand, m, cj, w, tb, refr):
 
 
 @njit(cache=True, nogil=True)
-def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
+def coupled_like(cand, m, F, cj, bi, min_v, fd, E, h, max_ew=ECT_MAX_EW_S):
     """Candidate cj looks like a QRS of a second morphology, not like beat bi's T wave (see rescue_coupled): 1;
     broad (an equivalent envelope width of ECT_MAX_EW_S up to ECT_BROAD_EW_S) and steep in nearly every lead, like
     a wide ectopic beat and like the T wave beside a low QRS alike: 2 (a beat only with the rhythm's or the
@@ -823,6 +973,8 @@ def coupled_like(cand, m, F, cj, bi, min_v, fd, max_ew=ECT_MAX_EW_S):
     if m[cand[cj]] < min_v or F[0, cj] < ECT_Q * F[0, bi]:
         return 0
     dom = dominant(cand, m, cj, MWI_S * fd, cand[bi], REFRACTORY_S * fd)
+    if F[2, dom] < 0.0:  # not yet computed
+        F[2, dom] = equivalent_width(E, cand[dom], h)
     ew = F[2, dom] / fd
     if ew < max_ew:
         need = ECT_AGREE_NARROW + (ECT_AGREE_WIDE - ECT_AGREE_NARROW) * min(1.0, max(0.0, (ew - ECT_NARROW_EW_S) / (
@@ -935,7 +1087,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if tc - a < refr or b - tc < refr or b - tc < tc - a:
                 continue
-            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd)
+            c = coupled_like(cand, m, F, cj, beats[j], min_v, fd, E, h)
             if c == 1 and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
             elif c == 2 and (broad < 0 or F[0, cj] > F[0, broad]):
@@ -1030,7 +1182,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if tc - a > max_cpl + tol:
                 break
-            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, ECT_EDGE_EW_S) != 1:
+            if tc - a < refr or coupled_like(cand, m, F, cj, beats[nb - 1], min_v, fd, E, h, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, a, refr)
             lead_pattern(d, scales, cand[dj], h, v)
@@ -1048,7 +1200,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             tc = cand[cj]
             if b - tc > max_aft + tol:
                 break
-            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, ECT_EDGE_EW_S) != 1:
+            if b - tc < refr or coupled_like(cand, m, F, cj, beats[0], min_v, fd, E, h, ECT_EDGE_EW_S) != 1:
                 continue
             dj = dominant(cand, m, cj, MWI_S * fd, b, refr)
             lead_pattern(d, scales, cand[dj], h, v)
@@ -1207,15 +1359,18 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     same = max(1, int(round(SAME_QRS_S * fd)))
     twave = int(round(TWAVE_S * fd))
     wlen = max(2, int(round(fd)))
-    spk = median_window_stat(m, wlen, 8, True)
-    cand = drop_steps(candidates(m), m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk)
+    spk, mean_level = median_window_stats(m, wlen, 8)
+    hs = max(1, int(round(0.5 * MWI_S * fd)))
+    cand = candidates(m)
+    mx = lead_peaks(cand, d, scales, hs)
+    keep = drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, STEP_MIN_SPK * spk, mx)
+    cand = cand[keep]
     nc = cand.shape[0]
     if nc == 0:
         return cand
-    F = shape_values(cand, E, d, valid, scales, weights, max(1, int(round(0.5 * MWI_S * fd))))
+    F = shape_values(cand, E, mx[keep], valid, scales, weights, hs)
     min_wide = max(1, int(round(T_MIN_WIDTH_S * fd)))
-    hs = max(1, int(round(0.5 * MWI_S * fd)))
-    npk = min(median_window_stat(m, wlen, 8, False), 0.5 * spk)
+    npk = min(mean_level, 0.5 * spk)
     beats = np.empty(nc, np.int64)  # candidate indices
     nb = 0
     rr = np.zeros(8, np.float64)
@@ -1356,7 +1511,7 @@ def extrema_finite(xl, c, w, h, lo, hi):
     return imax, vmax, imin, vmin
 
 
-@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+@njit(cache=True, nogil=True, fastmath=True, inline="always")  # xl is all finite (checked by the caller); inlined
 def deviation_finite(xl, c, w, h, lo, hi):
     """(v_max, v_min) of extrema_finite without their indices (a max / min reduction, which vectorises)."""
     a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
@@ -1371,6 +1526,48 @@ def deviation_finite(xl, c, w, h, lo, hi):
 
 
 @njit(cache=True, nogil=True)
+def moving_average(xl, a, e, m):
+    """The centred moving average over +-m samples of xl at samples a..e-1 (float64), shrunk symmetrically at the
+    record edges: per sample the sum xl[n - mm] + ... + xl[n + mm] from 0.0 in that order, over 2 mm + 1. Inside the
+    record it is summed as 2m + 1 passes over the window (the same sums per sample; the passes vectorise), at the
+    edges one sample at a time."""
+    nd = xl.shape[0]
+    xs = np.zeros(max(0, e - a), np.float64)
+    ia = min(max(a, m), e)
+    ib = max(min(e, nd - m), ia)
+    dst = xs[ia - a : ib - a]
+    for j in range(2 * m + 1):
+        src = xl[ia - m + j : ib - m + j]
+        for i in range(ib - ia):
+            dst[i] += src[i]
+    for i in range(ib - ia):
+        dst[i] = dst[i] / (2 * m + 1)
+    for n in range(a, e):
+        if ia <= n < ib:
+            continue
+        mm = min(m, n, nd - 1 - n)
+        acc = 0.0
+        for j in range(n - mm, n + mm + 1):
+            acc += xl[j]
+        xs[n - a] = acc / (2 * mm + 1)
+    return xs
+
+
+@njit(cache=True, nogil=True)
+def moving_average_reference(xl, a, e, m):
+    """moving_average written plainly, one sample at a time (the parity reference)."""
+    nd = xl.shape[0]
+    xs = np.zeros(max(0, e - a), np.float64)
+    for n in range(a, e):
+        mm = min(m, n, nd - 1 - n)
+        acc = 0.0
+        for j in range(n - mm, n + mm + 1):
+            acc += xl[j]
+        xs[n - a] = acc / (2 * mm + 1)
+    return xs
+
+
+@njit(cache=True, nogil=True)
 def extrema(xl, c, w, h, lo, hi, m=0):
     """Baseline-removed extrema of xl within [c - w, c + w] (clipped to [lo, hi): the record, or the half-way
     points to the neighbouring detections, so that at fast rates no flank reaches into the next QRS).
@@ -1378,7 +1575,6 @@ def extrema(xl, c, w, h, lo, hi, m=0):
     The baseline is the line through the means of the two flanks [c - h, c - w) and (c + w, c + h] (non-finite
     samples left out; one flank only -> a constant; none -> the window mean), so a linear trend (baseline wander)
     is removed exactly. Returns (i_max, v_max, i_min, v_min) of xl - baseline; i = -1 when no sample is finite."""
-    nd = xl.shape[0]
     a = max(lo, c - w)
     e = min(hi, c + w + 1)
     sl = 0.0
@@ -1427,15 +1623,9 @@ def extrema(xl, c, w, h, lo, hi, m=0):
     imin = -1
     vmax = -np.inf
     vmin = np.inf
+    xs = moving_average(xl, a, e, m) if m > 0 else np.zeros(0, np.float64)
     for n in range(a, e):
-        if m > 0:  # centred moving average over +-m samples (noise), shrunk symmetrically at the record edges
-            mm = min(m, n, nd - 1 - n)
-            acc = 0.0
-            for j in range(n - mm, n + mm + 1):
-                acc += xl[j]
-            xv = acc / (2 * mm + 1)
-        else:
-            xv = xl[n]
+        xv = xs[n - a] if m > 0 else xl[n]
         v = xv - (b0 + slope * (n - t0))
         if v > vmax:  # NaN compares False
             vmax = v
@@ -1472,13 +1662,18 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
     sgn = np.ones(L, np.float64)
     dev = np.empty(nb, np.float64)
     adev = np.empty(nb, np.float64)
+    los = np.empty(nb, np.int64)
+    his = np.empty(nb, np.int64)
+    for b in range(nb):
+        los[b], his[b] = bounds(dets, b, xd.shape[1], 0)
     for l in range(L):
         if scales[l] == 0.0:
             continue
         xl = xd[l]
         nv = 0
         for b in range(nb):
-            lo, hi = bounds(dets, b, xl.shape[0], 0)
+            lo = los[b]
+            hi = his[b]
             if finite[l]:
                 vmax, vmin = deviation_finite(xl, dets[b], wr, wb, lo, hi)
                 imax = 0
