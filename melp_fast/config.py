@@ -44,6 +44,10 @@ class ModelConfig:
     beat_pooling: str = "beats"
     beat_queries: int = 12
     max_beats: int = 32
+    # each detected beat's timing (its duration, log ratios to its neighbours and the record's median, the record's
+    # RR irregularity; model/beat_timing.py) embedded by a small MLP and added to the beat's encoder tokens before
+    # the transformer. Off when absent, so a model saved before it loads and behaves as it did; on in the presets
+    beat_timing: bool = False
     # Token level: attentional pooler feeding the captioning decoder.
     caption_queries: int = 128
     caption_pool_heads: int = 8

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.constants import FS
 from .attention import EncoderLayer
+from .beat_timing import BeatTimingEmbedding
 
 
 class _GradScale(torch.autograd.Function):
@@ -66,6 +68,8 @@ class ECGEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.pos = ConvPositionalEncoding(cfg.width, cfg.pos_conv_kernel, cfg.pos_conv_groups)
         self.pos_norm = nn.LayerNorm(cfg.width)
+        # model.beat_timing: each beat's timing (model/beat_timing.py) added to its tokens before the transformer
+        self.timing = BeatTimingEmbedding(cfg.width, cfg.token_stride / FS) if cfg.beat_timing else None
         self.layers = nn.ModuleList(EncoderLayer(cfg.width, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.layers))
 
     @property
@@ -77,13 +81,17 @@ class ECGEncoder(nn.Module):
             n_samples //= 2
         return n_samples
 
-    def forward(self, ecg: torch.Tensor) -> torch.Tensor:
-        """ecg [B, leads, samples] -> tokens [B, T, width]."""
+    def forward(self, ecg: torch.Tensor, beat_spans=None, beat_mask=None) -> torch.Tensor:
+        """ecg [B, leads, samples] -> tokens [B, T, width]. With model.beat_timing, each beat's timing embedding is
+        added to its tokens (beat_spans [B, K, 2] in token units, beat_mask [B, K]); without spans nothing is added,
+        as for a record with no detected beat."""
         x = self.features(ecg.to(self.proj.weight.dtype))
         if self.training and self.cfg.conv_grad_scale != 1.0:
             x = _GradScale.apply(x, self.cfg.conv_grad_scale)
         x = self.drop(self.proj(self.feature_norm(x.transpose(1, 2))))
         x = self.pos_norm(x + self.pos(x))
+        if self.timing is not None and beat_spans is not None and beat_mask is not None:
+            x = x + self.timing(beat_spans, beat_mask, x.shape[1], x.dtype)
         for layer in self.layers:
             x = layer(x)
         return x

@@ -72,7 +72,7 @@ class MELP(nn.Module):
         self.logit_scale.data.clamp_(0.0, self.cfg.logit_scale_max)
 
     def encode_ecg(self, ecg, beat_spans=None, beat_mask=None) -> dict:
-        tokens = self.ecg(ecg)
+        tokens = self.ecg(ecg, beat_spans, beat_mask)
         out = self.beat_pool(tokens, beat_spans, beat_mask)
         out["tokens"] = tokens
         return out
