@@ -329,8 +329,9 @@ def test_real_record_token_spans(dcm):
 # the detector's fast helpers against their plain references
 # ---------------------------------------------------------------------------------------------------------------
 def test_fast_helpers_match_references():
-    """median_of (insertion sort) equals np.median, abs_max equals max |v[a:b]|, and deviation_finite gives the
-    extremum values of extrema_finite (the lead ranking's reduction without indices), on random inputs."""
+    """median_of (insertion sort) equals np.median, abs_max (an integer max over bit patterns) equals max |v[a:b]| and
+    its plain reference (signed zeros, subnormals, huge values too), and deviation_finite gives the extremum values
+    of extrema_finite (the lead ranking's reduction without indices), on random inputs."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_fast_helpers_match_references")
@@ -345,7 +346,16 @@ def test_fast_helpers_match_references():
         a = int(rng.integers(0, v.size))
         b = int(rng.integers(a, v.size + 1))
         ref = float(np.max(np.abs(v[a:b]))) if b > a else 0.0
-        assert det.abs_max(v, a, b) == ref, (a, b, v.tolist())
+        assert det.abs_max(v, a, b) == ref == det.abs_max_reference(v, a, b), (a, b, v.tolist())
+    for _ in range(200):  # the integer max over bit patterns: signed zeros, subnormals, huge and tiny values
+        v = rng.choice([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e300, 1.7e308, -1.0, 2.5], size=int(rng.integers(1, 40)))
+        v = v * rng.choice([1.0, -1.0], size=v.size)
+        a = int(rng.integers(0, v.size))
+        b = int(rng.integers(a, v.size + 1))
+        got = det.abs_max(v, a, b)
+        ref = det.abs_max_reference(v, a, b)
+        assert got == ref and not np.signbit(got), (a, b, v.tolist())
+        assert got == (float(np.max(np.abs(v[a:b]))) if b > a else 0.0), (a, b, v.tolist())
     for _ in range(200):
         xl = np.cumsum(rng.normal(size=300))
         c = int(rng.integers(0, 300))

@@ -10,7 +10,9 @@ Sections: constants; 1-3 filters (decimation, band-pass slope, lead scale, combi
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 TARGET_FS = 125.0  # rate the detector works at (Hz), after block-mean decimation
 CLIP = 4.0  # cap on a lead's normalised squared slope
@@ -474,13 +476,45 @@ def candidates(m):
     return cand[:nc]
 
 
-@njit(cache=True, nogil=True, fastmath=True)  # a max reduction (exact in any order), so it vectorises
-def abs_max(v, a, b):
-    """max |v[a:b]| (0 for an empty range); v finite."""
-    mx = 0.0
-    seg = v[a:b]
+ABS_BITS = 0x7FFFFFFFFFFFFFFF  # a float64's bits without the sign
+
+
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    """The float64 whose IEEE-754 bit pattern is the int64 bits (a reinterpretation, no conversion)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def abs_max_bits(bits, a, b):
+    """max |v[a:b]| (0 for an empty range) of a finite float64 array v given as its bits (v.view(np.int64)): the
+    maximum is taken over the bit patterns of |v| as integers (for non-negative finite floats their order is the
+    float order, so the result is the same float). An integer max reduction vectorises, the float one (a compare
+    and select) does not. Callers with many windows take the view once."""
+    seg = bits[a:b]
+    mx = 0
     for i in range(b - a):
-        mx = max(mx, abs(seg[i]))
+        mx = max(mx, seg[i] & ABS_BITS)
+    return _bits_to_float(mx)
+
+
+@njit(cache=True, nogil=True)
+def abs_max(v, a, b):
+    """max |v[a:b]| (0 for an empty range); v finite and contiguous (see abs_max_bits)."""
+    return abs_max_bits(v.view(np.int64), a, b)
+
+
+@njit(cache=True, nogil=True)
+def abs_max_reference(v, a, b):
+    """abs_max written plainly (the parity reference)."""
+    mx = 0.0
+    for i in range(a, b):
+        mx = max(mx, abs(v[i]))
     return mx
 
 
@@ -494,11 +528,12 @@ def shape_values(cand, E, mx, valid, scales, weights, h):
     L = mx.shape[1]
     nd = E.shape[0]
     F = np.empty((5, cand.shape[0]), np.float64)
+    Eb = E.view(np.int64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
         b = min(nd, t + h + 1)
-        p = abs_max(E, a, b)  # E >= 0
+        p = abs_max_bits(Eb, a, b)  # E >= 0
         cnt = 0  # (an integer count vectorises)
         half = 0.5 * p
         for n in range(max(0, t - 2 * h), min(nd, t + 2 * h + 1)):
@@ -540,13 +575,14 @@ def lead_peaks(cand, d, scales, h):
     leads. The step test and the shape values both need it: computed once."""
     L, nd = d.shape
     out = np.zeros((cand.shape[0], L), np.float64)
+    db = d.view(np.int64)
     for ci in range(cand.shape[0]):
         t = cand[ci]
         a = max(0, t - h)
         b = min(nd, t + h + 1)
         for l in range(L):
             if scales[l] != 0.0:
-                out[ci, l] = abs_max(d[l], a, b)
+                out[ci, l] = abs_max_bits(db[l], a, b)
     return out
 
 
