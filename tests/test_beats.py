@@ -330,8 +330,9 @@ def test_real_record_token_spans(dcm):
 # ---------------------------------------------------------------------------------------------------------------
 def test_fast_helpers_match_references():
     """median_of (insertion sort) equals np.median, abs_max (an integer max over bit patterns) equals max |v[a:b]| and
-    its plain reference (signed zeros, subnormals, huge values too), and deviation_finite gives the extremum values
-    of extrema_finite (the lead ranking's reduction without indices), on random inputs."""
+    its plain reference (signed zeros, subnormals, huge values too), and deviation_finite (integer order keys) gives
+    its float reference's values and those of extrema_finite (the lead ranking's reduction without indices), on
+    random inputs."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_fast_helpers_match_references")
@@ -363,7 +364,19 @@ def test_fast_helpers_match_references():
         lo = int(rng.integers(0, c + 1))
         hi = int(rng.integers(c + 1, 301))
         _, vmax, _, vmin = det.extrema_finite(xl, c, w, h, lo, hi)
-        assert np.allclose(det.deviation_finite(xl, c, w, h, lo, hi), (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)
+        got = det.deviation_finite(xl, c, w, h, lo, hi)
+        assert np.allclose(got, (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)
+        assert got == det.deviation_finite_reference(xl, c, w, h, lo, hi), (c, w, h)  # integer keys: the same floats
+    import numba
+
+    roundtrip = numba.njit(lambda v: det._bits_to_float(det.order_key_inverse(det.order_key(v))))
+    key = numba.njit(lambda v: det.order_key(v))
+    for v in rng.choice([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e300, 1.7e308, -1.7e308, -1.0, 2.5, np.inf, -np.inf],
+                        size=200):  # order keys: the float order, and back to the same float
+        back = roundtrip(v)
+        assert back == v and np.signbit(back) == np.signbit(v), v
+        assert (key(v) < key(2.5)) == (v < 2.5) or v == 2.5, v
+        assert (key(v) > key(-1.0)) == (v > -1.0) or v == -1.0, v
 
 
 def test_decimate_matches_reference():

@@ -490,6 +490,31 @@ def _bits_to_float(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _float_to_bits(typingctx, x):
+    """The int64 holding the IEEE-754 bit pattern of the float64 x (a reinterpretation, no conversion)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def order_key(v):
+    """An int64 key of the non-NaN float64 v in the same order as the floats (-0.0 just below +0.0): the bits, with
+    the magnitude bits flipped for negative values."""
+    b = _float_to_bits(v)
+    return b ^ ((b >> 63) & ABS_BITS)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def order_key_inverse(k):
+    """The bits of the float64 whose order_key is k (the map is its own inverse)."""
+    return k ^ ((k >> 63) & ABS_BITS)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def abs_max_bits(bits, a, b):
     """max |v[a:b]| (0 for an empty range) of a finite float64 array v given as its bits (v.view(np.int64)): the
@@ -1549,7 +1574,22 @@ def extrema_finite(xl, c, w, h, lo, hi):
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")  # xl is all finite (checked by the caller); inlined
 def deviation_finite(xl, c, w, h, lo, hi):
-    """(v_max, v_min) of extrema_finite without their indices (a max / min reduction, which vectorises)."""
+    """(v_max, v_min) of extrema_finite without their indices, as integer max / min reductions over order keys
+    (see order_key; a float compare-and-select reduction does not vectorise). Empty window: (-inf, inf)."""
+    a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
+    kmax = order_key(-np.inf)
+    kmin = order_key(np.inf)
+    seg = xl[a:e]
+    for i in range(e - a):
+        k = order_key(seg[i] - (b0 + slope * (a + i - t0)))
+        kmax = max(kmax, k)
+        kmin = min(kmin, k)
+    return _bits_to_float(order_key_inverse(kmax)), _bits_to_float(order_key_inverse(kmin))
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # xl is all finite (checked by the caller)
+def deviation_finite_reference(xl, c, w, h, lo, hi):
+    """deviation_finite with float max / min (the parity reference)."""
     a, e, b0, slope, t0 = _baseline_finite(xl, c, w, h, lo, hi)
     vmax = -np.inf
     vmin = np.inf
