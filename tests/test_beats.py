@@ -380,13 +380,13 @@ def test_fast_helpers_match_references():
 
 
 def test_decimate_matches_reference():
-    """decimate (two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
+    """decimate (six or two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
     bit, at every factor the rates give, odd lead counts, partial last blocks, NaN / inf and float32 input."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_decimate_matches_reference")
     for D in (1, 2, 3, 4, 5, 6, 8, 11):
-        for L in (1, 2, 3, 12):
+        for L in (1, 2, 3, 7, 12, 13):  # (six leads at a time for D = 2, 4, 8, then pairs, then an odd one)
             S = int(rng.integers(D, 40 * D))
             x = rng.normal(size=(L, S)) * 10.0 ** rng.uniform(-3, 3)
             x[rng.random(size=x.shape) < 0.02] = rng.choice([np.nan, np.inf, -np.inf])

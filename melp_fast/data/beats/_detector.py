@@ -152,15 +152,47 @@ def _block_means(xa, xb, oa, ob, D, nfull, inv):
             ob[n] = acc2 * inv
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _block_mean(v, b, D):
+    """The mean of the D samples v[b : b + D], D in (2, 4, 8), summed as in _block_means."""
+    if D == 2:
+        return (v[b] + v[b + 1]) * 0.5
+    if D == 4:
+        return ((v[b] + v[b + 1]) + (v[b + 2] + v[b + 3])) * 0.25
+    return (((v[b] + v[b + 1]) + (v[b + 2] + v[b + 3])) + ((v[b + 4] + v[b + 5]) + (v[b + 6] + v[b + 7]))) * 0.125
+
+
+@njit(cache=True, nogil=True)
+def _block_means6(x, out, l, D, nfull):
+    """_block_means of the six leads l..l+5 at once, D in (2, 4, 8) (the 250 / 500 / 1000 Hz factors): six memory
+    streams keep more reads in flight than two (~2-4 us less for a 480 KB record out of cache)."""
+    x0, x1, x2, x3, x4, x5 = x[l], x[l + 1], x[l + 2], x[l + 3], x[l + 4], x[l + 5]
+    o0, o1, o2, o3, o4, o5 = out[l], out[l + 1], out[l + 2], out[l + 3], out[l + 4], out[l + 5]
+    for n in range(nfull):
+        b = D * n
+        o0[n] = _block_mean(x0, b, D)
+        o1[n] = _block_mean(x1, b, D)
+        o2[n] = _block_mean(x2, b, D)
+        o3[n] = _block_mean(x3, b, D)
+        o4[n] = _block_mean(x4, b, D)
+        o5[n] = _block_mean(x5, b, D)
+
+
 @njit(cache=True, nogil=True)
 def decimate(x, D, nd):
     """Block means of D samples: (L, S) -> (L, nd), float64 (float32 input is read as is, no float64 copy); the
-    last block may be partial. NaN/inf in a block make the block non-finite. Leads are read two at a time."""
+    last block may be partial. NaN/inf in a block make the block non-finite. Leads are read six at a time for the
+    factors 2, 4 and 8, then two at a time."""
     L, S = x.shape
     out = np.empty((L, nd), np.float64)
     nfull = S // D
     inv = 1.0 / D
-    for l in range(0, L - 1, 2):
+    l0 = 0
+    if D == 2 or D == 4 or D == 8:
+        while l0 + 6 <= L:
+            _block_means6(x, out, l0, D, nfull)
+            l0 += 6
+    for l in range(l0, L - 1, 2):
         _block_means(x[l], x[l + 1], out[l], out[l + 1], D, nfull, inv)
     if L % 2 == 1:  # the odd lead alone (written twice, the same values)
         _block_means(x[L - 1], x[L - 1], out[L - 1], out[L - 1], D, nfull, inv)
