@@ -329,8 +329,10 @@ def test_real_record_token_spans(dcm):
 # the detector's fast helpers against their plain references
 # ---------------------------------------------------------------------------------------------------------------
 def test_fast_helpers_match_references():
-    """median_of (insertion sort) equals np.median, abs_max equals max |v[a:b]|, and deviation_finite gives the
-    extremum values of extrema_finite (the lead ranking's reduction without indices), on random inputs."""
+    """median_of (insertion sort) equals np.median, abs_max (an integer max over bit patterns) equals max |v[a:b]| and
+    its plain reference (signed zeros, subnormals, huge values too), and deviation_finite (integer order keys) gives
+    its float reference's values and those of extrema_finite (the lead ranking's reduction without indices), on
+    random inputs."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_fast_helpers_match_references")
@@ -345,7 +347,16 @@ def test_fast_helpers_match_references():
         a = int(rng.integers(0, v.size))
         b = int(rng.integers(a, v.size + 1))
         ref = float(np.max(np.abs(v[a:b]))) if b > a else 0.0
-        assert det.abs_max(v, a, b) == ref, (a, b, v.tolist())
+        assert det.abs_max(v, a, b) == ref == det.abs_max_reference(v, a, b), (a, b, v.tolist())
+    for _ in range(200):  # the integer max over bit patterns: signed zeros, subnormals, huge and tiny values
+        v = rng.choice([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e300, 1.7e308, -1.0, 2.5], size=int(rng.integers(1, 40)))
+        v = v * rng.choice([1.0, -1.0], size=v.size)
+        a = int(rng.integers(0, v.size))
+        b = int(rng.integers(a, v.size + 1))
+        got = det.abs_max(v, a, b)
+        ref = det.abs_max_reference(v, a, b)
+        assert got == ref and not np.signbit(got), (a, b, v.tolist())
+        assert got == (float(np.max(np.abs(v[a:b]))) if b > a else 0.0), (a, b, v.tolist())
     for _ in range(200):
         xl = np.cumsum(rng.normal(size=300))
         c = int(rng.integers(0, 300))
@@ -353,17 +364,29 @@ def test_fast_helpers_match_references():
         lo = int(rng.integers(0, c + 1))
         hi = int(rng.integers(c + 1, 301))
         _, vmax, _, vmin = det.extrema_finite(xl, c, w, h, lo, hi)
-        assert np.allclose(det.deviation_finite(xl, c, w, h, lo, hi), (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)
+        got = det.deviation_finite(xl, c, w, h, lo, hi)
+        assert np.allclose(got, (vmax, vmin), rtol=1e-12, atol=1e-12), (c, w, h)
+        assert got == det.deviation_finite_reference(xl, c, w, h, lo, hi), (c, w, h)  # integer keys: the same floats
+    import numba
+
+    roundtrip = numba.njit(lambda v: det._bits_to_float(det.order_key_inverse(det.order_key(v))))
+    key = numba.njit(lambda v: det.order_key(v))
+    for v in rng.choice([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e300, 1.7e308, -1.7e308, -1.0, 2.5, np.inf, -np.inf],
+                        size=200):  # order keys: the float order, and back to the same float
+        back = roundtrip(v)
+        assert back == v and np.signbit(back) == np.signbit(v), v
+        assert (key(v) < key(2.5)) == (v < 2.5) or v == 2.5, v
+        assert (key(v) > key(-1.0)) == (v > -1.0) or v == -1.0, v
 
 
 def test_decimate_matches_reference():
-    """decimate (two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
+    """decimate (six or two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
     bit, at every factor the rates give, odd lead counts, partial last blocks, NaN / inf and float32 input."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_decimate_matches_reference")
     for D in (1, 2, 3, 4, 5, 6, 8, 11):
-        for L in (1, 2, 3, 12):
+        for L in (1, 2, 3, 7, 12, 13):  # (six leads at a time for D = 2, 4, 8, then pairs, then an odd one)
             S = int(rng.integers(D, 40 * D))
             x = rng.normal(size=(L, S)) * 10.0 ** rng.uniform(-3, 3)
             x[rng.random(size=x.shape) < 0.02] = rng.choice([np.nan, np.inf, -np.inf])
