@@ -53,6 +53,9 @@ ECT_RESET = 1.3  # evidence: absent after the beats followed by shorter gaps (>=
 # holding one; an ectopic beat leaves a long gap, a T wave follows every beat), see absent_elsewhere ...
 ECT_UNLIKE_COS = 0.7  # ... or, every gap holding one (bigeminy), a lead pattern unlike its beat's (|cosine| under
 ECT_PAUSE = 1.5  # this) and an interval to the next beat >= ECT_PAUSE x its coupling, see unlike_its_beats
+ECT_T_LAG_FRAC = 0.75  # a coupled one is the record's T wave when this fraction (of >= ECT_T_LAG_MIN) of the gaps
+ECT_T_LAG_MIN = 3  # without one hold a wave at its coupling with its lead pattern (see follows_every_beat)
+ECT_T_LAG_LEADS = 3  # ... judged in records of at least this many leads (one lead's pattern is alike everywhere)
 ECT_MIN_PAUSE = 1.5  # rescued ones leave a pause: their median interval to the next beat >= this x their coupling
 # (a compensatory pause: >= 1.86x at couplings up to 0.7 RR; a T wave beside a low, wide QRS at 1-1.5x)
 ECT_EDGE_EW_S = 0.1  # before the first and after the last beat, one like the found coupled beats may be this broad
@@ -995,12 +998,13 @@ def median_t_wave(cand, m, F, beats, refr, twave, guard):
 
 
 @njit(cache=True, nogil=True)
-def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
+def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v, d, scales, h, E, tol):
     """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
     low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
     (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy) and above min_v (ECTOPIC_MIN_THR x the final
-    threshold: a slow-rising ectopic beat can have a fifth of a sinus beat's envelope). Returns the beats with the
-    rescued ones, in time order."""
+    threshold: a slow-rising ectopic beat can have a fifth of a sinus beat's envelope), unless it follows the other
+    beats too, at its lag and with its lead pattern (follows_every_beat: the record's T wave, tall in AF). Returns
+    the beats with the rescued ones, in time order."""
     nb = beats.shape[0]
     if nb < 4:
         return beats
@@ -1015,6 +1019,8 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
     for j in range(nb):
         qb[j] = F[0, beats[j]]
     min_q = ECTOPIC_MIN_Q * median_of(qb)
+    skip = np.zeros(nb, np.bool_)
+    v = np.empty(d.shape[0], np.float64)
     out = np.empty(2 * nb, np.int64)
     no = 0
     for j in range(nb):
@@ -1032,8 +1038,14 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v):
             if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
         if best >= 0:
-            out[no] = best
-            no += 1
+            lead_pattern(d, scales, cand[best], h, v)
+            skip[j] = True
+            t_wave = follows_every_beat(cand, beats, skip, steepest(E, cand[best], h) - steepest(E, a, h), v, F, d,
+                                        scales, h, E, tol, refr)
+            skip[j] = False
+            if not t_wave:
+                out[no] = best
+                no += 1
     return out[:no]
 
 
@@ -1152,7 +1164,8 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
     ms) and however the earlier T-wave tests judged them beside the sinus beat. One as broad as a T wave beside a
     low QRS (coupled_like: 2) needs the rhythm's or the morphologies' evidence too (absent_elsewhere,
-    unlike_its_beats). Then the record's head and tail are
+    unlike_its_beats), and none may follow the other beats too, at its lag and with its lead pattern
+    (follows_every_beat: the record's T wave). Then the record's head and tail are
     searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
     one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
     nb = beats.shape[0]
@@ -1233,6 +1246,15 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, cpd, P, tol):
                     ok[i] = True
                     break
+    # a wave that follows the other beats too, at its lag and with its lead pattern, is the record's T wave (in
+    # atrial fibrillation the pause after a tall T wave is as random as after a beat)
+    skip = np.zeros(nb, np.bool_)
+    for k in range(npool):
+        skip[gap[k]] = kind[k] != 2
+    for i in range(npool):
+        if ok[i] and kind[i] == 1 and follows_every_beat(cand, beats, skip, cpl[i], P[i], F, d, scales, h, E, tol,
+                                                         refr):
+            ok[i] = False
     # rescued ones leave a pause after them (the median over those alike): the next beat comes soon after a T wave
     # as steep and as narrow as a low, wide QRS (one of a higher shape value than the beat before it is no T wave)
     ratio = np.empty(npool, np.float64)
@@ -1358,6 +1380,42 @@ def absent_elsewhere(cand, beats, i, gap, npool, qv, cpl, cpd, P, F, d, scales, 
         if ECT_RESET * (b - a) > min_hold:
             return False
     return n_without >= 2 and 4 * n_without >= n_gaps
+
+
+@njit(cache=True, nogil=True)
+def follows_every_beat(cand, beats, skip, lag, p, F, d, scales, h, E, tol, refr):
+    """The rhythm's evidence against an early candidate at interval lag (between steepest instants) after its beat,
+    of lead pattern p: a T wave follows every beat at its lag, an ectopic beat only some. True when the record has
+    >= ECT_T_LAG_LEADS leads and >= ECT_T_LAG_MIN inner gaps not in skip (the gaps holding such candidates) and
+    long enough to hold one, and ECT_T_LAG_FRAC of them hold a wave at that lag (within tol) with a lead pattern
+    like p (|cosine| >= ECT_GROUP_COS) and at least ECT_Q x the shape value of the beat before it (not a flat
+    stretch's ripple), however tall (a T wave's height varies from beat to beat; in AF the tallest pass as early
+    beats, and the pause after them is as random as after a beat)."""
+    nb = beats.shape[0]
+    L = d.shape[0]
+    n_leads = 0
+    for l in range(L):
+        n_leads += scales[l] > 0.0
+    if n_leads < ECT_T_LAG_LEADS:
+        return False
+    v = np.empty(L, np.float64)
+    n_gaps = 0
+    n_held = 0
+    for j in range(nb - 1):
+        a = cand[beats[j]]
+        b = cand[beats[j + 1]]
+        if skip[j] or b - a < lag + refr:
+            continue  # a gap with such a candidate of its own, or too short to hold one
+        n_gaps += 1
+        sa = steepest(E, a, h)
+        for cj in range(beats[j] + 1, beats[j + 1]):
+            if abs(steepest(E, cand[cj], h) - sa - lag) > tol or F[0, cj] < ECT_Q * F[0, beats[j]]:
+                continue
+            lead_pattern(d, scales, cand[cj], h, v)
+            if pattern_cos(v, p) >= ECT_GROUP_COS:
+                n_held += 1
+                break
+    return n_gaps >= ECT_T_LAG_MIN and n_held >= ECT_T_LAG_FRAC * n_gaps
 
 
 @njit(cache=True, nogil=True)
@@ -1531,7 +1589,7 @@ def decide(m, E, d, valid, scales, weights, fd, xd, finite):
     kept = rescue_coupled(cand, m, F, kept, refr, ECTOPIC_MIN_THR * threshold(spk, npk), fd, d, scales,
                           max(1, int(round(0.5 * MWI_S * fd))), E)
     keep = rescue_ectopic(cand, m, F, kept, refr, twave, max(1, int(round(MWI_S * fd))),
-                          ECTOPIC_MIN_THR * threshold(spk, npk))
+                          ECTOPIC_MIN_THR * threshold(spk, npk), d, scales, hs, E, ECT_GROUP_TOL_S * fd)
     out = np.empty(keep.shape[0], np.int64)
     for j in range(keep.shape[0]):
         out[j] = cand[keep[j]]
