@@ -1002,9 +1002,10 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v, d, scales, h, E
     """Beats taken for T waves in a long gap: an early wide ectopic beat (a PVC soon after a beat has a T wave's
     low slope) is found in the gap its compensatory pause leaves, as a peak far above the record's usual T wave
     (ECTOPIC_VS_T x its shape value, ECTOPIC_MWI_VS_T x its energy) and above min_v (ECTOPIC_MIN_THR x the final
-    threshold: a slow-rising ectopic beat can have a fifth of a sinus beat's envelope), unless it follows the other
-    beats too, at its lag and with its lead pattern (follows_every_beat: the record's T wave, tall in AF). Returns
-    the beats with the rescued ones, in time order."""
+    threshold: a slow-rising ectopic beat can have a fifth of a sinus beat's envelope), unless it is T-like beside
+    its beat (under T_SHAPE_RATIO of its shape value) and follows the other beats too, at its lag and with its lead
+    pattern (follows_every_beat: the record's T wave, tall in AF). Returns the beats with the rescued ones, in time
+    order."""
     nb = beats.shape[0]
     if nb < 4:
         return beats
@@ -1037,7 +1038,10 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v, d, scales, h, E
                 continue
             if m[tc] > ECTOPIC_MWI_VS_T * tm and F[0, cj] > ECTOPIC_VS_T * tq and (best < 0 or F[0, cj] > F[0, best]):
                 best = cj
-        if best >= 0:
+        if best >= 0 and F[0, best] >= T_SHAPE_RATIO * qb[j]:
+            out[no] = best
+            no += 1
+        elif best >= 0:
             lead_pattern(d, scales, cand[best], h, v)
             skip[j] = True
             t_wave = follows_every_beat(cand, beats, skip, steepest(E, cand[best], h) - steepest(E, a, h), v, F, d,
@@ -1164,10 +1168,11 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
     burst does not. Taller, shorter, wider and inverted ectopic beats pass, whatever the coupling interval (>= 300
     ms) and however the earlier T-wave tests judged them beside the sinus beat. One as broad as a T wave beside a
     low QRS (coupled_like: 2) needs the rhythm's or the morphologies' evidence too (absent_elsewhere,
-    unlike_its_beats), and none may follow the other beats too, at its lag and with its lead pattern
-    (follows_every_beat: the record's T wave). Then the record's head and tail are
-    searched for one at one of the found coupling intervals, with a similar lead pattern (before the first beat: at
-    one of their intervals to the next beat). Returns the beats with the found ones, in time order."""
+    unlike_its_beats), and none T-like beside its beat (under T_SHAPE_RATIO of its shape value) may follow the
+    other beats too, at its lag and with its lead pattern (follows_every_beat: the record's T wave). Then the
+    record's head and tail are searched for one at one of the found coupling intervals, with a similar lead pattern
+    (before the first beat: at one of their intervals to the next beat). Returns the beats with the found ones, in
+    time order."""
     nb = beats.shape[0]
     nc = cand.shape[0]
     L = d.shape[0]
@@ -1246,14 +1251,15 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
                 if kind[k] == 3 and ok[k] and similar(i, k, qv, cpl, cpd, P, tol):
                     ok[i] = True
                     break
-    # a wave that follows the other beats too, at its lag and with its lead pattern, is the record's T wave (in
-    # atrial fibrillation the pause after a tall T wave is as random as after a beat)
+    # a wave that follows the other beats too, at its lag and with its lead pattern, and that the T-wave test judged
+    # T-like beside its beat (under T_SHAPE_RATIO of its shape value), is the record's T wave (in atrial
+    # fibrillation the pause after a tall T wave is as random as after a beat)
     skip = np.zeros(nb, np.bool_)
     for k in range(npool):
         skip[gap[k]] = kind[k] != 2
     for i in range(npool):
-        if ok[i] and kind[i] == 1 and follows_every_beat(cand, beats, skip, cpl[i], P[i], F, d, scales, h, E, tol,
-                                                         refr):
+        if (ok[i] and kind[i] == 1 and qv[i] < T_SHAPE_RATIO * F[0, beats[gap[i]]]
+                and follows_every_beat(cand, beats, skip, cpl[i], P[i], F, d, scales, h, E, tol, refr)):
             ok[i] = False
     # rescued ones leave a pause after them (the median over those alike): the next beat comes soon after a T wave
     # as steep and as narrow as a low, wide QRS (one of a higher shape value than the beat before it is no T wave)
