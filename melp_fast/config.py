@@ -48,6 +48,10 @@ class ModelConfig:
     # RR irregularity; model/beat_timing.py) embedded by a small MLP and added to the beat's encoder tokens before
     # the transformer. Off when absent, so a model saved before it loads and behaves as it did; on in the presets
     beat_timing: bool = False
+    # the beat timing read from the beat spans in samples (2 ms at 500 Hz; the batch's "beat_seconds") instead of the
+    # 32 ms token spans, whose rounding is as large as a regular rhythm's variation. Off when absent (models saved
+    # before it read the token spans); on in the presets
+    beat_timing_samples: bool = False
     # Token level: attentional pooler feeding the captioning decoder.
     caption_queries: int = 128
     caption_pool_heads: int = 8

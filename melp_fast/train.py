@@ -98,6 +98,8 @@ def pad_static(batch: dict, beats: int, tokens: int, pad_id: int) -> dict:
                          f"fit {beats} slots and {tokens} tokens")
     out["beat_spans"] = F.pad(batch["beat_spans"], (0, 0, 0, beats - k))
     out["beat_mask"] = F.pad(batch["beat_mask"], (0, beats - k), value=False)
+    if "beat_seconds" in batch:
+        out["beat_seconds"] = F.pad(batch["beat_seconds"], (0, beats - k))
     for key, fill in {"input_ids": pad_id, **TEXT_PAD}.items():
         out[key] = F.pad(batch[key], (0, tokens - batch[key].shape[1]), value=fill)
     return out

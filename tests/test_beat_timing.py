@@ -4,12 +4,13 @@ saved before the switch existed."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from melp_fast.model.beat_timing import FEATURES, BeatTimingEmbedding, beat_timing_features, masked_median, spread_to_tokens
 from melp_fast.model.melp import MELP
-from helpers import rng_for, tiny_cfg
+from helpers import rng_for, seed_for, tiny_cfg
 
 SPT = 16 / 500  # seconds per token
 
@@ -131,10 +132,11 @@ def test_padding_with_masked_slots_changes_nothing():
 def test_presets_turn_it_on_and_a_config_without_the_key_leaves_it_off():
     from melp_fast.config import Config, get_preset
 
-    assert get_preset("tiny").model.beat_timing and get_preset("paper").model.beat_timing
+    for name in ("tiny", "paper"):
+        assert get_preset(name).model.beat_timing and get_preset(name).model.beat_timing_samples
     d = get_preset("tiny").to_dict()
-    del d["model"]["beat_timing"]
-    assert Config.from_dict(d).model.beat_timing is False
+    del d["model"]["beat_timing"], d["model"]["beat_timing_samples"]
+    assert Config.from_dict(d).model.beat_timing is False and Config.from_dict(d).model.beat_timing_samples is False
 
 
 def test_a_model_saved_before_beat_timing_loads_and_behaves_as_before(tmp_path):
@@ -153,3 +155,77 @@ def test_a_model_saved_before_beat_timing_loads_and_behaves_as_before(tmp_path):
     spans, mask = torch.tensor([[[0, 20], [20, 45], [45, 62]]]), torch.ones(1, 3, dtype=torch.bool)
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_ecg(ecg, spans, mask)["rhythm"], model.encode_ecg(ecg, spans, mask)["rhythm"])
+
+
+def test_durations_in_seconds_replace_the_token_spans():
+    # the same six spans as the hand computation, with durations measured finer than a token: the features follow
+    # the given durations, and durations equal to the token spans' give the token features exactly
+    spans = torch.tensor([[[0, 10], [10, 30], [30, 49], [49, 70], [70, 90], [90, 100]]])
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    from_tokens, _ = beat_timing_features(spans, mask, SPT)
+    same, _ = beat_timing_features(spans, mask, SPT, (spans[..., 1] - spans[..., 0]).float() * SPT)
+    torch.testing.assert_close(same, from_tokens)
+    secs = torch.tensor([[0.31, 0.640, 0.602, 0.671, 0.645, 0.33]])  # interior 0.640, 0.602, 0.671, 0.645 s
+    f, timed = beat_timing_features(spans, mask, SPT, secs)
+    col = {name: f[0, :, i].tolist() for i, name in enumerate(FEATURES)}
+    d = [0.640, 0.640, 0.602, 0.671, 0.645, 0.645]  # the edges take their interior neighbour's duration
+    assert timed.all()
+    assert col["log_interval"] == pytest.approx([math.log(x) for x in d], abs=1e-6)
+    steps = sorted(abs(math.log(b / a)) for a, b in [(0.640, 0.602), (0.602, 0.671), (0.671, 0.645)])
+    assert col["irregularity"] == pytest.approx([10 * steps[1]] * 6, abs=1e-5)
+    lag2 = [abs(math.log(0.671 / 0.640)), abs(math.log(0.645 / 0.602))]
+    assert col["irregularity_lag2"] == pytest.approx([10 * sum(lag2) / 2] * 6, abs=1e-5)
+    # masked slots holding 0 s stay finite and carry nothing
+    f0, t0 = beat_timing_features(spans, torch.zeros(1, 6, dtype=torch.bool), SPT, torch.zeros(1, 6))
+    assert torch.isfinite(f0).all() and not t0.any() and (f0 == 0).all()
+
+
+@pytest.mark.parametrize("samples", [True, False])
+def test_beat_seconds_are_read_only_with_beat_timing_samples(samples):
+    torch.manual_seed(11)
+    model = MELP(tiny_cfg(beat_timing=True, beat_timing_samples=samples).model).eval()
+    ecg = torch.rand(1, 12, 5000, generator=torch.Generator().manual_seed(11))
+    spans, mask = torch.tensor([[[0, 20], [20, 45], [45, 62], [62, 90], [90, 100]]]), torch.ones(1, 5, dtype=torch.bool)
+    exact = (spans[..., 1] - spans[..., 0]).float() * SPT
+    with torch.no_grad():
+        no_seconds = model.encode_ecg(ecg, spans, mask)["tokens"]
+        same = model.encode_ecg(ecg, spans, mask, exact)["tokens"]
+        finer = model.encode_ecg(ecg, spans, mask, exact + torch.tensor([[0.0, 0.010, -0.012, 0.006, 0.0]]))["tokens"]
+    torch.testing.assert_close(same, no_seconds)  # without beat_seconds: the token spans' durations
+    if samples:
+        assert (finer - same).abs().max() > 1e-4
+    else:
+        torch.testing.assert_close(finer, same)
+
+
+def test_the_dataset_and_ecg_batch_give_the_durations_of_the_spans_in_samples(tmp_path):
+    from melp_fast.data import synthetic
+    from melp_fast.data.dataset import Collate, ECGTextDataset
+    from melp_fast.data.store import build_synthetic_store
+    from melp_fast.inference.generate import ecg_batch
+    from melp_fast.train import pad_static
+
+    seed = seed_for("beat-seconds-store")
+    store = build_synthetic_store(tmp_path / "s", "train", 6, seed=seed, max_beats=32)
+    ds = ECGTextDataset(store, stride=16)
+    _, sample_spans, n_beats = store.read(np.arange(len(ds)))
+    b = ds.batch(np.arange(len(ds)))
+    secs, mask = b["beat_seconds"], b["beat_mask"]
+    assert secs.dtype == torch.float32 and secs.shape == mask.shape and int(mask.sum()) == int(n_beats.sum()) > 0
+    want = np.zeros(tuple(mask.shape), np.float32)
+    for i in range(len(ds)):
+        k = int(n_beats[i])
+        want[i, :k] = (sample_spans[i, :k, 1] - sample_spans[i, :k, 0]) / 500.0
+    torch.testing.assert_close(secs, torch.from_numpy(want))
+    # Collate trims it with the beat slots, pad_static pads it with them
+    model = MELP(tiny_cfg(beat_timing=True, beat_timing_samples=True).model).eval()
+    c = Collate(model.tokenizer)(b)
+    assert c["beat_seconds"].shape == c["beat_mask"].shape
+    padded = pad_static(c, 40, c["input_ids"].shape[1], 0)
+    assert padded["beat_seconds"].shape == (len(ds), 40) and (padded["beat_seconds"][:, c["beat_mask"].shape[1]:] == 0).all()
+    # ecg_batch (generation, the real-ECG set) makes it from the same spans in samples
+    one = ecg_batch(synthetic.generate_record(seed, 0).signal, model)
+    n = len(one["spans"])
+    assert n > 2
+    torch.testing.assert_close(one["beat_seconds"][0, :n],
+                               torch.from_numpy((one["spans"][:, 1] - one["spans"][:, 0]) / 500.0).float())

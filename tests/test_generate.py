@@ -39,14 +39,15 @@ def ecg_batch(model, seed=0):
     spans = beat_spans(detect_r_peaks(r.signal, 500), 5000)[:32]
     tok = token_spans(spans, 16, 312)
     return {"ecg": torch.from_numpy(preprocess(r.signal, 500))[None].float(),
-            "beat_spans": torch.from_numpy(tok)[None], "beat_mask": torch.ones(1, len(tok), dtype=torch.bool)}
+            "beat_spans": torch.from_numpy(tok)[None], "beat_mask": torch.ones(1, len(tok), dtype=torch.bool),
+            "beat_seconds": torch.from_numpy((spans[:, 1] - spans[:, 0]) / 500.0)[None].float()}
 
 
 @torch.no_grad()
 def test_next_token_step_matches_training_forward(model):
     b = ecg_batch(model)
     tb = model.tokenizer(["sinus rhythm. left bundle branch block."])
-    e = model.encode_ecg(b["ecg"], b["beat_spans"], b["beat_mask"])
+    e = model.encode_ecg(b["ecg"], b["beat_spans"], b["beat_mask"], b["beat_seconds"])
     states = model.encode_text(**tb)["states"]
     full = model.decoder(states, model.caption_pool(e["tokens"]), tb["attention_mask"])  # as MELP.forward
     ctx = model.caption_pool(e["tokens"])

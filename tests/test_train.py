@@ -38,7 +38,7 @@ def test_one_process_trains_exports_and_reloads(tmp_path):
     store = Store(tmp_path / "data" / "synthetic-train-32-seed0")
     batch = Collate(model.tokenizer)([ECGTextDataset(store)[i] for i in range(4)])
     with torch.no_grad():
-        z = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])["rhythm"]
+        z = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"], batch["beat_seconds"])["rhythm"]
         t = model.encode_prompts(["atrial fibrillation", "sinus rhythm"])
     assert z.shape == (4, 256) and t.shape == (2, 256)
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(4))

@@ -188,6 +188,6 @@ def test_evaluation_beat_spans_follow_the_model_stride(mini):
         res = {}
         for stride in (8, 16):
             b = ECGTextDataset(mini, stride=stride, indices=idx).batch(np.arange(6))
-            res[stride] = model.encode_ecg(b["ecg"], b["beat_spans"], b["beat_mask"])["rhythm"].numpy()
+            res[stride] = model.encode_ecg(b["ecg"], b["beat_spans"], b["beat_mask"], b["beat_seconds"])["rhythm"].numpy()
     np.testing.assert_allclose(got, res[8], atol=1e-5)
     assert np.abs(got - res[16]).max() > 1e-3

@@ -70,7 +70,8 @@ class ECGTextDataset(Dataset):
 
     def batch(self, idx) -> dict:
         """A stacked batch of dataset positions ``idx``: ecg float32 [b, leads, samples], beat_spans int64
-        [b, max_beats, 2] in token units, beat_mask [b, max_beats], labels, index (store index), reports."""
+        [b, max_beats, 2] in token units, beat_mask [b, max_beats], beat_seconds float32 [b, max_beats] (each span's
+        duration in seconds from the spans in samples; 0 where masked), labels, index (store index), reports."""
         g = self._global(idx)
         keep = None
         if self.lead_mask_p > 0:
@@ -88,9 +89,12 @@ class ECGTextDataset(Dataset):
         b, K = len(g), self.max_beats
         mask = np.arange(K)[None, :] < nb[:, None]
         tok = np.zeros((b, K, 2), dtype=np.int64)
+        seconds = np.zeros((b, K), dtype=np.float32)
         if mask.any():
             tok[mask] = _token_spans(spans[mask].astype(np.int64), self.stride, self.n_tokens)
+            seconds[mask] = (spans[mask, 1] - spans[mask, 0]) / float(self.store.meta["fs"])
         out = {"ecg": ecg, "beat_spans": torch.from_numpy(tok), "beat_mask": torch.from_numpy(mask),
+               "beat_seconds": torch.from_numpy(seconds),
                "index": torch.from_numpy(g.copy()), "reports": self.store.reports_of(g)}
         if self.labels is not None:
             out["labels"] = self.labels[torch.from_numpy(g)]
@@ -102,6 +106,7 @@ class ECGTextDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         b = self.batch([int(i)])
         item = {"ecg": b["ecg"][0], "beat_spans": b["beat_spans"][0], "beat_mask": b["beat_mask"][0],
+                "beat_seconds": b["beat_seconds"][0],
                 "report": b["reports"][0], "index": int(b["index"][0])}
         if "labels" in b:
             item["labels"] = b["labels"][0]
@@ -137,14 +142,17 @@ class Collate:
         if isinstance(items, dict):
             batch = dict(items)
         else:
-            batch = {k: torch.stack([it[k] for it in items]) for k in ("ecg", "beat_spans", "beat_mask")}
+            batch = {k: torch.stack([it[k] for it in items]) for k in ("ecg", "beat_spans", "beat_mask", "beat_seconds")
+                     if k in items[0]}
             if "labels" in items[0]:
                 batch["labels"] = torch.stack([it["labels"] for it in items])
             batch["index"] = torch.tensor([it["index"] for it in items])
             batch["reports"] = [it["report"] for it in items]
         # trim beat slots to the longest in the batch (at least one slot)
         k = max(int(batch["beat_mask"].sum(1).max()), 1)
-        batch["beat_spans"], batch["beat_mask"] = batch["beat_spans"][:, :k], batch["beat_mask"][:, :k]
+        for key in ("beat_spans", "beat_mask", "beat_seconds"):
+            if key in batch:
+                batch[key] = batch[key][:, :k]
         batch.update(self.tokenize(batch["reports"]))
         return batch
 

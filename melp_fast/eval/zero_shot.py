@@ -68,7 +68,8 @@ def embed_store(model, store: Store, batch_size: int = 64, desc: str = "embed", 
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=Collate(model.tokenizer))
     rhythm, feats = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, mininterval=2.0):
-        out = model.encode_ecg(batch["ecg"].to(device), batch["beat_spans"].to(device), batch["beat_mask"].to(device))
+        out = model.encode_ecg(batch["ecg"].to(device), batch["beat_spans"].to(device), batch["beat_mask"].to(device),
+                               batch["beat_seconds"].to(device))
         rhythm.append(out["rhythm"].float().cpu())
         feats.append(out["features"].float().cpu())
     d = rhythm[0].shape[1] if rhythm else 0

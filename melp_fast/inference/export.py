@@ -1,7 +1,8 @@
 """Export of trained weights (safetensors + config + text-encoder config/tokenizer) and loading them back.
 
     model = melp_fast.load_model("runs/tiny/model")
-    z = model.encode_ecg(ecg, beat_spans, beat_mask)["rhythm"];  t = model.encode_prompts(["atrial fibrillation"])
+    z = model.encode_ecg(ecg, beat_spans, beat_mask, beat_seconds)["rhythm"];  t = model.encode_prompts(["atrial fibrillation"])
+    (the four as inference.generate.ecg_batch makes them from a raw record)
 Loading never touches the network: the text encoder is rebuilt from the saved config, then all weights load.
 """
 

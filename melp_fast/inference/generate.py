@@ -51,7 +51,8 @@ def load_ecg(path, model) -> dict:
 
 def ecg_batch(raw: np.ndarray, model) -> dict:
     """A raw 12-lead signal (mV, 500 Hz, [12, 5000], canonical lead order) as a model batch of one, the way the
-    store makes it: ecg [1, 12, 5000] (high-pass + min-max), beat_spans [1, K, 2] (token units), beat_mask [1, K];
+    store makes it: ecg [1, 12, 5000] (high-pass + min-max), beat_spans [1, K, 2] (token units), beat_mask [1, K],
+    beat_seconds [1, K] (each span's duration in seconds, from the spans in samples);
     with the raw signal, the beat spans in samples and the R peaks for plotting. Limb leads that are all zero are
     derived from the others first (``data.leads.complete_leads``; ``missing_leads``, ``derived_leads``)."""
     from ..data.leads import complete_leads
@@ -68,12 +69,15 @@ def ecg_batch(raw: np.ndarray, model) -> dict:
     K = max(len(spans), 1)
     tok = np.zeros((K, 2), dtype=np.int64)
     mask = np.zeros(K, dtype=bool)
+    seconds = np.zeros(K, dtype=np.float32)
     if len(spans):
         tok[: len(spans)] = beatlib.token_spans(spans, model.ecg.stride, n_tokens)
         mask[: len(spans)] = True
+        seconds[: len(spans)] = (spans[:, 1] - spans[:, 0]) / FS
     device = model.logit_scale.device
     return {"ecg": torch.from_numpy(x)[None].float().to(device), "beat_spans": torch.from_numpy(tok)[None].to(device),
-            "beat_mask": torch.from_numpy(mask)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks,
+            "beat_mask": torch.from_numpy(mask)[None].to(device),
+            "beat_seconds": torch.from_numpy(seconds)[None].to(device), "raw": raw, "spans": spans, "r_peaks": r_peaks,
             "missing_leads": missing, "derived_leads": derived}
 
 
@@ -106,7 +110,7 @@ def generate_ids(model, batch: dict, method: str = "greedy", beam_width: int = 4
     tok = model.text.tokenizer
     cls, sep = tok.cls_token_id, tok.sep_token_id
     max_len = max_len or model.cfg.max_text_len - 2
-    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])
+    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"], batch.get("beat_seconds"))
     context = model.caption_pool(e["tokens"])[:1]
     banned = _banned(model)
     device = context.device
@@ -179,7 +183,7 @@ def sentence_attention(model, batch: dict, report: str, t1: float | None = None,
         t1 = getattr(getattr(model, "config", None), "loss", None)
         t1 = t1.t1 if t1 is not None else 4.0
     sentences = split_sentences(report)[: model.tokenizer.max_sentences]
-    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"])
+    e = model.encode_ecg(batch["ecg"], batch["beat_spans"], batch["beat_mask"], batch.get("beat_seconds"))
     device = model.logit_scale.device
     tb = {k: v.to(device) for k, v in model.tokenizer([report]).items()}
     t = model.encode_text(**tb)

@@ -81,17 +81,20 @@ class ECGEncoder(nn.Module):
             n_samples //= 2
         return n_samples
 
-    def forward(self, ecg: torch.Tensor, beat_spans=None, beat_mask=None) -> torch.Tensor:
+    def forward(self, ecg: torch.Tensor, beat_spans=None, beat_mask=None, beat_seconds=None) -> torch.Tensor:
         """ecg [B, leads, samples] -> tokens [B, T, width]. With model.beat_timing, each beat's timing embedding is
         added to its tokens (beat_spans [B, K, 2] in token units, beat_mask [B, K]); without spans nothing is added,
-        as for a record with no detected beat."""
+        as for a record with no detected beat. With model.beat_timing_samples the timing is read from beat_seconds
+        [B, K] (each span's duration in seconds from the spans in samples, as data.dataset and
+        inference.generate.ecg_batch give it); a caller without it gets the durations of the token spans (to 32 ms)."""
         x = self.features(ecg.to(self.proj.weight.dtype))
         if self.training and self.cfg.conv_grad_scale != 1.0:
             x = _GradScale.apply(x, self.cfg.conv_grad_scale)
         x = self.drop(self.proj(self.feature_norm(x.transpose(1, 2))))
         x = self.pos_norm(x + self.pos(x))
         if self.timing is not None and beat_spans is not None and beat_mask is not None:
-            x = x + self.timing(beat_spans, beat_mask, x.shape[1], x.dtype)
+            durations = beat_seconds if self.cfg.beat_timing_samples else None
+            x = x + self.timing(beat_spans, beat_mask, x.shape[1], x.dtype, durations)
         for layer in self.layers:
             x = layer(x)
         return x

@@ -71,8 +71,8 @@ class MELP(nn.Module):
     def clamp_logit_scale(self):
         self.logit_scale.data.clamp_(0.0, self.cfg.logit_scale_max)
 
-    def encode_ecg(self, ecg, beat_spans=None, beat_mask=None) -> dict:
-        tokens = self.ecg(ecg, beat_spans, beat_mask)
+    def encode_ecg(self, ecg, beat_spans=None, beat_mask=None, beat_seconds=None) -> dict:
+        tokens = self.ecg(ecg, beat_spans, beat_mask, beat_seconds)
         out = self.beat_pool(tokens, beat_spans, beat_mask)
         out["tokens"] = tokens
         return out
@@ -81,7 +81,7 @@ class MELP(nn.Module):
         return self.text(input_ids, attention_mask, sent_ids, eos_pos)
 
     def forward(self, batch: dict) -> ModelOutput:
-        e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"))
+        e = self.encode_ecg(batch["ecg"], batch.get("beat_spans"), batch.get("beat_mask"), batch.get("beat_seconds"))
         t = self.encode_text(batch["input_ids"], batch["attention_mask"], batch["sent_ids"], batch["eos_pos"])
         # the caption head runs in the loss on (hidden, the head's weight and bias, targets), with or without
         # [tokens, vocabulary] logits; positions without a target (-100: padding, the end token) weigh 0. The
