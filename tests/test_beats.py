@@ -397,6 +397,77 @@ def test_decimate_matches_reference():
                 assert np.array_equal(got, ref, equal_nan=True), (D, L, S, a.dtype)
 
 
+def test_r_point_fast_paths_match_references():
+    """extrema_ma_finite (an all-finite lead: integer order-key reductions, then the first sample of each extreme)
+    gives extrema's (index, value) pairs bit for bit, with ties, plateaus, zeros, one-flank and no-flank windows and
+    float32; pick_lead told which leads are all finite picks the lead it picks by scanning; median_ranked (ranks
+    counted without a sort) equals median_of, with ties, signed zeros and NaN."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_r_point_fast_paths_match_references")
+    n_tie = 0
+    for _ in range(600):
+        n = int(rng.integers(5, 200))
+        xl = np.cumsum(rng.normal(size=n)) * 10.0 ** rng.uniform(-3, 3)
+        if rng.random() < 0.3:  # plateaus and repeated values: ties in the window
+            xl = np.round(xl / np.abs(xl).max() * 4.0)
+            n_tie += 1
+        if rng.random() < 0.1:
+            xl[:] = 0.0
+        if rng.random() < 0.3:
+            xl = xl.astype(np.float32)
+        c = int(rng.integers(0, n))
+        w, h = int(rng.integers(0, 30)), int(rng.integers(0, 60))
+        lo = int(rng.integers(0, c + 1))
+        hi = int(rng.integers(c + 1, n + 1))
+        m = int(rng.integers(0, 4))
+        got = det.extrema_ma_finite(xl, c, w, h, lo, hi, m)
+        ref = det.extrema(xl, c, w, h, lo, hi, m)
+        assert got[0] == ref[0] and got[2] == ref[2], (n, c, w, h, lo, hi, m, got, ref)
+        for a, b in ((got[1], ref[1]), (got[3], ref[3])):
+            assert a == b and np.signbit(a) == np.signbit(b), (n, c, w, h, lo, hi, m, got, ref)
+    assert n_tie > 100
+    for _ in range(300):
+        L, S = int(rng.integers(1, 8)), int(rng.integers(1, 60))
+        x = rng.normal(size=(L, S))
+        x[rng.random(size=x.shape) < rng.choice([0.0, 0.05, 0.5])] = rng.choice([np.nan, np.inf])
+        amp = rng.uniform(0.0, 2.0, L) * (rng.random(L) < 0.8)
+        order = np.argsort(-amp)
+        raw = np.isfinite(x).all(axis=1)
+        a = int(rng.integers(0, S))
+        e = int(rng.integers(a, S + 1))
+        assert det.pick_lead(x, order, amp, a, e, raw) == det.pick_lead(x, order, amp, a, e, np.zeros(L, bool))
+    for n in list(range(0, 40)) * 5 + [60]:
+        a = rng.normal(size=n)
+        if n > 3:
+            a[rng.integers(0, n, 2)] = a[0]  # ties
+            a[rng.integers(0, n, 2)] = rng.choice([0.0, -0.0], size=2)
+        if n > 0 and rng.random() < 0.1:
+            a[rng.integers(0, n)] = np.nan
+        want = det.median_of(a)
+        got = det.median_ranked(a)
+        assert (got == want and np.signbit(got) == np.signbit(want)) or (np.isnan(got) and np.isnan(want)), a.tolist()
+
+
+def test_envelope_peak_helpers_match_references():
+    """candidates (branch-free: written every sample, kept by the count) equals the local maxima of m (plateaus: their
+    first sample), and steepest (a max reduction, then its first sample) equals the plain scan, on random envelopes
+    with plateaus, zeros and ties, windows at and across the record edges."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_envelope_peak_helpers_match_references")
+    for _ in range(300):
+        nd = int(rng.integers(0, 120))
+        m = np.round(rng.exponential(size=nd) * rng.choice([1.0, 4.0]), int(rng.integers(0, 3)))
+        m[rng.random(size=nd) < 0.2] = 0.0
+        n = np.arange(1, max(1, nd - 1))
+        ref = n[(m[n] > 0) & (m[n] > m[n - 1]) & (m[n] >= m[np.minimum(n + 1, nd - 1)])] if nd > 2 else n[:0]
+        assert np.array_equal(det.candidates(m), ref), m.tolist()
+        for _ in range(5 if nd else 0):
+            t, h = int(rng.integers(0, nd)), int(rng.integers(0, 12))
+            assert det.steepest(m, t, h) == det.steepest_reference(m, t, h), (m.tolist(), t, h)
+
+
 def test_moving_average_matches_reference():
     """moving_average (2m + 1 vectorised passes inside the record) equals the plain per-sample sums bit for bit,
     windows at and across both record edges, NaN, float32."""

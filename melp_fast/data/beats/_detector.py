@@ -101,6 +101,37 @@ def median_of(a):
     return (b[n // 2 - 1] + b[n // 2]) / 2
 
 
+@njit(cache=True, nogil=True)
+def median_ranked(a):
+    """median_of(a) without sorting: each value's rank is the number of values below it plus the equal ones before it
+    (its place in a stable sort), counted without branches (an insertion sort's exits mispredict on every record's
+    new data); the values of ranks (n - 1) // 2 and n // 2 are the sorted array's middle ones, so the median is the
+    same. With a NaN, or over 32 values (n^2 counts), median_of."""
+    n = a.shape[0]
+    if n == 0 or n > 32:
+        return median_of(a)
+    k1 = (n - 1) // 2
+    k2 = n // 2
+    v1 = 0.0
+    v2 = 0.0
+    bad = False
+    for i in range(n):
+        ai = a[i]
+        bad |= ai != ai
+        r = 0
+        for j in range(i):
+            r += a[j] <= ai
+        for j in range(i + 1, n):
+            r += a[j] < ai
+        v1 = ai if r == k1 else v1
+        v2 = ai if r == k2 else v2
+    if bad:
+        return median_of(a)
+    if n % 2 == 1:
+        return v2
+    return (v1 + v2) / 2
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 1-3. filters: decimation, the per-lead band-pass slope, lead scale / quality, the combined QRS envelope
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,7 +400,7 @@ def lead_scale(d, valid, wlen):
             m += 1
     if m == 0 or cnt == 0.0:
         return 0.0, 0.0
-    scale = median_of(vals[:m])
+    scale = median_ranked(vals[:m])
     mean = tot / cnt
     if not (scale > 0.0) or not (mean > 0.0):
         return 0.0, 0.0
@@ -423,8 +454,9 @@ def envelope(d, valid, scales, weights, fd):
 
 @njit(cache=True, nogil=True)
 def lead_signals(x, D, nd, k, fd):
-    """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite, and
-    each lead's scale (0: dropped) and weight (from its quality)."""
+    """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite (after
+    short gaps are filled), each lead's scale (0: dropped) and weight (from its quality), and whether each lead of x
+    is all finite (its decimated lead before any filling: a block with a NaN or inf is non-finite)."""
     L = x.shape[0]
     xd = decimate(x, D, nd)
     d = np.empty((L, nd), np.float64)
@@ -438,9 +470,11 @@ def lead_signals(x, D, nd, k, fd):
     weights = np.zeros(L, np.float64)
     finite = np.zeros(L, np.bool_)
     spare = np.zeros(L, np.float64)
+    raw = np.zeros(L, np.bool_)
     for l in range(L):
         xl = xd[l]
         fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
+        raw[l] = fin
         if not fin:
             fin = fill_short_gaps(xl, gap)
         finite[l] = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
@@ -455,7 +489,7 @@ def lead_signals(x, D, nd, k, fd):
             if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
                 scales[l] = spare[l]
                 weights[l] = 1.0
-    return xd, d, valid, finite, scales, weights
+    return xd, d, valid, finite, scales, weights, raw
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
@@ -490,11 +524,10 @@ def candidates(m):
     nd = m.shape[0]
     cand = np.empty(nd, np.int64)
     nc = 0
-    for n in range(1, nd - 1):
+    for n in range(1, nd - 1):  # written every sample, kept by the count: no branch on the data
         v = m[n]
-        if v > 0.0 and v > m[n - 1] and v >= m[n + 1]:
-            cand[nc] = n
-            nc += 1
+        cand[nc] = n
+        nc += (v > 0.0) & (v > m[n - 1]) & (v >= m[n + 1])
     return cand[:nc]
 
 
@@ -590,14 +623,11 @@ def shape_values(cand, E, mx, valid, scales, weights, h):
         agree = 0.0
         low = 0.0
         wsum = 0.0
-        for l in range(L):
-            if scales[l] == 0.0 or valid[l, t] == 0.0:
-                continue
-            wsum += weights[l]
-            if mx[ci, l] >= AGREE_LEVEL * scales[l]:
-                agree += weights[l]
-            if mx[ci, l] >= ECT_ALL_LEVEL * scales[l]:
-                low += weights[l]
+        for l in range(L):  # selects, not branches (which leads are steep varies from candidate to candidate)
+            w = weights[l] if (scales[l] != 0.0) & (valid[l, t] != 0.0) else 0.0  # (adding 0.0 changes no sum)
+            wsum += w
+            agree += w if mx[ci, l] >= AGREE_LEVEL * scales[l] else 0.0
+            low += w if mx[ci, l] >= ECT_ALL_LEVEL * scales[l] else 0.0
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
         F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
@@ -712,8 +742,7 @@ def is_step(xd, mx, valid, finite, scales, weights, t, w, k):
         if scales[l] != 0.0:
             e = mx[l] / scales[l]
             e = min(e * e, CLIP) * weights[l]
-            if e >= STEP_MIN_WEIGHT:
-                rest += e
+            rest += e if e >= STEP_MIN_WEIGHT else 0.0  # (a select; adding 0.0 changes no sum)
     margin = 1e-9 * rest
     num = 0.0
     den = 0.0
@@ -784,11 +813,10 @@ def median_window_stats(m, wlen, n_windows):
         mx = 0.0
         for n in range(a, b):
             acc += m[n]
-            if m[n] > mx:
-                mx = m[n]
+            mx = m[n] if m[n] > mx else mx  # (a select, not a branch)
         maxs[w] = mx
         means[w] = acc / max(1, b - a)
-    return median_of(maxs), median_of(means)
+    return median_ranked(maxs), median_ranked(means)
 
 
 @njit(cache=True, nogil=True)
@@ -981,7 +1009,7 @@ def median_t_wave(cand, m, F, beats, refr, twave, guard):
             n += 1
     if n < 3:
         return 0.0, 0.0
-    return median_of(tm[:n]), median_of(tq[:n])
+    return median_ranked(tm[:n]), median_ranked(tq[:n])
 
 
 @njit(cache=True, nogil=True)
@@ -1002,11 +1030,11 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v, d, scales, h, E
     rr = np.empty(nb - 1, np.float64)
     for j in range(nb - 1):
         rr[j] = cand[beats[j + 1]] - cand[beats[j]]
-    rr_med = median_of(rr)
+    rr_med = median_ranked(rr)
     qb = np.empty(nb, np.float64)
     for j in range(nb):
         qb[j] = F[0, beats[j]]
-    min_q = ECTOPIC_MIN_Q * median_of(qb)
+    min_q = ECTOPIC_MIN_Q * median_ranked(qb)
     skip = np.zeros(nb, np.bool_)
     v = np.empty(d.shape[0], np.float64)
     out = np.empty(2 * nb, np.int64)
@@ -1259,7 +1287,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             if k == i or similar(i, k, qv, cpl, cpd, P, tol):
                 ratio[n] = aft[k] / max(cpl[k], 1.0)
                 n += 1
-        ok[i] = median_of(ratio[:n]) >= ECT_MIN_PAUSE
+        ok[i] = median_ranked(ratio[:n]) >= ECT_MIN_PAUSE
     out = np.empty(nb + npool + 2, np.int64)
     no = 1  # out[0] is left for an ectopic beat before the first beat
     pi = 0
@@ -1451,6 +1479,20 @@ def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales
 def steepest(E, t, h):
     """The instant of the highest combined squared slope E within +-h of t: where a wave is steepest, whichever of
     its envelope lobes t is on (intervals between beats are measured there)."""
+    a = max(0, t - h)
+    b = min(E.shape[0], t + h + 1)
+    top = abs_max(E, a, b)  # E >= 0: its max (a vectorised reduction; a scan for a larger value mispredicts)
+    if not top > E[t]:
+        return t  # t itself holds the maximum (the scan keeps t unless a larger value comes)
+    for n in range(a, b):  # the first sample of the maximum
+        if E[n] == top:
+            return n
+    return t
+
+
+@njit(cache=True, nogil=True)
+def steepest_reference(E, t, h):
+    """steepest written plainly (the parity reference)."""
     p = t
     for n in range(max(0, t - h), min(E.shape[0], t + h + 1)):
         if E[n] > E[p]:
@@ -1798,6 +1840,77 @@ def extrema(xl, c, w, h, lo, hi, m=0):
 
 
 @njit(cache=True, nogil=True)
+def extrema_ma_finite(xl, c, w, h, lo, hi, m):
+    """extrema(xl, c, w, h, lo, hi, m) for an all-finite lead (the R point's call): the same flank sums without the
+    finiteness checks, and the window's extremes by integer max / min reductions over order keys (see order_key;
+    they vectorise, the float compare-and-select scan does not), then the first sample holding each (extrema keeps
+    the first of equal values). An empty window, m = 0 or a non-finite deviation (overflow) goes to extrema."""
+    a = max(lo, c - w)
+    e = min(hi, c + w + 1)
+    if e <= a or m <= 0:
+        return extrema(xl, c, w, h, lo, hi, m)
+    sl = 0.0
+    nl = 0
+    tl = 0.0
+    for n in range(max(lo, c - h), a):
+        sl += xl[n]
+        tl += n
+        nl += 1
+    sr = 0.0
+    nr = 0
+    tr = 0.0
+    for n in range(e, min(hi, c + h + 1)):
+        sr += xl[n]
+        tr += n
+        nr += 1
+    slope = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        mr = sr / nr
+        t0 = tl / nl
+        slope = (mr - ml) / (tr / nr - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+        t0 = 0.0
+    elif nr > 0:
+        b0 = sr / nr
+        t0 = 0.0
+    else:
+        b0 = 0.0
+        t0 = 0.0
+        for n in range(a, e):
+            b0 += xl[n]
+        b0 /= e - a
+    xs = moving_average(xl, a, e, m)
+    kmax = order_key(-np.inf)
+    kmin = order_key(np.inf)
+    for i in range(e - a):
+        k = order_key(xs[i] - (b0 + slope * ((a + i) - t0)))
+        kmax = max(kmax, k)
+        kmin = min(kmin, k)
+    vmax = _bits_to_float(order_key_inverse(kmax))
+    vmin = _bits_to_float(order_key_inverse(kmin))
+    if not (abs(vmax) < np.inf and abs(vmin) < np.inf):
+        return extrema(xl, c, w, h, lo, hi, m)
+    imax = -1
+    for i in range(e - a):
+        v = xs[i] - (b0 + slope * ((a + i) - t0))
+        if v == vmax:
+            imax = a + i
+            vmax = v  # (the first one's sign of zero, as extrema)
+            break
+    imin = -1
+    for i in range(e - a):
+        v = xs[i] - (b0 + slope * ((a + i) - t0))
+        if v == vmin:
+            imin = a + i
+            vmin = v
+            break
+    return imax, vmax, imin, vmin
+
+
+@njit(cache=True, nogil=True)
 def bounds(dets, b, n, D):
     """[lo, hi) around detection b: the half-way points to its neighbours (decimated indices; full-rate ones when
     D > 0, at block centres), the record edges for the first and last."""
@@ -1845,8 +1958,8 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
                 adev[nv] = abs(best)
                 nv += 1
         if nv > 0:
-            amp[l] = median_of(adev[:nv])
-            sgn[l] = 1.0 if median_of(dev[:nv]) >= 0.0 else -1.0
+            amp[l] = median_ranked(adev[:nv])
+            sgn[l] = 1.0 if median_ranked(dev[:nv]) >= 0.0 else -1.0
     return amp, sgn
 
 
@@ -1878,14 +1991,16 @@ def lead_order(amp, sgn):
 
 
 @njit(cache=True, nogil=True)
-def pick_lead(x, order, amp, a, e):
+def pick_lead(x, order, amp, a, e, raw):
     """The best-ranked lead that is finite over [a, e), else the best-ranked one with any finite sample there;
-    -1 when none."""
+    -1 when none. raw: the leads known to be all finite (not scanned)."""
     L = order.shape[0]
     for oi in range(L):
         l = order[oi]
         if amp[l] <= 0.0:
             break
+        if raw[l]:
+            return l
         ok = True
         for t in range(a, e):
             if not np.isfinite(x[l, t]):
@@ -1904,11 +2019,14 @@ def pick_lead(x, order, amp, a, e):
 
 
 @njit(cache=True, nogil=True)
-def r_point(x, l, c, W, H, sm, sgn, lo, hi):
+def r_point(x, l, c, W, H, sm, sgn, lo, hi, raw_l):
     """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
     (or the opposite one when that is FLIP_RATIO x larger, or when the extremum is on the window's edge and the
-    opposite one is not)."""
-    imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
+    opposite one is not). raw_l: lead l is all finite (extrema_ma_finite)."""
+    if raw_l:
+        imax, vmax, imin, vmin = extrema_ma_finite(x[l], c, W, H, lo, hi, sm)
+    else:
+        imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
     if sgn > 0.0:
         bi, bv, oi, ov = imax, vmax, imin, -vmin
     else:
@@ -1925,9 +2043,10 @@ def r_point(x, l, c, W, H, sm, sgn, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm):
+def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw):
     """R point (full-rate sample) and score (deviation in units of the lead's median QRS deviation) of each
-    detection; -1 for a beat cut by the record edge whose R peak is not inside the record."""
+    detection; -1 for a beat cut by the record edge whose R peak is not inside the record. raw: the leads of x known
+    to be all finite."""
     S = x.shape[1]
     nb = dets.shape[0]
     order = lead_order(amp, sgn)
@@ -1935,13 +2054,13 @@ def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm):
     score = np.empty(nb, np.float64)
     for b in range(nb):
         c = dets[b] * D + D // 2
-        l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1))
+        l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1), raw)
         if l < 0:
             peaks[b] = min(c, S - 1)
             score[b] = 0.0
             continue
         lo, hi = bounds(dets, b, S, D)
-        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi)
+        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi, raw[l])
         peaks[b] = bi
         score[b] = bv / amp[l]
         if (c - W < 0 or c + W >= S) and (score[b] < EDGE_MIN_SCORE or bi < edge or bi >= S - edge):
@@ -1990,7 +2109,7 @@ def detect_core(x, fs):
     k = max(1, int(round(SLOPE_S * fd)))
     if nd < 2 * k + 3:
         return empty
-    xd, d, valid, finite, scales, weights = lead_signals(x, D, nd, k, fd)
+    xd, d, valid, finite, scales, weights, raw = lead_signals(x, D, nd, k, fd)
     if not np.any(scales > 0.0):
         return empty
     E, m = envelope(d, valid, scales, weights, fd)
@@ -2004,7 +2123,7 @@ def detect_core(x, fs):
     H = max(1, int(round(BASE_S * fs)))
     edge = max(1, int(round(EDGE_S * fs)))
     sm = int(round(SMOOTH_S * fs))
-    peaks, score = r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm)
+    peaks, score = r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw)
     return merge_close(peaks, score, fs)
 
 
