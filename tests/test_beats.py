@@ -468,6 +468,46 @@ def test_envelope_peak_helpers_match_references():
             assert det.steepest(m, t, h) == det.steepest_reference(m, t, h), (m.tolist(), t, h)
 
 
+def test_lead_signals_envelope_sums_match_envelope():
+    """The envelope's sums lead_signals adds lead by lead (add_lead while the slope is in the cache), finished by
+    envelope_from_sums, equal envelope on its outputs bit for bit: provoking records at every rate, NaN / inf / zero
+    runs, a lead all NaN, float32, and smooth sine records whose leads all fail the quality test (the smooth-lead
+    fallback); and lead_signals' all-finite flags are the record's."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_lead_signals_envelope_sums_match_envelope")
+    records = []
+    for kind in ("tall_t", "bigeminy", "low_voltage", "paced"):
+        for fs in bc.RATES:
+            records.append((bc.synth_case(kind, float(fs), int(rng.integers(0, 2**31)))[0], float(fs)))
+    for x, fs in list(records[::3]):
+        y = x.copy()
+        for _ in range(3):
+            y[int(rng.integers(0, y.shape[0])), int(rng.integers(0, y.shape[1] - 50)) + np.arange(int(rng.integers(1, 50)))] = (
+                rng.choice([np.nan, np.inf, 0.0]))
+        y[int(rng.integers(0, y.shape[0]))] = np.nan
+        records += [(y, fs), (y.astype(np.float32), fs)]
+    t = np.arange(5000) / 500.0
+    records.append((np.stack([np.sin(2 * np.pi * 1.2 * t), 0.5 * np.sin(2 * np.pi * 0.9 * t + 1.0)]), 500.0))
+    n_fallback = 0
+    for x, fs in records:
+        D = max(1, int(round(fs / det.TARGET_FS)))
+        fd = fs / D
+        nd = (x.shape[1] + D - 1) // D
+        k = max(1, int(round(det.SLOPE_S * fd)))
+        xd, d, valid, finite, scales, weights, raw, E, cnt = det.lead_signals(x, D, nd, k, fd)
+        assert np.array_equal(raw, np.isfinite(x).all(axis=1)), fs
+        if not np.any(scales > 0.0):
+            continue
+        got = det.envelope_from_sums(E, cnt, fd)
+        ref = det.envelope(d, valid, scales, weights, fd)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a.view(np.int64), b.view(np.int64)), fs
+        wlen = max(2, int(round(fd)))
+        n_fallback += all(det.lead_scale(d[l], valid[l], wlen)[1] < det.MIN_QUALITY for l in range(x.shape[0]))
+    assert n_fallback >= 1  # the smooth-lead fallback was taken
+
+
 def test_moving_average_matches_reference():
     """moving_average (2m + 1 vectorised passes inside the record) equals the plain per-sample sums bit for bit,
     windows at and across both record edges, NaN, float32."""

@@ -110,14 +110,15 @@ def median_ranked(a):
     n = a.shape[0]
     if n == 0 or n > 32:
         return median_of(a)
+    for i in range(n):
+        if np.isnan(a[i]):
+            return median_of(a)
     k1 = (n - 1) // 2
     k2 = n // 2
     v1 = 0.0
     v2 = 0.0
-    bad = False
     for i in range(n):
         ai = a[i]
-        bad |= ai != ai
         r = 0
         for j in range(i):
             r += a[j] <= ai
@@ -125,8 +126,6 @@ def median_ranked(a):
             r += a[j] < ai
         v1 = ai if r == k1 else v1
         v2 = ai if r == k2 else v2
-    if bad:
-        return median_of(a)
     if n % 2 == 1:
         return v2
     return (v1 + v2) / 2
@@ -298,7 +297,7 @@ def fill_short_gaps(xl, maxgap):
 
 @njit(cache=True, nogil=True, fastmath=FM)
 def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
-    """Band-passed slope of one decimated lead into d, with valid (1.0/0.0); d is 0.0 where missing.
+    """Band-passed slope of one decimated lead into d, with valid (1/0, any numeric dtype); d is 0.0 where missing.
 
     s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
     span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite."""
@@ -339,7 +338,7 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
         finite = abs(tot) < np.inf
     nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
-        valid[:] = 1.0
+        valid[:] = 1
         for n in range(nd):  # (an int64 count in its own loop vectorises; a bool one beside the fill did not)
             nz += np.int64(d[n] == 0.0)
     else:
@@ -347,18 +346,18 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
             v = d[n]
             ok = abs(v) < np.inf
             d[n] = v if ok else 0.0
-            valid[n] = 1.0 if ok else 0.0
+            valid[n] = 1 if ok else 0
             nz += ok and v == 0.0
     # runs of exactly-zero slope (flat, zero-filled or clipped stretches) are missing
     if nz >= flat_len:
         run = 0
         for n in range(nd + 1):
-            if n < nd and d[n] == 0.0 and valid[n] > 0.0:
+            if n < nd and d[n] == 0.0 and valid[n] > 0:
                 run += 1
             else:
                 if run >= flat_len:
                     for j in range(n - run, n):
-                        valid[j] = 0.0
+                        valid[j] = 0
                 run = 0
     return finite
 
@@ -410,23 +409,34 @@ def lead_scale(d, valid, wlen):
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
 def envelope(d, valid, scales, weights, fd):
     """Weighted mean over the leads valid at each sample of the clipped normalised squared slope, and its centred
-    moving-window integral (0 where no lead is valid)."""
+    moving-window integral (0 where no lead is valid). (detect_core takes the sums from lead_signals, which adds
+    each lead while its slope is in the cache, and finishes them with envelope_from_sums.)"""
     L, nd = d.shape
     E = np.zeros(nd, np.float64)
     cnt = np.zeros(nd, np.float64)
     for l in range(L):
-        sc = scales[l]
-        if sc == 0.0:
-            continue
-        inv = 1.0 / sc
-        w = weights[l]
-        dl = d[l]
-        vl = valid[l]
-        for n in range(nd):
-            e = dl[n] * inv
-            wv = w * vl[n]
-            E[n] += min(e * e, CLIP) * wv
-            cnt[n] += wv
+        if scales[l] != 0.0:
+            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])
+    return envelope_from_sums(E, cnt, fd)
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def add_lead(E, cnt, dl, vl, sc, w):
+    """One lead's share of the envelope: its clipped normalised squared slope times its weight added to E, and its
+    weight to cnt, where it is valid."""
+    inv = 1.0 / sc
+    for n in range(E.shape[0]):
+        e = dl[n] * inv
+        wv = w * vl[n]
+        E[n] += min(e * e, CLIP) * wv
+        cnt[n] += wv
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def envelope_from_sums(E, cnt, fd):
+    """The envelope from the leads' sums (add_lead): E / cnt in place (0 where no lead is valid) and its centred
+    moving-window integral m; returns (E, m)."""
+    nd = E.shape[0]
     for n in range(nd):
         c = cnt[n]
         E[n] = E[n] / c if c > 0.0 else 0.0
@@ -456,11 +466,13 @@ def envelope(d, valid, scales, weights, fd):
 def lead_signals(x, D, nd, k, fd):
     """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite (after
     short gaps are filled), each lead's scale (0: dropped) and weight (from its quality), and whether each lead of x
-    is all finite (its decimated lead before any filling: a block with a NaN or inf is non-finite)."""
+    is all finite (its decimated lead before any filling: a block with a NaN or inf is non-finite); and the envelope's
+    sums (E, cnt) of the kept leads (add_lead, in lead order as envelope adds them; envelope_from_sums finishes them).
+    """
     L = x.shape[0]
     xd = decimate(x, D, nd)
     d = np.empty((L, nd), np.float64)
-    valid = np.empty((L, nd), np.float64)
+    valid = np.empty((L, nd), np.uint8)  # (1 / 0: an eighth of the float64 mask's memory traffic)
     s = np.empty(nd, np.float64)
     flat_len = max(3, int(round(FLAT_S * fd)))
     hw = max(k + 1, int(round(WANDER_S * fd)))
@@ -471,6 +483,8 @@ def lead_signals(x, D, nd, k, fd):
     finite = np.zeros(L, np.bool_)
     spare = np.zeros(L, np.float64)
     raw = np.zeros(L, np.bool_)
+    E = np.zeros(nd, np.float64)
+    cnt = np.zeros(nd, np.float64)
     for l in range(L):
         xl = xd[l]
         fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
@@ -482,6 +496,7 @@ def lead_signals(x, D, nd, k, fd):
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
+            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])  # (while d[l] is in the cache)
         elif sc > 0.0:
             spare[l] = sc
     if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
@@ -489,7 +504,8 @@ def lead_signals(x, D, nd, k, fd):
             if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
                 scales[l] = spare[l]
                 weights[l] = 1.0
-    return xd, d, valid, finite, scales, weights, raw
+                add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])
+    return xd, d, valid, finite, scales, weights, raw, E, cnt
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
@@ -2109,10 +2125,10 @@ def detect_core(x, fs):
     k = max(1, int(round(SLOPE_S * fd)))
     if nd < 2 * k + 3:
         return empty
-    xd, d, valid, finite, scales, weights, raw = lead_signals(x, D, nd, k, fd)
+    xd, d, valid, finite, scales, weights, raw, E, cnt = lead_signals(x, D, nd, k, fd)
     if not np.any(scales > 0.0):
         return empty
-    E, m = envelope(d, valid, scales, weights, fd)
+    E, m = envelope_from_sums(E, cnt, fd)
     dets = decide(m, E, d, valid, scales, weights, fd, xd, finite)
     if dets.shape[0] == 0:
         return empty
