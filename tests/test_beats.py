@@ -421,7 +421,7 @@ def test_r_point_fast_paths_match_references():
         lo = int(rng.integers(0, c + 1))
         hi = int(rng.integers(c + 1, n + 1))
         m = int(rng.integers(0, 4))
-        got = det.extrema_ma_finite(xl, c, w, h, lo, hi, m)
+        got = det.extrema_ma_finite(xl, c, w, h, lo, hi, m, np.full(2 * w + 1, np.nan))  # (scratch: zeroed there)
         ref = det.extrema(xl, c, w, h, lo, hi, m)
         assert got[0] == ref[0] and got[2] == ref[2], (n, c, w, h, lo, hi, m, got, ref)
         for a, b in ((got[1], ref[1]), (got[3], ref[3])):
@@ -483,8 +483,8 @@ def test_lead_signals_envelope_sums_match_envelope():
     for x, fs in list(records[::3]):
         y = x.copy()
         for _ in range(3):
-            y[int(rng.integers(0, y.shape[0])), int(rng.integers(0, y.shape[1] - 50)) + np.arange(int(rng.integers(1, 50)))] = (
-                rng.choice([np.nan, np.inf, 0.0]))
+            a = int(rng.integers(0, y.shape[1] - 50))
+            y[int(rng.integers(0, y.shape[0])), a : a + int(rng.integers(1, 50))] = rng.choice([np.nan, np.inf, 0.0])
         y[int(rng.integers(0, y.shape[0]))] = np.nan
         records += [(y, fs), (y.astype(np.float32), fs)]
     t = np.arange(5000) / 500.0
@@ -504,7 +504,9 @@ def test_lead_signals_envelope_sums_match_envelope():
         for a, b in zip(got, ref):
             assert np.array_equal(a.view(np.int64), b.view(np.int64)), fs
         wlen = max(2, int(round(fd)))
-        n_fallback += all(det.lead_scale(d[l], valid[l], wlen)[1] < det.MIN_QUALITY for l in range(x.shape[0]))
+        vals = np.empty(max(1, nd // wlen))
+        q = [det.lead_scale(d[l], valid[l], wlen, vals)[1] for l in range(x.shape[0])]
+        n_fallback += all(v < det.MIN_QUALITY for v in q)
     assert n_fallback >= 1  # the smooth-lead fallback was taken
 
 
@@ -525,6 +527,8 @@ def test_moving_average_matches_reference():
         a = int(rng.integers(0, nd))
         e = int(rng.integers(a, nd + 1))
         got, ref = det.moving_average(xl, a, e, m), det.moving_average_reference(xl, a, e, m)
+        buf = np.full(e - a + int(rng.integers(0, 5)), np.nan)  # a longer scratch holding garbage
+        assert np.array_equal(det.moving_average_into(xl, a, e, m, buf), ref, equal_nan=True), (nd, m, a, e)
         assert np.array_equal(got, ref, equal_nan=True), (nd, m, a, e, xl.dtype)
 
 

@@ -81,7 +81,7 @@ STEP_MIN_WEIGHT = 0.01  # leads whose clipped normalised squared slope at the ca
 STEP_MIN_SPK = 0.1  # candidates under this fraction of the first signal level are not examined (they never matter)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)  # (explicit, as median_ranked)
 def median_of(a):
     """np.median of a short 1-D array (the mean of the two middle values for an even length), by an insertion sort
     of a copy: Numba's np.median costs ~170 ns on a dozen values, this a fraction of it."""
@@ -101,8 +101,8 @@ def median_of(a):
     return (b[n // 2 - 1] + b[n // 2]) / 2
 
 
-@njit(cache=True, nogil=True)
-def median_ranked(a):
+@njit(cache=True, nogil=True, fastmath=False)  # (explicit: a callee inherits an unset fastmath from its first caller,
+def median_ranked(a):                          # lead_scale's, whose no-NaN flag would fold the NaN check away)
     """median_of(a) without sorting: each value's rank is the number of values below it plus the equal ones before it
     (its place in a stable sort), counted without branches (an insertion sort's exits mispredict on every record's
     new data); the values of ranks (n - 1) // 2 and n // 2 are the sorted array's middle ones, so the median is the
@@ -363,16 +363,15 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
 
 
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
-def lead_scale(d, valid, wlen):
+def lead_scale(d, valid, wlen, vals):
     """(scale, quality) of one lead's slope d.
 
     scale: median over ~1 s windows of the window's peak-weighted RMS slope sqrt(sum d^4 / sum d^2), a smooth
     stand-in for the window maximum (~0.7-0.9 of the largest QRS slope; sums vectorise, max reductions do not).
     Windows less than half valid are skipped. quality: scale / mean |d| over valid samples (ECG ~10-40, white noise
-    sqrt(3) / sqrt(2 / pi) = 2.2)."""
+    sqrt(3) / sqrt(2 / pi) = 2.2). vals: scratch, >= max(1, len(d) // wlen) long."""
     nd = d.shape[0]
     nw = max(1, nd // wlen)
-    vals = np.empty(nw, np.float64)
     m = 0
     tot = 0.0
     cnt = 0.0
@@ -485,6 +484,7 @@ def lead_signals(x, D, nd, k, fd):
     raw = np.zeros(L, np.bool_)
     E = np.zeros(nd, np.float64)
     cnt = np.zeros(nd, np.float64)
+    vals = np.empty(max(1, nd // wlen), np.float64)  # lead_scale's scratch
     for l in range(L):
         xl = xd[l]
         fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
@@ -492,7 +492,7 @@ def lead_signals(x, D, nd, k, fd):
         if not fin:
             fin = fill_short_gaps(xl, gap)
         finite[l] = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
-        sc, q = lead_scale(d[l], valid[l], wlen)
+        sc, q = lead_scale(d[l], valid[l], wlen, vals)
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
@@ -1748,8 +1748,15 @@ def moving_average(xl, a, e, m):
     record edges: per sample the sum xl[n - mm] + ... + xl[n + mm] from 0.0 in that order, over 2 mm + 1. Inside the
     record it is summed as 2m + 1 passes over the window (the same sums per sample; the passes vectorise), at the
     edges one sample at a time."""
+    return moving_average_into(xl, a, e, m, np.zeros(max(0, e - a), np.float64))
+
+
+@njit(cache=True, nogil=True)
+def moving_average_into(xl, a, e, m, buf):
+    """moving_average written into the scratch buf (>= e - a long; zeroed here): the view buf[:e - a]."""
+    xs = buf[: max(0, e - a)]
+    xs[:] = 0.0
     nd = xl.shape[0]
-    xs = np.zeros(max(0, e - a), np.float64)
     ia = min(max(a, m), e)
     ib = max(min(e, nd - m), ia)
     dst = xs[ia - a : ib - a]
@@ -1856,11 +1863,12 @@ def extrema(xl, c, w, h, lo, hi, m=0):
 
 
 @njit(cache=True, nogil=True)
-def extrema_ma_finite(xl, c, w, h, lo, hi, m):
+def extrema_ma_finite(xl, c, w, h, lo, hi, m, buf):
     """extrema(xl, c, w, h, lo, hi, m) for an all-finite lead (the R point's call): the same flank sums without the
     finiteness checks, and the window's extremes by integer max / min reductions over order keys (see order_key;
     they vectorise, the float compare-and-select scan does not), then the first sample holding each (extrema keeps
-    the first of equal values). An empty window, m = 0 or a non-finite deviation (overflow) goes to extrema."""
+    the first of equal values). buf: scratch for the moving average (>= 2 w + 1 long). An empty window, m = 0 or a
+    non-finite deviation (overflow) goes to extrema."""
     a = max(lo, c - w)
     e = min(hi, c + w + 1)
     if e <= a or m <= 0:
@@ -1898,7 +1906,7 @@ def extrema_ma_finite(xl, c, w, h, lo, hi, m):
         for n in range(a, e):
             b0 += xl[n]
         b0 /= e - a
-    xs = moving_average(xl, a, e, m)
+    xs = moving_average_into(xl, a, e, m, buf)
     kmax = order_key(-np.inf)
     kmin = order_key(np.inf)
     for i in range(e - a):
@@ -2035,12 +2043,12 @@ def pick_lead(x, order, amp, a, e, raw):
 
 
 @njit(cache=True, nogil=True)
-def r_point(x, l, c, W, H, sm, sgn, lo, hi, raw_l):
+def r_point(x, l, c, W, H, sm, sgn, lo, hi, raw_l, buf):
     """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
     (or the opposite one when that is FLIP_RATIO x larger, or when the extremum is on the window's edge and the
-    opposite one is not). raw_l: lead l is all finite (extrema_ma_finite)."""
+    opposite one is not). raw_l: lead l is all finite (extrema_ma_finite, buf its scratch)."""
     if raw_l:
-        imax, vmax, imin, vmin = extrema_ma_finite(x[l], c, W, H, lo, hi, sm)
+        imax, vmax, imin, vmin = extrema_ma_finite(x[l], c, W, H, lo, hi, sm, buf)
     else:
         imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
     if sgn > 0.0:
@@ -2068,6 +2076,7 @@ def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw):
     order = lead_order(amp, sgn)
     peaks = np.empty(nb, np.int64)
     score = np.empty(nb, np.float64)
+    buf = np.empty(2 * W + 1, np.float64)
     for b in range(nb):
         c = dets[b] * D + D // 2
         l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1), raw)
@@ -2076,7 +2085,7 @@ def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw):
             score[b] = 0.0
             continue
         lo, hi = bounds(dets, b, S, D)
-        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi, raw[l])
+        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi, raw[l], buf)
         peaks[b] = bi
         score[b] = bv / amp[l]
         if (c - W < 0 or c + W >= S) and (score[b] < EDGE_MIN_SCORE or bi < edge or bi >= S - edge):
