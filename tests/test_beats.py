@@ -472,7 +472,8 @@ def test_lead_signals_envelope_sums_match_envelope():
     """The envelope's sums lead_signals adds lead by lead (add_lead while the slope is in the cache), finished by
     envelope_from_sums, equal envelope on its outputs bit for bit: provoking records at every rate, NaN / inf / zero
     runs, a lead all NaN, float32, and smooth sine records whose leads all fail the quality test (the smooth-lead
-    fallback); and lead_signals' all-finite flags are the record's."""
+    fallback); lead_scale's all-valid path equals the masked one; and lead_signals' all-finite flags are the
+    record's."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_lead_signals_envelope_sums_match_envelope")
@@ -489,7 +490,7 @@ def test_lead_signals_envelope_sums_match_envelope():
         records += [(y, fs), (y.astype(np.float32), fs)]
     t = np.arange(5000) / 500.0
     records.append((np.stack([np.sin(2 * np.pi * 1.2 * t), 0.5 * np.sin(2 * np.pi * 0.9 * t + 1.0)]), 500.0))
-    n_fallback = 0
+    n_fallback = n_all_valid = 0
     for x, fs in records:
         D = max(1, int(round(fs / det.TARGET_FS)))
         fd = fs / D
@@ -507,7 +508,10 @@ def test_lead_signals_envelope_sums_match_envelope():
         vals = np.empty(max(1, nd // wlen))
         q = [det.lead_scale(d[l], valid[l], wlen, vals)[1] for l in range(x.shape[0])]
         n_fallback += all(v < det.MIN_QUALITY for v in q)
-    assert n_fallback >= 1  # the smooth-lead fallback was taken
+        for l in np.flatnonzero(valid.all(axis=1)):  # the all-valid path (the mask not read) gives the same floats
+            n_all_valid += 1
+            assert det.lead_scale(d[l], valid[l], wlen, vals, True) == det.lead_scale(d[l], valid[l], wlen, vals), fs
+    assert n_fallback >= 1 and n_all_valid >= 50  # the smooth-lead fallback was taken
 
 
 def test_moving_average_matches_reference():

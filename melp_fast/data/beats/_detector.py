@@ -300,7 +300,8 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
     """Band-passed slope of one decimated lead into d, with valid (1/0, any numeric dtype); d is 0.0 where missing.
 
     s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
-    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite."""
+    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite, and whether every
+    one is valid (finite, and too few zero slopes for a flat run)."""
     # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
     nd = xl.shape[0]
     s[0] = 0.25 * (3.0 * xl[0] + xl[min(1, nd - 1)])
@@ -359,17 +360,17 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
                     for j in range(n - run, n):
                         valid[j] = 0
                 run = 0
-    return finite
+    return finite, finite and nz < flat_len
 
 
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
-def lead_scale(d, valid, wlen, vals):
+def lead_scale(d, valid, wlen, vals, all_valid=False):
     """(scale, quality) of one lead's slope d.
 
     scale: median over ~1 s windows of the window's peak-weighted RMS slope sqrt(sum d^4 / sum d^2), a smooth
     stand-in for the window maximum (~0.7-0.9 of the largest QRS slope; sums vectorise, max reductions do not).
     Windows less than half valid are skipped. quality: scale / mean |d| over valid samples (ECG ~10-40, white noise
-    sqrt(3) / sqrt(2 / pi) = 2.2). vals: scratch, >= max(1, len(d) // wlen) long."""
+    sqrt(3) / sqrt(2 / pi) = 2.2). vals: scratch, >= max(1, len(d) // wlen) long; all_valid: valid is all ones."""
     nd = d.shape[0]
     nw = max(1, nd // wlen)
     m = 0
@@ -383,14 +384,23 @@ def lead_scale(d, valid, wlen, vals):
         sa = 0.0
         nv = 0.0
         dw = d[a:b]
-        vw = valid[a:b]
-        for i in range(b - a):
-            v = dw[i]
-            q = v * v
-            s2 += q
-            s4 += q * q
-            sa += abs(v)
-            nv += vw[i]
+        if all_valid:  # (the mask is all ones: its sum is the window's length, no need to read it)
+            for i in range(b - a):
+                v = dw[i]
+                q = v * v
+                s2 += q
+                s4 += q * q
+                sa += abs(v)
+            nv = float(b - a)
+        else:
+            vw = valid[a:b]
+            for i in range(b - a):
+                v = dw[i]
+                q = v * v
+                s2 += q
+                s4 += q * q
+                sa += abs(v)
+                nv += vw[i]
         tot += sa
         cnt += nv
         if nv * 2.0 >= (b - a) and s2 > 0.0:
@@ -491,8 +501,8 @@ def lead_signals(x, D, nd, k, fd):
         raw[l] = fin
         if not fin:
             fin = fill_short_gaps(xl, gap)
-        finite[l] = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
-        sc, q = lead_scale(d[l], valid[l], wlen, vals)
+        finite[l], all_valid = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
+        sc, q = lead_scale(d[l], valid[l], wlen, vals, all_valid)
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
