@@ -430,10 +430,16 @@ def envelope(d, valid, scales, weights, fd):
 
 
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
-def add_lead(E, cnt, dl, vl, sc, w):
+def add_lead(E, cnt, dl, vl, sc, w, all_valid=False):
     """One lead's share of the envelope: its clipped normalised squared slope times its weight added to E, and its
-    weight to cnt, where it is valid."""
+    weight to cnt, where it is valid (all_valid: vl is all ones, not read; w * 1 is w, so the same sums)."""
     inv = 1.0 / sc
+    if all_valid:
+        for n in range(E.shape[0]):
+            e = dl[n] * inv
+            E[n] += min(e * e, CLIP) * w
+            cnt[n] += w
+        return
     for n in range(E.shape[0]):
         e = dl[n] * inv
         wv = w * vl[n]
@@ -506,7 +512,7 @@ def lead_signals(x, D, nd, k, fd):
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
-            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])  # (while d[l] is in the cache)
+            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l], all_valid)  # (while d[l] is in the cache)
         elif sc > 0.0:
             spare[l] = sc
     if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
