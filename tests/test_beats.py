@@ -514,6 +514,30 @@ def test_lead_signals_envelope_sums_match_envelope():
     assert n_fallback >= 1 and n_all_valid >= 50  # the smooth-lead fallback was taken
 
 
+def test_smooth_matches_reference():
+    """smooth (the lead's [1, 2, 1] / 4 smoothing and its finiteness in one pass) gives finite_sum's finiteness test and
+    the plain smoothing, on random leads with NaN / inf, float32-sized values and short lengths."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_smooth_matches_reference")
+    n_bad = 0
+    for _ in range(300):
+        nd = int(rng.integers(3, 300))
+        xl = rng.normal(size=nd) * 10.0 ** rng.uniform(-3, 3)
+        if rng.random() < 0.4:
+            xl[rng.integers(0, nd, int(rng.integers(1, 4)))] = rng.choice([np.nan, np.inf, -np.inf])
+            n_bad += 1
+        s = np.full(nd, np.nan)
+        fin = det.smooth(xl, s)
+        assert fin == (abs(det.finite_sum(xl)) < np.inf) == bool(np.isfinite(xl).all()), xl.tolist()
+        ref = np.empty(nd)
+        ref[0] = 0.25 * (3.0 * xl[0] + xl[1])
+        ref[-1] = 0.25 * (xl[-2] + 3.0 * xl[-1])
+        ref[1:-1] = 0.25 * (xl[:-2] + 2.0 * xl[1:-1] + xl[2:])
+        assert np.allclose(s, ref, rtol=1e-14, atol=0.0, equal_nan=True) or not fin, xl.tolist()
+    assert n_bad > 50
+
+
 def test_moving_average_matches_reference():
     """moving_average (2m + 1 vectorised passes inside the record) equals the plain per-sample sums bit for bit,
     windows at and across both record edges, NaN, float32."""

@@ -264,7 +264,7 @@ def decimate_reference(x, D, nd):
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def finite_sum(a):
+def finite_sum(a):  # (the reference of smooth's finiteness test)
     tot = 0.0
     for i in range(a.shape[0]):
         tot += a[i]
@@ -296,12 +296,9 @@ def fill_short_gaps(xl, maxgap):
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
-    """Band-passed slope of one decimated lead into d, with valid (1/0, any numeric dtype); d is 0.0 where missing.
-
-    s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
-    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite, and whether every
-    one is valid (finite, and too few zero slopes for a flat run)."""
+def smooth(xl, s):
+    """The [1, 2, 1] / 4 smoothing of the decimated lead xl into s ([3, 1] / 4 at the ends), and whether xl is all
+    finite (its sum is: a NaN or inf anywhere makes it non-finite; finite_sum's test), in one pass over xl."""
     # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
     nd = xl.shape[0]
     s[0] = 0.25 * (3.0 * xl[0] + xl[min(1, nd - 1)])
@@ -310,8 +307,23 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
     xb = xl[1 : nd - 1]
     xc = xl[2:]
     so = s[1 : nd - 1]
+    tot = xl[0] + xl[nd - 1]
     for i in range(nd - 2):
         so[i] = 0.25 * (xa[i] + 2.0 * xb[i] + xc[i])
+        tot += xb[i]
+    return abs(tot) < np.inf
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def lead_slope(s, k, h, flat_len, d, valid, finite_in):
+    """Band-passed slope of one decimated lead into d, from its smoothing s (smooth), with valid (1/0, any numeric
+    dtype); d is 0.0 where missing.
+
+    finite_in: the lead is known to be all finite (fast path). Missing = non-finite input in the filter
+    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite, and whether every
+    one is valid (finite, and too few zero slopes for a flat run)."""
+    # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
+    nd = s.shape[0]
     # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
     g = k / h
     if nd > 2 * h:
@@ -503,11 +515,12 @@ def lead_signals(x, D, nd, k, fd):
     vals = np.empty(max(1, nd // wlen), np.float64)  # lead_scale's scratch
     for l in range(L):
         xl = xd[l]
-        fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
+        fin = smooth(xl, s)  # (and whether xl is all finite)
         raw[l] = fin
         if not fin:
             fin = fill_short_gaps(xl, gap)
-        finite[l], all_valid = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
+            smooth(xl, s)
+        finite[l], all_valid = lead_slope(s, k, hw, flat_len, d[l], valid[l], fin)
         sc, q = lead_scale(d[l], valid[l], wlen, vals, all_valid)
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
