@@ -326,14 +326,17 @@ def lead_slope(s, k, h, flat_len, d, valid, finite_in):
     nd = s.shape[0]
     # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
     g = k / h
+    nz = 0  # zero slopes (a NaN or inf is no zero)
     if nd > 2 * h:
         dd = d[h : nd - h]
         kp = s[h + k : nd - h + k]
         km = s[h - k : nd - h - k]
         hp = s[2 * h :]
         hm = s[: nd - 2 * h]
-        for i in range(nd - 2 * h):
-            dd[i] = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+        for i in range(nd - 2 * h):  # (the zero slopes counted here: an int64 count beside the stores vectorises)
+            v = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+            dd[i] = v
+            nz += np.int64(v == 0.0)
         lo = h
         hi = nd - h
     else:
@@ -341,20 +344,20 @@ def lead_slope(s, k, h, flat_len, d, valid, finite_in):
         hi = 0
     for n in range(lo):  # edges, indices clamped
         d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+        nz += np.int64(d[n] == 0.0)
     for n in range(hi, nd):
         d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+        nz += np.int64(d[n] == 0.0)
     finite = finite_in
     if not finite:
         tot = 0.0
         for n in range(nd):
             tot += d[n]
         finite = abs(tot) < np.inf
-    nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
         valid[:] = 1
-        for n in range(nd):  # (an int64 count in its own loop vectorises; a bool one beside the fill did not)
-            nz += np.int64(d[n] == 0.0)
     else:
+        nz = 0
         for n in range(nd):
             v = d[n]
             ok = abs(v) < np.inf
