@@ -447,13 +447,13 @@ def envelope(d, valid, scales, weights, fd):
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
 def add_lead(E, cnt, dl, vl, sc, w, all_valid=False):
     """One lead's share of the envelope: its clipped normalised squared slope times its weight added to E, and its
-    weight to cnt, where it is valid (all_valid: vl is all ones, not read; w * 1 is w, so the same sums)."""
+    weight to cnt, where it is valid. all_valid: vl is all ones, not read (w * 1 is w, so the same sums), and cnt is
+    left to the caller (w at every sample; lead_signals keeps it as one number while every lead is all valid)."""
     inv = 1.0 / sc
     if all_valid:
         for n in range(E.shape[0]):
             e = dl[n] * inv
             E[n] += min(e * e, CLIP) * w
-            cnt[n] += w
         return
     for n in range(E.shape[0]):
         e = dl[n] * inv
@@ -515,6 +515,8 @@ def lead_signals(x, D, nd, k, fd):
     raw = np.zeros(L, np.bool_)
     E = np.zeros(nd, np.float64)
     cnt = np.zeros(nd, np.float64)
+    wsum = 0.0  # cnt at every sample while every lead added is all valid (the same sums, kept as one number)
+    lazy = True
     vals = np.empty(max(1, nd // wlen), np.float64)  # lead_scale's scratch
     for l in range(L):
         xl = xd[l]
@@ -528,7 +530,15 @@ def lead_signals(x, D, nd, k, fd):
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
+            if lazy and not all_valid:
+                cnt[:] = wsum
+                lazy = False
             add_lead(E, cnt, d[l], valid[l], scales[l], weights[l], all_valid)  # (while d[l] is in the cache)
+            if all_valid and lazy:
+                wsum += weights[l]
+            elif all_valid:
+                for n in range(nd):
+                    cnt[n] += weights[l]
         elif sc > 0.0:
             spare[l] = sc
     if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
@@ -536,7 +546,9 @@ def lead_signals(x, D, nd, k, fd):
             if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
                 scales[l] = spare[l]
                 weights[l] = 1.0
-                add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])
+                add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])  # (no lead was added: cnt is 0)
+    elif lazy:
+        cnt[:] = wsum
     return xd, d, valid, finite, scales, weights, raw, E, cnt
 
 
