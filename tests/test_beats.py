@@ -579,7 +579,8 @@ def test_equivalent_width_matches_reference():
 def test_envelope_window_and_window_stats_match_references():
     """The envelope's moving-window integral (unclamped inside the record, clamped at the edges) equals the plain
     prefix-sum formula, 0 where no lead is valid; median_window_stats equals the medians of the windows' max and
-    mean; on random slopes, validity masks and short records."""
+    mean, and its reference bit for bit (eight windows side by side, or fewer); on random slopes, validity masks and
+    short records."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_envelope_window_and_window_stats_match_references")
@@ -602,5 +603,6 @@ def test_envelope_window_and_window_stats_match_references():
         nw = max(1, min(8, nd // wlen))
         wins = [m[w * wlen : min(nd, w * wlen + wlen)] for w in range(nw)]
         got = det.median_window_stats(m, wlen, 8)
+        assert got == det.median_window_stats_reference(m, wlen, 8), (nd, wlen)  # the same sums bit for bit
         assert np.isclose(got[0], np.median([max(0.0, w.max()) if w.size else 0.0 for w in wins]), rtol=1e-12)
         assert np.isclose(got[1], np.median([w.mean() if w.size else 0.0 for w in wins]), rtol=1e-12)

@@ -861,7 +861,45 @@ def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx)
 @njit(cache=True, nogil=True)
 def median_window_stats(m, wlen, n_windows):
     """Medians over the first n_windows windows of wlen samples of the window max and of the window mean of m (one
-    pass for both)."""
+    pass for both). Eight full windows (a record of >= 8 s) are summed side by side: eight independent chains of
+    additions instead of one (each window's sum in the same order, so the same sums; median_window_stats_reference
+    sums one window after the other)."""
+    nd = m.shape[0]
+    nw = max(1, min(n_windows, nd // wlen))
+    if nw != 8:
+        return median_window_stats_reference(m, wlen, n_windows)
+    maxs = np.empty(8, np.float64)
+    means = np.empty(8, np.float64)
+    w0, w1, w2, w3 = m[:wlen], m[wlen : 2 * wlen], m[2 * wlen : 3 * wlen], m[3 * wlen : 4 * wlen]
+    w4, w5, w6, w7 = m[4 * wlen : 5 * wlen], m[5 * wlen : 6 * wlen], m[6 * wlen : 7 * wlen], m[7 * wlen : 8 * wlen]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    x0 = x1 = x2 = x3 = x4 = x5 = x6 = x7 = 0.0
+    for i in range(wlen):
+        a0 += w0[i]
+        a1 += w1[i]
+        a2 += w2[i]
+        a3 += w3[i]
+        a4 += w4[i]
+        a5 += w5[i]
+        a6 += w6[i]
+        a7 += w7[i]
+        x0 = w0[i] if w0[i] > x0 else x0  # (selects, not branches)
+        x1 = w1[i] if w1[i] > x1 else x1
+        x2 = w2[i] if w2[i] > x2 else x2
+        x3 = w3[i] if w3[i] > x3 else x3
+        x4 = w4[i] if w4[i] > x4 else x4
+        x5 = w5[i] if w5[i] > x5 else x5
+        x6 = w6[i] if w6[i] > x6 else x6
+        x7 = w7[i] if w7[i] > x7 else x7
+    maxs[0], maxs[1], maxs[2], maxs[3], maxs[4], maxs[5], maxs[6], maxs[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    means[0], means[1], means[2], means[3] = a0 / wlen, a1 / wlen, a2 / wlen, a3 / wlen
+    means[4], means[5], means[6], means[7] = a4 / wlen, a5 / wlen, a6 / wlen, a7 / wlen
+    return median_ranked(maxs), median_ranked(means)
+
+
+@njit(cache=True, nogil=True)
+def median_window_stats_reference(m, wlen, n_windows):
+    """median_window_stats one window after the other (the reference; any number of windows)."""
     nd = m.shape[0]
     nw = max(1, min(n_windows, nd // wlen))
     maxs = np.empty(nw, np.float64)
