@@ -467,14 +467,16 @@ def envelope_from_sums(E, cnt, fd):
     """The envelope from the leads' sums (add_lead): E / cnt in place (0 where no lead is valid) and its centred
     moving-window integral m; returns (E, m)."""
     nd = E.shape[0]
-    for n in range(nd):
-        c = cnt[n]
-        E[n] = E[n] / c if c > 0.0 else 0.0
     h = max(1, int(round(0.5 * MWI_S * fd)))
     m = np.empty(nd, np.float64)
     c = np.zeros(nd + 1, np.float64)
-    for n in range(nd):
-        c[n + 1] = c[n] + E[n]
+    acc = 0.0
+    for n in range(nd):  # the division beside the prefix sum (whose chain of additions sets the pace anyway)
+        cn = cnt[n]
+        e = E[n] / cn if cn > 0.0 else 0.0
+        E[n] = e
+        acc += e
+        c[n + 1] = acc
     inv_w = 1.0 / (2 * h + 1)
     lo = min(h, nd)  # inside [lo, hi) the window needs no clamping (a plain loop over views vectorises)
     hi = max(lo, nd - h - 1)
