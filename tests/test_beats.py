@@ -397,6 +397,147 @@ def test_decimate_matches_reference():
                 assert np.array_equal(got, ref, equal_nan=True), (D, L, S, a.dtype)
 
 
+def test_r_point_fast_paths_match_references():
+    """extrema_ma_finite (an all-finite lead: integer order-key reductions, then the first sample of each extreme)
+    gives extrema's (index, value) pairs bit for bit, with ties, plateaus, zeros, one-flank and no-flank windows and
+    float32; pick_lead told which leads are all finite picks the lead it picks by scanning; median_ranked (ranks
+    counted without a sort) equals median_of, with ties, signed zeros and NaN."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_r_point_fast_paths_match_references")
+    n_tie = 0
+    for _ in range(600):
+        n = int(rng.integers(5, 200))
+        xl = np.cumsum(rng.normal(size=n)) * 10.0 ** rng.uniform(-3, 3)
+        if rng.random() < 0.3:  # plateaus and repeated values: ties in the window
+            xl = np.round(xl / np.abs(xl).max() * 4.0)
+            n_tie += 1
+        if rng.random() < 0.1:
+            xl[:] = 0.0
+        if rng.random() < 0.3:
+            xl = xl.astype(np.float32)
+        c = int(rng.integers(0, n))
+        w, h = int(rng.integers(0, 30)), int(rng.integers(0, 60))
+        lo = int(rng.integers(0, c + 1))
+        hi = int(rng.integers(c + 1, n + 1))
+        m = int(rng.integers(0, 4))
+        got = det.extrema_ma_finite(xl, c, w, h, lo, hi, m, np.full(2 * w + 1, np.nan))  # (scratch: zeroed there)
+        ref = det.extrema(xl, c, w, h, lo, hi, m)
+        assert got[0] == ref[0] and got[2] == ref[2], (n, c, w, h, lo, hi, m, got, ref)
+        for a, b in ((got[1], ref[1]), (got[3], ref[3])):
+            assert a == b and np.signbit(a) == np.signbit(b), (n, c, w, h, lo, hi, m, got, ref)
+    assert n_tie > 100
+    for _ in range(300):
+        L, S = int(rng.integers(1, 8)), int(rng.integers(1, 60))
+        x = rng.normal(size=(L, S))
+        x[rng.random(size=x.shape) < rng.choice([0.0, 0.05, 0.5])] = rng.choice([np.nan, np.inf])
+        amp = rng.uniform(0.0, 2.0, L) * (rng.random(L) < 0.8)
+        order = np.argsort(-amp)
+        raw = np.isfinite(x).all(axis=1)
+        a = int(rng.integers(0, S))
+        e = int(rng.integers(a, S + 1))
+        assert det.pick_lead(x, order, amp, a, e, raw) == det.pick_lead(x, order, amp, a, e, np.zeros(L, bool))
+    for n in list(range(0, 40)) * 5 + [60]:
+        a = rng.normal(size=n)
+        if n > 3:
+            a[rng.integers(0, n, 2)] = a[0]  # ties
+            a[rng.integers(0, n, 2)] = rng.choice([0.0, -0.0], size=2)
+        if n > 0 and rng.random() < 0.1:
+            a[rng.integers(0, n)] = np.nan
+        want = det.median_of(a)
+        got = det.median_ranked(a)
+        assert (got == want and np.signbit(got) == np.signbit(want)) or (np.isnan(got) and np.isnan(want)), a.tolist()
+
+
+def test_envelope_peak_helpers_match_references():
+    """candidates (branch-free: written every sample, kept by the count) equals the local maxima of m (plateaus: their
+    first sample), and steepest (a max reduction, then its first sample) equals the plain scan, on random envelopes
+    with plateaus, zeros and ties, windows at and across the record edges."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_envelope_peak_helpers_match_references")
+    for _ in range(300):
+        nd = int(rng.integers(0, 120))
+        m = np.round(rng.exponential(size=nd) * rng.choice([1.0, 4.0]), int(rng.integers(0, 3)))
+        m[rng.random(size=nd) < 0.2] = 0.0
+        n = np.arange(1, max(1, nd - 1))
+        ref = n[(m[n] > 0) & (m[n] > m[n - 1]) & (m[n] >= m[np.minimum(n + 1, nd - 1)])] if nd > 2 else n[:0]
+        assert np.array_equal(det.candidates(m), ref), m.tolist()
+        for _ in range(5 if nd else 0):
+            t, h = int(rng.integers(0, nd)), int(rng.integers(0, 12))
+            assert det.steepest(m, t, h) == det.steepest_reference(m, t, h), (m.tolist(), t, h)
+
+
+def test_lead_signals_envelope_sums_match_envelope():
+    """The envelope's sums lead_signals adds lead by lead (add_lead while the slope is in the cache), finished by
+    envelope_from_sums, equal envelope on its outputs bit for bit: provoking records at every rate, NaN / inf / zero
+    runs, a lead all NaN, float32, and smooth sine records whose leads all fail the quality test (the smooth-lead
+    fallback); lead_scale's all-valid path equals the masked one; and lead_signals' all-finite flags are the
+    record's."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_lead_signals_envelope_sums_match_envelope")
+    records = []
+    for kind in ("tall_t", "bigeminy", "low_voltage", "paced"):
+        for fs in bc.RATES:
+            records.append((bc.synth_case(kind, float(fs), int(rng.integers(0, 2**31)))[0], float(fs)))
+    for x, fs in list(records[::3]):
+        y = x.copy()
+        for _ in range(3):
+            a = int(rng.integers(0, y.shape[1] - 50))
+            y[int(rng.integers(0, y.shape[0])), a : a + int(rng.integers(1, 50))] = rng.choice([np.nan, np.inf, 0.0])
+        y[int(rng.integers(0, y.shape[0]))] = np.nan
+        records += [(y, fs), (y.astype(np.float32), fs)]
+    t = np.arange(5000) / 500.0
+    records.append((np.stack([np.sin(2 * np.pi * 1.2 * t), 0.5 * np.sin(2 * np.pi * 0.9 * t + 1.0)]), 500.0))
+    n_fallback = n_all_valid = 0
+    for x, fs in records:
+        D = max(1, int(round(fs / det.TARGET_FS)))
+        fd = fs / D
+        nd = (x.shape[1] + D - 1) // D
+        k = max(1, int(round(det.SLOPE_S * fd)))
+        xd, d, valid, finite, scales, weights, raw, E, cnt = det.lead_signals(x, D, nd, k, fd)
+        assert np.array_equal(raw, np.isfinite(x).all(axis=1)), fs
+        if not np.any(scales > 0.0):
+            continue
+        got = det.envelope_from_sums(E, cnt, fd)
+        ref = det.envelope(d, valid, scales, weights, fd)
+        for a, b in zip(got, ref):
+            assert np.array_equal(a.view(np.int64), b.view(np.int64)), fs
+        wlen = max(2, int(round(fd)))
+        vals = np.empty(max(1, nd // wlen))
+        q = [det.lead_scale(d[l], valid[l], wlen, vals)[1] for l in range(x.shape[0])]
+        n_fallback += all(v < det.MIN_QUALITY for v in q)
+        for l in np.flatnonzero(valid.all(axis=1)):  # the all-valid path (the mask not read) gives the same floats
+            n_all_valid += 1
+            assert det.lead_scale(d[l], valid[l], wlen, vals, True) == det.lead_scale(d[l], valid[l], wlen, vals), fs
+    assert n_fallback >= 1 and n_all_valid >= 50  # the smooth-lead fallback was taken
+
+
+def test_smooth_matches_reference():
+    """smooth (the lead's [1, 2, 1] / 4 smoothing and its finiteness in one pass) gives finite_sum's finiteness test and
+    the plain smoothing, on random leads with NaN / inf, float32-sized values and short lengths."""
+    from melp_fast.data.beats import _detector as det
+
+    rng = rng_for("test_smooth_matches_reference")
+    n_bad = 0
+    for _ in range(300):
+        nd = int(rng.integers(3, 300))
+        xl = rng.normal(size=nd) * 10.0 ** rng.uniform(-3, 3)
+        if rng.random() < 0.4:
+            xl[rng.integers(0, nd, int(rng.integers(1, 4)))] = rng.choice([np.nan, np.inf, -np.inf])
+            n_bad += 1
+        s = np.full(nd, np.nan)
+        fin = det.smooth(xl, s)
+        assert fin == (abs(det.finite_sum(xl)) < np.inf) == bool(np.isfinite(xl).all()), xl.tolist()
+        ref = np.empty(nd)
+        ref[0] = 0.25 * (3.0 * xl[0] + xl[1])
+        ref[-1] = 0.25 * (xl[-2] + 3.0 * xl[-1])
+        ref[1:-1] = 0.25 * (xl[:-2] + 2.0 * xl[1:-1] + xl[2:])
+        assert np.allclose(s, ref, rtol=1e-14, atol=0.0, equal_nan=True) or not fin, xl.tolist()
+    assert n_bad > 50
+
+
 def test_moving_average_matches_reference():
     """moving_average (2m + 1 vectorised passes inside the record) equals the plain per-sample sums bit for bit,
     windows at and across both record edges, NaN, float32."""
@@ -414,6 +555,8 @@ def test_moving_average_matches_reference():
         a = int(rng.integers(0, nd))
         e = int(rng.integers(a, nd + 1))
         got, ref = det.moving_average(xl, a, e, m), det.moving_average_reference(xl, a, e, m)
+        buf = np.full(e - a + int(rng.integers(0, 5)), np.nan)  # a longer scratch holding garbage
+        assert np.array_equal(det.moving_average_into(xl, a, e, m, buf), ref, equal_nan=True), (nd, m, a, e)
         assert np.array_equal(got, ref, equal_nan=True), (nd, m, a, e, xl.dtype)
 
 
@@ -436,7 +579,8 @@ def test_equivalent_width_matches_reference():
 def test_envelope_window_and_window_stats_match_references():
     """The envelope's moving-window integral (unclamped inside the record, clamped at the edges) equals the plain
     prefix-sum formula, 0 where no lead is valid; median_window_stats equals the medians of the windows' max and
-    mean; on random slopes, validity masks and short records."""
+    mean, and its reference bit for bit (eight windows side by side, or fewer); on random slopes, validity masks and
+    short records."""
     from melp_fast.data.beats import _detector as det
 
     rng = rng_for("test_envelope_window_and_window_stats_match_references")
@@ -459,5 +603,6 @@ def test_envelope_window_and_window_stats_match_references():
         nw = max(1, min(8, nd // wlen))
         wins = [m[w * wlen : min(nd, w * wlen + wlen)] for w in range(nw)]
         got = det.median_window_stats(m, wlen, 8)
+        assert got == det.median_window_stats_reference(m, wlen, 8), (nd, wlen)  # the same sums bit for bit
         assert np.isclose(got[0], np.median([max(0.0, w.max()) if w.size else 0.0 for w in wins]), rtol=1e-12)
         assert np.isclose(got[1], np.median([w.mean() if w.size else 0.0 for w in wins]), rtol=1e-12)

@@ -215,7 +215,7 @@ def _slope_inputs(x, fs):
     fd = fs / D
     nd = (x.shape[1] + D - 1) // D
     k = max(1, int(round(det.SLOPE_S * fd)))
-    xd, d, valid, finite, scales, weights = det.lead_signals(x, D, nd, k, fd)
+    xd, d, valid, finite, scales, weights = det.lead_signals(x, D, nd, k, fd)[:6]
     return xd, d, valid, finite, scales, weights, fd, k
 
 

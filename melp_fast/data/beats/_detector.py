@@ -81,7 +81,7 @@ STEP_MIN_WEIGHT = 0.01  # leads whose clipped normalised squared slope at the ca
 STEP_MIN_SPK = 0.1  # candidates under this fraction of the first signal level are not examined (they never matter)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)  # (explicit, as median_ranked)
 def median_of(a):
     """np.median of a short 1-D array (the mean of the two middle values for an even length), by an insertion sort
     of a copy: Numba's np.median costs ~170 ns on a dozen values, this a fraction of it."""
@@ -99,6 +99,36 @@ def median_of(a):
     if n % 2 == 1:
         return b[n // 2]
     return (b[n // 2 - 1] + b[n // 2]) / 2
+
+
+@njit(cache=True, nogil=True, fastmath=False)  # (explicit: a callee inherits an unset fastmath from its first caller,
+def median_ranked(a):                          # lead_scale's, whose no-NaN flag would fold the NaN check away)
+    """median_of(a) without sorting: each value's rank is the number of values below it plus the equal ones before it
+    (its place in a stable sort), counted without branches (an insertion sort's exits mispredict on every record's
+    new data); the values of ranks (n - 1) // 2 and n // 2 are the sorted array's middle ones, so the median is the
+    same. With a NaN, or over 32 values (n^2 counts), median_of."""
+    n = a.shape[0]
+    if n == 0 or n > 32:
+        return median_of(a)
+    for i in range(n):
+        if np.isnan(a[i]):
+            return median_of(a)
+    k1 = (n - 1) // 2
+    k2 = n // 2
+    v1 = 0.0
+    v2 = 0.0
+    for i in range(n):
+        ai = a[i]
+        r = 0
+        for j in range(i):
+            r += a[j] <= ai
+        for j in range(i + 1, n):
+            r += a[j] < ai
+        v1 = ai if r == k1 else v1
+        v2 = ai if r == k2 else v2
+    if n % 2 == 1:
+        return v2
+    return (v1 + v2) / 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,7 +264,7 @@ def decimate_reference(x, D, nd):
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def finite_sum(a):
+def finite_sum(a):  # (the reference of smooth's finiteness test)
     tot = 0.0
     for i in range(a.shape[0]):
         tot += a[i]
@@ -266,11 +296,9 @@ def fill_short_gaps(xl, maxgap):
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
-    """Band-passed slope of one decimated lead into d, with valid (1.0/0.0); d is 0.0 where missing.
-
-    s is scratch; finite_in: xl is known to be all finite (fast path). Missing = non-finite input in the filter
-    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite."""
+def smooth(xl, s):
+    """The [1, 2, 1] / 4 smoothing of the decimated lead xl into s ([3, 1] / 4 at the ends), and whether xl is all
+    finite (its sum is: a NaN or inf anywhere makes it non-finite; finite_sum's test), in one pass over xl."""
     # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
     nd = xl.shape[0]
     s[0] = 0.25 * (3.0 * xl[0] + xl[min(1, nd - 1)])
@@ -279,18 +307,36 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
     xb = xl[1 : nd - 1]
     xc = xl[2:]
     so = s[1 : nd - 1]
+    tot = xl[0] + xl[nd - 1]
     for i in range(nd - 2):
         so[i] = 0.25 * (xa[i] + 2.0 * xb[i] + xc[i])
+        tot += xb[i]
+    return abs(tot) < np.inf
+
+
+@njit(cache=True, nogil=True, fastmath=FM)
+def lead_slope(s, k, h, flat_len, d, valid, finite_in):
+    """Band-passed slope of one decimated lead into d, from its smoothing s (smooth), with valid (1/0, any numeric
+    dtype); d is 0.0 where missing.
+
+    finite_in: the lead is known to be all finite (fast path). Missing = non-finite input in the filter
+    span, or a run of >= flat_len exactly-zero slopes. Returns whether every output is finite, and whether every
+    one is valid (finite, and too few zero slopes for a flat run)."""
+    # (loops index views from 0: Numba then knows the index is non-negative and vectorises)
+    nd = s.shape[0]
     # slope over +-k, minus the mean slope over +-h (removes baseline wander: 3rd-order high-pass at low f)
     g = k / h
+    nz = 0  # zero slopes (a NaN or inf is no zero)
     if nd > 2 * h:
         dd = d[h : nd - h]
         kp = s[h + k : nd - h + k]
         km = s[h - k : nd - h - k]
         hp = s[2 * h :]
         hm = s[: nd - 2 * h]
-        for i in range(nd - 2 * h):
-            dd[i] = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+        for i in range(nd - 2 * h):  # (the zero slopes counted here: an int64 count beside the stores vectorises)
+            v = (kp[i] - km[i]) - g * (hp[i] - hm[i])
+            dd[i] = v
+            nz += np.int64(v == 0.0)
         lo = h
         hi = nd - h
     else:
@@ -298,51 +344,50 @@ def lead_slope(xl, k, h, flat_len, s, d, valid, finite_in):
         hi = 0
     for n in range(lo):  # edges, indices clamped
         d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+        nz += np.int64(d[n] == 0.0)
     for n in range(hi, nd):
         d[n] = (s[min(n + k, nd - 1)] - s[max(n - k, 0)]) - g * (s[min(n + h, nd - 1)] - s[max(n - h, 0)])
+        nz += np.int64(d[n] == 0.0)
     finite = finite_in
     if not finite:
         tot = 0.0
         for n in range(nd):
             tot += d[n]
         finite = abs(tot) < np.inf
-    nz = 0
     if finite:  # fast path: every output finite (a NaN or inf anywhere would make the sum non-finite)
-        valid[:] = 1.0
-        for n in range(nd):  # (an int64 count in its own loop vectorises; a bool one beside the fill did not)
-            nz += np.int64(d[n] == 0.0)
+        valid[:] = 1
     else:
+        nz = 0
         for n in range(nd):
             v = d[n]
             ok = abs(v) < np.inf
             d[n] = v if ok else 0.0
-            valid[n] = 1.0 if ok else 0.0
+            valid[n] = 1 if ok else 0
             nz += ok and v == 0.0
     # runs of exactly-zero slope (flat, zero-filled or clipped stretches) are missing
     if nz >= flat_len:
         run = 0
         for n in range(nd + 1):
-            if n < nd and d[n] == 0.0 and valid[n] > 0.0:
+            if n < nd and d[n] == 0.0 and valid[n] > 0:
                 run += 1
             else:
                 if run >= flat_len:
                     for j in range(n - run, n):
-                        valid[j] = 0.0
+                        valid[j] = 0
                 run = 0
-    return finite
+    return finite, finite and nz < flat_len
 
 
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
-def lead_scale(d, valid, wlen):
+def lead_scale(d, valid, wlen, vals, all_valid=False):
     """(scale, quality) of one lead's slope d.
 
     scale: median over ~1 s windows of the window's peak-weighted RMS slope sqrt(sum d^4 / sum d^2), a smooth
     stand-in for the window maximum (~0.7-0.9 of the largest QRS slope; sums vectorise, max reductions do not).
     Windows less than half valid are skipped. quality: scale / mean |d| over valid samples (ECG ~10-40, white noise
-    sqrt(3) / sqrt(2 / pi) = 2.2)."""
+    sqrt(3) / sqrt(2 / pi) = 2.2). vals: scratch, >= max(1, len(d) // wlen) long; all_valid: valid is all ones."""
     nd = d.shape[0]
     nw = max(1, nd // wlen)
-    vals = np.empty(nw, np.float64)
     m = 0
     tot = 0.0
     cnt = 0.0
@@ -354,14 +399,23 @@ def lead_scale(d, valid, wlen):
         sa = 0.0
         nv = 0.0
         dw = d[a:b]
-        vw = valid[a:b]
-        for i in range(b - a):
-            v = dw[i]
-            q = v * v
-            s2 += q
-            s4 += q * q
-            sa += abs(v)
-            nv += vw[i]
+        if all_valid:  # (the mask is all ones: its sum is the window's length, no need to read it)
+            for i in range(b - a):
+                v = dw[i]
+                q = v * v
+                s2 += q
+                s4 += q * q
+                sa += abs(v)
+            nv = float(b - a)
+        else:
+            vw = valid[a:b]
+            for i in range(b - a):
+                v = dw[i]
+                q = v * v
+                s2 += q
+                s4 += q * q
+                sa += abs(v)
+                nv += vw[i]
         tot += sa
         cnt += nv
         if nv * 2.0 >= (b - a) and s2 > 0.0:
@@ -369,7 +423,7 @@ def lead_scale(d, valid, wlen):
             m += 1
     if m == 0 or cnt == 0.0:
         return 0.0, 0.0
-    scale = median_of(vals[:m])
+    scale = median_ranked(vals[:m])
     mean = tot / cnt
     if not (scale > 0.0) or not (mean > 0.0):
         return 0.0, 0.0
@@ -379,31 +433,50 @@ def lead_scale(d, valid, wlen):
 @njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
 def envelope(d, valid, scales, weights, fd):
     """Weighted mean over the leads valid at each sample of the clipped normalised squared slope, and its centred
-    moving-window integral (0 where no lead is valid)."""
+    moving-window integral (0 where no lead is valid). (detect_core takes the sums from lead_signals, which adds
+    each lead while its slope is in the cache, and finishes them with envelope_from_sums.)"""
     L, nd = d.shape
     E = np.zeros(nd, np.float64)
     cnt = np.zeros(nd, np.float64)
     for l in range(L):
-        sc = scales[l]
-        if sc == 0.0:
-            continue
-        inv = 1.0 / sc
-        w = weights[l]
-        dl = d[l]
-        vl = valid[l]
-        for n in range(nd):
+        if scales[l] != 0.0:
+            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])
+    return envelope_from_sums(E, cnt, fd)
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def add_lead(E, cnt, dl, vl, sc, w, all_valid=False):
+    """One lead's share of the envelope: its clipped normalised squared slope times its weight added to E, and its
+    weight to cnt, where it is valid. all_valid: vl is all ones, not read (w * 1 is w, so the same sums), and cnt is
+    left to the caller (w at every sample; lead_signals keeps it as one number while every lead is all valid)."""
+    inv = 1.0 / sc
+    if all_valid:
+        for n in range(E.shape[0]):
             e = dl[n] * inv
-            wv = w * vl[n]
-            E[n] += min(e * e, CLIP) * wv
-            cnt[n] += wv
-    for n in range(nd):
-        c = cnt[n]
-        E[n] = E[n] / c if c > 0.0 else 0.0
+            E[n] += min(e * e, CLIP) * w
+        return
+    for n in range(E.shape[0]):
+        e = dl[n] * inv
+        wv = w * vl[n]
+        E[n] += min(e * e, CLIP) * wv
+        cnt[n] += wv
+
+
+@njit(cache=True, nogil=True, fastmath=True)  # inputs are finite by construction
+def envelope_from_sums(E, cnt, fd):
+    """The envelope from the leads' sums (add_lead): E / cnt in place (0 where no lead is valid) and its centred
+    moving-window integral m; returns (E, m)."""
+    nd = E.shape[0]
     h = max(1, int(round(0.5 * MWI_S * fd)))
     m = np.empty(nd, np.float64)
     c = np.zeros(nd + 1, np.float64)
-    for n in range(nd):
-        c[n + 1] = c[n] + E[n]
+    acc = 0.0
+    for n in range(nd):  # the division beside the prefix sum (whose chain of additions sets the pace anyway)
+        cn = cnt[n]
+        e = E[n] / cn if cn > 0.0 else 0.0
+        E[n] = e
+        acc += e
+        c[n + 1] = acc
     inv_w = 1.0 / (2 * h + 1)
     lo = min(h, nd)  # inside [lo, hi) the window needs no clamping (a plain loop over views vectorises)
     hi = max(lo, nd - h - 1)
@@ -423,12 +496,15 @@ def envelope(d, valid, scales, weights, fd):
 
 @njit(cache=True, nogil=True)
 def lead_signals(x, D, nd, k, fd):
-    """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite, and
-    each lead's scale (0: dropped) and weight (from its quality)."""
+    """Decimated leads xd, their band-passed slopes d with validity masks, whether each lead is all finite (after
+    short gaps are filled), each lead's scale (0: dropped) and weight (from its quality), and whether each lead of x
+    is all finite (its decimated lead before any filling: a block with a NaN or inf is non-finite); and the envelope's
+    sums (E, cnt) of the kept leads (add_lead, in lead order as envelope adds them; envelope_from_sums finishes them).
+    """
     L = x.shape[0]
     xd = decimate(x, D, nd)
     d = np.empty((L, nd), np.float64)
-    valid = np.empty((L, nd), np.float64)
+    valid = np.empty((L, nd), np.uint8)  # (1 / 0: an eighth of the float64 mask's memory traffic)
     s = np.empty(nd, np.float64)
     flat_len = max(3, int(round(FLAT_S * fd)))
     hw = max(k + 1, int(round(WANDER_S * fd)))
@@ -438,16 +514,33 @@ def lead_signals(x, D, nd, k, fd):
     weights = np.zeros(L, np.float64)
     finite = np.zeros(L, np.bool_)
     spare = np.zeros(L, np.float64)
+    raw = np.zeros(L, np.bool_)
+    E = np.zeros(nd, np.float64)
+    cnt = np.zeros(nd, np.float64)
+    wsum = 0.0  # cnt at every sample while every lead added is all valid (the same sums, kept as one number)
+    lazy = True
+    vals = np.empty(max(1, nd // wlen), np.float64)  # lead_scale's scratch
     for l in range(L):
         xl = xd[l]
-        fin = abs(finite_sum(xl)) < np.inf  # a NaN or inf anywhere makes the sum non-finite
+        fin = smooth(xl, s)  # (and whether xl is all finite)
+        raw[l] = fin
         if not fin:
             fin = fill_short_gaps(xl, gap)
-        finite[l] = lead_slope(xl, k, hw, flat_len, s, d[l], valid[l], fin)
-        sc, q = lead_scale(d[l], valid[l], wlen)
+            smooth(xl, s)
+        finite[l], all_valid = lead_slope(s, k, hw, flat_len, d[l], valid[l], fin)
+        sc, q = lead_scale(d[l], valid[l], wlen, vals, all_valid)
         if sc > 0.0 and q >= MIN_QUALITY:
             scales[l] = sc
             weights[l] = min(1.0, (q - 2.5) / (FULL_QUALITY - 2.5))
+            if lazy and not all_valid:
+                cnt[:] = wsum
+                lazy = False
+            add_lead(E, cnt, d[l], valid[l], scales[l], weights[l], all_valid)  # (while d[l] is in the cache)
+            if all_valid and lazy:
+                wsum += weights[l]
+            elif all_valid:
+                for n in range(nd):
+                    cnt[n] += weights[l]
         elif sc > 0.0:
             spare[l] = sc
     if not np.any(scales > 0.0):  # no lead passed: keep the smooth ones (a low-voltage QRS beside large T waves)
@@ -455,7 +548,10 @@ def lead_signals(x, D, nd, k, fd):
             if spare[l] > 0.0 and roughness(xd[l]) < MAX_SMOOTH_ROUGHNESS:
                 scales[l] = spare[l]
                 weights[l] = 1.0
-    return xd, d, valid, finite, scales, weights
+                add_lead(E, cnt, d[l], valid[l], scales[l], weights[l])  # (no lead was added: cnt is 0)
+    elif lazy:
+        cnt[:] = wsum
+    return xd, d, valid, finite, scales, weights, raw, E, cnt
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
@@ -490,11 +586,10 @@ def candidates(m):
     nd = m.shape[0]
     cand = np.empty(nd, np.int64)
     nc = 0
-    for n in range(1, nd - 1):
+    for n in range(1, nd - 1):  # written every sample, kept by the count: no branch on the data
         v = m[n]
-        if v > 0.0 and v > m[n - 1] and v >= m[n + 1]:
-            cand[nc] = n
-            nc += 1
+        cand[nc] = n
+        nc += (v > 0.0) & (v > m[n - 1]) & (v >= m[n + 1])
     return cand[:nc]
 
 
@@ -590,14 +685,11 @@ def shape_values(cand, E, mx, valid, scales, weights, h):
         agree = 0.0
         low = 0.0
         wsum = 0.0
-        for l in range(L):
-            if scales[l] == 0.0 or valid[l, t] == 0.0:
-                continue
-            wsum += weights[l]
-            if mx[ci, l] >= AGREE_LEVEL * scales[l]:
-                agree += weights[l]
-            if mx[ci, l] >= ECT_ALL_LEVEL * scales[l]:
-                low += weights[l]
+        for l in range(L):  # selects, not branches (which leads are steep varies from candidate to candidate)
+            w = weights[l] if (scales[l] != 0.0) & (valid[l, t] != 0.0) else 0.0  # (adding 0.0 changes no sum)
+            wsum += w
+            agree += w if mx[ci, l] >= AGREE_LEVEL * scales[l] else 0.0
+            low += w if mx[ci, l] >= ECT_ALL_LEVEL * scales[l] else 0.0
         F[3, ci] = agree / wsum if wsum > 0.0 else 0.0
         F[4, ci] = low / wsum if wsum > 0.0 else 0.0
         F[0, ci] = p * F[3, ci]
@@ -712,8 +804,7 @@ def is_step(xd, mx, valid, finite, scales, weights, t, w, k):
         if scales[l] != 0.0:
             e = mx[l] / scales[l]
             e = min(e * e, CLIP) * weights[l]
-            if e >= STEP_MIN_WEIGHT:
-                rest += e
+            rest += e if e >= STEP_MIN_WEIGHT else 0.0  # (a select; adding 0.0 changes no sum)
     margin = 1e-9 * rest
     num = 0.0
     den = 0.0
@@ -772,7 +863,45 @@ def drop_steps(cand, m, E, xd, d, valid, finite, scales, weights, fd, min_v, mx)
 @njit(cache=True, nogil=True)
 def median_window_stats(m, wlen, n_windows):
     """Medians over the first n_windows windows of wlen samples of the window max and of the window mean of m (one
-    pass for both)."""
+    pass for both). Eight full windows (a record of >= 8 s) are summed side by side: eight independent chains of
+    additions instead of one (each window's sum in the same order, so the same sums; median_window_stats_reference
+    sums one window after the other)."""
+    nd = m.shape[0]
+    nw = max(1, min(n_windows, nd // wlen))
+    if nw != 8:
+        return median_window_stats_reference(m, wlen, n_windows)
+    maxs = np.empty(8, np.float64)
+    means = np.empty(8, np.float64)
+    w0, w1, w2, w3 = m[:wlen], m[wlen : 2 * wlen], m[2 * wlen : 3 * wlen], m[3 * wlen : 4 * wlen]
+    w4, w5, w6, w7 = m[4 * wlen : 5 * wlen], m[5 * wlen : 6 * wlen], m[6 * wlen : 7 * wlen], m[7 * wlen : 8 * wlen]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    x0 = x1 = x2 = x3 = x4 = x5 = x6 = x7 = 0.0
+    for i in range(wlen):
+        a0 += w0[i]
+        a1 += w1[i]
+        a2 += w2[i]
+        a3 += w3[i]
+        a4 += w4[i]
+        a5 += w5[i]
+        a6 += w6[i]
+        a7 += w7[i]
+        x0 = w0[i] if w0[i] > x0 else x0  # (selects, not branches)
+        x1 = w1[i] if w1[i] > x1 else x1
+        x2 = w2[i] if w2[i] > x2 else x2
+        x3 = w3[i] if w3[i] > x3 else x3
+        x4 = w4[i] if w4[i] > x4 else x4
+        x5 = w5[i] if w5[i] > x5 else x5
+        x6 = w6[i] if w6[i] > x6 else x6
+        x7 = w7[i] if w7[i] > x7 else x7
+    maxs[0], maxs[1], maxs[2], maxs[3], maxs[4], maxs[5], maxs[6], maxs[7] = x0, x1, x2, x3, x4, x5, x6, x7
+    means[0], means[1], means[2], means[3] = a0 / wlen, a1 / wlen, a2 / wlen, a3 / wlen
+    means[4], means[5], means[6], means[7] = a4 / wlen, a5 / wlen, a6 / wlen, a7 / wlen
+    return median_ranked(maxs), median_ranked(means)
+
+
+@njit(cache=True, nogil=True)
+def median_window_stats_reference(m, wlen, n_windows):
+    """median_window_stats one window after the other (the reference; any number of windows)."""
     nd = m.shape[0]
     nw = max(1, min(n_windows, nd // wlen))
     maxs = np.empty(nw, np.float64)
@@ -784,11 +913,10 @@ def median_window_stats(m, wlen, n_windows):
         mx = 0.0
         for n in range(a, b):
             acc += m[n]
-            if m[n] > mx:
-                mx = m[n]
+            mx = m[n] if m[n] > mx else mx  # (a select, not a branch)
         maxs[w] = mx
         means[w] = acc / max(1, b - a)
-    return median_of(maxs), median_of(means)
+    return median_ranked(maxs), median_ranked(means)
 
 
 @njit(cache=True, nogil=True)
@@ -981,7 +1109,7 @@ def median_t_wave(cand, m, F, beats, refr, twave, guard):
             n += 1
     if n < 3:
         return 0.0, 0.0
-    return median_of(tm[:n]), median_of(tq[:n])
+    return median_ranked(tm[:n]), median_ranked(tq[:n])
 
 
 @njit(cache=True, nogil=True)
@@ -1002,11 +1130,11 @@ def rescue_ectopic(cand, m, F, beats, refr, twave, guard, min_v, d, scales, h, E
     rr = np.empty(nb - 1, np.float64)
     for j in range(nb - 1):
         rr[j] = cand[beats[j + 1]] - cand[beats[j]]
-    rr_med = median_of(rr)
+    rr_med = median_ranked(rr)
     qb = np.empty(nb, np.float64)
     for j in range(nb):
         qb[j] = F[0, beats[j]]
-    min_q = ECTOPIC_MIN_Q * median_of(qb)
+    min_q = ECTOPIC_MIN_Q * median_ranked(qb)
     skip = np.zeros(nb, np.bool_)
     v = np.empty(d.shape[0], np.float64)
     out = np.empty(2 * nb, np.int64)
@@ -1259,7 +1387,7 @@ def rescue_coupled(cand, m, F, beats, refr, min_v, fd, d, scales, h, E):
             if k == i or similar(i, k, qv, cpl, cpd, P, tol):
                 ratio[n] = aft[k] / max(cpl[k], 1.0)
                 n += 1
-        ok[i] = median_of(ratio[:n]) >= ECT_MIN_PAUSE
+        ok[i] = median_ranked(ratio[:n]) >= ECT_MIN_PAUSE
     out = np.empty(nb + npool + 2, np.int64)
     no = 1  # out[0] is left for an ectopic beat before the first beat
     pi = 0
@@ -1451,6 +1579,20 @@ def unlike_its_beats(cand, beats, i, gap, npool, qv, cpl, cpd, aft, P, d, scales
 def steepest(E, t, h):
     """The instant of the highest combined squared slope E within +-h of t: where a wave is steepest, whichever of
     its envelope lobes t is on (intervals between beats are measured there)."""
+    a = max(0, t - h)
+    b = min(E.shape[0], t + h + 1)
+    top = abs_max(E, a, b)  # E >= 0: its max (a vectorised reduction; a scan for a larger value mispredicts)
+    if not top > E[t]:
+        return t  # t itself holds the maximum (the scan keeps t unless a larger value comes)
+    for n in range(a, b):  # the first sample of the maximum
+        if E[n] == top:
+            return n
+    return t
+
+
+@njit(cache=True, nogil=True)
+def steepest_reference(E, t, h):
+    """steepest written plainly (the parity reference)."""
     p = t
     for n in range(max(0, t - h), min(E.shape[0], t + h + 1)):
         if E[n] > E[p]:
@@ -1690,8 +1832,15 @@ def moving_average(xl, a, e, m):
     record edges: per sample the sum xl[n - mm] + ... + xl[n + mm] from 0.0 in that order, over 2 mm + 1. Inside the
     record it is summed as 2m + 1 passes over the window (the same sums per sample; the passes vectorise), at the
     edges one sample at a time."""
+    return moving_average_into(xl, a, e, m, np.zeros(max(0, e - a), np.float64))
+
+
+@njit(cache=True, nogil=True)
+def moving_average_into(xl, a, e, m, buf):
+    """moving_average written into the scratch buf (>= e - a long; zeroed here): the view buf[:e - a]."""
+    xs = buf[: max(0, e - a)]
+    xs[:] = 0.0
     nd = xl.shape[0]
-    xs = np.zeros(max(0, e - a), np.float64)
     ia = min(max(a, m), e)
     ib = max(min(e, nd - m), ia)
     dst = xs[ia - a : ib - a]
@@ -1798,6 +1947,78 @@ def extrema(xl, c, w, h, lo, hi, m=0):
 
 
 @njit(cache=True, nogil=True)
+def extrema_ma_finite(xl, c, w, h, lo, hi, m, buf):
+    """extrema(xl, c, w, h, lo, hi, m) for an all-finite lead (the R point's call): the same flank sums without the
+    finiteness checks, and the window's extremes by integer max / min reductions over order keys (see order_key;
+    they vectorise, the float compare-and-select scan does not), then the first sample holding each (extrema keeps
+    the first of equal values). buf: scratch for the moving average (>= 2 w + 1 long). An empty window, m = 0 or a
+    non-finite deviation (overflow) goes to extrema."""
+    a = max(lo, c - w)
+    e = min(hi, c + w + 1)
+    if e <= a or m <= 0:
+        return extrema(xl, c, w, h, lo, hi, m)
+    sl = 0.0
+    nl = 0
+    tl = 0.0
+    for n in range(max(lo, c - h), a):
+        sl += xl[n]
+        tl += n
+        nl += 1
+    sr = 0.0
+    nr = 0
+    tr = 0.0
+    for n in range(e, min(hi, c + h + 1)):
+        sr += xl[n]
+        tr += n
+        nr += 1
+    slope = 0.0
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        mr = sr / nr
+        t0 = tl / nl
+        slope = (mr - ml) / (tr / nr - t0)
+        b0 = ml
+    elif nl > 0:
+        b0 = sl / nl
+        t0 = 0.0
+    elif nr > 0:
+        b0 = sr / nr
+        t0 = 0.0
+    else:
+        b0 = 0.0
+        t0 = 0.0
+        for n in range(a, e):
+            b0 += xl[n]
+        b0 /= e - a
+    xs = moving_average_into(xl, a, e, m, buf)
+    kmax = order_key(-np.inf)
+    kmin = order_key(np.inf)
+    for i in range(e - a):
+        k = order_key(xs[i] - (b0 + slope * ((a + i) - t0)))
+        kmax = max(kmax, k)
+        kmin = min(kmin, k)
+    vmax = _bits_to_float(order_key_inverse(kmax))
+    vmin = _bits_to_float(order_key_inverse(kmin))
+    if not (abs(vmax) < np.inf and abs(vmin) < np.inf):
+        return extrema(xl, c, w, h, lo, hi, m)
+    imax = -1
+    for i in range(e - a):
+        v = xs[i] - (b0 + slope * ((a + i) - t0))
+        if v == vmax:
+            imax = a + i
+            vmax = v  # (the first one's sign of zero, as extrema)
+            break
+    imin = -1
+    for i in range(e - a):
+        v = xs[i] - (b0 + slope * ((a + i) - t0))
+        if v == vmin:
+            imin = a + i
+            vmin = v
+            break
+    return imax, vmax, imin, vmin
+
+
+@njit(cache=True, nogil=True)
 def bounds(dets, b, n, D):
     """[lo, hi) around detection b: the half-way points to its neighbours (decimated indices; full-rate ones when
     D > 0, at block centres), the record edges for the first and last."""
@@ -1845,8 +2066,8 @@ def rank_leads(xd, finite, scales, dets, wr, wb):
                 adev[nv] = abs(best)
                 nv += 1
         if nv > 0:
-            amp[l] = median_of(adev[:nv])
-            sgn[l] = 1.0 if median_of(dev[:nv]) >= 0.0 else -1.0
+            amp[l] = median_ranked(adev[:nv])
+            sgn[l] = 1.0 if median_ranked(dev[:nv]) >= 0.0 else -1.0
     return amp, sgn
 
 
@@ -1878,14 +2099,16 @@ def lead_order(amp, sgn):
 
 
 @njit(cache=True, nogil=True)
-def pick_lead(x, order, amp, a, e):
+def pick_lead(x, order, amp, a, e, raw):
     """The best-ranked lead that is finite over [a, e), else the best-ranked one with any finite sample there;
-    -1 when none."""
+    -1 when none. raw: the leads known to be all finite (not scanned)."""
     L = order.shape[0]
     for oi in range(L):
         l = order[oi]
         if amp[l] <= 0.0:
             break
+        if raw[l]:
+            return l
         ok = True
         for t in range(a, e):
             if not np.isfinite(x[l, t]):
@@ -1904,11 +2127,14 @@ def pick_lead(x, order, amp, a, e):
 
 
 @njit(cache=True, nogil=True)
-def r_point(x, l, c, W, H, sm, sgn, lo, hi):
+def r_point(x, l, c, W, H, sm, sgn, lo, hi, raw_l, buf):
     """(index, deviation) of the R peak near c on lead l: the baseline-removed extremum in the lead's polarity sgn
     (or the opposite one when that is FLIP_RATIO x larger, or when the extremum is on the window's edge and the
-    opposite one is not)."""
-    imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
+    opposite one is not). raw_l: lead l is all finite (extrema_ma_finite, buf its scratch)."""
+    if raw_l:
+        imax, vmax, imin, vmin = extrema_ma_finite(x[l], c, W, H, lo, hi, sm, buf)
+    else:
+        imax, vmax, imin, vmin = extrema(x[l], c, W, H, lo, hi, sm)
     if sgn > 0.0:
         bi, bv, oi, ov = imax, vmax, imin, -vmin
     else:
@@ -1925,23 +2151,25 @@ def r_point(x, l, c, W, H, sm, sgn, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm):
+def r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw):
     """R point (full-rate sample) and score (deviation in units of the lead's median QRS deviation) of each
-    detection; -1 for a beat cut by the record edge whose R peak is not inside the record."""
+    detection; -1 for a beat cut by the record edge whose R peak is not inside the record. raw: the leads of x known
+    to be all finite."""
     S = x.shape[1]
     nb = dets.shape[0]
     order = lead_order(amp, sgn)
     peaks = np.empty(nb, np.int64)
     score = np.empty(nb, np.float64)
+    buf = np.empty(2 * W + 1, np.float64)
     for b in range(nb):
         c = dets[b] * D + D // 2
-        l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1))
+        l = pick_lead(x, order, amp, max(0, c - W), min(S, c + W + 1), raw)
         if l < 0:
             peaks[b] = min(c, S - 1)
             score[b] = 0.0
             continue
         lo, hi = bounds(dets, b, S, D)
-        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi)
+        bi, bv = r_point(x, l, c, W, H, sm, sgn[l], lo, hi, raw[l], buf)
         peaks[b] = bi
         score[b] = bv / amp[l]
         if (c - W < 0 or c + W >= S) and (score[b] < EDGE_MIN_SCORE or bi < edge or bi >= S - edge):
@@ -1990,10 +2218,10 @@ def detect_core(x, fs):
     k = max(1, int(round(SLOPE_S * fd)))
     if nd < 2 * k + 3:
         return empty
-    xd, d, valid, finite, scales, weights = lead_signals(x, D, nd, k, fd)
+    xd, d, valid, finite, scales, weights, raw, E, cnt = lead_signals(x, D, nd, k, fd)
     if not np.any(scales > 0.0):
         return empty
-    E, m = envelope(d, valid, scales, weights, fd)
+    E, m = envelope_from_sums(E, cnt, fd)
     dets = decide(m, E, d, valid, scales, weights, fd, xd, finite)
     if dets.shape[0] == 0:
         return empty
@@ -2004,7 +2232,7 @@ def detect_core(x, fs):
     H = max(1, int(round(BASE_S * fs)))
     edge = max(1, int(round(EDGE_S * fs)))
     sm = int(round(SMOOTH_S * fs))
-    peaks, score = r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm)
+    peaks, score = r_points(x, fs, D, dets, amp, sgn, W, H, edge, sm, raw)
     return merge_close(peaks, score, fs)
 
 
