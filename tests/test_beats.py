@@ -379,6 +379,42 @@ def test_fast_helpers_match_references():
         assert (key(v) > key(-1.0)) == (v > -1.0) or v == -1.0, v
 
 
+def test_bit_helpers_same_under_fastmath():
+    """abs_max, abs_max_bits and the order keys are integer operations on bit patterns: called from a fastmath caller
+    (as step_score and deviation_finite call them; an unset fastmath is inherited from the first caller) they give
+    the same results as from a plain one, NaN and inf included: abs_max of a range holding inf is inf, one holding
+    NaN is NaN (a NaN's bits lie above inf's), and +-inf keep their place at the ends of the key order."""
+    import numba
+
+    from melp_fast.data.beats import _detector as det
+
+    def wrappers(fm):
+        amax = numba.njit(fastmath=fm)(lambda v, a, b: det.abs_max(v, a, b))
+        abits = numba.njit(fastmath=fm)(lambda v, a, b: det.abs_max_bits(v.view(np.int64), a, b))
+        key = numba.njit(fastmath=fm)(lambda v: det.order_key(v))
+        return amax, abits, key
+
+    rng = rng_for("test_bit_helpers_same_under_fastmath")
+    fast, plain = wrappers(True), wrappers(False)
+    for _ in range(100):
+        v = rng.normal(size=int(rng.integers(2, 30)))
+        i = int(rng.integers(0, v.size))
+        v[i] = rng.choice([np.nan, -np.nan, np.inf, -np.inf])
+        a = int(rng.integers(0, i + 1))
+        b = int(rng.integers(i + 1, v.size + 1))  # the range holds v[i]
+        for amax, abits, _ in (fast, plain):
+            for got in (amax(v, a, b), abits(v, a, b)):
+                if np.isnan(v[i]):
+                    assert np.isnan(got), (a, b, v.tolist())
+                else:
+                    assert got == np.inf, (a, b, v.tolist())
+    for _, _, key in (fast, plain):
+        assert key(-np.inf) < key(-1.7e308) < key(-0.0) < key(0.0) < key(5e-324) < key(1.7e308) < key(np.inf)
+        assert key(np.nan) > key(np.inf) and key(-np.nan) < key(-np.inf)  # (NaN: outside the float order's ends)
+    for v in (np.nan, np.inf, -np.inf, -0.0, 2.5):
+        assert fast[2](v) == plain[2](v), v
+
+
 def test_decimate_matches_reference():
     """decimate (six or two leads at a time, unrolled block sums) equals the plain one-block-at-a-time reference bit for
     bit, at every factor the rates give, odd lead counts, partial last blocks, NaN / inf and float32 input."""

@@ -645,8 +645,8 @@ def abs_max_bits(bits, a, b):
     return _bits_to_float(mx)
 
 
-@njit(cache=True, nogil=True)
-def abs_max(v, a, b):
+@njit(cache=True, nogil=True, fastmath=False)  # (explicit: step_score, a fastmath caller, may compile it first;
+def abs_max(v, a, b):                          # integer operations only, so the same either way: see the tests)
     """max |v[a:b]| (0 for an empty range); v finite and contiguous (see abs_max_bits)."""
     return abs_max_bits(v.view(np.int64), a, b)
 
