@@ -1876,6 +1876,22 @@ def moving_average_reference(xl, a, e, m):
     return xs
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _flank_line(sl, tl, nl, sr, tr, nr):
+    """The baseline of extrema / extrema_ma_finite from its flanks' sums (values sl / sr, times tl / tr, counts
+    nl / nr): (b0, slope, t0), the line b0 + slope (n - t0) through the two flank means; one flank only -> its mean
+    (slope 0, t0 0); none -> (0, 0, 0), and the caller takes the window mean."""
+    if nl > 0 and nr > 0:
+        ml = sl / nl
+        t0 = tl / nl
+        return ml, (sr / nr - ml) / (tr / nr - t0), t0
+    if nl > 0:
+        return sl / nl, 0.0, 0.0
+    if nr > 0:
+        return sr / nr, 0.0, 0.0
+    return 0.0, 0.0, 0.0
+
+
 @njit(cache=True, nogil=True)
 def extrema(xl, c, w, h, lo, hi, m=0):
     """Baseline-removed extrema of xl within [c - w, c + w] (clipped to [lo, hi): the record, or the half-way
@@ -1904,22 +1920,8 @@ def extrema(xl, c, w, h, lo, hi, m=0):
             sr += v
             tr += n
             nr += 1
-    slope = 0.0
-    if nl > 0 and nr > 0:
-        ml = sl / nl
-        mr = sr / nr
-        t0 = tl / nl
-        slope = (mr - ml) / (tr / nr - t0)
-        b0 = ml
-    elif nl > 0:
-        b0 = sl / nl
-        t0 = 0.0
-    elif nr > 0:
-        b0 = sr / nr
-        t0 = 0.0
-    else:
-        b0 = 0.0
-        t0 = 0.0
+    b0, slope, t0 = _flank_line(sl, tl, nl, sr, tr, nr)
+    if nl == 0 and nr == 0:
         cnt = 0
         for n in range(a, e):
             v = xl[n]
@@ -1971,22 +1973,8 @@ def extrema_ma_finite(xl, c, w, h, lo, hi, m, buf):
         sr += xl[n]
         tr += n
         nr += 1
-    slope = 0.0
-    if nl > 0 and nr > 0:
-        ml = sl / nl
-        mr = sr / nr
-        t0 = tl / nl
-        slope = (mr - ml) / (tr / nr - t0)
-        b0 = ml
-    elif nl > 0:
-        b0 = sl / nl
-        t0 = 0.0
-    elif nr > 0:
-        b0 = sr / nr
-        t0 = 0.0
-    else:
-        b0 = 0.0
-        t0 = 0.0
+    b0, slope, t0 = _flank_line(sl, tl, nl, sr, tr, nr)
+    if nl == 0 and nr == 0:
         for n in range(a, e):
             b0 += xl[n]
         b0 /= e - a
