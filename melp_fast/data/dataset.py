@@ -91,8 +91,10 @@ class ECGTextDataset(Dataset):
         tok = np.zeros((b, K, 2), dtype=np.int64)
         seconds = np.zeros((b, K), dtype=np.float32)
         if mask.any():
-            tok[mask] = _token_spans(spans[mask].astype(np.int64), self.stride, self.n_tokens)
-            seconds[mask] = (spans[mask, 1] - spans[mask, 0]) / float(self.store.meta["fs"])
+            from . import beats as beatlib  # (here: the detector's Numba module loads only where beats are read)
+
+            tok[mask] = beatlib.token_spans(spans[mask], self.stride, self.n_tokens)
+            seconds[mask] = beatlib.span_seconds(spans[mask], self.store.meta["fs"])
         out = {"ecg": ecg, "beat_spans": torch.from_numpy(tok), "beat_mask": torch.from_numpy(mask),
                "beat_seconds": torch.from_numpy(seconds),
                "index": torch.from_numpy(g.copy()), "reports": self.store.reports_of(g)}
@@ -111,12 +113,6 @@ class ECGTextDataset(Dataset):
         if "labels" in b:
             item["labels"] = b["labels"][0]
         return item
-
-
-def _token_spans(spans: np.ndarray, stride: int, n_tokens: int) -> np.ndarray:
-    from . import beats as beatlib
-
-    return beatlib.token_spans(spans, stride, n_tokens)
 
 
 class Collate:

@@ -73,7 +73,7 @@ def ecg_batch(raw: np.ndarray, model) -> dict:
     if len(spans):
         tok[: len(spans)] = beatlib.token_spans(spans, model.ecg.stride, n_tokens)
         mask[: len(spans)] = True
-        seconds[: len(spans)] = (spans[:, 1] - spans[:, 0]) / FS
+        seconds[: len(spans)] = beatlib.span_seconds(spans, FS)
     device = model.logit_scale.device
     return {"ecg": torch.from_numpy(x)[None].float().to(device), "beat_spans": torch.from_numpy(tok)[None].to(device),
             "beat_mask": torch.from_numpy(mask)[None].to(device),

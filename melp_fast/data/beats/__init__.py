@@ -69,6 +69,7 @@ __all__ = [
     "detect_r_peaks",
     "beat_spans",
     "token_spans",
+    "span_seconds",
     "segment_batch",
     "TARGET_FS",
 ]
@@ -170,3 +171,10 @@ def token_spans(spans, stride: int = 16, n_tokens: int = 312) -> np.ndarray:
         t0 = np.where(narrow, np.clip(sp[:, 0] // stride, 0, n_tokens - 1), t0)
         t1 = np.where(narrow, t0 + 1, t1)
     return np.stack([t0, t1], axis=1).astype(np.int64)
+
+
+def span_seconds(spans, fs: float) -> np.ndarray:
+    """Each beat span's duration in seconds, float32 ``[n_beats]``, from the spans in samples (``beat_spans``): the
+    model's beat timing to one sample (``model.beat_timing_samples``; the batch's ``beat_seconds``)."""
+    sp = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    return ((sp[:, 1] - sp[:, 0]) / float(fs)).astype(np.float32)
